@@ -1,0 +1,3 @@
+from gossipmesh.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""SWIM membership and failure detection with the Lifeguard refinements, as a sans-IO core."""
