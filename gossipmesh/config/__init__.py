@@ -1,0 +1,1 @@
+"""Config entities (schema and validation) and the node identity glue; pure, no I/O."""
