@@ -1,0 +1,280 @@
+"""Failure-detection time and idle memory: gossipmesh agents against HashiCorp Serf, same machine,
+same run, same timing (1 s probe interval, LAN profile).
+
+For each system: start N agents on 127.0.0.2, 127.0.0.3, ... joined through the first; wait until
+every agent sees N alive; then, ``--kills`` times, SIGKILL one agent (never the seed) and time from
+the kill until *every* survivor has logged that member as failed. Serf is timed by the moment each
+agent logs ``serf: EventMemberFailed`` (its event handlers fire a second later, after Serf's event
+hold); gossipmesh by its agent's one-line ``member-failed`` log event. Any failure logged for a member
+that was not killed is a false positive and is reported. The victim is restarted (same name) and
+the cluster allowed to settle before the next kill. Finally the idle RSS of every agent is sampled
+at N members (and at ``--rss-members``).
+
+    python benchmarks/membership.py --agents 20 --kills 5 --rss-members 100
+
+Every process started here is stopped on the way out; only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _procs import Proc, loopback, wait_until  # noqa: E402
+
+GOSSIP_PORT = 7946
+SERF_RPC_PORT = 7373
+GM_ADMIN_PORT = 7947
+
+
+@dataclass
+class System:
+    label: str
+    argv: Callable[[int, int, str], list[str]]  # (index, n, workdir) -> argv
+    alive_count: Callable[[int], int]  # index -> alive members seen by that agent
+    failed: Callable[[str, str], bool]  # (log line, member name) -> True if it logs that failure
+
+
+def _serf_argv(i: int, n: int, workdir: str) -> list[str]:
+    argv = [
+        "serf",
+        "agent",
+        f"-node=n{i}",
+        f"-bind={loopback(i)}:{GOSSIP_PORT}",
+        f"-rpc-addr={loopback(i)}:{SERF_RPC_PORT}",
+        "-profile=lan",
+        "-log-level=info",
+    ]
+    if i != 0:
+        argv.append(f"-join={loopback(0)}:{GOSSIP_PORT}")
+    return argv
+
+
+def _serf_alive(i: int) -> int:
+    out = subprocess.run(
+        ["serf", "members", f"-rpc-addr={loopback(i)}:{SERF_RPC_PORT}", "-status=alive"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+    )
+    return len([line for line in out.stdout.splitlines() if line.strip()])
+
+
+def _serf_failed(line: str, member: str) -> bool:
+    return "EventMemberFailed" in line and f" {member} " in f"{line} "
+
+
+def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
+    data_dir = os.path.join(workdir, f"gm{i}")
+    argv = [
+        sys.executable,
+        "-m",
+        "gossipmesh",
+        "agent",
+        "--name",
+        f"n{i}",
+        "--bind",
+        f"{loopback(i)}:{GOSSIP_PORT}",
+        "--admin",
+        f"{loopback(i)}:{GM_ADMIN_PORT}",
+        "--data-dir",
+        data_dir,
+        "--profile",
+        "lan",
+    ]
+    if i != 0:
+        argv += ["--join", f"{loopback(0)}:{GOSSIP_PORT}"]
+    return argv
+
+
+def _gm_alive(i: int) -> int:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gossipmesh",
+            "members",
+            "--json",
+            "--agent",
+            f"{loopback(i)}:{GM_ADMIN_PORT}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if out.returncode != 0:
+        return 0
+    return sum(1 for m in json.loads(out.stdout) if m["state"] == "alive")
+
+
+def _gm_failed(line: str, member: str) -> bool:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    return (
+        isinstance(event, dict)
+        and event.get("event") == "member-failed"
+        and event.get("member") == member
+    )
+
+
+SYSTEMS = {
+    "serf": System("HashiCorp Serf", _serf_argv, _serf_alive, _serf_failed),
+    "gossipmesh": System("gossipmesh", _gm_argv, _gm_alive, _gm_failed),
+}
+
+
+def _start_cluster(system: System, n: int, workdir: str) -> list[Proc]:
+    procs = [Proc(f"n{i}", system.argv(i, n, workdir)) for i in range(n)]
+    procs[0].start()
+    time.sleep(1.0)  # the seed must be listening before the others try to join it
+    for proc in procs[1:]:
+        proc.start()
+        time.sleep(0.05)
+    return procs
+
+
+def _all_see(
+    system: System, procs: Sequence[Proc], live: Sequence[int], n_alive: int, timeout_s: float
+) -> bool:
+    return wait_until(
+        lambda: all(system.alive_count(i) == n_alive for i in live), timeout_s, poll_s=0.5
+    )
+
+
+def run_detection(system: System, n: int, kills: int, workdir: str) -> dict[str, object]:
+    procs = _start_cluster(system, n, workdir)
+    try:
+        if not _all_see(system, procs, range(n), n, timeout_s=90):
+            raise RuntimeError(f"{system.label}: cluster of {n} never converged")
+        times: list[float] = []
+        false_positives: list[str] = []
+        start = time.monotonic()
+        for k in range(kills):
+            victim = 1 + (k * 7) % (n - 1)
+            name = f"n{victim}"
+            survivors = [i for i in range(n) if i != victim]
+            t0 = time.monotonic()
+            procs[victim].kill()
+            procs[victim].popen.wait(timeout=5)  # type: ignore[union-attr]
+            ok = wait_until(
+                lambda: all(
+                    procs[i].first_match(lambda line: system.failed(line, name), t0) is not None
+                    for i in survivors
+                ),
+                timeout_s=90,
+                poll_s=0.05,
+            )
+            if not ok:
+                raise RuntimeError(f"{system.label}: {name} not seen failed by all within 90 s")
+            seen = [
+                procs[i].first_match(lambda line: system.failed(line, name), t0) for i in survivors
+            ]
+            elapsed = max(s for s in seen if s is not None) - t0
+            times.append(elapsed)
+            print(
+                f"  {system.label}: kill {k + 1}/{kills} ({name}) seen failed by all in {elapsed:.2f} s",
+                flush=True,
+            )
+            procs[victim] = Proc(name, system.argv(victim, n, workdir))
+            procs[victim].start()
+            if not _all_see(system, procs, range(n), n, timeout_s=90):
+                raise RuntimeError(f"{system.label}: {name} did not rejoin")
+        for i, proc in enumerate(procs):
+            for j in range(n):
+                other = f"n{j}"
+                for stamp, line in list(proc.lines):
+                    if stamp >= start and system.failed(line, other):
+                        killed_names = {f"n{1 + (k * 7) % (n - 1)}" for k in range(kills)}
+                        if other not in killed_names:
+                            false_positives.append(f"n{i} saw {other} fail")
+        time.sleep(5)  # idle
+        rss = [p.rss_kib() for p in procs]
+        return {
+            "system": system.label,
+            "agents": n,
+            "kills": kills,
+            "detection_s": times,
+            "median_s": statistics.median(times),
+            "false_positives": false_positives,
+            "rss_kib_median": statistics.median(rss),
+        }
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def run_rss(system: System, n: int, workdir: str) -> float:
+    procs = _start_cluster(system, n, workdir)
+    try:
+        if not _all_see(system, procs, [0, n // 2, n - 1], n, timeout_s=180):
+            raise RuntimeError(f"{system.label}: cluster of {n} never converged")
+        time.sleep(10)
+        return statistics.median(p.rss_kib() for p in procs)
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--rss-members", type=int, nargs="*", default=[100])
+    parser.add_argument("--only", choices=sorted(SYSTEMS), action="append")
+    parser.add_argument("--json", help="write results to this file")
+    args = parser.parse_args()
+    if args.agents < 3 or args.agents > 250 or args.kills < 1 or args.kills > 50:
+        parser.error("--agents must be 3-250 and --kills 1-50")
+    if shutil.which("serf") is None and (not args.only or "serf" in args.only):
+        parser.error("serf is not installed: apt-get install serf")
+    results: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "runs": [], "rss": []}
+    for key in args.only or ["serf", "gossipmesh"]:
+        system = SYSTEMS[key]
+        with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as workdir:
+            print(f"{system.label}: {args.agents} agents, {args.kills} kills", flush=True)
+            run = run_detection(system, args.agents, args.kills, workdir)
+            results["runs"].append(run)  # type: ignore[union-attr]
+            for members in args.rss_members:
+                rss = run_rss(system, members, workdir)
+                results["rss"].append(
+                    {"system": system.label, "members": members, "rss_kib_median": rss}
+                )  # type: ignore[union-attr]
+    print()
+    print(
+        f"{'system':<16}{'median detect':>15}{'runs (s)':>40}{'false pos':>11}{'RSS@N (MiB)':>13}"
+    )
+    for run in results["runs"]:  # type: ignore[union-attr]
+        runs = " ".join(f"{t:.2f}" for t in run["detection_s"])
+        print(
+            f"{run['system']:<16}{run['median_s']:>14.2f}s{runs:>40}{len(run['false_positives']):>11}"
+            f"{run['rss_kib_median'] / 1024:>13.1f}"
+        )
+    for rss in results["rss"]:  # type: ignore[union-attr]
+        print(
+            f"{rss['system']:<16} idle RSS with {rss['members']} members: {rss['rss_kib_median'] / 1024:.1f} MiB"
+        )
+    by = {r["system"]: r for r in results["runs"]}  # type: ignore[union-attr]
+    if "HashiCorp Serf" in by and "gossipmesh" in by:
+        ratio = by["gossipmesh"]["median_s"] / by["HashiCorp Serf"]["median_s"]
+        print(f"ratio gossipmesh/serf median detection: {ratio:.2f}x (goal <= 0.75x)")
+        results["ratio"] = ratio
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
