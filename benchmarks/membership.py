@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _procs import Proc, loopback, wait_until  # noqa: E402
@@ -153,6 +154,23 @@ def _all_see(
     )
 
 
+def _failure_seen(
+    system: System, procs: Sequence[Proc], survivors: Sequence[int], name: str, t0: float
+) -> list[float | None]:
+    """When each survivor first logged ``name`` as failed after ``t0`` (None: not yet)."""
+
+    def logs_failure(line: str) -> bool:
+        return system.failed(line, name)
+
+    return [procs[i].first_match(logs_failure, t0) for i in survivors]
+
+
+def _all_saw_failure(
+    system: System, procs: Sequence[Proc], survivors: Sequence[int], name: str, t0: float
+) -> bool:
+    return None not in _failure_seen(system, procs, survivors, name, t0)
+
+
 def run_detection(system: System, n: int, kills: int, workdir: str) -> dict[str, object]:
     procs = _start_cluster(system, n, workdir)
     try:
@@ -168,20 +186,10 @@ def run_detection(system: System, n: int, kills: int, workdir: str) -> dict[str,
             t0 = time.monotonic()
             procs[victim].kill()
             procs[victim].popen.wait(timeout=5)  # type: ignore[union-attr]
-            ok = wait_until(
-                lambda: all(
-                    procs[i].first_match(lambda line: system.failed(line, name), t0) is not None
-                    for i in survivors
-                ),
-                timeout_s=90,
-                poll_s=0.05,
-            )
-            if not ok:
+            seen_all = partial(_all_saw_failure, system, procs, survivors, name, t0)
+            if not wait_until(seen_all, 90):
                 raise RuntimeError(f"{system.label}: {name} not seen failed by all within 90 s")
-            seen = [
-                procs[i].first_match(lambda line: system.failed(line, name), t0) for i in survivors
-            ]
-            elapsed = max(s for s in seen if s is not None) - t0
+            elapsed = max(_failure_seen(system, procs, survivors, name, t0)) - t0  # type: ignore[type-var]
             times.append(elapsed)
             print(
                 f"  {system.label}: kill {k + 1}/{kills} ({name}) seen failed by all in {elapsed:.2f} s",

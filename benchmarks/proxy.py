@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _procs import Proc, wait_until  # noqa: E402
@@ -220,7 +221,7 @@ def main() -> int:
                     raise RuntimeError("backend nginx did not start")
                 procs += leg.start(workdir)
                 host, port = re.match(r"http://([\d.]+):(\d+)/", leg.url).groups()  # type: ignore[union-attr]
-                if not wait_until(lambda: _port_open(host, int(port)), 30):
+                if not wait_until(partial(_port_open, host, int(port)), 30):
                     raise RuntimeError(f"{leg.label} did not start listening")
                 run_wrk(leg.url, 10, 2, 0, leg.host_header)  # warm-up
                 for conns in args.connections:
