@@ -1,0 +1,136 @@
+"""The admin API routes (HTTP/1.1 + JSON, loopback by default). The CLI is its only client.
+
+| method | path          | what |
+|--------|---------------|------|
+| GET    | /v1/members   | every member this agent knows: name, address, state, incarnation, meta (base64) |
+| GET    | /v1/self      | this agent's own member record and settings summary |
+| POST   | /v1/join      | ``{"addresses": [...]}`` push-pull with each; per-address result |
+| POST   | /v1/leave     | announce "left", flush, stop the agent |
+| GET    | /v1/keys      | the ring of every live member, and how many nodes hold each key |
+| POST   | /v1/keys      | ``{"op": "install"|"use"|"remove", "key": ...}`` cluster-wide, per-node results |
+| GET    | /v1/health    | status, member counts by state, counters including drops by reason |
+| GET    | /v1/monitor   | member events as JSON lines, chunked, as they happen |
+
+Later subsystems add their own routes with ``agent.router.add(method, path, handler)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gossipmesh.agent.http import HTTPError, JSONResponse, Request, Response, StreamResponse
+from gossipmesh.agent.keyops import OPS, fan_out
+from gossipmesh.errors import UsageError
+from gossipmesh.ids import Address
+
+if TYPE_CHECKING:
+    from gossipmesh.agent.runtime import Agent
+
+MAX_JOIN_ADDRESSES = 64
+
+
+def install_admin_routes(agent: Agent) -> None:
+    from gossipmesh.agent.runtime import member_json
+
+    async def members(req: Request) -> Response:
+        ms = await agent.members()
+        return JSONResponse([member_json(m) for m in sorted(ms, key=lambda m: m.name)])
+
+    async def self_(req: Request) -> Response:
+        local = await agent.call(lambda node, now: (node.local_member(), []))
+        body: dict[str, Any] = member_json(local)
+        body.update(
+            cluster=agent.settings.cluster,
+            profile=agent.settings.profile,
+            admin=str(agent.admin_address),
+            leaving=agent.leaving,
+        )
+        return JSONResponse(body)
+
+    async def join(req: Request) -> Response:
+        data = req.json_object()
+        addresses = data.get("addresses")
+        if (
+            not isinstance(addresses, list)
+            or not addresses
+            or not all(isinstance(a, str) for a in addresses)
+        ):
+            raise HTTPError(400, "bad_request", '"addresses" must be a non-empty list of strings')
+        if len(addresses) > MAX_JOIN_ADDRESSES:
+            raise HTTPError(400, "bad_request", f"at most {MAX_JOIN_ADDRESSES} addresses")
+        try:
+            parsed = [Address.parse(a) for a in addresses]
+        except UsageError as exc:
+            raise HTTPError(400, "bad_address", str(exc)) from exc
+        results = await agent.join(parsed)
+        joined = sum(results.values())
+        status = 200 if joined else 502
+        return JSONResponse({"joined": joined, "results": results}, status=status)
+
+    async def leave(req: Request) -> Response:
+        if agent.leaving:
+            return JSONResponse({"left": True, "detail": "already leaving"})
+        # Answer first, then leave in the background: leaving stops the admin server too.
+        assert agent._nursery is not None
+        agent._nursery.start_soon(agent.leave_and_stop)
+        return JSONResponse({"left": True})
+
+    async def keys_list(req: Request) -> Response:
+        return JSONResponse(await fan_out(agent, "list", None))
+
+    async def keys_op(req: Request) -> Response:
+        data = req.json_object()
+        op, key = data.get("op"), data.get("key")
+        if op not in OPS or op == "list":
+            raise HTTPError(400, "bad_request", '"op" must be one of install, use, remove')
+        if not isinstance(key, str) or not key:
+            raise HTTPError(400, "bad_request", '"key" must be a base64 key string')
+        from gossipmesh.crypto import decode_key
+
+        try:
+            decode_key(key)
+        except UsageError as exc:
+            raise HTTPError(400, "bad_key", str(exc)) from exc
+        result = await fan_out(agent, op, key)
+        return JSONResponse(result, status=200 if not result["failed"] else 207)
+
+    async def health(req: Request) -> Response:
+        return JSONResponse(await agent.health())
+
+    async def monitor(req: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            async with agent.subscribe_members() as events:
+                # A first line so clients know the stream is live before any event happens.
+                hello = {
+                    "ts_ms": _wall_ms(),
+                    "event": "monitor-start",
+                    "member": agent.settings.name,
+                }
+                yield json.dumps(hello).encode() + b"\n"
+                async for event in events:
+                    yield json.dumps(event.to_json()).encode() + b"\n"
+
+        return StreamResponse(chunks())
+
+    r = agent.router
+    r.add("GET", "/v1/members", members)
+    r.add("GET", "/v1/self", self_)
+    r.add("POST", "/v1/join", join)
+    r.add("POST", "/v1/leave", leave)
+    r.add("GET", "/v1/keys", keys_list)
+    r.add("POST", "/v1/keys", keys_op)
+    r.add("GET", "/v1/health", health)
+    r.add("GET", "/v1/monitor", monitor)
+
+
+def _wall_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+__all__ = ["install_admin_routes", "trio"]

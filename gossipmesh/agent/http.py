@@ -1,0 +1,272 @@
+"""A small HTTP/1.1 + JSON server on h11 and trio, for the admin API.
+
+Routes are a table of ``(method, path) -> handler``; a handler takes a ``Request`` and returns a
+``JSONResponse`` or a ``StreamResponse`` (chunked, for ``/v1/monitor``), or raises ``HTTPError``.
+Limits: request head ``MAX_HEADER_BYTES`` (431 beyond), body ``MAX_BODY_BYTES`` (413 beyond), and
+``REQUEST_TIMEOUT_S`` to receive a whole request. Every error is JSON ``{"error", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, error: str, detail: str = "") -> None:
+        self.status = status
+        self.error = error
+        self.detail = detail
+        super().__init__(f"{status} {error}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON (an empty body is ``{}``); 400 if it is not JSON."""
+        if not self.body:
+            return {}
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HTTPError(400, "bad_json", f"request body is not valid JSON: {exc}") from exc
+
+    def json_object(self) -> dict[str, Any]:
+        data = self.json()
+        if not isinstance(data, dict):
+            raise HTTPError(400, "bad_request", "request body must be a JSON object")
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class JSONResponse:
+    body: Any
+    status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResponse:
+    """A chunked response; the chunks iterator ends when the stream should end."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: str = "application/x-ndjson"
+    status: int = 200
+
+
+Response = JSONResponse | StreamResponse
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class Router:
+    routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        key = (method.upper(), path)
+        if key in self.routes:
+            raise ValueError(f"route {method} {path} already registered")
+        self.routes[key] = handler
+
+    def resolve(self, method: str, path: str) -> Handler:
+        handler = self.routes.get((method, path))
+        if handler is not None:
+            return handler
+        allowed = sorted(m for (m, p) in self.routes if p == path)
+        if allowed:
+            raise HTTPError(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
+        raise HTTPError(404, "not_found", f"no such endpoint {path}")
+
+
+def _error_body(status: int, error: str, detail: str) -> tuple[int, bytes]:
+    return status, json.dumps({"error": error, "detail": detail}).encode() + b"\n"
+
+
+class HTTPServer:
+    def __init__(self, router: Router, on_error: Callable[[str, str], None] | None = None) -> None:
+        self.router = router
+        self._on_error = on_error
+        self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await trio.serve_listeners(self.handle_connection, listeners, task_status=task_status)
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        if self._limiter.available_tokens == 0:
+            await stream.aclose()
+            return
+        async with self._limiter, stream:
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+            try:
+                while True:
+                    keep = await self._one_request(conn, stream)
+                    if not keep or conn.our_state is not h11.DONE:
+                        return
+                    if conn.their_state is not h11.DONE:
+                        return
+                    conn.start_next_cycle()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                return
+
+    async def _one_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> bool:
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                request = await self._read_request(conn, stream)
+        except trio.TooSlowError:
+            if conn.our_state is h11.SEND_RESPONSE:
+                await self._send_json(
+                    conn, stream, *_error_body(408, "timeout", "request too slow")
+                )
+            return False
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            error = "headers_too_large" if status == 431 else "bad_request"
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._send_raw_error(stream, status, error, str(exc))
+            return False
+        except HTTPError as exc:
+            await self._send_json(conn, stream, *_error_body(exc.status, exc.error, exc.detail))
+            return False
+        if request is None:
+            return False
+        try:
+            handler = self.router.resolve(request.method, request.path)
+            response = await handler(request)
+        except HTTPError as exc:
+            await self._send_json(conn, stream, *_error_body(exc.status, exc.error, exc.detail))
+            return True
+        except Exception as exc:  # a handler bug must not kill the admin server
+            if self._on_error is not None:
+                self._on_error(request.path, repr(exc))
+            await self._send_json(conn, stream, *_error_body(500, "internal", repr(exc)))
+            return False
+        if isinstance(response, JSONResponse):
+            body = json.dumps(response.body).encode() + b"\n"
+            await self._send_json(conn, stream, response.status, body)
+            return True
+        await self._send_stream(conn, stream, response)
+        return False
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(bytes(data))
+                if not data and conn.their_state is h11.IDLE:
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                head = event
+                # h11 bounds only a head still arriving; one that came in whole is checked here.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > MAX_HEADER_BYTES:
+                    raise HTTPError(431, "headers_too_large", f"limit is {MAX_HEADER_BYTES} bytes")
+                length = _header(event, b"content-length")
+                if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+                    raise HTTPError(413, "body_too_large", f"limit is {MAX_BODY_BYTES} bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY_BYTES:
+                    raise HTTPError(413, "body_too_large", f"limit is {MAX_BODY_BYTES} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                target = urlsplit(head.target.decode("ascii", "replace"))
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
+                return Request(
+                    method=head.method.decode("ascii", "replace"),
+                    path=target.path,
+                    query=parse_qs(target.query),
+                    headers=headers,
+                    body=bytes(body),
+                )
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _send_json(
+        self, conn: h11.Connection, stream: trio.abc.Stream, status: int, body: bytes
+    ) -> None:
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+        ]
+        if status >= 400 and conn.their_state is not h11.DONE:
+            headers.append(("connection", "close"))
+        try:
+            out = conn.send(h11.Response(status_code=status, headers=headers))
+            out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
+            out += conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return
+        await stream.send_all(out)
+
+    async def _send_raw_error(
+        self, stream: trio.abc.Stream, status: int, error: str, detail: str
+    ) -> None:
+        # h11 refuses to respond after a protocol error it raised, so write a minimal response.
+        _, body = _error_body(status, error, detail)
+        reason = {431: "Request Header Fields Too Large", 400: "Bad Request"}.get(status, "Error")
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        await stream.send_all(head + body)
+
+    async def _send_stream(
+        self, conn: h11.Connection, stream: trio.abc.Stream, response: StreamResponse
+    ) -> None:
+        headers = [("content-type", response.content_type), ("cache-control", "no-cache")]
+        data = conn.send(h11.Response(status_code=response.status, headers=headers))
+        await stream.send_all(data or b"")
+        async with trio.open_nursery() as nursery:
+
+            async def watch_close() -> None:
+                # The client hanging up is the only way a monitor ends; notice it even when no
+                # events are flowing.
+                while True:
+                    try:
+                        chunk = await stream.receive_some(4096)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        chunk = b""
+                    if not chunk:
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch_close)
+            try:
+                async for chunk in response.chunks:
+                    if chunk:
+                        await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+def _header(event: h11.Request, name: bytes) -> str | None:
+    for k, v in event.headers:
+        if k == name:
+            return v.decode("latin-1")
+    return None

@@ -1,0 +1,110 @@
+"""``run_agent``: settings -> keyring -> Agent, with signals and exit codes.
+
+Exit codes: 0 after a graceful leave (SIGINT/SIGTERM or ``POST /v1/leave``); 2 for a usage error
+(bad flag or config value); 1 when the agent cannot start (unreadable key file, port in use).
+Each failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gossipmesh.agent.log import EventLog
+from gossipmesh.agent.runtime import Agent, AgentStartError
+from gossipmesh.agent.settings import AgentSettings, load_settings
+from gossipmesh.crypto import Keyring, cluster_key, decode_key, load_keyring_file, save_keyring_file
+from gossipmesh.errors import UsageError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def build_keyring(settings: AgentSettings, log: EventLog) -> tuple[Keyring, Path | None]:
+    """The ring and the file that persists it (None: nothing to persist).
+
+    ``--keyring FILE`` wins: it must exist and is rewritten on rotation. Otherwise, with a data dir,
+    ``data-dir/keyring.json`` holds the ring once ``--encrypt`` created it (a later ``--encrypt`` is
+    installed into it, never replaces a rotated ring). Without any key, packets are sealed with a
+    key derived from the cluster name: cluster separation and integrity, but no secrecy.
+    """
+    if settings.keyring is not None:
+        ring = load_keyring_file(settings.keyring)
+        if settings.encrypt is not None:
+            ring.install(decode_key(settings.encrypt))
+            save_keyring_file(settings.keyring, ring)
+        return ring, settings.keyring
+    path = settings.data_dir / "keyring.json" if settings.data_dir is not None else None
+    if path is not None and path.exists():
+        ring = load_keyring_file(path)
+        if settings.encrypt is not None and decode_key(settings.encrypt) not in ring:
+            ring.install(decode_key(settings.encrypt))
+            save_keyring_file(path, ring)
+        return ring, path
+    if settings.encrypt is not None:
+        ring = Keyring([decode_key(settings.encrypt)])
+        if path is not None:
+            save_keyring_file(path, ring)
+        return ring, path
+    log.warn("encryption_disabled", detail="no key given; packets are authenticated, not secret")
+    return Keyring([cluster_key(settings.cluster)]), None
+
+
+def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
+    try:
+        settings = load_settings(flags, config_file)
+        log = EventLog(level=settings.log_level)
+        keyring, keyring_path = build_keyring(settings, log)
+        agent = Agent(settings, keyring=keyring, keyring_path=keyring_path, log=log)
+    except UsageError as exc:
+        print(f"gossipmesh agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"gossipmesh agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        trio.run(_main, agent)
+    except BaseException as exc:
+        start_error = _find(exc, AgentStartError)
+        if start_error is not None:
+            print(f"gossipmesh agent: {start_error}", file=sys.stderr)
+            return EXIT_FAIL
+        if _find(exc, KeyboardInterrupt) is not None:
+            return EXIT_OK
+        raise
+    return EXIT_OK
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` inside ``exc`` (trio nurseries wrap errors in exception groups)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+async def _main(agent: Agent) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.run)
+
+            async def on_signal() -> None:
+                async for signum in signals:
+                    agent.log.info("signal", signal=signal.Signals(signum).name)
+                    nursery.start_soon(agent.leave_and_stop)
+                    # A second signal means "now": stop without waiting for the flush.
+                    async for _ in signals:
+                        agent.stop()
+                        return
+
+            nursery.start_soon(on_signal)
+            await agent.stopped.wait()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,160 @@
+"""Agent settings: one frozen dataclass, built from command-line flags over an optional TOML file.
+
+Flags win over the file; the file wins over defaults. Every problem is a ``UsageError`` naming the
+setting, so the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossipmesh.errors import UsageError
+from gossipmesh.ids import DEFAULT_ADMIN_PORT, DEFAULT_GOSSIP_PORT, MAX_NODE_NAME_BYTES, Address
+
+PROFILES = ("lan", "wan", "local")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+# The keys a TOML file (and the flag dict) may hold; hyphens and underscores are both accepted.
+_KEYS = {
+    "name",
+    "bind",
+    "advertise",
+    "join",
+    "admin",
+    "data_dir",
+    "encrypt",
+    "keyring",
+    "profile",
+    "cluster",
+    "log_level",
+    "seed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    name: str = field(default_factory=socket.gethostname)
+    bind: Address = Address("0.0.0.0", DEFAULT_GOSSIP_PORT)
+    advertise: Address | None = None
+    join: tuple[Address, ...] = ()
+    admin: Address = Address("127.0.0.1", DEFAULT_ADMIN_PORT)
+    data_dir: Path | None = None
+    encrypt: str | None = None  # base64 key, as `gossipmesh keygen` prints it
+    keyring: Path | None = None  # JSON ring file (list of base64 keys, primary first)
+    profile: str = "lan"
+    cluster: str = "default"
+    log_level: str = "info"
+    seed: int | None = None  # seeds the core's random.Random; tests and simulations only
+
+    def advertised(self) -> Address:
+        """The address peers reach us at: --advertise, else --bind (must then be concrete)."""
+        return self.advertise if self.advertise is not None else self.bind
+
+
+def load_settings(flags: Mapping[str, Any], config_file: Path | None = None) -> AgentSettings:
+    """Merge ``flags`` (None means "not given") over ``config_file`` over the defaults."""
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        raw.update(_read_toml(config_file))
+    for key, value in flags.items():
+        norm = key.replace("-", "_")
+        if norm not in _KEYS:
+            raise UsageError(f"unknown setting {key!r}")
+        if value is None or (norm == "join" and not value):
+            continue
+        raw[norm] = value
+    return _build(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from exc
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = key.replace("-", "_")
+        if norm not in _KEYS:
+            raise UsageError(f"config file {path}: unknown setting {key!r}")
+        out[norm] = value
+    return out
+
+
+def _str(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key} must be a string")
+    return value
+
+
+def _build(raw: dict[str, Any]) -> AgentSettings:
+    kwargs: dict[str, Any] = {}
+    name = _str(raw, "name")
+    if name is not None:
+        if not name or len(name.encode()) > MAX_NODE_NAME_BYTES:
+            raise UsageError(f"name must be 1-{MAX_NODE_NAME_BYTES} bytes")
+        kwargs["name"] = name
+    for key, default_port in (("bind", DEFAULT_GOSSIP_PORT), ("advertise", DEFAULT_GOSSIP_PORT)):
+        text = _str(raw, key)
+        if text is not None:
+            kwargs[key] = _addr(key, text, default_port)
+    admin = _str(raw, "admin")
+    if admin is not None:
+        kwargs["admin"] = _addr("admin", admin, DEFAULT_ADMIN_PORT)
+    join = raw.get("join")
+    if join is not None:
+        if isinstance(join, str):
+            join = [join]
+        if not isinstance(join, list | tuple) or not all(isinstance(j, str) for j in join):
+            raise UsageError("join must be a list of HOST:PORT strings")
+        kwargs["join"] = tuple(_addr("join", j, DEFAULT_GOSSIP_PORT) for j in join)
+    for key in ("data_dir", "keyring"):
+        text = _str(raw, key)
+        if text is not None:
+            kwargs[key] = Path(text).expanduser()
+    encrypt = _str(raw, "encrypt")
+    if encrypt is not None:
+        from gossipmesh.crypto import decode_key
+
+        try:
+            decode_key(encrypt)
+        except UsageError as exc:
+            raise UsageError(f"--encrypt: {exc}") from exc
+        kwargs["encrypt"] = encrypt
+    profile = _str(raw, "profile")
+    if profile is not None:
+        if profile not in PROFILES:
+            raise UsageError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
+        kwargs["profile"] = profile
+    cluster = _str(raw, "cluster")
+    if cluster is not None:
+        if not cluster or len(cluster.encode()) > 64:
+            raise UsageError("cluster name must be 1-64 bytes")
+        kwargs["cluster"] = cluster
+    level = _str(raw, "log_level")
+    if level is not None:
+        if level not in LOG_LEVELS:
+            raise UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        kwargs["log_level"] = level
+    seed = raw.get("seed")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise UsageError("seed must be an integer")
+        kwargs["seed"] = seed
+    return AgentSettings(**kwargs)
+
+
+def _addr(key: str, text: str, default_port: int) -> Address:
+    try:
+        return Address.parse(text, default_port=default_port)
+    except UsageError as exc:
+        raise UsageError(f"--{key.replace('_', '-')}: {exc}") from exc
