@@ -1,0 +1,1 @@
+"""The gossipmesh command line: a client of an agent's admin API."""

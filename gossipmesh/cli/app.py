@@ -1,0 +1,245 @@
+"""The ``gossipmesh`` command line. Commands are thin: parse, call the admin API, render, exit.
+
+Exit codes: 0 success; 1 the agent is unreachable or reported a failure; 2 usage error.
+The CLI is a client of the admin API and imports no agent internals; the one exception is
+``gossipmesh agent``, which runs the agent itself (imported lazily, only for that command).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from gossipmesh.cli import render
+from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="gossipmesh",
+    help="gossipmesh: a decentralized service mesh (SWIM membership, no control-plane server).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(
+    help="Rotate the cluster's encryption keys (cluster-wide).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+AgentOpt = Annotated[
+    str,
+    typer.Option(
+        "--agent",
+        envvar="GOSSIPMESH_AGENT",
+        help="Admin API of the agent to talk to (HOST:PORT).",
+        show_envvar=True,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _client(agent: str) -> AdminClient:
+    try:
+        return AdminClient(agent)
+    except Exception as exc:  # UsageError from Address.parse
+        raise typer.BadParameter(str(exc), param_hint="--agent") from exc
+
+
+def _run(fn: Callable[[], T]) -> T:
+    """The one boundary where client errors become a line on stderr and exit code 1."""
+    try:
+        return fn()
+    except AgentUnreachable as exc:
+        err.print(f"gossipmesh: {exc}", soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+    except AdminError as exc:
+        err.print(f"gossipmesh: agent error: {exc}", soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def agent(
+    name: Annotated[str | None, typer.Option(help="Node name (default: hostname).")] = None,
+    bind: Annotated[
+        str | None, typer.Option(help="UDP+TCP gossip address HOST:PORT (default 0.0.0.0:7946).")
+    ] = None,
+    advertise: Annotated[str | None, typer.Option(help="Address peers use to reach us.")] = None,
+    join: Annotated[
+        list[str] | None, typer.Option(help="Seed HOST:PORT to join (repeatable; retried).")
+    ] = None,
+    admin: Annotated[
+        str | None, typer.Option(help="Admin API HOST:PORT (default 127.0.0.1:7947).")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="State dir: keyring, known peers, incarnation.")
+    ] = None,
+    encrypt: Annotated[
+        str | None, typer.Option(help="Base64 AES-256 key (from `gossipmesh keygen`).")
+    ] = None,
+    keyring: Annotated[
+        str | None, typer.Option(help="Keyring file: JSON list of base64 keys, primary first.")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Timing preset: lan (default), wan or local.")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help='Cluster name; clusters never merge (default "default").')
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with the same settings (flags win).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warn or error.")] = None,
+    seed: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run the gossipmesh agent in the foreground (SIGINT/SIGTERM leave gracefully)."""
+    from gossipmesh.agent.main import run_agent  # the one place the CLI runs agent code
+
+    flags = {
+        "name": name,
+        "bind": bind,
+        "advertise": advertise,
+        "join": join or None,
+        "admin": admin,
+        "data_dir": data_dir,
+        "encrypt": encrypt,
+        "keyring": keyring,
+        "profile": profile,
+        "cluster": cluster,
+        "log_level": log_level,
+        "seed": seed,
+    }
+    raise typer.Exit(run_agent(flags, config))
+
+
+@app.command()
+def members(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """List the members the agent knows, with their state."""
+    client = _client(agent)
+    data = _run(lambda: client.call("GET", "/v1/members"))
+    if as_json:
+        _print_json(data)
+    else:
+        out.print(render.members_table(data))
+
+
+@app.command()
+def join(
+    addresses: Annotated[list[str], typer.Argument(help="HOST:PORT of members to join.")],
+    agent: AgentOpt = DEFAULT_AGENT,
+) -> None:
+    """Ask the agent to join the cluster through the given addresses."""
+    client = _client(agent)
+    data = _run(lambda: client.call("POST", "/v1/join", {"addresses": addresses}, ok=(502,)))
+    for address, ok in (data.get("results") or {}).items():
+        out.print(f"{address}: {'[green]joined[/]' if ok else '[red]no answer[/]'}")
+    if not data.get("joined"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def leave(agent: AgentOpt = DEFAULT_AGENT) -> None:
+    """Make the agent leave the cluster gracefully and stop."""
+    client = _client(agent)
+    _run(lambda: client.call("POST", "/v1/leave"))
+    out.print("leaving")
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new random AES-256 key (base64) for --encrypt and `keys install`."""
+    from gossipmesh.crypto import generate_key
+
+    sys.stdout.write(generate_key() + "\n")
+
+
+@app.command()
+def status(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Show the agent's health: member counts, health score, dropped-packet counters."""
+    client = _client(agent)
+    data = _run(lambda: client.call("GET", "/v1/health"))
+    if as_json:
+        _print_json(data)
+    else:
+        render.status(out, data)
+
+
+@app.command()
+def monitor(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Stream member events as they happen (Ctrl-C to stop)."""
+    client = _client(agent)
+
+    def stream() -> None:
+        for line in client.stream_lines("/v1/monitor"):
+            if not line:
+                continue
+            if as_json:
+                sys.stdout.write(line.decode() + "\n")
+                sys.stdout.flush()
+            else:
+                try:
+                    out.print(render.event_line(json.loads(line)))
+                except ValueError:
+                    continue
+
+    try:
+        _run(stream)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def _key_op(op: str, key: str, agent: str, as_json: bool) -> None:
+    client = _client(agent)
+    data = _run(lambda: client.call("POST", "/v1/keys", {"op": op, "key": key}, ok=(207,)))
+    if as_json:
+        _print_json(data)
+    else:
+        render.keys_result(out, data)
+    if data.get("failed"):
+        raise typer.Exit(1)
+
+
+@keys_app.command("list")
+def keys_list(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """List the keys installed on every live member, and how many nodes hold each."""
+    client = _client(agent)
+    data = _run(lambda: client.call("GET", "/v1/keys"))
+    if as_json:
+        _print_json(data)
+    else:
+        render.keys_result(out, data)
+
+
+@keys_app.command("install")
+def keys_install(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Install KEY on every member (decrypt-only until `keys use`)."""
+    _key_op("install", key, agent, as_json)
+
+
+@keys_app.command("use")
+def keys_use(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Make KEY the primary (encrypting) key on every member."""
+    _key_op("use", key, agent, as_json)
+
+
+@keys_app.command("remove")
+def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Remove KEY from every member (it must not be the primary anywhere)."""
+    _key_op("remove", key, agent, as_json)
+
+
+def main() -> None:
+    app(prog_name="gossipmesh")
