@@ -17,7 +17,7 @@ with a deadline at the earliest timer, so no task is spawned per timer and ``aut
 works. ``now_ms`` is ``trio.current_time()`` in integer milliseconds.
 
 Effects are applied in order by the owner: ``SendPacket`` is sealed and sent; ``SetTimer`` goes on
-the heap; ``StartPushPull`` spawns a bounded background task (at most ``MAX_PUSH_PULLS`` at once)
+the heap; ``StartPushPull`` spawns a bounded background task (``push_pull_concurrency_max`` at once)
 that talks TCP and feeds its outcome back as a ``_Call``; ``MemberChanged``/``MemberReaped`` are
 logged and published to listeners; ``UserMessage`` goes to registered user-message handlers.
 
@@ -55,7 +55,7 @@ from gossipmesh.agent.settings import AgentSettings
 from gossipmesh.agent.store import DataDir
 from gossipmesh.agent.streams import SealedStream, decode_first, encode_first
 from gossipmesh.agent.timers import TimerHeap
-from gossipmesh.crypto import Keyring, save_keyring_file
+from gossipmesh.crypto import SEAL_OVERHEAD, Keyring, save_keyring_file
 from gossipmesh.errors import DecodeError, GossipmeshError
 from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.effects import (
@@ -72,10 +72,8 @@ from gossipmesh.swim.member import Member, MemberState
 T = TypeVar("T")
 
 INPUT_QUEUE_DEPTH = 1024  # inputs waiting for the owner; UDP beyond this is dropped
-MAX_UDP_BYTES = 65536  # receive buffer; the core's own packet limit is far below
-MAX_PUSH_PULLS = 8  # outbound push-pulls at once (memberlist bounds its inbound ones to 128)
-MAX_INBOUND_STREAMS = 32
-STREAM_TIMEOUT_S = 5.0  # a whole inbound or outbound stream exchange
+MAX_UDP_BYTES = 65536  # receive buffer; datagrams over the configured packet size are dropped
+MAX_INBOUND_STREAMS = 32  # concurrent inbound TCP streams; more are closed at once and counted
 SUBSCRIBER_BUFFER = 256
 JOIN_BACKOFF_S = (0.5, 30.0)  # first retry delay, cap
 LEAVE_FLUSH_S = 1.0
@@ -193,6 +191,12 @@ class Agent:
         self._timers = TimerHeap()
         self._send_in, self._recv_in = trio.open_memory_channel[_Packet | _Call](INPUT_QUEUE_DEPTH)
         self._push_pulls = 0
+        cfg = self.swim_config
+        # Outbound push-pulls at once (the core also bounds its own); streams time out as a whole.
+        self._push_pull_max = _cfg(cfg, ("push_pull_concurrency_max",), 4)
+        self.stream_timeout_s = _cfg(cfg, ("push_pull_timeout_ms",), 5000) / 1000
+        self._max_packet = _cfg(cfg, ("packet_size_bytes",), 1400) + SEAL_OVERHEAD
+        self._max_frame = _cfg(cfg, ("push_pull_max_bytes",), 16 << 20) + SEAL_OVERHEAD
         self._inbound_streams = trio.CapacityLimiter(MAX_INBOUND_STREAMS)
         self._peers_dirty = False
         self._node: Any = None
@@ -260,7 +264,7 @@ class Agent:
     async def open_stream(self, to: Address, kind: str, body: bytes) -> SealedStream:
         """Connect to a peer's gossip port and send the first frame. Caller sets the timeout."""
         tcp = await trio.open_tcp_stream(to.host, to.port)
-        stream = SealedStream(tcp, self.keyring, self._stream_aad)
+        stream = SealedStream(tcp, self.keyring, self._stream_aad, self._max_frame)
         try:
             await stream.send(encode_first(kind, body))
         except BaseException:
@@ -518,6 +522,9 @@ class Agent:
                 # ICMP port-unreachable from a dead peer surfaces here on some platforms.
                 self.counters["udp.recv_errors"] += 1
                 continue
+            if len(sealed) > self._max_packet:
+                self.counters["dropped.oversize"] += 1
+                continue
             try:
                 data = self.keyring.open(sealed, self._udp_aad)
             except DecodeError as exc:
@@ -544,9 +551,9 @@ class Agent:
             except OSError:
                 return
             src = Address(host, port)
-            stream = SealedStream(tcp, self.keyring, self._stream_aad)
+            stream = SealedStream(tcp, self.keyring, self._stream_aad, self._max_frame)
             try:
-                with trio.fail_after(STREAM_TIMEOUT_S):
+                with trio.fail_after(self.stream_timeout_s):
                     kind, body = decode_first(await stream.receive())
                     handler = self._stream_handlers.get(kind)
                     if handler is None:
@@ -566,7 +573,7 @@ class Agent:
 
     def _start_push_pull(self, to: Address, join: bool) -> None:
         assert self._nursery is not None
-        if self._push_pulls >= MAX_PUSH_PULLS:
+        if self._push_pulls >= self._push_pull_max:
             self.counters["dropped.push_pull_limit"] += 1
             self._nursery.start_soon(self._push_pull_done, to, join, None)
             return
@@ -577,7 +584,7 @@ class Agent:
         reply: bytes | None = None
         try:
             payload = await self.call(lambda node, now: (node.push_pull_payload(join), []))
-            with trio.fail_after(STREAM_TIMEOUT_S):
+            with trio.fail_after(self.stream_timeout_s):
                 stream = await self.open_stream(to, "pushpull", payload)
                 try:
                     reply = await stream.receive()
@@ -727,11 +734,9 @@ def _cfg(config: Any, names: tuple[str, ...], default: int) -> int:
 
 
 def _swim_config(profile: str) -> Any:
-    from gossipmesh.swim import config as swim_config
+    from gossipmesh.swim.config import SwimConfig
 
-    cls = swim_config.SwimConfig
-    preset = getattr(cls, profile, None) or getattr(swim_config, profile)
-    return preset()
+    return SwimConfig.preset(profile)
 
 
 async def _resolve(addr: Address) -> Address | None:

@@ -19,7 +19,7 @@ import trio
 from gossipmesh.crypto import Keyring
 from gossipmesh.errors import DecodeError
 
-MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # default; the agent passes the core's push_pull_max_bytes
 MAX_KIND_BYTES = 32
 _LEN = struct.Struct(">I")
 
@@ -47,15 +47,22 @@ def decode_first(data: bytes) -> tuple[str, bytes]:
 class SealedStream:
     """One TCP connection speaking sealed frames. Not safe for concurrent senders (one owner)."""
 
-    def __init__(self, stream: trio.abc.Stream, keyring: Keyring, aad: bytes) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        keyring: Keyring,
+        aad: bytes,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
         self._stream = stream
+        self._max = max_frame_bytes
         self._keyring = keyring
         self._aad = aad
         self._buf = bytearray()
 
     async def send(self, plaintext: bytes) -> None:
         sealed = self._keyring.seal(plaintext, self._aad)
-        if len(sealed) > MAX_FRAME_BYTES:
+        if len(sealed) > self._max:
             raise DecodeError("oversize", f"frame of {len(sealed)} bytes")
         await self._stream.send_all(_LEN.pack(len(sealed)) + sealed)
 
@@ -63,14 +70,14 @@ class SealedStream:
         """The next frame, opened. ``DecodeError`` for a bad frame, ``EOFError`` on a clean close."""
         header = await self._read_exactly(_LEN.size)
         (length,) = _LEN.unpack(header)
-        if length > MAX_FRAME_BYTES:
+        if length > self._max:
             raise DecodeError("oversize", f"frame header says {length} bytes")
         sealed = await self._read_exactly(length)
         return self._keyring.open(sealed, self._aad)
 
     async def _read_exactly(self, n: int) -> bytes:
         while len(self._buf) < n:
-            chunk = await self._stream.receive_some(max(65536, n - len(self._buf)))
+            chunk = await self._stream.receive_some(min(1 << 20, max(65536, n - len(self._buf))))
             if not chunk:
                 if self._buf:
                     raise DecodeError("truncated", "stream closed mid-frame")
