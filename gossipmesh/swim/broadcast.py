@@ -1,0 +1,123 @@
+"""Transmit-limited piggyback queue: infection-style dissemination with bounded memory.
+
+Theory of operation
+-------------------
+Membership news (alive, suspect, dead) and user payloads are not sent on their own: they ride
+in the spare bytes of packets we send anyway (pings, acks, gossip rounds). Each queued item is
+sent at most ``retransmit_limit(λ, n) = λ * ceil(log10(n + 1))`` times; SWIM's analysis shows
+that is enough for an epidemic to reach everyone with high probability while the cost per member
+stays logarithmic.
+
+Items are picked least-transmitted first (fresh news spreads fastest), newest first among equals
+(like memberlist's btree order). Newer news about a member *replaces* older news about it: items
+are keyed by member name, so an ``alive`` refutation removes the ``suspect`` it refutes instead of
+both travelling. User payloads get unique keys and never invalidate each other.
+
+Storage is a list of insertion-ordered dicts, one per transmit count. Picking walks the low
+buckets from their newest end and stops when the packet is full or after ``SCAN_LIMIT`` looks, so
+the per-packet cost does not grow with the queue. The queue holds at most ``max_depth`` items;
+beyond that the most-transmitted, oldest items are dropped (they have already spread the most).
+"""
+
+from __future__ import annotations
+
+import math
+
+# How many queued items one packet may look at before giving up on filling its last bytes.
+SCAN_LIMIT = 64
+# Smallest message we could still squeeze in; below this, stop looking.
+MIN_MESSAGE_BYTES = 4
+
+
+def retransmit_limit(retransmit_mult: int, n: int) -> int:
+    """λ·⌈log10(n+1)⌉, at least 1 (memberlist's ``retransmitLimit``)."""
+    return max(1, retransmit_mult * math.ceil(math.log10(n + 1)))
+
+
+class _Item:
+    __slots__ = ("data", "key", "transmits")
+
+    def __init__(self, key: object, data: bytes) -> None:
+        self.key = key
+        self.data = data
+        self.transmits = 0
+
+
+class BroadcastQueue:
+    __slots__ = ("_buckets", "_index", "_next_id", "dropped", "max_depth")
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self._buckets: list[dict[object, _Item]] = [{}]
+        self._index: dict[object, _Item] = {}
+        self._next_id = 0
+        self.dropped = 0  # items pruned because the queue was full
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def queue(self, data: bytes, key: object = None) -> None:
+        """Queue ``data``; an item with the same ``key`` (a member name) is replaced."""
+        if key is None:
+            self._next_id += 1
+            key = ("user", self._next_id)
+        old = self._index.get(key)
+        if old is not None:
+            del self._buckets[old.transmits][key]
+        item = _Item(key, data)
+        self._index[key] = item
+        self._buckets[0][key] = item
+        if len(self._index) > self.max_depth:
+            self._prune()
+
+    def _prune(self) -> None:
+        # Drop from the most-transmitted bucket, oldest first: that news has spread the most.
+        for bucket in reversed(self._buckets):
+            while bucket and len(self._index) > self.max_depth:
+                key = next(iter(bucket))
+                del bucket[key]
+                del self._index[key]
+                self.dropped += 1
+            if len(self._index) <= self.max_depth:
+                return
+
+    def get(self, budget_bytes: int, limit: int) -> list[bytes]:
+        """Take items whose total size fits ``budget_bytes``, counting one transmit for each."""
+        if not self._index or budget_bytes < MIN_MESSAGE_BYTES:
+            return []
+        picked: list[_Item] = []
+        remaining = budget_bytes
+        scanned = 0
+        for bucket in self._buckets:
+            if not bucket:
+                continue
+            for item in reversed(bucket.values()):
+                size = len(item.data)
+                if size <= remaining:
+                    picked.append(item)
+                    remaining -= size
+                    if remaining < MIN_MESSAGE_BYTES:
+                        break
+                scanned += 1
+                if scanned >= SCAN_LIMIT:
+                    break
+            if remaining < MIN_MESSAGE_BYTES or scanned >= SCAN_LIMIT:
+                break
+        buckets = self._buckets
+        for item in picked:
+            del buckets[item.transmits][item.key]
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self._index[item.key]
+                continue
+            if item.transmits >= len(buckets):
+                buckets.append({})
+            buckets[item.transmits][item.key] = item
+        return [item.data for item in picked]
+
+    def has_key(self, key: object) -> bool:
+        return key in self._index
+
+    def transmits(self, key: object) -> int | None:
+        item = self._index.get(key)
+        return None if item is None else item.transmits

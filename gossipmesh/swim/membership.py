@@ -1,0 +1,167 @@
+"""The member table and the shuffled round-robin probe order.
+
+Theory of operation
+-------------------
+Members live in a dict keyed by name, holding frozen ``Member`` snapshots that are replaced (not
+mutated) on every change, so handing one to a caller is free and safe.
+
+Probing walks a shuffled list of names round-robin (SWIM §4.3): every member is probed once per
+round, which bounds the worst-case detection time, while the shuffle keeps the order
+unpredictable. A new member is appended and swapped with a random position, so it is probed
+within the current round at a random time rather than always last (memberlist does the same).
+At the end of a round the list is rebuilt from the table (dropping reaped names) and reshuffled;
+that O(n) work happens once per n probes. Dead and left members stay in the list until reaped,
+skipped by the prober but still reachable by ``random_members`` for gossip-to-the-dead.
+
+``random_members`` samples random positions of that list (O(k) for k targets when most members
+pass the filter), falling back to one linear sweep from a random offset when most do not.
+
+Counts needed per packet (live members, for the retransmit limit and suspicion bounds) are kept
+up to date on each change instead of being recounted. Iteration orders are dict insertion orders
+(never ``set`` orders, which vary with hash seeds) so a seeded run is reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+
+from gossipmesh.swim.member import Member, MemberState
+
+_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+_GONE = (MemberState.DEAD, MemberState.LEFT)
+
+
+class MemberTable:
+    __slots__ = (
+        "_gone",
+        "_in_order",
+        "_members",
+        "_order",
+        "_pos",
+        "_rng",
+        "live_count",
+        "local_name",
+    )
+
+    def __init__(self, local: Member, rng: random.Random) -> None:
+        self.local_name = local.name
+        self._rng = rng
+        self._members: dict[str, Member] = {local.name: local}
+        self._order: list[str] = []  # every other member's name, shuffled
+        self._in_order: set[str] = set()  # membership test only; never iterated
+        self._pos = 0
+        self._gone: dict[str, None] = {}  # DEAD/LEFT names, insertion-ordered for determinism
+        self.live_count = 1 if local.state in _LIVE else 0
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._members
+
+    def get(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def values(self) -> Iterable[Member]:
+        return self._members.values()
+
+    def gone_names(self) -> list[str]:
+        return list(self._gone)
+
+    def put(self, member: Member) -> Member | None:
+        """Insert or replace a member; return the previous snapshot."""
+        name = member.name
+        prev = self._members.get(name)
+        self._members[name] = member
+        was_live = prev is not None and prev.state in _LIVE
+        is_live = member.state in _LIVE
+        if was_live != is_live:
+            self.live_count += 1 if is_live else -1
+        if is_live:
+            self._gone.pop(name, None)
+        else:
+            self._gone[name] = None
+        if prev is None and name != self.local_name and name not in self._in_order:
+            self._insert_in_order(name)
+        return prev
+
+    def remove(self, name: str) -> Member | None:
+        """Forget a member (reaping). Its stale name in the probe list is skipped until rebuilt."""
+        prev = self._members.pop(name, None)
+        if prev is not None:
+            if prev.state in _LIVE:
+                self.live_count -= 1
+            self._gone.pop(name, None)
+        return prev
+
+    def _insert_in_order(self, name: str) -> None:
+        order = self._order
+        order.append(name)
+        self._in_order.add(name)
+        # Swap into a random slot so newcomers are not always probed last.
+        j = self._rng.randrange(len(order))
+        order[-1], order[j] = order[j], order[-1]
+
+    def _rebuild_order(self) -> None:
+        order = [n for n in self._members if n != self.local_name]
+        self._rng.shuffle(order)
+        self._order = order
+        self._in_order = set(order)
+        self._pos = 0
+
+    def next_probe_target(self) -> Member | None:
+        """The next ALIVE or SUSPECT member in round-robin order, or None if there is none."""
+        rebuilt = False
+        checked = 0
+        while True:
+            if self._pos >= len(self._order):
+                if rebuilt:
+                    return None
+                self._rebuild_order()
+                rebuilt = True
+                if not self._order:
+                    return None
+            name = self._order[self._pos]
+            self._pos += 1
+            checked += 1
+            m = self._members.get(name)
+            if m is not None and m.state in _LIVE:
+                return m
+            if checked > 2 * len(self._members) + 2:
+                return None
+
+    def random_members(self, k: int, accept: Callable[[Member], bool]) -> list[Member]:
+        """Up to ``k`` distinct random members (never the local one) for which ``accept`` holds."""
+        order = self._order
+        size = len(order)
+        if k <= 0 or size == 0:
+            return []
+        members = self._members
+        chosen: list[Member] = []
+        seen: set[str] = set()
+        rng = self._rng
+        # Random probing first: cheap when most members qualify (the common case).
+        for _ in range(4 * k + 8):
+            name = order[rng.randrange(size)]
+            if name in seen:
+                continue
+            seen.add(name)
+            m = members.get(name)
+            if m is not None and accept(m):
+                chosen.append(m)
+                if len(chosen) >= k:
+                    return chosen
+        # Few qualify: sweep once from a random offset so we still find them if they exist.
+        start = rng.randrange(size)
+        for i in range(size):
+            name = order[(start + i) % size]
+            if name in seen:
+                continue
+            seen.add(name)
+            m = members.get(name)
+            if m is not None and accept(m):
+                chosen.append(m)
+                if len(chosen) >= k:
+                    break
+        return chosen

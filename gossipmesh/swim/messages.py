@@ -1,0 +1,389 @@
+"""SWIM messages: frozen dataclasses and their msgpack array encoding.
+
+Theory of operation
+-------------------
+Each message is a msgpack array ``[type, field, ...]`` (positional, no map keys: smaller and
+faster than dicts, which matters when a simulator pushes millions of them). ``encode`` packs one
+message to bytes; ``gossipmesh.wire`` joins several into a compound packet. ``decode`` turns one
+raw array from ``wire.decode_packet`` back into a dataclass and validates *every* field's type and
+range, because bytes from the network are hostile: anything wrong raises ``DecodeError`` and
+nothing else. Trailing array items are ignored so a later minor revision can append fields
+without a version bump; a missing field is an error.
+
+Integers that the core does arithmetic on (incarnations, sequence numbers) are capped at
+``MAX_COUNTER`` (2**62) so ``incarnation + 1`` can never overflow msgpack's 64-bit encoding.
+
+The messages: ``Ping``/``Ack``/``Nack``/``PingReq`` drive failure detection; ``Alive``,
+``Suspect`` and ``Dead`` (``left=True`` for a voluntary leave) are membership rumours that are
+piggybacked; ``User`` carries an application payload; ``PushPull`` is the full state sent over
+TCP (never inside a UDP packet).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from gossipmesh.errors import DecodeError
+from gossipmesh.ids import MAX_NODE_NAME_BYTES, Address
+from gossipmesh.swim.member import MAX_META_BYTES, MemberState
+from gossipmesh.wire import decode_packet, decode_stream_payload, encode_stream_payload, pack
+
+MAX_COUNTER = 1 << 62
+MAX_HOST_BYTES = 255
+MAX_USER_PAYLOAD_BYTES = 65_507
+# Bound on entries in one push-pull state; the byte limit bounds it too.
+MAX_PUSH_PULL_MEMBERS = 1_000_000
+
+
+class MsgType(enum.IntEnum):
+    PING = 1
+    ACK = 2
+    NACK = 3
+    PING_REQ = 4
+    ALIVE = 5
+    SUSPECT = 6
+    DEAD = 7
+    USER = 8
+    PUSH_PULL = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Are you alive? ``suspect_incarnation`` is set when the sender holds the target suspect
+    (Lifeguard's buddy system): the target refutes at once instead of waiting for gossip."""
+
+    seq: int
+    target: str
+    suspect_incarnation: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """An intermediary could not reach the target: proof that *it* is alive and talking to us."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Please ping ``target`` for me and forward its ack (or a nack) with ``seq``."""
+
+    seq: int
+    target: str
+    target_address: Address
+    suspect_incarnation: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    name: str
+    incarnation: int
+    address: Address
+    meta: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    name: str
+    incarnation: int
+    source: str  # who suspects; Lifeguard counts confirmations from distinct sources
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    name: str
+    incarnation: int
+    source: str
+    left: bool = False  # the member announced its own departure (source == name)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An application payload. ``relay`` payloads are re-gossiped by each first receiver."""
+
+    payload: bytes
+    relay: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One member's state inside a push-pull exchange."""
+
+    name: str
+    address: Address
+    incarnation: int
+    state: MemberState
+    meta: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    join: bool
+    members: tuple[MemberRecord, ...]
+
+
+Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | User
+AnyMessage = Message | PushPull
+
+_STATE_CODES = {
+    MemberState.ALIVE: 0,
+    MemberState.SUSPECT: 1,
+    MemberState.DEAD: 2,
+    MemberState.LEFT: 3,
+}
+_CODE_STATES = {code: state for state, code in _STATE_CODES.items()}
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def to_list(msg: AnyMessage) -> list[Any]:
+    """The positional msgpack form of a message."""
+    if type(msg) is Ping:
+        return [MsgType.PING, msg.seq, msg.target, msg.suspect_incarnation]
+    if type(msg) is Ack:
+        return [MsgType.ACK, msg.seq]
+    if type(msg) is Nack:
+        return [MsgType.NACK, msg.seq]
+    if type(msg) is PingReq:
+        a = msg.target_address
+        return [MsgType.PING_REQ, msg.seq, msg.target, a.host, a.port, msg.suspect_incarnation]
+    if type(msg) is Alive:
+        a = msg.address
+        return [MsgType.ALIVE, msg.name, msg.incarnation, a.host, a.port, msg.meta]
+    if type(msg) is Suspect:
+        return [MsgType.SUSPECT, msg.name, msg.incarnation, msg.source]
+    if type(msg) is Dead:
+        return [MsgType.DEAD, msg.name, msg.incarnation, msg.source, msg.left]
+    if type(msg) is User:
+        return [MsgType.USER, msg.payload, msg.relay]
+    if type(msg) is PushPull:
+        return [
+            MsgType.PUSH_PULL,
+            msg.join,
+            [
+                [
+                    r.name,
+                    r.address.host,
+                    r.address.port,
+                    r.incarnation,
+                    _STATE_CODES[r.state],
+                    r.meta,
+                ]
+                for r in msg.members
+            ],
+        ]
+    raise TypeError(f"not a SWIM message: {msg!r}")
+
+
+def encode(msg: AnyMessage) -> bytes:
+    """Pack one message (not a packet: see ``gossipmesh.wire.encode_packet``)."""
+    return pack(to_list(msg))
+
+
+def encode_push_pull(msg: PushPull) -> bytes:
+    """A versioned stream payload holding the push-pull state."""
+    return encode_stream_payload(to_list(msg))
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = MAX_COUNTER) -> int:
+    # bool is a subclass of int; a hostile True must not pass as 1.
+    if type(v) is not int or not lo <= v <= hi:
+        raise DecodeError("bad_field", f"{what}: {v!r:.40}")
+    return v
+
+
+def _opt_int(v: Any, what: str) -> int | None:
+    return None if v is None else _int(v, what)
+
+
+def _str(v: Any, what: str, max_bytes: int, min_len: int = 1) -> str:
+    if type(v) is not str or len(v) < min_len or len(v) > max_bytes:
+        raise DecodeError("bad_field", f"{what}: {v!r:.40}")
+    # len() counts characters; only long-ish strings can exceed the byte limit when encoded.
+    if len(v) * 4 > max_bytes and len(v.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise DecodeError("bad_field", f"{what}: too long")
+    return v
+
+
+def _name(v: Any, what: str = "name") -> str:
+    return _str(v, what, MAX_NODE_NAME_BYTES)
+
+
+def _bytes(v: Any, what: str, max_bytes: int) -> bytes:
+    if type(v) is not bytes or len(v) > max_bytes:
+        raise DecodeError("bad_field", f"{what}: {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any, what: str) -> bool:
+    if type(v) is not bool:
+        raise DecodeError("bad_field", f"{what}: {v!r:.40}")
+    return v
+
+
+def _address(host: Any, port: Any) -> Address:
+    return Address(_str(host, "host", MAX_HOST_BYTES), _int(port, "port", 0, 65535))
+
+
+def _need(raw: list[Any], n: int) -> None:
+    if len(raw) < n:
+        raise DecodeError("bad_message", f"type {raw[0]} needs {n} items, got {len(raw)}")
+
+
+def _d_ping(r: list[Any]) -> Ping:
+    _need(r, 4)
+    return Ping(_int(r[1], "seq"), _name(r[2], "target"), _opt_int(r[3], "suspect_incarnation"))
+
+
+def _d_ack(r: list[Any]) -> Ack:
+    _need(r, 2)
+    return Ack(_int(r[1], "seq"))
+
+
+def _d_nack(r: list[Any]) -> Nack:
+    _need(r, 2)
+    return Nack(_int(r[1], "seq"))
+
+
+def _d_ping_req(r: list[Any]) -> PingReq:
+    _need(r, 6)
+    return PingReq(
+        _int(r[1], "seq"),
+        _name(r[2], "target"),
+        _address(r[3], r[4]),
+        _opt_int(r[5], "suspect_incarnation"),
+    )
+
+
+def _d_alive(r: list[Any]) -> Alive:
+    _need(r, 6)
+    return Alive(
+        _name(r[1]),
+        _int(r[2], "incarnation"),
+        _address(r[3], r[4]),
+        _bytes(r[5], "meta", MAX_META_BYTES),
+    )
+
+
+def _d_suspect(r: list[Any]) -> Suspect:
+    _need(r, 4)
+    return Suspect(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"))
+
+
+def _d_dead(r: list[Any]) -> Dead:
+    _need(r, 5)
+    return Dead(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"), _bool(r[4], "left"))
+
+
+def _d_user(r: list[Any]) -> User:
+    _need(r, 3)
+    return User(_bytes(r[1], "payload", MAX_USER_PAYLOAD_BYTES), _bool(r[2], "relay"))
+
+
+def _d_record(e: Any) -> MemberRecord:
+    if type(e) is not list or len(e) < 6:
+        raise DecodeError("bad_field", "push-pull member entry")
+    state = _CODE_STATES.get(e[4]) if type(e[4]) is int else None
+    if state is None:
+        raise DecodeError("bad_field", f"member state {e[4]!r:.20}")
+    return MemberRecord(
+        _name(e[0]),
+        _address(e[1], e[2]),
+        _int(e[3], "incarnation"),
+        state,
+        _bytes(e[5], "meta", MAX_META_BYTES),
+    )
+
+
+def _d_push_pull(r: list[Any]) -> PushPull:
+    _need(r, 3)
+    join = _bool(r[1], "join")
+    entries = r[2]
+    if type(entries) is not list or len(entries) > MAX_PUSH_PULL_MEMBERS:
+        raise DecodeError("bad_field", "push-pull members")
+    return PushPull(join, tuple(_d_record(e) for e in entries))
+
+
+_PACKET_DECODERS: dict[MsgType, Callable[[list[Any]], Message]] = {
+    MsgType.PING: _d_ping,
+    MsgType.ACK: _d_ack,
+    MsgType.NACK: _d_nack,
+    MsgType.PING_REQ: _d_ping_req,
+    MsgType.ALIVE: _d_alive,
+    MsgType.SUSPECT: _d_suspect,
+    MsgType.DEAD: _d_dead,
+    MsgType.USER: _d_user,
+}
+_ALL_DECODERS: dict[MsgType, Callable[[list[Any]], AnyMessage]] = {
+    **_PACKET_DECODERS,
+    MsgType.PUSH_PULL: _d_push_pull,
+}
+# Plain-int keys so a lookup with a decoded int never goes through IntEnum hashing.
+_PACKET_BY_CODE: dict[int, Callable[[list[Any]], Message]] = {
+    int(k): v for k, v in _PACKET_DECODERS.items()
+}
+_ALL_BY_CODE: dict[int, Callable[[list[Any]], AnyMessage]] = {
+    int(k): v for k, v in _ALL_DECODERS.items()
+}
+
+
+def from_list(raw: Any, *, allow_push_pull: bool = True) -> AnyMessage:
+    """Validate one raw message array and build its dataclass; ``DecodeError`` if anything is off."""
+    if type(raw) is not list or not raw:
+        raise DecodeError("bad_message", "message is not a non-empty array")
+    code = raw[0]
+    table = _ALL_BY_CODE if allow_push_pull else _PACKET_BY_CODE
+    decoder = table.get(code) if type(code) is int else None
+    if decoder is None:
+        raise DecodeError("unknown_type", f"message type {code!r:.20}")
+    return decoder(raw)
+
+
+def decode(data: bytes) -> AnyMessage:
+    """Unpack and validate one message packed by ``encode``."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:
+        raise DecodeError("malformed", f"{type(exc).__name__}") from None
+    return from_list(raw)
+
+
+def decode_packet_messages(data: bytes, max_bytes: int) -> list[Message]:
+    """Decode and validate every message of a compound packet, or raise ``DecodeError``.
+
+    All-or-nothing: a packet with one bad message is dropped whole, so a bad packet never
+    changes membership halfway.
+    """
+    decoders = _PACKET_BY_CODE
+    out: list[Message] = []
+    for raw in decode_packet(data, max_bytes):
+        if type(raw) is not list or not raw:
+            raise DecodeError("bad_message", "message is not a non-empty array")
+        code = raw[0]
+        decoder = decoders.get(code) if type(code) is int else None
+        if decoder is None:
+            raise DecodeError("unknown_type", f"message type {code!r:.20}")
+        out.append(decoder(raw))
+    return out
+
+
+def decode_push_pull(data: bytes, max_bytes: int) -> PushPull:
+    raw = decode_stream_payload(data, max_bytes)
+    msg = from_list(raw)
+    if type(msg) is not PushPull:
+        raise DecodeError("unexpected_type", "stream payload is not a push-pull state")
+    return msg

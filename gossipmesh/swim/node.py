@@ -1,0 +1,847 @@
+"""``SwimNode``: SWIM membership and failure detection with Lifeguard, as a sans-IO state machine.
+
+Theory of operation
+-------------------
+The node never touches a socket or a clock. Its runtime (the trio agent or the simulator) feeds
+it inputs -- a UDP packet, a fired timer, a push-pull stream, a command -- together with the
+current time in milliseconds, and carries out the effects it returns (``effects.py``): send this
+datagram, start that push-pull, call me back at that time, this member changed.
+
+Failure detection (SWIM): every probe interval the next member of a shuffled round-robin order
+is pinged. No ack within the probe timeout: ``indirect_checks`` random members are asked to ping
+it for us (ping-req); they forward its ack or, if it stays silent, send us a nack. No ack by the
+end of the interval: the member becomes *suspect* at the incarnation we probed. A suspect has a
+suspicion timeout to refute; when it runs out the member is *dead*. A member refutes a suspicion
+or death rumour about itself by bumping its incarnation and gossiping ``alive``: for one member,
+higher incarnation wins, and at equal incarnation DEAD > SUSPECT > ALIVE. A member leaving on
+purpose announces ``dead(left=True)`` about itself, so the others report it *left*.
+
+Lifeguard (Dadgar et al.), all three parts:
+
+1. local health (``awareness.py``) multiplies our probe interval and timeout when evidence says
+   *we* are the slow one (failed probes, relays that do not even nack, having to refute);
+2. the suspicion timeout (``suspicion.py``) starts long and shrinks with each *independent*
+   confirmation, so a lone sick accuser cannot kill a healthy member quickly;
+3. a ping to a suspect carries the suspicion (``Ping.suspect_incarnation``) so the suspect
+   refutes at once in its ack instead of waiting for the rumour to reach it (buddy system).
+
+Dissemination: rumours are queued (``broadcast.py``) and piggybacked on every packet we send;
+a gossip round every ``gossip_interval_ms`` sends them to ``gossip_nodes`` random members,
+including recently dead ones so a falsely accused member hears it and refutes. Push-pull (a
+full state exchange over TCP) runs on join and periodically, less often in big clusters; a
+remote "dead" is merged as a local "suspect", so one member's mistaken view cannot kill another
+member instantly, and a member told it is dead refutes.
+
+Partitions heal (Serf's reconnect): when two halves have declared each other dead, plain gossip
+never crosses again. Every ``reconnect_interval_ms`` the node may push-pull with a random member
+it holds DEAD (not LEFT) for at most ``reconnect_timeout_ms``; that member hears it is dead,
+refutes with a higher incarnation and the news spreads in both halves. A restarted node passes
+a higher initial incarnation (a per-boot epoch), which revives it everywhere. Dead and left
+members are forgotten after ``dead_reap_ms``.
+
+Stale inputs are harmless: timers carry tokens and incarnations (``timers.py``) and are
+re-checked; a packet that fails to decode is dropped whole, counted in ``stats`` under
+``drop.decode.<reason>``, and changes nothing. Every queue and cache has a bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+
+from gossipmesh.errors import DecodeError, LimitExceededError, UsageError
+from gossipmesh.ids import MAX_NODE_NAME_BYTES, Address, Millis
+from gossipmesh.swim.awareness import Awareness
+from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
+from gossipmesh.swim.config import SwimConfig
+from gossipmesh.swim.effects import (
+    Effect,
+    MemberChanged,
+    MemberReaped,
+    SendPacket,
+    SetTimer,
+    StartPushPull,
+    UserMessage,
+)
+from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState
+from gossipmesh.swim.membership import MemberTable
+from gossipmesh.swim.messages import (
+    Ack,
+    Alive,
+    Dead,
+    MemberRecord,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    User,
+    decode_packet_messages,
+    decode_push_pull,
+    encode,
+    encode_push_pull,
+)
+from gossipmesh.swim.suspicion import Suspicion, suspicion_bounds_ms
+from gossipmesh.swim.timers import Timer, TimerKind
+from gossipmesh.wire import PACKET_OVERHEAD_BYTES, encode_packet
+
+ALIVE = MemberState.ALIVE
+SUSPECT = MemberState.SUSPECT
+DEAD = MemberState.DEAD
+LEFT = MemberState.LEFT
+
+# memberlist's pushPullScaleThreshold: above this many members the push-pull interval grows.
+PUSH_PULL_SCALE_THRESHOLD = 32
+
+# Counters a runtime can always show, even before they move.
+_STAT_KEYS = (
+    "packets.in",
+    "packets.out",
+    "drop.decode",
+    "probes",
+    "probes.ok",
+    "probes.ok_indirect",
+    "probes.failed",
+    "ping_req.sent",
+    "ping_req.relayed",
+    "nacks.sent",
+    "nacks.received",
+    "suspicions",
+    "confirmations",
+    "deaths",
+    "leaves",
+    "refutes",
+    "reaped",
+    "push_pull.started",
+    "push_pull.served",
+    "push_pull.merged",
+    "push_pull.failed",
+    "reconnect.attempts",
+    "user.sent",
+    "user.delivered",
+    "user.duplicate",
+    "broadcast.queued",
+    "broadcast.dropped",
+    "timers.stale",
+)
+
+
+def push_pull_scale_ms(interval_ms: int, n: int) -> int:
+    """memberlist's pushPullScale: one extra interval per doubling of n above 32 members."""
+    if n <= PUSH_PULL_SCALE_THRESHOLD:
+        return interval_ms
+    multiplier = math.ceil(math.log2(n) - math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1
+    return multiplier * interval_ms
+
+
+class _Probe:
+    """The probe in flight (at most one): who, at which incarnation, and what came back."""
+
+    __slots__ = (
+        "acked",
+        "expected_nacks",
+        "incarnation",
+        "indirect_sent",
+        "nacks",
+        "seq",
+        "target",
+    )
+
+    def __init__(self, seq: int, target: str, incarnation: int) -> None:
+        self.seq = seq
+        self.target = target
+        self.incarnation = incarnation
+        self.acked = False
+        self.indirect_sent = False
+        self.expected_nacks = 0
+        self.nacks = 0
+
+
+class SwimNode:
+    """One SWIM member. See the module docstring and docs/ARCHITECTURE.md for the contract."""
+
+    def __init__(
+        self,
+        name: str,
+        address: Address,
+        config: SwimConfig,
+        rng: random.Random,
+        now_ms: Millis,
+        meta: bytes = b"",
+        incarnation: int = 0,
+    ) -> None:
+        if not name or len(name.encode("utf-8")) > MAX_NODE_NAME_BYTES:
+            raise UsageError(f"node name must be 1..{MAX_NODE_NAME_BYTES} bytes")
+        _check_meta(meta)
+        if not 0 <= incarnation < (1 << 62):
+            raise UsageError(f"incarnation {incarnation} out of range")
+        self.name = name
+        self.address = address
+        self.config = config
+        self._rng = rng
+        self._incarnation = incarnation
+        self._meta = meta
+        self._table = MemberTable(Member(name, address, incarnation, ALIVE, meta, now_ms), rng)
+        self._awareness = Awareness(config.awareness_max_multiplier)
+        self._broadcasts = BroadcastQueue(config.broadcast_queue_max)
+        self._suspicions: dict[str, Suspicion] = {}
+        self._probe: _Probe | None = None
+        self._relays: dict[int, tuple[Address, int]] = {}  # our ping seq -> (origin, its seq)
+        self._push_pulls: dict[Address, Millis] = {}  # outgoing periodic/reconnect, started at
+        self._seen_user: dict[bytes, None] = {}  # payload digests, oldest first
+        self._seq = 0
+        self._token = 0
+        self._periodic: dict[TimerKind, int] = {}
+        self._leaving = False
+        self._limit_n = -1
+        self._limit = 1
+        self._bounds_n = -1
+        self._bounds = (0, 0)
+        self.stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
+
+    # --- read-only views --------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """Every member we know, ourselves included, in any state (until reaped)."""
+        return list(self._table.values())
+
+    def member(self, name: str) -> Member | None:
+        return self._table.get(name)
+
+    def local_member(self) -> Member:
+        m = self._table.get(self.name)
+        assert m is not None  # the local member is never removed
+        return m
+
+    @property
+    def health_score(self) -> int:
+        """Lifeguard local health: 0 is healthy, up to awareness_max_multiplier - 1."""
+        return self._awareness.score
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    @property
+    def live_count(self) -> int:
+        """ALIVE + SUSPECT members, ourselves included (the n of the log-scaled formulas)."""
+        return self._table.live_count
+
+    @property
+    def broadcast_queue_len(self) -> int:
+        return len(self._broadcasts)
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    def start(self, now_ms: Millis) -> list[Effect]:
+        """Arm the periodic timers (each at a random offset so a cluster does not tick in step)
+        and queue our own ``alive``. Calling it again re-arms; older timers become stale."""
+        cfg = self.config
+        out: list[Effect] = [MemberChanged(self.local_member(), None)]
+        self._arm(TimerKind.PROBE, now_ms + self._rng.randrange(cfg.probe_interval_ms), out)
+        if cfg.gossip_interval_ms > 0:
+            self._arm(TimerKind.GOSSIP, now_ms + self._rng.randrange(cfg.gossip_interval_ms), out)
+        if cfg.push_pull_interval_ms > 0:
+            self._arm(
+                TimerKind.PUSH_PULL,
+                now_ms + cfg.push_pull_interval_ms + self._rng.randrange(cfg.push_pull_interval_ms),
+                out,
+            )
+        if cfg.reconnect_interval_ms > 0:
+            self._arm(
+                TimerKind.RECONNECT,
+                now_ms + cfg.reconnect_interval_ms + self._rng.randrange(cfg.reconnect_interval_ms),
+                out,
+            )
+        self._queue_self_alive()
+        return out
+
+    def join(self, seeds: Sequence[Address], now_ms: Millis) -> list[Effect]:
+        """Ask each seed for a full state exchange; the runtime retries if all fail."""
+        out: list[Effect] = []
+        for seed in seeds:
+            if seed != self.address:
+                out.append(StartPushPull(seed, True))
+                self._count("push_pull.started")
+        return out
+
+    def leave(self, now_ms: Millis) -> list[Effect]:
+        """Announce that we leave: ``dead(left=True)`` about ourselves, sent at once to a few
+        members and queued for gossip. The runtime keeps running gossip briefly, then exits."""
+        out: list[Effect] = []
+        if self._leaving:
+            return out
+        self._leaving = True
+        self._put(Member(self.name, self.address, self._incarnation, LEFT, self._meta, now_ms), out)
+        data = encode(Dead(self.name, self._incarnation, self.name, True))
+        self._broadcasts.queue(data, self.name)
+        fanout = max(self.config.gossip_nodes, self.config.indirect_checks, 1)
+        for m in self._table.random_members(fanout, _is_live):
+            self._send(m.address, data, out)
+        return out
+
+    def update_meta(self, meta: bytes, now_ms: Millis) -> list[Effect]:
+        """Replace our metadata (at most MAX_META_BYTES); bumps the incarnation so it wins."""
+        _check_meta(meta)
+        out: list[Effect] = []
+        self._meta = meta
+        self._incarnation += 1
+        me = self.local_member()
+        self._put(Member(self.name, self.address, self._incarnation, me.state, meta, now_ms), out)
+        self._queue_self_alive()
+        return out
+
+    def queue_broadcast(self, payload: bytes, now_ms: Millis) -> None:
+        """Gossip an application payload to the whole cluster (piggybacked, transmit-limited,
+        re-gossiped by every first receiver). Raises LimitExceededError if it cannot fit a packet."""
+        data = encode(User(payload, True))
+        self._check_fits(data)
+        self._remember_user(payload)
+        self._broadcasts.queue(data)
+        self._count("broadcast.queued")
+
+    def send_user_message(self, payload: bytes, fanout: int, now_ms: Millis) -> list[Effect]:
+        """Send an application payload directly to ``fanout`` random alive members (no relay)."""
+        data = encode(User(payload, False))
+        self._check_fits(data)
+        out: list[Effect] = []
+        for m in self._table.random_members(fanout, _is_alive):
+            self._send(m.address, data, out)
+            self._count("user.sent")
+        return out
+
+    # --- packets ----------------------------------------------------------------------------------
+
+    def handle_packet(self, src: Address, data: bytes, now_ms: Millis) -> list[Effect]:
+        """Process one datagram. Never raises: bad bytes are dropped whole and counted."""
+        out: list[Effect] = []
+        stats = self.stats
+        stats["packets.in"] += 1
+        try:
+            msgs = decode_packet_messages(data, self.config.packet_size_bytes)
+        except DecodeError as exc:
+            key = "drop.decode." + exc.reason
+            stats[key] = stats.get(key, 0) + 1
+            stats["drop.decode"] += 1
+            return out
+        try:
+            for msg in msgs:
+                self._dispatch(src, msg, now_ms, out)
+        except Exception:  # a bug must not kill the receive loop; count it loudly instead
+            self._count("error.internal")
+        return out
+
+    def _dispatch(self, src: Address, msg: Message, now_ms: Millis, out: list[Effect]) -> None:
+        t = type(msg)
+        if t is Ping:
+            self._on_ping(src, msg, now_ms, out)  # type: ignore[arg-type]
+        elif t is Ack:
+            self._on_ack(msg, out)  # type: ignore[arg-type]
+        elif t is Alive:
+            self._on_alive(msg, now_ms, out)  # type: ignore[arg-type]
+        elif t is Suspect:
+            self._on_suspect(msg, now_ms, out)  # type: ignore[arg-type]
+        elif t is Dead:
+            self._on_dead(msg, now_ms, out)  # type: ignore[arg-type]
+        elif t is PingReq:
+            self._on_ping_req(src, msg, now_ms, out)  # type: ignore[arg-type]
+        elif t is Nack:
+            self._on_nack(msg)  # type: ignore[arg-type]
+        elif t is User:
+            self._on_user(src, msg, out)  # type: ignore[arg-type]
+
+    def _on_ping(self, src: Address, msg: Ping, now_ms: Millis, out: list[Effect]) -> None:
+        if msg.target != self.name:
+            # Meant for whoever used to have our address; acking would mislead the prober.
+            self._count("drop.ping.wrong_target")
+            return
+        if msg.suspect_incarnation is not None and not self._leaving:
+            # Lifeguard buddy system: the prober holds us suspect. Refute now, in the ack.
+            if msg.suspect_incarnation >= self._incarnation:
+                self._refute(msg.suspect_incarnation, now_ms, out)
+            else:
+                # Already refuted, but the prober has not heard: make sure it rides the ack.
+                self._queue_self_alive()
+        self._send(src, encode(Ack(msg.seq)), out)
+
+    def _on_ack(self, msg: Ack, out: list[Effect]) -> None:
+        p = self._probe
+        if p is not None and p.seq == msg.seq:
+            self._probe = None
+            if p.indirect_sent:
+                self._count("probes.ok_indirect")
+            else:
+                self._count("probes.ok")
+                self._awareness.apply_delta(-1)
+            return
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            origin, origin_seq = relay
+            self._send(origin, encode(Ack(origin_seq)), out)
+
+    def _on_nack(self, msg: Nack) -> None:
+        p = self._probe
+        if p is not None and p.seq == msg.seq and p.nacks < p.expected_nacks:
+            p.nacks += 1
+            self._count("nacks.received")
+
+    def _on_ping_req(self, src: Address, msg: PingReq, now_ms: Millis, out: list[Effect]) -> None:
+        if len(self._relays) >= self.config.indirect_pending_max:
+            self._count("drop.ping_req.full")
+            return
+        seq = self._next_seq()
+        self._relays[seq] = (src, msg.seq)
+        self._count("ping_req.relayed")
+        self._send(msg.target_address, encode(Ping(seq, msg.target, msg.suspect_incarnation)), out)
+        # The relay waits the unscaled probe timeout: its own health is not what is measured.
+        out.append(SetTimer(Timer(TimerKind.INDIRECT, seq), now_ms + self.config.probe_timeout_ms))
+
+    def _on_user(self, src: Address, msg: User, out: list[Effect]) -> None:
+        if not self._remember_user(msg.payload):
+            self._count("user.duplicate")
+            return
+        self._count("user.delivered")
+        out.append(UserMessage(src, msg.payload))
+        if msg.relay:
+            self._broadcasts.queue(encode(msg))
+
+    # --- membership rumours -----------------------------------------------------------------------
+
+    def _on_alive(self, msg: Alive, now_ms: Millis, out: list[Effect]) -> None:
+        name = msg.name
+        if name == self.name:
+            if self._leaving:
+                return
+            if msg.incarnation > self._incarnation or (
+                msg.incarnation == self._incarnation
+                and (msg.address != self.address or msg.meta != self._meta)
+            ):
+                # Someone claims to be us with newer or different details (a previous boot of
+                # ours, or a name clash): out-bid it so our view wins.
+                self._refute(msg.incarnation, now_ms, out)
+            return
+        cur = self._table.get(name)
+        if cur is not None and msg.incarnation <= cur.incarnation:
+            return  # old news (or the same news again)
+        changed_ms = cur.state_changed_ms if cur is not None and cur.state is ALIVE else now_ms
+        self._suspicions.pop(name, None)
+        self._put(Member(name, msg.address, msg.incarnation, ALIVE, msg.meta, changed_ms), out)
+        self._broadcasts.queue(encode(msg), name)
+
+    def _on_suspect(self, msg: Suspect, now_ms: Millis, out: list[Effect]) -> None:
+        name = msg.name
+        cur = self._table.get(name)
+        if cur is None or msg.incarnation < cur.incarnation:
+            return
+        if name == self.name:
+            if not self._leaving:
+                self._refute(msg.incarnation, now_ms, out)
+            return
+        state = cur.state
+        if state is SUSPECT:
+            s = self._suspicions.get(name)
+            if s is not None and s.confirm(msg.source):
+                self._count("confirmations")
+                # Re-gossip so others count this independent confirmation too.
+                self._broadcasts.queue(encode(msg), name)
+                self._arm_suspicion(cur, s, now_ms, out)
+            return
+        if state is not ALIVE:
+            return
+        self._count("suspicions")
+        self._put(Member(name, cur.address, msg.incarnation, SUSPECT, cur.meta, now_ms), out)
+        self._broadcasts.queue(encode(msg), name)
+        n = self._table.live_count
+        # Expect suspicion_mult - 2 confirmations, or none if there are not enough other members
+        # to give them (n minus us minus the suspect).
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        lo, hi = self._suspicion_bounds(n)
+        self._token += 1
+        s = Suspicion(self._token, msg.source, k, lo, hi, now_ms)
+        self._suspicions[name] = s
+        self._arm_suspicion(self._table.get(name), s, now_ms, out)
+
+    def _arm_suspicion(
+        self, m: Member | None, s: Suspicion, now_ms: Millis, out: list[Effect]
+    ) -> None:
+        if m is None:
+            return
+        out.append(
+            SetTimer(Timer(TimerKind.SUSPICION, s.token, m.name, m.incarnation), s.deadline_ms)
+        )
+
+    def _on_dead(self, msg: Dead, now_ms: Millis, out: list[Effect]) -> None:
+        name = msg.name
+        cur = self._table.get(name)
+        if (
+            cur is None
+            or msg.incarnation < cur.incarnation
+            or cur.state is DEAD
+            or cur.state is LEFT
+        ):
+            return
+        if name == self.name:
+            if not self._leaving:
+                self._refute(msg.incarnation, now_ms, out)
+            return
+        left = msg.left and msg.source == name
+        self._count("leaves" if left else "deaths")
+        self._suspicions.pop(name, None)
+        new = Member(name, cur.address, msg.incarnation, LEFT if left else DEAD, cur.meta, now_ms)
+        self._put(new, out)
+        self._broadcasts.queue(encode(msg), name)
+        out.append(
+            SetTimer(
+                Timer(TimerKind.REAP, 0, name, msg.incarnation), now_ms + self.config.dead_reap_ms
+            )
+        )
+
+    def _refute(self, accused_incarnation: int, now_ms: Millis, out: list[Effect]) -> None:
+        """Out-bid a rumour about ourselves; having to do so is evidence we are unhealthy."""
+        self._count("refutes")
+        self._awareness.apply_delta(1)
+        self._incarnation = max(self._incarnation, accused_incarnation) + 1
+        me = self.local_member()
+        self._put(
+            Member(
+                self.name, self.address, self._incarnation, ALIVE, self._meta, me.state_changed_ms
+            ),
+            out,
+        )
+        self._queue_self_alive()
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def handle_timer(self, timer: object, now_ms: Millis) -> list[Effect]:
+        """Act on a timer we asked for; stale or foreign timers are ignored and counted."""
+        out: list[Effect] = []
+        if type(timer) is not Timer:
+            self._count("timers.foreign")
+            return out
+        kind = timer.kind
+        if kind is TimerKind.PROBE_TIMEOUT:
+            self._probe_timeout(timer.token, out)
+        elif kind is TimerKind.PROBE_END:
+            p = self._probe
+            if p is not None and p.seq == timer.token:
+                self._finish_probe(p, now_ms, out)
+            else:
+                self._count("timers.stale")
+        elif kind is TimerKind.INDIRECT:
+            relay = self._relays.pop(timer.token, None)
+            if relay is not None:
+                self._count("nacks.sent")
+                self._send(relay[0], encode(Nack(relay[1])), out)
+        elif kind is TimerKind.SUSPICION:
+            self._suspicion_fired(timer, now_ms, out)
+        elif kind is TimerKind.REAP:
+            self._reap(timer, now_ms, out)
+        elif self._periodic.get(kind) != timer.token:
+            self._count("timers.stale")
+        elif kind is TimerKind.PROBE:
+            self._arm(
+                TimerKind.PROBE, now_ms + self._awareness.scale(self.config.probe_interval_ms), out
+            )
+            self._start_probe(now_ms, out)
+        elif kind is TimerKind.GOSSIP:
+            self._arm(TimerKind.GOSSIP, now_ms + self.config.gossip_interval_ms, out)
+            self._gossip(now_ms, out)
+        elif kind is TimerKind.PUSH_PULL:
+            interval = push_pull_scale_ms(self.config.push_pull_interval_ms, self._table.live_count)
+            self._arm(TimerKind.PUSH_PULL, now_ms + interval, out)
+            self._periodic_push_pull(now_ms, out)
+        elif kind is TimerKind.RECONNECT:
+            self._arm(TimerKind.RECONNECT, now_ms + self.config.reconnect_interval_ms, out)
+            self._reconnect(now_ms, out)
+        return out
+
+    def _arm(self, kind: TimerKind, at_ms: Millis, out: list[Effect]) -> None:
+        self._token += 1
+        self._periodic[kind] = self._token
+        out.append(SetTimer(Timer(kind, self._token), at_ms))
+
+    def _start_probe(self, now_ms: Millis, out: list[Effect]) -> None:
+        if self._leaving:
+            return
+        if self._probe is not None:
+            # Its end timer is due at this same instant; settle it first, whatever the order.
+            self._finish_probe(self._probe, now_ms, out)
+        target = self._table.next_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        self._probe = _Probe(seq, target.name, target.incarnation)
+        self._count("probes")
+        suspect_inc = target.incarnation if target.state is SUSPECT else None
+        self._send(target.address, encode(Ping(seq, target.name, suspect_inc)), out)
+        scale = self._awareness.scale
+        out.append(
+            SetTimer(
+                Timer(TimerKind.PROBE_TIMEOUT, seq), now_ms + scale(self.config.probe_timeout_ms)
+            )
+        )
+        out.append(
+            SetTimer(Timer(TimerKind.PROBE_END, seq), now_ms + scale(self.config.probe_interval_ms))
+        )
+
+    def _probe_timeout(self, seq: int, out: list[Effect]) -> None:
+        p = self._probe
+        if p is None or p.seq != seq or p.indirect_sent:
+            self._count("timers.stale")
+            return
+        p.indirect_sent = True
+        target = self._table.get(p.target)
+        if target is None:
+            return
+        suspect_inc = target.incarnation if target.state is SUSPECT else None
+        data = encode(PingReq(p.seq, target.name, target.address, suspect_inc))
+        relays = self._table.random_members(
+            self.config.indirect_checks, lambda m: m.state is ALIVE and m.name != p.target
+        )
+        for relay in relays:
+            self._send(relay.address, data, out)
+            self._count("ping_req.sent")
+        p.expected_nacks = len(relays)
+
+    def _finish_probe(self, p: _Probe, now_ms: Millis, out: list[Effect]) -> None:
+        self._probe = None
+        self._count("probes.failed")
+        # With relays we can tell our fault from the target's: each relay that did not even
+        # nack points at us. Without relays, a failed probe is the only evidence we have.
+        if p.expected_nacks > 0:
+            self._awareness.apply_delta(p.expected_nacks - p.nacks)
+        else:
+            self._awareness.apply_delta(1)
+        cur = self._table.get(p.target)
+        if cur is None or cur.state is DEAD or cur.state is LEFT:
+            return
+        self._on_suspect(Suspect(p.target, p.incarnation, self.name), now_ms, out)
+
+    def _suspicion_fired(self, timer: Timer, now_ms: Millis, out: list[Effect]) -> None:
+        s = self._suspicions.get(timer.name)
+        m = self._table.get(timer.name)
+        if (
+            s is None
+            or s.token != timer.token
+            or m is None
+            or m.state is not SUSPECT
+            or m.incarnation != timer.incarnation
+            or now_ms < s.deadline_ms  # an earlier-armed, longer deadline; a later one is due
+        ):
+            self._count("timers.stale")
+            return
+        self._on_dead(Dead(m.name, m.incarnation, self.name), now_ms, out)
+
+    def _reap(self, timer: Timer, now_ms: Millis, out: list[Effect]) -> None:
+        m = self._table.get(timer.name)
+        if (
+            m is None
+            or m.name == self.name
+            or m.state not in (DEAD, LEFT)
+            or m.incarnation != timer.incarnation
+            or now_ms < m.state_changed_ms + self.config.dead_reap_ms
+        ):
+            self._count("timers.stale")
+            return
+        self._table.remove(m.name)
+        self._suspicions.pop(m.name, None)
+        self._count("reaped")
+        out.append(MemberReaped(m.name))
+
+    def _gossip(self, now_ms: Millis, out: list[Effect]) -> None:
+        if not len(self._broadcasts):
+            return
+        dead_after = now_ms - self.config.gossip_to_dead_ms
+
+        def accept(m: Member) -> bool:
+            st = m.state
+            return st is ALIVE or st is SUSPECT or (st is DEAD and m.state_changed_ms >= dead_after)
+
+        budget = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES
+        limit = self._retransmit_limit()
+        for m in self._table.random_members(self.config.gossip_nodes, accept):
+            parts = self._broadcasts.get(budget, limit)
+            if not parts:
+                break
+            out.append(SendPacket(m.address, encode_packet(parts)))
+            self.stats["packets.out"] += 1
+
+    def _periodic_push_pull(self, now_ms: Millis, out: list[Effect]) -> None:
+        targets = self._table.random_members(1, _is_alive)
+        if targets:
+            self._start_push_pull(targets[0].address, now_ms, out)
+
+    def _reconnect(self, now_ms: Millis, out: list[Effect]) -> None:
+        horizon = now_ms - self.config.reconnect_timeout_ms
+        candidates = []
+        for name in self._table.gone_names():
+            m = self._table.get(name)
+            if m is not None and m.state is DEAD and m.state_changed_ms >= horizon:
+                candidates.append(m)
+        if not candidates:
+            return
+        # Serf: attempt with probability failed/alive, so a mostly healthy cluster does not
+        # hammer a few dead members from every node at once.
+        prob = len(candidates) / max(1, self._table.live_count)
+        if self._rng.random() > prob:
+            return
+        target = candidates[self._rng.randrange(len(candidates))]
+        self._count("reconnect.attempts")
+        self._start_push_pull(target.address, now_ms, out)
+
+    def _start_push_pull(self, to: Address, now_ms: Millis, out: list[Effect]) -> None:
+        pending = self._push_pulls
+        if pending:
+            # The runtime reports every outcome; this only guards against a lost callback.
+            expiry = now_ms - 2 * self.config.push_pull_timeout_ms
+            for addr in [a for a, t in pending.items() if t < expiry]:
+                del pending[addr]
+        if to in pending or len(pending) >= self.config.push_pull_concurrency_max:
+            self._count("push_pull.skipped")
+            return
+        pending[to] = now_ms
+        self._count("push_pull.started")
+        out.append(StartPushPull(to, False))
+
+    # --- push-pull --------------------------------------------------------------------------------
+
+    def push_pull_payload(self, join: bool) -> bytes:
+        """Our full member table, encoded as a stream payload (frame it with wire.encode_frame)."""
+        records = tuple(
+            MemberRecord(m.name, m.address, m.incarnation, m.state, m.meta)
+            for m in self._table.values()
+        )
+        return encode_push_pull(PushPull(join, records))
+
+    def handle_push_pull_request(
+        self, src: Address, data: bytes, now_ms: Millis
+    ) -> tuple[bytes, list[Effect]]:
+        """Merge a peer's state and answer with ours. A bad request gets ``b""``: send nothing
+        and close the stream."""
+        out: list[Effect] = []
+        if not self._merge_push_pull(data, now_ms, out):
+            return b"", out
+        self._count("push_pull.served")
+        # Built after the merge so a refutation it triggered is already in our answer.
+        return self.push_pull_payload(False), out
+
+    def handle_push_pull_reply(self, src: Address, data: bytes, now_ms: Millis) -> list[Effect]:
+        self._push_pulls.pop(src, None)
+        out: list[Effect] = []
+        self._merge_push_pull(data, now_ms, out)
+        return out
+
+    def push_pull_failed(self, to: Address, now_ms: Millis) -> list[Effect]:
+        self._push_pulls.pop(to, None)
+        self._count("push_pull.failed")
+        return []
+
+    def _merge_push_pull(self, data: bytes, now_ms: Millis, out: list[Effect]) -> bool:
+        try:
+            pp = decode_push_pull(data, self.config.push_pull_max_bytes)
+        except DecodeError as exc:
+            key = "drop.push_pull." + exc.reason
+            self.stats[key] = self.stats.get(key, 0) + 1
+            return False
+        self._count("push_pull.merged")
+        try:
+            for r in pp.members:
+                st = r.state
+                if st is ALIVE:
+                    self._on_alive(Alive(r.name, r.incarnation, r.address, r.meta), now_ms, out)
+                elif st is LEFT:
+                    self._on_dead(Dead(r.name, r.incarnation, r.name, True), now_ms, out)
+                else:
+                    # A remote SUSPECT or DEAD becomes our SUSPECT: their view alone must not
+                    # kill a member here, and the accused still gets its chance to refute.
+                    if r.name not in self._table and r.name != self.name:
+                        self._on_alive(Alive(r.name, r.incarnation, r.address, r.meta), now_ms, out)
+                    self._on_suspect(Suspect(r.name, r.incarnation, self.name), now_ms, out)
+        except Exception:
+            self._count("error.internal")
+        return True
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _put(self, member: Member, out: list[Effect]) -> None:
+        prev = self._table.put(member)
+        out.append(MemberChanged(member, None if prev is None else prev.state))
+
+    def _send(self, to: Address, first: bytes, out: list[Effect]) -> None:
+        """Send one message with as many queued broadcasts piggybacked as fit."""
+        parts = [first]
+        if len(self._broadcasts):
+            budget = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES - len(first)
+            parts.extend(self._broadcasts.get(budget, self._retransmit_limit()))
+        out.append(SendPacket(to, encode_packet(parts)))
+        self.stats["packets.out"] += 1
+
+    def _queue_self_alive(self) -> None:
+        self._broadcasts.queue(
+            encode(Alive(self.name, self._incarnation, self.address, self._meta)), self.name
+        )
+
+    def _retransmit_limit(self) -> int:
+        n = self._table.live_count
+        if n != self._limit_n:
+            self._limit_n = n
+            self._limit = retransmit_limit(self.config.retransmit_mult, n)
+        return self._limit
+
+    def _suspicion_bounds(self, n: int) -> tuple[int, int]:
+        if n != self._bounds_n:
+            cfg = self.config
+            self._bounds_n = n
+            self._bounds = suspicion_bounds_ms(
+                cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, n, cfg.probe_interval_ms
+            )
+        return self._bounds
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def _check_fits(self, data: bytes) -> None:
+        if len(data) + PACKET_OVERHEAD_BYTES > self.config.packet_size_bytes:
+            raise LimitExceededError(
+                f"user payload of {len(data)} encoded bytes does not fit a "
+                f"{self.config.packet_size_bytes}-byte packet"
+            )
+
+    def _remember_user(self, payload: bytes) -> bool:
+        """Record a payload digest; False if it was seen recently (bounded FIFO)."""
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        seen = self._seen_user
+        if digest in seen:
+            return False
+        seen[digest] = None
+        if len(seen) > self.config.user_dedupe_max:
+            del seen[next(iter(seen))]
+        return True
+
+
+def _is_alive(m: Member) -> bool:
+    return m.state is ALIVE
+
+
+def _is_live(m: Member) -> bool:
+    return m.state is ALIVE or m.state is SUSPECT
+
+
+def _check_meta(meta: bytes) -> None:
+    if type(meta) is not bytes:
+        raise UsageError("meta must be bytes")
+    if len(meta) > MAX_META_BYTES:
+        raise LimitExceededError(f"meta is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
