@@ -77,7 +77,7 @@ MAX_INBOUND_STREAMS = 32  # concurrent inbound TCP streams; more are closed at o
 SUBSCRIBER_BUFFER = 256
 JOIN_BACKOFF_S = (0.5, 30.0)  # first retry delay, cap
 LEAVE_FLUSH_S = 1.0
-PEERS_SAVE_INTERVAL_S = 2.0
+PEERS_SAVE_INTERVAL_S = 1.0
 
 
 class AgentStartError(GossipmeshError):
@@ -569,7 +569,8 @@ class Agent:
 
     async def _serve_push_pull(self, stream: SealedStream, src: Address, body: bytes) -> None:
         reply = await self.call(lambda node, now: node.handle_push_pull_request(src, body, now))
-        await stream.send(reply)
+        if reply:  # the core answers b"" to a request it rejected: close without a reply
+            await stream.send(reply)
 
     def _start_push_pull(self, to: Address, join: bool) -> None:
         assert self._nursery is not None
@@ -634,6 +635,8 @@ class Agent:
         await self.call(lambda node, now: (None, node.join(sorted(targets), now)))
         with trio.move_on_after(timeout_s):
             await done.wait()
+        if any(outcome.values()):
+            self._save_peers()  # a crash right after joining must still find its way back
         for text, a in resolved.items():
             results[text] = a is not None and outcome.get(a, False)
         return results

@@ -1,0 +1,152 @@
+"""Agents on real sockets, as real processes: join, failure, graceful leave, restart, isolation,
+key rotation. Five agents on 127.0.0.2-6 (same ports), the `local` timing profile.
+
+The tests share one cluster and run in file order; each states the cluster it expects.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from conftest import AgentProc, Procs, free_port_on, requires_loopback_aliases, wait_until
+
+from gossipmesh.agent.runtime import suspicion_bound_s
+from gossipmesh.crypto import generate_key
+from gossipmesh.swim.config import SwimConfig
+
+pytestmark = requires_loopback_aliases
+
+IPS = [f"127.0.0.{i}" for i in range(2, 7)]
+FOREIGN_IPS = ["127.0.0.7", "127.0.0.8"]
+KEY = generate_key()
+
+
+class Cluster:
+    def __init__(self, procs: Procs) -> None:
+        self.procs = procs
+        self.port = free_port_on(IPS + FOREIGN_IPS)
+        self.agents: list[AgentProc] = []
+        for i, ip in enumerate(IPS):
+            args = ["--encrypt", KEY, "--cluster", "test"]
+            if i > 0:
+                args += ["--join", f"{IPS[0]}:{self.port}"]
+            self.agents.append(procs.new(f"a{i + 1}", ip, self.port, args))
+
+    def by(self, name: str) -> AgentProc:
+        return next(a for a in self.agents if a.name == name)
+
+    def views(self, names: list[str]) -> dict[str, dict[str, str]]:
+        return {n: self.by(n).members() for n in names}
+
+
+@pytest.fixture(scope="module")
+def cluster(procs: Procs) -> Cluster:
+    c = Cluster(procs)
+    for agent in c.agents:
+        agent.start()
+    return c
+
+
+def all_see(cluster: Cluster, observers: list[str], expect: dict[str, str]) -> Any:
+    class Views(dict[str, dict[str, str]]):
+        ok = False
+
+        def __bool__(self) -> bool:  # falsy until every observer agrees; printed on timeout
+            return self.ok
+
+    def check() -> Any:
+        views = Views(cluster.views(observers))
+        views.ok = all(all(v.get(n) == s for n, s in expect.items()) for v in views.values())
+        return views
+
+    return check
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gossipmesh", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_five_agents_join_through_one_seed(cluster: Cluster) -> None:
+    names = [a.name for a in cluster.agents]
+    wait_until("5 alive everywhere", all_see(cluster, names, dict.fromkeys(names, "alive")), 15)
+    # The CLI's --json view, as scripts would read it.
+    proc = cli("members", "--json", "--agent", cluster.agents[2].admin)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert sorted(r["name"] for r in rows) == names
+    assert all(r["state"] == "alive" for r in rows)
+    assert {"name", "address", "state", "incarnation", "meta"} <= set(rows[0])
+
+
+def test_sigkill_is_seen_dead_and_restart_rejoins(cluster: Cluster) -> None:
+    victim = cluster.by("a5")
+    others = ["a1", "a2", "a3", "a4"]
+    victim.signal(signal.SIGKILL)
+    victim.wait_exit(5)
+    bound = suspicion_bound_s(SwimConfig.local(), 5)
+    _, took = wait_until("a5 dead everywhere", all_see(cluster, others, {"a5": "dead"}), bound + 5)
+    assert took <= bound, f"detection took {took:.1f}s, bound {bound:.1f}s"
+    # Restart without --join: the saved peers bring it back, with a higher incarnation.
+    victim.args = ["--encrypt", KEY, "--cluster", "test"]
+    victim.start()
+    wait_until(
+        "a5 alive again", all_see(cluster, [*others, "a5"], {"a5": "alive", "a1": "alive"}), 15
+    )
+
+
+def test_sigterm_is_seen_left(cluster: Cluster) -> None:
+    leaver = cluster.by("a4")
+    leaver.signal(signal.SIGTERM)
+    assert leaver.wait_exit(5) == 0, leaver.log_tail()
+    wait_until("a4 left everywhere", all_see(cluster, ["a1", "a2", "a3", "a5"], {"a4": "left"}), 10)
+
+
+def test_other_key_or_cluster_never_appears(cluster: Cluster, procs: Procs) -> None:
+    seed = f"{IPS[0]}:{cluster.port}"
+    wrong_key = procs.new(
+        "x-key", FOREIGN_IPS[0], cluster.port, ["--encrypt", generate_key(), "--cluster", "test"]
+    )
+    wrong_cluster = procs.new(
+        "x-cluster", FOREIGN_IPS[1], cluster.port, ["--encrypt", KEY, "--cluster", "other"]
+    )
+    try:
+        for foreigner in (wrong_key, wrong_cluster):
+            foreigner.start(["--join", seed])
+        deadline = time.monotonic() + 3.0  # several probe and gossip rounds of the local profile
+        while time.monotonic() < deadline:
+            for view in cluster.views(["a1", "a2", "a3"]).values():
+                assert "x-key" not in view and "x-cluster" not in view
+            for foreigner in (wrong_key, wrong_cluster):
+                assert set(foreigner.members()) == {foreigner.name}
+            time.sleep(0.2)
+        health = cluster.by("a1").client.call("GET", "/v1/health")
+        assert health["dropped"].get("decrypt", 0) + health["dropped"].get("stream_decrypt", 0) > 0
+    finally:
+        wrong_key.stop()
+        wrong_cluster.stop()
+
+
+def test_key_rotation_keeps_everyone_alive(cluster: Cluster) -> None:
+    live = ["a1", "a2", "a3", "a5"]
+    new = generate_key()
+    admin = cluster.by("a2").admin
+    for step in (["install", new], ["use", new], ["remove", KEY]):
+        proc = cli("keys", *step, "--json", "--agent", admin)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["num_ok"] == len(live) and result["failed"] == []
+    listed = json.loads(cli("keys", "list", "--json", "--agent", admin).stdout)
+    assert listed["keys"] == {new: len(live)}
+    # Membership survives: still alive everywhere a few probe rounds after the old key is gone.
+    time.sleep(1.5)
+    wait_until("all alive after rotation", all_see(cluster, live, dict.fromkeys(live, "alive")), 5)
+    ring = json.loads((cluster.by("a3").data_dir / "keyring.json").read_text())
+    assert ring == [new]
