@@ -1,0 +1,293 @@
+"""The pure pieces of the SWIM core: suspicion timeout, awareness, broadcast queue, config, purity."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import random
+
+import pytest
+
+from gossipmesh.errors import UsageError
+from gossipmesh.ids import Address
+from gossipmesh.swim.awareness import Awareness
+from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
+from gossipmesh.swim.config import SwimConfig
+from gossipmesh.swim.member import Member, MemberState
+from gossipmesh.swim.membership import MemberTable
+from gossipmesh.swim.node import push_pull_scale_ms
+from gossipmesh.swim.suspicion import Suspicion, suspicion_bounds_ms, suspicion_timeout_ms
+
+# --- Lifeguard suspicion timeout (memberlist's suspicion_test.go cases, as totals in ms) ---------
+
+
+@pytest.mark.parametrize(
+    ("confirmations", "expected_ms"),
+    [
+        (0, 30_000),
+        (1, 16_000),  # 30 - log(2)/log(4) * 28
+        (2, 7_810),  # 30 - log(3)/log(4) * 28, floored to the ms
+        (3, 2_000),
+        (4, 2_000),
+        (5, 2_000),
+    ],
+)
+def test_suspicion_timeout_shrinks_logarithmically_to_min(
+    confirmations: int, expected_ms: int
+) -> None:
+    # k=3 expected confirmations, min 2 s, max 30 s (memberlist TestSuspicion_remainingSuspicionTime)
+    assert suspicion_timeout_ms(confirmations, 3, 2_000, 30_000) == expected_ms
+
+
+def test_suspicion_timeout_without_expected_confirmations_is_min() -> None:
+    assert suspicion_timeout_ms(0, 0, 4_000, 24_000) == 4_000
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (1, (4_000, 24_000)),  # log10 floors at 1 so tiny clusters still wait a while
+        (5, (4_000, 24_000)),
+        (10, (4_000, 24_000)),
+        (20, (5_204, 31_224)),
+        (100, (8_000, 48_000)),
+        (1000, (12_000, 72_000)),
+    ],
+)
+def test_suspicion_bounds_scale_with_log10_n(n: int, expected: tuple[int, int]) -> None:
+    assert suspicion_bounds_ms(4, 6, n, 1000) == expected
+
+
+def test_suspicion_counts_only_distinct_sources_and_not_the_accuser() -> None:
+    s = Suspicion(token=1, source="a", k=3, min_ms=2_000, max_ms=30_000, start_ms=1_000)
+    assert s.deadline_ms == 31_000
+    assert not s.confirm("a")  # the accuser cannot confirm itself
+    assert s.confirm("b")
+    assert s.deadline_ms == 17_000
+    assert not s.confirm("b")  # the same source twice counts once
+    assert s.deadline_ms == 17_000
+    assert s.confirm("c")
+    assert s.confirm("d")
+    assert s.deadline_ms == 3_000
+    assert not s.confirm("e")  # past k, nothing more to gain
+    assert s.confirmations == 3
+
+
+# --- Lifeguard awareness ------------------------------------------------------------------------
+
+
+def test_awareness_is_clamped_and_scales_timeouts() -> None:
+    a = Awareness(8)
+    assert a.apply_delta(-1) == 0
+    assert a.scale(500) == 500
+    assert a.apply_delta(3) == 3
+    assert a.scale(1000) == 4000
+    assert a.apply_delta(100) == 7
+    assert a.scale(1000) == 8000
+    assert a.apply_delta(-2) == 5
+
+
+# --- broadcast queue ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "limit"), [(1, 4), (2, 4), (9, 4), (10, 8), (99, 8), (100, 12), (1000, 16)]
+)
+def test_retransmit_limit_is_lambda_ceil_log10(n: int, limit: int) -> None:
+    # λ=4: 4 * ceil(log10(n + 1))
+    assert retransmit_limit(4, n) == limit
+
+
+def test_broadcast_sent_exactly_limit_times() -> None:
+    q = BroadcastQueue(100)
+    q.queue(b"x" * 10, "a")
+    sent = 0
+    for _ in range(20):
+        sent += len(q.get(1000, 3))
+    assert sent == 3
+    assert len(q) == 0
+
+
+def test_broadcast_least_transmitted_first_and_newest_first() -> None:
+    q = BroadcastQueue(100)
+    q.queue(b"old-----", "a")
+    assert q.get(1000, 10) == [b"old-----"]
+    q.queue(b"new1----", "b")
+    q.queue(b"new2----", "c")
+    # Room for two 8-byte items: both fresh ones (0 transmits) beat the once-sent one; newest first.
+    assert q.get(17, 10) == [b"new2----", b"new1----"]
+    assert q.transmits("a") == q.transmits("b") == q.transmits("c") == 1
+
+
+def test_newer_news_about_a_member_replaces_older() -> None:
+    q = BroadcastQueue(100)
+    q.queue(b"suspect-b", "b")
+    q.get(1000, 10)
+    q.queue(b"alive-b", "b")
+    assert len(q) == 1
+    assert q.transmits("b") == 0
+    assert q.get(1000, 10) == [b"alive-b"]
+
+
+def test_user_payloads_never_invalidate_each_other() -> None:
+    q = BroadcastQueue(100)
+    q.queue(b"one")
+    q.queue(b"two")
+    assert len(q) == 2
+
+
+def test_broadcast_queue_depth_is_bounded_dropping_most_sent_oldest() -> None:
+    q = BroadcastQueue(16)
+    q.queue(b"sent-a", "a")
+    q.get(1000, 10)
+    for i in range(20):
+        q.queue(b"fresh", f"m{i}")
+    assert len(q) == 16
+    assert q.dropped == 5
+    assert not q.has_key("a")  # the one already transmitted goes first
+    assert not q.has_key("m0")
+
+
+def test_broadcasts_respect_the_byte_budget() -> None:
+    q = BroadcastQueue(1000)
+    for i in range(100):
+        q.queue(b"z" * 50, f"m{i}")
+    got = q.get(1000, 10)
+    assert sum(map(len, got)) <= 1000
+    assert len(got) == 20
+
+
+# --- membership order ---------------------------------------------------------------------------
+
+
+def _member(name: str, state: MemberState = MemberState.ALIVE) -> Member:
+    return Member(name, Address("10.0.0.1", 1), 0, state, b"", 0)
+
+
+def test_probe_order_visits_every_live_member_once_per_round_and_skips_dead() -> None:
+    t = MemberTable(_member("me"), random.Random(3))
+    for i in range(10):
+        t.put(_member(f"m{i}"))
+    t.put(_member("m3", MemberState.DEAD))
+    t.put(_member("m4", MemberState.LEFT))
+    assert t.live_count == 9
+    first_round = [t.next_probe_target() for _ in range(8)]
+    names = [m.name for m in first_round if m is not None]
+    assert sorted(names) == sorted(f"m{i}" for i in range(10) if i not in (3, 4))
+    second_round = {m.name for m in (t.next_probe_target() for _ in range(8)) if m is not None}
+    assert len(second_round) == 8
+
+
+def test_random_members_excludes_self_and_filters() -> None:
+    t = MemberTable(_member("me"), random.Random(1))
+    for i in range(30):
+        t.put(_member(f"m{i}", MemberState.DEAD if i % 10 else MemberState.ALIVE))
+    got = t.random_members(5, lambda m: m.state is MemberState.ALIVE)
+    assert sorted(m.name for m in got) == ["m0", "m10", "m20"]
+    assert all(m.name != "me" for m in t.random_members(50, lambda m: True))
+
+
+# --- push-pull scaling --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "mult"), [(1, 1), (32, 1), (33, 2), (64, 2), (65, 3), (1000, 6), (10_000, 10)]
+)
+def test_push_pull_interval_scales_like_memberlist(n: int, mult: int) -> None:
+    assert push_pull_scale_ms(30_000, n) == mult * 30_000
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_presets_carry_memberlists_numbers() -> None:
+    lan, wan, local = SwimConfig.lan(), SwimConfig.wan(), SwimConfig.local()
+    assert (lan.probe_interval_ms, lan.probe_timeout_ms, lan.suspicion_mult) == (1000, 500, 4)
+    assert (lan.gossip_interval_ms, lan.gossip_nodes, lan.push_pull_interval_ms) == (200, 3, 30_000)
+    assert (
+        lan.suspicion_max_timeout_mult,
+        lan.awareness_max_multiplier,
+        lan.packet_size_bytes,
+    ) == (6, 8, 1400)
+    assert (wan.probe_interval_ms, wan.probe_timeout_ms, wan.suspicion_mult) == (5000, 3000, 6)
+    assert (wan.gossip_interval_ms, wan.gossip_nodes, wan.gossip_to_dead_ms) == (500, 4, 60_000)
+    assert (local.probe_timeout_ms, local.suspicion_mult, local.retransmit_mult) == (200, 3, 2)
+    assert (local.gossip_interval_ms, local.push_pull_interval_ms, local.gossip_to_dead_ms) == (
+        100,
+        15_000,
+        15_000,
+    )
+    assert SwimConfig.preset("wan") == wan
+    assert SwimConfig.wan(gossip_nodes=2).gossip_nodes == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"probe_timeout_ms": 1000},  # not below the interval
+        {"probe_interval_ms": 0},
+        {"packet_size_bytes": 100},
+        {"dead_reap_ms": 1000},  # reaped before the reconnect window ends
+        {"gossip_nodes": -1},
+        {"suspicion_mult": True},  # a bool is not an int here
+    ],
+)
+def test_config_rejects_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        SwimConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_unknown_preset_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        SwimConfig.preset("moon")
+
+
+# --- the import rule: the core stays sans-IO ----------------------------------------------------
+
+FORBIDDEN = {
+    "trio",
+    "socket",
+    "os",
+    "time",
+    "threading",
+    "asyncio",
+    "select",
+    "selectors",
+    "subprocess",
+}
+ALLOWED_LOCAL = {"gossipmesh.ids", "gossipmesh.errors", "gossipmesh.wire"}
+
+
+def _core_files() -> list[pathlib.Path]:
+    root = pathlib.Path(__file__).resolve().parents[2] / "gossipmesh"
+    return sorted((root / "swim").glob("*.py")) + [root / "wire.py"]
+
+
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.name)
+def test_core_imports_only_stdlib_msgpack_and_allowed_modules(path: pathlib.Path) -> None:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+            if node.module == "random":
+                # Only the Random class (injected instances); never the global functions.
+                assert [a.name for a in node.names] == ["Random"], path
+        for name in names:
+            top = name.split(".")[0]
+            assert top not in FORBIDDEN, f"{path.name} imports {name}"
+            if top == "gossipmesh":
+                assert name in ALLOWED_LOCAL or name.startswith("gossipmesh.swim"), (
+                    f"{path.name} imports {name}"
+                )
+    src = path.read_text()
+    for fn in (
+        "random.random(",
+        "random.randrange(",
+        "random.choice(",
+        "random.shuffle(",
+        "random.seed(",
+    ):
+        assert fn not in src, f"{path.name} uses the global random module: {fn}"
