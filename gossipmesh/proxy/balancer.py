@@ -196,13 +196,21 @@ class Balancer:
                 return -1
             return self._draw_eligible(n, rng, mask)
         # Power of two choices, for least_request and peak_ewma.
-        a = self._draw_eligible(n, rng, mask)
-        b = self._draw_eligible(n, rng, mask)
-        if a == b:
-            # One resample keeps the choice O(1); a repeat then just means "pick a".
-            b = self._draw_eligible(n, rng, mask)
-        if a == b:
-            return a
+        if mask is None and not self.weighted:
+            # Two distinct uniform draws without a loop.
+            a = rng.randrange(n)
+            b = rng.randrange(n - 1)
+            if b >= a:
+                b += 1
+        else:
+            a = self._draw_eligible(n, rng, mask)
+            b = a
+            for _ in range(4):  # bounded resampling keeps the pick O(1)
+                b = self._draw_eligible(n, rng, mask)
+                if b != a:
+                    break
+            if a == b or a < 0:
+                return a
         sa, sb = states[a], states[b]
         if policy == "peak_ewma":
             return a if peak_ewma_cost(sa, now_ns) <= peak_ewma_cost(sb, now_ns) else b

@@ -1,0 +1,139 @@
+"""The httptools adapter: events, limits, hop-by-hop filtering, trace context."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossipmesh.proxy.http1 import (
+    END,
+    HeaderLimitError,
+    ParseError,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    ResponseReader,
+    build_request_head,
+    build_response_head,
+    next_traceparent,
+)
+
+
+def feed_all(data: bytes, **kw: int) -> RequestReader:
+    r = RequestReader(**kw)
+    r.feed(data)
+    return r
+
+
+def test_pipelined_requests_become_ordered_events() -> None:
+    r = feed_all(
+        b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"GET /c HTTP/1.0\r\n\r\n"
+    )
+    kinds = []
+    while r.pending():
+        ev = r.pop()
+        kinds.append(ev.url if isinstance(ev, RequestHead) else ev)
+    assert kinds == [b"/a", END, b"/b", b"abc", END, b"/c", END]
+
+
+def test_head_fields_picked_out() -> None:
+    r = feed_all(
+        b"GET / HTTP/1.1\r\nHost: API:80\r\nConnection: keep-alive, X-Drop\r\n"
+        b"Expect: 100-continue\r\nX-Request-Id: r1\r\nX-Forwarded-For: 1.1.1.1\r\n"
+        b"Content-Length: 2\r\n\r\nhi"
+    )
+    h = r.pop()
+    assert isinstance(h, RequestHead)
+    assert h.host == b"API:80" and h.request_id == b"r1" and h.expect_continue
+    assert h.conn_tokens == (b"keep-alive", b"x-drop") and h.has_body and h.keep_alive
+    assert r.body_complete_buffered()
+
+
+def test_body_not_complete_until_end() -> None:
+    r = RequestReader()
+    r.feed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    r.pop()
+    assert not r.body_complete_buffered()
+
+
+def test_header_count_limit() -> None:
+    data = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(HeaderLimitError):
+        feed_all(data)
+
+
+def test_header_size_limit_even_without_end_of_headers() -> None:
+    r = RequestReader(max_header_bytes=4096)
+    r.feed(b"GET / HTTP/1.1\r\nX-Big: ")
+    with pytest.raises(HeaderLimitError):
+        for _ in range(10):
+            r.feed(b"a" * 1024)
+
+
+def test_garbage_is_a_parse_error() -> None:
+    with pytest.raises(ParseError):
+        feed_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
+    with pytest.raises(ParseError):
+        feed_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def test_upgrade_tail_kept() -> None:
+    r = feed_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nRAW")
+    h = r.pop()
+    assert isinstance(h, RequestHead) and h.upgrade
+    assert r.upgrade_tail == b"RAW"
+
+
+def test_request_head_drops_hop_by_hop_and_connection_listed() -> None:
+    r = feed_all(
+        b"GET /p HTTP/1.1\r\nHost: api\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n"
+        b"Keep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: x\r\nUpgrade: h2c\r\n"
+        b"X-Gossipmesh-Dest: 10.0.0.1:1\r\nTraceparent: junk\r\nAccept: */*\r\n\r\n"
+    )
+    h = r.pop()
+    assert isinstance(h, RequestHead)
+    out = build_request_head(h, b"/p", [b"x-added: 1\r\n"])
+    assert out.startswith(b"GET /p HTTP/1.1\r\n") and out.endswith(b"\r\n\r\n")
+    lower = out.lower()
+    for gone in (
+        b"x-secret",
+        b"keep-alive",
+        b"te:",
+        b"proxy-connection",
+        b"upgrade",
+        b"connection",
+        b"x-gossipmesh-dest",
+        b"traceparent",
+    ):
+        assert gone not in lower, gone
+    assert b"accept: */*" in lower and b"host: api" in lower and b"x-added: 1" in lower
+
+
+def test_response_reader_and_head() -> None:
+    rr = ResponseReader()
+    rr.feed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    )
+    evs = []
+    while rr.pending():
+        evs.append(rr.pop())
+    final = evs[2]
+    assert isinstance(final, ResponseHead) and final.status == 200 and final.chunked
+    assert not final.keep_alive
+    assert evs[3:] == [b"hi", END]
+    head = build_response_head(final, [b"transfer-encoding: chunked\r\n"])
+    assert head.count(b"transfer-encoding") == 1 and b"onnection" not in head
+
+
+def test_traceparent_propagates_trace_with_new_span() -> None:
+    rng = random.Random(1)
+    incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    out = next_traceparent(incoming, rng)
+    v, trace, span, flags = out.split(b"-")
+    assert (v, trace, flags) == (b"00", b"4bf92f3577b34da6a3ce929d0e0e4736", b"01")
+    assert span != b"00f067aa0ba902b7" and len(span) == 16
+    fresh = next_traceparent(b"garbage", rng)
+    assert len(fresh) == 55 and fresh.startswith(b"00-")
