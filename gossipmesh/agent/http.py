@@ -21,6 +21,8 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 4 * MAX_BODY_BYTES
 
 
 class HTTPError(Exception):
@@ -147,6 +149,7 @@ class HTTPServer:
             return False
         except HTTPError as exc:
             await self._send_json(conn, stream, *_error_body(exc.status, exc.error, exc.detail))
+            await _linger(stream)
             return False
         if request is None:
             return False
@@ -263,6 +266,20 @@ class HTTPServer:
                 await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
             finally:
                 nursery.cancel_scope.cancel()
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Discard what the client is still sending (bounded in bytes and time) before closing, so it
+    reads our error instead of a connection reset."""
+    with trio.move_on_after(LINGER_S):
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        drained = 0
+        while drained < LINGER_MAX_BYTES:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            drained += len(data)
 
 
 def _header(event: h11.Request, name: bytes) -> str | None:

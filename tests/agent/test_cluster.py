@@ -102,11 +102,35 @@ def test_sigkill_is_seen_dead_and_restart_rejoins(cluster: Cluster) -> None:
     )
 
 
-def test_sigterm_is_seen_left(cluster: Cluster) -> None:
+def test_sigterm_is_seen_left_and_monitor_streams_it(cluster: Cluster) -> None:
     leaver = cluster.by("a4")
-    leaver.signal(signal.SIGTERM)
-    assert leaver.wait_exit(5) == 0, leaver.log_tail()
-    wait_until("a4 left everywhere", all_see(cluster, ["a1", "a2", "a3", "a5"], {"a4": "left"}), 10)
+    monitor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gossipmesh",
+            "monitor",
+            "--json",
+            "--agent",
+            cluster.by("a1").admin,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert monitor.stdout is not None
+        first = json.loads(monitor.stdout.readline())  # the stream is live before we act
+        assert first["event"] == "monitor-start" and isinstance(first["ts_ms"], int)
+        leaver.signal(signal.SIGTERM)
+        assert leaver.wait_exit(5) == 0, leaver.log_tail()
+        observers = ["a1", "a2", "a3", "a5"]
+        wait_until("a4 left everywhere", all_see(cluster, observers, {"a4": "left"}), 10)
+        event = json.loads(monitor.stdout.readline())
+        assert (event["event"], event["member"], event["state"]) == ("left", "a4", "left")
+        assert isinstance(event["ts_ms"], int)
+    finally:
+        monitor.kill()
+        monitor.wait(timeout=5)
 
 
 def test_other_key_or_cluster_never_appears(cluster: Cluster, procs: Procs) -> None:
