@@ -365,6 +365,7 @@ class SwimNode:
         if msg.suspect_incarnation is not None and not self._leaving:
             # Lifeguard buddy system: the prober holds us suspect. Refute now, in the ack.
             if msg.suspect_incarnation >= self._incarnation:
+                self._count("refutes.buddy")
                 self._refute(msg.suspect_incarnation, now_ms, out)
             else:
                 # Already refuted, but the prober has not heard: make sure it rides the ack.
@@ -475,9 +476,10 @@ class SwimNode:
     ) -> None:
         if m is None:
             return
-        out.append(
-            SetTimer(Timer(TimerKind.SUSPICION, s.token, m.name, m.incarnation), s.deadline_ms)
-        )
+        # A confirmation can pull the deadline into the past (the suspicion is already older
+        # than its new timeout): then the timer is due now.
+        at_ms = s.deadline_ms if s.deadline_ms > now_ms else now_ms
+        out.append(SetTimer(Timer(TimerKind.SUSPICION, s.token, m.name, m.incarnation), at_ms))
 
     def _on_dead(self, msg: Dead, now_ms: Millis, out: list[Effect]) -> None:
         name = msg.name

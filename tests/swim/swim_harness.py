@@ -47,6 +47,8 @@ class World:
     nodes: dict[str, SwimNode] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     drop: DropRule | None = None
+    # Finer rule for UDP only: (src, dst, datagram) -> drop?
+    drop_packet: Callable[[str, str, bytes], bool] | None = None
     log: list[Event] = field(default_factory=list)
     user_messages: dict[str, list[bytes]] = field(default_factory=dict)
     max_packet_seen: int = 0
@@ -70,7 +72,9 @@ class World:
         index = len(self._by_addr) + 1 if name not in self.nodes else None
         addr = self.address_of(name) if name in self.nodes else Address(f"10.0.0.{index}", 7946)
         rng = random.Random(f"{self.seed}:{name}:{self._epoch.get(name, 0)}")
-        node = SwimNode(name, addr, config or self.config, rng, self.now_ms, meta=meta, incarnation=incarnation)
+        node = SwimNode(
+            name, addr, config or self.config, rng, self.now_ms, meta=meta, incarnation=incarnation
+        )
         self.nodes[name] = node
         self._by_addr[addr] = name
         self.down.discard(name)
@@ -156,6 +160,8 @@ class World:
             if self._blocked(src, dst):
                 return
             assert dst is not None
+            if self.drop_packet is not None and self.drop_packet(src, dst, data):
+                return
             self.apply(dst, self.nodes[dst].handle_packet(self.address_of(src), data, at_ms))
         else:
             src, to, join = payload
@@ -167,7 +173,9 @@ class World:
                 self.apply(src, node.push_pull_failed(to, at_ms))
                 return
             assert dst is not None
-            reply, effects = self.nodes[dst].handle_push_pull_request(node.address, node.push_pull_payload(join), at_ms)
+            reply, effects = self.nodes[dst].handle_push_pull_request(
+                node.address, node.push_pull_payload(join), at_ms
+            )
             self.apply(dst, effects)
             self.apply(src, node.handle_push_pull_reply(to, reply, at_ms))
 
@@ -179,7 +187,9 @@ class World:
     def run_for(self, ms: int) -> None:
         self.run_until(self.now_ms + ms)
 
-    def run_until_true(self, pred: Callable[[], bool], limit_ms: int, check_every_ms: int = 100) -> int:
+    def run_until_true(
+        self, pred: Callable[[], bool], limit_ms: int, check_every_ms: int = 100
+    ) -> int:
         """Advance until ``pred()`` holds; return the virtual time it took. Fails past the limit."""
         start = self.now_ms
         while not pred():
@@ -200,7 +210,9 @@ class World:
     def member(self, observer: str, name: str) -> Member | None:
         return self.nodes[observer].member(name)
 
-    def all_see(self, name: str, state: MemberState | None, observers: list[str] | None = None) -> bool:
+    def all_see(
+        self, name: str, state: MemberState | None, observers: list[str] | None = None
+    ) -> bool:
         obs = [o for o in (observers or self.up()) if o != name]
         return all(self.state(o, name) is state for o in obs)
 
