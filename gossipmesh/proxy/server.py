@@ -611,6 +611,8 @@ class Proxy:
             target = b"/" if slash < 0 else rest[slash:]
             # RFC 9112 §3.2.2: the absolute-form authority wins over Host.
             add_host = b"" if req.host == authority else authority
+            if add_host and req.host:
+                req.headers = [(n, v) for n, v in req.headers if n != b"host"]
         else:
             reason = "unsupported" if req.method == b"CONNECT" else "bad_request"
             return await self._reply_error(

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
 import trio
 
-from gossipmesh.config.schema import RouteConfig, ServiceConfig
+from gossipmesh.config.schema import RouteConfig, ServiceConfig, validate_entity
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import Endpoint, RouteTable, build_route_table
 
@@ -154,8 +155,8 @@ async def _next(conn: h11.Connection, stream: trio.SocketStream) -> object:
         return ev
 
 
-async def _send(conn: h11.Connection, stream: trio.SocketStream, ev: object) -> None:
-    data = conn.send(ev)  # type: ignore[arg-type]
+async def _send(conn: h11.Connection, stream: trio.SocketStream, ev: Any) -> None:
+    data = conn.send(ev)
     if data:
         await stream.send_all(data)
 
@@ -256,6 +257,8 @@ async def raw_exchange(
     out = bytearray()
     with trio.move_on_after(max_s):
         await stream.send_all(data)
+        if until_close:
+            await stream.send_eof()
         while True:
             chunk = await stream.receive_some(65536)
             if not chunk:
@@ -333,3 +336,15 @@ async def start_mesh(
     mesh = Mesh(a, b, a_addr, b_addr, started)
     mesh.set_table()
     return mesh
+
+
+def service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
+    cfg = validate_entity("service", name, dict(body))
+    assert isinstance(cfg, ServiceConfig)
+    return cfg
+
+
+def route(name: str, body: Mapping[str, Any]) -> RouteConfig:
+    cfg = validate_entity("route", name, dict(body))
+    assert isinstance(cfg, RouteConfig)
+    return cfg
