@@ -27,6 +27,7 @@ Content-Length body keeps its length). Upgrade/Connection are re-added only for 
 
 from __future__ import annotations
 
+import re
 from random import Random
 
 import httptools
@@ -125,10 +126,13 @@ class RequestHead:
 
 
 class ResponseHead:
+    """A response head kept as the raw bytes the upstream sent (status line and header lines,
+    without the final blank line): relaying it is then one regex pass that drops hop-by-hop
+    lines, instead of a Python callback per header. ``headers`` parses it on demand."""
+
     __slots__ = (
         "status",
-        "reason",
-        "headers",
+        "raw",
         "version",
         "keep_alive",
         "upgrade",
@@ -137,10 +141,9 @@ class ResponseHead:
         "content_length",
     )
 
-    def __init__(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+    def __init__(self, raw: bytes = b"HTTP/1.1 200 OK", status: int = 200) -> None:
+        self.status = status
+        self.raw = raw
         self.version = "1.1"
         self.keep_alive = True
         self.upgrade = False
@@ -148,8 +151,16 @@ class ResponseHead:
         self.chunked = False
         self.content_length: int | None = None
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        out = []
+        for line in self.raw.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            out.append((name.strip().lower(), value.strip()))
+        return out
+
     def __repr__(self) -> str:
-        return f"<ResponseHead {self.status} {self.reason!r}>"
+        return f"<ResponseHead {self.status}>"
 
 
 def _tokens(value: bytes) -> tuple[bytes, ...]:
@@ -299,21 +310,37 @@ class RequestReader:
         return False
 
 
+_RESP_HOP_RE = re.compile(
+    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade)"
+    rb"[ \t]*:[^\r\n]*",
+    re.IGNORECASE,
+)
+_RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.IGNORECASE)
+_RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)", re.IGNORECASE)
+_RESP_CONN_RE = re.compile(rb"\r\nconnection[ \t]*:([^\r\n]*)", re.IGNORECASE)
+# Connection tokens that name no header (so nothing extra to strip).
+_PLAIN_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
 class ResponseReader:
-    """Parses one upstream connection's responses into events."""
+    """Parses one upstream connection's responses into events.
+
+    httptools does the framing (where the body and the message end); the head is taken from the
+    raw bytes. Upstreams are never pipelined, so a response head always starts at the first byte
+    received after the previous response ended (or right after a 1xx head): the reader copies
+    bytes into ``_headbuf`` only while a head is awaited and cuts the head at the blank line.
+    """
 
     __slots__ = (
         "events",
         "pos",
         "_parser",
-        "_head",
-        "_count",
-        "_bytes",
+        "_headbuf",
+        "_scan",
+        "_need_head",
         "upgrade_tail",
         "max_header_bytes",
         "max_header_count",
-        "_in_head",
-        "_head_fed",
     )
 
     def __init__(self, max_header_bytes: int = 65536, max_header_count: int = 100) -> None:
@@ -322,11 +349,9 @@ class ResponseReader:
         self.max_header_bytes = max_header_bytes
         self.max_header_count = max_header_count
         self._parser = httptools.HttpResponseParser(self)
-        self._head = ResponseHead()
-        self._count = 0
-        self._bytes = 0
-        self._in_head = False
-        self._head_fed = 0
+        self._headbuf = bytearray()
+        self._scan = 0
+        self._need_head = True
         self.upgrade_tail: bytes | None = None
 
     def reset(self) -> None:
@@ -334,43 +359,37 @@ class ResponseReader:
         self._parser = httptools.HttpResponseParser(self)
         self.events.clear()
         self.pos = 0
-
-    def on_message_begin(self) -> None:
-        self._head = ResponseHead()
-        self._count = 0
-        self._bytes = 0
-        self._in_head = True
-        self._head_fed = 0
-
-    def on_status(self, reason: bytes) -> None:
-        self._head.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count += 1
-        self._bytes += len(name) + len(value) + 4
-        if self._count > self.max_header_count or self._bytes > self.max_header_bytes:
-            raise HeaderLimitError("upstream response headers too large")
-        lname = name.lower()
-        h = self._head
-        h.headers.append((lname, value))
-        if lname == b"connection":
-            h.conn_tokens += _tokens(value)
-        elif lname == b"transfer-encoding":
-            h.chunked = value.strip().lower().endswith(b"chunked")
-        elif lname == b"content-length":
-            try:
-                h.content_length = int(value)
-            except ValueError:
-                raise ParseError("bad content-length") from None
+        self._headbuf = bytearray()
+        self._scan = 0
+        self._need_head = True
 
     def on_headers_complete(self) -> None:
+        buf = self._headbuf
+        end = buf.find(b"\r\n\r\n", self._scan)
+        if end < 0:
+            raise ParseError("response head not at a message boundary")
+        raw = bytes(buf[self._scan : end])
+        if raw.count(b"\r\n") > self.max_header_count:
+            raise HeaderLimitError("upstream sent too many headers")
         p = self._parser
-        h = self._head
-        h.status = p.get_status_code()
+        h = ResponseHead(raw, p.get_status_code())
         h.version = p.get_http_version()
         h.keep_alive = p.should_keep_alive()
         h.upgrade = h.status == 101
-        self._in_head = False
+        if _RESP_CHUNKED_RE.search(raw) is not None:
+            h.chunked = True
+        cl = _RESP_CL_RE.search(raw)
+        if cl is not None:
+            h.content_length = int(cl.group(1))
+        conn = _RESP_CONN_RE.findall(raw)
+        if conn:
+            h.conn_tokens = tuple(t for v in conn for t in _tokens(v))
+        if 100 <= h.status < 200 and h.status != 101:
+            self._scan = end + 4  # the final head follows right after an interim one
+        else:
+            self._need_head = False
+            self._headbuf = bytearray()
+            self._scan = 0
         self.events.append(h)
 
     def on_body(self, body: bytes) -> None:
@@ -378,27 +397,30 @@ class ResponseReader:
 
     def on_message_complete(self) -> None:
         self.events.append(END)
+        self._need_head = True
 
     def feed(self, data: memoryview | bytes) -> None:
         if self.pos and self.pos >= len(self.events):
             self.events.clear()
             self.pos = 0
+        if self._need_head:
+            self._headbuf += data
+            if len(self._headbuf) - self._scan > self.max_header_bytes + 1024 and (
+                self._headbuf.find(b"\r\n\r\n", self._scan) < 0
+            ):
+                raise HeaderLimitError("upstream header section too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             offset = e.args[0] if e.args else len(data)
             self.upgrade_tail = bytes(data[offset:])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__ or e.__cause__
+            if isinstance(cause, ParseError):
+                raise cause from None
+            raise ParseError(str(e) or type(e).__name__) from None
         except httptools.HttpParserError as e:
             raise ParseError(str(e) or type(e).__name__) from None
-        if self._in_head:
-            self._head_fed += len(data)
-            if self._head_fed > self.max_header_bytes + 1024:
-                raise HeaderLimitError("upstream header section never ended")
-
-    @property
-    def in_message(self) -> bool:
-        """A response head was seen and its END not yet."""
-        return bool(self.events) and self.events[-1] is not END
 
     def pending(self) -> bool:
         return self.pos < len(self.events)
@@ -420,6 +442,8 @@ def new_request_id(rng: Random) -> bytes:
 def next_traceparent(incoming: bytes, rng: Random) -> bytes:
     """W3C trace context: keep trace-id and flags, new parent-id (this hop's span)."""
     span = b"%016x" % (rng.getrandbits(64) or 1)
+    if not incoming:
+        return b"00-%032x-%s-01" % (rng.getrandbits(128) or 1, span)
     parts = incoming.strip().split(b"-")
     if (
         len(parts) >= 4
@@ -437,8 +461,7 @@ def next_traceparent(incoming: bytes, rng: Random) -> bytes:
             pass
         else:
             return b"00-" + parts[1].lower() + b"-" + span + b"-" + parts[3].lower()
-    trace = b"%032x" % (rng.getrandbits(128) or 1)
-    return b"00-" + trace + b"-" + span + b"-01"
+    return b"00-%032x-%s-01" % (rng.getrandbits(128) or 1, span)
 
 
 def build_request_head(
@@ -462,40 +485,21 @@ def build_request_head(
     return b"".join(parts)
 
 
-_REASONS = {
-    100: b"Continue",
-    101: b"Switching Protocols",
-    200: b"OK",
-    201: b"Created",
-    204: b"No Content",
-    206: b"Partial Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    304: b"Not Modified",
-    400: b"Bad Request",
-    404: b"Not Found",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
-
-
 def build_response_head(head: ResponseHead, extra: list[bytes]) -> bytes:
-    drop = _RESP_DROP
-    tokens = head.conn_tokens
-    reason = head.reason or _REASONS.get(head.status, b"")
-    parts = [b"HTTP/1.1 %d " % head.status, reason, b"\r\n"]
-    for name, value in head.headers:
-        if name in drop or (tokens and name in tokens):
-            continue
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(b"\r\n")
-    parts.extend(extra)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    """Status line (as HTTP/1.1) and the upstream's header lines minus hop-by-hop ones."""
+    raw = _RESP_HOP_RE.sub(b"", head.raw)
+    tokens = [t for t in head.conn_tokens if t not in _PLAIN_CONN_TOKENS]
+    if tokens:
+        named = re.compile(
+            rb"\r\n(?:" + b"|".join(re.escape(t) for t in tokens) + rb")[ \t]*:[^\r\n]*",
+            re.IGNORECASE,
+        )
+        raw = named.sub(b"", raw)
+    if raw[:9] != b"HTTP/1.1 ":
+        raw = b"HTTP/1.1" + raw[8:]
+    if extra:
+        return raw + b"\r\n" + b"".join(extra) + b"\r\n"
+    return raw + b"\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:

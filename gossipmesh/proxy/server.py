@@ -47,6 +47,7 @@ import logging
 import math
 import random
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -85,7 +86,9 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 INF = math.inf
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
-_now = trio.current_time
+# Deadlines and latencies use the monotonic clock directly: trio.current_time() is three Python
+# frames deep, and the watchdog compares against the same clock.
+_now = time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,7 @@ class StreamIO:
         self.closed = False
 
     async def recv_into(self, mv: memoryview, wait_first: bool = False) -> int:
-        with trio.CancelScope(deadline=self.deadline) as cs:
+        with trio.CancelScope(deadline=_trio_deadline(self.deadline)) as cs:
             try:
                 data = await self.stream.receive_some(len(mv))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -234,7 +237,7 @@ class StreamIO:
         return n
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        with trio.CancelScope(deadline=self.deadline) as cs:
+        with trio.CancelScope(deadline=_trio_deadline(self.deadline)) as cs:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -1375,6 +1378,13 @@ class Proxy:
 
 
 _DONE, _RETRY_STATUS, _TIMEOUT, _RESET, _STALE, _ABORT = range(6)
+
+
+def _trio_deadline(deadline: float) -> float:
+    """Our deadlines are on time.monotonic; trio's clock has its own (randomised) offset."""
+    if deadline == INF:
+        return INF
+    return trio.current_time() + (deadline - _now())
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:

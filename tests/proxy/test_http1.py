@@ -122,10 +122,33 @@ def test_response_reader_and_head() -> None:
         evs.append(rr.pop())
     final = evs[2]
     assert isinstance(final, ResponseHead) and final.status == 200 and final.chunked
-    assert not final.keep_alive
+    assert not final.keep_alive and final.conn_tokens == (b"close",)
     assert evs[3:] == [b"hi", END]
     head = build_response_head(final, [b"transfer-encoding: chunked\r\n"])
     assert head.count(b"transfer-encoding") == 1 and b"onnection" not in head
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"chunked\r\n\r\n")
+
+
+def test_response_head_drops_connection_named_headers_and_upgrades_version() -> None:
+    rr = ResponseReader()
+    rr.feed(
+        b"HTTP/1.0 200 Fine\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Public: 2\r\nContent-Length: 0\r\n\r\n"
+    )
+    head = rr.pop()
+    assert isinstance(head, ResponseHead) and head.content_length == 0
+    out = build_response_head(head, [])
+    assert out == b"HTTP/1.1 200 Fine\r\nX-Public: 2\r\nContent-Length: 0\r\n\r\n"
+    assert (b"x-public", b"2") in head.headers
+
+
+def test_response_header_limits() -> None:
+    rr = ResponseReader(max_header_count=10)
+    with pytest.raises(HeaderLimitError):
+        rr.feed(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 20 + b"\r\n")
+    rr = ResponseReader(max_header_bytes=1000)
+    with pytest.raises(HeaderLimitError):
+        rr.feed(b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 3000)
 
 
 def test_traceparent_propagates_trace_with_new_span() -> None:
