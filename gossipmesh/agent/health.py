@@ -35,6 +35,7 @@ check: the operator asked for no verification, so membership alone decides.
 from __future__ import annotations
 
 import random
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +56,9 @@ MAX_STATUS_LINE_BYTES = 4096
 JITTER_FRACTION = 0.1
 MAX_JITTER_MS = 1000
 RECV_CHUNK_BYTES = 1024
+# The schema allows any non-space path; percent-encode only what is not printable ASCII so the
+# request line stays valid and the operator's own escapes pass through untouched.
+_PATH_SAFE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 def instance_key(service: LocalService) -> str:
@@ -169,7 +173,7 @@ async def probe_io(service: LocalService, check: HealthCheck) -> ProbeResult:
         if check.kind == "tcp":
             return ProbeResult(True, "tcp connect")
         request = (
-            f"GET {check.http_path or '/'} HTTP/1.1\r\n"
+            f"GET {urllib.parse.quote(check.http_path or '/', safe=_PATH_SAFE_CHARS)} HTTP/1.1\r\n"
             f"Host: {_host_header(service.address, service.port)}\r\n"
             "User-Agent: gossipmesh-health\r\n"
             "Accept: */*\r\n"

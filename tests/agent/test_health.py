@@ -303,6 +303,13 @@ async def test_http_probe_statuses(backend: Backend) -> None:
     assert f"Host: 127.0.0.1:{backend.port}".encode() in head
     assert b"Connection: close" in head
 
+    # A non-ASCII path (the schema allows it) is percent-encoded, not a crash.
+    odd = HealthCheck("http", "/sant\u00e9?x=%41", interval_ms=50, timeout_ms=200)
+    backend.mode = 200
+    with trio.fail_after(5):
+        assert (await probe(svc_with(odd, backend.port), odd)).ok
+    assert backend.requests[-1].startswith(b"GET /sant%C3%A9?x=%41 HTTP/1.1\r\n")
+
 
 async def test_http_probe_that_hangs_times_out(backend: Backend) -> None:
     backend.mode = "hang"
