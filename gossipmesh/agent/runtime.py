@@ -77,6 +77,7 @@ MAX_INBOUND_STREAMS = 32  # concurrent inbound TCP streams; more are closed at o
 SUBSCRIBER_BUFFER = 256
 JOIN_BACKOFF_S = (0.5, 30.0)  # first retry delay, cap
 LEAVE_FLUSH_S = 1.0
+LEAVE_NOTIFY_MAX = 16  # members told directly (push-pull) that we leave; gossip tells the rest
 PEERS_SAVE_INTERVAL_S = 1.0
 
 
@@ -336,10 +337,38 @@ class Agent:
             return
         self.leaving = True
         self.log.info("leave", member=self.settings.name)
+        me = self.settings.name
+
+        def leave(node: Any, now: Millis) -> tuple[list[Address], list[Effect]]:
+            live = [
+                m.address
+                for m in node.members()
+                if m.name != me and m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            ]
+            return live, node.leave(now)
+
         with trio.move_on_after(flush_s):
-            await self.call(lambda node, now: (None, node.leave(now)))
-            await trio.sleep(self._flush_time_s(flush_s))
+            live = await self.call(leave)
+            # Gossip alone may miss a member (each rumour is sent only λ·log n times, and we stop
+            # soon), so also hand our "left" record to some members directly over push-pull,
+            # which merges it as left; the rest hear it from them.
+            targets = self.rng.sample(live, min(len(live), LEAVE_NOTIFY_MAX))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, self._flush_time_s(flush_s))
+                for target in targets:
+                    nursery.start_soon(self._leave_notify, target)
         self.stop()
+
+    async def _leave_notify(self, to: Address) -> None:
+        try:
+            payload = await self.call(lambda node, now: (node.push_pull_payload(False), []))
+            stream = await self.open_stream(to, "pushpull", payload)
+            try:
+                await stream.receive()
+            finally:
+                await stream.aclose()
+        except (OSError, EOFError, DecodeError, trio.BrokenResourceError):
+            self.counters["leave_notify.failed"] += 1
 
     def _flush_time_s(self, cap_s: float) -> float:
         # Three gossip rounds carry the news to most of a small cluster; never wait past the cap.
@@ -657,6 +686,7 @@ class Agent:
             results = await self.join(seeds)
             if any(results.values()):
                 self.log.info("joined", via=[k for k, v in results.items() if v], source=source)
+                await self._settle_sync()
                 return
             alive = [m for m in await self.members() if m.state is MemberState.ALIVE]
             if len(alive) > 1:
@@ -665,6 +695,22 @@ class Agent:
             self.log.warn("join_retry", seeds=[str(s) for s in seeds], attempt=attempt, in_s=delay)
             await trio.sleep(delay)
             delay = min(cap, delay * 2)
+
+    async def _settle_sync(self) -> None:
+        """One more push-pull with a random member shortly after joining.
+
+        Members that join together learn of each other by gossip, and each rumour is sent only
+        λ·⌈log10(n+1)⌉ times (2 in the local profile), so a node can miss a later joiner until
+        the next periodic push-pull. One extra exchange a couple of probe intervals after joining
+        closes most of that gap for one TCP round trip; both sides learn what the other missed.
+        """
+        await trio.sleep(2 * _cfg(self.swim_config, ("probe_interval_ms",), 1000) / 1000)
+        me = self.settings.name
+        peers = [
+            m.address for m in await self.members() if m.name != me and m.state is MemberState.ALIVE
+        ]
+        if peers and self._push_pulls < self._push_pull_max:
+            self._start_push_pull(self.rng.choice(peers), join=False)
 
     # ---- persistence ------------------------------------------------------------------------
 

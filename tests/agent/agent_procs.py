@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,15 +163,6 @@ class Procs:
     def close(self) -> None:
         for agent in self.agents:
             agent.stop()
-
-
-@pytest.fixture(scope="module")
-def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
-    owner = Procs(tmp_path_factory.mktemp("agents"))
-    try:
-        yield owner
-    finally:
-        owner.close()
 
 
 def loopback_ok() -> bool:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import AgentProc, Procs, free_port_on, requires_loopback_aliases, wait_until
+from agent_procs import AgentProc, Procs, free_port_on, requires_loopback_aliases, wait_until
 
 from gossipmesh.agent.runtime import suspicion_bound_s
 from gossipmesh.crypto import generate_key
