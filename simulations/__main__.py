@@ -1,0 +1,5 @@
+"""``python -m simulations SCENARIO …``: see simulations/cli.py."""
+
+from simulations.cli import entry
+
+entry()
