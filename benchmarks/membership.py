@@ -5,7 +5,7 @@ For each system: start N agents on 127.0.0.2, 127.0.0.3, ... joined through the 
 every agent sees N alive; then, ``--kills`` times, SIGKILL one agent (never the seed) and time from
 the kill until *every* survivor has logged that member as failed. Serf is timed by the moment each
 agent logs ``serf: EventMemberFailed`` (its event handlers fire a second later, after Serf's event
-hold); gossipmesh by its agent's one-line ``member-failed`` log event. Any failure logged for a member
+hold); gossipmesh by its agent's one-line ``member_failed`` log event. Any failure logged for a member
 that was not killed is a false positive and is reported. The victim is restarted (same name) and
 the cluster allowed to settle before the next kill. Finally the idle RSS of every agent is sampled
 at N members (and at ``--rss-members``).
@@ -125,7 +125,7 @@ def _gm_failed(line: str, member: str) -> bool:
         return False
     return (
         isinstance(event, dict)
-        and event.get("event") == "member-failed"
+        and event.get("event") == "member_failed"
         and event.get("member") == member
     )
 
