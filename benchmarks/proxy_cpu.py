@@ -1,0 +1,379 @@
+"""Per-core cost of the proxy's hot path: requests per proxy CPU-second, against nginx in the same
+run. Not a test; bounded (every leg runs ``--seconds``), loopback only, and every process started
+here is stopped on the way out.
+
+Why CPU-seconds: the machine's two cores are shared with other work, so wall-clock req/s mostly
+measures the neighbours. The proxy's own utime+stime (from /proc) per request is what one core
+of proxy costs; nginx (one worker) is measured the same way in the same run for the ratio.
+
+Layout: the nginx backend and the load generator on CPU 0, the proxy under test on CPU 1 (when
+``taskset`` exists). Load comes from wrk (one thread) when installed, else a small epoll client.
+
+Legs, each with the mesh features on (a route matched by host and path prefix, a two-endpoint
+least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for, metrics):
+
+- ``outbound``: app -> gossipmesh outbound -> backend, against app -> nginx -> backend.
+- ``mesh``: app -> outbound -> inbound -> backend, both gossipmesh listeners in one process (the
+  figure is per proxy *hop*: 2 x requests / CPU-s), against two nginx proxies in a chain (both
+  workers' CPU).
+
+    python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+BACKEND_PORT = 18190
+OUT_PORT = 18191
+IN_PORT = 18192
+NGINX_PORT = 18193
+NGINX2_PORT = 18194
+STARTUP_S = 10.0
+
+PROXY_CODE = r"""
+import sys, trio
+from gossipmesh.config.schema import Destination, PathMatch, RouteConfig
+from gossipmesh.proxy.server import Proxy
+from gossipmesh.proxy.table import Endpoint, build_route_table
+
+leg, backend, out_port, in_port, workers = sys.argv[1], *map(int, sys.argv[2:6])
+route = RouteConfig("api-route", (Destination("api"),), hosts=("api",), path=PathMatch("prefix", "/"))
+if leg == "outbound":
+    eps = [Endpoint(n, "127.0.0.1", backend) for n in ("n1", "n2")]
+    proxies = [Proxy(outbound=("127.0.0.1", out_port), inbound=None)]
+else:
+    eps = [Endpoint(n, "127.0.0.1", backend, inbound=("127.0.0.1", in_port)) for n in ("n1", "n2")]
+    proxies = [
+        Proxy(outbound=None, inbound=("127.0.0.1", in_port),
+              local_services={"api": [("127.0.0.1", backend)]}),
+        Proxy(outbound=("127.0.0.1", out_port), inbound=None),
+    ]
+table = build_route_table({}, {"api-route": route}, {"api": eps})
+for p in proxies:
+    p.update_table(table)
+
+def report(ps):
+    reqs = {}
+    for p in ps:
+        for (svc, rt, status, direction), n in p.metrics.requests.items():
+            k = f"{direction}:{svc}:{rt or '-'}:{status}"
+            reqs[k] = reqs.get(k, 0) + n
+    return " ".join(f"{k}={n}" for k, n in sorted(reqs.items()))
+
+async def main():
+    async with trio.open_nursery() as n:
+        for p in proxies:
+            await n.start(p.serve)
+        print("ready", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+        print("metrics", report(proxies), flush=True)
+        n.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    hops: int
+    note: str = ""
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.requests * self.hops / max(self.user_s + self.sys_s, 1e-9)
+
+    def line(self) -> str:
+        per_req = 1e6 / max(self.requests * self.hops, 1)
+        return (
+            f"{self.name:<12} {self.requests / self.wall_s:>9,.0f} req/s wall"
+            f"  {self.per_cpu_s:>9,.0f} req per proxy CPU-s"
+            f"  (user {self.user_s * per_req:5.1f} us + sys {self.sys_s * per_req:5.1f} us"
+            f" per hop-request){self.note}"
+        )
+
+
+def _pin(cpu: int | None) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) <= cpu:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {HOST}:{port} after {STARTUP_S} s")
+
+
+def _nginx_conf(workdir: str, name: str, server: str) -> str:
+    conf = os.path.join(workdir, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"worker_processes 1; daemon off; pid {workdir}/{name}.pid;"
+            f" error_log {workdir}/{name}.err warn;\n"
+            "events { worker_connections 4096; }\n"
+            "http { access_log off; keepalive_requests 1000000;\n"
+            f"  client_body_temp_path {workdir}/{name}-b; proxy_temp_path {workdir}/{name}-p;\n"
+            f"  fastcgi_temp_path {workdir}/{name}-f; uwsgi_temp_path {workdir}/{name}-u;\n"
+            f"  scgi_temp_path {workdir}/{name}-s;\n  {server} }}\n"
+        )
+    return conf
+
+
+def _nginx_proxy_server(listen: int, to: int) -> str:
+    return (
+        f"upstream be{listen} {{ server {HOST}:{to}; keepalive 64; }}"
+        f" server {{ listen {HOST}:{listen}; location / {{ proxy_pass http://be{listen};"
+        ' proxy_http_version 1.1; proxy_set_header Connection ""; } }'
+    )
+
+
+@contextlib.contextmanager
+def launched(argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, start_new_session=True, **kw)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant pid (nginx workers, SO_REUSEPORT proxy workers)."""
+    out = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                for c in f.read().split():
+                    out.append(int(c))
+                    out.extend(_children(int(c)))
+    return out
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds summed over ``pids``."""
+    tck = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        user += int(fields[11]) / tck
+        system += int(fields[12]) / tck
+    return user, system
+
+
+# -- load generators --------------------------------------------------------------------------
+
+
+def wrk_load(port: int, conns: int, seconds: float, cpu: int | None) -> int:
+    argv = [
+        *_pin(cpu),
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{max(1, round(seconds))}s",
+        "-H",
+        "Host: api",
+    ]
+    out = subprocess.run(
+        [*argv, f"http://{HOST}:{port}/"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    m = re.search(r"(\d+) requests in", out)
+    if m is None:
+        raise SystemExit(f"cannot read wrk output:\n{out}")
+    return int(m.group(1))
+
+
+def py_load(port: int, conns: int, seconds: float) -> int:
+    """Keep-alive GETs on ``conns`` connections; counts complete content-length responses."""
+    req = b"GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    bufs: dict[int, bytearray] = {}
+    done = 0
+    try:
+        for _ in range(conns):
+            s = socket.create_connection((HOST, port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            socks[s.fileno()] = s
+            bufs[s.fileno()] = bytearray()
+            ep.register(s.fileno(), select.EPOLLIN)
+            s.send(req)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for fd, _ in ep.poll(0.5):
+                s = socks[fd]
+                data = s.recv(65536)
+                if not data:
+                    raise SystemExit("proxy closed a connection")
+                b = bufs[fd]
+                b += data
+                while True:
+                    i = b.find(b"\r\n\r\n")
+                    if i < 0:
+                        break
+                    if not b.startswith(b"HTTP/1.1 200 "):
+                        raise SystemExit(f"unexpected response {bytes(b[:i])!r}")
+                    cl = int(b[:i].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(b) < i + 4 + cl:
+                        break
+                    del b[: i + 4 + cl]
+                    done += 1
+                    s.send(req)
+    finally:
+        for s in socks.values():
+            s.close()
+        ep.close()
+    return done
+
+
+# -- one leg ----------------------------------------------------------------------------------
+
+
+def measure(
+    name: str, port: int, pids: list[int], hops: int, args: argparse.Namespace, note: str = ""
+) -> Result:
+    conns, seconds = args.connections, args.seconds
+    if args.client == "wrk":
+        wrk_load(port, conns, 1.0, args.client_cpu)  # warm up pools and caches
+    else:
+        py_load(port, conns, 1.0)
+    u0, s0 = cpu_split(pids)
+    t0 = time.monotonic()
+    if args.client == "wrk":
+        n = wrk_load(port, conns, seconds, args.client_cpu)
+    else:
+        n = py_load(port, conns, seconds)
+    wall = time.monotonic() - t0
+    u1, s1 = cpu_split(pids)
+    return Result(name, n, wall, u1 - u0, s1 - s0, hops, note)
+
+
+def run_gossipmesh(leg: str, workers: int, args: argparse.Namespace) -> Result:
+    argv = [
+        *_pin(args.proxy_cpu if workers == 1 else None),
+        sys.executable,
+        "-c",
+        PROXY_CODE,
+        leg,
+        str(BACKEND_PORT),
+        str(OUT_PORT),
+        str(IN_PORT),
+        str(workers),
+    ]
+    with launched(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        for _ in range(workers):
+            if proc.stdout.readline().strip() != b"ready":
+                raise SystemExit("proxy did not start")
+        pids = [proc.pid, *_children(proc.pid)]
+        hops = 2 if leg == "mesh" else 1
+        label = "gossipmesh" if workers == 1 else f"gm x{workers}"
+        res = measure(label, OUT_PORT, pids, hops, args)
+        proc.stdin.write(b"report\n" * workers)
+        proc.stdin.flush()
+        notes = []
+        for _ in range(workers):
+            line = proc.stdout.readline().decode().strip()
+            notes.append(line.removeprefix("metrics "))
+        res.note = "  [" + " | ".join(notes) + "]"
+        return res
+
+
+def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
+    with contextlib.ExitStack() as stack:
+        pids = []
+        chain = [(NGINX_PORT, BACKEND_PORT)]
+        if leg == "mesh":
+            chain = [(NGINX_PORT, NGINX2_PORT), (NGINX2_PORT, BACKEND_PORT)]
+        for i, (listen, to) in enumerate(chain):
+            conf = _nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
+            proc = stack.enter_context(
+                launched([*_pin(args.proxy_cpu), "nginx", "-c", conf, "-p", workdir])
+            )
+            _wait_port(listen)
+            pids.append(proc.pid)
+            pids.extend(_children(proc.pid))
+        return measure("nginx", NGINX_PORT, pids, len(chain), args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per leg and round (max 60)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (max 10)")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
+    ap.add_argument("--workers", type=int, default=1, help="also run N SO_REUSEPORT workers")
+    ap.add_argument("--client", choices=["wrk", "py"], default=None)
+    ap.add_argument("--proxy-cpu", type=int, default=1)
+    ap.add_argument("--client-cpu", type=int, default=0)
+    args = ap.parse_args()
+    args.seconds = min(args.seconds, 60.0)
+    args.rounds = max(1, min(args.rounds, 10))
+    if args.client is None:
+        args.client = "wrk" if shutil.which("wrk") else "py"
+    backend_server = (
+        f"server {{ listen {HOST}:{BACKEND_PORT};"
+        ' location / { return 200 "hello from the backend\\n"; } }'
+    )
+    print(
+        f"client={args.client} c={args.connections} {args.seconds:g}s x {args.rounds} rounds,"
+        f" proxy on CPU {args.proxy_cpu}, client+backend on CPU {args.client_cpu}"
+    )
+    with tempfile.TemporaryDirectory() as wd:
+        conf = _nginx_conf(wd, "backend", backend_server)
+        with launched([*_pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
+            _wait_port(BACKEND_PORT)
+            for leg in args.legs:
+                per: dict[str, list[float]] = {}
+                for r in range(args.rounds):
+                    results = [run_gossipmesh(leg, 1, args), run_nginx(leg, wd, args)]
+                    if args.workers > 1:
+                        results.append(run_gossipmesh(leg, args.workers, args))
+                    for res in results:
+                        print(f"{leg} round {r + 1}: {res.line()}", flush=True)
+                        per.setdefault(res.name, []).append(res.per_cpu_s)
+                med = {k: statistics.median(v) for k, v in per.items()}
+                for k, v in med.items():
+                    print(
+                        f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s"
+                        f"  = {v / med['nginx']:.2f}x nginx"
+                    )
+
+
+if __name__ == "__main__":
+    main()
