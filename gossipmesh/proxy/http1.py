@@ -139,6 +139,7 @@ class ResponseHead:
         "conn_tokens",
         "chunked",
         "content_length",
+        "hop",
     )
 
     def __init__(self, raw: bytes = b"HTTP/1.1 200 OK", status: int = 200) -> None:
@@ -150,6 +151,7 @@ class ResponseHead:
         self.conn_tokens: tuple[bytes, ...] = ()
         self.chunked = False
         self.content_length: int | None = None
+        self.hop = True  # raw may hold hop-by-hop lines (the reader clears this when it knows)
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -164,6 +166,9 @@ class ResponseHead:
 
 
 def _tokens(value: bytes) -> tuple[bytes, ...]:
+    if b"," not in value:
+        t = value.strip().lower()
+        return (t,) if t else ()
     return tuple(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
@@ -315,9 +320,13 @@ _RESP_HOP_RE = re.compile(
     rb"[ \t]*:[^\r\n]*",
     re.IGNORECASE,
 )
-_RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.IGNORECASE)
-_RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)", re.IGNORECASE)
-_RESP_CONN_RE = re.compile(rb"\r\nconnection[ \t]*:([^\r\n]*)", re.IGNORECASE)
+# Every response field the proxy acts on, in one pass: framing, and whether any hop-by-hop line
+# is there to cut (most upstreams send at least ``Connection: keep-alive``; some send none).
+_RESP_FIELDS_RE = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade)[ \t]*:[ \t]*([^\r\n]*)",
+    re.IGNORECASE,
+)
 # Connection tokens that name no header (so nothing extra to strip).
 _PLAIN_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -376,14 +385,24 @@ class ResponseReader:
         h.version = p.get_http_version()
         h.keep_alive = p.should_keep_alive()
         h.upgrade = h.status == 101
-        if _RESP_CHUNKED_RE.search(raw) is not None:
-            h.chunked = True
-        cl = _RESP_CL_RE.search(raw)
-        if cl is not None:
-            h.content_length = int(cl.group(1))
-        conn = _RESP_CONN_RE.findall(raw)
-        if conn:
-            h.conn_tokens = tuple(t for v in conn for t in _tokens(v))
+        hop = False
+        cl = None
+        tokens: tuple[bytes, ...] = ()
+        for name, value in _RESP_FIELDS_RE.findall(raw):
+            name = name.lower()
+            if name == b"content-length":
+                if cl is None:
+                    cl = value.rstrip(b" \t")
+                continue
+            hop = True
+            if name == b"connection":
+                tokens += _tokens(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                h.chunked = True
+        if cl is not None and cl.isdigit():  # llhttp already refused a malformed length
+            h.content_length = int(cl)
+        h.conn_tokens = tokens
+        h.hop = hop
         if 100 <= h.status < 200 and h.status != 101:
             self._scan = end + 4  # the final head follows right after an interim one
         else:
@@ -487,8 +506,12 @@ def build_request_head(
 
 def build_response_head(head: ResponseHead, extra: list[bytes]) -> bytes:
     """Status line (as HTTP/1.1) and the upstream's header lines minus hop-by-hop ones."""
-    raw = _RESP_HOP_RE.sub(b"", head.raw)
-    tokens = [t for t in head.conn_tokens if t not in _PLAIN_CONN_TOKENS]
+    raw = head.raw
+    if head.hop:
+        raw = _RESP_HOP_RE.sub(b"", raw)
+    tokens = (
+        [t for t in head.conn_tokens if t not in _PLAIN_CONN_TOKENS] if head.conn_tokens else ()
+    )
     if tokens:
         named = re.compile(
             rb"\r\n(?:" + b"|".join(re.escape(t) for t in tokens) + rb")[ \t]*:[^\r\n]*",
