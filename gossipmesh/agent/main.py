@@ -15,9 +15,11 @@ from typing import Any
 
 import trio
 
+from gossipmesh.agent.identity_store import load_or_create_identity
 from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.runtime import Agent, AgentStartError
 from gossipmesh.agent.settings import AgentSettings, load_settings
+from gossipmesh.agent.sidecar import Sidecar
 from gossipmesh.crypto import Keyring, cluster_key, decode_key, load_keyring_file, save_keyring_file
 from gossipmesh.errors import UsageError
 
@@ -60,6 +62,7 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
         log = EventLog(level=settings.log_level)
         keyring, keyring_path = build_keyring(settings, log)
         agent = Agent(settings, keyring=keyring, keyring_path=keyring_path, log=log)
+        sidecar = _build_sidecar(agent)
     except UsageError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -67,7 +70,7 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_FAIL
     try:
-        trio.run(_main, agent)
+        trio.run(_main, agent, sidecar)
     except BaseException as exc:
         start_error = _find(exc, AgentStartError)
         if start_error is not None:
@@ -91,10 +94,20 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _main(agent: Agent) -> None:
+def _build_sidecar(agent: Agent) -> Sidecar:
+    """Health checks, node record and proxy. Built before ``agent.run`` so its member listener,
+    user-message handler and stream kind are registered before the first packet arrives. The
+    config replica, when the agent has one, is the sidecar's ``ConfigSource``."""
+    identity = load_or_create_identity(agent.settings.data_dir)
+    return Sidecar(agent, agent.settings.sidecar, identity, config=getattr(agent, "config", None))
+
+
+async def _main(agent: Agent, sidecar: Sidecar | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
+            if sidecar is not None:
+                await nursery.start(sidecar.run)
 
             async def on_signal() -> None:
                 async for signum in signals:

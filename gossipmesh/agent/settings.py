@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gossipmesh.agent.sidecar_config import SidecarSettings, parse_sidecar_settings
 from gossipmesh.errors import UsageError
 from gossipmesh.ids import DEFAULT_ADMIN_PORT, DEFAULT_GOSSIP_PORT, MAX_NODE_NAME_BYTES, Address
 
@@ -33,6 +34,12 @@ _KEYS = {
     "cluster",
     "log_level",
     "seed",
+    # The sidecar's (gossipmesh/agent/sidecar_config.py): proxy listeners and local instances.
+    "outbound",
+    "inbound",
+    "no_proxy",
+    "service",
+    "listener",
 }
 
 
@@ -50,6 +57,7 @@ class AgentSettings:
     cluster: str = "default"
     log_level: str = "info"
     seed: int | None = None  # seeds the core's random.Random; tests and simulations only
+    sidecar: SidecarSettings = field(default_factory=SidecarSettings)
 
     def advertised(self) -> Address:
         """The address peers reach us at: --advertise, else --bind (must then be concrete)."""
@@ -150,6 +158,7 @@ def _build(raw: dict[str, Any]) -> AgentSettings:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise UsageError("seed must be an integer")
         kwargs["seed"] = seed
+    kwargs["sidecar"] = parse_sidecar_settings(raw)
     return AgentSettings(**kwargs)
 
 

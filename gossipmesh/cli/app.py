@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gossipmesh.cli import render
+from gossipmesh.cli import render, services_cmd
 from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
 
 T = TypeVar("T")
@@ -103,6 +103,17 @@ def agent(
         Path | None, typer.Option(help="TOML file with the same settings (flags win).")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warn or error.")] = None,
+    outbound: Annotated[
+        str | None,
+        typer.Option(help="Proxy listener for local apps, HOST:PORT (default 127.0.0.1:4140)."),
+    ] = None,
+    inbound: Annotated[
+        str | None,
+        typer.Option(help="Proxy listener for peer agents, HOST:PORT (default BIND-HOST:4143)."),
+    ] = None,
+    no_proxy: Annotated[
+        bool, typer.Option("--no-proxy", help="Run no proxy (checks and records still run).")
+    ] = False,
     seed: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the gossipmesh agent in the foreground (SIGINT/SIGTERM leave gracefully)."""
@@ -121,6 +132,9 @@ def agent(
         "cluster": cluster,
         "log_level": log_level,
         "seed": seed,
+        "outbound": outbound,
+        "inbound": inbound,
+        "no_proxy": True if no_proxy else None,
     }
     raise typer.Exit(run_agent(flags, config))
 
@@ -239,6 +253,9 @@ def keys_use(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False
 def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     """Remove KEY from every member (it must not be the primary anywhere)."""
     _key_op("remove", key, agent, as_json)
+
+
+services_cmd.install(app)
 
 
 def main() -> None:

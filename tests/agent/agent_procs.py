@@ -70,8 +70,13 @@ def wait_until(
 
 
 class AgentProc:
-    def __init__(self, name: str, ip: str, port: int, root: Path, args: list[str]) -> None:
+    def __init__(
+        self, name: str, ip: str, port: int, root: Path, args: list[str], proxy: bool = False
+    ) -> None:
         self.name = name
+        # Agents on one host would all want the default outbound listener 127.0.0.1:4140, so the
+        # proxy is off unless a test asks for it (and then passes its own --outbound/--inbound).
+        self.proxy = proxy
         self.ip = ip
         self.port = port
         self.data_dir = root / name
@@ -105,6 +110,7 @@ class AgentProc:
             str(self.data_dir),
             "--profile",
             "local",
+            *([] if self.proxy else ["--no-proxy"]),
             *self.args,
             *(extra or []),
         ]
@@ -155,8 +161,8 @@ class Procs:
         self.root = root
         self.agents: list[AgentProc] = []
 
-    def new(self, name: str, ip: str, port: int, args: list[str]) -> AgentProc:
-        agent = AgentProc(name, ip, port, self.root, args)
+    def new(self, name: str, ip: str, port: int, args: list[str], proxy: bool = False) -> AgentProc:
+        agent = AgentProc(name, ip, port, self.root, args, proxy)
         self.agents.append(agent)
         return agent
 

@@ -1,0 +1,337 @@
+"""The sidecar: health checks, the node record, the catalog and the proxy, wired into one agent.
+
+Theory of operation
+-------------------
+``Sidecar`` is composition, not logic. The pure pieces already exist: ``HealthChecker`` probes the
+local instances, ``RecordSync`` gets every node's signed record everywhere, ``build_catalog`` joins
+members × records × config into endpoints, ``route_table`` freezes them for the ``Proxy``. This
+module decides *when* each runs:
+
+- A health flip (checker callback) makes the local record due: it is republished (signed under a
+  new version, metadata updated, gossiped), so other agents stop routing to a failing instance
+  within a gossip round or two.
+- A member event, a record change (ours included) or a config change makes the catalog due: it
+  is rebuilt from the current member list, record table and config items, and the proxy's table
+  is swapped atomically (requests in flight finish on the old table).
+
+Both are *marks*, not actions: callbacks arrive in the agent's owner task or the checker's tasks,
+where nothing may block, so they only set a flag and wake one worker task. The worker waits
+``DEBOUNCE_S`` after the first mark before acting, so a burst (a partition healing: dozens of
+member events and records at once) costs one rebuild, not dozens. Publishing goes first so the
+rebuild that follows already sees our own new record.
+
+Inbound requests are forwarded only to this node's own instances (``update_local_services``),
+all of them regardless of health: the caller's agent already chose the endpoint from the catalog,
+and refusing a request the checker has not yet caught up with would only turn a 200 into a 502.
+
+The config document arrives through a small protocol (``ConfigSource``: ``items(prefix)`` and
+``add_change_listener``) so this module does not depend on the replica's implementation. With no
+source, there are no routes and no ``service/`` settings: ``Host`` names the service and the
+documented defaults apply.
+
+Admin routes: ``GET /v1/services`` (the catalog, with each endpoint's ejection state from the
+proxy) and ``GET /metrics`` (Prometheus text: the proxy's counters plus agent gauges, all read from
+plain structures at scrape time).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gossipmesh.agent.catalog import Catalog, build_catalog, route_table
+from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
+from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
+from gossipmesh.agent.records_sync import RecordSync
+from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.config.identity import NodeIdentity
+from gossipmesh.crdt.records import RecordBody, ServiceInstance
+from gossipmesh.proxy.metrics import render_metrics
+from gossipmesh.proxy.server import Proxy, ProxyAddresses
+from gossipmesh.proxy.table import RouteTable
+
+if TYPE_CHECKING:
+    from gossipmesh.agent.runtime import Agent
+
+DEBOUNCE_S = 0.05  # at most one republish and one rebuild per 50 ms, however many marks
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_WILDCARD = ("0.0.0.0", "::", "")
+
+
+class ConfigSource(Protocol):
+    """What the sidecar needs from the replicated config document (the config replica's shape)."""
+
+    def items(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]: ...
+
+    def add_change_listener(self, fn: Callable[[frozenset[str]], None]) -> None: ...
+
+
+class Sidecar:
+    """Construct before ``agent.run`` (listeners must be in place before the first packet), then
+    ``await nursery.start(sidecar.run)`` once the agent runs."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        settings: SidecarSettings,
+        identity: NodeIdentity,
+        config: ConfigSource | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.agent = agent
+        self.settings = settings
+        self.name = agent.settings.name
+        self.rng = rng if rng is not None else random.Random(agent.rng.getrandbits(64))
+        self.records = RecordSync(agent, identity, self._records_changed)
+        self.checker = HealthChecker(settings.services, self._health_changed, self.rng)
+        self.proxy: Proxy | None = None
+        self.addresses: ProxyAddresses | None = None
+        self.catalog = Catalog()
+        self.rebuilds = 0
+        self.publishes = 0
+        self._config: ConfigSource | None = None
+        self._publish_due = True
+        self._rebuild_due = True
+        self._wake: trio.Event | None = None
+        self._last_body: RecordBody | None = None
+        self._members_by_state: dict[str, int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_AgentCollector(self))
+        if config is not None:
+            self.attach_config(config)
+        agent.router.add("GET", "/v1/services", self._services_route)
+        agent.router.add("GET", "/metrics", self._metrics_route)
+
+    def attach_config(self, source: ConfigSource) -> None:
+        """Route with ``source``'s ``service/`` and ``route/`` entities from now on."""
+        self._config = source
+        source.add_change_listener(lambda keys: self._mark(rebuild=True))
+        self._mark(rebuild=True)
+
+    # ---- marks (sync; called from the owner task, checker tasks, config listeners) ----------
+
+    def _mark(self, *, publish: bool = False, rebuild: bool = False) -> None:
+        self._publish_due |= publish
+        self._rebuild_due |= rebuild
+        if self._wake is not None:
+            self._wake.set()
+
+    def _health_changed(self, key: str, status: Status) -> None:
+        self.agent.log.info("health_change", instance=key, status=status)
+        self._mark(publish=True)
+
+    def _records_changed(self) -> None:
+        self._mark(rebuild=True)
+
+    # ---- run --------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from gossipmesh.agent.runtime import AgentStartError
+
+        self._wake = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.checker.run)
+            if self.settings.enabled:
+                self.proxy = self._make_proxy()
+                try:
+                    self.addresses = await nursery.start(self.proxy.serve)
+                except OSError as exc:
+                    raise AgentStartError(
+                        f"cannot bind a proxy listener: {exc.strerror or exc}"
+                    ) from exc
+                self.agent.log.info(
+                    "proxy_start",
+                    outbound=_fmt(self.addresses.outbound),
+                    inbound=_fmt(self.addresses.inbound),
+                    tcp={s: _fmt(a) for s, a in self.addresses.tcp.items()},
+                )
+            # Keys of members the agent met before this task started (the listener was already
+            # registered, but be sure: a missed key would park records until the next meta).
+            for m in await self.agent.members():
+                if m.name != self.name and m.meta:
+                    self.records.learn(m.name, m.meta, m.address)
+            await self._step()
+            await nursery.start(self.records.run)
+            nursery.start_soon(self._worker)
+            task_status.started(self)
+
+    def _make_proxy(self) -> Proxy:
+        s = self.settings
+        local: dict[str, list[tuple[str, int]]] = {}
+        for svc in s.services:
+            local.setdefault(svc.name, []).append((svc.address, svc.port))
+        return Proxy(
+            RouteTable(),
+            outbound=s.outbound.as_tuple(),
+            inbound=s.inbound_for(self.agent.settings.bind.host).as_tuple(),
+            local_services=local,
+            tcp_listeners={t.service: (t.address, t.port) for t in s.listeners},
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
+
+    async def _worker(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            # Let the burst finish: everything marked in the next DEBOUNCE_S rides this pass.
+            await trio.sleep(DEBOUNCE_S)
+            self._wake = trio.Event()
+            await self._step()
+
+    async def _step(self) -> None:
+        if self._publish_due:
+            self._publish_due = False
+            await self._publish()
+        if self._rebuild_due:
+            self._rebuild_due = False
+            await self._rebuild()
+
+    def _advertised_inbound(self) -> tuple[str, int] | None:
+        if self.addresses is None or self.addresses.inbound is None:
+            return None
+        host, port = self.addresses.inbound
+        if host in _WILDCARD and self.agent.address is not None:
+            host = self.agent.address.host  # peers must dial something concrete
+        return (host, port)
+
+    def local_body(self) -> RecordBody:
+        statuses = self.checker.statuses()
+        return RecordBody(
+            services=tuple(
+                ServiceInstance(
+                    s.name,
+                    s.address,
+                    s.port,
+                    s.tags,
+                    s.weight,
+                    record_health(statuses.get(instance_key(s), "unknown")),
+                )
+                for s in self.settings.services
+            ),
+            proxy=self._advertised_inbound(),
+        )
+
+    async def _publish(self) -> None:
+        body = self.local_body()
+        if body == self._last_body:
+            return  # e.g. flapped and back within one debounce window: nothing to say
+        outbound = self.addresses.outbound if self.addresses is not None else None
+        await self.records.publish(body, inbound=body.proxy, outbound=outbound)
+        self._last_body = body
+        self.publishes += 1
+
+    async def _rebuild(self) -> None:
+        members = await self.agent.members()
+        items: list[tuple[str, Any]] = list(self._config.items()) if self._config else []
+        catalog = build_catalog(members, self.records.table.records(), self.name, items)
+        self.catalog = catalog
+        self.rebuilds += 1
+        counts: dict[str, int] = {}
+        for m in members:
+            counts[m.state.value] = counts.get(m.state.value, 0) + 1
+        self._members_by_state = counts
+        if self.proxy is not None:
+            self.proxy.update_table(route_table(catalog, self.rebuilds))
+
+    # ---- admin routes -----------------------------------------------------------------------
+
+    def services_view(self) -> list[dict[str, Any]]:
+        states = self.proxy.endpoint_states() if self.proxy is not None else {}
+        rows = []
+        for inst in self.catalog.instances:
+            st = states.get((inst.node, inst.address, inst.port))
+            rows.append(
+                {
+                    "service": inst.service,
+                    "node": inst.node,
+                    "address": inst.address,
+                    "port": inst.port,
+                    "tags": list(inst.tags),
+                    "weight": inst.weight,
+                    "health": inst.health,
+                    "member_state": inst.member_state,
+                    "ejected": bool(st and st.get("ejected")),
+                    "routable": inst.routable,
+                    "inbound": _fmt(inst.inbound),
+                }
+            )
+        return rows
+
+    async def _services_route(self, req: Request) -> Response:
+        return JSONResponse(self.services_view())
+
+    async def _metrics_route(self, req: Request) -> Response:
+        members = await self.agent.members()
+        counts: dict[str, int] = {}
+        for m in members:
+            counts[m.state.value] = counts.get(m.state.value, 0) + 1
+        self._members_by_state = counts
+        body = generate_latest(self.registry)
+        if self.proxy is not None:
+            body = render_metrics(self.proxy.metrics) + body
+
+        async def one_chunk() -> Any:
+            yield body
+
+        return StreamResponse(one_chunk(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+
+class _AgentCollector(Collector):
+    """Agent gauges and counters, read from the agent's plain structures at scrape time."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.s = sidecar
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.s
+        counters = dict(s.agent.counters)
+        members = GaugeMetricFamily(
+            "gossipmesh_agent_members", "Members this agent knows, by state", labels=["state"]
+        )
+        for state, n in sorted(s._members_by_state.items()):
+            members.add_metric([state], n)
+        yield members
+        dropped = CounterMetricFamily(
+            "gossipmesh_agent_dropped", "Inputs dropped, by reason", labels=["reason"]
+        )
+        for key, n in sorted(counters.items()):
+            if key.startswith("dropped."):
+                dropped.add_metric([key.removeprefix("dropped.")], n)
+        yield dropped
+        records = CounterMetricFamily(
+            "gossipmesh_agent_records",
+            "Node-record events: offer outcomes, decode failures, syncs",
+            labels=["event"],
+        )
+        for key, n in sorted(counters.items()):
+            if key.startswith("records."):
+                records.add_metric([key.removeprefix("records.")], n)
+        yield records
+        yield CounterMetricFamily(
+            "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
+        )
+        yield CounterMetricFamily(
+            "gossipmesh_agent_record_publishes", "Own node record publishes", value=s.publishes
+        )
+        endpoints = GaugeMetricFamily(
+            "gossipmesh_agent_endpoints", "Routable endpoints per service", labels=["service"]
+        )
+        for svc, eps in s.catalog.endpoints.items():
+            endpoints.add_metric([svc], len(eps))
+        yield endpoints
+
+
+def _fmt(addr: tuple[str, int] | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,111 @@
+"""The sidecar's settings, read from the agent's flags and TOML file (pure; no I/O).
+
+Keys (flags win over the file, as for every agent setting; see docs/CONFIG.md):
+
+- ``outbound = "HOST:PORT"`` (``--outbound``): where local apps send requests into the mesh.
+  Default ``127.0.0.1:4140``: loopback, because anything that can reach it can call any service.
+- ``inbound = "HOST:PORT"`` (``--inbound``): where peer agents deliver requests for this node's
+  instances. Default: the agent's bind host, port 4143. When it binds a wildcard address the
+  node record advertises the agent's gossip address host instead.
+- ``no_proxy = true`` (``--no-proxy``): run no proxy. Health checks and the node record still run
+  (``gossipmesh services`` lists the instances), but the record has no inbound address, so other
+  agents cannot route to this node's instances.
+- ``[[service]]`` tables: this node's instances (``schema.parse_agent_services``).
+- ``[[listener]]`` tables: ``service = "db"``, ``port = 15432``, ``address = "127.0.0.1"``
+  (default): a raw TCP port on which the proxy accepts connections and splices each to a healthy
+  instance of ``service``, for protocols that are not HTTP. One listener per service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gossipmesh.config.schema import NAME_RE, LocalService, parse_agent_services
+from gossipmesh.errors import ConfigValidationError, UsageError
+from gossipmesh.ids import Address
+
+DEFAULT_OUTBOUND = Address("127.0.0.1", 4140)
+DEFAULT_INBOUND_PORT = 4143
+MAX_LISTENERS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TcpListener:
+    service: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    enabled: bool = True
+    outbound: Address = DEFAULT_OUTBOUND
+    inbound: Address | None = None  # None: the agent's bind host, DEFAULT_INBOUND_PORT
+    services: tuple[LocalService, ...] = ()
+    listeners: tuple[TcpListener, ...] = ()
+
+    def inbound_for(self, bind_host: str) -> Address:
+        return (
+            self.inbound if self.inbound is not None else Address(bind_host, DEFAULT_INBOUND_PORT)
+        )
+
+
+def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
+    """``raw`` is the merged flag/TOML dict of agent settings (keys normalised to underscores).
+    Every problem is a ``UsageError`` naming the key."""
+    kwargs: dict[str, Any] = {}
+    for key, default_port in (
+        ("outbound", DEFAULT_OUTBOUND.port),
+        ("inbound", DEFAULT_INBOUND_PORT),
+    ):
+        text = raw.get(key)
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise UsageError(f"{key} must be a HOST:PORT string")
+        try:
+            kwargs[key] = Address.parse(text, default_port=default_port)
+        except UsageError as exc:
+            raise UsageError(f"--{key}: {exc}") from exc
+    no_proxy = raw.get("no_proxy")
+    if no_proxy is not None:
+        if not isinstance(no_proxy, bool):
+            raise UsageError("no_proxy must be true or false")
+        kwargs["enabled"] = not no_proxy
+    try:
+        kwargs["services"] = parse_agent_services({"service": raw.get("service", [])})
+    except ConfigValidationError as exc:
+        raise UsageError(f"agent config: {exc}") from exc
+    kwargs["listeners"] = _listeners(raw.get("listener", []))
+    return SidecarSettings(**kwargs)
+
+
+def _listeners(value: object) -> tuple[TcpListener, ...]:
+    if not isinstance(value, list) or len(value) > MAX_LISTENERS:
+        raise UsageError(f"listener must be a list of at most {MAX_LISTENERS} [[listener]] tables")
+    out: list[TcpListener] = []
+    services: set[str] = set()
+    for i, item in enumerate(value):
+        p = f"listener[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{p}: must be a table")
+        unknown = set(item) - {"service", "port", "address"}
+        if unknown:
+            raise UsageError(f"{p}.{sorted(unknown)[0]}: unknown field")
+        service = item.get("service")
+        if not isinstance(service, str) or not NAME_RE.fullmatch(service):
+            raise UsageError(f"{p}.service: required, 1-128 characters of [A-Za-z0-9._-]")
+        port = item.get("port")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise UsageError(f"{p}.port: required, an integer 0-65535")
+        address = item.get("address", "127.0.0.1")
+        if not isinstance(address, str) or not address:
+            raise UsageError(f"{p}.address: must be an IP address string")
+        if service in services:
+            # The proxy keeps one TCP listener per service (its tcp_listeners mapping).
+            raise UsageError(f"{p}.service: another listener already serves {service!r}")
+        services.add(service)
+        out.append(TcpListener(service, address, port))
+    return tuple(out)
