@@ -284,16 +284,66 @@ class Upstream:
         self.reused = False
 
 
+class _Dest:
+    """Everything ``_forward`` needs about one cluster, gathered once per table (or per local
+    instance on the inbound side) so a request does one dict lookup instead of a dozen."""
+
+    __slots__ = (
+        "service",
+        "settings",
+        "endpoints",
+        "states",
+        "balancer",
+        "peers",
+        "budget",
+        "breaker",
+        "mesh_lines",
+        "host_line",
+    )
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        endpoints: Sequence[Endpoint],
+        states: Sequence[EndpointState],
+        balancer: Balancer | None,
+        peers: Sequence[EndpointState],
+        budget: RetryBudget,
+        breaker: BreakerCounters,
+    ) -> None:
+        self.service = settings.name
+        self.settings = settings
+        self.endpoints = endpoints
+        self.states = states
+        self.balancer = balancer
+        self.peers = peers
+        self.budget = budget
+        self.breaker = breaker
+        svc = b"x-gossipmesh-service: " + settings.name.encode() + b"\r\n"
+        # The mesh fields a hop to each endpoint adds (empty for a local instance).
+        self.mesh_lines = tuple(
+            b"" if ep.inbound is None else b"x-gossipmesh-dest: " + ep.dest.encode() + b"\r\n" + svc
+            for ep in endpoints
+        )
+        self.host_line = b"host: " + endpoints[0].dest.encode() + b"\r\n" if endpoints else b""
+
+
 class _View:
     """Per-table derived state: the table plus balancers and endpoint-state lists per cluster."""
 
-    __slots__ = ("table", "balancers", "states", "peers")
+    __slots__ = ("table", "balancers", "states", "peers", "dests")
 
-    def __init__(self, table: RouteTable, states_by_key: dict[tuple[str, str, int], EndpointState]):
+    def __init__(
+        self,
+        table: RouteTable,
+        states_by_key: dict[tuple[str, str, int], EndpointState],
+        proxy: Proxy | None = None,
+    ):
         self.table = table
         self.balancers: dict[tuple[str, tuple[str, ...]], Balancer] = {}
         self.states: dict[tuple[str, tuple[str, ...]], list[EndpointState]] = {}
         self.peers: dict[str, list[EndpointState]] = {}
+        self.dests: dict[tuple[str, tuple[str, ...]], _Dest] = {}
         for key, cluster in table.clusters.items():
             sts = []
             for ep in cluster.endpoints:
@@ -308,6 +358,18 @@ class _View:
             )
             if key[1] == ():
                 self.peers[key[0]] = sts
+        if proxy is not None:
+            for key, cluster in table.clusters.items():
+                s = cluster.settings
+                self.dests[key] = _Dest(
+                    s,
+                    cluster.endpoints,
+                    self.states[key],
+                    self.balancers[key],
+                    self.peers.get(cluster.service, ()),
+                    proxy._budget(s),
+                    proxy._breaker(cluster.service),
+                )
 
 
 class _Ctx:
@@ -360,11 +422,12 @@ class Proxy:
         self.limits = limits or ProxyLimits()
         self.metrics = metrics or ProxyMetrics()
         self._states: dict[tuple[str, str, int], EndpointState] = {}
-        self._view = _View(table or RouteTable(), self._states)
-        self._local: dict[bytes, tuple[str, str, int]] = {}
-        self.update_local_services(local_services or {})
         self._budgets: dict[str, RetryBudget] = {}
         self._breakers: dict[str, BreakerCounters] = {}
+        self._view = _View(table or RouteTable(), self._states, self)
+        self._local: dict[bytes, tuple[str, str, int]] = {}
+        self._local_dests: dict[tuple[str, str, int], _Dest] = {}
+        self.update_local_services(local_services or {})
         self._pool: PoolDecisions[Upstream] = PoolDecisions(self.limits.max_idle_per_upstream)
         self._timed: set[SockIO] = set()  # every open raw socket: the watchdog scans these
         self._eject_horizon_ms = 0
@@ -374,7 +437,8 @@ class Proxy:
 
     def update_table(self, table: RouteTable) -> None:
         """Atomic swap: requests already running keep the view they started with."""
-        self._view = _View(table, self._states)
+        self._view = _View(table, self._states, self)
+        self._local_dests = {}
         live = {ep.key for c in table.clusters.values() for ep in c.endpoints}
         for key in [k for k in self._states if k not in live]:
             st = self._states[key]
@@ -391,6 +455,7 @@ class Proxy:
             for host, port in instances:
                 local[f"{host}:{port}".encode()] = (name, host, port)
         self._local = local
+        self._local_dests = {}
 
     def endpoint_states(self) -> dict[tuple[str, str, int], dict[str, float]]:
         """For ``gossipmesh services``: in-flight, latency estimate and ejection per endpoint."""
@@ -644,22 +709,7 @@ class Proxy:
         cluster = table.clusters.get(ckey)
         if cluster is None:
             return await self._reply_error(ctx, req, "no_route", host, t0=t0)
-        settings = cluster.settings
-        service = cluster.service
-        return await self._forward(
-            ctx,
-            req,
-            t0,
-            service,
-            route_name,
-            settings,
-            cluster.endpoints,
-            view.states[ckey],
-            view.balancers[ckey],
-            view.peers.get(service, ()),
-            target,
-            add_host,
-        )
+        return await self._forward(ctx, req, t0, route_name, view.dests[ckey], target, add_host)
 
     async def _exchange_inbound(self, ctx: _Ctx, req: RequestHead, t0: float) -> bool:
         dest = req.dest.strip()
@@ -681,46 +731,43 @@ class Proxy:
                     dest.decode("latin-1") or "no x-gossipmesh-dest",
                     t0=t0,
                 )
+        d = self._local_dests.get(local)
+        if d is None:
+            d = self._local_dest(local)
+        if req.method == b"CONNECT":
+            return await self._connect_tunnel(ctx, req, d.service, d.settings, d.endpoints[0])
+        url = req.url
+        return await self._forward(ctx, req, t0, "", d, url if url[:1] == b"/" else b"/", b"")
+
+    def _local_dest(self, local: tuple[str, str, int]) -> _Dest:
         service, host, port = local
         settings = self._view.table.services.get(service) or ServiceSettings(name=service)
-        # The inbound hop does not retry: the caller's outbound side owns retries and budgets.
+        # The inbound hop does not retry (no balancer): the caller's outbound side owns retries.
         ep = Endpoint("local", host, port)
         st = self._states.get(ep.key)
         if st is None:
             st = self._states[ep.key] = EndpointState(ep.key)
-        if req.method == b"CONNECT":
-            return await self._connect_tunnel(ctx, req, service, settings, ep)
-        url = req.url
-        return await self._forward(
-            ctx,
-            req,
-            t0,
-            service,
-            "",
-            settings,
-            (ep,),
-            [st],
-            None,
-            (),
-            url if url[:1] == b"/" else b"/",
-            b"",
-        )
+        d = _Dest(settings, (ep,), [st], None, (), self._budget(settings), self._breaker(service))
+        if len(self._local_dests) < 4096:
+            self._local_dests[local] = d
+        return d
 
     async def _forward(
         self,
         ctx: _Ctx,
         req: RequestHead,
         t0: float,
-        service: str,
         route_name: str,
-        settings: ServiceSettings,
-        endpoints: Sequence[Endpoint],
-        states: Sequence[EndpointState],
-        balancer: Balancer | None,
-        peers: Sequence[EndpointState],
+        d: _Dest,
         target: bytes,
         add_host: bytes,
     ) -> bool:
+        service = d.service
+        settings = d.settings
+        endpoints = d.endpoints
+        states = d.states
+        balancer = d.balancer
+        peers = d.peers
         reader = ctx.reader
         direction = ctx.direction
         rng = self.rng
@@ -729,7 +776,7 @@ class Proxy:
             return await self._reply_error(
                 ctx, req, "no_healthy_endpoint", service, route=route_name, t0=t0
             )
-        counters = self._breaker(service)
+        counters = d.breaker
         limit = counters.admit_request(settings)
         if limit is not None:
             self.metrics.breaker_trip(service, limit)
@@ -766,19 +813,25 @@ class Proxy:
             replayable = False
 
         # Headers this hop adds.
-        rid = req.request_id or new_request_id(rng)
-        extra = [
-            b"traceparent: " + next_traceparent(req.traceparent, rng) + b"\r\n",
-            b"x-forwarded-for: "
-            + (req.xff + b", " + ctx.client_ip if req.xff else ctx.client_ip)
-            + b"\r\n",
-        ]
-        if not req.request_id:
-            extra.append(b"x-request-id: " + rid + b"\r\n")
+        rid = req.request_id
+        xff = req.xff + b", " + ctx.client_ip if req.xff else ctx.client_ip
+        if rid:
+            lines = b"traceparent: %s\r\nx-forwarded-for: %s\r\n" % (
+                next_traceparent(req.traceparent, rng),
+                xff,
+            )
+        else:
+            rid = new_request_id(rng)
+            lines = b"traceparent: %s\r\nx-forwarded-for: %s\r\nx-request-id: %s\r\n" % (
+                next_traceparent(req.traceparent, rng),
+                xff,
+                rid,
+            )
+        extra = [lines]
         if add_host:
             extra.append(b"host: " + add_host + b"\r\n")
         elif not req.host:
-            extra.append(b"host: " + endpoints[0].dest.encode() + b"\r\n")
+            extra.append(d.host_line)
         if req.upgrade:
             upg = _header(req.headers, b"upgrade")
             extra.append(b"connection: upgrade\r\n")
@@ -792,7 +845,7 @@ class Proxy:
                 extra.append(b"transfer-encoding: chunked\r\n")
 
         idempotent = req.method in IDEMPOTENT
-        budget = self._budget(settings)
+        budget = d.budget
         budget.record_request(now_ms)
         attempts_left = settings.retry_attempts if balancer is not None else 0
         tried: list[int] = []
@@ -823,14 +876,8 @@ class Proxy:
                 ep = endpoints[idx]
                 st = states[idx]
                 tried.append(idx)
-                hop = extra
-                if ep.inbound is not None:
-                    hop = [
-                        *extra,
-                        b"x-gossipmesh-dest: " + ep.dest.encode() + b"\r\n",
-                        b"x-gossipmesh-service: " + service.encode() + b"\r\n",
-                    ]
-                head = build_request_head(req, target, hop)
+                mesh = d.mesh_lines[idx]
+                head = build_request_head(req, target, [*extra, mesh] if mesh else extra)
                 try:
                     up = await self._acquire(
                         service, ep, settings, counters, now_ms, not (replayable and idempotent)
