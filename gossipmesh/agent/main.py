@@ -21,7 +21,7 @@ from gossipmesh.agent.runtime import Agent, AgentStartError
 from gossipmesh.agent.settings import AgentSettings, load_settings
 from gossipmesh.agent.sidecar import Sidecar
 from gossipmesh.crypto import Keyring, cluster_key, decode_key, load_keyring_file, save_keyring_file
-from gossipmesh.errors import UsageError
+from gossipmesh.errors import StoreCorruptError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -62,7 +62,13 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
         log = EventLog(level=settings.log_level)
         keyring, keyring_path = build_keyring(settings, log)
         agent = Agent(settings, keyring=keyring, keyring_path=keyring_path, log=log)
+        _build_control_plane(agent)  # before the data plane: it reads ``agent.config``
         sidecar = _build_sidecar(agent)
+    except StoreCorruptError as exc:
+        detail = str(exc).split("; restart with")[0]
+        print(f"gossipmesh agent: refusing to start: {detail}; restart with --rebuild-config to "
+              "move it aside and resync from peers", file=sys.stderr)  # fmt: skip
+        return EXIT_FAIL
     except UsageError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,6 +86,24 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
             return EXIT_OK
         raise
     return EXIT_OK
+
+
+def _build_control_plane(agent: Agent) -> None:
+    """The config replica (``agent.config``), its admin routes, and fault injection if asked.
+    Raises StoreCorruptError when replica.db is damaged and --rebuild-config was not given."""
+    from gossipmesh.agent.config_api import install_config_routes
+    from gossipmesh.agent.faults import install_faults
+    from gossipmesh.agent.replica import ConfigReplica
+
+    s = agent.settings
+    replica = ConfigReplica.open(agent, s.data_dir, rebuild=s.rebuild_config,
+                                 sync_interval_ms=s.config_sync_interval_ms,
+                                 gc_grace_ms=s.config_gc_grace_ms)  # fmt: skip
+    agent.config = replica
+    install_config_routes(replica)
+    if s.enable_fault_injection:
+        install_faults(agent)
+        agent.log.warn("fault_injection_enabled", admin=str(s.admin))
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -106,6 +130,10 @@ async def _main(agent: Agent, sidecar: Sidecar | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
+            from gossipmesh.agent.replica import ConfigReplica
+
+            if isinstance(agent.config, ConfigReplica):
+                await nursery.start(agent.config.run)
             if sidecar is not None:
                 await nursery.start(sidecar.run)
 

@@ -34,6 +34,11 @@ _KEYS = {
     "cluster",
     "log_level",
     "seed",
+    # The config replica's (gossipmesh/agent/replica.py) and fault injection (agent/faults.py).
+    "rebuild_config",
+    "config_sync_interval_ms",
+    "config_gc_grace_ms",
+    "enable_fault_injection",
     # The sidecar's (gossipmesh/agent/sidecar_config.py): proxy listeners and local instances.
     "outbound",
     "inbound",
@@ -57,6 +62,10 @@ class AgentSettings:
     cluster: str = "default"
     log_level: str = "info"
     seed: int | None = None  # seeds the core's random.Random; tests and simulations only
+    rebuild_config: bool = False  # a damaged replica.db is moved aside; start empty and resync
+    config_sync_interval_ms: int = 3000  # anti-entropy period (scaled up past 32 members)
+    config_gc_grace_ms: int = 3600 * 1000  # a causally stable tombstone is kept this long
+    enable_fault_injection: bool = False  # /v1/faults; only with a loopback admin address
     sidecar: SidecarSettings = field(default_factory=SidecarSettings)
 
     def advertised(self) -> Address:
@@ -158,8 +167,38 @@ def _build(raw: dict[str, Any]) -> AgentSettings:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise UsageError("seed must be an integer")
         kwargs["seed"] = seed
+    _build_replica(raw, kwargs)
     kwargs["sidecar"] = parse_sidecar_settings(raw)
     return AgentSettings(**kwargs)
+
+
+def _build_replica(raw: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    for key in ("rebuild_config", "enable_fault_injection"):
+        value = raw.get(key)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise UsageError(f"{key} must be true or false")
+            kwargs[key] = value
+    for key, lo, hi in (("config_sync_interval_ms", 100, 600_000),
+                        ("config_gc_grace_ms", 1000, 365 * 24 * 3600 * 1000)):  # fmt: skip
+        value = raw.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise UsageError(f"{key} must be an integer of milliseconds in {lo}-{hi}")
+            kwargs[key] = value
+    if kwargs.get("enable_fault_injection"):
+        # It lets any caller of the admin API cut this node off: never expose it off the host.
+        import ipaddress
+
+        admin = kwargs.get("admin", Address("127.0.0.1", DEFAULT_ADMIN_PORT))
+        try:
+            loopback = ipaddress.ip_address(admin.host).is_loopback
+        except ValueError:
+            loopback = admin.host == "localhost"
+        if not loopback:
+            raise UsageError(
+                f"--enable-fault-injection needs a loopback --admin address, not {admin.host}"
+            )
 
 
 def _addr(key: str, text: str, default_port: int) -> Address:

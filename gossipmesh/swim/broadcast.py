@@ -13,15 +13,18 @@ Items are picked least-transmitted first (fresh news spreads fastest), newest fi
 are keyed by member name, so an ``alive`` refutation removes the ``suspect`` it refutes instead of
 both travelling. User payloads get unique keys and never invalidate each other.
 
-Storage is a list of insertion-ordered dicts, one per transmit count. Picking walks the low
-buckets from their newest end and stops when the packet is full or after ``SCAN_LIMIT`` looks, so
-the per-packet cost does not grow with the queue. The queue holds at most ``max_depth`` items;
+Storage is one deque per transmit count plus a dict from key to the live item. Picking pops the
+low buckets from their newest end and stops when the packet is full or after ``SCAN_LIMIT`` looks,
+so the per-packet cost does not grow with the queue. (Dicts were tried first: deleting their
+newest entries leaves dummies that every reversed walk must skip, which made a 1000-node join
+storm spend most of its time here.) The queue holds at most ``max_depth`` items;
 beyond that the most-transmitted, oldest items are dropped (they have already spread the most).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 # How many queued items one packet may look at before giving up on filling its last bytes.
 SCAN_LIMIT = 64
@@ -35,21 +38,25 @@ def retransmit_limit(retransmit_mult: int, n: int) -> int:
 
 
 class _Item:
-    __slots__ = ("data", "key", "transmits")
+    __slots__ = ("data", "key", "live", "transmits")
 
     def __init__(self, key: object, data: bytes) -> None:
         self.key = key
         self.data = data
         self.transmits = 0
+        self.live = True  # False once replaced, pruned or sent `limit` times
 
 
 class BroadcastQueue:
-    __slots__ = ("_buckets", "_index", "_next_id", "dropped", "max_depth")
+    __slots__ = ("_buckets", "_entries", "_index", "_next_id", "dropped", "max_depth")
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
-        self._buckets: list[dict[object, _Item]] = [{}]
+        # One deque per transmit count, newest on the right. Replaced items are only flagged
+        # (deleting from the middle of a deque is O(n)) and skipped when they surface.
+        self._buckets: list[deque[_Item]] = [deque()]
         self._index: dict[object, _Item] = {}
+        self._entries = 0  # deque entries, dead ones included; compacted past a bound
         self._next_id = 0
         self.dropped = 0  # items pruned because the queue was full
 
@@ -63,23 +70,34 @@ class BroadcastQueue:
             key = ("user", self._next_id)
         old = self._index.get(key)
         if old is not None:
-            del self._buckets[old.transmits][key]
+            old.live = False
         item = _Item(key, data)
         self._index[key] = item
-        self._buckets[0][key] = item
+        self._buckets[0].append(item)
+        self._entries += 1
         if len(self._index) > self.max_depth:
             self._prune()
+        if self._entries > 2 * self.max_depth + 64:
+            self._compact()
 
     def _prune(self) -> None:
         # Drop from the most-transmitted bucket, oldest first: that news has spread the most.
+        index = self._index
         for bucket in reversed(self._buckets):
-            while bucket and len(self._index) > self.max_depth:
-                key = next(iter(bucket))
-                del bucket[key]
-                del self._index[key]
-                self.dropped += 1
-            if len(self._index) <= self.max_depth:
+            while bucket and len(index) > self.max_depth:
+                item = bucket.popleft()
+                self._entries -= 1
+                if item.live:
+                    item.live = False
+                    del index[item.key]
+                    self.dropped += 1
+            if len(index) <= self.max_depth:
                 return
+
+    def _compact(self) -> None:
+        for i, bucket in enumerate(self._buckets):
+            self._buckets[i] = deque(item for item in bucket if item.live)
+        self._entries = sum(len(b) for b in self._buckets)
 
     def get(self, budget_bytes: int, limit: int) -> list[bytes]:
         """Take items whose total size fits ``budget_bytes``, counting one transmit for each."""
@@ -88,31 +106,43 @@ class BroadcastQueue:
         picked: list[_Item] = []
         remaining = budget_bytes
         scanned = 0
+        entries = self._entries
         for bucket in self._buckets:
             if not bucket:
                 continue
-            for item in reversed(bucket.values()):
+            skipped: list[_Item] = []
+            while bucket and scanned < SCAN_LIMIT and remaining >= MIN_MESSAGE_BYTES:
+                item = bucket.pop()
+                entries -= 1
+                if not item.live:
+                    continue
+                scanned += 1
                 size = len(item.data)
                 if size <= remaining:
                     picked.append(item)
                     remaining -= size
-                    if remaining < MIN_MESSAGE_BYTES:
-                        break
-                scanned += 1
-                if scanned >= SCAN_LIMIT:
-                    break
+                else:
+                    skipped.append(item)
+            if skipped:
+                skipped.reverse()
+                bucket.extend(skipped)
+                entries += len(skipped)
             if remaining < MIN_MESSAGE_BYTES or scanned >= SCAN_LIMIT:
                 break
         buckets = self._buckets
+        index = self._index
         for item in picked:
-            del buckets[item.transmits][item.key]
-            item.transmits += 1
-            if item.transmits >= limit:
-                del self._index[item.key]
+            t = item.transmits + 1
+            item.transmits = t
+            if t >= limit:
+                item.live = False
+                del index[item.key]
                 continue
-            if item.transmits >= len(buckets):
-                buckets.append({})
-            buckets[item.transmits][item.key] = item
+            if t >= len(buckets):
+                buckets.append(deque())
+            buckets[t].append(item)
+            entries += 1
+        self._entries = entries
         return [item.data for item in picked]
 
     def has_key(self, key: object) -> bool:

@@ -198,6 +198,11 @@ def encode_push_pull(msg: PushPull) -> bytes:
 
 # --- decoding ------------------------------------------------------------------------------------
 
+# Strings this short (in characters) are within the byte limits whatever their encoding (a code
+# point is at most 4 UTF-8 bytes), so the fast paths need not encode them to check.
+_FAST_NAME_CHARS = MAX_NODE_NAME_BYTES // 4
+_FAST_HOST_CHARS = MAX_HOST_BYTES // 4
+
 
 def _int(v: Any, what: str, lo: int = 0, hi: int = MAX_COUNTER) -> int:
     # bool is a subclass of int; a hostile True must not pass as 1.
@@ -269,8 +274,36 @@ def _d_ping_req(r: list[Any]) -> PingReq:
     )
 
 
+def alive_ok(r: list[Any]) -> bool:
+    """Fast, allocation-free validity check of a raw alive array (all checks inline: alive
+    rumours are most of the traffic while a cluster forms). False means "use ``_d_alive`` for
+    the exact verdict", which may still accept an unusually long name."""
+    if len(r) < 6:
+        return False
+    name, inc, host, port, meta = r[1], r[2], r[3], r[4], r[5]
+    return (
+        type(name) is str
+        and 0 < len(name) <= _FAST_NAME_CHARS
+        and type(inc) is int
+        and 0 <= inc <= MAX_COUNTER
+        and type(host) is str
+        and 0 < len(host) <= _FAST_HOST_CHARS
+        and type(port) is int
+        and 0 <= port <= 65535
+        and type(meta) is bytes
+        and len(meta) <= MAX_META_BYTES
+    )
+
+
+def alive_from_checked(r: list[Any]) -> Alive:
+    """Build an ``Alive`` from a raw array that passed ``alive_ok``."""
+    return Alive(r[1], r[2], Address(r[3], r[4]), r[5])
+
+
 def _d_alive(r: list[Any]) -> Alive:
-    _need(r, 6)
+    if alive_ok(r):
+        return alive_from_checked(r)
+    _need(r, 6)  # slow path: exact checks and a precise error
     return Alive(
         _name(r[1]),
         _int(r[2], "incarnation"),
@@ -280,6 +313,17 @@ def _d_alive(r: list[Any]) -> Alive:
 
 
 def _d_suspect(r: list[Any]) -> Suspect:
+    if len(r) >= 4:
+        name, inc, src = r[1], r[2], r[3]
+        if (
+            type(name) is str
+            and 0 < len(name) <= _FAST_NAME_CHARS
+            and type(inc) is int
+            and 0 <= inc <= MAX_COUNTER
+            and type(src) is str
+            and 0 < len(src) <= _FAST_NAME_CHARS
+        ):
+            return Suspect(name, inc, src)
     _need(r, 4)
     return Suspect(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"))
 
@@ -297,15 +341,29 @@ def _d_user(r: list[Any]) -> User:
 def _d_record(e: Any) -> MemberRecord:
     if type(e) is not list or len(e) < 6:
         raise DecodeError("bad_field", "push-pull member entry")
-    state = _CODE_STATES.get(e[4]) if type(e[4]) is int else None
+    name, host, port, inc, code, meta = e[0], e[1], e[2], e[3], e[4], e[5]
+    state = _CODE_STATES.get(code) if type(code) is int else None
     if state is None:
-        raise DecodeError("bad_field", f"member state {e[4]!r:.20}")
+        raise DecodeError("bad_field", f"member state {code!r:.20}")
+    if (
+        type(name) is str
+        and 0 < len(name) <= _FAST_NAME_CHARS
+        and type(inc) is int
+        and 0 <= inc <= MAX_COUNTER
+        and type(host) is str
+        and 0 < len(host) <= _FAST_HOST_CHARS
+        and type(port) is int
+        and 0 <= port <= 65535
+        and type(meta) is bytes
+        and len(meta) <= MAX_META_BYTES
+    ):
+        return MemberRecord(name, Address(host, port), inc, state, meta)
     return MemberRecord(
-        _name(e[0]),
-        _address(e[1], e[2]),
-        _int(e[3], "incarnation"),
+        _name(name),
+        _address(host, port),
+        _int(inc, "incarnation"),
         state,
-        _bytes(e[5], "meta", MAX_META_BYTES),
+        _bytes(meta, "meta", MAX_META_BYTES),
     )
 
 
@@ -333,6 +391,7 @@ _ALL_DECODERS: dict[MsgType, Callable[[list[Any]], AnyMessage]] = {
     MsgType.PUSH_PULL: _d_push_pull,
 }
 # Plain-int keys so a lookup with a decoded int never goes through IntEnum hashing.
+_ALIVE_CODE = int(MsgType.ALIVE)
 _PACKET_BY_CODE: dict[int, Callable[[list[Any]], Message]] = {
     int(k): v for k, v in _PACKET_DECODERS.items()
 }
@@ -374,6 +433,27 @@ def decode_packet_messages(data: bytes, max_bytes: int) -> list[Message]:
         if type(raw) is not list or not raw:
             raise DecodeError("bad_message", "message is not a non-empty array")
         code = raw[0]
+        decoder = decoders.get(code) if type(code) is int else None
+        if decoder is None:
+            raise DecodeError("unknown_type", f"message type {code!r:.20}")
+        out.append(decoder(raw))
+    return out
+
+
+def decode_packet_lazy(data: bytes, max_bytes: int) -> list[Message | list[Any]]:
+    """Like ``decode_packet_messages`` (validates everything, all-or-nothing), but valid alive
+    messages stay raw arrays ``[5, name, incarnation, host, port, meta]``: the receiver usually
+    already knows that news and can skip it without building any object. Build the rest with
+    ``alive_from_checked``."""
+    decoders = _PACKET_BY_CODE
+    out: list[Message | list[Any]] = []
+    for raw in decode_packet(data, max_bytes):
+        if type(raw) is not list or not raw:
+            raise DecodeError("bad_message", "message is not a non-empty array")
+        code = raw[0]
+        if code == _ALIVE_CODE and type(code) is int and alive_ok(raw):
+            out.append(raw)
+            continue
         decoder = decoders.get(code) if type(code) is int else None
         if decoder is None:
             raise DecodeError("unknown_type", f"message type {code!r:.20}")

@@ -79,7 +79,8 @@ from gossipmesh.swim.messages import (
     PushPull,
     Suspect,
     User,
-    decode_packet_messages,
+    alive_from_checked,
+    decode_packet_lazy,
     decode_push_pull,
     encode,
     encode_push_pull,
@@ -191,6 +192,8 @@ class SwimNode:
         self._probe: _Probe | None = None
         self._relays: dict[int, tuple[Address, int]] = {}  # our ping seq -> (origin, its seq)
         self._push_pulls: dict[Address, Millis] = {}  # outgoing periodic/reconnect, started at
+        self._joins: dict[Address, None] = {}  # seeds asked for a join exchange, not yet answered
+        self._quiet = False  # merging a join reply: learn, but do not re-gossip what we learn
         self._seen_user: dict[bytes, None] = {}  # payload digests, oldest first
         self._seq = 0
         self._token = 0
@@ -268,6 +271,7 @@ class SwimNode:
         out: list[Effect] = []
         for seed in seeds:
             if seed != self.address:
+                self._joins[seed] = None
                 out.append(StartPushPull(seed, True))
                 self._count("push_pull.started")
         return out
@@ -325,15 +329,24 @@ class SwimNode:
         stats = self.stats
         stats["packets.in"] += 1
         try:
-            msgs = decode_packet_messages(data, self.config.packet_size_bytes)
+            msgs = decode_packet_lazy(data, self.config.packet_size_bytes)
         except DecodeError as exc:
             key = "drop.decode." + exc.reason
             stats[key] = stats.get(key, 0) + 1
             stats["drop.decode"] += 1
             return out
+        get = self._table.get
         try:
             for msg in msgs:
-                self._dispatch(src, msg, now_ms, out)
+                if type(msg) is list:
+                    # A validated raw alive. Old news (the bulk of gossip while a cluster
+                    # forms) is skipped before any object is built.
+                    cur = get(msg[1])
+                    if cur is not None and msg[2] <= cur.incarnation and msg[1] != self.name:
+                        continue
+                    self._on_alive(alive_from_checked(msg), now_ms, out)
+                else:
+                    self._dispatch(src, msg, now_ms, out)  # type: ignore[arg-type]
         except Exception:  # a bug must not kill the receive loop; count it loudly instead
             self._count("error.internal")
         return out
@@ -434,7 +447,8 @@ class SwimNode:
         changed_ms = cur.state_changed_ms if cur is not None and cur.state is ALIVE else now_ms
         self._suspicions.pop(name, None)
         self._put(Member(name, msg.address, msg.incarnation, ALIVE, msg.meta, changed_ms), out)
-        self._broadcasts.queue(encode(msg), name)
+        if not self._quiet:
+            self._broadcasts.queue(encode(msg), name)
 
     def _on_suspect(self, msg: Suspect, now_ms: Millis, out: list[Effect]) -> None:
         name = msg.name
@@ -739,11 +753,19 @@ class SwimNode:
     def handle_push_pull_reply(self, src: Address, data: bytes, now_ms: Millis) -> list[Effect]:
         self._push_pulls.pop(src, None)
         out: list[Effect] = []
-        self._merge_push_pull(data, now_ms, out)
+        # A join reply is the seed's view, which the cluster already knows: re-gossiping all of
+        # it from every newcomer would make a mass join cost O(n^2) broadcasts for nothing.
+        # Refutations about ourselves are still gossiped (``_queue_self_alive`` ignores quiet).
+        self._quiet = self._joins.pop(src, 0) is None
+        try:
+            self._merge_push_pull(data, now_ms, out)
+        finally:
+            self._quiet = False
         return out
 
     def push_pull_failed(self, to: Address, now_ms: Millis) -> list[Effect]:
         self._push_pulls.pop(to, None)
+        self._joins.pop(to, None)
         self._count("push_pull.failed")
         return []
 
