@@ -26,7 +26,9 @@ from gossipmesh.swim.messages import (
     PushPull,
     Suspect,
     User,
+    alive_from_checked,
     decode,
+    decode_packet_lazy,
     decode_packet_messages,
     decode_push_pull,
     encode,
@@ -46,7 +48,10 @@ from gossipmesh.wire import (
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 counters = st.integers(0, MAX_COUNTER)
-names = st.text(min_size=1, max_size=MAX_NODE_NAME_BYTES // 4)
+# Short names of any characters, and long ASCII ones up to the byte limit (the slow path).
+names = st.text(min_size=1, max_size=MAX_NODE_NAME_BYTES // 4) | st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=33, max_size=MAX_NODE_NAME_BYTES
+)
 addresses = st.builds(Address, st.text(min_size=1, max_size=40), st.integers(0, 65535))
 metas = st.binary(max_size=MAX_META_BYTES)
 opt_inc = st.none() | counters
@@ -80,6 +85,17 @@ def test_compound_packets_round_trip(msgs: list[object]) -> None:
     data = encode_packet(parts)
     assert len(data) == packet_size(parts)
     assert decode_packet_messages(data, 1 << 20) == msgs
+
+
+@FAST
+@given(st.lists(messages, min_size=1, max_size=10))
+def test_lazy_decode_agrees_with_full_decode(msgs: list[object]) -> None:
+    data = encode_packet([encode(m) for m in msgs])  # type: ignore[arg-type]
+    lazy = [
+        alive_from_checked(m) if isinstance(m, list) else m
+        for m in decode_packet_lazy(data, 1 << 20)
+    ]
+    assert lazy == decode_packet_messages(data, 1 << 20) == msgs
 
 
 @FAST
