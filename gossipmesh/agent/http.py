@@ -79,6 +79,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 @dataclass
 class Router:
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
+    # ``(method, "/v1/config/")`` serves every path under that prefix (the handler parses the
+    # rest of ``request.path``); exact routes win, then the longest prefix.
+    prefixes: dict[tuple[str, str], Handler] = field(default_factory=dict)
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         key = (method.upper(), path)
@@ -86,10 +89,24 @@ class Router:
             raise ValueError(f"route {method} {path} already registered")
         self.routes[key] = handler
 
+    def add_prefix(self, method: str, prefix: str, handler: Handler) -> None:
+        key = (method.upper(), prefix)
+        if not prefix.endswith("/") or key in self.prefixes:
+            raise ValueError(f"prefix route {method} {prefix} must end in / and be new")
+        self.prefixes[key] = handler
+
     def resolve(self, method: str, path: str) -> Handler:
         handler = self.routes.get((method, path))
         if handler is not None:
             return handler
+        under = [p for (_, p) in self.prefixes if path.startswith(p) and len(path) > len(p)]
+        if under:
+            longest = max(under, key=len)
+            handler = self.prefixes.get((method, longest))
+            if handler is not None:
+                return handler
+            allowed = sorted(m for (m, p) in self.prefixes if p == longest)
+            raise HTTPError(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
         allowed = sorted(m for (m, p) in self.routes if p == path)
         if allowed:
             raise HTTPError(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")

@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -68,6 +68,9 @@ from gossipmesh.swim.effects import (
     UserMessage,
 )
 from gossipmesh.swim.member import Member, MemberState
+
+if TYPE_CHECKING:
+    from gossipmesh.agent.replica import ConfigSource
 
 T = TypeVar("T")
 
@@ -207,6 +210,12 @@ class Agent:
         self.admin_address: Address | None = None
         self.leaving = False
         self._stopped = trio.Event()
+        # Fault injection (``agent/faults.py``): True drops traffic to/from that gossip address
+        # (port 0: any port on the host). None, the default, costs one attribute check per packet.
+        self.transport_filter: Callable[[Address], bool] | None = None
+        # The config replica (``agent/replica.py``), set by the composition root; the data plane
+        # reads it as a ``ConfigSource``.
+        self.config: ConfigSource | None = None
         self.register_stream_handler("pushpull", self._serve_push_pull)
         from gossipmesh.agent.admin import install_admin_routes
         from gossipmesh.agent.keyops import install_keyops
@@ -264,6 +273,9 @@ class Agent:
 
     async def open_stream(self, to: Address, kind: str, body: bytes) -> SealedStream:
         """Connect to a peer's gossip port and send the first frame. Caller sets the timeout."""
+        if self.transport_filter is not None and self.transport_filter(to):
+            self.counters["faults.tcp_out"] += 1
+            raise ConnectionRefusedError(f"fault injection drops {to}")
         tcp = await trio.open_tcp_stream(to.host, to.port)
         stream = SealedStream(tcp, self.keyring, self._stream_aad, self._max_frame)
         try:
@@ -536,6 +548,9 @@ class Agent:
 
     async def _send_packet(self, to: Address, data: bytes) -> None:
         assert self._udp is not None
+        if self.transport_filter is not None and self.transport_filter(to):
+            self.counters["faults.udp_out"] += 1
+            return
         try:
             await self._udp.sendto(self.keyring.seal(data, self._udp_aad), to.as_tuple())
             self.counters["udp.sent"] += 1
@@ -553,6 +568,9 @@ class Agent:
                 continue
             if len(sealed) > self._max_packet:
                 self.counters["dropped.oversize"] += 1
+                continue
+            if self.transport_filter is not None and self.transport_filter(Address(*addr[:2])):
+                self.counters["faults.udp_in"] += 1
                 continue
             try:
                 data = self.keyring.open(sealed, self._udp_aad)
@@ -580,6 +598,9 @@ class Agent:
             except OSError:
                 return
             src = Address(host, port)
+            if self.transport_filter is not None and self.transport_filter(Address(host, 0)):
+                self.counters["faults.tcp_in"] += 1
+                return
             stream = SealedStream(tcp, self.keyring, self._stream_aad, self._max_frame)
             try:
                 with trio.fail_after(self.stream_timeout_s):

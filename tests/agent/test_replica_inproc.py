@@ -1,0 +1,246 @@
+"""The config replica inside in-process agents on loopback: admin API, validation and limits,
+atomic apply, spread, refused remote deltas, stream kinds, fault injection routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+from gossipmesh.agent.config_api import install_config_routes
+from gossipmesh.agent.faults import install_faults
+from gossipmesh.agent.log import EventLog
+from gossipmesh.agent.replica import TAG, ConfigReplica
+from gossipmesh.agent.runtime import Agent
+from gossipmesh.agent.settings import load_settings
+from gossipmesh.crdt.document import Context, Delta, Entry
+from gossipmesh.crdt.hlc import Timestamp
+from gossipmesh.crdt.sync import encode_delta
+from gossipmesh.crypto import Keyring
+
+KEY = bytes(range(32))
+ROUTE = {"destinations": [{"service": "api", "weight": 90}, {"service": "api-v2", "weight": 10}]}
+
+
+def make_agent(name: str, ip: str, tmp_path: Path, faults: bool = False) -> Agent:
+    settings = load_settings(
+        {
+            "name": name,
+            "bind": f"{ip}:0",
+            "admin": f"{ip}:0",
+            "profile": "local",
+            "cluster": "t",
+            "data_dir": str(tmp_path / name),
+            "seed": 11,
+            "no_proxy": True,
+        }
+    )
+    log = EventLog(stream=open(tmp_path / f"{name}.log", "a"), level="debug")  # noqa: SIM115
+    agent = Agent(settings, keyring=Keyring([KEY]), log=log)
+    replica = ConfigReplica.open(agent, settings.data_dir, sync_interval_ms=500)
+    agent.config = replica
+    install_config_routes(replica)
+    if faults:
+        install_faults(agent)
+    return agent
+
+
+async def start(nursery: trio.Nursery, agent: Agent) -> Agent:
+    await nursery.start(agent.run)
+    assert isinstance(agent.config, ConfigReplica)
+    await nursery.start(agent.config.run)
+    return agent
+
+
+def rep(agent: Agent) -> ConfigReplica:
+    assert isinstance(agent.config, ConfigReplica)
+    return agent.config
+
+
+async def http(agent: Agent, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    assert agent.admin_address is not None
+    raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    stream = await trio.open_tcp_stream(agent.admin_address.host, agent.admin_address.port)
+    async with stream:
+        head = f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(raw)}\r\n"
+        await stream.send_all(head.encode() + b"connection: close\r\n\r\n" + raw)
+        buf = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                buf += chunk
+    head_bytes, _, payload = buf.partition(b"\r\n\r\n")
+    return int(head_bytes.split(b" ")[1]), json.loads(payload)
+
+
+async def wait_for(pred: Callable[[], Awaitable[bool] | bool], timeout_s: float = 10.0) -> None:
+    with trio.fail_after(timeout_s):
+        while True:
+            result = pred()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await trio.sleep(0.02)
+
+
+@pytest.fixture
+async def trio3(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[list[Agent]]:
+    agents = [
+        await start(nursery, make_agent(n, ip, tmp_path, faults=(n == "a")))
+        for n, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4"))
+    ]
+    assert agents[0].address is not None
+    for other in agents[1:]:
+        assert await other.join([agents[0].address]) == {str(agents[0].address): True}
+
+    async def all_alive() -> bool:
+        for agent in agents:
+            ms = await agent.members()
+            if sum(m.state.value == "alive" for m in ms) != 3:
+                return False
+        return True
+
+    await wait_for(all_alive)
+    yield agents
+    for agent in agents:
+        agent.stop()
+
+
+async def test_put_get_spread_history_delete(trio3: list[Agent]) -> None:
+    a, b, c = trio3
+    status, body = await http(a, "PUT", "/v1/config/route/web", ROUTE)
+    assert status == 200, body
+    assert body["durable"] is True
+    await wait_for(lambda: rep(c).get("route/web") == ROUTE, 3)
+    status, body = await http(c, "GET", "/v1/config/route/web")
+    assert status == 200 and body["value"] == ROUTE and body["conflict"] is False
+    assert body["version"]["writer"] == rep(a).writer
+    status, listing = await http(b, "GET", "/v1/config?prefix=route/")
+    assert listing["entities"] == {"route/web": ROUTE} and listing["count"] == 1
+    # An overwrite from another agent supersedes (it had seen the first write): no conflict.
+    await wait_for(lambda: rep(b).get("route/web") == ROUTE, 3)
+    v2 = {"destinations": [{"service": "api"}]}
+    assert (await http(b, "PUT", "/v1/config/route/web", v2))[0] == 200
+    await wait_for(lambda: rep(a).get("route/web") == v2, 3)
+    status, hist = await http(a, "GET", "/v1/config-history/route/web")
+    assert [v["current"] for v in hist["versions"]] == [True, False]
+    assert hist["versions"][0]["writer"] == rep(b).writer
+    assert (await http(a, "GET", "/v1/config-conflicts"))[1]["count"] == 0
+    status, body = await http(c, "DELETE", "/v1/config/route/web")
+    assert status == 200 and body["deleted"] is True
+    await wait_for(lambda: rep(a).get("route/web") is None, 3)
+    assert (await http(a, "GET", "/v1/config/route/web"))[0] == 404
+    assert (await http(a, "DELETE", "/v1/config/route/web"))[0] == 404
+    health = (await http(a, "GET", "/v1/health"))[1]
+    assert health["counters"]["config.merged_entries"] >= 2
+
+
+async def test_bad_input_is_refused_and_nothing_written(trio3: list[Agent]) -> None:
+    a = trio3[0]
+    bad = {"destinations": [{"service": "api", "weight": "heavy"}]}
+    status, body = await http(a, "PUT", "/v1/config/route/web", bad)
+    assert status == 400 and body["error"] == "invalid"
+    assert body["detail"].startswith("route.destinations[0].weight: must be an integer")
+    status, body = await http(a, "PUT", "/v1/config/route/web", {"destinations": [], "x": 1})
+    assert status == 400 and body["detail"].startswith("route.x: unknown field")
+    status, body = await http(a, "PUT", "/v1/config/widget/web", {})
+    assert status == 400 and body["detail"].startswith("key: unknown kind 'widget'")
+    status, body = await http(a, "PUT", "/v1/config/route/web", b"{nope")
+    assert status == 400 and body["error"] == "bad_json"
+    big = {"to": "api", "paths": ["/" + "x" * 1000 + str(i) for i in range(100)]}
+    status, body = await http(a, "PUT", "/v1/config/policy/big", big)
+    assert status == 413 and "entity limit of 65536 bytes" in body["detail"], body
+    # apply: one bad entity among good ones refuses the whole request.
+    entities: dict[str, Any] = {f"service/s{i}": {} for i in range(10)}
+    entities["route/bad"] = bad
+    status, body = await http(a, "POST", "/v1/config/apply", {"entities": entities})
+    assert status == 400
+    assert body["detail"].startswith("route/bad: route.destinations[0].weight:")
+    assert rep(a).items() == []
+    assert rep(a).doc.version_vector() == {}
+    status, body = await http(a, "POST", "/v1/config/apply", {"entities": {}, "x": 1})
+    assert status == 400 and body["detail"].startswith("x: unknown field")
+
+
+async def test_apply_is_one_delta(trio3: list[Agent]) -> None:
+    a, _, c = trio3
+    entities: dict[str, Any] = {f"service/s{i:02d}": {"protocol": "tcp"} for i in range(50)}
+    status, body = await http(a, "POST", "/v1/config/apply", {"entities": entities})
+    assert status == 200 and body["applied"] == 50
+    # One delta: one counter step per key but one local write, one log row.
+    assert rep(a).counters["config.local_writes"] == 1
+    await wait_for(lambda: len(rep(c).items("service/")) == 50, 3)
+    entities = {k: None for k in list(entities)[:10]}
+    assert (await http(a, "POST", "/v1/config/apply", {"entities": entities}))[0] == 200
+    await wait_for(lambda: len(rep(c).items("service/")) == 40, 3)
+
+
+def _entry(key: str, value: Any, counter: int = 1, writer: str = "mallory@00000001") -> Entry:
+    raw = None if value is None else msgpack.packb(value, use_bin_type=True)
+    return Entry(key, writer, counter, Timestamp(0, 0), (), raw)
+
+
+async def test_invalid_remote_delta_is_refused_counted_and_not_gossiped(
+    trio3: list[Agent],
+) -> None:
+    a, b, c = trio3
+    bad = Delta((_entry("route/evil", {"destinations": [{"service": "x", "weight": -5}]}),),
+                Context((), (("mallory@00000001", 1),)))  # fmt: skip
+    # Straight onto SWIM as b"C" user messages from b to both others; b's own replica is bypassed.
+    await b.send_user_message(TAG + encode_delta(bad), 2)
+    await b.send_user_message(TAG + b"\x93garbage", 2)
+    await b.send_user_message(b"R" + b"not ours", 2)  # the data plane's tag: ignored here
+
+    def refused(agent: Agent) -> bool:
+        cs = agent.counters
+        return cs["config.refused.invalid"] >= 1 and cs["config.refused"] >= 2
+
+    await wait_for(lambda: refused(a) and refused(c), 3)
+    for agent in (a, b, c):
+        assert rep(agent).get("route/evil") is None
+        assert rep(agent).siblings("route/evil") == ()
+    health = (await http(a, "GET", "/v1/health"))[1]
+    assert health["counters"]["config.refused.invalid"] >= 1
+    # Not re-gossiped: nothing was accepted, so nothing was forwarded.
+    assert a.counters["config.merged_entries"] == 0
+
+
+async def test_conflict_stays_visible_and_winner_is_deterministic(trio3: list[Agent]) -> None:
+    a, b, c = trio3
+    # Two concurrent writes (neither saw the other) straight into the documents, then spread.
+    ra, rb = rep(a), rep(b)
+    ra.commit([("service/api", {"protocol": "http"})])
+    rb.doc.apply_batch([("service/api", {"protocol": "tcp"})], rb.writer, 1)  # not spread yet
+    rb.commit([("service/other", {})])  # ... now its context goes out; sync carries the rest
+
+    async def converged() -> bool:
+        roots = {rep(x).doc.root_hash for x in trio3}
+        return len(roots) == 1 and len(rep(c).siblings("service/api")) == 2
+
+    await wait_for(converged, 5)
+    status, body = await http(c, "GET", "/v1/config-conflicts")
+    assert body["count"] == 1 and body["conflicts"][0]["key"] == "service/api"
+    winners = {rep(x).get("service/api")["protocol"] for x in trio3}  # type: ignore[index]
+    assert len(winners) == 1
+    status, one = await http(a, "GET", "/v1/config/service/api")
+    assert one["conflict"] is True and len(one["siblings"]) == 2
+
+
+async def test_fault_routes(trio3: list[Agent]) -> None:
+    a, b, _ = trio3
+    assert (await http(b, "POST", "/v1/faults", {"drop": []}))[0] == 404  # not enabled on b
+    assert b.address is not None
+    status, body = await http(a, "POST", "/v1/faults", {"drop": [str(b.address)]})
+    assert status == 200 and body["drop"] == [str(b.address)]
+    assert (await http(a, "POST", "/v1/faults", {"drop": ["nope:x"]}))[0] == 400
+    assert rep(a).merge_payload(b"", "t") is None  # decode refusals are counted too
+    await wait_for(lambda: a.counters["faults.udp_out"] + a.counters["faults.udp_in"] > 0, 5)
+    assert await rep(a).sync_with("b") is False  # streams to b are refused as well
+    status, body = await http(a, "DELETE", "/v1/faults")
+    assert status == 200 and body["drop"] == []
+    assert await rep(a).sync_with("b") is True
