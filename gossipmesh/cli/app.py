@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gossipmesh.cli import render, services_cmd
+from gossipmesh.cli import config_cmd, render, services_cmd
 from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
 
 T = TypeVar("T")
@@ -114,6 +114,26 @@ def agent(
     no_proxy: Annotated[
         bool, typer.Option("--no-proxy", help="Run no proxy (checks and records still run).")
     ] = False,
+    rebuild_config: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-config",
+            help="If replica.db is damaged, move it aside, start empty and resync from peers.",
+        ),
+    ] = False,
+    config_sync_interval_ms: Annotated[
+        int | None, typer.Option(help="Config anti-entropy period in ms (default 3000).")
+    ] = None,
+    config_gc_grace_ms: Annotated[
+        int | None, typer.Option(help="Keep stable tombstones this long, ms (default 1 h).")
+    ] = None,
+    enable_fault_injection: Annotated[
+        bool,
+        typer.Option(
+            "--enable-fault-injection",
+            help="Serve /v1/faults (drop traffic to chosen peers); loopback admin only.",
+        ),
+    ] = False,
     seed: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the gossipmesh agent in the foreground (SIGINT/SIGTERM leave gracefully)."""
@@ -135,6 +155,10 @@ def agent(
         "outbound": outbound,
         "inbound": inbound,
         "no_proxy": True if no_proxy else None,
+        "rebuild_config": True if rebuild_config else None,
+        "config_sync_interval_ms": config_sync_interval_ms,
+        "config_gc_grace_ms": config_gc_grace_ms,
+        "enable_fault_injection": True if enable_fault_injection else None,
     }
     raise typer.Exit(run_agent(flags, config))
 
@@ -256,6 +280,7 @@ def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fa
 
 
 services_cmd.install(app)
+config_cmd.install(app)
 
 
 def main() -> None:

@@ -1,0 +1,359 @@
+"""``gossipmesh config ...``: read and edit the replicated mesh configuration through any agent.
+
+| command                                   | admin API |
+|-------------------------------------------|-----------|
+| ``config get [PREFIX] [--json]``          | GET /v1/config?prefix= |
+| ``config set KIND/NAME -f FILE|-``        | PUT /v1/config/KIND/NAME |
+| ``config delete KIND/NAME``               | DELETE /v1/config/KIND/NAME |
+| ``config apply -f FILE``                  | POST /v1/config/apply (one atomic delta) |
+| ``config history KIND/NAME [--json]``     | GET /v1/config-history/KIND/NAME |
+| ``config conflicts [--json]``             | GET /v1/config-conflicts |
+
+Files are JSON or TOML: ``.json``/``.toml`` by extension, otherwise (and for ``-``, stdin) JSON
+is tried first, then TOML. ``set`` takes one entity body. ``apply`` takes a mapping of entities,
+in any of these shapes (mixable)::
+
+    # TOML: a table per entity, [KIND.NAME] ...
+    [route.web]
+    destinations = [{ service = "api", weight = 90 }, { service = "api-v2", weight = 10 }]
+    [service.api]
+    protocol = "http"
+    # ... or quoted keys, and deletions as a list
+    ["policy/ops"]
+    to = "api"
+    delete = ["route/old"]
+
+    // JSON: {"route/web": {...}, "route/old": null}, or {"entities": {...}}, or {"route": {"web": {...}}}
+
+Every file is parsed and validated (``gossipmesh.config.schema``, the same rules the agents
+apply) before anything is sent: a bad file is one line naming the file and the field, exit 2, and
+nothing is written. The agent validates again; its 400/413 answers also exit 2. Exit 1: the agent
+is unreachable or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
+from gossipmesh.config.schema import KINDS, parse_key, validate_key
+from gossipmesh.errors import ConfigValidationError
+
+T = TypeVar("T")
+MAX_FILE_BYTES = 1024 * 1024  # the admin API's body limit: a larger file could never be applied
+USAGE_STATUSES = (400, 404, 413)
+
+config_app = typer.Typer(
+    help="Read and edit the replicated mesh configuration (any agent accepts writes).",
+    no_args_is_help=True,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+AgentOpt = Annotated[
+    str,
+    typer.Option(
+        "--agent",
+        envvar="GOSSIPMESH_AGENT",
+        help="Admin API of the agent to talk to (HOST:PORT).",
+        show_envvar=True,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+FileOpt = Annotated[str, typer.Option("-f", "--file", help="JSON or TOML file, or - for stdin.")]
+
+
+class FileProblem(Exception):
+    """A file the operator gave is unreadable or invalid; the message is the one line to print."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files (pure apart from reading the file; unit-tested directly)
+
+
+def read_document(source: str) -> Mapping[str, Any]:
+    """Parse ``source`` (a path, or ``-`` for stdin) as JSON or TOML into a mapping."""
+    if source == "-":
+        text, label, ext = sys.stdin.read(MAX_FILE_BYTES + 1), "stdin", ""
+    else:
+        path = Path(source)
+        label, ext = source, path.suffix.lower()
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise FileProblem(f"{label}: cannot read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise FileProblem(f"{label}: not UTF-8 text") from exc
+    if len(text) > MAX_FILE_BYTES:
+        raise FileProblem(f"{label}: larger than the {MAX_FILE_BYTES}-byte request limit")
+    data: Any
+    if ext == ".json":
+        data = _json(text, label)
+    elif ext == ".toml":
+        data = _toml(text, label)
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise FileProblem(f"{label}: neither JSON nor TOML (TOML: {exc})") from exc
+    if not isinstance(data, dict):
+        raise FileProblem(f"{label}: must hold an object/table, not {type(data).__name__}")
+    return data
+
+
+def _json(text: str, label: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise FileProblem(f"{label}: not valid JSON: {exc}") from exc
+
+
+def _toml(text: str, label: str) -> Any:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FileProblem(f"{label}: not valid TOML: {exc}") from exc
+
+
+def check_entity(label: str, key: str, body: object) -> dict[str, Any]:
+    """Validate one entity locally; FileProblem names the file, key and field."""
+    try:
+        kind, _ = parse_key(key)
+        if not isinstance(body, dict):
+            raise ConfigValidationError(kind, "must be an object (a table)")
+        validate_key(key, body)
+    except ConfigValidationError as exc:
+        raise FileProblem(f"{label}: {key}: {exc}") from exc
+    return body
+
+
+def entities_from(data: Mapping[str, Any], label: str) -> dict[str, dict[str, Any] | None]:
+    """Flatten an apply file (see the module doc) into ``{KIND/NAME: body or None}``, validated."""
+    out: dict[str, dict[str, Any] | None] = {}
+
+    def put(key: str, body: object) -> None:
+        if key in out:
+            raise FileProblem(f"{label}: {key}: given twice")
+        out[key] = None if body is None else check_entity(label, key, body)
+
+    for top, value in data.items():
+        if top == "entities" and isinstance(value, dict):
+            for key, body in value.items():
+                put(key, body)
+        elif top == "delete":
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise FileProblem(f'{label}: delete: must be a list of "KIND/NAME" strings')
+            for key in value:
+                try:
+                    parse_key(key)
+                except ConfigValidationError as exc:
+                    raise FileProblem(f"{label}: delete: {exc.reason}") from exc
+                put(key, None)
+        elif "/" in top:
+            put(top, value)
+        elif top in KINDS:
+            if not isinstance(value, dict):
+                raise FileProblem(f"{label}: {top}: must be a table of [{top}.NAME] entities")
+            for name, body in value.items():
+                put(f"{top}/{name}", body)
+        else:
+            raise FileProblem(
+                f"{label}: {top}: not KIND/NAME, a [KIND.NAME] table, entities or delete "
+                f"(kinds: {', '.join(KINDS)})"
+            )
+    if not out:
+        raise FileProblem(f"{label}: no entities")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The one boundary where errors become a line and an exit code
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"gossipmesh: {message}", soft_wrap=True, markup=False)
+    raise typer.Exit(code)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except FileProblem as exc:
+        _fail(str(exc), 2)
+    except AgentUnreachable as exc:
+        _fail(str(exc), 1)
+    except AdminError as exc:
+        # The agent refused our input (invalid, too large, no such key): a usage error.
+        _fail(f"agent refused: {exc}", 2 if exc.status in USAGE_STATUSES else 1)
+
+
+def _client(agent: str) -> AdminClient:
+    try:
+        return AdminClient(agent)
+    except Exception as exc:
+        raise typer.BadParameter(str(exc), param_hint="--agent") from exc
+
+
+def _key(key: str) -> str:
+    try:
+        parse_key(key)
+    except ConfigValidationError as exc:
+        _fail(f"{key}: {exc.reason}", 2)
+    return key
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _when(hlc: Mapping[str, Any]) -> str:
+    ms = int(hlc.get("wall_ms") or 0)
+    text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+    logical = int(hlc.get("logical") or 0)
+    return f"{text}+{logical}" if logical else text
+
+
+def _compact(value: Any, width: int = 100) -> str:
+    text = "(deleted)" if value is None else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+@config_app.command("get")
+def get(
+    prefix: Annotated[str, typer.Argument(help="Key prefix, e.g. route/ or route/web.")] = "",
+    agent: AgentOpt = DEFAULT_AGENT,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the effective entities (the winner of any conflict) under PREFIX."""
+    client = _client(agent)
+    query = f"?prefix={prefix}" if prefix else ""
+    data = _run(lambda: client.call("GET", f"/v1/config{query}"))
+    if as_json:
+        _print_json(data)
+        return
+    entities = data.get("entities") or {}
+    if not entities:
+        out.print(f"no entities{' under ' + prefix if prefix else ''}")
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("Key")
+    table.add_column("Value", overflow="fold")
+    for key, value in entities.items():
+        table.add_row(key, _compact(value))
+    out.print(table)
+
+
+@config_app.command("set")
+def set_(
+    key: Annotated[str, typer.Argument(help="KIND/NAME, e.g. route/web.")],
+    file: FileOpt,
+    agent: AgentOpt = DEFAULT_AGENT,
+) -> None:
+    """Write one entity from a JSON or TOML file (or - for stdin)."""
+    _key(key)
+    label = "stdin" if file == "-" else file
+    body = _run(lambda: check_entity(label, key, read_document(file)))
+    client = _client(agent)
+    _run(lambda: client.call("PUT", f"/v1/config/{key}", body))
+    out.print(f"{key}: written")
+
+
+@config_app.command("delete")
+def delete(
+    key: Annotated[str, typer.Argument(help="KIND/NAME")], agent: AgentOpt = DEFAULT_AGENT
+) -> None:
+    """Delete one entity (a tombstone every agent learns)."""
+    _key(key)
+    client = _client(agent)
+    _run(lambda: client.call("DELETE", f"/v1/config/{key}"))
+    out.print(f"{key}: deleted")
+
+
+@config_app.command("apply")
+def apply(file: FileOpt, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Write many entities (and deletions) from one file as a single atomic change."""
+    label = "stdin" if file == "-" else file
+    entities = _run(lambda: entities_from(read_document(file), label))
+    client = _client(agent)
+    data = _run(lambda: client.call("POST", "/v1/config/apply", {"entities": entities}))
+    if as_json:
+        _print_json(data)
+        return
+    deleted = sum(1 for v in entities.values() if v is None)
+    out.print(f"applied {len(entities) - deleted} entities, {deleted} deletions (one change)")
+
+
+@config_app.command("history")
+def history(
+    key: Annotated[str, typer.Argument(help="KIND/NAME")],
+    agent: AgentOpt = DEFAULT_AGENT,
+    as_json: JsonOpt = False,
+) -> None:
+    """Versions of one entity this agent has seen, newest first, with writer and time."""
+    _key(key)
+    client = _client(agent)
+    data = _run(lambda: client.call("GET", f"/v1/config-history/{key}"))
+    if as_json:
+        _print_json(data)
+        return
+    versions = data.get("versions") or []
+    if not versions:
+        out.print(f"{key}: no versions known here")
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("Time (HLC)", "Writer", "#", "State", "Value"):
+        table.add_column(col, overflow="fold" if col == "Value" else "ellipsis")
+    for v in versions:
+        state = "[green]current[/]" if v.get("current") else "[bright_black]superseded[/]"
+        if v.get("suspect"):
+            state += " [yellow]clock-suspect[/]"
+        table.add_row(_when(v.get("hlc") or {}), str(v.get("writer")), str(v.get("counter")),
+                      state, _compact(v.get("value"), 80))  # fmt: skip
+    out.print(table)
+
+
+@config_app.command("conflicts")
+def conflicts(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
+    """Keys written concurrently (siblings kept), and which value wins everywhere."""
+    client = _client(agent)
+    data = _run(lambda: client.call("GET", "/v1/config-conflicts"))
+    if as_json:
+        _print_json(data)
+        return
+    items = data.get("conflicts") or []
+    if not items:
+        out.print("no conflicts")
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("Key", "Sibling", "Writer", "Time (HLC)", "Value"):
+        table.add_column(col, overflow="fold" if col == "Value" else "ellipsis")
+    for c in items:
+        for s in c.get("siblings") or []:
+            mark = "[green]wins[/]" if s.get("winner") else "[yellow]loses[/]"
+            table.add_row(str(c.get("key")), mark, str(s.get("writer")),
+                          _when(s.get("hlc") or {}), _compact(s.get("value"), 60))  # fmt: skip
+    out.print(table)
+    out.print(f"{len(items)} conflicting key(s); write the key again to resolve")
+
+
+def install(app: typer.Typer) -> None:
+    """Mount ``config`` on the top-level app (called by gossipmesh.cli.app)."""
+    app.add_typer(config_app, name="config")
