@@ -211,5 +211,12 @@ def build_catalog(
 
 
 def route_table(catalog: Catalog, version: int = 0) -> RouteTable:
-    """The proxy's frozen snapshot for ``catalog``."""
-    return build_route_table(catalog.services, catalog.routes, catalog.endpoints, version)
+    """The proxy's frozen snapshot for ``catalog``.
+
+    Every service some node registers is in the table, even with no routable instance: a request
+    for a known service whose instances are all failing must get 503 "no healthy endpoint", not
+    404 "no route" as if nobody had ever heard of it.
+    """
+    endpoints: dict[str, tuple[Endpoint, ...]] = {i.service: () for i in catalog.instances}
+    endpoints.update(catalog.endpoints)
+    return build_route_table(catalog.services, catalog.routes, endpoints, version)

@@ -1,0 +1,253 @@
+"""The mesh end to end: three agent processes on 127.0.0.2-4, each with an agent.toml registering
+one HTTP backend (a small subprocess on 127.0.0.1, its own port), and an app (this test) sending
+requests into agent a1's outbound listener.
+
+    app -> a1 outbound (Host: web|solo) -> a1/a2/a3 inbound -> backend
+
+``web`` runs behind a1 and a2, ``solo`` behind a3 only. The tests share one mesh and run in file
+order; each states what it expects of it. Every process is stopped by a fixture; every wait polls
+with a deadline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_procs import AgentProc, Procs, free_port_on, requires_loopback_aliases, wait_until
+
+pytestmark = requires_loopback_aliases
+
+IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+# (agent, service, backend name) — one backend per agent
+LAYOUT = [("a1", "web", "w1"), ("a2", "web", "w2"), ("a3", "solo", "w3")]
+
+BACKEND = r"""
+import http.server, os, sys
+name, port, fail_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/health":
+            code, body = (500, b"down") if os.path.exists(fail_file) else (200, b"ok")
+        else:
+            code, body = 200, name.encode()
+        self.send_response(code)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-seen-request-id", self.headers.get("x-request-id", ""))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+class Backend:
+    def __init__(self, name: str, port: int, root: Path) -> None:
+        self.name = name
+        self.port = port
+        self.fail_file = root / f"{name}.fail"
+        script = root / "backend.py"
+        script.write_text(BACKEND)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), name, str(port), str(self.fail_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(f"backend {name}", self._up, timeout_s=10)
+
+    def _up(self) -> bool:
+        try:
+            return get("127.0.0.1", self.port, "/health", host="x")[0] == 200
+        except OSError:
+            return False
+
+    def set_failing(self, failing: bool) -> None:
+        if failing:
+            self.fail_file.touch()
+        else:
+            self.fail_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def get(ip: str, port: int, path: str, host: str) -> tuple[int, bytes, dict[str, str]]:
+    conn = http.client.HTTPConnection(ip, port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+class Mesh:
+    def __init__(self, procs: Procs, backends: dict[str, Backend]) -> None:
+        self.backends = backends
+        gossip = free_port_on(IPS)
+        proxy = free_port_on(IPS)  # outbound on `proxy`, inbound on `proxy + 1`, on each IP
+        while proxy in (gossip, gossip + 1) or proxy + 1 == gossip:
+            proxy = free_port_on(IPS)
+        self.out_port = proxy
+        self.agents: dict[str, AgentProc] = {}
+        for (name, service, backend), ip in zip(LAYOUT, IPS, strict=True):
+            toml = procs.root / f"{name}.toml"
+            toml.write_text(
+                f"[[service]]\nname = {service!r}\nport = {backends[backend].port}\n"
+                'check = { http = "/health", interval = "200ms", timeout = "150ms" }\n'
+            )
+            args = [
+                "--cluster",
+                "mesh",
+                "--config",
+                str(toml),
+                "--outbound",
+                f"{ip}:{proxy}",
+                "--inbound",
+                f"{ip}:{proxy + 1}",
+            ]
+            if name != "a1":
+                args += ["--join", f"{IPS[0]}:{gossip}"]
+            self.agents[name] = procs.new(name, ip, gossip, args, proxy=True)
+
+    def app_get(self, host: str, via: str = "a1") -> tuple[int, bytes, dict[str, str]]:
+        return get(self.agents[via].ip, self.out_port, "/", host)
+
+    def services(self, name: str) -> list[dict[str, Any]]:
+        out = cli("services", "--json", "--agent", self.agents[name].admin)
+        assert out.returncode == 0, out.stderr
+        rows: list[dict[str, Any]] = json.loads(out.stdout)
+        return rows
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gossipmesh", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.fixture(scope="module")
+def mesh(procs: Procs) -> Iterator[Mesh]:
+    ports: set[int] = set()
+    while len(ports) < len(LAYOUT):
+        ports.add(free_port_on(["127.0.0.1"]))
+    backends: dict[str, Backend] = {}
+    try:
+        for (_, _, name), port in zip(LAYOUT, sorted(ports), strict=True):
+            backends[name] = Backend(name, port, procs.root)
+        m = Mesh(procs, backends)
+        for agent in m.agents.values():
+            agent.start()
+        yield m
+    finally:
+        for b in backends.values():
+            b.stop()
+
+
+def instances(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, bool]]:
+    return {(r["service"], r["node"]): (r["health"], r["routable"]) for r in rows}
+
+
+def test_every_agent_lists_every_instance_healthy(mesh: Mesh) -> None:
+    want = {("web", "a1"), ("web", "a2"), ("solo", "a3")}
+
+    def all_healthy() -> bool:
+        for name in mesh.agents:
+            seen = instances(mesh.services(name))
+            if set(seen) != want or any(v != ("passing", True) for v in seen.values()):
+                return False
+        return True
+
+    wait_until("3 instances passing on every agent", all_healthy, timeout_s=20, interval_s=0.3)
+    row = next(r for r in mesh.services("a2") if r["node"] == "a3")
+    assert row["member_state"] == "alive" and row["ejected"] is False
+    assert row["address"] == "127.0.0.1" and row["port"] == mesh.backends["w3"].port
+    table = cli("services", "--agent", mesh.agents["a1"].admin)
+    assert table.returncode == 0 and "solo" in table.stdout and "passing" in table.stdout
+
+
+def test_request_crosses_from_a1_outbound_to_a3_inbound(mesh: Mesh) -> None:
+    status, body, headers = mesh.app_get("solo")
+    assert (status, body) == (200, b"w3")
+    assert headers.get("x-seen-request-id")  # the proxy stamped the request on its way
+    # web: both instances take traffic, the remote one through a2's inbound listener.
+    seen = Counter(mesh.app_get("web")[1] for _ in range(30))
+    assert set(seen) == {b"w1", b"w2"}, seen
+
+
+def test_failing_health_check_takes_an_instance_out_of_routing(mesh: Mesh) -> None:
+    mesh.backends["w3"].set_failing(True)
+    try:
+
+        def solo_down() -> bool:
+            seen = instances(mesh.services("a1"))
+            return seen.get(("solo", "a3")) == ("critical", False)
+
+        wait_until("a1 sees solo critical", solo_down, timeout_s=10, interval_s=0.2)
+        status, body, headers = mesh.app_get("solo")
+        assert status == 503
+        assert b"no healthy endpoint" in body
+        assert headers.get("x-gossipmesh-error") == "no_healthy_endpoint"
+    finally:
+        mesh.backends["w3"].set_failing(False)
+    wait_until("solo back", lambda: mesh.app_get("solo")[:2] == (200, b"w3"), timeout_s=10)
+
+
+def test_metrics_count_requests_and_members(mesh: Mesh) -> None:
+    a1 = mesh.agents["a1"]
+    status, body, headers = get(a1.ip, a1.port + 1, "/metrics", host="admin")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    web_2xx = [
+        line
+        for line in text.splitlines()
+        if line.startswith("gossipmesh_proxy_requests_total{")
+        and 'service="web"' in line
+        and 'status_class="2xx"' in line
+        and 'direction="outbound"' in line
+    ]
+    assert web_2xx and float(web_2xx[0].rsplit(" ", 1)[1]) >= 30, web_2xx
+    assert 'gossipmesh_proxy_errors_total{reason="no_healthy_endpoint",service="solo"}' in text
+    assert 'gossipmesh_agent_members{state="alive"} 3.0' in text
+    assert "gossipmesh_agent_records_total{" in text
+
+
+def test_killed_agent_stops_receiving_traffic_and_requests_keep_succeeding(mesh: Mesh) -> None:
+    mesh.agents["a2"].signal(signal.SIGKILL)
+    mesh.agents["a2"].wait_exit(10)
+    # Until SWIM declares a2 dead its endpoint is still in the table; connect failures there are
+    # retried on the survivor, so the app sees no error.
+    statuses: Counter[int] = Counter()
+
+    def a2_dead() -> bool:
+        statuses[mesh.app_get("web")[0]] += 1
+        return mesh.agents["a1"].members().get("a2") == "dead"
+
+    _, took_s = wait_until("a1 sees a2 dead", a2_dead, timeout_s=30, interval_s=0.1)
+    assert set(statuses) == {200}, statuses
+    wait_until(
+        "a2's instance unroutable at a1",
+        lambda: instances(mesh.services("a1")).get(("web", "a2"), ("", True))[1] is False,
+        timeout_s=5,
+        interval_s=0.1,
+    )
+    after = Counter(mesh.app_get("web")[:2] for _ in range(20))
+    assert after == {(200, b"w1"): 20}, after
+    # w2 itself is still up: only its agent died, and nothing reaches it any more.
+    assert mesh.backends["w2"].proc.poll() is None
+    print(f"a2 declared dead after {took_s:.1f}s; {sum(statuses.values())} requests meanwhile")
