@@ -28,6 +28,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -46,26 +47,32 @@ NGINX2_PORT = 18194
 STARTUP_S = 10.0
 
 PROXY_CODE = r"""
-import sys, trio
+import os, signal, sys, trio
 from gossipmesh.config.schema import Destination, PathMatch, RouteConfig
-from gossipmesh.proxy.server import Proxy
+from gossipmesh.proxy.metrics import ProxyMetrics
+from gossipmesh.proxy.server import Proxy, serve_workers
 from gossipmesh.proxy.table import Endpoint, build_route_table
 
 leg, backend, out_port, in_port, workers = sys.argv[1], *map(int, sys.argv[2:6])
 route = RouteConfig("api-route", (Destination("api"),), hosts=("api",), path=PathMatch("prefix", "/"))
-if leg == "outbound":
-    eps = [Endpoint(n, "127.0.0.1", backend) for n in ("n1", "n2")]
-    proxies = [Proxy(outbound=("127.0.0.1", out_port), inbound=None)]
-else:
-    eps = [Endpoint(n, "127.0.0.1", backend, inbound=("127.0.0.1", in_port)) for n in ("n1", "n2")]
-    proxies = [
-        Proxy(outbound=None, inbound=("127.0.0.1", in_port),
-              local_services={"api": [("127.0.0.1", backend)]}),
-        Proxy(outbound=("127.0.0.1", out_port), inbound=None),
-    ]
-table = build_route_table({}, {"api-route": route}, {"api": eps})
-for p in proxies:
-    p.update_table(table)
+
+def proxies(worker):
+    reuse = workers > 1
+    m = lambda: ProxyMetrics(worker=str(worker) if reuse else "")
+    if leg == "outbound":
+        eps = [Endpoint(n, "127.0.0.1", backend) for n in ("n1", "n2")]
+        ps = [Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse)]
+    else:
+        eps = [Endpoint(n, "127.0.0.1", backend, inbound=("127.0.0.1", in_port)) for n in ("n1", "n2")]
+        ps = [
+            Proxy(outbound=None, inbound=("127.0.0.1", in_port), metrics=m(), reuse_port=reuse,
+                  local_services={"api": [("127.0.0.1", backend)]}),
+            Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse),
+        ]
+    table = build_route_table({}, {"api-route": route}, {"api": eps})
+    for p in ps:
+        p.update_table(table)
+    return ps
 
 def report(ps):
     reqs = {}
@@ -75,16 +82,23 @@ def report(ps):
             reqs[k] = reqs.get(k, 0) + n
     return " ".join(f"{k}={n}" for k, n in sorted(reqs.items()))
 
-async def main():
-    async with trio.open_nursery() as n:
-        for p in proxies:
-            await n.start(p.serve)
-        print("ready", flush=True)
-        await trio.to_thread.run_sync(sys.stdin.readline)
-        print("metrics", report(proxies), flush=True)
-        n.cancel_scope.cancel()
+def run(worker):
+    ps = proxies(worker)
+    async def main():
+        with trio.open_signal_receiver(signal.SIGTERM) as stop:
+            async with trio.open_nursery() as n:
+                for p in ps:
+                    await n.start(p.serve)
+                os.write(1, b"ready\n")  # one write: workers share the pipe
+                async for _ in stop:
+                    break
+                os.write(1, f"metrics {report(ps)}\n".encode())
+                n.cancel_scope.cancel()
+    trio.run(main)
 
-trio.run(main)
+if workers > 1:
+    sys.exit(serve_workers(workers, run))
+run(0)
 """
 
 
@@ -152,17 +166,19 @@ def _nginx_proxy_server(listen: int, to: int) -> str:
 
 @contextlib.contextmanager
 def launched(argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` in its own process group; on the way out stop the whole group."""
     proc = subprocess.Popen(argv, start_new_session=True, **kw)  # type: ignore[call-overload]
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def _children(pid: int) -> list[int]:
@@ -295,21 +311,19 @@ def run_gossipmesh(leg: str, workers: int, args: argparse.Namespace) -> Result:
         str(IN_PORT),
         str(workers),
     ]
-    with launched(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None and proc.stdin is not None
+    with launched(argv, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
         for _ in range(workers):
-            if proc.stdout.readline().strip() != b"ready":
-                raise SystemExit("proxy did not start")
+            line = proc.stdout.readline().strip()
+            if line != b"ready":
+                raise SystemExit(f"proxy did not start: {line!r}")
         pids = [proc.pid, *_children(proc.pid)]
         hops = 2 if leg == "mesh" else 1
         label = "gossipmesh" if workers == 1 else f"gm x{workers}"
         res = measure(label, OUT_PORT, pids, hops, args)
-        proc.stdin.write(b"report\n" * workers)
-        proc.stdin.flush()
-        notes = []
-        for _ in range(workers):
-            line = proc.stdout.readline().decode().strip()
-            notes.append(line.removeprefix("metrics "))
+        proc.send_signal(signal.SIGTERM)  # each worker prints its request counters and exits
+        out, _ = proc.communicate(timeout=10)
+        notes = [ln.removeprefix("metrics ") for ln in out.decode().splitlines()]
         res.note = "  [" + " | ".join(notes) + "]"
         return res
 
@@ -326,8 +340,14 @@ def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
                 launched([*_pin(args.proxy_cpu), "nginx", "-c", conf, "-p", workdir])
             )
             _wait_port(listen)
+            deadline = time.monotonic() + STARTUP_S
+            while not _children(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the master listens before it forks its worker
+            workers = _children(proc.pid)
+            if not workers:
+                raise SystemExit("nginx started no worker")
             pids.append(proc.pid)
-            pids.extend(_children(proc.pid))
+            pids.extend(workers)
         return measure("nginx", NGINX_PORT, pids, len(chain), args)
 
 

@@ -9,7 +9,9 @@ in dicts keyed by label tuples and increments a histogram bucket found by ``bise
 ``CollectorRegistry`` so two proxies in one process (tests) never collide.
 
 Metric names are prefixed ``gossipmesh_proxy_``. Directions are ``outbound`` (app → mesh),
-``inbound`` (mesh → local app) and ``tcp``.
+``inbound`` (mesh → local app) and ``tcp``. With SO_REUSEPORT workers (``serve_workers``) each
+worker process has its own counters; ``ProxyMetrics(worker="N")`` adds a ``worker`` label to
+every sample so the expositions of several workers can be concatenated and summed by Prometheus.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ _CLASSES = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 class ProxyMetrics:
     """Every field is a plain dict; label tuples are the keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: str = "") -> None:
+        self.worker = worker
         # (service, route, status, direction) -> count; status kept exact, classed at scrape.
         self.requests: dict[tuple[str, str, int, str], int] = {}
         # (service, direction) -> [bucket counts..., +Inf count], sums kept apart
@@ -106,6 +109,15 @@ class _Collector(Collector):
         self.m = m
 
     def collect(self) -> Iterator[Metric]:
+        worker = self.m.worker
+        for fam in self._families():
+            if worker:
+                fam.samples = [
+                    s._replace(labels={**s.labels, "worker": worker}) for s in fam.samples
+                ]
+            yield fam
+
+    def _families(self) -> Iterator[Metric]:
         m = self.m
         req = CounterMetricFamily(
             "gossipmesh_proxy_requests",

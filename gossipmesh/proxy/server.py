@@ -45,10 +45,12 @@ import errno
 import ipaddress
 import logging
 import math
+import os
 import random
+import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -399,6 +401,8 @@ class Proxy:
     inbound listener forwards only to these. ``tcp_listeners``: service name → ``(host, port)`` to
     listen on, raw TCP spliced to a balanced endpoint. ``None`` for ``outbound``/``inbound``
     disables that listener; port 0 picks a free port (see ``ProxyAddresses``).
+    ``reuse_port``: bind with SO_REUSEPORT so several processes (see ``serve_workers``) can each
+    run a proxy on the same fixed ports, the kernel spreading new connections across them.
     """
 
     def __init__(
@@ -413,8 +417,10 @@ class Proxy:
         rng: random.Random | None = None,
         limits: ProxyLimits | None = None,
         metrics: ProxyMetrics | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.outbound_addr = outbound
+        self.reuse_port = reuse_port
         self.inbound_addr = inbound
         self.tcp_listeners = dict(tcp_listeners or {})
         self.connector = connector
@@ -493,16 +499,16 @@ class Proxy:
         try:
             out_addr = in_addr = None
             if self.outbound_addr is not None:
-                s = _listen(*self.outbound_addr)
+                s = _listen(*self.outbound_addr, self.reuse_port)
                 listeners.append((s, OUTBOUND, ""))
                 out_addr = s.getsockname()[:2]
             if self.inbound_addr is not None:
-                s = _listen(*self.inbound_addr)
+                s = _listen(*self.inbound_addr, self.reuse_port)
                 listeners.append((s, INBOUND, ""))
                 in_addr = s.getsockname()[:2]
             tcp_bound: dict[str, tuple[str, int]] = {}
             for service, (host, port) in self.tcp_listeners.items():
-                s = _listen(host, port)
+                s = _listen(host, port, self.reuse_port)
                 listeners.append((s, TCP, service))
                 tcp_bound[service] = s.getsockname()[:2]
             self.addresses = ProxyAddresses(out_addr, in_addr, tcp_bound)
@@ -1427,6 +1433,75 @@ class Proxy:
 _DONE, _RETRY_STATUS, _TIMEOUT, _RESET, _STALE, _ABORT = range(6)
 
 
+def serve_workers(workers: int, run_worker: Callable[[int], None], stop_s: float = 5.0) -> int:
+    """Run ``run_worker(i)`` in ``workers`` forked processes and wait for them; returns how many
+    failed.
+
+    Each worker runs its own trio loop and its own ``Proxy(reuse_port=True)`` on the same fixed
+    ports: one Python process is bound to about one core, so this is how the data plane uses
+    more than one. Workers share nothing (pools, outlier state, retry budgets and metrics are per
+    worker; label metrics with ``ProxyMetrics(worker=str(i))``). Call it before any trio loop
+    runs in this process. SIGTERM or SIGINT to the parent is passed on to every worker; a worker
+    still running ``stop_s`` after that is killed.
+    """
+    if not 1 <= workers <= 256:
+        raise ValueError(f"workers must be 1..256, not {workers}")
+    pids: list[int] = []
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failed = 0
+    try:
+        for i in range(workers):
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 1
+                try:
+                    for sig, handler in old.items():
+                        signal.signal(sig, handler)
+                    run_worker(i)
+                    code = 0
+                except KeyboardInterrupt:
+                    code = 0
+                except BaseException:
+                    log.exception("proxy worker %d failed", i)
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        waiting = set(pids)
+        deadline = INF
+        while waiting:
+            for pid in list(waiting):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done == 0:
+                    continue
+                waiting.discard(pid)
+                code = os.waitstatus_to_exitcode(status)
+                # A worker ended by the stop signal we passed on stopped as asked.
+                if code != 0 and not (stopping and code in (-signal.SIGTERM, -signal.SIGINT)):
+                    failed += 1
+            if not waiting:
+                break
+            if stopping and deadline == INF:
+                deadline = _now() + stop_s
+            if _now() > deadline:
+                for pid in waiting:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return failed
+
+
 def _trio_deadline(deadline: float) -> float:
     """Our deadlines are on time.monotonic; trio's clock has its own (randomised) offset."""
     if deadline == INF:
@@ -1462,11 +1537,14 @@ def _in_trio() -> bool:
     return True
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Several worker processes bind the same port; the kernel spreads connections.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((host, port))
         s.listen(1024)
         s.setblocking(False)
@@ -1526,4 +1604,5 @@ __all__ = [
     "ProxyLimits",
     "TcpConnector",
     "http1",
+    "serve_workers",
 ]
