@@ -190,6 +190,22 @@ def test_request_crosses_from_a1_outbound_to_a3_inbound(mesh: Mesh) -> None:
     assert set(seen) == {b"w1", b"w2"}, seen
 
 
+def test_a_route_written_at_a2_steers_requests_at_a1(mesh: Mesh, tmp_path: Path) -> None:
+    # The config replica is the sidecar's ConfigSource: a route written through any agent
+    # reaches every proxy's table.
+    assert mesh.app_get("shop.example")[0] == 404  # no route, and no service of that name
+    route = tmp_path / "route.json"
+    route.write_text(json.dumps({"hosts": ["shop.example"], "destinations": [{"service": "solo"}]}))
+    out = cli("config", "set", "route/shop", "-f", str(route), "--agent", mesh.agents["a2"].admin)
+    assert out.returncode == 0, out.stderr
+    wait_until(
+        "route/shop at a1",
+        lambda: mesh.app_get("shop.example")[:2] == (200, b"w3"),
+        timeout_s=10,
+        interval_s=0.1,
+    )
+
+
 def test_failing_health_check_takes_an_instance_out_of_routing(mesh: Mesh) -> None:
     mesh.backends["w3"].set_failing(True)
     try:
