@@ -147,8 +147,8 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class MergeResult:
-    """What a merge did. ``forward`` holds only what was new here (for eager push); it is None
-    when nothing was. Refused entries are never in it."""
+    """What a merge did. ``forward`` holds only what was new here (for eager push), with just
+    those entries' dots as context; it is None when nothing was. Refused entries are never in it."""
 
     changed_keys: frozenset[str]
     accepted: int = 0
@@ -420,7 +420,13 @@ class Document:
         self._join_context(delta.context)
         self._count("merged_entries", accepted)
         self._count("duplicate_entries", duplicates)
-        fwd = Delta(tuple(forward), delta.context) if forward else None
+        # The forward part carries only its own dots as context, never the incoming delta's
+        # whole context: that may name dots of entries we already held and so left out, and a
+        # receiver lacking those would join the dots, believe it has the entries, and never ask
+        # for them again (a silent, permanent loss that anti-entropy cannot see).
+        fwd = None
+        if forward:
+            fwd = Delta(tuple(forward), Context((), tuple(sorted({e.dot for e in forward}))))
         return MergeResult(frozenset(changed), accepted, duplicates, len(refused), tuple(refused),
                            tuple(drifted), fwd)  # fmt: skip
 

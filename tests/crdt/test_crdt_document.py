@@ -254,3 +254,20 @@ def test_deltas_in_any_order_with_duplicates_equal_full_states(
             doc.merge(other.full_state(), T0 + 10**8)
     assert len({snapshot(d) for d in docs}) == 1
     assert all(list(d.items()) == list(docs[0].items()) for d in docs)
+
+
+def test_forward_names_only_its_own_dots_so_a_third_replica_still_asks_for_the_rest() -> None:
+    # Regression: forward used to carry the incoming delta's whole context. B held k1 already, so
+    # B's forward of A's full state had only k2 but named A's dot for k1 too; C joined that dot,
+    # believed it had k1, and anti-entropy (which sends what the context lacks) never sent it.
+    a, b, c = Document(), Document(), Document()
+    d1 = a.write("k1", {"v": 1}, "a", 1000)
+    a.write("k2", {"v": 2}, "a", 1001)
+    b.merge(d1, 1000)
+    result = b.merge(a.full_state(), 1002)
+    assert result.forward is not None and [e.key for e in result.forward.entries] == ["k2"]
+    assert result.forward.context.cloud == (("a", 2),) and result.forward.context.vv == ()
+    c.merge(result.forward, 1003)
+    assert not c.has_seen(("a", 1))
+    c.merge(a.delta_for(c.context()), 1004)
+    assert c.get("k1") == {"v": 1} and c.root_hash == a.root_hash
