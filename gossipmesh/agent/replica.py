@@ -316,8 +316,11 @@ class ConfigReplica:
         self.counters["config.merged_entries"] += result.accepted
         if result.changed_keys:
             self._notify(result.changed_keys)
-        if result.forward is not None:  # ``payload`` is exactly the forward part (new entries)
-            self._spread(payload, policy.plan_forward(len(payload) + 1, self.gossip_max_bytes))
+        if result.forward is not None:
+            # Not ``payload``: the incoming context may name dots of entries we held and left out
+            # (see MergeResult.forward); we persist it, but only forward the new entries' dots.
+            fwd = encode_delta(result.forward)
+            self._spread(fwd, policy.plan_forward(len(fwd) + 1, self.gossip_max_bytes))
 
     def _persist(self, payload: bytes) -> None:
         if self.store is None:
