@@ -92,7 +92,8 @@ def _load(ax: Any, result: ScenarioResult) -> None:
         up = r.series["up_per_s"]
         t0s = r.series["t0_ms"] // 1000
         xs, ys = [], []
-        for s in range(t0s, min(len(per_s), len(up))):
+        # The last second is usually partial; leave it out rather than draw a false drop.
+        for s in range(t0s, min(len(per_s), len(up)) - 1):
             if up[s]:
                 xs.append(s - t0s)
                 ys.append(per_s[s] / up[s])

@@ -204,6 +204,7 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
     for r in result.runs:
         for t, what in r.faults:
             lines.append(f"- {r.label} · t={t / 1000:.1f}s: {what}")
+    lines += ["", f"SWIM core source digest: `{result.runs[0].metrics.get('core_digest')}`"]
     lines += ["", "Trace hashes: " + ", ".join(f"{r.label} `{r.trace_hash}`" for r in result.runs)]
     return "\n".join(lines) + "\n"
 
@@ -213,5 +214,5 @@ _BASE_KEYS = {
     "events", "wall_s", "events_per_s", "packets_sent", "bytes_sent", "msgs_per_node_per_s",
     "msgs_per_node_per_period", "dropped", "duplicated", "push_pulls", "push_pulls_failed",
     "false_dead", "false_dead_subjects", "false_suspect", "member_changes", "first_suspect_s",
-    "first_dead_s", "all_dead_s", "heal_to_whole_s", "up_at_end",
+    "first_dead_s", "all_dead_s", "heal_to_whole_s", "up_at_end", "core_digest",
 }  # fmt: skip

@@ -385,12 +385,36 @@ def _finish(
 # -- the scenarios --------------------------------------------------------------------------
 
 
+def core_digest() -> str:
+    """Short digest of the SWIM core's source as loaded, so a result names the code it ran.
+
+    The core evolves under our feet (others commit to it); a result without this would not be
+    reproducible from its seed alone.
+    """
+    import hashlib
+    import sys
+
+    h = hashlib.blake2b(digest_size=6)
+    for name in sorted(sys.modules):
+        if name.startswith("gossipmesh.swim") or name == "gossipmesh.wire":
+            path = getattr(sys.modules[name], "__file__", None)
+            if path:
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
 def run(opts: Options, hooks: Hooks | None = None) -> ScenarioResult:
     opts.validate()
+    import gossipmesh.swim.node  # noqa: F401  (load the core before fingerprinting it)
+
+    digest = core_digest()
     hooks = hooks or Hooks()
     result = ScenarioResult(opts)
     fn = _SCENARIO_FNS[opts.scenario]
     fn(opts, hooks, result)
+    for r in result.runs:
+        r.metrics["core_digest"] = digest
     return result
 
 

@@ -28,8 +28,9 @@ def test_steady_has_no_false_positives_and_constant_load(seed: int) -> None:
 def test_crash_is_detected_and_disseminated(seed: int) -> None:
     m = _ok(Options("crash", nodes=40, seed=seed, kill=3))
     assert m["first_suspect_s"]["n"] == 3 and m["all_dead_s"]["n"] == 3
-    # First suspicion within a few probe periods; everywhere-dead within the suspicion max.
-    assert m["first_suspect_s"]["max"] < 6
+    # First suspicion within a few probe periods. Loose on purpose: members that probe a dead
+    # host may stretch their period by Lifeguard's health score (see results/README.md).
+    assert m["first_suspect_s"]["max"] < 12
     assert m["false_dead"] == 0
 
 
