@@ -529,8 +529,7 @@ class ConfigReplica:
 
     def collect_garbage(self) -> list[str]:
         live = self._live_peers()
-        stable = policy.gc_stable_vector(self.doc.version_vector(), live, self._reported,
-                                         _now_ms(), max_age_ms=self.gc_grace_ms)  # fmt: skip
+        stable = policy.gc_stable_vector(self.doc.version_vector(), live, self._reported, _now_ms())
         if stable is None:
             return []
         collected = self.doc.collect_garbage(stable, wall_ms(), self.gc_grace_ms)

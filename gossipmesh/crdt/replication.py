@@ -117,17 +117,19 @@ def gc_stable_vector(
     live_members: Sequence[str],
     reported: Mapping[str, tuple[Mapping[str, int], int]],
     now_ms: int,
-    max_age_ms: int,
+    max_age_ms: int | None = None,
 ) -> dict[str, int] | None:
     """The pointwise minimum of our vector and every live member's last reported one.
 
     ``reported`` maps member name → (version vector, when it was reported). A live member with no
-    report, or one older than ``max_age_ms``, makes the answer None: nothing is known stable.
+    report (or, if ``max_age_ms`` is given, none that recent) makes the answer None: nothing is
+    known stable. Old reports are safe without an age limit: a vector only grows, so an old one
+    is a lower bound of what that member holds now.
     """
     vectors: list[Mapping[str, int]] = [own]
     for name in live_members:
         report = reported.get(name)
-        if report is None or now_ms - report[1] > max_age_ms:
+        if report is None or (max_age_ms is not None and now_ms - report[1] > max_age_ms):
             return None
         vectors.append(report[0])
     return stable_vector(vectors)

@@ -244,3 +244,36 @@ async def test_fault_routes(trio3: list[Agent]) -> None:
     status, body = await http(a, "DELETE", "/v1/faults")
     assert status == 200 and body["drop"] == []
     assert await rep(a).sync_with("b") is True
+
+
+async def test_tombstones_are_collected_only_once_every_live_member_reported(
+    trio3: list[Agent],
+) -> None:
+    a, b, c = trio3
+    rep(a).commit([("service/gone", {})])
+    rep(a).commit([("service/gone", None)])
+    await wait_for(lambda: len({rep(x).doc.root_hash for x in trio3}) == 1, 5)
+    for x in trio3:
+        rep(x).gc_grace_ms = 0
+        rep(x)._reported.clear()  # forget every report: nothing is known stable
+    assert rep(a).collect_garbage() == []
+    assert rep(a).siblings("service/gone") != ()  # the tombstone is still held
+    for x, y in ((a, b), (a, c)):  # a hears b's and c's version vectors through two digests
+        assert await rep(x).sync_with(y.settings.name)
+    assert rep(a).collect_garbage() == ["service/gone"]
+    assert rep(a).siblings("service/gone") == ()
+    # Tombstones count in the digest only through the context: still in sync with b and c.
+    assert rep(a).doc.root_hash == rep(b).doc.root_hash
+    assert a.counters["config.tombstones_collected"] == 1
+
+
+async def test_in_sync_anti_entropy_is_a_few_hundred_bytes(trio3: list[Agent]) -> None:
+    a, b, _ = trio3
+    entities = {f"service/s{i:03d}": {"protocol": "tcp"} for i in range(200)}
+    assert (await http(a, "POST", "/v1/config/apply", {"entities": entities}))[0] == 200
+    await wait_for(lambda: rep(b).doc.root_hash == rep(a).doc.root_hash, 5)
+    before = (a.counters["config.sync_bytes"], a.counters["config.sync_in_sync"])
+    assert await rep(a).sync_with("b")
+    sent = a.counters["config.sync_bytes"] - before[0]
+    assert a.counters["config.sync_in_sync"] == before[1] + 1
+    assert sent < 300, sent  # digest + "in sync" reply, whatever the document's size

@@ -1,0 +1,51 @@
+"""The pure replication decisions the agent and the simulator share (crdt/replication.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossipmesh.crdt import replication as p
+
+
+def test_spread_small_deltas_by_gossip_and_eager_udp_large_ones_by_tcp() -> None:
+    assert p.plan_spread(500) == p.Spread(gossip=True, udp_fanout=3, stream_fanout=0)
+    assert p.plan_spread(1001) == p.Spread(gossip=False, udp_fanout=0, stream_fanout=3)
+    assert p.plan_forward(500) == p.Spread(gossip=False, udp_fanout=2, stream_fanout=0)
+    assert p.plan_forward(5000, fanout=3) == p.Spread(gossip=False, udp_fanout=0, stream_fanout=3)
+
+
+@pytest.mark.parametrize(("n", "mult"), [(1, 1), (32, 1), (33, 2), (64, 2), (65, 3), (1000, 6)])
+def test_sync_interval_scales_like_memberlist_push_pull(n: int, mult: int) -> None:
+    assert p.sync_interval_ms(3000, n) == 3000 * mult
+
+
+@pytest.mark.parametrize(
+    ("kind", "previous", "sync"),
+    [("join", None, True), ("join", "dead", True), ("alive", "suspect", True),
+     ("alive", "dead", True), ("suspect", "alive", False), ("update", "alive", False),
+     ("failed", "suspect", False)],
+)  # fmt: skip
+def test_sync_on_join_and_on_return_from_suspect_or_dead(
+    kind: str, previous: str | None, sync: bool
+) -> None:
+    assert p.sync_on_member_event(kind, previous) is sync
+
+
+def test_gc_vector_needs_a_report_from_every_live_member() -> None:
+    own = {"a": 5, "b": 3}
+    reported = {"b": ({"a": 4, "b": 3}, 100), "c": ({"a": 5, "b": 1}, 50)}
+    assert p.gc_stable_vector(own, ["b"], reported, 1000) == {"a": 4, "b": 3}
+    assert p.gc_stable_vector(own, ["b", "c"], reported, 1000) == {"a": 4, "b": 1}
+    assert p.gc_stable_vector(own, ["b", "d"], reported, 1000) is None
+    assert p.gc_stable_vector(own, ["c"], reported, 1000, max_age_ms=500) is None
+
+
+def test_peer_choice_is_deterministic_for_a_seed() -> None:
+    peers = ["n3", "n1", "n2", "n1"]
+    assert p.pick_peers(peers, 2, random.Random(7)) == p.pick_peers(
+        peers[::-1], 2, random.Random(7)
+    )
+    assert sorted(p.pick_peers(peers, 9, random.Random(1))) == ["n1", "n2", "n3"]
+    assert 750 <= p.jittered_ms(1000, random.Random(3)) <= 1250
