@@ -96,3 +96,19 @@ def test_set_validates_body_from_file_and_stdin(tmp_path: Path) -> None:
 def test_read_document_names_the_file() -> None:
     with pytest.raises(FileProblem, match="/nonexistent.json: cannot read"):
         read_document("/nonexistent.json")
+
+
+def test_fault_injection_is_refused_unless_the_admin_api_is_on_loopback() -> None:
+    from gossipmesh.agent.settings import load_settings
+    from gossipmesh.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs a loopback --admin"):
+        load_settings({"enable_fault_injection": True, "admin": "10.1.2.3:7947"})
+    assert load_settings({"enable_fault_injection": True, "admin": "127.0.0.5:1"})
+    with pytest.raises(UsageError, match="config_sync_interval_ms"):
+        load_settings({"config_sync_interval_ms": 5})
+    done = subprocess.run(
+        [sys.executable, "-m", "gossipmesh", "agent", "--enable-fault-injection",
+         "--admin", "0.0.0.0:7947"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "needs a loopback --admin" in done.stderr
