@@ -1,12 +1,25 @@
-"""Settings of the SWIM core, frozen, with memberlist's presets.
+"""Settings of the SWIM core, frozen, with memberlist-derived presets.
 
 Theory of operation: every knob of the protocol lives here as a plain ``int`` with its unit in
 its name, so a config is a value that can be compared, printed, hashed and passed to thousands of
 simulated nodes. ``__post_init__`` rejects nonsense early (a probe timeout longer than the probe
-interval would make every probe fail) with a ``UsageError`` that names the field. The presets copy
-hashicorp/memberlist's ``DefaultLANConfig``, ``DefaultWANConfig`` and ``DefaultLocalConfig`` (the
-Lifeguard-era values) so that our timing can be compared with Serf/Consul directly; the reconnect
+interval would make every probe fail) with a ``UsageError`` that names the field. The reconnect
 and reap settings copy Serf's defaults (reconnect to failed members for 24 h).
+
+The presets copy hashicorp/memberlist's ``DefaultLANConfig``, ``DefaultWANConfig`` and
+``DefaultLocalConfig`` (the Lifeguard-era values) for probing, gossip, retransmits and push-pull,
+but not for the suspicion timeout. memberlist ties the number of confirmations it waits for to α
+(k = α - 2), so its *minimum* suspicion at 20 members is already 4·log10(20) s = 5.2 s and a real
+failure can never be declared faster than that. We decouple them: ``suspicion_confirmations`` (K)
+is its own field, and *confirmation probes* (``confirm_probe_fanout``: a few members that hear a
+suspicion probe the suspect themselves and, if it is silent, raise their own suspicion) make
+those K independent confirmations arrive within about one probe interval. That lets α be halved
+while β is doubled, so β·α -- the wait of a *lone*, unconfirmed accuser, which is what protects a
+healthy member from one sick accuser -- is exactly memberlist's, and only a suspicion that K
+other members confirmed resolves faster (at half memberlist's minimum).
+
+``SwimConfig.memberlist(profile)`` gives memberlist's exact numbers (k = α - 2, no confirmation
+probes) for comparisons and for clusters that must behave exactly like Serf/Consul.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ HOUR_MS = 3_600_000
 
 @dataclass(frozen=True, slots=True)
 class SwimConfig:
-    """SWIM + Lifeguard settings. Defaults are memberlist's LAN preset."""
+    """SWIM + Lifeguard settings. Defaults are the ``lan`` preset."""
 
     # How often one member is probed (ping). Lower detects failures faster at the cost of
     # bandwidth. Range 10 ms .. 10 min; LAN 1 s, WAN 5 s.
@@ -34,12 +47,28 @@ class SwimConfig:
     indirect_checks: int = 3
     # λ: each broadcast is piggybacked retransmit_mult * ceil(log10(n + 1)) times. 1..16.
     retransmit_mult: int = 4
-    # α: suspicion minimum = suspicion_mult * max(1, log10(n)) * probe_interval. 1..32
-    # (Lifeguard expects suspicion_mult - 2 independent confirmations, so >= 3 is useful).
-    suspicion_mult: int = 4
+    # α: suspicion minimum = suspicion_mult * max(1, log10(n)) * probe_interval -- how long a
+    # suspicion that K members confirmed still waits for a refutation. 1..32. LAN 2 (memberlist
+    # 4): with confirmation probes the confirmations come within ~1 probe interval, so the
+    # minimum no longer has to cover waiting for them.
+    suspicion_mult: int = 2
     # β: suspicion maximum = suspicion_max_timeout_mult * minimum; the timeout starts there and
-    # shrinks with confirmations. 1..64.
-    suspicion_max_timeout_mult: int = 6
+    # shrinks with confirmations. 1..64. LAN 12 (memberlist 6): keep β·α equal to memberlist's so
+    # a lone accuser waits exactly as long as in memberlist (24·log10(n) probe intervals on LAN).
+    suspicion_max_timeout_mult: int = 12
+    # K: how many independent confirmations (distinct members other than the accuser) take the
+    # timeout from the maximum down to the minimum (log-shaped, memberlist's formula). 0..32;
+    # 0 means the timeout is always the minimum (no Lifeguard protection). memberlist uses
+    # suspicion_mult - 2. LAN 3: enough agreeing members that one sick accuser plus one flaky
+    # link cannot reach the minimum, few enough that confirmation probes deliver them quickly.
+    suspicion_confirmations: int = 3
+    # Confirmation probes: a member that hears someone else's suspicion of X, and has not
+    # probed X itself, probes X once (direct ping carrying the suspicion, then ping-req, like a
+    # normal probe) with probability min(1, fanout / (live - 2)), so about this many members do
+    # it per suspicion whatever the cluster size. A failed probe raises its own suspicion: an
+    # independent confirmation. 0 disables (memberlist's behaviour). 0..64; LAN 6: somewhat more
+    # than K, so K confirmations still arrive when a prober or two loses packets.
+    confirm_probe_fanout: int = 6
     # Lifeguard local health: the score ranges 0..awareness_max_multiplier-1 and multiplies the
     # probe interval and timeout by (score + 1). 1 disables it. 1..64.
     awareness_max_multiplier: int = 8
@@ -83,6 +112,8 @@ class SwimConfig:
         _range(self, "retransmit_mult", 1, 16)
         _range(self, "suspicion_mult", 1, 32)
         _range(self, "suspicion_max_timeout_mult", 1, 64)
+        _range(self, "suspicion_confirmations", 0, 32)
+        _range(self, "confirm_probe_fanout", 0, 64)
         _range(self, "awareness_max_multiplier", 1, 64)
         _range(self, "gossip_interval_ms", 0, 600_000)
         _range(self, "gossip_nodes", 0, 64)
@@ -101,16 +132,19 @@ class SwimConfig:
 
     @classmethod
     def lan(cls, **overrides: Any) -> SwimConfig:
-        """memberlist DefaultLANConfig: 1 s probes, 500 ms timeout, α=4, β=6, 30 s push-pull."""
+        """memberlist DefaultLANConfig timing (1 s probes, 500 ms timeout, 30 s push-pull) with
+        α=2, β=12 (β·α = memberlist's 24), K=3, confirmation probes to 6."""
         return cls(**overrides)
 
     @classmethod
     def wan(cls, **overrides: Any) -> SwimConfig:
-        """memberlist DefaultWANConfig: 5 s probes, 3 s timeout, α=6, gossip 500 ms to 4."""
+        """memberlist DefaultWANConfig timing (5 s probes, 3 s timeout, gossip 500 ms to 4) with
+        α=3, β=12 (β·α = memberlist's 36), K=3, confirmation probes to 6."""
         base: dict[str, Any] = dict(
             probe_interval_ms=5000,
             probe_timeout_ms=3000,
-            suspicion_mult=6,
+            suspicion_mult=3,
+            suspicion_max_timeout_mult=12,
             gossip_interval_ms=500,
             gossip_nodes=4,
             gossip_to_dead_ms=60_000,
@@ -122,13 +156,15 @@ class SwimConfig:
 
     @classmethod
     def local(cls, **overrides: Any) -> SwimConfig:
-        """memberlist DefaultLocalConfig: 200 ms timeout, 1 indirect check, λ=2, α=3."""
+        """memberlist DefaultLocalConfig timing (200 ms timeout, 1 indirect check, λ=2) with
+        α=2, β=9 (β·α = memberlist's 18; 3 cannot be halved in integers), K=3, fanout 6."""
         base: dict[str, Any] = dict(
             probe_interval_ms=1000,
             probe_timeout_ms=200,
             indirect_checks=1,
             retransmit_mult=2,
-            suspicion_mult=3,
+            suspicion_mult=2,
+            suspicion_max_timeout_mult=9,
             gossip_interval_ms=100,
             gossip_to_dead_ms=15_000,
             push_pull_interval_ms=15_000,
@@ -144,6 +180,23 @@ class SwimConfig:
         if name not in makers:
             raise UsageError(f"unknown profile {name!r} (expected lan, wan or local)")
         return makers[name](**overrides)
+
+    @classmethod
+    def memberlist(cls, name: str, **overrides: Any) -> SwimConfig:
+        """The ``name`` preset with memberlist's exact suspicion numbers: its α and β, k = α - 2
+        expected confirmations and no confirmation probes. For comparisons with Serf/Consul and
+        for mixed clusters that must time out exactly like them."""
+        alpha = {"lan": 4, "wan": 6, "local": 3}.get(name)
+        if alpha is None:
+            raise UsageError(f"unknown profile {name!r} (expected lan, wan or local)")
+        base: dict[str, Any] = dict(
+            suspicion_mult=alpha,
+            suspicion_max_timeout_mult=6,
+            suspicion_confirmations=alpha - 2,
+            confirm_probe_fanout=0,
+        )
+        base.update(overrides)
+        return cls.preset(name, **base)
 
     def replace(self, **changes: Any) -> SwimConfig:
         return dataclasses.replace(self, **changes)

@@ -25,6 +25,19 @@ Lifeguard (Dadgar et al.), all three parts:
 3. a ping to a suspect carries the suspicion (``Ping.suspect_incarnation``) so the suspect
    refutes at once in its ack instead of waiting for the rumour to reach it (buddy system).
 
+Confirmation probes (our addition; ``confirm_probe_fanout``): Lifeguard's timeout only shrinks
+as fast as independent confirmations arrive, and in memberlist those come from the ordinary
+round-robin probes, so they trickle in over several seconds and the minimum must stay long.
+Here a member that hears *someone else's* suspicion of X, and has not probed X itself for that
+incarnation, probes X once at once -- a full probe (direct ping carrying the suspicion, ping-req
+after the probe timeout, failure at the end of the probe interval), out of band of the
+round-robin -- with probability ``fanout / (live - 2)``, so about ``fanout`` members do it per
+suspicion at any cluster size and each does at most one per (member, incarnation). If X stays
+silent the prober raises its own suspicion, which every other member counts as an independent
+confirmation; if X is alive the suspicion-carrying ping makes it refute at once. So a real
+failure collects its K confirmations within about one probe interval, while a false suspicion
+reaches the suspect from several directions and is refuted sooner.
+
 Dissemination: rumours are queued (``broadcast.py``) and piggybacked on every packet we send;
 a gossip round every ``gossip_interval_ms`` sends them to ``gossip_nodes`` random members,
 including recently dead ones so a falsely accused member hears it and refutes. Push-pull (a
@@ -97,6 +110,11 @@ LEFT = MemberState.LEFT
 # memberlist's pushPullScaleThreshold: above this many members the push-pull interval grows.
 PUSH_PULL_SCALE_THRESHOLD = 32
 
+# Bound on confirmation probes in flight at once (each is at most one per suspicion, and each
+# lasts one probe interval, so this only matters when very many members are suspected at once,
+# e.g. the far side of a partition). More are skipped and counted.
+CONFIRM_PROBES_MAX = 64
+
 # Counters a runtime can always show, even before they move.
 _STAT_KEYS = (
     "packets.in",
@@ -112,6 +130,10 @@ _STAT_KEYS = (
     "nacks.received",
     "suspicions",
     "confirmations",
+    "confirm_probes",
+    "confirm_probes.ok",
+    "confirm_probes.failed",
+    "confirm_probes.final",
     "deaths",
     "leaves",
     "refutes",
@@ -144,6 +166,7 @@ class _Probe:
     __slots__ = (
         "acked",
         "expected_nacks",
+        "final",
         "incarnation",
         "indirect_sent",
         "nacks",
@@ -159,6 +182,7 @@ class _Probe:
         self.indirect_sent = False
         self.expected_nacks = 0
         self.nacks = 0
+        self.final = False  # a confirmation probe made when our suspicion deadline came
 
 
 class SwimNode:
@@ -190,6 +214,10 @@ class SwimNode:
         self._broadcasts = BroadcastQueue(config.broadcast_queue_max)
         self._suspicions: dict[str, Suspicion] = {}
         self._probe: _Probe | None = None
+        # Confirmation probes in flight, by ping seq, and the incarnation of the last suspicion
+        # of each member we decided on (probe or not), so each is decided once.
+        self._confirm_probes: dict[int, _Probe] = {}
+        self._confirm_decided: dict[str, int] = {}
         self._relays: dict[int, tuple[Address, int]] = {}  # our ping seq -> (origin, its seq)
         self._push_pulls: dict[Address, Millis] = {}  # outgoing periodic/reconnect, started at
         self._joins: dict[Address, None] = {}  # seeds asked for a join exchange, not yet answered
@@ -356,7 +384,7 @@ class SwimNode:
         if t is Ping:
             self._on_ping(src, msg, now_ms, out)  # type: ignore[arg-type]
         elif t is Ack:
-            self._on_ack(msg, out)  # type: ignore[arg-type]
+            self._on_ack(msg, now_ms, out)  # type: ignore[arg-type]
         elif t is Alive:
             self._on_alive(msg, now_ms, out)  # type: ignore[arg-type]
         elif t is Suspect:
@@ -385,7 +413,7 @@ class SwimNode:
                 self._queue_self_alive()
         self._send(src, encode(Ack(msg.seq)), out)
 
-    def _on_ack(self, msg: Ack, out: list[Effect]) -> None:
+    def _on_ack(self, msg: Ack, now_ms: Millis, out: list[Effect]) -> None:
         p = self._probe
         if p is not None and p.seq == msg.seq:
             self._probe = None
@@ -395,6 +423,16 @@ class SwimNode:
                 self._count("probes.ok")
                 self._awareness.apply_delta(-1)
             return
+        cp = self._confirm_probes.pop(msg.seq, None)
+        if cp is not None:
+            # The suspect answered: nothing to confirm. Our ping carried the suspicion, so it
+            # is refuting already. A direct answer is evidence of our own health, as for probes.
+            self._count("confirm_probes.ok")
+            if not cp.indirect_sent:
+                self._awareness.apply_delta(-1)
+            if cp.final:
+                self._final_probe_answered(cp, now_ms, out)
+            return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
             origin, origin_seq = relay
@@ -402,6 +440,8 @@ class SwimNode:
 
     def _on_nack(self, msg: Nack) -> None:
         p = self._probe
+        if p is None or p.seq != msg.seq:
+            p = self._confirm_probes.get(msg.seq)
         if p is not None and p.seq == msg.seq and p.nacks < p.expected_nacks:
             p.nacks += 1
             self._count("nacks.received")
@@ -467,23 +507,96 @@ class SwimNode:
                 # Re-gossip so others count this independent confirmation too.
                 self._broadcasts.queue(encode(msg), name)
                 self._arm_suspicion(cur, s, now_ms, out)
+            if s is not None:
+                self._maybe_confirm_probe(cur, s, now_ms, out)
             return
         if state is not ALIVE:
             return
         self._count("suspicions")
-        self._put(Member(name, cur.address, msg.incarnation, SUSPECT, cur.meta, now_ms), out)
+        new = Member(name, cur.address, msg.incarnation, SUSPECT, cur.meta, now_ms)
+        self._put(new, out)
         self._broadcasts.queue(encode(msg), name)
         n = self._table.live_count
-        # Expect suspicion_mult - 2 confirmations, or none if there are not enough other members
-        # to give them (n minus us minus the suspect).
-        k = self.config.suspicion_mult - 2
-        if n - 2 < k:
+        k = self.config.suspicion_confirmations
+        other = n - 2  # members who could confirm: all live ones but us and the suspect
+        if self.config.confirm_probe_fanout > 0:
+            # Confirmation probes ask every possible confirmer in a small cluster, so wait for
+            # as many as there can be rather than dropping Lifeguard's protection altogether.
+            k = max(0, min(k, other))
+        elif other < k:
+            # memberlist: too few members to give the expected confirmations, expect none
+            # (the timeout is then simply the minimum).
             k = 0
         lo, hi = self._suspicion_bounds(n)
         self._token += 1
         s = Suspicion(self._token, msg.source, k, lo, hi, now_ms)
         self._suspicions[name] = s
-        self._arm_suspicion(self._table.get(name), s, now_ms, out)
+        self._arm_suspicion(new, s, now_ms, out)
+        self._maybe_confirm_probe(new, s, now_ms, out)
+
+    def _maybe_confirm_probe(
+        self, m: Member, s: Suspicion, now_ms: Millis, out: list[Effect]
+    ) -> None:
+        """Decide, once per suspicion (member, incarnation), whether to probe the suspect
+        ourselves; see "Confirmation probes" in the module docstring."""
+        fanout = self.config.confirm_probe_fanout
+        name = m.name
+        if (
+            fanout <= 0
+            or self._leaving
+            or self.name in s.confirmed_by  # we accused or confirmed it: our view is counted
+            or self._confirm_decided.get(name) == m.incarnation
+        ):
+            return
+        # Decided now whatever the dice say: later confirmations of the same suspicion must not
+        # give us more rolls (that would make the expected number of probers grow with n).
+        self._confirm_decided[name] = m.incarnation
+        if s.confirmations >= s.k:
+            return  # already as short as it gets; another confirmation changes nothing
+        p = self._probe
+        if p is not None and p.target == name:
+            return  # our round-robin probe of it is in flight and will accuse if it fails
+        others = self._table.live_count - 2
+        if others > fanout and self._rng.random() * others >= fanout:
+            return
+        self._start_confirm_probe(m, False, now_ms, out)
+
+    def _start_confirm_probe(
+        self, m: Member, final: bool, now_ms: Millis, out: list[Effect]
+    ) -> bool:
+        """Probe a suspect out of band (direct, then relays); False if too many are in flight."""
+        if len(self._confirm_probes) >= CONFIRM_PROBES_MAX:
+            self._count("drop.confirm_probe.full")
+            return False
+        name = m.name
+        seq = self._next_seq()
+        cp = _Probe(seq, name, m.incarnation)
+        cp.final = final
+        self._confirm_probes[seq] = cp
+        self._count("confirm_probes.final" if final else "confirm_probes")
+        # We hold it suspect, so the ping carries the suspicion: a live member refutes at once.
+        self._send(m.address, encode(Ping(seq, name, m.incarnation)), out)
+        scale = self._awareness.scale
+        cfg = self.config
+        out.append(
+            SetTimer(Timer(TimerKind.CONFIRM_TIMEOUT, seq), now_ms + scale(cfg.probe_timeout_ms))
+        )
+        out.append(
+            SetTimer(Timer(TimerKind.CONFIRM_END, seq), now_ms + scale(cfg.probe_interval_ms))
+        )
+        return True
+
+    def _final_probe_answered(self, cp: _Probe, now_ms: Millis, out: list[Effect]) -> None:
+        """The suspect answered our last-word probe. Its refutation normally rides the ack; if we
+        still hold it suspect, the refutation is on its way (our ping told it): look again after
+        another minimum rather than kill a member that just answered us."""
+        s = self._suspicions.get(cp.target)
+        m = self._table.get(cp.target)
+        if s is None or m is None or m.state is not SUSPECT or m.incarnation != cp.incarnation:
+            return
+        s.final_probed = False
+        s.deadline_ms = now_ms + s.min_ms
+        self._arm_suspicion(m, s, now_ms, out)
 
     def _arm_suspicion(
         self, m: Member | None, s: Suspicion, now_ms: Millis, out: list[Effect]
@@ -545,7 +658,24 @@ class SwimNode:
             return out
         kind = timer.kind
         if kind is TimerKind.PROBE_TIMEOUT:
-            self._probe_timeout(timer.token, out)
+            p = self._probe
+            if p is None or p.seq != timer.token or p.indirect_sent:
+                self._count("timers.stale")
+            else:
+                self._ask_relays(p, out)
+        elif kind is TimerKind.CONFIRM_TIMEOUT:
+            cp = self._confirm_probes.get(timer.token)
+            if cp is None or cp.indirect_sent:
+                self._count("timers.stale")
+            else:
+                self._ask_relays(cp, out)
+        elif kind is TimerKind.CONFIRM_END:
+            cp = self._confirm_probes.pop(timer.token, None)
+            if cp is None:
+                self._count("timers.stale")
+            else:
+                self._count("confirm_probes.failed")
+                self._probe_failed(cp, now_ms, out)
         elif kind is TimerKind.PROBE_END:
             p = self._probe
             if p is not None and p.seq == timer.token:
@@ -609,11 +739,8 @@ class SwimNode:
             SetTimer(Timer(TimerKind.PROBE_END, seq), now_ms + scale(self.config.probe_interval_ms))
         )
 
-    def _probe_timeout(self, seq: int, out: list[Effect]) -> None:
-        p = self._probe
-        if p is None or p.seq != seq or p.indirect_sent:
-            self._count("timers.stale")
-            return
+    def _ask_relays(self, p: _Probe, out: list[Effect]) -> None:
+        """No direct ack within the probe timeout: ask a few members to ping the target."""
         p.indirect_sent = True
         target = self._table.get(p.target)
         if target is None:
@@ -631,6 +758,11 @@ class SwimNode:
     def _finish_probe(self, p: _Probe, now_ms: Millis, out: list[Effect]) -> None:
         self._probe = None
         self._count("probes.failed")
+        self._probe_failed(p, now_ms, out)
+
+    def _probe_failed(self, p: _Probe, now_ms: Millis, out: list[Effect]) -> None:
+        """No ack at all, direct or relayed, by the end of the probe: suspect the target at the
+        incarnation we probed (a refutation since then makes this old news)."""
         # With relays we can tell our fault from the target's: each relay that did not even
         # nack points at us. Without relays, a failed probe is the only evidence we have.
         if p.expected_nacks > 0:
@@ -641,6 +773,17 @@ class SwimNode:
         if cur is None or cur.state is DEAD or cur.state is LEFT:
             return
         self._on_suspect(Suspect(p.target, p.incarnation, self.name), now_ms, out)
+        # A last-word probe (or any probe ending after our deadline) that fails settles it.
+        s = self._suspicions.get(p.target)
+        cur = self._table.get(p.target)
+        if (
+            s is not None
+            and cur is not None
+            and cur.state is SUSPECT
+            and cur.incarnation == p.incarnation
+            and now_ms >= s.deadline_ms
+        ):
+            self._on_dead(Dead(cur.name, cur.incarnation, self.name), now_ms, out)
 
     def _suspicion_fired(self, timer: Timer, now_ms: Millis, out: list[Effect]) -> None:
         s = self._suspicions.get(timer.name)
@@ -655,6 +798,22 @@ class SwimNode:
         ):
             self._count("timers.stale")
             return
+        if (
+            self.config.confirm_probe_fanout > 0
+            and not s.final_probed
+            and (self.name not in s.confirmed_by or s.confirmations < s.k)
+            and not self._leaving
+        ):
+            # Last word, unless we failed to reach it ourselves AND K others agreed. Otherwise
+            # all we hold is other members' rumours or a lone, possibly old, accusation, and a
+            # refutation lost on its way to us looks exactly the same (seen in the harness
+            # under 10% loss: the only member not to hear a refutation kept its suspicion to
+            # the end). Probe it once (carrying the suspicion) before declaring it dead; if it
+            # stays silent, _probe_failed declares it. In a real failure the accuser, whose
+            # deadline comes first and who has K confirmations by then, spreads "dead" at once.
+            s.final_probed = True
+            if self._start_confirm_probe(m, True, now_ms, out):
+                return
         self._on_dead(Dead(m.name, m.incarnation, self.name), now_ms, out)
 
     def _reap(self, timer: Timer, now_ms: Millis, out: list[Effect]) -> None:
@@ -670,6 +829,7 @@ class SwimNode:
             return
         self._table.remove(m.name)
         self._suspicions.pop(m.name, None)
+        self._confirm_decided.pop(m.name, None)
         self._count("reaped")
         out.append(MemberReaped(m.name))
 

@@ -14,10 +14,14 @@ and the timeout is the minimum.
     max = suspicion_max_timeout_mult * min
     timeout(c) = max(min, max - log(c + 1) / log(k + 1) * (max - min))
 
-with ``k = suspicion_mult - 2`` expected confirmations ("we hit the nominal timeout two probe
-intervals short of what the multiplier implies", memberlist), or 0 when there are too few other
-members to confirm (then the timeout is simply ``min``). Confirmations are counted once per
-distinct source, the original accuser excluded, and stop counting at k.
+with ``k`` expected confirmations. memberlist derives k from α (``suspicion_mult - 2``: "we hit
+the nominal timeout two probe intervals short of what the multiplier implies") and uses 0 when
+there are too few other members to confirm (then the timeout is simply ``min``). We make k its
+own setting (``suspicion_confirmations``), because with confirmation probes (``node.py``) the
+confirmations arrive within about a probe interval whatever α is; and when confirmation probes
+are on, a small cluster expects min(k, n - 2) -- every member that could confirm -- instead of
+none. Confirmations are counted once per distinct source, the original accuser excluded, and
+stop counting at k.
 
 Time is passed in; a ``Suspicion`` only answers "when is the deadline now". The node arms a timer
 at each new deadline and re-checks the deadline when any of them fires (timers are never
@@ -63,6 +67,7 @@ class Suspicion:
         "start_ms",
         "token",
         "deadline_ms",
+        "final_probed",
     )
 
     def __init__(
@@ -77,6 +82,8 @@ class Suspicion:
         # The accuser is not an independent confirmation of its own accusation.
         self.confirmed_by: set[str] = {source}
         self.deadline_ms = start_ms + suspicion_timeout_ms(0, k, min_ms, max_ms)
+        # The node's last-word probe at the deadline was started (see node.py).
+        self.final_probed = False
 
     def confirm(self, source: str) -> bool:
         """Count a confirmation from ``source``; True if it was new (and the deadline moved)."""

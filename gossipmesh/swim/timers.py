@@ -18,6 +18,8 @@ class TimerKind(enum.Enum):
     PROBE = "probe"  # periodic: start the next probe
     PROBE_TIMEOUT = "probe_timeout"  # no direct ack yet: ask relays (ping-req)
     PROBE_END = "probe_end"  # no ack at all by the end of the probe: suspect the target
+    CONFIRM_TIMEOUT = "confirm_timeout"  # confirmation probe: no direct ack yet, ask relays
+    CONFIRM_END = "confirm_end"  # confirmation probe unanswered: raise our own suspicion
     INDIRECT = "indirect"  # we relayed a ping and heard nothing: send the origin a nack
     SUSPICION = "suspicion"  # a suspicion may have run out: declare the member dead
     GOSSIP = "gossip"  # periodic: send queued broadcasts to a few random members

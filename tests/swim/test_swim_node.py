@@ -207,7 +207,8 @@ def test_suspect_rumour_about_self_is_refuted_with_higher_incarnation() -> None:
 
 
 def test_confirmations_shrink_the_suspicion_deadline() -> None:
-    node = make_node(n_peers=9)  # n = 10 live: min 4 s, max 24 s, k = 2
+    # memberlist's numbers: n = 10 live: min 4 s, max 24 s, k = 2, no confirmation probes.
+    node = make_node(n_peers=9, config=SwimConfig.memberlist("lan"))
     eff = node.handle_packet(addr(2), packet(Suspect("p5", 0, "p0")), 1000)
     (st,) = timers(eff, TimerKind.SUSPICION)
     assert st.at_ms == 1000 + 24_000

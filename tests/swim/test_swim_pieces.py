@@ -200,18 +200,72 @@ def test_push_pull_interval_scales_like_memberlist(n: int, mult: int) -> None:
 # --- config -------------------------------------------------------------------------------------
 
 
-def test_presets_carry_memberlists_numbers() -> None:
-    lan, wan, local = SwimConfig.lan(), SwimConfig.wan(), SwimConfig.local()
+def test_memberlist_compatible_presets_carry_memberlists_numbers() -> None:
+    lan, wan, local = (SwimConfig.memberlist(p) for p in ("lan", "wan", "local"))
     assert (lan.probe_interval_ms, lan.probe_timeout_ms, lan.suspicion_mult) == (1000, 500, 4)
+    assert (lan.suspicion_confirmations, lan.confirm_probe_fanout) == (2, 0)  # k = α - 2
+    assert (wan.suspicion_mult, wan.suspicion_max_timeout_mult) == (6, 6)
+    assert (wan.suspicion_confirmations, wan.confirm_probe_fanout) == (4, 0)
+    assert (local.suspicion_mult, local.suspicion_max_timeout_mult) == (3, 6)
+    assert (local.suspicion_confirmations, local.confirm_probe_fanout) == (1, 0)
+    # The documented spelling of the same thing.
+    assert lan == SwimConfig.lan(
+        suspicion_mult=4,
+        suspicion_max_timeout_mult=6,
+        suspicion_confirmations=2,
+        confirm_probe_fanout=0,
+    )
+    # memberlist's timeouts at n = 20: min 5.2 s, max 31.2 s, and 2 confirmations reach the min.
+    lo, hi = suspicion_bounds_ms(
+        lan.suspicion_mult, lan.suspicion_max_timeout_mult, 20, lan.probe_interval_ms
+    )
+    assert (lo, hi) == (5_204, 31_224)
+    assert suspicion_timeout_ms(1, lan.suspicion_confirmations, lo, hi) == 14_807
+    assert suspicion_timeout_ms(2, lan.suspicion_confirmations, lo, hi) == 5_204
+    assert SwimConfig.memberlist("wan", gossip_nodes=2).gossip_nodes == 2
+    with pytest.raises(UsageError):
+        SwimConfig.memberlist("moon")
+
+
+def test_presets_halve_alpha_and_keep_the_lone_accusers_wait() -> None:
+    for name in ("lan", "wan", "local"):
+        new, old = SwimConfig.preset(name), SwimConfig.memberlist(name)
+        # A lone accuser (no confirmation) waits exactly as long as in memberlist...
+        assert (
+            new.suspicion_mult * new.suspicion_max_timeout_mult
+            == old.suspicion_mult * old.suspicion_max_timeout_mult
+        ), name
+        # ...a confirmed suspicion resolves sooner, and confirmations are actively sought.
+        assert new.suspicion_mult < old.suspicion_mult, name
+        assert new.suspicion_confirmations == 3 and new.confirm_probe_fanout == 6, name
+        # Everything but the suspicion settings is memberlist's.
+        same = new.replace(
+            suspicion_mult=old.suspicion_mult,
+            suspicion_max_timeout_mult=old.suspicion_max_timeout_mult,
+            suspicion_confirmations=old.suspicion_confirmations,
+            confirm_probe_fanout=0,
+        )
+        assert same == old, name
+    lan = SwimConfig.lan()
+    assert (lan.suspicion_mult, lan.suspicion_max_timeout_mult) == (2, 12)
+    assert (SwimConfig.wan().suspicion_mult, SwimConfig.local().suspicion_mult) == (3, 2)
+    assert SwimConfig.local().suspicion_max_timeout_mult == 9
+    # n = 20: min 2.6 s (half memberlist's 5.2 s), max 31.2 s (memberlist's).
+    assert suspicion_bounds_ms(2, 12, 20, 1000) == (2_602, 31_224)
+
+
+def test_presets_carry_memberlists_timing() -> None:
+    lan, wan, local = SwimConfig.lan(), SwimConfig.wan(), SwimConfig.local()
+    assert (lan.probe_interval_ms, lan.probe_timeout_ms, lan.indirect_checks) == (1000, 500, 3)
     assert (lan.gossip_interval_ms, lan.gossip_nodes, lan.push_pull_interval_ms) == (200, 3, 30_000)
     assert (
         lan.suspicion_max_timeout_mult,
         lan.awareness_max_multiplier,
         lan.packet_size_bytes,
-    ) == (6, 8, 1400)
-    assert (wan.probe_interval_ms, wan.probe_timeout_ms, wan.suspicion_mult) == (5000, 3000, 6)
+    ) == (12, 8, 1400)
+    assert (wan.probe_interval_ms, wan.probe_timeout_ms, wan.retransmit_mult) == (5000, 3000, 4)
     assert (wan.gossip_interval_ms, wan.gossip_nodes, wan.gossip_to_dead_ms) == (500, 4, 60_000)
-    assert (local.probe_timeout_ms, local.suspicion_mult, local.retransmit_mult) == (200, 3, 2)
+    assert (local.probe_timeout_ms, local.indirect_checks, local.retransmit_mult) == (200, 1, 2)
     assert (local.gossip_interval_ms, local.push_pull_interval_ms, local.gossip_to_dead_ms) == (
         100,
         15_000,
