@@ -4,6 +4,11 @@ Every effect a node returns is turned into an event on one heap ordered by (time
 ``SendPacket`` is delivered ``latency_ms`` later unless the node is down or a drop rule says no;
 ``StartPushPull`` runs the whole TCP exchange synchronously at the current instant; ``SetTimer``
 fires at its time. Nothing sleeps; ``run_for`` advances virtual time as fast as Python goes.
+
+Slow nodes: ``delay_packet(src, dst, datagram)`` may add milliseconds to one datagram's delivery,
+and ``slow_nodes`` uses it to model members whose packet handling lags (a GC pause, an
+overloaded host): every datagram *to* a slow node is handled 300..800 ms (say) late, so its acks,
+its forwarded acks and its refutations all leave late.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class World:
     drop: DropRule | None = None
     # Finer rule for UDP only: (src, dst, datagram) -> drop?
     drop_packet: Callable[[str, str, bytes], bool] | None = None
+    # Extra delivery delay in ms for one datagram: (src, dst, datagram) -> ms (0 for none).
+    delay_packet: Callable[[str, str, bytes], int] | None = None
     log: list[Event] = field(default_factory=list)
     user_messages: dict[str, list[bytes]] = field(default_factory=dict)
     max_packet_seen: int = 0
@@ -112,6 +119,10 @@ class World:
     def heal(self) -> None:
         self.drop = None
 
+    def slow_nodes(self, names: set[str], lo_ms: int, hi_ms: int, rng: random.Random) -> None:
+        """Datagrams to ``names`` are handled ``lo_ms..hi_ms`` (uniform) late."""
+        self.delay_packet = lambda s, d, data: rng.randint(lo_ms, hi_ms) if d in names else 0
+
     # --- running ----------------------------------------------------------------------------------
 
     def _push(self, at_ms: int, kind: str, payload: Any) -> None:
@@ -127,7 +138,12 @@ class World:
                 size = len(eff.data)
                 self.max_packet_seen = max(self.max_packet_seen, size)
                 assert size <= self.nodes[name].config.packet_size_bytes, size
-                self._push(self.now_ms + self.latency_ms, "packet", (name, eff.to, eff.data))
+                at_ms = self.now_ms + self.latency_ms
+                if self.delay_packet is not None:
+                    dst = self._by_addr.get(eff.to)
+                    if dst is not None:
+                        at_ms += self.delay_packet(name, dst, eff.data)
+                self._push(at_ms, "packet", (name, eff.to, eff.data))
             elif t is SetTimer:
                 assert isinstance(eff, SetTimer)
                 assert eff.at_ms >= self.now_ms
