@@ -327,6 +327,9 @@ _RESP_FIELDS_RE = re.compile(
     rb"|upgrade)[ \t]*:[ \t]*([^\r\n]*)",
     re.IGNORECASE,
 )
+# Public names for the proxy's fast path, which reads response heads without the parser.
+RESP_FIELDS_RE = _RESP_FIELDS_RE
+RESP_HOP_RE = _RESP_HOP_RE
 # Connection tokens that name no header (so nothing extra to strip).
 _PLAIN_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 

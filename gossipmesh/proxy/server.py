@@ -63,6 +63,8 @@ from gossipmesh.proxy.http1 import (
     CONTINUE_100,
     END,
     LAST_CHUNK,
+    RESP_FIELDS_RE,
+    RESP_HOP_RE,
     HeaderLimitError,
     ParseError,
     RequestHead,
@@ -78,7 +80,7 @@ from gossipmesh.proxy.http1 import (
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.pool import PoolDecisions
 from gossipmesh.proxy.resilience import BreakerCounters, RetryBudget, record_outcome
-from gossipmesh.proxy.router import choose_destination, match, normalise_host
+from gossipmesh.proxy.router import CompiledRoute, choose_destination, match, normalise_host
 from gossipmesh.proxy.table import Endpoint, RouteTable, ServiceSettings
 
 log = logging.getLogger("gossipmesh.proxy")
@@ -162,13 +164,17 @@ class SockIO:
         sock = self.sock
         try:
             if wait_first:
+                if self.closed:
+                    # Never wait on a closed socket: trio would keep a waiter for fd -1.
+                    raise ConnLost("closed")
                 await _wait_readable(sock)
             while True:
                 try:
                     return sock.recv_into(mv)
                 except BlockingIOError:
                     await _wait_readable(sock)
-        except (trio.ClosedResourceError, OSError) as e:
+        except (trio.ClosedResourceError, OSError, ValueError) as e:
+            # ValueError: the socket was already closed (fd -1), e.g. by the watchdog.
             raise ConnLost(str(e)) from None
 
     async def send_all(self, data: bytes | memoryview) -> None:
@@ -188,7 +194,8 @@ class SockIO:
                     n += sock.send(view[n:])
                 except BlockingIOError:
                     pass
-        except (trio.ClosedResourceError, OSError) as e:
+        except (trio.ClosedResourceError, OSError, ValueError) as e:
+            # ValueError: the socket was already closed (fd -1), e.g. by the watchdog.
             raise ConnLost(str(e)) from None
 
     def shutdown_write(self) -> None:
@@ -301,6 +308,8 @@ class _Dest:
         "breaker",
         "mesh_lines",
         "host_line",
+        "pool_keys",
+        "fast",
     )
 
     def __init__(
@@ -328,12 +337,24 @@ class _Dest:
             for ep in endpoints
         )
         self.host_line = b"host: " + endpoints[0].dest.encode() + b"\r\n" if endpoints else b""
+        # The pool key of each endpoint (what ``_acquire`` computes), for the fast path.
+        self.pool_keys = tuple(
+            (settings.name, *(ep.inbound if ep.inbound is not None else (ep.address, ep.port)))
+            for ep in endpoints
+        )
+        # The fast path picks and forwards inline; ring hash needs the request's hash key.
+        self.fast = bool(endpoints) and (balancer is None or balancer.policy != "ring_hash")
+
+
+_Routed = tuple[CompiledRoute | None, tuple[str, tuple[str, ...]]]
+_Resume = tuple[int, "Upstream", memoryview | None, float]
+MAX_ROUTE_CACHE = 4096
 
 
 class _View:
     """Per-table derived state: the table plus balancers and endpoint-state lists per cluster."""
 
-    __slots__ = ("table", "balancers", "states", "peers", "dests")
+    __slots__ = ("table", "balancers", "states", "peers", "dests", "route_cache")
 
     def __init__(
         self,
@@ -346,6 +367,11 @@ class _View:
         self.states: dict[tuple[str, tuple[str, ...]], list[EndpointState]] = {}
         self.peers: dict[str, list[EndpointState]] = {}
         self.dests: dict[tuple[str, tuple[str, ...]], _Dest] = {}
+        # (Host, path, method) -> (route or None, cluster key when no route): the fast path's
+        # routing memo. Only when no route matches on headers (then those three decide alone).
+        self.route_cache: dict[tuple[bytes, bytes, bytes], _Routed] | None = (
+            None if any(r.headers for r in table.routes) else {}
+        )
         for key, cluster in table.clusters.items():
             sts = []
             for ep in cluster.endpoints:
@@ -377,7 +403,7 @@ class _View:
 class _Ctx:
     """Per-downstream-connection scratch: buffers allocated once, reused by every request."""
 
-    __slots__ = ("down", "reader", "mv", "upmv", "client_ip", "direction", "bytes_out")
+    __slots__ = ("down", "reader", "mv", "upbuf", "upmv", "client_ip", "direction", "bytes_out")
 
     def __init__(
         self, down: SockIO, reader: RequestReader, mv: memoryview, client_ip: bytes, direction: str
@@ -385,6 +411,7 @@ class _Ctx:
         self.down = down
         self.reader = reader
         self.mv = mv
+        self.upbuf = bytearray()
         self.upmv: memoryview | None = None
         self.client_ip = client_ip
         self.direction = direction
@@ -599,7 +626,10 @@ class Proxy:
                 if type(ev) is not RequestHead:
                     continue  # leftovers of a message whose exchange already gave up on it
                 down.deadline = INF
-                if not await self._exchange(ctx, ev):
+                keep = await self._fast(ctx, ev)
+                if keep is None:
+                    keep = await self._exchange(ctx, ev)
+                if not keep:
                     break
                 served += 1
                 wait_first = True
@@ -664,6 +694,245 @@ class Proxy:
             pass
         req.body_done = True
         return True
+
+    # -- the fast path ---------------------------------------------------------------------
+
+    async def _fast(self, ctx: _Ctx, req: RequestHead) -> bool | None:
+        """The common exchange, inline: None if it is not one (then ``_exchange`` serves it).
+
+        Covers a keep-alive HTTP/1.1 request in origin form, with no body or a Content-Length
+        body already fully parsed, no Expect/Upgrade, routed by (Host, path, method) through the
+        view's memo, to an endpoint with an idle pooled raw-socket connection; and an upstream
+        response that arrives whole in one receive: HTTP/1.1, keep-alive, Content-Length, a
+        status that is neither 1xx/204/304 nor one the service retries on. Anything else is
+        decided before a byte moves (None) or, once the request was sent, handed to
+        ``_forward(resume=...)`` with the bytes received so far, so error statuses, timeouts,
+        retries and outlier accounting stay in one place.
+        """
+        if (
+            req.upgrade
+            or req.expect_continue
+            or req.chunked
+            or not req.keep_alive
+            or req.version != "1.1"
+        ):
+            return None
+        url = req.url
+        if url[:1] != b"/":
+            return None
+        reader = ctx.reader
+        events = reader.events
+        pos = reader.pos
+        if pos >= len(events):
+            return None
+        body = b""
+        if events[pos] is END:
+            end_pos = pos + 1
+        else:
+            # A body entirely parsed already (at most one receive buffer): replayable.
+            end_pos = pos
+            n_ev = len(events)
+            while end_pos < n_ev and type(events[end_pos]) is bytes:
+                end_pos += 1
+            if end_pos >= n_ev or events[end_pos] is not END:
+                return None
+            body = b"".join(events[pos:end_pos])  # type: ignore[arg-type]
+            end_pos += 1
+        t0 = _now()
+        view = self._view
+        rng = self.rng
+        method = req.method
+        if ctx.direction == INBOUND:
+            dest = req.dest
+            local = self._local.get(dest.strip()) if dest else None
+            if local is None:
+                return None
+            d = self._local_dests.get(local)
+            if d is None:
+                d = self._local_dest(local)
+            route_name = ""
+        else:
+            host = req.host
+            cache = view.route_cache
+            if not host or cache is None:
+                return None
+            q = url.find(b"?")
+            ck = (host, url if q < 0 else url[:q], method)
+            hit = cache.get(ck)
+            if hit is None:
+                h = normalise_host(host.decode("latin-1"))
+                index = view.table.index
+                found = None
+                if not index.empty:
+                    found = match(index, h, ck[1].decode("latin-1"), method.decode("latin-1"), ())
+                if len(cache) >= MAX_ROUTE_CACHE:
+                    cache.clear()
+                hit = cache[ck] = (found, (h, ()))
+            route, ckey = hit
+            if route is not None:
+                ckey = choose_destination(route, rng)
+                route_name = route.name
+            else:
+                route_name = ""
+            dd = view.dests.get(ckey)
+            if dd is None:
+                return None
+            d = dd
+        if not d.fast:
+            return None
+        settings = d.settings
+        counters = d.breaker
+        if counters.inflight >= settings.max_requests:
+            return None
+        balancer = d.balancer
+        now_ms = int(t0 * 1000)
+        if balancer is None:
+            idx = 0
+        else:
+            idx = balancer.pick(
+                d.states, rng, now_ms, now_ms < self._eject_horizon_ms, None, None, int(t0 * 1e9)
+            )
+            if idx < 0:
+                return None
+        if self.connector is not None and d.endpoints[idx].inbound is not None:
+            return None
+        pool = self._pool
+        up, expired = pool.checkout(d.pool_keys[idx], now_ms)
+        for old in expired:
+            self._close_upstream(old)
+        if up is None:
+            return None  # connecting is the general path's business
+        io = up.io
+        if type(io) is not SockIO or (method not in IDEMPOTENT and io.is_stale()):
+            self._release(up, True, settings)
+            return None
+        # Committed: the request is this path's (or, past the send, resumed by _forward).
+        reader.pos = end_pos
+        req.body_done = True
+        rid = req.request_id
+        xff = req.xff + b", " + ctx.client_ip if req.xff else ctx.client_ip
+        if rid:
+            lines = b"traceparent: %s\r\nx-forwarded-for: %s\r\n" % (
+                next_traceparent(req.traceparent, rng),
+                xff,
+            )
+            new_rid = b""
+        else:
+            new_rid = new_request_id(rng)
+            lines = b"traceparent: %s\r\nx-forwarded-for: %s\r\nx-request-id: %s\r\n" % (
+                next_traceparent(req.traceparent, rng),
+                xff,
+                new_rid,
+            )
+        extra = [lines]
+        if not req.host:
+            extra.append(d.host_line)
+        mesh = d.mesh_lines[idx]
+        if mesh:
+            extra.append(mesh)
+        head = build_request_head(req, url, extra)
+        if body:
+            head += body
+        st = d.states[idx]
+        counters.inflight += 1
+        st.inflight += 1
+        usock = io.sock
+        io.deadline = t0 + min(settings.per_try_ms, settings.request_ms) / 1000
+        try:
+            try:
+                sent = usock.send(head)
+            except BlockingIOError:
+                sent = 0
+            if sent != len(head):
+                await io.send_all(memoryview(head)[sent:])
+        except (OSError, ConnLost):
+            # A pooled connection the peer had closed: the general path retries it (stale).
+            counters.inflight -= 1
+            st.inflight -= 1
+            self._close_upstream(up)
+            return await self._forward(ctx, req, t0, route_name, d, url, b"", body, new_rid)
+        upbuf = ctx.upbuf
+        upmv = ctx.upmv
+        if upmv is None:
+            upbuf = ctx.upbuf = bytearray(self.limits.recv_buffer_bytes)
+            upmv = ctx.upmv = memoryview(upbuf)
+        try:
+            await _wait_readable(usock)
+            n = usock.recv_into(upmv)
+        except (OSError, trio.ClosedResourceError, ValueError):
+            n = -1  # BlockingIOError included: _try waits again
+        if n > 0:
+            he = upbuf.find(b"\r\n\r\n", 0, n)
+            if he > 0 and upbuf.startswith(b"HTTP/1.1 "):
+                raw = bytes(upbuf[:he])
+                status = int(raw[9:12]) if raw[9:12].isdigit() else 0
+                cl = -1
+                hop = False
+                for name, value in RESP_FIELDS_RE.findall(raw):
+                    name = name.lower()
+                    if name == b"content-length":
+                        value = value.rstrip(b" \t")
+                        if cl >= 0 or not value.isdigit():
+                            cl = -2
+                            break
+                        cl = int(value)
+                    elif (
+                        name == b"connection" and value.rstrip(b" \t").lower() == b"keep-alive"
+                    ) or (name == b"keep-alive"):
+                        hop = True
+                    else:
+                        cl = -2  # framing or hop-by-hop fields the general path must judge
+                        break
+                if (
+                    cl >= 0
+                    and he + 4 + cl == n
+                    and status >= 200
+                    and status != 204
+                    and status != 304
+                    and status not in settings.retry_on_status
+                    and method != b"HEAD"
+                ):
+                    if hop:
+                        raw = RESP_HOP_RE.sub(b"", raw)
+                    out = b"".join((raw, b"\r\n\r\n", upmv[he + 4 : n]))
+                    self._release(up, True, settings)
+                    now = _now()
+                    if settings.policy == "peak_ewma":
+                        st.observe_rtt(int((now - t0) * 1e9), int(now * 1e9))
+                    counters.inflight -= 1
+                    st.inflight -= 1
+                    if (d.peers or balancer is None) and (
+                        status >= 500 or st.consecutive_failures or st.times_ejected
+                    ):
+                        self._outcome(st, status >= 500, settings, d.peers, d.service)
+                    d.budget.record_request(now_ms)
+                    self.metrics.observe(d.service, route_name, status, ctx.direction, now - t0)
+                    down = ctx.down
+                    try:
+                        try:
+                            k = down.sock.send(out)
+                        except BlockingIOError:
+                            k = 0
+                        if k != len(out):
+                            await down.send_all(memoryview(out)[k:])
+                    except (OSError, ConnLost):
+                        return False
+                    ctx.bytes_out += len(out)
+                    return True
+        counters.inflight -= 1
+        st.inflight -= 1
+        return await self._forward(
+            ctx,
+            req,
+            t0,
+            route_name,
+            d,
+            url,
+            b"",
+            body,
+            new_rid,
+            (idx, up, upmv[:n] if n > 0 else None, t0),
+        )
 
     # -- one exchange ----------------------------------------------------------------------
 
@@ -767,7 +1036,18 @@ class Proxy:
         d: _Dest,
         target: bytes,
         add_host: bytes,
+        fast_body: bytes | None = None,
+        fast_rid: bytes = b"",
+        resume: _Resume | None = None,
     ) -> bool:
+        """Serve one request through ``d`` with retries.
+
+        The fast path hands a request over here when it meets anything it does not handle:
+        ``fast_body`` is the request body it already took off the reader, ``fast_rid`` the
+        request id it generated, and ``resume`` (endpoint index, upstream, response bytes
+        already received, send time) says its first try was already sent: that try continues
+        here exactly as if ``_try`` had sent it, so outcomes and retries are decided in one place.
+        """
         service = d.service
         settings = d.settings
         endpoints = d.endpoints
@@ -783,7 +1063,7 @@ class Proxy:
                 ctx, req, "no_healthy_endpoint", service, route=route_name, t0=t0
             )
         counters = d.breaker
-        limit = counters.admit_request(settings)
+        limit = counters.admit_request(settings) if resume is None else None
         if limit is not None:
             self.metrics.breaker_trip(service, limit)
             return await self._reply_error(
@@ -800,7 +1080,9 @@ class Proxy:
         # Replayable body: nothing, or all of it already parsed (<= one receive buffer).
         body = b""
         replayable = True
-        if req.has_body:
+        if fast_body is not None:
+            body = fast_body
+        elif req.has_body:
             if reader.body_complete_buffered():
                 parts = []
                 while True:
@@ -827,7 +1109,7 @@ class Proxy:
                 xff,
             )
         else:
-            rid = new_request_id(rng)
+            rid = fast_rid or new_request_id(rng)
             lines = b"traceparent: %s\r\nx-forwarded-for: %s\r\nx-request-id: %s\r\n" % (
                 next_traceparent(req.traceparent, rng),
                 xff,
@@ -863,78 +1145,105 @@ class Proxy:
             while True:
                 now = _now()
                 now_ms = int(now * 1000)
-                if balancer is None:
-                    idx = 0
+                if resume is not None:
+                    # The fast path's try, already sent: read its response.
+                    idx, up, prefed, sent_at = resume
+                    resume = None
+                    st = states[idx]
+                    tried.append(idx)
+                    st.inflight += 1
+                    try:
+                        outcome, status, keep = await self._try(
+                            ctx,
+                            req,
+                            up,
+                            b"",
+                            body,
+                            replayable,
+                            idempotent and replayable and attempts_left > 0,
+                            settings,
+                            min(now + per_try_s, request_deadline),
+                            st,
+                            sent_at,
+                            prefed,
+                        )
+                    finally:
+                        st.inflight -= 1
                 else:
-                    idx = balancer.pick(
-                        states,
-                        rng,
-                        now_ms,
-                        now_ms < self._eject_horizon_ms,
-                        tried,
-                        _hash_key(req, settings, rid) if balancer.policy == "ring_hash" else None,
-                        int(now * 1e9),
-                    )
-                if idx < 0:
-                    return await self._reply_error(
-                        ctx, req, "no_healthy_endpoint", service, route=route_name, t0=t0
-                    )
-                ep = endpoints[idx]
-                st = states[idx]
-                tried.append(idx)
-                mesh = d.mesh_lines[idx]
-                head = build_request_head(req, target, [*extra, mesh] if mesh else extra)
-                try:
-                    up = await self._acquire(
-                        service, ep, settings, counters, now_ms, not (replayable and idempotent)
-                    )
-                except Overloaded as e:
-                    self.metrics.breaker_trip(service, e.limit)
-                    return await self._reply_error(
-                        ctx,
-                        req,
-                        "overloaded",
-                        service,
-                        e.limit,
-                        route=route_name,
-                        t0=t0,
-                        extra=((b"x-gossipmesh-overloaded", e.limit.encode()),),
-                    )
-                except ConnectFailed as e:
-                    self._outcome(st, True, settings, peers, service)
-                    if (
-                        settings.retry_on_connect_failure
-                        and attempts_left > 0
-                        and self._may_retry(budget, service)
-                    ):
-                        attempts_left -= 1
-                        continue
-                    return await self._reply_error(
-                        ctx,
-                        req,
-                        "upstream_connect_failure",
-                        service,
-                        str(e),
-                        route=route_name,
-                        t0=t0,
-                    )
+                    if balancer is None:
+                        idx = 0
+                    else:
+                        idx = balancer.pick(
+                            states,
+                            rng,
+                            now_ms,
+                            now_ms < self._eject_horizon_ms,
+                            tried,
+                            _hash_key(req, settings, rid)
+                            if balancer.policy == "ring_hash"
+                            else None,
+                            int(now * 1e9),
+                        )
+                    if idx < 0:
+                        return await self._reply_error(
+                            ctx, req, "no_healthy_endpoint", service, route=route_name, t0=t0
+                        )
+                    ep = endpoints[idx]
+                    st = states[idx]
+                    tried.append(idx)
+                    mesh = d.mesh_lines[idx]
+                    head = build_request_head(req, target, [*extra, mesh] if mesh else extra)
+                    try:
+                        up = await self._acquire(
+                            service, ep, settings, counters, now_ms, not (replayable and idempotent)
+                        )
+                    except Overloaded as e:
+                        self.metrics.breaker_trip(service, e.limit)
+                        return await self._reply_error(
+                            ctx,
+                            req,
+                            "overloaded",
+                            service,
+                            e.limit,
+                            route=route_name,
+                            t0=t0,
+                            extra=((b"x-gossipmesh-overloaded", e.limit.encode()),),
+                        )
+                    except ConnectFailed as e:
+                        self._outcome(st, True, settings, peers, service)
+                        if (
+                            settings.retry_on_connect_failure
+                            and attempts_left > 0
+                            and self._may_retry(budget, service)
+                        ):
+                            attempts_left -= 1
+                            continue
+                        return await self._reply_error(
+                            ctx,
+                            req,
+                            "upstream_connect_failure",
+                            service,
+                            str(e),
+                            route=route_name,
+                            t0=t0,
+                        )
 
-                st.inflight += 1
-                try:
-                    outcome, status, keep = await self._try(
-                        ctx,
-                        req,
-                        up,
-                        head,
-                        body,
-                        replayable,
-                        idempotent and replayable and attempts_left > 0,
-                        settings,
-                        min(_now() + per_try_s, request_deadline),
-                        st,
-                    )
-                finally:
-                    st.inflight -= 1
+                    st.inflight += 1
+                    try:
+                        outcome, status, keep = await self._try(
+                            ctx,
+                            req,
+                            up,
+                            head,
+                            body,
+                            replayable,
+                            idempotent and replayable and attempts_left > 0,
+                            settings,
+                            min(_now() + per_try_s, request_deadline),
+                            st,
+                        )
+                    finally:
+                        st.inflight -= 1
                 if outcome == _DONE:
                     if peers or balancer is None:
                         self._outcome(st, status >= 500, settings, peers, service)
@@ -1085,19 +1394,28 @@ class Proxy:
         settings: ServiceSettings,
         deadline: float,
         st: EndpointState,
+        sent_at: float = 0.0,
+        prefed: memoryview | None = None,
     ) -> tuple[int, int, bool]:
-        """One try. Returns (outcome, status, downstream keep-alive)."""
+        """One try. Returns (outcome, status, downstream keep-alive).
+
+        ``sent_at`` non-zero: the request was already sent (by the fast path) at that time, and
+        ``prefed`` holds the response bytes already received for it, if any."""
         down = ctx.down
         io = up.io
         upmv = ctx.upmv
         if upmv is None:
-            upmv = ctx.upmv = memoryview(bytearray(self.limits.recv_buffer_bytes))
+            ctx.upbuf = bytearray(self.limits.recv_buffer_bytes)
+            upmv = ctx.upmv = memoryview(ctx.upbuf)
         io.deadline = deadline
-        sent_at = _now()
         try:
-            if replayable:
+            if sent_at:
+                pass
+            elif replayable:
+                sent_at = _now()
                 await io.send_all(head + body if body else head)
             else:
+                sent_at = _now()
                 await io.send_all(head)
                 if req.expect_continue:
                     await down.send_all(CONTINUE_100)
@@ -1121,6 +1439,8 @@ class Proxy:
         wait_first = True
         # Read until the final response head (1xx other than 101 are dropped).
         try:
+            if prefed is not None:
+                rr.feed(prefed)
             while rh is None:
                 if not rr.pending():
                     n = await io.recv_into(upmv, wait_first)
