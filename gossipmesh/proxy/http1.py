@@ -447,6 +447,11 @@ class ResponseReader:
     def pending(self) -> bool:
         return self.pos < len(self.events)
 
+    def mid_message(self) -> bool:
+        """True once any byte of a response has arrived (events of an earlier, finished
+        response that are still in the list do not count)."""
+        return bool(self._headbuf) or not self._need_head or self.pending()
+
     def pop(self) -> object:
         ev = self.events[self.pos]
         self.pos += 1

@@ -465,6 +465,8 @@ class Proxy:
         self._timed: set[SockIO] = set()  # every open raw socket: the watchdog scans these
         self._eject_horizon_ms = 0
         self.addresses: ProxyAddresses | None = None
+        # Exchanges the fast path completed by itself (tests use it to see which path ran).
+        self.fast_served = 0
 
     # -- control ---------------------------------------------------------------------------
 
@@ -795,17 +797,21 @@ class Proxy:
             if idx < 0:
                 return None
         if self.connector is not None and d.endpoints[idx].inbound is not None:
-            return None
+            return await self._forward(ctx, req, t0, route_name, d, url, b"", picked=idx)
         pool = self._pool
         up, expired = pool.checkout(d.pool_keys[idx], now_ms)
         for old in expired:
             self._close_upstream(old)
         if up is None:
-            return None  # connecting is the general path's business
+            # Connecting is the general path's business (with this very pick).
+            return await self._forward(ctx, req, t0, route_name, d, url, b"", picked=idx)
         io = up.io
         if type(io) is not SockIO or (method not in IDEMPOTENT and io.is_stale()):
-            self._release(up, True, settings)
-            return None
+            if type(io) is SockIO:
+                self._close_upstream(up)  # the peer closed it while idle
+            else:
+                self._release(up, True, settings)
+            return await self._forward(ctx, req, t0, route_name, d, url, b"", picked=idx)
         # Committed: the request is this path's (or, past the send, resumed by _forward).
         reader.pos = end_pos
         req.body_done = True
@@ -883,9 +889,22 @@ class Proxy:
                     else:
                         cl = -2  # framing or hop-by-hop fields the general path must judge
                         break
+                total = he + 4 + cl
+                if cl >= 0 and n < total <= len(upbuf):
+                    # The body is still coming (the upstream sent head and body apart): wait for
+                    # the rest while it fits the buffer. A failure resumes with what arrived.
+                    try:
+                        while n < total:
+                            await _wait_readable(usock)
+                            got = usock.recv_into(upmv[n:])
+                            if got == 0:
+                                break
+                            n += got
+                    except (OSError, trio.ClosedResourceError, ValueError):
+                        pass
                 if (
                     cl >= 0
-                    and he + 4 + cl == n
+                    and total == n
                     and status >= 200
                     and status != 204
                     and status != 304
@@ -918,6 +937,7 @@ class Proxy:
                     except (OSError, ConnLost):
                         return False
                     ctx.bytes_out += len(out)
+                    self.fast_served += 1
                     return True
         counters.inflight -= 1
         st.inflight -= 1
@@ -1039,6 +1059,7 @@ class Proxy:
         fast_body: bytes | None = None,
         fast_rid: bytes = b"",
         resume: _Resume | None = None,
+        picked: int = -1,
     ) -> bool:
         """Serve one request through ``d`` with retries.
 
@@ -1047,6 +1068,8 @@ class Proxy:
         request id it generated, and ``resume`` (endpoint index, upstream, response bytes
         already received, send time) says its first try was already sent: that try continues
         here exactly as if ``_try`` had sent it, so outcomes and retries are decided in one place.
+        ``picked``: the endpoint the fast path already chose (the balancer is not asked twice,
+        which would skew round robin toward endpoints with pooled connections).
         """
         service = d.service
         settings = d.settings
@@ -1172,6 +1195,9 @@ class Proxy:
                 else:
                     if balancer is None:
                         idx = 0
+                    elif picked >= 0:
+                        idx = picked
+                        picked = -1
                     else:
                         idx = balancer.pick(
                             states,
@@ -1456,7 +1482,7 @@ class Proxy:
                     rh = ev
         except (ConnLost, ParseError):
             timed_out = io.timed_out
-            seen_bytes = bool(rr.events)
+            seen_bytes = rr.mid_message()
             self._close_upstream(up)
             if timed_out:
                 return _TIMEOUT, 0, True
