@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from gossipmesh.cli import config_cmd, render, services_cmd
+from gossipmesh.cli import config_cmd, demo_cmd, render, services_cmd
 from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
 
 T = TypeVar("T")
@@ -281,6 +281,7 @@ def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fa
 
 services_cmd.install(app)
 config_cmd.install(app)
+demo_cmd.install(app)
 
 
 def main() -> None:

@@ -1,0 +1,192 @@
+"""The demo's summary: one JSON-able dict (``--json``) and its rendering for people.
+
+Theory of operation
+-------------------
+The summary is computed once, after traffic stopped and the watchers finished, from three
+sources of truth: the driver's samples (what the application saw: every request, its status,
+latency and the api version behind it), the script's measurements (what the agents said, and
+when) and the proxies' counters (retries, ejections). The same dict is printed as JSON and as
+text, so the two can never disagree. ``cleanup`` is filled in after the processes are stopped and
+the temp dir removed, by the code that did it.
+
+The canary split is judged against the configured weights with ``SPLIT_TOLERANCE`` on the v2
+share: with a few hundred requests the binomial standard deviation of a 10 % share is about 1.5
+points (of a 50 % share about 2.5), so +-8 points is several sigmas and a failure means a wrong
+split, not bad luck.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gossipmesh.demo.plan import CANARY_AFTER, CANARY_BEFORE, Plan
+from gossipmesh.demo.traffic import Sample, split, summarize
+
+SPLIT_TOLERANCE = 0.08
+SCHEMA = "gossipmesh.demo.summary/1"
+
+
+def _r(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _split_block(samples: list[Sample], weights: tuple[int, int]) -> dict[str, Any]:
+    counts = split(samples)
+    n = counts["v1"] + counts["v2"]
+    want = weights[1] / sum(weights)
+    share = counts["v2"] / n if n else None
+    return {
+        "weights": {"v1": weights[0], "v2": weights[1]},
+        "requests": n,
+        "v1": counts["v1"],
+        "v2": counts["v2"],
+        "v2_share": _r(share, 4),
+        "within_tolerance": share is not None and abs(share - want) <= SPLIT_TOLERANCE,
+    }
+
+
+def build_summary(
+    plan: Plan,
+    samples: list[Sample],
+    span_s: float,
+    results: dict[str, dict[str, Any]],
+    members_at_start: dict[str, dict[str, str]],
+    proxy: dict[str, dict[str, float]],
+    events: list[dict[str, Any]],
+    interrupted: bool,
+    temp_dir: str,
+    pids: list[int],
+) -> dict[str, Any]:
+    total = summarize(samples, span_s)
+    shift = results.get("shift", {})
+    kill = results.get("kill", {})
+    shift_at = shift.get("at_s")
+    after_from = shift.get("seen_at_entry_s")
+    before = [s for s in samples if shift_at is None or s.t_s < shift_at]
+    after = [s for s in samples if after_from is not None and s.t_s >= after_from]
+    slow_ok = [s for s in samples if s.slow and s.ok]
+    slow = {"requests": len(slow_ok), "v1": sum(1 for s in slow_ok if s.version == "v1"),
+            "v2": sum(1 for s in slow_ok if s.version == "v2")}  # fmt: skip
+    partition = dict(results.get("partition", {}))
+    heal = results.get("heal", {})
+    if heal:
+        partition["heal_at_s"] = heal["at_s"]
+        partition.update({k: v for k, v in heal.items() if k not in ("node", "at_s")})
+    kill_window: dict[str, Any] = {}
+    if kill.get("at_s") is not None:
+        end = kill["at_s"] + (kill.get("detection_s") or 0.0) + 1.0
+        during = [s for s in samples if kill["at_s"] <= s.t_s <= end]
+        w = summarize(during, 1.0)
+        kill_window = {"requests": w.requests, "ok": w.ok,
+                       "success_rate": _r(w.success_rate, 4)}  # fmt: skip
+    all_alive = bool(members_at_start) and all(
+        len(view) == len(plan.nodes) and all(s == "alive" for s in view.values())
+        for view in members_at_start.values()
+    )
+    return {
+        "schema": SCHEMA,
+        "nodes": len(plan.nodes),
+        "duration_s": plan.duration_s,
+        "traffic_s": _r(span_s),
+        "interrupted": interrupted,
+        "profile": "local",
+        "layout": {n.name: [i.label for i in n.instances] for n in plan.nodes},
+        "members_at_start": members_at_start[plan.entry.name] if members_at_start else {},
+        "all_alive_at_start": all_alive,
+        "requests": {
+            "total": total.requests,
+            "ok": total.ok,
+            "failed": total.requests - total.ok,
+            "success_rate": _r(total.success_rate, 4),
+            "rate_per_s": _r(total.rate_per_s, 1),
+            "p50_ms": _r(total.p50_ms),
+            "p99_ms": _r(total.p99_ms),
+            "max_ms": _r(total.max_ms),
+            "by_status": total.statuses,
+        },
+        "canary": {
+            "tolerance": SPLIT_TOLERANCE,
+            "before": _split_block(before, CANARY_BEFORE),
+            "after": _split_block(after, CANARY_AFTER) if after_from is not None else None,
+        },
+        "path_route": {"path": "/slow -> /api/slow", "pinned_to": "v1", **slow},
+        "partition": partition,
+        "config_change": {**shift},
+        "kill": {**kill, "requests_until_detected": kill_window},
+        "proxy": proxy,
+        "events": events,
+        "temp_dir": temp_dir,
+        "pids": pids,
+    }
+
+
+def render(console: Console, s: dict[str, Any]) -> None:
+    req = s["requests"]
+    rate = req["success_rate"]
+    title = "gossipmesh demo summary" + (" (interrupted)" if s["interrupted"] else "")
+    t = Table(title=title, show_header=False, box=None, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("nodes", f"{s['nodes']} agents, profile local, {s['traffic_s']} s of traffic")
+    t.add_row("requests", f"{req['total']} ({req['rate_per_s']}/s), {req['ok']} ok, "
+              f"success rate {_pct(rate)}")  # fmt: skip
+    t.add_row("latency", f"p50 {_ms(req['p50_ms'])}, p99 {_ms(req['p99_ms'])}, "
+              f"max {_ms(req['max_ms'])}")  # fmt: skip
+    for key, label in (("before", "canary before"), ("after", "canary after")):
+        b = s["canary"][key]
+        if b is None:
+            t.add_row(label, "-")
+            continue
+        w = b["weights"]
+        ok = "[green]within[/]" if b["within_tolerance"] else "[red]outside[/]"
+        t.add_row(label, f"v1/v2 = {b['v1']}/{b['v2']} (v2 {_pct(b['v2_share'])}; set "
+                  f"{w['v1']}/{w['v2']}; {ok} ±{s['canary']['tolerance'] * 100:.0f} pts)")  # fmt: skip
+    pr = s["path_route"]
+    t.add_row("path route", f"/slow: v1 {pr['v1']}, v2 {pr['v2']} (pinned to v1)")
+    p = s["partition"]
+    if p:
+        t.add_row("partition", f"{p.get('node')}: suspect after {_sec(p.get('suspect_after_s'))}, "
+                  f"dead after {_sec(p.get('dead_after_s'))}; healed: alive again after "
+                  f"{_sec(p.get('heal_s'))}, config converged after "
+                  f"{_sec(p.get('converged_s'))}")  # fmt: skip
+    c = s["config_change"]
+    if c:
+        t.add_row("config change", f"{c['key']} via {c['written_via']}: on all agents after "
+                  f"{_sec(c.get('propagation_s'))}")  # fmt: skip
+    k = s["kill"]
+    if k.get("node"):
+        w = k.get("requests_until_detected") or {}
+        t.add_row("kill", f"{k['node']}: suspect after {_sec(k.get('suspect_after_s'))}, "
+                  f"detection time {_sec(k.get('detection_s'))}; meanwhile {w.get('requests', 0)}"
+                  f" requests, success {_pct(w.get('success_rate'))}")  # fmt: skip
+    px = s["proxy"]
+    t.add_row("proxy", "retries " + _kv(px.get("retries", {})) + "; ejections "
+              + _kv(px.get("ejections", {})))  # fmt: skip
+    t.add_row("cleanup", _cleanup(s.get("cleanup")))
+    console.print(t)
+
+
+def _cleanup(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "-"
+    return (f"{c['processes']} processes stopped" + ("" if c["all_stopped"] else " [red](some left!)[/]")
+            + ("; temp dir removed" if c["temp_dir_removed"] else "; [red]temp dir left[/]"))  # fmt: skip
+
+
+def _kv(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(d.items()) if v) or "none"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} ms"
+
+
+def _sec(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
