@@ -404,6 +404,9 @@ class Cluster:
                                      node.generation, eff.timer)  # fmt: skip
             elif tp is MemberChanged:
                 self._member_changed(node, eff.member, eff.previous)
+                if node.attachment is not None:
+                    node.attachment.on_member_changed(node, eff.member, eff.previous,
+                                                      self.engine.now_ms)  # fmt: skip
             elif tp is StartPushPull:
                 self._start_push_pull(node, eff.to, eff.join)
             elif tp is MemberReaped:
