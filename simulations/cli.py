@@ -43,7 +43,7 @@ def _rates(text: str) -> tuple[float, ...]:
 def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser:
     p = _OneLineParser(
         prog=prog,
-        description="Deterministic simulations of the real gossipmesh SWIM core.",
+        description="Deterministic simulations of the real gossipmesh SWIM and config cores.",
     )
     p.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO",
                    help="one of: " + ", ".join(SCENARIOS))  # fmt: skip
@@ -63,6 +63,8 @@ def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser
                    help=argparse.SUPPRESS)  # fmt: skip
     g.add_argument("--join-spread", type=float, dest="join_spread_s", default=None,
                    help="bootstrap: hosts boot within this many seconds")  # fmt: skip
+    g.add_argument("--cold-start", action="store_true",
+                   help="bootstrap with the join storm instead of a converged warm start")  # fmt: skip
     g.add_argument("--warmup-max", type=float, dest="warmup_max_s", default=180.0)
     g.add_argument("--fault-at", type=float, dest="fault_at_s", default=5.0,
                    help="seconds after warm-up when faults start")  # fmt: skip
@@ -91,6 +93,16 @@ def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser
     s.add_argument("--churn-rate", type=float, default=0.5, help="churn: events per second")
     s.add_argument("--churn-for", type=float, dest="churn_s", default=60.0,
                    help="churn: seconds of churn")  # fmt: skip
+    k = p.add_argument_group("config scenarios (config-spread, partition-edit)")
+    k.add_argument("--writes", type=int, default=5, help="config-spread: tracked writes, 5 s apart")
+    k.add_argument("--eager-fanout", type=int, default=3,
+                   help="members a fresh delta is pushed to directly (agent: 3)")  # fmt: skip
+    k.add_argument("--forward-fanout", type=int, default=2,
+                   help="members a merged delta's new part is forwarded to (agent: 2)")  # fmt: skip
+    k.add_argument("--sync-interval-ms", type=int, default=3000,
+                   help="anti-entropy base period before size scaling (agent: 3000)")  # fmt: skip
+    k.add_argument("--no-anti-entropy", dest="anti_entropy", action="store_false",
+                   help="switch config-sync off (to watch what gossip alone does)")  # fmt: skip
     return p
 
 

@@ -6,7 +6,9 @@ One figure, three panels, every run of the scenario overlaid (a loss sweep or Li
 reads best side by side):
 
 1. **Detection CDF**: for crashed hosts, the fraction detected by time after the crash: first
-   SUSPECT, first DEAD and DEAD-everywhere. Empty when nothing crashed.
+   SUSPECT, first DEAD and DEAD-everywhere. Empty when nothing crashed. In ``config-spread``
+   this panel is the spread CDF instead: the fraction of live hosts holding each tracked write
+   by time since it was written.
 2. **Convergence**: wrong views (live observer, subject) pairs over virtual time, log scale,
    with the fault times marked: how fast a healed partition or a crash is absorbed.
 3. **Load**: datagrams sent per live node per virtual second: SWIM's constant-load promise.
@@ -53,6 +55,9 @@ def _cdf(values: list[float]) -> tuple[list[float], list[float]]:
 
 
 def _detection(ax: Any, result: ScenarioResult) -> None:
+    if any(r.series.get("spread_s") for r in result.runs):
+        _spread(ax, result)
+        return
     styles = (("first_suspect_s", "-", "first SUSPECT"), ("first_dead_s", "--", "first DEAD"),
               ("all_dead_s", ":", "DEAD everywhere"))  # fmt: skip
     drew = False
@@ -70,6 +75,23 @@ def _detection(ax: Any, result: ScenarioResult) -> None:
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no crashes in this scenario", ha="center", transform=ax.transAxes)
+
+
+def _spread(ax: Any, result: ScenarioResult) -> None:
+    """Config scenarios: fraction of live hosts holding each tracked write, by time since it."""
+    for r in result.runs:
+        for i, times in enumerate(r.series["spread_s"]):
+            live = r.metrics["spread_per_write"][i]["live"]
+            xs = [max(t, 1e-3) for t in times]
+            ax.step(xs, [(k + 1) / live for k in range(len(xs))], where="post", lw=1,
+                    label=f"write {i + 1}")  # fmt: skip
+    ax.axvline(1.0, color="grey", lw=0.6, ls="--")
+    ax.axhline(0.999, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_title("config write spread (goal: 99.9% by 1 s)")
+    ax.set_xlabel("seconds after the write (log)")
+    ax.set_ylabel("fraction of live hosts holding it")
+    ax.legend(fontsize=7)
 
 
 def _convergence(ax: Any, result: ScenarioResult) -> None:

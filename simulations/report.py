@@ -88,6 +88,16 @@ def render_summary(result: ScenarioResult, console: Any) -> None:
         ("dropped (loss)", lambda m: m["dropped"]["loss"]),
         ("push-pulls (failed)", lambda m: f"{m['push_pulls']} ({m['push_pulls_failed']})"),
     ]
+    if "acked_writes" in runs[0].metrics:  # config scenarios
+        rows += [
+            ("acked config writes", lambda m: m["acked_writes"]),
+            ("spread p50 s (worst write)", lambda m: m.get("spread_p50_s_max")),
+            ("spread p99 s (worst write)", lambda m: m.get("spread_p99_s_max")),
+            ("spread p99.9 s (worst write)", lambda m: m.get("spread_p99.9_s_max")),
+            ("spread p100 s (worst write)", lambda m: m.get("spread_p100_s_max")),
+            ("in-sync pair bytes (mean)", lambda m: m["insync_bytes_mean"]),
+            ("config identical after heal s", lambda m: m.get("config_identical_after_heal_s")),
+        ]
     for name, get in rows:
         table.add_row(name, *(_fmt(get(r.metrics)) for r in runs))
     table.add_row("checks", *("[green]pass" if r.ok else "[red]FAIL" for r in runs))
@@ -179,11 +189,25 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
             for stat in ("mean", "p50", "p99", "max"):
                 vals = [_fmt(r.metrics[key][stat]) for r in result.runs]
                 lines.append(f"| {name}, {stat} | " + " | ".join(vals) + " |")
-    extra_keys = sorted({k for r in result.runs for k in r.metrics} - _BASE_KEYS)
+    extra_keys = sorted({k for r in result.runs for k in r.metrics} - _BASE_KEYS - _TABLES)
     for key in extra_keys:
         lines.append(
             f"| {key} | " + " | ".join(_fmt(r.metrics.get(key)) for r in result.runs) + " |"
         )
+    for r in result.runs:
+        per_write = r.metrics.get("spread_per_write")
+        if per_write:
+            lines += ["", f"## Spread of each tracked write ({r.label})", "",
+                      "| write | writer host | live hosts | reached | 50% (s) | 99% (s) | "
+                      "99.9% (s) | 100% (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            for i, w in enumerate(per_write):
+                lines.append(f"| {i + 1} | {w['writer_host']} | {w['live']} | {w['reached']} | "
+                             f"{_fmt(w['p50'])} | {_fmt(w['p99'])} | {_fmt(w['p99.9'])} | "
+                             f"{_fmt(w['p100'])} |")  # fmt: skip
+        counters = r.metrics.get("replica_counters")
+        if counters:
+            lines += ["", f"Replica counters ({r.label}): "
+                      + ", ".join(f"{k} {v:,}" for k, v in counters.items())]  # fmt: skip
     lines += ["", "## Theory", "", "| quantity | predicted |", "|---|---:|"]
     for key, name in (
         ("probe_interval_s", "probe period T (s)"),
@@ -196,6 +220,10 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
         ("gossip_rounds_log_n", "gossip rounds to reach all, log_(fanout+1) N"),
     ):
         lines.append(f"| {name} | {th[key]:.3g} |")
+    if "acked_writes" in result.runs[0].metrics:
+        f = opts.forward_fanout
+        lines.append(f"| eager-push epidemic (forward fanout f = {f}): fraction never reached, "
+                     f"s = exp(-f·(1-s)) | {_push_miss(f):.3g} |")  # fmt: skip
     lines += ["", "## Checks", ""]
     for r in result.runs:
         for c in r.checks:
@@ -208,6 +236,19 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
     lines += ["", "Trace hashes: " + ", ".join(f"{r.label} `{r.trace_hash}`" for r in result.runs)]
     return "\n".join(lines) + "\n"
 
+
+def _push_miss(f: int) -> float:
+    """Fixed point of s = exp(-f(1-s)): the share a push epidemic in which every newly informed
+    host tells f random others once never reaches (the classic rumour-mongering result)."""
+    if f <= 1:
+        return 1.0
+    s = 0.5
+    for _ in range(200):
+        s = math.exp(-f * (1 - s))
+    return s
+
+
+_TABLES = {"spread_per_write", "replica_counters"}
 
 _BASE_KEYS = {
     "nodes", "profile", "lifeguard", "loss", "probe_interval_s", "warmup_s", "simulated_s",
