@@ -47,7 +47,9 @@ CLUSTER = "gossipmesh-demo"
 FIRST_IP = "127.0.0.2"
 
 # When each event fires, as a fraction of --duration (see the module docstring for the order).
-AT_PARTITION, AT_CUT_OFF_WRITE, AT_HEAL, AT_SHIFT, AT_KILL = 0.10, 0.24, 0.35, 0.50, 0.62
+# A 20 s run: partition at 1.2 s, write at 4.4 s, heal at 7.2 s (6 s cut off: enough to be
+# declared dead), shift at 9.6 s, kill at 12 s (8 s left to detect it and show the failover).
+AT_PARTITION, AT_CUT_OFF_WRITE, AT_HEAL, AT_SHIFT, AT_KILL = 0.06, 0.22, 0.36, 0.48, 0.60
 
 CANARY_ROUTE = "route/api-canary"
 CANARY_BEFORE = (90, 10)  # v1, v2 weights

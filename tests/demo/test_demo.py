@@ -1,0 +1,297 @@
+"""``gossipmesh demo`` end to end, as a newcomer runs it, plus its plan and its refusals.
+
+The end-to-end test runs the real command (``--nodes 3 --duration 20 --no-tui --json``) as a
+subprocess and judges its one JSON object; while it runs, a second demo must refuse with exit 1.
+Afterwards nothing of it may be left: none of the pids it reports alive, no process whose command
+line names its temp dir, no temp dir, no lock file. ``GOSSIPMESH_DEMO_FIRST_IP`` (inherited) moves
+the nodes off 127.0.0.2.. on machines where something else uses those ports.
+
+Tolerances: success rate >= 99 % (GET traffic, retried by the mesh across the kill); the observed
+v2 share within 8 points of the configured one (the summary's ``SPLIT_TOLERANCE``: with a few
+hundred requests a binomial 10 % share has a standard deviation of about 1.5 points, 50 % about
+2.5, so 8 points is several sigmas).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossipmesh.config.schema import validate_key
+from gossipmesh.demo.orchestrator import TEMP_PREFIX, DemoError, DemoLock, lock_path
+from gossipmesh.demo.plan import FIRST_IP, MAX_NODES, MIN_NODES, layout, make_plan, sample_config
+
+FIRST = os.environ.get("GOSSIPMESH_DEMO_FIRST_IP", FIRST_IP)
+DEMO = [sys.executable, "-m", "gossipmesh", "demo"]
+
+
+def loopback_ok() -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((FIRST, 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_loopback = pytest.mark.skipif(
+    not loopback_ok() or not sys.platform.startswith("linux"),
+    reason=f"needs {FIRST} and the following addresses on lo (Linux)",
+)
+
+
+# ---- the plan (pure) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", range(MIN_NODES, MAX_NODES + 1))
+def test_layout_keeps_every_destination_through_each_scripted_failure(n: int) -> None:
+    plan = make_plan(n, 20)  # asserts the invariant itself; check the parts we rely on here
+    assert plan.kill_target.name == "n2" and plan.shift_writer is not plan.writer
+    assert [node.ip for node in plan.nodes][:3] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    for gone in (plan.kill_target, plan.partition_target):
+        left = {i.label for node in plan.nodes if node is not gone for i in node.instances}
+        assert {"web", "db", "api-v1", "api-v2"} <= left
+    ports = [p for node in plan.nodes for p in node.ports()]
+    assert len(ports) == len(set(ports))
+
+
+def test_plan_bounds() -> None:
+    for bad in (2, 21):
+        with pytest.raises(ValueError):
+            layout(bad)
+    with pytest.raises(ValueError):
+        make_plan(3, 5)
+    with pytest.raises(ValueError, match="loopback"):
+        layout(3, "10.0.0.2")
+
+
+def test_sample_config_and_agent_tomls_are_valid() -> None:
+    for key, body in sample_config().items():
+        validate_key(key, body)
+    import tomllib
+
+    from gossipmesh.config.schema import parse_agent_services
+
+    for node in layout(5):
+        services = parse_agent_services(tomllib.loads(node.agent_toml()))
+        assert [(s.name, s.port) for s in services] == [(i.role, i.port) for i in node.instances]
+
+
+def test_lock_refuses_a_second_holder_and_is_removed_on_release(tmp_path: Path) -> None:
+    path = tmp_path / "demo.lock"
+    first = DemoLock(path)
+    first.acquire()
+    with pytest.raises(DemoError, match=f"already running \\(pid {os.getpid()}"):
+        DemoLock(path).acquire()
+    first.release()
+    assert not path.exists()
+    second = DemoLock(path)
+    second.acquire()
+    second.release()
+
+
+def test_the_demo_imports_no_agent_internals() -> None:
+    code = (
+        "import sys, gossipmesh.cli.demo_cmd, gossipmesh.demo.runner, gossipmesh.demo.apps\n"
+        "bad = [m for m in sys.modules if m.split('.')[:2] in "
+        "(['gossipmesh','agent'], ['gossipmesh','swim'], ['gossipmesh','crdt'], "
+        "['gossipmesh','proxy'])]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---- the real thing ---------------------------------------------------------------------------
+
+
+def demo_temp_dirs() -> set[str]:
+    return {str(p) for p in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*")}
+
+
+def processes_naming(text: str) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status  # a zombie has stopped; its parent just has not reaped it
+
+
+class Stderr:
+    """Collect a child's stderr lines in a thread (so a full pipe never blocks it)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stderr is not None
+        self._stream = proc.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines):
+            assert time.monotonic() < deadline, f"no {text!r} in stderr:\n" + "\n".join(self.lines)
+            time.sleep(0.1)
+
+    @property
+    def text(self) -> str:
+        self._thread.join(5)
+        return "\n".join(self.lines)
+
+
+def start_demo(*args: str) -> tuple[subprocess.Popen[str], Stderr]:
+    proc = subprocess.Popen(
+        [*DEMO, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, Stderr(proc)
+
+
+def assert_nothing_left(summary: dict[str, Any]) -> None:
+    root = summary["temp_dir"]
+    assert root.startswith(os.path.join(tempfile.gettempdir(), TEMP_PREFIX))
+    assert summary["cleanup"] == {
+        "processes": len(summary["pids"]),
+        "all_stopped": True,
+        "temp_dir_removed": True,
+    }
+    assert [pid for pid in summary["pids"] if pid_alive(pid)] == []
+    assert processes_naming(root) == []
+    assert not Path(root).exists()
+    assert not lock_path().exists()
+
+
+@needs_loopback
+def test_demo_three_nodes_twenty_seconds() -> None:
+    before = demo_temp_dirs()
+    proc, err = start_demo("--nodes", "3", "--duration", "20", "--no-tui", "--json")
+    try:
+        err.wait_for("starting traffic", timeout_s=45)
+        # A second demo while this one runs: one clear line, exit 1, nothing started.
+        second = subprocess.run(
+            [*DEMO, "--nodes", "3", "--duration", "20", "--no-tui", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        assert second.stdout == ""
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "already running" in lines[0], second.stderr
+        assert f"pid {proc.pid}" in lines[0]
+        stdout, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.text
+    summary = json.loads(stdout)  # exactly one JSON object on stdout, nothing else
+    print("\n" + json.dumps({k: v for k, v in summary.items() if k != "events"}, indent=1))
+
+    assert summary["nodes"] == 3 and summary["interrupted"] is False
+    assert summary["all_alive_at_start"] is True
+    assert summary["members_at_start"] == {"n1": "alive", "n2": "alive", "n3": "alive"}
+
+    req = summary["requests"]
+    assert req["total"] >= 20 * 40  # ~60/s offered for 20 s
+    assert req["success_rate"] >= 0.99, req
+
+    canary = summary["canary"]
+    tol = canary["tolerance"]
+    assert tol == 0.08
+    assert canary["before"]["requests"] >= 200 and canary["after"]["requests"] >= 200
+    assert abs(canary["before"]["v2_share"] - 0.10) <= tol, canary["before"]
+    assert abs(canary["after"]["v2_share"] - 0.50) <= tol, canary["after"]
+    assert summary["path_route"]["v2"] == 0 and summary["path_route"]["v1"] > 0
+
+    kill = summary["kill"]
+    assert kill["node"] == "n2" and kill["alive_before"] is True
+    assert kill["detected"] is True and 0 < kill["detection_s"] < 20, kill
+    assert kill["requests_until_detected"]["success_rate"] >= 0.99, kill
+
+    change = summary["config_change"]
+    assert change["written_via"] == "n3" and change["first_written_via"] == "n1"
+    assert change["seen_by_all"] is True and set(change["seen_by"]) == {"n1", "n2", "n3"}
+    assert change["propagation_s"] < 5
+
+    part = summary["partition"]
+    # Declared dead within the 6 s cut-off usually (3-5 s); on a loaded machine suspect is enough.
+    assert part["node"] == "n2" and part["suspect_after_s"] is not None, part
+    assert part["back_alive"] is True and part["config_converged"] is True, part
+    assert part["write_during_partition"] == "policy/api-callers"
+
+    assert_nothing_left(summary)
+    assert demo_temp_dirs() <= before
+
+
+@needs_loopback
+def test_ctrl_c_stops_everything_and_still_reports() -> None:
+    proc, err = start_demo("--nodes", "3", "--duration", "60", "--no-tui", "--json")
+    try:
+        err.wait_for("starting traffic", timeout_s=45)
+        time.sleep(1.0)  # some traffic
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err.text
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert summary["requests"]["total"] > 0
+    assert_nothing_left(summary)
+
+
+@needs_loopback
+def test_a_busy_port_is_one_line_and_exit_1_with_nothing_left() -> None:
+    before = demo_temp_dirs()
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind((FIRST, 7947))  # n1's admin port
+        busy.listen(1)
+        done = subprocess.run(
+            [*DEMO, "--nodes", "3", "--duration", "20", "--no-tui", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{FIRST}:7947/tcp is in use" in lines[0], done.stderr
+    assert demo_temp_dirs() <= before
+    assert not lock_path().exists()
