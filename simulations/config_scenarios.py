@@ -74,6 +74,7 @@ def settings_from(opts: Options) -> ReplicaSettings:
         forward_fanout=opts.forward_fanout,
         sync_interval_ms=opts.sync_interval_ms,
         anti_entropy=opts.anti_entropy,
+        distinct_eager_tag=opts.distinct_eager_tag,
     )
 
 
@@ -155,6 +156,9 @@ def _spread_metrics(ledger: ConfigLedger, watched: list[tuple[str, int]]) -> dic
         times = sorted((t - w.t_ms) / 1000 for t in w.seen_ms.values())
         curves.append(times)
         row: dict[str, Any] = {"writer_host": w.host, "live": w.live, "reached": len(times)}
+        # Shares by 0.1 s (the eager epidemic's reach) and by 1 s (the goal).
+        row["by_0.1s"] = round(sum(1 for t in times if t <= 0.1) / w.live, 4)
+        row["by_1s"] = round(sum(1 for t in times if t <= 1.0) / w.live, 4)
         for p in PERCENTILES:
             need = max(1, math.ceil(p * w.live))
             row[f"p{p * 100:g}"] = times[need - 1] if len(times) >= need else None

@@ -198,10 +198,12 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
         per_write = r.metrics.get("spread_per_write")
         if per_write:
             lines += ["", f"## Spread of each tracked write ({r.label})", "",
-                      "| write | writer host | live hosts | reached | 50% (s) | 99% (s) | "
-                      "99.9% (s) | 100% (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                      "| write | writer host | live hosts | reached | share by 0.1 s | "
+                      "share by 1 s | 50% (s) | 99% (s) | 99.9% (s) | 100% (s) |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
             for i, w in enumerate(per_write):
                 lines.append(f"| {i + 1} | {w['writer_host']} | {w['live']} | {w['reached']} | "
+                             f"{w['by_0.1s']:.4f} | {w['by_1s']:.4f} | "
                              f"{_fmt(w['p50'])} | {_fmt(w['p99'])} | {_fmt(w['p99.9'])} | "
                              f"{_fmt(w['p100'])} |")  # fmt: skip
         counters = r.metrics.get("replica_counters")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate every committed result. Run from the repository root, one simulation at a time
 # (each is single-process and fully determined by its seed). SIZES defaults to "100 1000".
+# Since 2026-11-26 every scenario starts warm (converged membership, no join storm); results
+# made before that were cold-started: add --cold-start to replay them.
 set -euo pipefail
 out=simulations/results
 for n in ${SIZES:-100 1000}; do
@@ -8,10 +10,12 @@ for n in ${SIZES:-100 1000}; do
   [ "$n" -ge 1000 ] && rates="0,0.1,0.3"
   for spec in "steady" "crash --kill 3" "loss --loss-rates $rates --duration 40" \
               "slow-nodes --slow-delay-ms 5000" "partition --split half" \
-              "partition --split one" "churn --churn-rate 1"; do
+              "partition --split one" "churn --churn-rate 1" \
+              "config-spread" "config-spread --distinct-eager-tag" "partition-edit"; do
     set -- $spec
     name="$1-$n"
     [ "$1" = partition ] && name="partition-$3-$n"
+    [ "${2:-}" = --distinct-eager-tag ] && name="$1-$n-distinct-eager-tag"
     python -m simulations $spec --nodes "$n" --seed 1 --quiet \
       --json "$out/$name.json" --plot "$out/$name.png" --markdown "$out/$name.md" \
       > "$out/$name.txt" || echo "$name: checks failed (see $name.md)"
