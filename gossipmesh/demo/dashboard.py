@@ -128,18 +128,15 @@ def canary_panel(f: Frame) -> Table:
     weights = CANARY_AFTER if f.shifted else CANARY_BEFORE
     counts = split(f.recent)
     n = counts["v1"] + counts["v2"]
-    t = Table(title="canary: route api-canary", title_justify="left", box=None, show_header=False)
+    t = Table(title="canary (api v1 / v2)", title_justify="left", box=None, show_header=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("configured", f"v1 {weights[0]}%  v2 {weights[1]}%")
-    if n:
-        t.add_row(f"observed ({SPLIT_WINDOW_S:g} s)",
-                  f"v1 {counts['v1'] / n * 100:.0f}%  v2 {counts['v2'] / n * 100:.0f}%  (n={n})")  # fmt: skip
-    else:
-        t.add_row(f"observed ({SPLIT_WINDOW_S:g} s)", "-")
+    t.add_row("configured", f"{weights[0]} / {weights[1]}")
+    observed = f"{counts['v1'] / n * 100:.0f} / {counts['v2'] / n * 100:.0f}  (n={n})" if n else "-"
+    t.add_row(f"observed, {SPLIT_WINDOW_S:g} s", observed)
     slow = [s for s in f.recent if s.slow and s.ok]
     v2 = sum(1 for s in slow if s.version == "v2")
-    t.add_row("path route /api/slow", f"pinned to v1: {len(slow) - v2} v1, {v2} v2")
+    t.add_row("/api/slow (v1 only)", f"{len(slow) - v2} / {v2}")
     return t
 
 

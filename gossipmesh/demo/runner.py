@@ -98,7 +98,8 @@ def run_demo(
         err.print(f"gossipmesh demo: {exc}", soft_wrap=True, markup=False)
         return EXIT_FAIL
     summary = run.summary
-    if summary is None:
+    if summary is None:  # interrupted before any traffic: nothing was measured
+        err.print("gossipmesh demo: interrupted during setup; everything it started is stopped")
         return EXIT_FAIL if code == EXIT_OK else code
     if as_json:
         stdout.write(json.dumps(summary, indent=2) + "\n")
