@@ -455,7 +455,14 @@ class SwimNode:
         self._count("ping_req.relayed")
         self._send(msg.target_address, encode(Ping(seq, msg.target, msg.suspect_incarnation)), out)
         # The relay waits the unscaled probe timeout: its own health is not what is measured.
-        out.append(SetTimer(Timer(TimerKind.INDIRECT, seq), now_ms + self.config.probe_timeout_ms))
+        # But the nack goes out earlier, at 80% of it: the origin sent this ping-req at its
+        # probe timeout and ends the probe one probe timeout later (LAN: 500 + 500 = 1000 ms),
+        # so a nack sent at the full timeout lands just *after* the probe ended and counts as
+        # missing -- every member that probed a dead node got +3 on its health score (seen on
+        # loopback right after each kill, slowing its next probes and confirmation probes 4x).
+        # An ack arriving between the nack and the full timeout is still forwarded.
+        nack_ms = self.config.probe_timeout_ms * 4 // 5
+        out.append(SetTimer(Timer(TimerKind.INDIRECT, seq, "nack"), now_ms + nack_ms))
 
     def _on_user(self, src: Address, msg: User, out: list[Effect]) -> None:
         if not self._remember_user(msg.payload):
@@ -683,10 +690,15 @@ class SwimNode:
             else:
                 self._count("timers.stale")
         elif kind is TimerKind.INDIRECT:
-            relay = self._relays.pop(timer.token, None)
-            if relay is not None:
-                self._count("nacks.sent")
-                self._send(relay[0], encode(Nack(relay[1])), out)
+            if timer.name != "nack":
+                self._relays.pop(timer.token, None)  # the full timeout: stop forwarding
+            else:
+                relay = self._relays.get(timer.token)
+                if relay is not None:
+                    self._count("nacks.sent")
+                    self._send(relay[0], encode(Nack(relay[1])), out)
+                    rest = self.config.probe_timeout_ms - self.config.probe_timeout_ms * 4 // 5
+                    out.append(SetTimer(Timer(TimerKind.INDIRECT, timer.token), now_ms + rest))
         elif kind is TimerKind.SUSPICION:
             self._suspicion_fired(timer, now_ms, out)
         elif kind is TimerKind.REAP:

@@ -9,6 +9,7 @@ import random
 import statistics
 
 from lifeguard_study import detection_ms, false_positives
+from swim_harness import World
 
 from gossipmesh.ids import Address
 from gossipmesh.swim.config import SwimConfig
@@ -170,3 +171,15 @@ def test_new_lan_preset_no_false_deaths_under_loss_or_slow_members() -> None:
         fp = false_positives(SwimConfig.lan(), 20, 120_000, loss=loss, slow=slow, seed=7)
         assert fp.deaths == 0, (loss, slow, fp)
         assert fp.suspicions > 0  # the faults did bite: suspicions were raised and refuted
+
+
+def test_probing_a_dead_member_does_not_make_the_prober_think_it_is_sick() -> None:
+    # Relays nack before the origin's probe ends, so the origin counts them: every relay
+    # answered, so the failure is the target's, not ours (Lifeguard's awareness stays at 0).
+    w = World(config=SwimConfig.lan(), seed=3)
+    w.cluster(12)
+    w.crash("n5")
+    w.run_until_true(lambda: w.all_see("n5", MemberState.DEAD), limit_ms=60_000)
+    probers = [x for x in w.up() if w.nodes[x].stats["nacks.received"] > 0]
+    assert probers
+    assert all(w.nodes[x].health_score == 0 for x in w.up())
