@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 
 from gossipmesh.cli import config_cmd, demo_cmd, render, services_cmd
-from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
+from gossipmesh.cli.client import DEFAULT_AGENT
+from gossipmesh.cli.common import AgentOpt, JsonOpt, out
+from gossipmesh.cli.common import client as _client
+from gossipmesh.cli.common import print_json as _print_json
+from gossipmesh.cli.common import run as _run
 
 T = TypeVar("T")
 
@@ -32,43 +34,6 @@ keys_app = typer.Typer(
     help="Rotate the cluster's encryption keys (cluster-wide).", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-AgentOpt = Annotated[
-    str,
-    typer.Option(
-        "--agent",
-        envvar="GOSSIPMESH_AGENT",
-        help="Admin API of the agent to talk to (HOST:PORT).",
-        show_envvar=True,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-def _client(agent: str) -> AdminClient:
-    try:
-        return AdminClient(agent)
-    except Exception as exc:  # UsageError from Address.parse
-        raise typer.BadParameter(str(exc), param_hint="--agent") from exc
-
-
-def _run(fn: Callable[[], T]) -> T:
-    """The one boundary where client errors become a line on stderr and exit code 1."""
-    try:
-        return fn()
-    except AgentUnreachable as exc:
-        err.print(f"gossipmesh: {exc}", soft_wrap=True, markup=False)
-        raise typer.Exit(1) from None
-    except AdminError as exc:
-        err.print(f"gossipmesh: agent error: {exc}", soft_wrap=True, markup=False)
-        raise typer.Exit(1) from None
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 @app.command()

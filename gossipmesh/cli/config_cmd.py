@@ -39,13 +39,14 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
+from gossipmesh.cli.client import DEFAULT_AGENT
+from gossipmesh.cli.common import EXIT_USAGE, AgentOpt, JsonOpt, fail, out, print_json, run
+from gossipmesh.cli.common import client as _client
 from gossipmesh.config.schema import KINDS, parse_key, validate_key
 from gossipmesh.errors import ConfigValidationError
 
@@ -57,19 +58,6 @@ config_app = typer.Typer(
     help="Read and edit the replicated mesh configuration (any agent accepts writes).",
     no_args_is_help=True,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-AgentOpt = Annotated[
-    str,
-    typer.Option(
-        "--agent",
-        envvar="GOSSIPMESH_AGENT",
-        help="Admin API of the agent to talk to (HOST:PORT).",
-        show_envvar=True,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 FileOpt = Annotated[str, typer.Option("-f", "--file", help="JSON or TOML file, or - for stdin.")]
 
 
@@ -184,40 +172,20 @@ def entities_from(data: Mapping[str, Any], label: str) -> dict[str, dict[str, An
 # The one boundary where errors become a line and an exit code
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"gossipmesh: {message}", soft_wrap=True, markup=False)
-    raise typer.Exit(code)
-
-
 def _run(fn: Callable[[], T]) -> T:
+    """``common.run``, where a bad file is exit 2 and a refused input (400/404/413) too."""
     try:
-        return fn()
+        return run(fn, USAGE_STATUSES)
     except FileProblem as exc:
-        _fail(str(exc), 2)
-    except AgentUnreachable as exc:
-        _fail(str(exc), 1)
-    except AdminError as exc:
-        # The agent refused our input (invalid, too large, no such key): a usage error.
-        _fail(f"agent refused: {exc}", 2 if exc.status in USAGE_STATUSES else 1)
-
-
-def _client(agent: str) -> AdminClient:
-    try:
-        return AdminClient(agent)
-    except Exception as exc:
-        raise typer.BadParameter(str(exc), param_hint="--agent") from exc
+        fail(str(exc), EXIT_USAGE)
 
 
 def _key(key: str) -> str:
     try:
         parse_key(key)
     except ConfigValidationError as exc:
-        _fail(f"{key}: {exc.reason}", 2)
+        fail(f"{key}: {exc.reason}", 2)
     return key
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def _when(hlc: Mapping[str, Any]) -> str:
@@ -247,7 +215,7 @@ def get(
     query = f"?prefix={prefix}" if prefix else ""
     data = _run(lambda: client.call("GET", f"/v1/config{query}"))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     entities = data.get("entities") or {}
     if not entities:
@@ -295,7 +263,7 @@ def apply(file: FileOpt, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fal
     client = _client(agent)
     data = _run(lambda: client.call("POST", "/v1/config/apply", {"entities": entities}))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     deleted = sum(1 for v in entities.values() if v is None)
     out.print(f"applied {len(entities) - deleted} entities, {deleted} deletions (one change)")
@@ -312,7 +280,7 @@ def history(
     client = _client(agent)
     data = _run(lambda: client.call("GET", f"/v1/config-history/{key}"))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     versions = data.get("versions") or []
     if not versions:
@@ -336,7 +304,7 @@ def conflicts(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None
     client = _client(agent)
     data = _run(lambda: client.call("GET", "/v1/config-conflicts"))
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     items = data.get("conflicts") or []
     if not items:

@@ -8,12 +8,13 @@ Like every command it is a thin client of the admin API and imports no agent int
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from gossipmesh.cli.client import DEFAULT_AGENT
+from gossipmesh.cli.common import AgentOpt, JsonOpt, client, out, print_json, run
 
 HEALTH_STYLE = {
     "passing": "green",
@@ -49,27 +50,14 @@ def install(app: typer.Typer) -> None:
 
     @app.command()
     def services(
-        agent: Annotated[
-            str,
-            typer.Option(
-                "--agent",
-                envvar="GOSSIPMESH_AGENT",
-                help="Admin API of the agent to talk to (HOST:PORT).",
-                show_envvar=True,
-            ),
-        ] = DEFAULT_AGENT,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Machine-readable JSON output.")
-        ] = False,
+        agent: AgentOpt = DEFAULT_AGENT,
+        as_json: JsonOpt = False,
     ) -> None:
         """List every service instance in the mesh: node, address, tags, health, ejection."""
-        # Imported here: app.py imports this module while it is still being defined.
-        from gossipmesh.cli.app import _client, _print_json, _run, out
-
-        client = _client(agent)
-        rows = _run(lambda: client.call("GET", "/v1/services"))
+        admin = client(agent)
+        rows = run(lambda: admin.call("GET", "/v1/services"))
         if as_json:
-            _print_json(rows)
+            print_json(rows)
         elif not rows:
             out.print("no service instances")
         else:
