@@ -90,6 +90,7 @@ def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
         f"{loopback(i)}:{GM_ADMIN_PORT}",
         "--data-dir",
         data_dir,
+        "--no-proxy",  # membership only; N sidecars could not all bind 127.0.0.1:4140
         "--profile",
         "lan",
     ]
