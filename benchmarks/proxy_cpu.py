@@ -18,6 +18,7 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
   workers' CPU).
 
     python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh [--workers N]
+        [--engine epoll|tasks]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from gossipmesh.proxy.server import Proxy, serve_workers
 from gossipmesh.proxy.table import Endpoint, build_route_table
 
 leg, backend, out_port, in_port, workers = sys.argv[1], *map(int, sys.argv[2:6])
+engine = sys.argv[6]
 route = RouteConfig("api-route", (Destination("api"),), hosts=("api",), path=PathMatch("prefix", "/"))
 
 def proxies(worker):
@@ -61,13 +63,15 @@ def proxies(worker):
     m = lambda: ProxyMetrics(worker=str(worker) if reuse else "")
     if leg == "outbound":
         eps = [Endpoint(n, "127.0.0.1", backend) for n in ("n1", "n2")]
-        ps = [Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse)]
+        ps = [Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse,
+                    engine=engine)]
     else:
         eps = [Endpoint(n, "127.0.0.1", backend, inbound=("127.0.0.1", in_port)) for n in ("n1", "n2")]
         ps = [
             Proxy(outbound=None, inbound=("127.0.0.1", in_port), metrics=m(), reuse_port=reuse,
-                  local_services={"api": [("127.0.0.1", backend)]}),
-            Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse),
+                  local_services={"api": [("127.0.0.1", backend)]}, engine=engine),
+            Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse,
+                  engine=engine),
         ]
     table = build_route_table({}, {"api-route": route}, {"api": eps})
     for p in ps:
@@ -310,6 +314,7 @@ def run_gossipmesh(leg: str, workers: int, args: argparse.Namespace) -> Result:
         str(OUT_PORT),
         str(IN_PORT),
         str(workers),
+        args.engine,
     ]
     with launched(argv, stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
@@ -359,6 +364,9 @@ def main() -> None:
     ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
     ap.add_argument("--workers", type=int, default=1, help="also run N SO_REUSEPORT workers")
     ap.add_argument("--client", choices=["wrk", "py"], default=None)
+    ap.add_argument(
+        "--engine", choices=["epoll", "tasks"], default="epoll", help="Proxy(engine=...)"
+    )
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     args = ap.parse_args()
@@ -372,7 +380,8 @@ def main() -> None:
     )
     print(
         f"client={args.client} c={args.connections} {args.seconds:g}s x {args.rounds} rounds,"
-        f" proxy on CPU {args.proxy_cpu}, client+backend on CPU {args.client_cpu}"
+        f" proxy on CPU {args.proxy_cpu}, client+backend on CPU {args.client_cpu},"
+        f" engine={args.engine}"
     )
     with tempfile.TemporaryDirectory() as wd:
         conf = _nginx_conf(wd, "backend", backend_server)

@@ -50,9 +50,9 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -152,13 +152,15 @@ class Overloaded(Exception):
 class SockIO:
     """A non-blocking socket with try-first syscalls and a watchdog-enforced deadline."""
 
-    __slots__ = ("sock", "deadline", "timed_out", "closed")
+    __slots__ = ("sock", "deadline", "timed_out", "closed", "owner")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.deadline = INF
         self.timed_out = False
         self.closed = False
+        # The event engine's connection using this socket, told when the watchdog closes it.
+        self.owner: Any = None
 
     async def recv_into(self, mv: memoryview, wait_first: bool = False) -> int:
         sock = self.sock
@@ -283,7 +285,7 @@ IO = SockIO | StreamIO
 class Upstream:
     """One upstream connection and its response parser."""
 
-    __slots__ = ("io", "reader", "key", "service", "reused")
+    __slots__ = ("io", "reader", "key", "service", "reused", "reg")
 
     def __init__(self, io: IO, key: tuple[str, str, int], service: str, limits: ProxyLimits):
         self.io = io
@@ -291,6 +293,7 @@ class Upstream:
         self.key = key
         self.service = service
         self.reused = False
+        self.reg: Any = None  # its registration in the event engine's epoll, if any
 
 
 class _Dest:
@@ -400,10 +403,41 @@ class _View:
                 )
 
 
+class _Plan:
+    """The fast path's decisions for one request (see ``Proxy._fast_plan``)."""
+
+    __slots__ = ("t0", "now_ms", "route_name", "d", "idx", "body", "end_pos", "up", "st", "rid")
+
+    def __init__(
+        self, t0: float, now_ms: int, route_name: str, d: _Dest, idx: int, body: bytes, end_pos: int
+    ) -> None:
+        self.t0 = t0
+        self.now_ms = now_ms
+        self.route_name = route_name
+        self.d = d
+        self.idx = idx
+        self.body = body
+        self.end_pos = end_pos
+        self.up: Upstream | None = None
+        self.st: EndpointState = d.states[idx]
+        self.rid = b""
+
+
 class _Ctx:
     """Per-downstream-connection scratch: buffers allocated once, reused by every request."""
 
-    __slots__ = ("down", "reader", "mv", "upbuf", "upmv", "client_ip", "direction", "bytes_out")
+    __slots__ = (
+        "down",
+        "reader",
+        "mv",
+        "upbuf",
+        "upmv",
+        "client_ip",
+        "direction",
+        "bytes_out",
+        "bytes_in",
+        "addr",
+    )
 
     def __init__(
         self, down: SockIO, reader: RequestReader, mv: memoryview, client_ip: bytes, direction: str
@@ -416,6 +450,8 @@ class _Ctx:
         self.client_ip = client_ip
         self.direction = direction
         self.bytes_out = 0
+        self.bytes_in = 0
+        self.addr: object = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,7 +481,12 @@ class Proxy:
         limits: ProxyLimits | None = None,
         metrics: ProxyMetrics | None = None,
         reuse_port: bool = False,
+        engine: str = "epoll",
     ) -> None:
+        if engine not in ("epoll", "tasks"):
+            raise ValueError(f"engine must be 'epoll' or 'tasks', not {engine!r}")
+        self.engine = engine
+        self._engine: Any = None  # the running engine.Engine, when there is one
         self.outbound_addr = outbound
         self.reuse_port = reuse_port
         self.inbound_addr = inbound
@@ -543,10 +584,21 @@ class Proxy:
             self.addresses = ProxyAddresses(out_addr, in_addr, tcp_bound)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog)
+                eng = None
+                if self.engine == "epoll":
+                    from gossipmesh.proxy.engine import HAVE_EPOLL, Engine
+
+                    if HAVE_EPOLL:
+                        eng = self._engine = Engine(self, nursery)
+                        nursery.start_soon(eng.run)
                 for lsock, direction, service in listeners:
-                    nursery.start_soon(self._accept_loop, lsock, direction, service, nursery)
+                    if eng is not None and direction != TCP:
+                        eng.add_listener(lsock, direction)
+                    else:
+                        nursery.start_soon(self._accept_loop, lsock, direction, service, nursery)
                 task_status.started(self.addresses)
         finally:
+            self._engine = None
             for lsock, _, _ in listeners:
                 trio.lowlevel.notify_closing(lsock)
                 lsock.close()
@@ -585,6 +637,13 @@ class Proxy:
                     io.timed_out = True
                     io.close()
                     self._timed.discard(io)
+                    owner = io.owner
+                    if owner is not None:
+                        io.owner = None
+                        try:
+                            owner.on_timeout(io)
+                        except Exception:
+                            log.exception("proxy engine: timeout handling failed")
             n += 1
             if n % sweep_every == 0:
                 for up in self._pool.sweep(int(now * 1000)):
@@ -592,7 +651,7 @@ class Proxy:
 
     # -- HTTP connection loop --------------------------------------------------------------
 
-    async def _http_conn(self, sock: socket.socket, addr: tuple[str, int], direction: str) -> None:
+    def _new_ctx(self, sock: socket.socket, addr: tuple[str, int], direction: str) -> _Ctx:
         m = self.metrics
         m.open_connections[direction] += 1
         m.connections_total[direction] += 1
@@ -602,19 +661,69 @@ class Proxy:
         reader = RequestReader(limits.max_header_bytes, limits.max_header_count)
         mv = memoryview(bytearray(limits.recv_buffer_bytes))
         ctx = _Ctx(down, reader, mv, str(addr[0]).encode(), direction)
+        ctx.addr = addr
+        return ctx
+
+    def _close_down(self, ctx: _Ctx) -> None:
+        """The downstream connection's end, wherever it was served (engine or task)."""
+        down = ctx.down
+        self._timed.discard(down)
+        down.owner = None
+        down.close()
+        m = self.metrics
+        direction = ctx.direction
+        m.open_connections[direction] -= 1
+        m.bytes_in[direction] += ctx.bytes_in
+        m.bytes_out[direction] += ctx.bytes_out
+
+    def _engine_accept(self, sock: socket.socket, addr: tuple[str, int], direction: str) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = self._new_ctx(sock, addr, direction)
+        try:
+            self._engine.adopt(ctx)
+        except (OSError, ValueError):
+            self._close_down(ctx)
+
+    def _engine_handover(self, ctx: _Ctx, first: Callable[[], Awaitable[bool]]) -> None:
+        self._engine.nursery.start_soon(self._http_task, ctx, first)
+
+    async def _http_conn(self, sock: socket.socket, addr: tuple[str, int], direction: str) -> None:
+        await self._http_task(self._new_ctx(sock, addr, direction))
+
+    async def _http_task(
+        self, ctx: _Ctx, first: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        """Serve a downstream connection as a task: the whole connection (engine "tasks"), or
+        from the exchange ``first()`` on for one the event engine handed over. In the latter
+        case the connection goes back to the engine once nothing is buffered."""
+        limits = self.limits
+        down = ctx.down
+        reader = ctx.reader
+        mv = ctx.mv
         idle_s = limits.client_idle_ms / 1000
         fairness = limits.fairness_every
-        bytes_in = 0
         served = 0
         wait_first = False
+        handed_back = False
         try:
+            if first is not None:
+                if not await first():
+                    return
+                wait_first = True
+                eng = self._engine
+                if eng is not None and not reader.pending() and not down.closed:
+                    eng.adopt(ctx)
+                    handed_back = True
+                    return
             while True:
                 if not reader.pending():
                     down.deadline = _now() + idle_s
                     n = await down.recv_into(mv, wait_first)
                     if n == 0:
                         break
-                    bytes_in += n
+                    ctx.bytes_in += n
                     try:
                         reader.feed(mv[:n])
                     except HeaderLimitError:
@@ -635,18 +744,20 @@ class Proxy:
                     break
                 served += 1
                 wait_first = True
+                eng = self._engine
+                if first is not None and eng is not None and not reader.pending():
+                    eng.adopt(ctx)
+                    handed_back = True
+                    return
                 if served % fairness == 0:
                     await trio.lowlevel.checkpoint()
         except ConnLost:
             pass
         except Exception:
-            log.exception("proxy %s connection from %s failed", direction, addr)
+            log.exception("proxy %s connection from %s failed", ctx.direction, ctx.addr)
         finally:
-            self._timed.discard(down)
-            down.close()
-            m.open_connections[direction] -= 1
-            m.bytes_in[direction] += bytes_in
-            m.bytes_out[direction] += ctx.bytes_out
+            if not handed_back:
+                self._close_down(ctx)
 
     async def _reply_error(
         self,
@@ -710,7 +821,107 @@ class Proxy:
         decided before a byte moves (None) or, once the request was sent, handed to
         ``_forward(resume=...)`` with the bytes received so far, so error statuses, timeouts,
         retries and outlier accounting stay in one place.
+
+        The decisions are the plain methods ``_fast_plan`` (before a byte moves),
+        ``_fast_commit`` (the request head) and ``_fast_finish`` (the response); the event
+        engine (engine.py) drives the same three without a task per connection.
         """
+        plan = self._fast_plan(ctx, req)
+        if plan is None:
+            return None
+        if plan.up is None:
+            return await self._fast_general(ctx, req, plan)
+        head = self._fast_commit(ctx, req, plan)
+        up = plan.up
+        io = up.io
+        usock = io.sock  # type: ignore[union-attr]
+        try:
+            try:
+                sent = usock.send(head)
+            except BlockingIOError:
+                sent = 0
+            if sent != len(head):
+                await io.send_all(memoryview(head)[sent:])
+        except (OSError, ConnLost):
+            return await self._fast_send_failed(ctx, req, plan)
+        upmv = ctx.upmv
+        if upmv is None:
+            ctx.upbuf = bytearray(self.limits.recv_buffer_bytes)
+            upmv = ctx.upmv = memoryview(ctx.upbuf)
+        try:
+            await _wait_readable(usock)
+            n = usock.recv_into(upmv)
+        except (OSError, trio.ClosedResourceError, ValueError):
+            n = -1  # BlockingIOError included: _try waits again
+        if n > 0:
+            out = self._fast_finish(ctx, req, plan, n)
+            if type(out) is int:
+                # The body is still coming (the upstream sent head and body apart): wait for
+                # the rest while it fits the buffer. A failure resumes with what arrived.
+                try:
+                    while n < out:
+                        await _wait_readable(usock)
+                        got = usock.recv_into(upmv[n:])
+                        if got == 0:
+                            break
+                        n += got
+                except (OSError, trio.ClosedResourceError, ValueError):
+                    pass
+                out = self._fast_finish(ctx, req, plan, n)
+            if type(out) is bytes:
+                down = ctx.down
+                try:
+                    try:
+                        k = down.sock.send(out)
+                    except BlockingIOError:
+                        k = 0
+                    if k != len(out):
+                        await down.send_all(memoryview(out)[k:])
+                except (OSError, ConnLost):
+                    return False
+                ctx.bytes_out += len(out)
+                return True
+        return await self._fast_resume(ctx, req, plan, n)
+
+    def _fast_general(self, ctx: _Ctx, req: RequestHead, plan: _Plan) -> Awaitable[bool]:
+        """The general path with the fast path's pick (it connects, or uses a Connector)."""
+        return self._forward(
+            ctx, req, plan.t0, plan.route_name, plan.d, req.url, b"", picked=plan.idx
+        )
+
+    def _fast_send_failed(self, ctx: _Ctx, req: RequestHead, plan: _Plan) -> Awaitable[bool]:
+        """A pooled connection the peer had closed: the general path retries it (stale)."""
+        plan.d.breaker.inflight -= 1
+        plan.st.inflight -= 1
+        assert plan.up is not None
+        self._close_upstream(plan.up)
+        return self._forward(
+            ctx, req, plan.t0, plan.route_name, plan.d, req.url, b"", plan.body, plan.rid
+        )
+
+    def _fast_resume(self, ctx: _Ctx, req: RequestHead, plan: _Plan, n: int) -> Awaitable[bool]:
+        """The sent try continues in ``_try`` with the ``n`` response bytes received so far."""
+        plan.d.breaker.inflight -= 1
+        plan.st.inflight -= 1
+        upmv = ctx.upmv
+        assert plan.up is not None
+        return self._forward(
+            ctx,
+            req,
+            plan.t0,
+            plan.route_name,
+            plan.d,
+            req.url,
+            b"",
+            plan.body,
+            plan.rid,
+            (plan.idx, plan.up, upmv[:n] if n > 0 and upmv is not None else None, plan.t0),
+        )
+
+    def _fast_plan(self, ctx: _Ctx, req: RequestHead) -> _Plan | None:
+        """Everything decided before a byte moves: None if the request is not the fast shape
+        (``_exchange`` serves it). ``plan.up`` None: picked, but the general path must connect
+        (``_fast_general``)."""
         if (
             req.upgrade
             or req.expect_continue
@@ -783,8 +994,7 @@ class Proxy:
         if not d.fast:
             return None
         settings = d.settings
-        counters = d.breaker
-        if counters.inflight >= settings.max_requests:
+        if d.breaker.inflight >= settings.max_requests:
             return None
         balancer = d.balancer
         now_ms = int(t0 * 1000)
@@ -796,25 +1006,31 @@ class Proxy:
             )
             if idx < 0:
                 return None
+        plan = _Plan(t0, now_ms, route_name, d, idx, body, end_pos)
         if self.connector is not None and d.endpoints[idx].inbound is not None:
-            return await self._forward(ctx, req, t0, route_name, d, url, b"", picked=idx)
-        pool = self._pool
-        up, expired = pool.checkout(d.pool_keys[idx], now_ms)
+            return plan
+        up, expired = self._pool.checkout(d.pool_keys[idx], now_ms)
         for old in expired:
             self._close_upstream(old)
         if up is None:
-            # Connecting is the general path's business (with this very pick).
-            return await self._forward(ctx, req, t0, route_name, d, url, b"", picked=idx)
+            return plan  # connecting is the general path's business (with this very pick)
         io = up.io
         if type(io) is not SockIO or (method not in IDEMPOTENT and io.is_stale()):
             if type(io) is SockIO:
                 self._close_upstream(up)  # the peer closed it while idle
             else:
                 self._release(up, True, settings)
-            return await self._forward(ctx, req, t0, route_name, d, url, b"", picked=idx)
-        # Committed: the request is this path's (or, past the send, resumed by _forward).
-        reader.pos = end_pos
+            return plan
+        plan.up = up
+        return plan
+
+    def _fast_commit(self, ctx: _Ctx, req: RequestHead, plan: _Plan) -> bytes:
+        """Take the request off the reader and build the head (and body) for ``plan.up``."""
+        ctx.reader.pos = plan.end_pos
         req.body_done = True
+        d = plan.d
+        idx = plan.idx
+        rng = self.rng
         rid = req.request_id
         xff = req.xff + b", " + ctx.client_ip if req.xff else ctx.client_ip
         if rid:
@@ -822,13 +1038,12 @@ class Proxy:
                 next_traceparent(req.traceparent, rng),
                 xff,
             )
-            new_rid = b""
         else:
-            new_rid = new_request_id(rng)
+            plan.rid = new_request_id(rng)
             lines = b"traceparent: %s\r\nx-forwarded-for: %s\r\nx-request-id: %s\r\n" % (
                 next_traceparent(req.traceparent, rng),
                 xff,
-                new_rid,
+                plan.rid,
             )
         extra = [lines]
         if not req.host:
@@ -836,123 +1051,79 @@ class Proxy:
         mesh = d.mesh_lines[idx]
         if mesh:
             extra.append(mesh)
-        head = build_request_head(req, url, extra)
-        if body:
-            head += body
-        st = d.states[idx]
-        counters.inflight += 1
+        head = build_request_head(req, req.url, extra)
+        if plan.body:
+            head += plan.body
+        st = plan.st
+        d.breaker.inflight += 1
         st.inflight += 1
-        usock = io.sock
-        io.deadline = t0 + min(settings.per_try_ms, settings.request_ms) / 1000
-        try:
-            try:
-                sent = usock.send(head)
-            except BlockingIOError:
-                sent = 0
-            if sent != len(head):
-                await io.send_all(memoryview(head)[sent:])
-        except (OSError, ConnLost):
-            # A pooled connection the peer had closed: the general path retries it (stale).
-            counters.inflight -= 1
-            st.inflight -= 1
-            self._close_upstream(up)
-            return await self._forward(ctx, req, t0, route_name, d, url, b"", body, new_rid)
+        settings = d.settings
+        assert plan.up is not None
+        plan.up.io.deadline = plan.t0 + min(settings.per_try_ms, settings.request_ms) / 1000
+        return head
+
+    def _fast_finish(self, ctx: _Ctx, req: RequestHead, plan: _Plan, n: int) -> bytes | int | None:
+        """The downstream bytes for the ``n`` response bytes in ``ctx.upbuf``, with the upstream
+        released and the exchange counted; None if the response is not the fast shape (then
+        ``_fast_resume``); an int: a Content-Length body that fits the buffer is still coming,
+        call again once that many bytes are in."""
         upbuf = ctx.upbuf
+        he = upbuf.find(b"\r\n\r\n", 0, n)
+        if he <= 0 or not upbuf.startswith(b"HTTP/1.1 "):
+            return None
+        raw = bytes(upbuf[:he])
+        status = int(raw[9:12]) if raw[9:12].isdigit() else 0
+        d = plan.d
+        settings = d.settings
+        if (
+            status < 200
+            or status == 204
+            or status == 304
+            or status in settings.retry_on_status
+            or req.method == b"HEAD"
+        ):
+            return None
+        cl = -1
+        hop = False
+        for name, value in RESP_FIELDS_RE.findall(raw):
+            name = name.lower()
+            if name == b"content-length":
+                value = value.rstrip(b" \t")
+                if cl >= 0 or not value.isdigit():
+                    return None
+                cl = int(value)
+            elif (name == b"connection" and value.rstrip(b" \t").lower() == b"keep-alive") or (
+                name == b"keep-alive"
+            ):
+                hop = True
+            else:
+                return None  # framing or hop-by-hop fields the general path must judge
+        if cl < 0:
+            return None
+        total = he + 4 + cl
+        if total != n:
+            # Body still coming and it fits the buffer: the caller reads up to ``total``.
+            return total if n < total <= len(upbuf) else None
+        if hop:
+            raw = RESP_HOP_RE.sub(b"", raw)
         upmv = ctx.upmv
-        if upmv is None:
-            upbuf = ctx.upbuf = bytearray(self.limits.recv_buffer_bytes)
-            upmv = ctx.upmv = memoryview(upbuf)
-        try:
-            await _wait_readable(usock)
-            n = usock.recv_into(upmv)
-        except (OSError, trio.ClosedResourceError, ValueError):
-            n = -1  # BlockingIOError included: _try waits again
-        if n > 0:
-            he = upbuf.find(b"\r\n\r\n", 0, n)
-            if he > 0 and upbuf.startswith(b"HTTP/1.1 "):
-                raw = bytes(upbuf[:he])
-                status = int(raw[9:12]) if raw[9:12].isdigit() else 0
-                cl = -1
-                hop = False
-                for name, value in RESP_FIELDS_RE.findall(raw):
-                    name = name.lower()
-                    if name == b"content-length":
-                        value = value.rstrip(b" \t")
-                        if cl >= 0 or not value.isdigit():
-                            cl = -2
-                            break
-                        cl = int(value)
-                    elif (
-                        name == b"connection" and value.rstrip(b" \t").lower() == b"keep-alive"
-                    ) or (name == b"keep-alive"):
-                        hop = True
-                    else:
-                        cl = -2  # framing or hop-by-hop fields the general path must judge
-                        break
-                total = he + 4 + cl
-                if cl >= 0 and n < total <= len(upbuf):
-                    # The body is still coming (the upstream sent head and body apart): wait for
-                    # the rest while it fits the buffer. A failure resumes with what arrived.
-                    try:
-                        while n < total:
-                            await _wait_readable(usock)
-                            got = usock.recv_into(upmv[n:])
-                            if got == 0:
-                                break
-                            n += got
-                    except (OSError, trio.ClosedResourceError, ValueError):
-                        pass
-                if (
-                    cl >= 0
-                    and total == n
-                    and status >= 200
-                    and status != 204
-                    and status != 304
-                    and status not in settings.retry_on_status
-                    and method != b"HEAD"
-                ):
-                    if hop:
-                        raw = RESP_HOP_RE.sub(b"", raw)
-                    out = b"".join((raw, b"\r\n\r\n", upmv[he + 4 : n]))
-                    self._release(up, True, settings)
-                    now = _now()
-                    if settings.policy == "peak_ewma":
-                        st.observe_rtt(int((now - t0) * 1e9), int(now * 1e9))
-                    counters.inflight -= 1
-                    st.inflight -= 1
-                    if (d.peers or balancer is None) and (
-                        status >= 500 or st.consecutive_failures or st.times_ejected
-                    ):
-                        self._outcome(st, status >= 500, settings, d.peers, d.service)
-                    d.budget.record_request(now_ms)
-                    self.metrics.observe(d.service, route_name, status, ctx.direction, now - t0)
-                    down = ctx.down
-                    try:
-                        try:
-                            k = down.sock.send(out)
-                        except BlockingIOError:
-                            k = 0
-                        if k != len(out):
-                            await down.send_all(memoryview(out)[k:])
-                    except (OSError, ConnLost):
-                        return False
-                    ctx.bytes_out += len(out)
-                    self.fast_served += 1
-                    return True
-        counters.inflight -= 1
+        assert upmv is not None and plan.up is not None
+        out = b"".join((raw, b"\r\n\r\n", upmv[he + 4 : n]))
+        self._release(plan.up, True, settings)
+        now = _now()
+        st = plan.st
+        if settings.policy == "peak_ewma":
+            st.observe_rtt(int((now - plan.t0) * 1e9), int(now * 1e9))
+        d.breaker.inflight -= 1
         st.inflight -= 1
-        return await self._forward(
-            ctx,
-            req,
-            t0,
-            route_name,
-            d,
-            url,
-            b"",
-            body,
-            new_rid,
-            (idx, up, upmv[:n] if n > 0 else None, t0),
-        )
+        if (d.peers or d.balancer is None) and (
+            status >= 500 or st.consecutive_failures or st.times_ejected
+        ):
+            self._outcome(st, status >= 500, settings, d.peers, d.service)
+        d.budget.record_request(plan.now_ms)
+        self.metrics.observe(d.service, plan.route_name, status, ctx.direction, now - plan.t0)
+        self.fast_served += 1
+        return out
 
     # -- one exchange ----------------------------------------------------------------------
 
@@ -1398,8 +1569,12 @@ class Proxy:
             self._close_upstream(up)
 
     def _close_upstream(self, up: Upstream) -> None:
+        if up.reg is not None:
+            up.reg.forget()
+            up.reg = None
         if isinstance(up.io, SockIO):
             self._timed.discard(up.io)
+            up.io.owner = None
         if not up.io.closed:
             up.io.close()
             b = self._breakers.get(up.service)
