@@ -32,6 +32,10 @@ with the host's seeded rng and the virtual clock. Only the I/O is different:
 - **Restart.** With data: the previous attachment's document and writer id carry over (what the
   agent loads from its store). Without: an empty document under a new writer epoch.
 
+Membership comes from the SWIM core's ``MemberChanged`` effects, mapped to the agent's event kinds
+with the agent's own ``_event_kind``. Reaped members are not forwarded to attachments, so they stay
+in the peer table as dead; dead members are never picked, so that changes no decision.
+
 What is *not* driven: tombstone GC (its grace period is an hour, longer than any scenario) and the
 store (durability is the agent's; here "acknowledged" means ``apply_batch`` returned, which is
 when the agent would answer the operator, after its fsync).
