@@ -14,7 +14,7 @@ Measurements (seconds, from the moment the action returned, polled every 50-100 
 accurate to about one poll):
 
 - partition: until some other agent lists the node suspect, and until all others list it dead;
-- heal (faults cleared, then the node rejoins through the others with ``POST /v1/join``): until
+- heal (faults cleared; nobody rejoins by hand, SWIM's reconnect round merges the views): until
   every running agent lists every running node alive (``heal_s``), and until every agent has the
   entity written through the cut-off node and all config digests (root hashes) are equal
   (``converged_s``);
@@ -214,18 +214,15 @@ class Script:
         at = self.clock()
         self._healed.set()
         self.partitioned.discard(victim.name)
-        # Each side holds the other dead, and SWIM stops probing dead members; left alone they
-        # meet again at a reconnect round (Serf's: every 30 s, with a random dead member). An
-        # operator would not wait: the healed node rejoins through the others, as at boot.
-        seeds = [n.gossip for n in group if n is not victim]
-        joined = self._clients[victim.name].call("POST", "/v1/join", {"addresses": seeds})
+        # Nobody rejoins by hand: each side may hold the other dead, and SWIM's reconnect round
+        # (every 5 s in the local profile, Serf-style) push-pulls with a dead member, which
+        # merges the two views again; anti-entropy then brings the config across.
         res = self.results["heal"] = {"node": victim.name, "at_s": _r(at), "heal_s": None,
                                       "converged_s": None, "back_alive": False,
                                       "config_converged": False,
-                                      "rejoined": bool(joined.get("joined"))}  # fmt: skip
-        self.log.add(f"HEAL {victim.name}: faults cleared on every agent; {victim.name} rejoins "
-                     f"through {', '.join(n.name for n in group if n is not victim)}",
-                     "bold magenta")  # fmt: skip
+                                      "healed_by": "swim-reconnect"}  # fmt: skip
+        self.log.add(f"HEAL {victim.name}: faults cleared on every agent; no rejoin by hand, "
+                     "SWIM's reconnect round finds the other side", "bold magenta")  # fmt: skip
         key = CUT_OFF_WRITE[0]
 
         def watch_heal() -> None:

@@ -158,7 +158,7 @@ class SwimConfig:
     def local(cls, **overrides: Any) -> SwimConfig:
         """memberlist DefaultLocalConfig timing (200 ms timeout, 1 indirect check, λ=2) with
         α=2, β=9 (β·α = memberlist's 18; 3 cannot be halved in integers), K=3, fanout 6, and a
-        5 s reconnect interval (Serf's is 30 s) so a healed partition merges quickly."""
+        2 s reconnect interval (Serf's is 30 s) so a healed partition merges quickly."""
         base: dict[str, Any] = dict(
             probe_interval_ms=1000,
             probe_timeout_ms=200,
@@ -172,8 +172,8 @@ class SwimConfig:
             push_pull_timeout_ms=1000,
             # Serf reconnects to failed members every 30 s; on one host or a rack (what
             # ``local`` is for) a healed partition should not wait that long, and a push-pull
-            # to a dead member every 5 s costs nothing there.
-            reconnect_interval_ms=5000,
+            # to a dead member every 2 s costs nothing there.
+            reconnect_interval_ms=2000,
         )
         base.update(overrides)
         return cls(**base)

@@ -263,6 +263,7 @@ def test_demo_three_nodes_twenty_seconds() -> None:
     # Declared dead within the 6 s cut-off usually (3-5 s); on a loaded machine suspect is enough.
     assert part["node"] == "n2" and part["suspect_after_s"] is not None, part
     assert part["back_alive"] is True and part["config_converged"] is True, part
+    assert part["healed_by"] == "swim-reconnect", part  # nobody rejoins by hand
     assert part["write_during_partition"] == "policy/api-callers"
 
     assert_nothing_left(summary)
