@@ -56,8 +56,9 @@ if HAVE_EPOLL:
     _MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
     _LISTEN_MASK = select.EPOLLIN | select.EPOLLET
     _OUT = select.EPOLLOUT
+    _HUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 else:  # pragma: no cover - the proxy falls back to the task path
-    _MASK = _LISTEN_MASK = _OUT = 0
+    _MASK = _LISTEN_MASK = _OUT = _HUP = 0
 
 READ, UP, WRITE, GONE = range(4)
 
@@ -212,7 +213,20 @@ class _UpReg:
 class _Conn:
     """One downstream connection served by the engine."""
 
-    __slots__ = ("engine", "proxy", "ctx", "sock", "fd", "state", "more", "req", "plan", "n", "out")
+    __slots__ = (
+        "engine",
+        "proxy",
+        "ctx",
+        "sock",
+        "fd",
+        "state",
+        "more",
+        "hup",
+        "req",
+        "plan",
+        "n",
+        "out",
+    )
 
     def __init__(self, engine: Engine, ctx: _Ctx) -> None:
         self.engine = engine
@@ -222,6 +236,7 @@ class _Conn:
         self.fd = self.sock.fileno()
         self.state = READ
         self.more = True  # the socket may hold unread bytes
+        self.hup = False  # the peer's FIN (or an error) was reported: read until EOF/EAGAIN
         self.req: RequestHead | None = None
         self.plan: _Plan | None = None
         self.n = 0
@@ -235,6 +250,8 @@ class _Conn:
     def on_down(self, ev: int) -> None:
         state = self.state
         self.more = True
+        if ev & _HUP:
+            self.hup = True
         if state == READ:
             self.run()
         elif state == WRITE and ev & _OUT:
@@ -274,7 +291,7 @@ class _Conn:
             if n == 0:
                 self.close()
                 return
-            self.more = n == len(mv)
+            self.more = n == len(mv) or self.hup
             ctx.bytes_in += n
             try:
                 reader.feed(mv[:n])
@@ -368,12 +385,9 @@ class _Conn:
                 self.resume(n)
                 return
             if type(out) is int:
-                # A Content-Length body still coming: read on if the buffer filled up (more may
-                # be there already), else wait for the next edge.
-                if got == space:
-                    continue
-                self.n = n
-                return
+                # A Content-Length body still coming: read on until EAGAIN. A short read does
+                # not prove the peer's FIN is not already queued behind it (same edge).
+                continue
             assert type(out) is bytes
             self._reply(out)
             return
