@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 
 sys.path.insert(0, os.path.dirname(__file__))
+import gossip_legs  # noqa: E402
 from _procs import Proc, wait_until  # noqa: E402
 
 BACKEND_PORT = 18080
@@ -194,8 +195,6 @@ def main() -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed (apt-get install wrk nginx haproxy util-linux)")
 
-    import gossip_legs  # noqa: PLC0415  (the gossipmesh legs need the package importable)
-
     legs = [
         Leg("direct", f"http://127.0.0.1:{BACKEND_PORT}/", None, lambda w: []),
         Leg(
@@ -205,7 +204,7 @@ def main() -> int:
             lambda w: [start_nginx_proxy(w, 1)],
         ),
         Leg("haproxy", f"http://127.0.0.1:{HAPROXY_PORT}/", None, lambda w: [start_haproxy(w, 1)]),
-        *gossip_legs.legs(BACKEND_PORT),
+        *(Leg(*leg) for leg in gossip_legs.legs(BACKEND_PORT)),
     ]
     if args.only:
         legs = [
