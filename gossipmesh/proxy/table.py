@@ -19,6 +19,7 @@ hash ring. Outlier ejection is *not* in the table: it is proxy-local, fast-chang
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -156,6 +157,32 @@ def _make_cluster(
     )
 
 
+def _skip_empty_destinations(
+    route: CompiledRoute, clusters: Mapping[ClusterKey, Cluster]
+) -> CompiledRoute:
+    """A destination with no endpoint left gets weight 0 while another still has some.
+
+    Without this a 90/10 canary whose v1 instances all died would answer 503 to 90 % of requests
+    although v2 could serve them; an operator's split is a preference among working backends, not
+    a promise to fail. The table is rebuilt whenever endpoints change, so the split comes back by
+    itself. When every destination is empty the weights stay, and the request gets the honest 503.
+    """
+    if len(route.clusters) < 2:
+        return route
+    empty = [not clusters[key].endpoints for key in route.clusters]
+    if not any(empty) or all(empty):
+        return route
+    cum: list[int] = []
+    total, previous = 0, 0
+    for is_empty, upto in zip(empty, route.cum_weights, strict=True):
+        weight, previous = upto - previous, upto
+        total += 0 if is_empty else weight
+        cum.append(total)
+    if total <= 0:
+        return route
+    return dataclasses.replace(route, cum_weights=tuple(cum), total_weight=total)
+
+
 def build_route_table(
     services: Mapping[str, ServiceConfig],
     routes: Mapping[str, RouteConfig],
@@ -184,6 +211,7 @@ def build_route_table(
             if key not in clusters:
                 svc, tags = key
                 clusters[key] = _make_cluster(svc, tags, endpoints.get(svc, ()), settings[svc])
+    compiled = [_skip_empty_destinations(cr, clusters) for cr in compiled]
     ordered = tuple(sorted(compiled, key=lambda r: r.sort_key))
     return RouteTable(
         services=settings,

@@ -155,3 +155,40 @@ def test_weighted_destinations_honoured(weights: list[int], seed: int) -> None:
             assert share == 0
         else:
             assert abs(share - w / total) < 0.05, (weights, counts)
+
+
+def _canary_table(v1_alive: bool, v2_alive: bool):
+    canary = route(
+        "api",
+        destinations=[
+            {"service": "api", "weight": 90, "tags": ["v1"]},
+            {"service": "api", "weight": 10, "tags": ["v2"]},
+        ],
+    )
+    eps = []
+    if v1_alive:
+        eps.append(Endpoint("n1", "127.0.0.1", 9001, tags=("v1",)))
+    if v2_alive:
+        eps.append(Endpoint("n2", "127.0.0.1", 9002, tags=("v2",)))
+    table = build_route_table({}, {"api": canary}, {"api": eps})
+    r = match(table.index, "api", "/", "GET", [])
+    assert r is not None
+    return r
+
+
+def test_canary_share_of_a_destination_with_no_endpoint_goes_to_the_others() -> None:
+    rng = random.Random(7)
+    r = _canary_table(v1_alive=False, v2_alive=True)
+    picks = Counter(choose_destination(r, rng) for _ in range(2000))
+    assert picks == Counter({("api", ("v2",)): 2000})
+    r = _canary_table(v1_alive=True, v2_alive=False)
+    picks = Counter(choose_destination(r, rng) for _ in range(2000))
+    assert picks == Counter({("api", ("v1",)): 2000})
+
+
+def test_canary_weights_stay_when_every_destination_is_empty_or_all_are_served() -> None:
+    rng = random.Random(7)
+    for alive in (False, True):
+        r = _canary_table(v1_alive=alive, v2_alive=alive)
+        picks = Counter(choose_destination(r, rng) for _ in range(4000))
+        assert 0.86 < picks[("api", ("v1",))] / 4000 < 0.94, picks
