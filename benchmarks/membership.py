@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _procs import Proc, loopback, wait_until  # noqa: E402
@@ -172,7 +173,7 @@ def _all_saw_failure(
     return None not in _failure_seen(system, procs, survivors, name, t0)
 
 
-def run_detection(system: System, n: int, kills: int, workdir: str) -> dict[str, object]:
+def run_detection(system: System, n: int, kills: int, workdir: str) -> dict[str, Any]:
     procs = _start_cluster(system, n, workdir)
     try:
         if not _all_see(system, procs, range(n), n, timeout_s=90):
@@ -190,7 +191,8 @@ def run_detection(system: System, n: int, kills: int, workdir: str) -> dict[str,
             seen_all = partial(_all_saw_failure, system, procs, survivors, name, t0)
             if not wait_until(seen_all, 90):
                 raise RuntimeError(f"{system.label}: {name} not seen failed by all within 90 s")
-            elapsed = max(_failure_seen(system, procs, survivors, name, t0)) - t0  # type: ignore[type-var]
+            stamps = [s for s in _failure_seen(system, procs, survivors, name, t0) if s is not None]
+            elapsed = max(stamps) - t0
             times.append(elapsed)
             print(
                 f"  {system.label}: kill {k + 1}/{kills} ({name}) seen failed by all in {elapsed:.2f} s",
@@ -248,33 +250,35 @@ def main() -> int:
         parser.error("--agents must be 3-250 and --kills 1-50")
     if shutil.which("serf") is None and (not args.only or "serf" in args.only):
         parser.error("serf is not installed: apt-get install serf")
-    results: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "runs": [], "rss": []}
+    runs: list[dict[str, Any]] = []
+    rss_rows: list[dict[str, Any]] = []
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "runs": runs, "rss": rss_rows}
     for key in args.only or ["serf", "gossipmesh"]:
         system = SYSTEMS[key]
         with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as workdir:
             print(f"{system.label}: {args.agents} agents, {args.kills} kills", flush=True)
             run = run_detection(system, args.agents, args.kills, workdir)
-            results["runs"].append(run)  # type: ignore[union-attr]
+            runs.append(run)
             for members in args.rss_members:
-                rss = run_rss(system, members, workdir)
-                results["rss"].append(
-                    {"system": system.label, "members": members, "rss_kib_median": rss}
-                )  # type: ignore[union-attr]
+                rss_kib = run_rss(system, members, workdir)
+                rss_rows.append(
+                    {"system": system.label, "members": members, "rss_kib_median": rss_kib}
+                )
     print()
     print(
         f"{'system':<16}{'median detect':>15}{'runs (s)':>40}{'false pos':>11}{'RSS@N (MiB)':>13}"
     )
-    for run in results["runs"]:  # type: ignore[union-attr]
-        runs = " ".join(f"{t:.2f}" for t in run["detection_s"])
+    for run in runs:
+        detail = " ".join(f"{t:.2f}" for t in run["detection_s"])
         print(
-            f"{run['system']:<16}{run['median_s']:>14.2f}s{runs:>40}{len(run['false_positives']):>11}"
+            f"{run['system']:<16}{run['median_s']:>14.2f}s{detail:>40}{len(run['false_positives']):>11}"
             f"{run['rss_kib_median'] / 1024:>13.1f}"
         )
-    for rss in results["rss"]:  # type: ignore[union-attr]
+    for row in rss_rows:
         print(
-            f"{rss['system']:<16} idle RSS with {rss['members']} members: {rss['rss_kib_median'] / 1024:.1f} MiB"
+            f"{row['system']:<16} idle RSS with {row['members']} members: {row['rss_kib_median'] / 1024:.1f} MiB"
         )
-    by = {r["system"]: r for r in results["runs"]}  # type: ignore[union-attr]
+    by = {r["system"]: r for r in runs}
     if "HashiCorp Serf" in by and "gossipmesh" in by:
         ratio = by["gossipmesh"]["median_s"] / by["HashiCorp Serf"]["median_s"]
         print(f"ratio gossipmesh/serf median detection: {ratio:.2f}x (goal <= 0.75x)")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gossip_legs  # noqa: E402
@@ -210,7 +211,7 @@ def main() -> int:
         legs = [
             leg for leg in legs if any(o in leg.label for o in args.only) or leg.label == "nginx"
         ]
-    results: list[dict[str, object]] = []
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as workdir:
         for leg in legs:
             backend_cpu = 1 if leg.label == "direct" else 0
