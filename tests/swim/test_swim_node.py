@@ -286,6 +286,23 @@ def test_user_messages_are_delivered_once_and_relayed() -> None:
     assert node.broadcast_queue_len >= 1  # re-gossiped
 
 
+def test_gossiped_copy_is_relayed_even_after_a_direct_copy_was_delivered() -> None:
+    # An eager push (direct, not relayed) often arrives before the gossip of the same payload.
+    # The gossip must still travel on, or the members the eager push missed never hear it.
+    node = make_node()
+    before = node.broadcast_queue_len
+    out = node.handle_packet(addr(2), packet(User(b"delta-2", relay=False)), 0)
+    assert [e for e in out if isinstance(e, UserMessage)] == [UserMessage(addr(2), b"delta-2")]
+    assert node.broadcast_queue_len == before  # a direct copy is not relayed
+    out = node.handle_packet(addr(3), packet(User(b"delta-2", relay=True)), 1)
+    assert not [e for e in out if isinstance(e, UserMessage)]  # delivered once only
+    assert node.broadcast_queue_len == before + 1
+    assert node.stats["user.relayed_late"] == 1
+    node.handle_packet(addr(4), packet(User(b"delta-2", relay=True)), 2)
+    assert node.broadcast_queue_len == before + 1  # relayed once only
+    assert node.stats["user.duplicate"] == 1
+
+
 def test_user_dedupe_cache_is_bounded() -> None:
     node = make_node(config=SwimConfig.lan(user_dedupe_max=16))
     for i in range(100):
