@@ -101,9 +101,6 @@ def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser
                    help="members a merged delta's new part is forwarded to (agent: 2)")  # fmt: skip
     k.add_argument("--sync-interval-ms", type=int, default=3000,
                    help="anti-entropy base period before size scaling (agent: 3000)")  # fmt: skip
-    k.add_argument("--distinct-eager-tag", action="store_true",
-                   help="what-if: tag direct copies apart from the gossiped one, so SWIM's "
-                   "payload dedup does not stop the gossip relay")  # fmt: skip
     k.add_argument("--no-anti-entropy", dest="anti_entropy", action="store_false",
                    help="switch config-sync off (to watch what gossip alone does)")  # fmt: skip
     return p

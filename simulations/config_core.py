@@ -84,7 +84,6 @@ TRIGGER_DEPTH = 64
 
 EPOCH_MS = 1_790_000_000_000  # virtual t=0 as a wall clock (late 2026), so HLCs look real
 LEG_SYNC, LEG_PUSH_BACK, LEG_PUSH = b"S", b"Q", b"P"
-EAGER_TAG = b"c"  # only with ReplicaSettings.distinct_eager_tag
 
 Dot = tuple[str, int]
 
@@ -101,11 +100,6 @@ class ReplicaSettings:
     gossip: bool = True  # queue fresh deltas on SWIM's piggyback broadcast
     forward: bool = True  # re-send what a merge learned
     anti_entropy: bool = True  # periodic and triggered config-sync
-    # What-if, not the agent: tag direct (eager and forward) copies ``b"c"`` instead of ``b"C"``.
-    # The SWIM core dedups user payloads by their bytes whatever the relay flag, so a host that
-    # got a delta directly drops the gossiped copy *without relaying it*; distinct bytes keep
-    # the gossip epidemic alive alongside the eager one (see config_scenarios.py).
-    distinct_eager_tag: bool = False
 
 
 @dataclass(slots=True)
@@ -234,14 +228,13 @@ class ConfigAttachment(Attachment):
     def _spread(self, host: SimNode, payload: bytes, plan: policy.Spread) -> None:
         ledger = self.ledger
         tagged = TAG + payload
-        direct = EAGER_TAG + payload if self.settings.distinct_eager_tag else tagged
         stream_fanout = plan.stream_fanout
         try:
             if plan.gossip and self.settings.gossip:
                 host.queue_broadcast(tagged)
                 ledger.count("gossip_queued")
             if plan.udp_fanout:
-                host.send_user_message(direct, plan.udp_fanout)
+                host.send_user_message(tagged, plan.udp_fanout)
                 ledger.count("eager_sent")
         except LimitExceededError:
             # Our size estimate was off (packet framing): fall back to streams, as the agent does.
@@ -257,7 +250,7 @@ class ConfigAttachment(Attachment):
                           ("push", name))  # fmt: skip
 
     def on_user_message(self, host: SimNode, src: Address, payload: bytes, now_ms: int) -> None:
-        if not (payload.startswith(TAG) or payload.startswith(EAGER_TAG)):
+        if not payload.startswith(TAG):
             return
         self.ledger.count("gossip_received")
         self.merge_payload(host, payload[1:], now_ms)

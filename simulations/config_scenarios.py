@@ -74,7 +74,6 @@ def settings_from(opts: Options) -> ReplicaSettings:
         forward_fanout=opts.forward_fanout,
         sync_interval_ms=opts.sync_interval_ms,
         anti_entropy=opts.anti_entropy,
-        distinct_eager_tag=opts.distinct_eager_tag,
     )
 
 

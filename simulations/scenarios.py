@@ -103,7 +103,6 @@ class Options:
     forward_fanout: int = 2
     sync_interval_ms: int = 3000
     anti_entropy: bool = True
-    distinct_eager_tag: bool = False  # what-if: see config_core.ReplicaSettings
 
     def validate(self) -> None:
         """Raise ValueError with one clear sentence on nonsense."""
@@ -168,8 +167,6 @@ class Options:
                 parts.append("--cold-start")
             elif f.name == "anti_entropy":
                 parts.append("--no-anti-entropy")
-            elif f.name == "distinct_eager_tag":
-                parts.append("--distinct-eager-tag")
             elif f.name == "loss_rates":
                 parts.append("--loss-rates " + ",".join(f"{p:g}" for p in value))
             else:

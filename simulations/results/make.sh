@@ -11,11 +11,10 @@ for n in ${SIZES:-100 1000}; do
   for spec in "steady" "crash --kill 3" "loss --loss-rates $rates --duration 40" \
               "slow-nodes --slow-delay-ms 5000" "partition --split half" \
               "partition --split one" "churn --churn-rate 1" \
-              "config-spread" "config-spread --distinct-eager-tag" "partition-edit"; do
+              "config-spread" "partition-edit"; do
     set -- $spec
     name="$1-$n"
     [ "$1" = partition ] && name="partition-$3-$n"
-    [ "${2:-}" = --distinct-eager-tag ] && name="$1-$n-distinct-eager-tag"
     python -m simulations $spec --nodes "$n" --seed 1 --quiet \
       --json "$out/$name.json" --plot "$out/$name.png" --markdown "$out/$name.md" \
       > "$out/$name.txt" || echo "$name: checks failed (see $name.md)"
