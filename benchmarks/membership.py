@@ -62,14 +62,19 @@ def _serf_argv(i: int, n: int, workdir: str) -> list[str]:
     return argv
 
 
+def _probe(argv: list[str], timeout_s: float) -> str | None:
+    """Run a status command; None when it fails or is slow (a busy agent is "not yet")."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def _serf_alive(i: int) -> int:
-    out = subprocess.run(
-        ["serf", "members", f"-rpc-addr={loopback(i)}:{SERF_RPC_PORT}", "-status=alive"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-    )
-    return len([line for line in out.stdout.splitlines() if line.strip()])
+    rpc = f"-rpc-addr={loopback(i)}:{SERF_RPC_PORT}"
+    text = _probe(["serf", "members", rpc, "-status=alive"], 5)
+    return 0 if text is None else len([line for line in text.splitlines() if line.strip()])
 
 
 def _serf_failed(line: str, member: str) -> bool:
@@ -101,23 +106,9 @@ def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
 
 
 def _gm_alive(i: int) -> int:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gossipmesh",
-            "members",
-            "--json",
-            "--agent",
-            f"{loopback(i)}:{GM_ADMIN_PORT}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    if out.returncode != 0:
-        return 0
-    return sum(1 for m in json.loads(out.stdout) if m["state"] == "alive")
+    admin = f"{loopback(i)}:{GM_ADMIN_PORT}"
+    text = _probe([sys.executable, "-m", "gossipmesh", "members", "--json", "--agent", admin], 15)
+    return 0 if text is None else sum(1 for m in json.loads(text) if m["state"] == "alive")
 
 
 def _gm_failed(line: str, member: str) -> bool:
@@ -144,7 +135,7 @@ def _start_cluster(system: System, n: int, workdir: str) -> list[Proc]:
     time.sleep(1.0)  # the seed must be listening before the others try to join it
     for proc in procs[1:]:
         proc.start()
-        time.sleep(0.05)
+        time.sleep(0.05 if n <= 30 else 0.3)
     return procs
 
 
@@ -245,6 +236,9 @@ def main() -> int:
     parser.add_argument("--rss-members", type=int, nargs="*", default=[100])
     parser.add_argument("--only", choices=sorted(SYSTEMS), action="append")
     parser.add_argument("--json", help="write results to this file")
+    parser.add_argument(
+        "--skip-detection", action="store_true", help="only the idle-RSS runs (--rss-members)"
+    )
     args = parser.parse_args()
     if args.agents < 3 or args.agents > 250 or args.kills < 1 or args.kills > 50:
         parser.error("--agents must be 3-250 and --kills 1-50")
@@ -256,14 +250,16 @@ def main() -> int:
     for key in args.only or ["serf", "gossipmesh"]:
         system = SYSTEMS[key]
         with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as workdir:
-            print(f"{system.label}: {args.agents} agents, {args.kills} kills", flush=True)
-            run = run_detection(system, args.agents, args.kills, workdir)
-            runs.append(run)
+            if not args.skip_detection:
+                print(f"{system.label}: {args.agents} agents, {args.kills} kills", flush=True)
+                runs.append(run_detection(system, args.agents, args.kills, workdir))
             for members in args.rss_members:
                 rss_kib = run_rss(system, members, workdir)
                 rss_rows.append(
                     {"system": system.label, "members": members, "rss_kib_median": rss_kib}
                 )
+                print(f"  {system.label}: idle RSS with {members} members: "
+                      f"{rss_kib / 1024:.1f} MiB (median)", flush=True)  # fmt: skip
     print()
     print(
         f"{'system':<16}{'median detect':>15}{'runs (s)':>40}{'false pos':>11}{'RSS@N (MiB)':>13}"
