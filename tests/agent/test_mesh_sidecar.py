@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -104,12 +105,22 @@ class Mesh:
         while proxy in (gossip, gossip + 1) or proxy + 1 == gossip:
             proxy = free_port_on(IPS)
         self.out_port = proxy
+        # a1 also gives its apps a raw TCP port for `solo` (which only a3 runs): bytes in, the
+        # same bytes out at a3's backend, through a3's inbound listener.
+        self.tcp_port = free_port_on([IPS[0]])
+        while self.tcp_port in (gossip, proxy, proxy + 1):
+            self.tcp_port = free_port_on([IPS[0]])
         self.agents: dict[str, AgentProc] = {}
         for (name, service, backend), ip in zip(LAYOUT, IPS, strict=True):
             toml = procs.root / f"{name}.toml"
+            listener = (
+                f'[[listener]]\nservice = "solo"\nport = {self.tcp_port}\naddress = "{ip}"\n'
+                if name == "a1"
+                else ""
+            )
             toml.write_text(
                 f"[[service]]\nname = {service!r}\nport = {backends[backend].port}\n"
-                'check = { http = "/health", interval = "200ms", timeout = "150ms" }\n'
+                'check = { http = "/health", interval = "200ms", timeout = "150ms" }\n' + listener
             )
             args = [
                 "--cluster",
@@ -188,6 +199,20 @@ def test_request_crosses_from_a1_outbound_to_a3_inbound(mesh: Mesh) -> None:
     # web: both instances take traffic, the remote one through a2's inbound listener.
     seen = Counter(mesh.app_get("web")[1] for _ in range(30))
     assert set(seen) == {b"w1", b"w2"}, seen
+
+
+def test_tcp_listener_splices_raw_bytes_to_a_remote_instance(mesh: Mesh) -> None:
+    # [[listener]] on a1 for `solo`: not parsed as HTTP by a1; the bytes cross to a3's inbound
+    # and on to the backend, and the backend's answer comes back byte for byte.
+    with socket.create_connection((mesh.agents["a1"].ip, mesh.tcp_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks)
+    assert reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0], reply[:200]
+    assert reply.endswith(b"w3")
+    assert b"x-seen-request-id: \r\n" in reply.lower()  # raw TCP: no HTTP hop stamped it
 
 
 def test_a_route_written_at_a2_steers_requests_at_a1(mesh: Mesh, tmp_path: Path) -> None:
