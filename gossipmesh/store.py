@@ -64,7 +64,7 @@ class ReplicaStore:
         except StoreCorruptError:
             if not rebuild:
                 raise
-            moved = _move_aside(path)
+            moved = move_aside(path)
             conn = cls._open_checked(path)
             return cls(conn, path, moved)
         return cls(conn, path, None)
@@ -194,7 +194,8 @@ def _verify_rows(conn: sqlite3.Connection, path: Path) -> None:
                 raise StoreCorruptError(f"{path}: a row of {table} fails its checksum")
 
 
-def _move_aside(path: Path) -> Path:
+def move_aside(path: Path) -> Path:
+    """Rename a damaged store and its WAL/SHM files to ``NAME.corrupt-N`` (never delete data)."""
     n = 1
     while path.with_name(f"{path.name}.corrupt-{n}").exists():
         n += 1

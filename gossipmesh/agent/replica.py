@@ -46,7 +46,6 @@ forwarded (``Document.merge`` keeps them out of ``forward``).
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -71,7 +70,7 @@ from gossipmesh.crdt.sync import (
 )
 from gossipmesh.errors import DecodeError, LimitExceededError, StoreCorruptError
 from gossipmesh.ids import Address
-from gossipmesh.store import COMPACT_AFTER_DELTAS, ReplicaStore
+from gossipmesh.store import COMPACT_AFTER_DELTAS, ReplicaStore, move_aside
 
 if TYPE_CHECKING:
     from gossipmesh.agent.runtime import Agent, MemberEvent
@@ -196,7 +195,7 @@ class ConfigReplica:
             store.close()
             if not rebuild:
                 raise
-            moved = _move_aside(path)
+            moved = move_aside(path)
             store = ReplicaStore.open(path)
             store_rebuilt_from: Path | None = moved
             document = fresh()
@@ -559,17 +558,6 @@ def _stored_writer(store: ReplicaStore, name: str) -> str | None:
     short = name.encode()[:MAX_WRITER_NAME_BYTES].decode(errors="ignore")
     # A store carried over to a renamed node starts a new writer rather than speak for the old one.
     return writer if writer.startswith(short + "@") else None
-
-
-def _move_aside(path: Path) -> Path:
-    """Rename a store that opened but does not load (never delete data); return the new name."""
-    target = path.with_name(f"{path.name}.corrupt-{int(time.time())}-{os.getpid()}")
-    path.rename(target)
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            side.rename(target.with_name(target.name + suffix))
-    return target
 
 
 __all__ = ["ConfigReplica", "ConfigSource", "TAG", "frame", "unframe"]
