@@ -280,7 +280,12 @@ def alive_ok(r: list[Any]) -> bool:
     the exact verdict", which may still accept an unusually long name."""
     if len(r) < 6:
         return False
-    name, inc, host, port, meta = r[1], r[2], r[3], r[4], r[5]
+    return _plainly_valid(r[1], r[2], r[3], r[4], r[5])
+
+
+def _plainly_valid(name: object, inc: object, host: object, port: object, meta: object) -> bool:
+    """The cheap check shared by every member-carrying decoder: a member that passes it is
+    certainly valid; one that fails goes through the full, exact validation."""
     return (
         type(name) is str
         and 0 < len(name) <= _FAST_NAME_CHARS
@@ -345,18 +350,7 @@ def _d_record(e: Any) -> MemberRecord:
     state = _CODE_STATES.get(code) if type(code) is int else None
     if state is None:
         raise DecodeError("bad_field", f"member state {code!r:.20}")
-    if (
-        type(name) is str
-        and 0 < len(name) <= _FAST_NAME_CHARS
-        and type(inc) is int
-        and 0 <= inc <= MAX_COUNTER
-        and type(host) is str
-        and 0 < len(host) <= _FAST_HOST_CHARS
-        and type(port) is int
-        and 0 <= port <= 65535
-        and type(meta) is bytes
-        and len(meta) <= MAX_META_BYTES
-    ):
+    if _plainly_valid(name, inc, host, port, meta):
         return MemberRecord(name, Address(host, port), inc, state, meta)
     return MemberRecord(
         _name(name),
