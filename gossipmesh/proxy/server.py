@@ -1702,15 +1702,8 @@ class Proxy:
         reusable = rh.keep_alive
         try:
             while True:
-                while rr.pending():
-                    ev = rr.pop()
-                    if ev is END:
-                        done = True
-                        if down_chunked:
-                            out.append(LAST_CHUNK)
-                        break
-                    if type(ev) is bytes:
-                        out.append(chunk(ev) if down_chunked else ev)
+                if _drain_body(rr, down_chunked, out):
+                    done = True  # (a HEAD answer is done before any body event)
                 if out:
                     data = out[0] if len(out) == 1 else b"".join(out)
                     out = []
@@ -1753,16 +1746,7 @@ class Proxy:
         idle_s = self.limits.client_idle_ms / 1000
         while True:
             out: list[bytes] = []
-            done = False
-            while reader.pending():
-                ev = reader.pop()
-                if ev is END:
-                    done = True
-                    if chunked:
-                        out.append(LAST_CHUNK)
-                    break
-                if type(ev) is bytes:
-                    out.append(chunk(ev) if chunked else ev)
+            done = _drain_body(reader, chunked, out)
             if out:
                 await io.send_all(b"".join(out))
             if done:
@@ -2127,3 +2111,17 @@ __all__ = [
     "http1",
     "serve_workers",
 ]
+
+
+def _drain_body(reader: Any, chunked: bool, out: list[bytes]) -> bool:
+    """Move the body bytes parsed so far into ``out``, framed for the other side (re-chunked when
+    it is chunked); True once the message ended. Both directions relay bodies through this."""
+    while reader.pending():
+        ev = reader.pop()
+        if ev is END:
+            if chunked:
+                out.append(LAST_CHUNK)
+            return True
+        if type(ev) is bytes:
+            out.append(chunk(ev) if chunked else ev)
+    return False
