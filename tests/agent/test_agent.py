@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+from admin_http import http
 
 from gossipmesh.agent.http import MAX_BODY_BYTES
 from gossipmesh.agent.log import EventLog
@@ -35,20 +35,6 @@ def make_agent(name: str, ip: str, tmp_path: Path, cluster: str = "t") -> Agent:
     )
     log = EventLog(stream=open(tmp_path / f"{name}.log", "a"), level="debug")  # noqa: SIM115
     return Agent(settings, keyring=Keyring([KEY]), log=log)
-
-
-async def http(agent: Agent, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
-    assert agent.admin_address is not None
-    stream = await trio.open_tcp_stream(agent.admin_address.host, agent.admin_address.port)
-    async with stream:
-        head = f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n"
-        await stream.send_all(head.encode() + b"connection: close\r\n\r\n" + body)
-        buf = b""
-        with trio.fail_after(10):
-            while chunk := await stream.receive_some(65536):
-                buf += chunk
-    head_bytes, _, payload = buf.partition(b"\r\n\r\n")
-    return int(head_bytes.split(b" ")[1]), json.loads(payload)
 
 
 async def wait_for(pred: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:

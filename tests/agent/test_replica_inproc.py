@@ -3,7 +3,6 @@ atomic apply, spread, refused remote deltas, stream kinds, fault injection route
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+from admin_http import http
 
 from gossipmesh.agent.config_api import install_config_routes
 from gossipmesh.agent.faults import install_faults
@@ -60,21 +60,6 @@ async def start(nursery: trio.Nursery, agent: Agent) -> Agent:
 def rep(agent: Agent) -> ConfigReplica:
     assert isinstance(agent.config, ConfigReplica)
     return agent.config
-
-
-async def http(agent: Agent, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    assert agent.admin_address is not None
-    raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    stream = await trio.open_tcp_stream(agent.admin_address.host, agent.admin_address.port)
-    async with stream:
-        head = f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(raw)}\r\n"
-        await stream.send_all(head.encode() + b"connection: close\r\n\r\n" + raw)
-        buf = b""
-        with trio.fail_after(10):
-            while chunk := await stream.receive_some(65536):
-                buf += chunk
-    head_bytes, _, payload = buf.partition(b"\r\n\r\n")
-    return int(head_bytes.split(b" ")[1]), json.loads(payload)
 
 
 async def wait_for(pred: Callable[[], Awaitable[bool] | bool], timeout_s: float = 10.0) -> None:
