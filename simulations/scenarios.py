@@ -289,6 +289,27 @@ def _bootstrap(c: Cluster, opts: Options, hooks: Hooks, label: str) -> int:
             return c.engine.now_ms
 
 
+def _open(
+    opts: Options,
+    hooks: Hooks,
+    label: str,
+    *,
+    lifeguard: bool | None = None,
+    loss: float | None = None,
+) -> tuple[Cluster, FaultPlan, int]:
+    """Every SWIM scenario's opening: the cluster (the options' Lifeguard and loss unless a sweep
+    overrides them), its fault plan, and the virtual time at which the bootstrapped cluster is
+    whole."""
+    c = _build(
+        opts,
+        hooks,
+        lifeguard=opts.lifeguard if lifeguard is None else lifeguard,
+        loss=opts.loss if loss is None else loss,
+    )
+    plan = FaultPlan(c)
+    return c, plan, _bootstrap(c, opts, hooks, label)
+
+
 def warm_start(c: Cluster) -> None:
     """Boot every host at once, already knowing every other one (see the module docstring).
 
@@ -494,9 +515,7 @@ def run(opts: Options, hooks: Hooks | None = None) -> ScenarioResult:
 
 def _steady(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     wall = time.perf_counter()
-    c = _build(opts, hooks, lifeguard=opts.lifeguard, loss=opts.loss)
-    plan = FaultPlan(c)
-    t0 = _bootstrap(c, opts, hooks, "steady")
+    c, plan, t0 = _open(opts, hooks, "steady")
     warm_wall, warm_events = time.perf_counter() - wall, c.engine.events_run
     duration = int((opts.duration_s or 120.0) * 1000)
     _run_phase(c, hooks, "steady", t0, t0 + duration)
@@ -524,9 +543,7 @@ def _steady(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
 
 def _crash(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     wall = time.perf_counter()
-    c = _build(opts, hooks, lifeguard=opts.lifeguard, loss=opts.loss)
-    plan = FaultPlan(c)
-    t0 = _bootstrap(c, opts, hooks, "crash")
+    c, plan, t0 = _open(opts, hooks, "crash")
     at = t0 + int(opts.fault_at_s * 1000)
     victims = plan.pick(opts.kill)
     plan.crash(victims, at)
@@ -550,9 +567,7 @@ def _loss(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     for rate in opts.loss_rates:
         wall = time.perf_counter()
         label = f"loss={rate:g}"
-        c = _build(opts, hooks, lifeguard=opts.lifeguard, loss=0.0)
-        plan = FaultPlan(c)
-        t0 = _bootstrap(c, opts, hooks, label)
+        c, plan, t0 = _open(opts, hooks, label, loss=0.0)
         at = t0 + int(opts.fault_at_s * 1000)
         plan.loss(rate, at)
         # One crash under loss, so detection time can be read off against the loss rate.
@@ -585,9 +600,7 @@ def _slow_nodes(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     for lifeguard in (True, False):
         wall = time.perf_counter()
         label = f"lifeguard={'on' if lifeguard else 'off'}"
-        c = _build(opts, hooks, lifeguard=lifeguard, loss=opts.loss)
-        plan = FaultPlan(c)
-        t0 = _bootstrap(c, opts, hooks, label)
+        c, plan, t0 = _open(opts, hooks, label, lifeguard=lifeguard)
         at = t0 + int(opts.fault_at_s * 1000)
         slow_for = int((opts.duration_s or 60.0) * 1000)
         victims = plan.pick(k)
@@ -619,9 +632,7 @@ def _slow_nodes(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
 
 def _partition(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     wall = time.perf_counter()
-    c = _build(opts, hooks, lifeguard=opts.lifeguard, loss=opts.loss)
-    plan = FaultPlan(c)
-    t0 = _bootstrap(c, opts, hooks, "partition")
+    c, plan, t0 = _open(opts, hooks, "partition")
     at = t0 + int(opts.fault_at_s * 1000)
     everyone = c.up_nodes()
     side_a = plan.pick(len(everyone) // 2) if opts.split == "half" else plan.pick(1)
@@ -658,9 +669,7 @@ def _partition(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
 def _churn(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     """Poisson churn: each event is a join, a graceful leave, a crash, or a restart."""
     wall = time.perf_counter()
-    c = _build(opts, hooks, lifeguard=opts.lifeguard, loss=opts.loss)
-    plan = FaultPlan(c)
-    t0 = _bootstrap(c, opts, hooks, "churn")
+    c, plan, t0 = _open(opts, hooks, "churn")
     at = t0 + int(opts.fault_at_s * 1000)
     stop = at + int(opts.churn_s * 1000)
     rng = derive_rng(opts.seed, "churn")
