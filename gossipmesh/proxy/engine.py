@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from gossipmesh.proxy.http1 import HeaderLimitError, ParseError, RequestHead
-from gossipmesh.proxy.server import INF, ConnLost, _now
+from gossipmesh.proxy.sockio import INF, ConnLost, _now
 
 if TYPE_CHECKING:
-    from gossipmesh.proxy.server import Proxy, SockIO, Upstream, _Ctx, _Plan
+    from gossipmesh.proxy.server import Proxy, Upstream, _Ctx, _Plan
+    from gossipmesh.proxy.sockio import SockIO
 
 log = logging.getLogger("gossipmesh.proxy")
 
