@@ -33,6 +33,7 @@ from simulations.cluster import (
     _STATE_CODE,
     DOWN,
     LEFT,
+    NO_VIEW,
     UP,
     V_ALIVE,
     V_DEAD,
@@ -125,16 +126,16 @@ def ledger_matches_core(c: Cluster, observers_max: int = 50) -> CheckResult:
     checked = 0
     for node in up[::step]:
         assert node.core is not None
-        view = c.views[node.idx] or {}
+        view = c.views[node.idx] or []
         for m in node.core.members():
             s = c.by_name.get(m.name)
             if s is None or s == node.idx:
                 continue
             checked += 1
-            code = view.get(s)
+            code = view[s] if s < len(view) else NO_VIEW
             want = _STATE_CODE[m.state]
-            if code is None or code & 3 != want or code >> 2 != m.incarnation:
-                got = "nothing" if code is None else f"state {code & 3} inc {code >> 2}"
+            if code == NO_VIEW or code & 3 != want or code >> 2 != m.incarnation:
+                got = "nothing" if code == NO_VIEW else f"state {code & 3} inc {code >> 2}"
                 bad.append(
                     f"{node.name}: core says {m.name} {m.state.value} inc {m.incarnation}, "
                     f"effects said {got}"

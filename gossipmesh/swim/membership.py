@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 Members live in a dict keyed by name, holding frozen ``Member`` snapshots that are replaced (not
-mutated) on every change, so handing one to a caller is free and safe.
+mutated) on every change, so handing one to a caller is free and safe. When a member went DEAD or
+LEFT is the one piece of local bookkeeping kept beside them (``gone_since``): it drives
+gossip-to-the-dead, reconnection and reaping, and keeping it out of the snapshot lets every node
+that agrees about a member share one snapshot (see ``member.py``).
 
 Probing walks a shuffled list of names round-robin (SWIM §4.3): every member is probed once per
 round, which bounds the worst-case detection time, while the shuffle keeps the order
@@ -11,7 +14,9 @@ unpredictable. A new member is appended and swapped with a random position, so i
 within the current round at a random time rather than always last (memberlist does the same).
 At the end of a round the list is rebuilt from the table (dropping reaped names) and reshuffled;
 that O(n) work happens once per n probes. Dead and left members stay in the list until reaped,
-skipped by the prober but still reachable by ``random_members`` for gossip-to-the-dead.
+skipped by the prober but still reachable by ``random_members`` for gossip-to-the-dead. A reaped
+name stays in the list until the rebuild too; ``_stale`` remembers those few names so a member
+that returns before then is not listed twice.
 
 ``random_members`` samples random positions of that list (O(k) for k targets when most members
 pass the filter), falling back to one linear sweep from a random offset when most do not.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 
+from gossipmesh.ids import Millis
 from gossipmesh.swim.member import Member, MemberState
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
@@ -35,11 +41,11 @@ _GONE = (MemberState.DEAD, MemberState.LEFT)
 class MemberTable:
     __slots__ = (
         "_gone",
-        "_in_order",
         "_members",
         "_order",
         "_pos",
         "_rng",
+        "_stale",
         "live_count",
         "local_name",
     )
@@ -49,9 +55,12 @@ class MemberTable:
         self._rng = rng
         self._members: dict[str, Member] = {local.name: local}
         self._order: list[str] = []  # every other member's name, shuffled
-        self._in_order: set[str] = set()  # membership test only; never iterated
+        self._stale: set[str] = (
+            set()
+        )  # reaped since the last rebuild, still in _order; never iterated
         self._pos = 0
-        self._gone: dict[str, None] = {}  # DEAD/LEFT names, insertion-ordered for determinism
+        # DEAD/LEFT name -> when it became so; insertion-ordered for determinism.
+        self._gone: dict[str, Millis] = {}
         self.live_count = 1 if local.state in _LIVE else 0
 
     def __len__(self) -> int:
@@ -69,8 +78,12 @@ class MemberTable:
     def gone_names(self) -> list[str]:
         return list(self._gone)
 
-    def put(self, member: Member) -> Member | None:
-        """Insert or replace a member; return the previous snapshot."""
+    def gone_since(self, name: str) -> Millis | None:
+        """When a DEAD or LEFT member became so (this node's clock); None for any other."""
+        return self._gone.get(name)
+
+    def put(self, member: Member, now_ms: Millis) -> Member | None:
+        """Insert or replace a member as of ``now_ms``; return the previous snapshot."""
         name = member.name
         prev = self._members.get(name)
         self._members[name] = member
@@ -81,9 +94,12 @@ class MemberTable:
         if is_live:
             self._gone.pop(name, None)
         else:
-            self._gone[name] = None
-        if prev is None and name != self.local_name and name not in self._in_order:
-            self._insert_in_order(name)
+            self._gone[name] = now_ms
+        if prev is None and name != self.local_name:
+            if name in self._stale:
+                self._stale.discard(name)  # reaped and back before the rebuild: still listed
+            else:
+                self._insert_in_order(name)
         return prev
 
     def remove(self, name: str) -> Member | None:
@@ -93,12 +109,13 @@ class MemberTable:
             if prev.state in _LIVE:
                 self.live_count -= 1
             self._gone.pop(name, None)
+            if name != self.local_name:
+                self._stale.add(name)
         return prev
 
     def _insert_in_order(self, name: str) -> None:
         order = self._order
         order.append(name)
-        self._in_order.add(name)
         # Swap into a random slot so newcomers are not always probed last.
         j = self._rng.randrange(len(order))
         order[-1], order[j] = order[j], order[-1]
@@ -107,7 +124,7 @@ class MemberTable:
         order = [n for n in self._members if n != self.local_name]
         self._rng.shuffle(order)
         self._order = order
-        self._in_order = set(order)
+        self._stale.clear()
         self._pos = 0
 
     def next_probe_target(self) -> Member | None:

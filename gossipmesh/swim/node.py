@@ -78,7 +78,7 @@ from gossipmesh.swim.effects import (
     StartPushPull,
     UserMessage,
 )
-from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState
+from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState, interned_member
 from gossipmesh.swim.membership import MemberTable
 from gossipmesh.swim.messages import (
     Ack,
@@ -210,7 +210,7 @@ class SwimNode:
         self._rng = rng
         self._incarnation = incarnation
         self._meta = meta
-        self._table = MemberTable(Member(name, address, incarnation, ALIVE, meta, now_ms), rng)
+        self._table = MemberTable(interned_member(name, address, incarnation, ALIVE, meta), rng)
         self._awareness = Awareness(config.awareness_max_multiplier)
         self._broadcasts = BroadcastQueue(config.broadcast_queue_max)
         self._suspicions: dict[str, Suspicion] = {}
@@ -312,7 +312,11 @@ class SwimNode:
         if self._leaving:
             return out
         self._leaving = True
-        self._put(Member(self.name, self.address, self._incarnation, LEFT, self._meta, now_ms), out)
+        self._put(
+            interned_member(self.name, self.address, self._incarnation, LEFT, self._meta),
+            now_ms,
+            out,
+        )
         data = encode(Dead(self.name, self._incarnation, self.name, True))
         self._broadcasts.queue(data, self.name)
         fanout = max(self.config.gossip_nodes, self.config.indirect_checks, 1)
@@ -327,7 +331,9 @@ class SwimNode:
         self._meta = meta
         self._incarnation += 1
         me = self.local_member()
-        self._put(Member(self.name, self.address, self._incarnation, me.state, meta, now_ms), out)
+        self._put(
+            interned_member(self.name, self.address, self._incarnation, me.state, meta), now_ms, out
+        )
         self._queue_self_alive()
         return out
 
@@ -502,9 +508,8 @@ class SwimNode:
         cur = self._table.get(name)
         if cur is not None and msg.incarnation <= cur.incarnation:
             return  # old news (or the same news again)
-        changed_ms = cur.state_changed_ms if cur is not None and cur.state is ALIVE else now_ms
         self._suspicions.pop(name, None)
-        self._put(Member(name, msg.address, msg.incarnation, ALIVE, msg.meta, changed_ms), out)
+        self._put(interned_member(name, msg.address, msg.incarnation, ALIVE, msg.meta), now_ms, out)
         if not self._quiet:
             self._broadcasts.queue(encode(msg), name)
 
@@ -531,8 +536,8 @@ class SwimNode:
         if state is not ALIVE:
             return
         self._count("suspicions")
-        new = Member(name, cur.address, msg.incarnation, SUSPECT, cur.meta, now_ms)
-        self._put(new, out)
+        new = interned_member(name, cur.address, msg.incarnation, SUSPECT, cur.meta)
+        self._put(new, now_ms, out)
         self._broadcasts.queue(encode(msg), name)
         n = self._table.live_count
         k = self.config.suspicion_confirmations
@@ -643,8 +648,8 @@ class SwimNode:
         left = msg.left and msg.source == name
         self._count("leaves" if left else "deaths")
         self._suspicions.pop(name, None)
-        new = Member(name, cur.address, msg.incarnation, LEFT if left else DEAD, cur.meta, now_ms)
-        self._put(new, out)
+        new = interned_member(name, cur.address, msg.incarnation, LEFT if left else DEAD, cur.meta)
+        self._put(new, now_ms, out)
         self._broadcasts.queue(encode(msg), name)
         out.append(
             SetTimer(
@@ -657,11 +662,9 @@ class SwimNode:
         self._count("refutes")
         self._awareness.apply_delta(1)
         self._incarnation = max(self._incarnation, accused_incarnation) + 1
-        me = self.local_member()
         self._put(
-            Member(
-                self.name, self.address, self._incarnation, ALIVE, self._meta, me.state_changed_ms
-            ),
+            interned_member(self.name, self.address, self._incarnation, ALIVE, self._meta),
+            now_ms,
             out,
         )
         self._queue_self_alive()
@@ -846,7 +849,7 @@ class SwimNode:
             or m.name == self.name
             or m.state not in (DEAD, LEFT)
             or m.incarnation != timer.incarnation
-            or now_ms < m.state_changed_ms + self.config.dead_reap_ms
+            or now_ms < (self._table.gone_since(m.name) or 0) + self.config.dead_reap_ms
         ):
             self._count("timers.stale")
             return
@@ -860,10 +863,14 @@ class SwimNode:
         if not len(self._broadcasts):
             return
         dead_after = now_ms - self.config.gossip_to_dead_ms
+        gone_since = self._table.gone_since
 
         def accept(m: Member) -> bool:
             st = m.state
-            return st is ALIVE or st is SUSPECT or (st is DEAD and m.state_changed_ms >= dead_after)
+            if st is ALIVE or st is SUSPECT:
+                return True
+            since = gone_since(m.name) if st is DEAD else None
+            return since is not None and since >= dead_after
 
         budget = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES
         limit = self._retransmit_limit()
@@ -884,7 +891,8 @@ class SwimNode:
         candidates = []
         for name in self._table.gone_names():
             m = self._table.get(name)
-            if m is not None and m.state is DEAD and m.state_changed_ms >= horizon:
+            since = self._table.gone_since(name)
+            if m is not None and m.state is DEAD and since is not None and since >= horizon:
                 candidates.append(m)
         if not candidates:
             return
@@ -979,8 +987,8 @@ class SwimNode:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _put(self, member: Member, out: list[Effect]) -> None:
-        prev = self._table.put(member)
+    def _put(self, member: Member, now_ms: Millis, out: list[Effect]) -> None:
+        prev = self._table.put(member, now_ms)
         out.append(MemberChanged(member, None if prev is None else prev.state))
 
     def _send(self, to: Address, first: bytes, out: list[Effect]) -> None:

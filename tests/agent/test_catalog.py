@@ -21,7 +21,7 @@ LOCAL = "node-a"
 
 
 def member(name: str, state: MemberState = MemberState.ALIVE, i: int = 1) -> Member:
-    return Member(name, Address(f"127.0.0.{i}", 7946), 1, state, b"", 0)
+    return Member(name, Address(f"127.0.0.{i}", 7946), 1, state, b"")
 
 
 def inst(

@@ -28,9 +28,9 @@ def never_refutes(
 class ForgetsDeaths(SwimNode):
     """A core whose ``_put`` of DEAD members is silent: the catalog would never hear of them."""
 
-    def _put(self, member: Any, out: list[Any]) -> None:
+    def _put(self, member: Any, now_ms: int, out: list[Any]) -> None:
         before = len(out)
-        super()._put(member, out)
+        super()._put(member, now_ms, out)
         if member.state.value == "dead":
             del out[before:]
 

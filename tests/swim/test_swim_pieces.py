@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 import pathlib
 import random
 
@@ -13,7 +14,7 @@ from gossipmesh.ids import Address
 from gossipmesh.swim.awareness import Awareness
 from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
 from gossipmesh.swim.config import SwimConfig
-from gossipmesh.swim.member import Member, MemberState
+from gossipmesh.swim.member import Member, MemberState, interned_member
 from gossipmesh.swim.membership import MemberTable
 from gossipmesh.swim.node import push_pull_scale_ms
 from gossipmesh.swim.suspicion import Suspicion, suspicion_bounds_ms, suspicion_timeout_ms
@@ -161,15 +162,15 @@ def test_broadcasts_respect_the_byte_budget() -> None:
 
 
 def _member(name: str, state: MemberState = MemberState.ALIVE) -> Member:
-    return Member(name, Address("10.0.0.1", 1), 0, state, b"", 0)
+    return Member(name, Address("10.0.0.1", 1), 0, state, b"")
 
 
 def test_probe_order_visits_every_live_member_once_per_round_and_skips_dead() -> None:
     t = MemberTable(_member("me"), random.Random(3))
     for i in range(10):
-        t.put(_member(f"m{i}"))
-    t.put(_member("m3", MemberState.DEAD))
-    t.put(_member("m4", MemberState.LEFT))
+        t.put(_member(f"m{i}"), 0)
+    t.put(_member("m3", MemberState.DEAD), 0)
+    t.put(_member("m4", MemberState.LEFT), 0)
     assert t.live_count == 9
     first_round = [t.next_probe_target() for _ in range(8)]
     names = [m.name for m in first_round if m is not None]
@@ -181,10 +182,41 @@ def test_probe_order_visits_every_live_member_once_per_round_and_skips_dead() ->
 def test_random_members_excludes_self_and_filters() -> None:
     t = MemberTable(_member("me"), random.Random(1))
     for i in range(30):
-        t.put(_member(f"m{i}", MemberState.DEAD if i % 10 else MemberState.ALIVE))
+        t.put(_member(f"m{i}", MemberState.DEAD if i % 10 else MemberState.ALIVE), 0)
     got = t.random_members(5, lambda m: m.state is MemberState.ALIVE)
     assert sorted(m.name for m in got) == ["m0", "m10", "m20"]
     assert all(m.name != "me" for m in t.random_members(50, lambda m: True))
+
+
+def test_a_member_reaped_and_back_before_the_rebuild_is_listed_once() -> None:
+    t = MemberTable(_member("me"), random.Random(5))
+    for i in range(6):
+        t.put(_member(f"m{i}"), 0)
+    first = t.next_probe_target()  # builds the first round's order
+    t.put(_member("m2", MemberState.DEAD), 100)
+    assert t.gone_since("m2") == 100
+    t.remove("m2")
+    assert t.gone_since("m2") is None
+    t.put(_member("m2"), 200)  # back within the same round
+    rest = [t.next_probe_target() for _ in range(5)]
+    names = [m.name for m in [first, *rest] if m is not None]
+    assert sorted(names) == [f"m{i}" for i in range(6)]  # one round: each exactly once
+    assert len(t._order) == 6
+
+
+def test_nodes_that_agree_share_one_snapshot_and_the_intern_table_holds_none_alive() -> None:
+    addr = Address("10.0.0.9", 7946)
+    a = interned_member("x" * 3, addr, 4, MemberState.ALIVE, b"m")
+    b = interned_member("".join(["x", "xx"]), Address("10.0.0.9", 7946), 4, MemberState.ALIVE, b"m")
+    assert a is b
+    assert interned_member("xxx", addr, 5, MemberState.ALIVE, b"m") is not a
+    assert a == Member("xxx", addr, 4, MemberState.ALIVE, b"m")
+    import weakref
+
+    ref = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert ref() is None  # weakly held: a member no table holds is freed
 
 
 # --- push-pull scaling --------------------------------------------------------------------------
