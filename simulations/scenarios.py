@@ -30,6 +30,7 @@ fault log, the checks, the trace hash and the speed it ran at.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import statistics
 import time
@@ -320,7 +321,7 @@ def warm_start(c: Cluster) -> None:
     from every host's own ``local_member()``, which is what a seed that knew everyone would send.
     Timers start at random offsets (``SwimNode.start``), so probing is not in lockstep.
     """
-    from gossipmesh.swim.messages import MemberRecord, PushPull, encode_push_pull
+    from gossipmesh.swim.messages import PushPull, encode_push_pull
 
     assert c.engine.now_ms == 0 and all(n.core is None for n in c.nodes), "warm start is t=0 only"
     n = len(c.nodes)
@@ -329,14 +330,23 @@ def warm_start(c: Cluster) -> None:
     records = []
     for node in c.nodes:
         assert node.core is not None
-        m = node.core.local_member()
-        records.append(MemberRecord(m.name, m.address, m.incarnation, m.state, m.meta))
+        records.append(node.core.local_member())
     payload = encode_push_pull(PushPull(False, tuple(records)))
-    for node in c.nodes:
-        assert node.core is not None
-        seed = c.nodes[(node.idx + 1) % n].address
-        node.core.join([seed], 0)  # effects dropped on purpose: the exchange is answered here
-        c.apply(node, node.core.handle_push_pull_reply(seed, payload, 0))
+    # n^2 table entries appear here and live for the whole run. The cyclic GC would rescan them
+    # in every full collection (hundreds during this loop at 5,000 hosts: 2x the wall time), so
+    # pause it, then freeze what was built out of its reach; ``run`` unfreezes at the end.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for node in c.nodes:
+            assert node.core is not None
+            seed = c.nodes[(node.idx + 1) % n].address
+            node.core.join([seed], 0)  # effects dropped on purpose: the exchange is answered here
+            c.apply(node, node.core.handle_push_pull_reply(seed, payload, 0))
+    finally:
+        gc.freeze()
+        if gc_was_enabled:
+            gc.enable()
 
 
 def _join_random(c: Cluster, idx: int) -> None:
@@ -507,7 +517,10 @@ def run(opts: Options, hooks: Hooks | None = None) -> ScenarioResult:
         fn = config_scenarios.FNS[opts.scenario]
     else:
         fn = _SCENARIO_FNS[opts.scenario]
-    fn(opts, hooks, result)
+    try:
+        fn(opts, hooks, result)
+    finally:
+        gc.unfreeze()  # what warm_start froze becomes collectable again
     for r in result.runs:
         r.metrics["core_digest"] = digest
     return result

@@ -34,7 +34,9 @@ from collections.abc import Callable, Iterable
 from gossipmesh.ids import Millis
 from gossipmesh.swim.member import Member, MemberState
 
-_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+_ALIVE = MemberState.ALIVE
+_SUSPECT = MemberState.SUSPECT
+_LIVE = (_ALIVE, _SUSPECT)
 _GONE = (MemberState.DEAD, MemberState.LEFT)
 
 
@@ -85,21 +87,32 @@ class MemberTable:
     def put(self, member: Member, now_ms: Millis) -> Member | None:
         """Insert or replace a member as of ``now_ms``; return the previous snapshot."""
         name = member.name
-        prev = self._members.get(name)
-        self._members[name] = member
-        was_live = prev is not None and prev.state in _LIVE
-        is_live = member.state in _LIVE
+        members = self._members
+        prev = members.get(name)
+        members[name] = member
+        st = member.state
+        is_live = st is _ALIVE or st is _SUSPECT
+        if prev is None:
+            # A newcomer (the bulk of a join: keep this path short).
+            if is_live:
+                self.live_count += 1
+            else:
+                self._gone[name] = now_ms
+            if name != self.local_name:
+                if name in self._stale:
+                    self._stale.discard(name)  # reaped and back before the rebuild: still listed
+                else:
+                    self._insert_in_order(name)
+            return None
+        pst = prev.state
+        was_live = pst is _ALIVE or pst is _SUSPECT
         if was_live != is_live:
             self.live_count += 1 if is_live else -1
         if is_live:
-            self._gone.pop(name, None)
+            if not was_live:
+                del self._gone[name]
         else:
             self._gone[name] = now_ms
-        if prev is None and name != self.local_name:
-            if name in self._stale:
-                self._stale.discard(name)  # reaped and back before the rebuild: still listed
-            else:
-                self._insert_in_order(name)
         return prev
 
     def remove(self, name: str) -> Member | None:
@@ -116,8 +129,9 @@ class MemberTable:
     def _insert_in_order(self, name: str) -> None:
         order = self._order
         order.append(name)
-        # Swap into a random slot so newcomers are not always probed last.
-        j = self._rng.randrange(len(order))
+        # Swap into a random slot so newcomers are not always probed last. (random() rather than
+        # randrange(): 30x cheaper, uniform to 2^-53, and a join inserts n of these.)
+        j = int(self._rng.random() * len(order))
         order[-1], order[j] = order[j], order[-1]
 
     def _rebuild_order(self) -> None:
@@ -160,7 +174,7 @@ class MemberTable:
         rng = self._rng
         # Random probing first: cheap when most members qualify (the common case).
         for _ in range(4 * k + 8):
-            name = order[rng.randrange(size)]
+            name = order[int(rng.random() * size)]
             if name in seen:
                 continue
             seen.add(name)
@@ -170,7 +184,7 @@ class MemberTable:
                 if len(chosen) >= k:
                     return chosen
         # Few qualify: sweep once from a random offset so we still find them if they exist.
-        start = rng.randrange(size)
+        start = int(rng.random() * size)
         for i in range(size):
             name = order[(start + i) % size]
             if name in seen:

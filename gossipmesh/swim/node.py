@@ -84,7 +84,6 @@ from gossipmesh.swim.messages import (
     Ack,
     Alive,
     Dead,
-    MemberRecord,
     Message,
     Nack,
     Ping,
@@ -492,7 +491,9 @@ class SwimNode:
 
     # --- membership rumours -----------------------------------------------------------------------
 
-    def _on_alive(self, msg: Alive, now_ms: Millis, out: list[Effect]) -> None:
+    def _on_alive(self, msg: Alive | Member, now_ms: Millis, out: list[Effect]) -> None:
+        """An alive rumour: an ``Alive`` from a packet, or an ALIVE push-pull record, which is
+        already the (interned) snapshot to keep."""
         name = msg.name
         if name == self.name:
             if self._leaving:
@@ -509,6 +510,12 @@ class SwimNode:
         if cur is not None and msg.incarnation <= cur.incarnation:
             return  # old news (or the same news again)
         self._suspicions.pop(name, None)
+        if isinstance(msg, Member):
+            self._put(msg, now_ms, out)
+            if not self._quiet:
+                rumour = Alive(name, msg.incarnation, msg.address, msg.meta)
+                self._broadcasts.queue(encode(rumour), name)
+            return
         self._put(interned_member(name, msg.address, msg.incarnation, ALIVE, msg.meta), now_ms, out)
         if not self._quiet:
             self._broadcasts.queue(encode(msg), name)
@@ -517,6 +524,8 @@ class SwimNode:
         name = msg.name
         cur = self._table.get(name)
         if cur is None or msg.incarnation < cur.incarnation:
+            if name == self.name:
+                self._reassert()
             return
         if name == self.name:
             if not self._leaving:
@@ -640,6 +649,8 @@ class SwimNode:
             or cur.state is DEAD
             or cur.state is LEFT
         ):
+            if name == self.name and cur is not None and msg.incarnation < cur.incarnation:
+                self._reassert()
             return
         if name == self.name:
             if not self._leaving:
@@ -656,6 +667,17 @@ class SwimNode:
                 Timer(TimerKind.REAP, 0, name, msg.incarnation), now_ms + self.config.dead_reap_ms
             )
         )
+
+    def _reassert(self) -> None:
+        """An accusation we already refuted is still going round, so our refutation has not
+        reached everyone (it may have been spent on packets that were lost, while we were cut
+        off). Gossip our current incarnation again; memberlist ignores these and leaves the
+        accusers' stale view to the next push-pull, up to a minute later. Not fresh evidence
+        against our health, so awareness is left alone."""
+        if self._leaving:
+            return
+        self._count("refutes.reasserted")
+        self._queue_self_alive()
 
     def _refute(self, accused_incarnation: int, now_ms: Millis, out: list[Effect]) -> None:
         """Out-bid a rumour about ourselves; having to do so is evidence we are unhealthy."""
@@ -923,11 +945,7 @@ class SwimNode:
 
     def push_pull_payload(self, join: bool) -> bytes:
         """Our full member table, encoded as a stream payload (frame it with wire.encode_frame)."""
-        records = tuple(
-            MemberRecord(m.name, m.address, m.incarnation, m.state, m.meta)
-            for m in self._table.values()
-        )
-        return encode_push_pull(PushPull(join, records))
+        return encode_push_pull(PushPull(join, tuple(self._table.values())))
 
     def handle_push_pull_request(
         self, src: Address, data: bytes, now_ms: Millis
@@ -972,7 +990,7 @@ class SwimNode:
             for r in pp.members:
                 st = r.state
                 if st is ALIVE:
-                    self._on_alive(Alive(r.name, r.incarnation, r.address, r.meta), now_ms, out)
+                    self._on_alive(r, now_ms, out)
                 elif st is LEFT:
                     self._on_dead(Dead(r.name, r.incarnation, r.name, True), now_ms, out)
                 else:

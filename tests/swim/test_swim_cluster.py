@@ -94,8 +94,9 @@ def test_buddy_system_suspect_refutes_on_the_probe_itself() -> None:
     w.run_until_true(lambda: target.stats["refutes"] > 0, limit_ms=10_000, check_every_ms=10)
     assert target.stats["refutes.buddy"] == 1
     w.drop_packet = None
-    w.run_for(5_000)
-    assert w.all_alive()
+    # n1 was mute for seconds, so depending on the seed the others may have declared it dead
+    # meanwhile; the cluster must still end whole (at worst via push-pull or reconnect).
+    w.run_until_true(w.all_alive, limit_ms=90_000)
 
 
 def test_lost_nacks_raise_awareness_of_a_node_with_a_bad_link() -> None:

@@ -206,6 +206,22 @@ def test_suspect_rumour_about_self_is_refuted_with_higher_incarnation() -> None:
     assert node.incarnation == 8
 
 
+def test_a_stale_accusation_about_self_gossips_our_incarnation_again() -> None:
+    node = make_node()
+    node.handle_packet(addr(2), packet(Suspect("a", 4, "p0")), 0)
+    assert node.incarnation == 5
+    while len(node._broadcasts):  # the refutation was spent, say into a partition
+        node._broadcasts.get(10_000, 1)
+    score = node.health_score
+    node.handle_packet(addr(3), packet(Dead("a", 4, "p1")), 0)  # someone never heard it
+    assert node.incarnation == 5  # nothing new to out-bid ...
+    assert node.health_score == score  # ... and no fresh evidence against us
+    assert node.stats["refutes.reasserted"] == 1
+    eff, _, _ = start_probe(node)
+    carried = [m for _, msgs in sent(eff) for m in msgs if isinstance(m, Alive)]
+    assert Alive("a", 5, A, b"") in carried  # ... but the refutation travels again
+
+
 def test_confirmations_shrink_the_suspicion_deadline() -> None:
     # memberlist's numbers: n = 10 live: min 4 s, max 24 s, k = 2, no confirmation probes.
     node = make_node(n_peers=9, config=SwimConfig.memberlist("lan"))
