@@ -9,14 +9,16 @@ when) and the proxies' counters (retries, ejections). The same dict is printed a
 text, so the two can never disagree. ``cleanup`` is filled in after the processes are stopped and
 the temp dir removed, by the code that did it.
 
-The canary split is judged against the configured weights with ``SPLIT_TOLERANCE`` on the v2
-share: with a few hundred requests the binomial standard deviation of a 10 % share is about 1.5
-points (of a 50 % share about 2.5), so +-8 points is several sigmas and a failure means a wrong
-split, not bad luck.
+The canary split is a weighted random draw per request, so the v2 share is judged against the
+configured weight with a tolerance of ``SPLIT_SIGMAS`` binomial standard deviations for the number
+of requests seen (never under ``SPLIT_TOLERANCE_MIN``): a failure then means a wrong split, not
+bad luck (one run in ~150,000). A fixed +-8 points was 2.3 sigmas for a 50 % share over 200
+requests, and failed about one run in 40.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -25,7 +27,8 @@ from rich.table import Table
 from gossipmesh.demo.plan import CANARY_AFTER, CANARY_BEFORE, Plan
 from gossipmesh.demo.traffic import Sample, split, summarize
 
-SPLIT_TOLERANCE = 0.08
+SPLIT_SIGMAS = 4.5
+SPLIT_TOLERANCE_MIN = 0.02
 SCHEMA = "gossipmesh.demo.summary/1"
 
 
@@ -38,14 +41,24 @@ def _split_block(samples: list[Sample], weights: tuple[int, int]) -> dict[str, A
     n = counts["v1"] + counts["v2"]
     want = weights[1] / sum(weights)
     share = counts["v2"] / n if n else None
+    tol = split_tolerance(want, n)
     return {
         "weights": {"v1": weights[0], "v2": weights[1]},
         "requests": n,
         "v1": counts["v1"],
         "v2": counts["v2"],
         "v2_share": _r(share, 4),
-        "within_tolerance": share is not None and abs(share - want) <= SPLIT_TOLERANCE,
+        "tolerance": _r(tol, 4),
+        "within_tolerance": share is not None and abs(share - want) <= tol,
     }
+
+
+def split_tolerance(share: float, requests: int) -> float:
+    """How far a measured share may stray from ``share`` over ``requests`` random draws."""
+    if requests <= 0:
+        return 1.0
+    sd = math.sqrt(share * (1.0 - share) / requests)
+    return max(SPLIT_TOLERANCE_MIN, SPLIT_SIGMAS * sd)
 
 
 def build_summary(
@@ -108,7 +121,6 @@ def build_summary(
             "by_status": total.statuses,
         },
         "canary": {
-            "tolerance": SPLIT_TOLERANCE,
             "before": _split_block(before, CANARY_BEFORE),
             "after": _split_block(after, CANARY_AFTER) if after_from is not None else None,
         },
@@ -143,7 +155,7 @@ def render(console: Console, s: dict[str, Any]) -> None:
         w = b["weights"]
         ok = "[green]within[/]" if b["within_tolerance"] else "[red]outside[/]"
         t.add_row(label, f"v1/v2 = {b['v1']}/{b['v2']} (v2 {_pct(b['v2_share'])}; set "
-                  f"{w['v1']}/{w['v2']}; {ok} ±{s['canary']['tolerance'] * 100:.0f} pts)")  # fmt: skip
+                  f"{w['v1']}/{w['v2']}; {ok} ±{b['tolerance'] * 100:.0f} pts)")  # fmt: skip
     pr = s["path_route"]
     t.add_row("path route", f"/slow: v1 {pr['v1']}, v2 {pr['v2']} (pinned to v1)")
     p = s["partition"]
