@@ -8,6 +8,11 @@ sent at most ``retransmit_limit(λ, n) = λ * ceil(log10(n + 1))`` times; SWIM's
 that is enough for an epidemic to reach everyone with high probability while the cost per member
 stays logarithmic.
 
+A rumour riding a packet to its own subject is not counted as a transmit (``subject``): that member
+is the one that cannot pass it on when the rumour is true (it is failing), yet in a 3-node cluster
+(limit 2) the suspect's own packets used to spend a whole suspicion before the only other member
+heard it, so no confirmation ever came and every such death took the maximum timeout.
+
 Items are picked least-transmitted first (fresh news spreads fastest), newest first among equals
 (like memberlist's btree order). Newer news about a member *replaces* older news about it: items
 are keyed by member name, so an ``alive`` refutation removes the ``suspect`` it refutes instead of
@@ -99,8 +104,9 @@ class BroadcastQueue:
             self._buckets[i] = deque(item for item in bucket if item.live)
         self._entries = sum(len(b) for b in self._buckets)
 
-    def get(self, budget_bytes: int, limit: int) -> list[bytes]:
-        """Take items whose total size fits ``budget_bytes``, counting one transmit for each."""
+    def get(self, budget_bytes: int, limit: int, subject: str | None = None) -> list[bytes]:
+        """Take items whose total size fits ``budget_bytes``, counting one transmit for each
+        except news about ``subject``, the member the packet goes to."""
         if not self._index or budget_bytes < MIN_MESSAGE_BYTES:
             return []
         picked: list[_Item] = []
@@ -132,6 +138,13 @@ class BroadcastQueue:
         buckets = self._buckets
         index = self._index
         for item in picked:
+            key = item.key
+            if subject is not None and (
+                key == subject or (type(key) is tuple and key[0] == subject)
+            ):
+                buckets[item.transmits].append(item)  # back where it was: not spent
+                entries += 1
+                continue
             t = item.transmits + 1
             item.transmits = t
             if t >= limit:

@@ -55,11 +55,14 @@ class MsgType(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Are you alive? ``suspect_incarnation`` is set when the sender holds the target suspect
-    (Lifeguard's buddy system): the target refutes at once instead of waiting for gossip."""
+    (Lifeguard's buddy system): the target refutes at once instead of waiting for gossip.
+    ``source`` names the sender (memberlist's SourceNode), so a target that holds the *sender*
+    suspect can say so in its ack; None from senders that do not say."""
 
     seq: int
     target: str
     suspect_incarnation: int | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,9 @@ _CODE_STATES = {code: state for state, code in _STATE_CODES.items()}
 def to_list(msg: AnyMessage) -> list[Any]:
     """The positional msgpack form of a message."""
     if type(msg) is Ping:
-        return [MsgType.PING, msg.seq, msg.target, msg.suspect_incarnation]
+        if msg.source is None:
+            return [MsgType.PING, msg.seq, msg.target, msg.suspect_incarnation]
+        return [MsgType.PING, msg.seq, msg.target, msg.suspect_incarnation, msg.source]
     if type(msg) is Ack:
         return [MsgType.ACK, msg.seq]
     if type(msg) is Nack:
@@ -245,7 +250,10 @@ def _need(raw: list[Any], n: int) -> None:
 
 def _d_ping(r: list[Any]) -> Ping:
     _need(r, 4)
-    return Ping(_int(r[1], "seq"), _name(r[2], "target"), _opt_int(r[3], "suspect_incarnation"))
+    source = _name(r[4], "source") if len(r) > 4 and r[4] is not None else None
+    return Ping(
+        _int(r[1], "seq"), _name(r[2], "target"), _opt_int(r[3], "suspect_incarnation"), source
+    )
 
 
 def _d_ack(r: list[Any]) -> Ack:

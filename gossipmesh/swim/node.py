@@ -320,7 +320,7 @@ class SwimNode:
         self._broadcasts.queue(data, self.name)
         fanout = max(self.config.gossip_nodes, self.config.indirect_checks, 1)
         for m in self._table.random_members(fanout, _is_live):
-            self._send(m.address, data, out)
+            self._send(m.address, data, out, to_name=m.name)
         return out
 
     def update_meta(self, meta: bytes, now_ms: Millis) -> list[Effect]:
@@ -351,7 +351,7 @@ class SwimNode:
         self._check_fits(data)
         out: list[Effect] = []
         for m in self._table.random_members(fanout, _is_alive):
-            self._send(m.address, data, out)
+            self._send(m.address, data, out, to_name=m.name)
             self._count("user.sent")
         return out
 
@@ -417,7 +417,20 @@ class SwimNode:
             else:
                 # Already refuted, but the prober has not heard: make sure it rides the ack.
                 self._queue_self_alive()
-        self._send(src, encode(Ack(msg.seq)), out)
+        ack = encode(Ack(msg.seq))
+        source = msg.source
+        if source is not None and source in self._suspicions:
+            # The buddy system the other way round: we hold the prober suspect, and it is asking
+            # us, so tell it in the ack. Our suspicion's gossip may have been spent while we were
+            # cut off from it (a healed partition); without this it learns only from our own
+            # probes, which Lifeguard slows down on exactly such a node, or from a death.
+            m = self._table.get(source)
+            if m is not None and m.state is SUSPECT:
+                self._count("suspicions.told")
+                told = encode(Suspect(m.name, m.incarnation, self.name))
+                self._send(src, ack, out, told, source)
+                return
+        self._send(src, ack, out, to_name=source)
 
     def _on_ack(self, msg: Ack, now_ms: Millis, out: list[Effect]) -> None:
         p = self._probe
@@ -459,7 +472,8 @@ class SwimNode:
         seq = self._next_seq()
         self._relays[seq] = (src, msg.seq)
         self._count("ping_req.relayed")
-        self._send(msg.target_address, encode(Ping(seq, msg.target, msg.suspect_incarnation)), out)
+        ping = Ping(seq, msg.target, msg.suspect_incarnation, self.name)
+        self._send(msg.target_address, encode(ping), out, to_name=msg.target)
         # The relay waits the unscaled probe timeout: its own health is not what is measured.
         # But the nack goes out earlier, at 80% of it: the origin sent this ping-req at its
         # probe timeout and ends the probe one probe timeout later (LAN: 500 + 500 = 1000 ms),
@@ -536,8 +550,15 @@ class SwimNode:
             s = self._suspicions.get(name)
             if s is not None and s.confirm(msg.source):
                 self._count("confirmations")
-                # Re-gossip so others count this independent confirmation too.
-                self._broadcasts.queue(encode(msg), name)
+                # Re-gossip so others count this independent confirmation too, keyed by its
+                # accuser: keyed by the member alone (as memberlist does) it would replace our
+                # own accusation, or an earlier confirmation, before they were sent. Two nodes
+                # that suspected a dead member within a gossip round then each relayed only the
+                # other's accusation back to it, neither counted a confirmation, and the death
+                # took the 18 s maximum instead of the 2 s minimum (seen in the 3-node demo). A
+                # refutation still replaces our own accusation; stale copies of these expire
+                # after their transmit limit and are ignored (older incarnation) meanwhile.
+                self._broadcasts.queue(encode(msg), (name, msg.source))
                 self._arm_suspicion(cur, s, now_ms, out)
             if s is not None:
                 self._maybe_confirm_probe(cur, s, now_ms, out)
@@ -607,7 +628,7 @@ class SwimNode:
         self._confirm_probes[seq] = cp
         self._count("confirm_probes.final" if final else "confirm_probes")
         # We hold it suspect, so the ping carries the suspicion: a live member refutes at once.
-        self._send(m.address, encode(Ping(seq, name, m.incarnation)), out)
+        self._send(m.address, encode(Ping(seq, name, m.incarnation, self.name)), out, to_name=name)
         scale = self._awareness.scale
         cfg = self.config
         out.append(
@@ -776,7 +797,8 @@ class SwimNode:
         self._probe = _Probe(seq, target.name, target.incarnation)
         self._count("probes")
         suspect_inc = target.incarnation if target.state is SUSPECT else None
-        self._send(target.address, encode(Ping(seq, target.name, suspect_inc)), out)
+        ping = Ping(seq, target.name, suspect_inc, self.name)
+        self._send(target.address, encode(ping), out, to_name=target.name)
         scale = self._awareness.scale
         out.append(
             SetTimer(
@@ -799,7 +821,7 @@ class SwimNode:
             self.config.indirect_checks, lambda m: m.state is ALIVE and m.name != p.target
         )
         for relay in relays:
-            self._send(relay.address, data, out)
+            self._send(relay.address, data, out, to_name=relay.name)
             self._count("ping_req.sent")
         p.expected_nacks = len(relays)
 
@@ -897,7 +919,7 @@ class SwimNode:
         budget = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES
         limit = self._retransmit_limit()
         for m in self._table.random_members(self.config.gossip_nodes, accept):
-            parts = self._broadcasts.get(budget, limit)
+            parts = self._broadcasts.get(budget, limit, m.name)
             if not parts:
                 break
             out.append(SendPacket(m.address, encode_packet(parts)))
@@ -1009,12 +1031,21 @@ class SwimNode:
         prev = self._table.put(member, now_ms)
         out.append(MemberChanged(member, None if prev is None else prev.state))
 
-    def _send(self, to: Address, first: bytes, out: list[Effect]) -> None:
-        """Send one message with as many queued broadcasts piggybacked as fit."""
-        parts = [first]
+    def _send(
+        self,
+        to: Address,
+        first: bytes,
+        out: list[Effect],
+        second: bytes = b"",
+        to_name: str | None = None,
+    ) -> None:
+        """Send one message (and ``second``, if any) with as many queued broadcasts piggybacked
+        as fit; news about ``to_name`` (the receiver) rides along without being spent."""
+        parts = [first, second] if second else [first]
         if len(self._broadcasts):
             budget = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES - len(first)
-            parts.extend(self._broadcasts.get(budget, self._retransmit_limit()))
+            budget -= len(second)
+            parts.extend(self._broadcasts.get(budget, self._retransmit_limit(), to_name))
         out.append(SendPacket(to, encode_packet(parts)))
         self.stats["packets.out"] += 1
 

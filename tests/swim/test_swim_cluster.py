@@ -231,3 +231,22 @@ def test_same_seed_same_trace() -> None:
         return w.changes()
 
     assert trace(5) == trace(5)
+
+
+def test_three_nodes_confirm_each_others_suspicion_of_a_dead_member() -> None:
+    # In a 3-node cluster the survivors are each other's only confirmation. Each must hear the
+    # other's accusation: a suspicion spent on packets to the dead member (transmit limit 2), or
+    # replaced in the queue by the other's relayed accusation, left both at the 20 s maximum.
+    cfg = SwimConfig.local()
+    lo, hi = suspicion_bounds_ms(
+        cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, 3, cfg.probe_interval_ms
+    )
+    worst = 0
+    for seed in range(1, 31):
+        w = World(config=cfg, seed=seed)
+        w.cluster(3)
+        w.run_for(3_000 + seed * 37)
+        w.crash("n2")
+        took = w.run_until_true(lambda w=w: w.all_see("n2", DEAD), limit_ms=60_000)
+        worst = max(worst, took)
+    assert worst < lo + 4 * cfg.probe_interval_ms < hi, (worst, lo, hi)

@@ -195,6 +195,21 @@ def test_buddy_ping_to_a_suspect_is_refuted_in_the_ack() -> None:
     assert node.health_score == 1  # having to refute is a hint that we are slow
 
 
+def test_an_ack_to_a_member_we_suspect_tells_it_so() -> None:
+    node = make_node()
+    node.handle_packet(addr(3), packet(Suspect("p0", 0, "p1")), 0)
+    assert node.member("p0").state is MemberState.SUSPECT  # type: ignore[union-attr]
+    eff = node.handle_packet(addr(2), packet(Ping(7, "a", None, "p0")), 10)
+    ((to, msgs),) = sent(eff)
+    assert to == addr(2)
+    assert msgs[0] == Ack(7) and Suspect("p0", 0, "a") in msgs
+    assert node.stats["suspicions.told"] == 1
+    # A prober we do not suspect, or one that does not name itself, gets a plain ack.
+    for ping in (Ping(8, "a", None, "p2"), Ping(9, "a")):
+        ((_, msgs),) = sent(node.handle_packet(addr(4), packet(ping), 20))
+        assert not any(isinstance(m, Suspect) and m.source == "a" for m in msgs)
+
+
 def test_suspect_rumour_about_self_is_refuted_with_higher_incarnation() -> None:
     node = make_node()
     node.handle_packet(addr(2), packet(Suspect("a", 4, "p0")), 0)

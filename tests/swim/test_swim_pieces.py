@@ -109,6 +109,19 @@ def test_broadcast_sent_exactly_limit_times() -> None:
     assert len(q) == 0
 
 
+def test_news_sent_to_its_own_subject_is_not_spent() -> None:
+    q = BroadcastQueue(100)
+    q.queue(b"suspect-x", "x")
+    q.queue(b"confirm-x-by-y", ("x", "y"))
+    q.queue(b"alive-z", "z")
+    # Packets to x itself: everything rides, only z's news is spent.
+    assert [len(q.get(1000, 3, subject="x")) for _ in range(5)] == [3, 3, 3, 2, 2]
+    assert not q.has_key("z") and q.transmits("x") == q.transmits(("x", "y")) == 0
+    for _ in range(3):  # packets to anyone else spend it
+        q.get(1000, 3, subject="w")
+    assert len(q) == 0
+
+
 def test_broadcast_least_transmitted_first_and_newest_first() -> None:
     q = BroadcastQueue(100)
     q.queue(b"old-----", "a")

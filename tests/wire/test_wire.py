@@ -57,7 +57,7 @@ metas = st.binary(max_size=MAX_META_BYTES)
 opt_inc = st.none() | counters
 
 messages = st.one_of(
-    st.builds(Ping, counters, names, opt_inc),
+    st.builds(Ping, counters, names, opt_inc, st.none() | names),
     st.builds(Ack, counters),
     st.builds(Nack, counters),
     st.builds(PingReq, counters, names, addresses, opt_inc),
