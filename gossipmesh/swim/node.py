@@ -280,11 +280,11 @@ class SwimNode:
         if cfg.gossip_interval_ms > 0:
             self._arm(TimerKind.GOSSIP, now_ms + self._rng.randrange(cfg.gossip_interval_ms), out)
         if cfg.push_pull_interval_ms > 0:
-            self._arm(
-                TimerKind.PUSH_PULL,
-                now_ms + cfg.push_pull_interval_ms + self._rng.randrange(cfg.push_pull_interval_ms),
-                out,
-            )
+            # Scaled by the members we already know (1 for a fresh boot, as memberlist): a table
+            # restored or merged before start must not make a whole cluster push-pull its full
+            # state within the same base interval.
+            pp_ms = push_pull_scale_ms(cfg.push_pull_interval_ms, self._table.live_count)
+            self._arm(TimerKind.PUSH_PULL, now_ms + pp_ms + self._rng.randrange(pp_ms), out)
         if cfg.reconnect_interval_ms > 0:
             self._arm(
                 TimerKind.RECONNECT,
@@ -419,18 +419,34 @@ class SwimNode:
                 self._queue_self_alive()
         ack = encode(Ack(msg.seq))
         source = msg.source
-        if source is not None and source in self._suspicions:
-            # The buddy system the other way round: we hold the prober suspect, and it is asking
-            # us, so tell it in the ack. Our suspicion's gossip may have been spent while we were
-            # cut off from it (a healed partition); without this it learns only from our own
-            # probes, which Lifeguard slows down on exactly such a node, or from a death.
-            m = self._table.get(source)
-            if m is not None and m.state is SUSPECT:
-                self._count("suspicions.told")
-                told = encode(Suspect(m.name, m.incarnation, self.name))
+        if source is not None and (
+            source in self._suspicions or self._table.gone_since(source) is not None
+        ):
+            told = self._verdict_for(source)
+            if told:
                 self._send(src, ack, out, told, source)
                 return
         self._send(src, ack, out, to_name=source)
+
+    def _verdict_for(self, name: str) -> bytes:
+        """What we hold against a member that just pinged us, encoded for its ack (or b"").
+
+        The buddy system the other way round: it asks us, so we tell it. Our suspicion's gossip
+        may have been spent while we were cut off from it, and our death notice ages out of
+        gossip-to-the-dead after 30 s; without this a member cut off by a partition learns
+        either only from our probes (Lifeguard slows them on exactly such a node) or from a
+        reconnect push-pull (about one per 30 s cluster-wide when one member is dead), and a
+        healed 1-vs-999 split took 25 s to mend. A member that left is not told anything."""
+        m = self._table.get(name)
+        if m is None:
+            return b""
+        if m.state is SUSPECT:
+            self._count("suspicions.told")
+            return encode(Suspect(m.name, m.incarnation, self.name))
+        if m.state is DEAD:
+            self._count("deaths.told")
+            return encode(Dead(m.name, m.incarnation, self.name))
+        return b""
 
     def _on_ack(self, msg: Ack, now_ms: Millis, out: list[Effect]) -> None:
         p = self._probe

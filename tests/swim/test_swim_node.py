@@ -195,7 +195,7 @@ def test_buddy_ping_to_a_suspect_is_refuted_in_the_ack() -> None:
     assert node.health_score == 1  # having to refute is a hint that we are slow
 
 
-def test_an_ack_to_a_member_we_suspect_tells_it_so() -> None:
+def test_an_ack_to_a_member_we_suspect_or_hold_dead_tells_it_so() -> None:
     node = make_node()
     node.handle_packet(addr(3), packet(Suspect("p0", 0, "p1")), 0)
     assert node.member("p0").state is MemberState.SUSPECT  # type: ignore[union-attr]
@@ -204,6 +204,11 @@ def test_an_ack_to_a_member_we_suspect_tells_it_so() -> None:
     assert to == addr(2)
     assert msgs[0] == Ack(7) and Suspect("p0", 0, "a") in msgs
     assert node.stats["suspicions.told"] == 1
+    # One we hold dead is told so (it refutes and comes back, however long ago it died).
+    node.handle_packet(addr(3), packet(Dead("p1", 0, "p3")), 20)
+    ((_, msgs),) = sent(node.handle_packet(addr(3), packet(Ping(8, "a", None, "p1")), 30))
+    assert msgs[0] == Ack(8) and Dead("p1", 0, "a") in msgs
+    assert node.stats["deaths.told"] == 1
     # A prober we do not suspect, or one that does not name itself, gets a plain ack.
     for ping in (Ping(8, "a", None, "p2"), Ping(9, "a")):
         ((_, msgs),) = sent(node.handle_packet(addr(4), packet(ping), 20))
