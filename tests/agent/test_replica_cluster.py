@@ -145,8 +145,14 @@ def test_partitioned_groups_both_write_then_heal_to_identical_replicas(cluster: 
         def side_has(side: list[AgentProc], key: str) -> bool:
             return all(key in cluster.config(a)["entities"] for a in side)
 
-        wait_until("side A's writes within A", lambda: side_has(side_a, "service/only-a"), 3)
-        wait_until("side B's writes within B", lambda: side_has(side_b, "service/only-b"), 3)
+        # Each side's writes reach the whole side (the shared key too: it was written by
+        # another agent than the one checked below, so it must be waited for as well).
+        for side, own in ((side_a, "service/only-a"), (side_b, "service/only-b")):
+            wait_until(
+                f"{own} and route/shared within its side",
+                lambda side=side, own=own: side_has(side, own) and side_has(side, "route/shared"),
+                3,
+            )
         assert "service/only-a" not in cluster.config(side_b[1])["entities"]
         assert "service/only-b" not in cluster.config(side_a[2])["entities"]
         assert cluster.config(side_b[1])["entities"]["route/shared"] == ROUTE_B
