@@ -435,9 +435,8 @@ class SwimNode:
         may have been spent while we were cut off from it, and our death notice ages out of
         gossip-to-the-dead after 30 s; without this a member cut off by a partition learns
         either only from our probes (Lifeguard slows them on exactly such a node) or from a
-        reconnect push-pull (about one per 30 s cluster-wide when one member is dead). With it,
-        the 999 others of a healed 1-vs-999 split see the isolated member alive again within 5 s.
-        A member that left is not told anything."""
+        reconnect push-pull (about one per 30 s cluster-wide when one member is dead), and a
+        healed 1-vs-999 split took 25 s to mend. A member that left is not told anything."""
         m = self._table.get(name)
         if m is None:
             return b""
