@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gossipmesh.crdt.document import stable_vector
+from gossipmesh.crdt.entries import stable_vector
 
 # A delta this small (encoded, plus the 1-byte tag) goes over UDP; larger ones over TCP. The SWIM
 # packet is 1400 bytes by default, and a user message also carries framing and compound-packet
