@@ -32,7 +32,7 @@ the live members' version vectors, and a tombstone that is the only entry of its
 key context that vector covers, and which is older than a grace period, is dropped. Every live
 member then has every dot the tombstone replaced in its context, so a stale copy that turns up later
 is skipped rather than resurrected. A replica that was away for longer than the grace period can
-still hold such a stale entry; it must rejoin with a fresh store (``--rebuild-config``), the
+still hold such a stale entry; it must rejoin with a fresh store (an empty ``replica.db``), the
 same rule as Cassandra's ``gc_grace_seconds``.
 
 **Clock drift.** An incoming entry whose HLC is more than ``max_drift_ms`` ahead of our wall clock
