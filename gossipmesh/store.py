@@ -1,4 +1,4 @@
-"""The durable replica of the config document in the agent's data directory (``config.db``).
+"""The durable replica of the config document in the agent's data directory (``replica.db``).
 
 Why SQLite (stdlib ``sqlite3``), in WAL mode with ``synchronous=FULL``:
 

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Both scenarios run the SWIM cluster of ``scenarios.py`` (same bootstrap, same SWIM checkers) with
-a ``ConfigAttachment`` on every host (``config_core.py``), and add the config checkers.
+a ``ConfigAttachment`` on every host (``config_core.py``: the agent's ``ReplicaCore``), and add the
+config checkers.
 
 **config-spread.** One second after warm-up, five random hosts each write a batch of ten
 ``service/…`` entities (a 50-entity document from five writers), so anti-entropy has a document
@@ -35,6 +36,7 @@ import time
 from typing import Any
 
 from gossipmesh.crdt import replication as policy
+from gossipmesh.crdt.replica import ReplicaConfig
 from simulations.cluster import UP, Cluster
 from simulations.config_core import (
     ConfigAttachment,
@@ -69,12 +71,13 @@ DELETED_VS_UPDATED = "service/pre-0-0"
 
 
 def settings_from(opts: Options) -> ReplicaSettings:
-    return ReplicaSettings(
+    config = ReplicaConfig(
         eager_fanout=opts.eager_fanout,
         forward_fanout=opts.forward_fanout,
         sync_interval_ms=opts.sync_interval_ms,
         anti_entropy=opts.anti_entropy,
     )
+    return ReplicaSettings(config)
 
 
 def _entity(i: int, side: str = "") -> dict[str, Any]:

@@ -224,7 +224,7 @@ class Hooks:
     attachment_factory: AttachmentFactory | None = None
     progress: ProgressFn | None = None
     # Config scenarios: a ``config_core.ReplicaSettings`` used instead of the one built from the
-    # options (a test breaks the replica this way and watches the checkers fail).
+    # options (knobs the command line does not offer, e.g. the gossip packet budget).
     replica: Any = None
 
 

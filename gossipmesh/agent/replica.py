@@ -1,51 +1,43 @@
-"""The config replica inside the agent: one Document, its durable store, and how deltas travel.
+"""The config replica inside the agent: a thin trio shell that carries out ``ReplicaCore``'s effects.
 
 Theory of operation
 -------------------
-**One owner, no locks.** The ``Document`` is only ever touched from the trio thread, and every
-read-modify-persist sequence is synchronous (no ``await`` between reading the document, changing
-it and appending the change to the store). Trio never switches tasks except at an ``await``, so
-each such section is atomic with respect to every other task: admin writes, merges from gossip,
-anti-entropy streams. We chose this over a dedicated owner task with its own channel because every
-mutation is short and CPU-bound (a merge, one SQLite commit), and the channel would only add a hop.
-The one input that arrives on a task that must not block, SWIM's owner task (user messages), is
-handed over through a bounded memory channel (``_inbox``; overflow is dropped and counted, since
-anti-entropy repairs whatever is lost).
+Every decision (what to persist, whom to tell, when to sync, what to forward, what to refuse) is
+taken by the sans-IO core (``gossipmesh/crdt/replica.py``, the same code the simulator runs). This
+module loads it from the store, feeds it the agent's inputs, and carries out the effects it returns
+(``gossipmesh/crdt/effects.py``):
 
-**Writer id.** Each replica writes under ``NAME@EPOCH``, where the epoch is drawn at random when
-the store is created and kept in the store's meta table. Counters are then never reused: a node
-whose store was rebuilt (moved aside, started empty) gets a new epoch, so its first write is not
-mistaken for the old ``(writer, 1)`` that peers already hold. A store that survives keeps its
-epoch and its counters (they are loaded back with the entries).
+- ``Persist`` / ``SaveSnapshot``: ``store.append`` / ``store.save_snapshot`` (SQLite WAL,
+  ``synchronous=FULL``: the commit returns after fsync), synchronously;
+- ``Changed``: the change listeners (the data plane);
+- ``Gossip``: an outbound channel drained by one task, which calls ``agent.queue_broadcast`` and
+  ``agent.send_user_message`` (both go through SWIM's owner task); a packet-size refusal goes back
+  to the core (``gossip_refused``), which answers with stream pushes;
+- ``OpenExchange`` / ``SendSyncPush``: a task per exchange on the agent's streams (kinds
+  ``config-sync`` and ``config-push``, with the agent's stream timeout, twice it for a sync);
+- ``SetTimer``: a ``TimerHeap`` and one task that sleeps until the earliest deadline.
 
-**Durable before acknowledged.** A local write is ``apply_batch`` then ``store.append`` (SQLite
-WAL, ``synchronous=FULL``: the commit returns after fsync), in one synchronous section; only then
-is the HTTP request answered and the delta sent anywhere. Nobody can observe (read, sync or gossip)
-a write that would not survive ``kill -9``. Merged remote deltas are persisted the same way. The
-log is compacted into a snapshot every ``compact_after`` rows.
+**One owner, no locks.** The core is only touched from the trio thread, and each input together
+with the synchronous part of carrying out its effects (the fsync, the listeners, queuing the sends)
+runs with no ``await`` in between. Trio switches tasks only at an ``await``, so each step is atomic
+with respect to every other task: admin writes, merges from gossip, anti-entropy streams. SWIM's
+owner task, which must not wait on an fsync, hands user messages over through a bounded channel
+(``_inbox``; overflow is dropped and counted, anti-entropy repairs it).
 
-**Replication** (the decisions are pure functions in ``gossipmesh/crdt/replication.py``, shared
-with the simulator):
+**Durable before acknowledged.** The core puts ``Persist`` first in a step's effects and this shell
+carries it out before anything else: only then is the HTTP request answered, a push acknowledged
+with ``ok``, or the delta sent anywhere. Nobody can observe (read, sync or gossip) a write that
+would not survive ``kill -9``. If the store fails, the exception propagates (the admin API answers
+503) and the step's remaining effects are not carried out.
 
-1. A new local delta, tagged ``b"C"``, is queued on SWIM's piggyback broadcast (relayed cluster-wide)
-   and sent at once as a direct user message to 3 random alive members, when it fits a packet; a
-   larger one goes over TCP (stream kind ``config-push``) to 3 random alive members.
-2. A node that merges a delta and finds something new re-sends just the new part eagerly to 2
-   members, so spread time is a few network latencies rather than gossip rounds.
-3. Anti-entropy: every ``sync_interval_ms`` (±25%, scaled with cluster size) one push-pull
-   (stream kind ``config-sync``: digest → reply → push, ``crdt/sync.py``) with a random live
-   member; at once with a member that joined or came back after suspect/dead (a partition heal).
-4. Tombstone GC: each digest tells us the peer's version vector; the pointwise minimum over every
-   live member (``replication.gc_stable_vector``) plus a grace period decides what is collected.
-   Stale reports are safe: version vectors only grow, so an old one is a lower bound.
-
-Remote deltas that fail to decode, or whose entries fail validation or limits, are refused and
-counted (``config.refused.*`` in ``/v1/health``); refused entries are never merged, persisted or
-forwarded (``Document.merge`` keeps them out of ``forward``).
+**Writer id and store.** ``DATA_DIR/replica.db`` keeps the deltas, a snapshot every
+``compact_after`` rows, and the writer id ``NAME@EPOCH`` in its meta table (``make_writer`` /
+``adopt_writer``). Counters are the core's, in the agent's table: ``config.*`` in ``/v1/health``.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -54,20 +46,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from gossipmesh.agent.timers import TimerHeap
 from gossipmesh.config.schema import check_entry
 from gossipmesh.crdt import replication as policy
-from gossipmesh.crdt.document import Conflict, Context, Delta, Document, Entry, MergeResult, Version
-from gossipmesh.crdt.sync import (
-    Digest,
-    SyncPush,
-    SyncReply,
-    decode,
-    decode_delta,
-    encode,
-    encode_delta,
-    handle,
-    make_digest,
+from gossipmesh.crdt.document import Conflict, Delta, Document, Entry, MergeResult, Version
+from gossipmesh.crdt.effects import (
+    Changed,
+    Effect,
+    ExchangeKind,
+    Gossip,
+    OpenExchange,
+    Persist,
+    Refused,
+    SaveSnapshot,
+    SendSyncPush,
+    SetTimer,
+    SyncDone,
 )
+from gossipmesh.crdt.replica import TAG, ReplicaConfig, ReplicaCore, adopt_writer, make_writer
+from gossipmesh.crdt.sync import encode_delta
 from gossipmesh.errors import DecodeError, LimitExceededError, StoreCorruptError
 from gossipmesh.ids import Address
 from gossipmesh.store import COMPACT_AFTER_DELTAS, ReplicaStore, move_aside
@@ -76,15 +73,12 @@ if TYPE_CHECKING:
     from gossipmesh.agent.runtime import Agent, MemberEvent
     from gossipmesh.agent.streams import SealedStream
 
-TAG = b"C"  # first byte of a config payload on SWIM user messages (b"R" is node records)
 STORE_FILE = "replica.db"
 INBOX_DEPTH = 256
-TRIGGER_DEPTH = 64
-SYNC_CONCURRENCY_MAX = 2
-SPREAD_CONCURRENCY_MAX = 16
-GC_CHECK_INTERVAL_S = 30.0
+GOSSIP_DEPTH = 256
 EPOCH_META = "writer"
-MAX_WRITER_NAME_BYTES = 119  # + "@" + 8 hex digits = the document's 128-byte writer limit
+# What a failed exchange looks like from here: the peer is gone, slow, or spoke garbage framing.
+TRANSPORT_ERRORS = (OSError, trio.TooSlowError, EOFError, DecodeError, trio.BrokenResourceError)
 
 ChangeListener = Callable[[frozenset[str]], None]
 
@@ -98,30 +92,13 @@ class ConfigSource(Protocol):
 
 
 def wall_ms() -> int:
-    """HLC physical time: the real wall clock (the document never reads one itself)."""
+    """HLC physical time: the real wall clock (the core never reads one itself)."""
     return int(time.time() * 1000)
 
 
-def frame(name: str, data: bytes) -> bytes:
-    """First-frame body of a config stream: who is speaking (for GC bookkeeping), then the message."""
-    raw = name.encode()
-    return bytes((len(raw),)) + raw + data
-
-
-def unframe(body: bytes) -> tuple[str, bytes]:
-    if not body or len(body) < 1 + body[0] or body[0] == 0:
-        raise DecodeError("config_frame", "bad sender name")
-    n = body[0]
-    try:
-        name = body[1 : 1 + n].decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError("config_frame", "sender name is not UTF-8") from exc
-    return name, body[1 + n :]
-
-
-def make_writer(name: str, rng: random.Random) -> str:
-    short = name.encode()[:MAX_WRITER_NAME_BYTES].decode(errors="ignore") or "node"
-    return f"{short}@{rng.getrandbits(32):08x}"
+def _now_ms() -> int:
+    """Monotonic time from trio's clock (a MockClock in tests), for timers and report ages."""
+    return int(trio.current_time() * 1000)
 
 
 class ConfigReplica:
@@ -140,28 +117,34 @@ class ConfigReplica:
         compact_after: int = COMPACT_AFTER_DELTAS,
     ) -> None:
         self.agent = agent
-        self.doc = document
         self.store = store
-        self.writer = writer
-        self.sync_interval_ms = sync_interval_ms
-        self.gc_grace_ms = gc_grace_ms
-        self.gossip_max_bytes = gossip_max_bytes
-        self.compact_after = compact_after
-        self.counters = agent.counters  # one counter table: /v1/health shows ours as config.*
-        self.rng = random.Random(agent.rng.getrandbits(64))
+        self.counters = agent.counters  # the core counts into it: /v1/health shows config.*
+        config = ReplicaConfig(
+            sync_interval_ms=sync_interval_ms,
+            gc_grace_ms=gc_grace_ms,
+            gossip_max_bytes=gossip_max_bytes,
+            compact_after=compact_after if store is not None else None,
+        )
+        self.core = ReplicaCore(
+            agent.settings.name,
+            document,
+            writer,
+            random.Random(agent.rng.getrandbits(64)),
+            config,
+            agent.counters,
+            log_rows=store.log_length() if store is not None else 0,
+        )
         self._listeners: list[ChangeListener] = []
-        self._members: dict[str, tuple[Address, str]] = {}  # name -> (gossip address, state)
-        self._reported: dict[str, tuple[dict[str, int], int]] = {}  # name -> (vv, now_ms)
-        self._log_rows = store.log_length() if store is not None else 0
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[Address, bytes]](
             INBOX_DEPTH
         )
-        self._trigger_send, self._trigger_recv = trio.open_memory_channel[str](TRIGGER_DEPTH)
-        self._syncs = 0
-        self._spreads = 0
+        self._gossip_send, self._gossip_recv = trio.open_memory_channel[Gossip](GOSSIP_DEPTH)
+        self._timers = TimerHeap()
+        self._timers_changed = trio.Event()
+        self._deferred: list[OpenExchange] = []  # exchanges asked for before run() started
         self._nursery: trio.Nursery | None = None
-        agent.register_stream_handler("config-sync", self._serve_sync)
-        agent.register_stream_handler("config-push", self._serve_push)
+        agent.register_stream_handler(ExchangeKind.SYNC.value, self._serve_sync)
+        agent.register_stream_handler(ExchangeKind.PUSH.value, self._serve_push)
         agent.add_user_message_handler(self._on_user_message)
         agent.add_member_listener(self._on_member_event)
 
@@ -178,14 +161,16 @@ class ConfigReplica:
         under a new writer epoch, and fills up from peers.
         """
         rng = random.Random(agent.rng.getrandbits(64))
+        name = agent.settings.name
 
         def fresh() -> Document:
             return Document(validator=check_entry)
 
         if data_dir is None:
             agent.log.warn("config_not_persisted", detail="no --data-dir: the replica is in memory")
-            return cls(agent, document=fresh(), store=None,
-                       writer=make_writer(agent.settings.name, rng), **options)  # fmt: skip
+            return cls(
+                agent, document=fresh(), store=None, writer=make_writer(name, rng), **options
+            )
         path = data_dir / STORE_FILE
         data_dir.mkdir(parents=True, exist_ok=True)
         store = ReplicaStore.open(path, rebuild=rebuild)
@@ -203,13 +188,22 @@ class ConfigReplica:
             store_rebuilt_from = store.rebuilt_from
         if store_rebuilt_from is not None:
             agent.log.warn("config_store_rebuilt", moved_to=str(store_rebuilt_from))
-        writer = _stored_writer(store, agent.settings.name)
+        raw = store.get_meta(EPOCH_META)
+        writer = adopt_writer(None if raw is None else raw.decode(errors="replace"), name)
         if writer is None:
-            writer = make_writer(agent.settings.name, rng)
+            writer = make_writer(name, rng)
             store.put_meta(EPOCH_META, writer.encode())
         agent.log.info("config_loaded", writer=writer, keys=len(document.keys()),
                        bytes=document.size_bytes)  # fmt: skip
         return cls(agent, document=document, store=store, writer=writer, **options)
+
+    @property
+    def doc(self) -> Document:
+        return self.core.doc
+
+    @property
+    def writer(self) -> str:
+        return self.core.writer
 
     # ---- ConfigSource -----------------------------------------------------------------------
 
@@ -244,32 +238,64 @@ class ConfigReplica:
             "writer": self.writer,
         }
 
-    # ---- local writes -----------------------------------------------------------------------
+    # ---- inputs -----------------------------------------------------------------------------
 
     def commit(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> Delta:
         """Write ``items`` as one delta, durably, then start spreading it. Raises what
         ``Document.apply_batch`` raises (nothing changed) or OSError/sqlite errors from the store.
-
-        Synchronous on purpose: see "One owner" and "Durable before acknowledged" above.
-        """
-        delta = self.doc.apply_batch(items, self.writer, wall_ms())
-        if not delta.entries:
-            return delta
-        payload = encode_delta(delta)
-        self._persist(payload)
-        self.counters["config.local_writes"] += 1
-        self._notify(frozenset(e.key for e in delta.entries))
-        self._spread(payload, policy.plan_spread(len(payload) + 1, self.gossip_max_bytes))
+        Synchronous on purpose: see "One owner" and "Durable before acknowledged" above."""
+        delta, effects = self.core.commit(items, _now_ms(), wall_ms())
+        self._apply(effects)
         return delta
+
+    def merge_payload(self, data: bytes, origin: str) -> MergeResult | None:
+        """Decode and merge an encoded delta from a peer; bad bytes are refused and counted."""
+        result, effects = self.core.merge_payload(data, origin, wall_ms())
+        self._apply(effects)
+        return result
+
+    async def sync_with(self, name: str) -> bool:
+        """One push-pull with member ``name`` as initiator; True if it completed."""
+        for effect in self.core.sync_now(name):
+            if isinstance(effect, OpenExchange):
+                return await self._exchange(effect)
+        return False
+
+    def collect_garbage(self) -> list[str]:
+        keys, effects = self.core.collect_garbage(_now_ms(), wall_ms())
+        self._apply(effects)
+        return keys
+
+    def _on_user_message(self, src: Address, payload: bytes) -> None:
+        # Runs in SWIM's owner task: hand over, never block it with a merge and an fsync.
+        if not payload.startswith(TAG):
+            return
+        try:
+            self._inbox_send.send_nowait((src, payload))
+        except trio.WouldBlock:
+            self.counters["config.dropped.inbox_full"] += 1
+
+    def _on_member_event(self, event: MemberEvent) -> None:
+        # Runs in SWIM's owner task; the core's answer (a sync to start, a timer) never blocks.
+        if event.kind == "reap":
+            self._apply(self.core.member_reaped(event.name))
+        elif event.address is not None and event.state is not None:
+            self._apply(self.core.member_changed(event.name, event.address, event.state,
+                                                 event.previous, _now_ms()))  # fmt: skip
 
     # ---- run --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Merge inbound gossip, run anti-entropy and GC until the agent stops."""
+        """Merge inbound gossip, send ours, run timers, anti-entropy and GC until the agent stops."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            deferred, self._deferred = self._deferred, []
+            for exchange in deferred:
+                nursery.start_soon(self._exchange, exchange)
+            self._apply(self.core.start(_now_ms()))
             nursery.start_soon(self._inbox_loop)
-            nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._gossip_loop)
+            nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._gc_loop)
             task_status.started()
             await self.agent.stopped.wait()
@@ -281,55 +307,80 @@ class ConfigReplica:
             self.store.close()
             self.store = None
 
-    # ---- merging ----------------------------------------------------------------------------
+    async def _inbox_loop(self) -> None:
+        async for src, payload in self._inbox_recv:
+            self._apply(self.core.on_user_message(src, payload, _now_ms(), wall_ms()))
 
-    def merge_payload(self, data: bytes, origin: str) -> MergeResult | None:
-        """Decode and merge an encoded delta from a peer; refuse (and count) bad bytes."""
-        try:
-            delta = decode_delta(data)
-        except DecodeError as exc:
-            self.counters["config.refused"] += 1
-            self.counters[f"config.refused.decode_{exc.reason}"] += 1
-            self.agent.log.warn("config_delta_refused", origin=origin, reason=str(exc))
-            return None
-        root = self.doc.root_hash
-        result = self.doc.merge(delta, wall_ms())
-        self._after_merge(result, delta.context, root, origin)
-        return result
+    async def _gossip_loop(self) -> None:
+        async for effect in self._gossip_recv:
+            try:
+                if effect.broadcast:
+                    await self.agent.queue_broadcast(effect.payload)
+                if effect.fanout:
+                    await self.agent.send_user_message(effect.payload, effect.fanout)
+            except LimitExceededError:
+                self._apply(self.core.gossip_refused(effect, _now_ms()))
 
-    def _after_merge(self, result: MergeResult, context: Context, root: bytes, origin: str) -> None:
-        """Count, persist, notify and forward what a merge did (still in the same sync section)."""
-        if result.refused:
-            self.counters["config.refused"] += result.refused
-            for reason in result.refused_reasons:
-                self.counters[f"config.refused.{reason}"] += 1
-            self.agent.log.warn("config_entries_refused", origin=origin,
-                                reasons=sorted(set(result.refused_reasons)))  # fmt: skip
-        if result.drifted:
-            self.counters["config.drift_exceeded"] += len(result.drifted)
-        if self.doc.root_hash == root and not result.accepted:
-            return  # nothing new: nothing to persist or forward (this ends the epidemic)
-        entries = result.forward.entries if result.forward is not None else ()
-        payload = encode_delta(Delta(entries, context))
-        self._persist(payload)
-        self.counters["config.merged_entries"] += result.accepted
-        if result.changed_keys:
-            self._notify(result.changed_keys)
-        if result.forward is not None:
-            # Not ``payload``: the incoming context may name dots of entries we held and left out
-            # (see MergeResult.forward); we persist it, but only forward the new entries' dots.
-            fwd = encode_delta(result.forward)
-            self._spread(fwd, policy.plan_forward(len(fwd) + 1, self.gossip_max_bytes))
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self._timers.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline / 1000):
+                await self._timers_changed.wait()
+            self._timers_changed = trio.Event()
+            now = _now_ms()
+            for timer in self._timers.pop_due(now):
+                self._apply(self.core.handle_timer(timer, now))
 
-    def _persist(self, payload: bytes) -> None:
-        if self.store is None:
-            return
-        self.store.append(payload)
-        self._log_rows += 1
-        if self._log_rows >= self.compact_after:
-            self.store.save_snapshot(self.doc)
-            self._log_rows = 0
-            self.counters["config.snapshots"] += 1
+    async def _gc_loop(self) -> None:
+        while True:
+            await trio.sleep(self.core.gc_interval_ms() / 1000)
+            self.collect_garbage()
+
+    # ---- carrying out effects ---------------------------------------------------------------
+
+    def _apply(self, effects: Sequence[Effect]) -> None:
+        """Carry out one step's effects in order, synchronously (sends are only queued). If one
+        raises (the store failed), the exchanges not started are reported failed to the core."""
+        for i, effect in enumerate(effects):
+            try:
+                self._carry_out(effect)
+            except BaseException:
+                for rest in effects[i + 1 :]:
+                    if isinstance(rest, OpenExchange):
+                        self.core.exchange_failed(rest.token, _now_ms())
+                raise
+
+    def _carry_out(self, effect: Effect) -> None:
+        if isinstance(effect, Persist):
+            if self.store is not None:
+                self.store.append(encode_delta(effect.delta))
+        elif isinstance(effect, SaveSnapshot):
+            if self.store is not None:
+                self.store.save_snapshot(self.core.doc)
+        elif isinstance(effect, Changed):
+            self._notify(effect.keys)
+        elif isinstance(effect, Gossip):
+            try:
+                self._gossip_send.send_nowait(effect)
+            except trio.WouldBlock:
+                self.counters["config.dropped.gossip_full"] += 1  # anti-entropy will carry it
+        elif isinstance(effect, OpenExchange):
+            if self._nursery is None:
+                self._deferred.append(effect)
+            else:
+                self._nursery.start_soon(self._exchange, effect)
+        elif isinstance(effect, SetTimer):
+            self._timers.push(effect.timer, effect.at_ms)
+            self._timers_changed.set()
+        elif isinstance(effect, Refused):
+            event = "config_delta_refused" if effect.whole_delta else "config_entries_refused"
+            self.agent.log.warn(event, origin=effect.origin, reasons=list(effect.reasons))
+        elif isinstance(effect, SyncDone):
+            self.agent.log.debug("config_synced", peer=effect.token.peer, in_sync=effect.in_sync,
+                                 received=effect.received_bytes, pushed=effect.pushed_bytes)  # fmt: skip
+        else:
+            # SendSyncPush belongs to the exchange that asked for it (see _exchange).
+            raise TypeError(f"cannot carry out {effect!r} here")
 
     def _notify(self, keys: frozenset[str]) -> None:
         for fn in list(self._listeners):
@@ -339,225 +390,59 @@ class ConfigReplica:
                 self.counters["config.listener_errors"] += 1
                 self.agent.log.error("config_listener_error", error=repr(exc))
 
-    # ---- gossip in and out ------------------------------------------------------------------
-
-    def _on_user_message(self, src: Address, payload: bytes) -> None:
-        # Runs in SWIM's owner task: hand over, never block it with a merge and an fsync.
-        if not payload.startswith(TAG):
-            return
+    async def _exchange(self, effect: OpenExchange) -> bool:
+        """Run one exchange this core started; True if it completed (reply handled, third leg
+        sent). A transport failure before the reply, or while sending the third leg, goes back
+        to the core as ``exchange_failed``, so every token is settled exactly once."""
+        token = effect.token
+        timeout_s = self.agent.stream_timeout_s * (2 if token.kind is ExchangeKind.SYNC else 1)
+        unsettled = True  # until the reply is handed to the core
+        pushes: list[SendSyncPush] = []
+        completed = False
         try:
-            self._inbox_send.send_nowait((src, payload[1:]))
-        except trio.WouldBlock:
-            self.counters["config.dropped.inbox_full"] += 1
-
-    async def _inbox_loop(self) -> None:
-        async for src, data in self._inbox_recv:
-            self.counters["config.gossip_received"] += 1
-            self.merge_payload(data, str(src))
-
-    def _spread(self, payload: bytes, plan: policy.Spread) -> None:
-        if self._nursery is None or self._spreads >= SPREAD_CONCURRENCY_MAX:
-            # Not running yet, or a burst: anti-entropy will carry it within a period.
-            self.counters["config.spread_skipped"] += 1
-            return
-        self._spreads += 1
-        self._nursery.start_soon(self._spread_task, payload, plan)
-
-    async def _spread_task(self, payload: bytes, plan: policy.Spread) -> None:
-        try:
-            stream_fanout = plan.stream_fanout
-            tagged = TAG + payload
-            try:
-                if plan.gossip:
-                    await self.agent.queue_broadcast(tagged)
-                if plan.udp_fanout:
-                    await self.agent.send_user_message(tagged, plan.udp_fanout)
-                    self.counters["config.eager_sent"] += 1
-            except LimitExceededError:
-                # Our size estimate was off (packet framing): fall back to streams.
-                stream_fanout = max(stream_fanout, plan.udp_fanout)
-            if stream_fanout:
-                targets = policy.pick_peers(self._live_peers(alive_only=True), stream_fanout,
-                                            self.rng)  # fmt: skip
-                async with trio.open_nursery() as nursery:
-                    for name in targets:
-                        nursery.start_soon(self._push_to, name, payload)
-        finally:
-            self._spreads -= 1
-
-    async def _push_to(self, name: str, payload: bytes) -> None:
-        address = self._members[name][0]
-        try:
-            with trio.fail_after(self.agent.stream_timeout_s):
-                stream = await self.agent.open_stream(
-                    address, "config-push", frame(self.agent.settings.name, payload)
-                )
+            with trio.fail_after(timeout_s):
+                stream = await self.agent.open_stream(effect.to, token.kind.value, effect.body)
                 try:
-                    await stream.receive()  # the ack: the peer has merged (and persisted) it
+                    reply = await stream.receive()
+                    unsettled = False
+                    effects = self.core.exchange_reply(token, reply, _now_ms(), wall_ms())
+                    pushes = [e for e in effects if isinstance(e, SendSyncPush)]
+                    self._apply([e for e in effects if not isinstance(e, SendSyncPush)])
+                    completed = token.kind is ExchangeKind.PUSH or any(
+                        isinstance(e, SyncDone) for e in effects
+                    )
+                    while pushes:
+                        await stream.send(pushes[0].data)
+                        pushes.pop(0)
                 finally:
                     await stream.aclose()
-            self.counters["config.push_sent"] += 1
-        except (OSError, trio.TooSlowError, EOFError, DecodeError, trio.BrokenResourceError):
-            self.counters["config.push_failed"] += 1
+        except TRANSPORT_ERRORS:
+            if unsettled or pushes:
+                self._apply(self.core.exchange_failed(token, _now_ms()))
+                return False
+        return completed
 
-    async def _serve_push(self, stream: SealedStream, src: Address, body: bytes) -> None:
-        name, data = unframe(body)
-        self.merge_payload(data, name)
-        await stream.send(b"ok")
-
-    # ---- anti-entropy -----------------------------------------------------------------------
-
-    def _on_member_event(self, event: MemberEvent) -> None:
-        if event.name == self.agent.settings.name:
-            return
-        if event.kind == "reap":
-            self._members.pop(event.name, None)
-            self._reported.pop(event.name, None)
-            return
-        if event.address is not None and event.state is not None:
-            self._members[event.name] = (event.address, event.state)
-        if policy.sync_on_member_event(event.kind, event.previous):
-            try:
-                self._trigger_send.send_nowait(event.name)
-            except trio.WouldBlock:
-                self.counters["config.dropped.sync_trigger"] += 1
-
-    def _live_peers(self, alive_only: bool = False) -> list[str]:
-        ok = ("alive",) if alive_only else ("alive", "suspect")
-        return [n for n, (_, state) in self._members.items() if state in ok]
-
-    async def _sync_loop(self) -> None:
-        while True:
-            n = len(self._live_peers()) + 1
-            wait_ms = policy.jittered_ms(
-                policy.sync_interval_ms(self.sync_interval_ms, n), self.rng
-            )
-            target: str | None = None
-            with trio.move_on_after(wait_ms / 1000):
-                target = await self._trigger_recv.receive()
-            if target is None:
-                peers = policy.pick_peers(self._live_peers(), 1, self.rng)
-                if not peers:
-                    continue
-                target = peers[0]
-            if self._syncs >= SYNC_CONCURRENCY_MAX:
-                self.counters["config.sync_skipped"] += 1
-                continue
-            assert self._nursery is not None
-            self._syncs += 1
-            self._nursery.start_soon(self._sync_task, target)
-
-    async def _sync_task(self, name: str) -> None:
-        try:
-            await self.sync_with(name)
-        finally:
-            self._syncs -= 1
-
-    async def sync_with(self, name: str) -> bool:
-        """One push-pull with member ``name`` as initiator; True if it completed."""
-        member = self._members.get(name)
-        if member is None:
-            return False
-        me = self.agent.settings.name
-        digest = make_digest(self.doc)
-        sent = len(encode(digest))
-        try:
-            with trio.fail_after(self.agent.stream_timeout_s * 2):
-                stream = await self.agent.open_stream(
-                    member[0], "config-sync", frame(me, encode(digest))
-                )
-                try:
-                    raw = await stream.receive()
-                    reply = decode(raw)
-                    if not isinstance(reply, SyncReply):
-                        raise DecodeError("unexpected_type", "expected a sync reply")
-                    now = _now_ms()
-                    if reply.in_sync or reply.context is None:
-                        # Equal roots mean equal contexts (they are part of the hash).
-                        self._reported[name] = (dict(digest.context.vv), now)
-                        self.counters["config.sync_in_sync"] += 1
-                        self.counters["config.sync_bytes"] += sent + len(raw)
-                        return True
-                    self._reported[name] = (dict(reply.context.vv), now)
-                    root = self.doc.root_hash
-                    handled = handle(self.doc, reply, wall_ms())
-                    if handled.merged is not None and reply.delta is not None:
-                        self._after_merge(handled.merged, reply.delta.context, root, name)
-                    push = handled.reply
-                    pushed = b""
-                    if isinstance(push, SyncPush):
-                        pushed = encode(push)
-                        await stream.send(pushed)
-                    self.counters["config.sync_repaired"] += 1
-                    self.counters["config.sync_bytes"] += sent + len(raw) + len(pushed)
-                finally:
-                    await stream.aclose()
-        except DecodeError as exc:
-            self.counters["config.sync_failed"] += 1
-            self.counters[f"config.refused.decode_{exc.reason}"] += 1
-            return False
-        except (OSError, trio.TooSlowError, EOFError, trio.BrokenResourceError):
-            self.counters["config.sync_failed"] += 1
-            return False
-        return True
+    # ---- serving peers' exchanges -----------------------------------------------------------
 
     async def _serve_sync(self, stream: SealedStream, src: Address, body: bytes) -> None:
-        name, data = unframe(body)
-        digest = decode(data)
-        if not isinstance(digest, Digest):
-            raise DecodeError("unexpected_type", "expected a digest")
-        self._reported[name] = (dict(digest.context.vv), _now_ms())
-        reply = handle(self.doc, digest, wall_ms()).reply
-        assert isinstance(reply, SyncReply)
-        await stream.send(encode(reply))
-        if reply.in_sync:
+        served = self.core.serve_sync(src, body, _now_ms(), wall_ms())
+        self._apply(served.effects)
+        if not served.reply:
+            return  # refused (counted by the core): close without an answer
+        await stream.send(served.reply)
+        if not served.awaits_push:
             return
         try:
-            raw = await stream.receive()
+            data = await stream.receive()
         except EOFError:
             return  # the initiator had nothing we lack
-        push = decode(raw)
-        if not isinstance(push, SyncPush):
-            raise DecodeError("unexpected_type", "expected a sync push")
-        root = self.doc.root_hash
-        handled = handle(self.doc, push, wall_ms())
-        if handled.merged is not None:
-            self._after_merge(handled.merged, push.delta.context, root, name)
+        self._apply(self.core.serve_sync_push(served.peer, data, _now_ms(), wall_ms()))
 
-    # ---- tombstone GC -----------------------------------------------------------------------
-
-    def collect_garbage(self) -> list[str]:
-        live = self._live_peers()
-        stable = policy.gc_stable_vector(self.doc.version_vector(), live, self._reported, _now_ms())
-        if stable is None:
-            return []
-        collected = self.doc.collect_garbage(stable, wall_ms(), self.gc_grace_ms)
-        if collected:
-            self.counters["config.tombstones_collected"] += len(collected)
-            if self.store is not None:
-                # The log still holds the tombstones; a snapshot is what forgets them on disk.
-                self.store.save_snapshot(self.doc)
-                self._log_rows = 0
-        return collected
-
-    async def _gc_loop(self) -> None:
-        while True:
-            await trio.sleep(min(GC_CHECK_INTERVAL_S, max(1.0, self.gc_grace_ms / 1000)))
-            self.collect_garbage()
+    async def _serve_push(self, stream: SealedStream, src: Address, body: bytes) -> None:
+        served = self.core.serve_push(src, body, _now_ms(), wall_ms())
+        self._apply(served.effects)  # Persist first: the "ok" below means durable
+        if served.reply:
+            await stream.send(served.reply)
 
 
-def _now_ms() -> int:
-    return int(trio.current_time() * 1000)
-
-
-def _stored_writer(store: ReplicaStore, name: str) -> str | None:
-    raw = store.get_meta(EPOCH_META)
-    if raw is None:
-        return None
-    writer = raw.decode(errors="replace")
-    short = name.encode()[:MAX_WRITER_NAME_BYTES].decode(errors="ignore")
-    # A store carried over to a renamed node starts a new writer rather than speak for the old one.
-    return writer if writer.startswith(short + "@") else None
-
-
-__all__ = ["ConfigReplica", "ConfigSource", "TAG", "frame", "unframe"]
+__all__ = ["ConfigReplica", "ConfigSource", "TAG"]

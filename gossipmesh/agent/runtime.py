@@ -67,7 +67,7 @@ from gossipmesh.swim.effects import (
     StartPushPull,
     UserMessage,
 )
-from gossipmesh.swim.member import Member, MemberState
+from gossipmesh.swim.member import Member, MemberState, event_kind
 
 if TYPE_CHECKING:
     from gossipmesh.agent.replica import ConfigSource
@@ -122,21 +122,6 @@ def member_json(m: Member) -> dict[str, Any]:
         "incarnation": m.incarnation,
         "meta": base64.b64encode(m.meta).decode(),
     }
-
-
-def _event_kind(previous: MemberState | None, state: MemberState) -> str:
-    if previous is None or (
-        previous in (MemberState.DEAD, MemberState.LEFT) and state is MemberState.ALIVE
-    ):
-        return "join"
-    if previous is state:
-        return "update"
-    return {
-        MemberState.ALIVE: "alive",
-        MemberState.SUSPECT: "suspect",
-        MemberState.DEAD: "failed",
-        MemberState.LEFT: "left",
-    }[state]
 
 
 @dataclass(slots=True)
@@ -499,7 +484,7 @@ class Agent:
 
     def _member_changed(self, effect: MemberChanged) -> None:
         m = effect.member
-        kind = _event_kind(effect.previous, m.state)
+        kind = event_kind(effect.previous, m.state)
         if m.name == self.settings.name:
             if self.store is not None:
                 self.store.save_incarnation(m.incarnation)

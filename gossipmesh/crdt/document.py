@@ -32,7 +32,7 @@ the live members' version vectors, and a tombstone that is the only entry of its
 key context that vector covers, and which is older than a grace period, is dropped. Every live
 member then has every dot the tombstone replaced in its context, so a stale copy that turns up later
 is skipped rather than resurrected. A replica that was away for longer than the grace period can
-still hold such a stale entry; it must rejoin with a fresh store (``Store(rebuild=True)``), the
+still hold such a stale entry; it must rejoin with a fresh store (an empty ``replica.db``), the
 same rule as Cassandra's ``gc_grace_seconds``.
 
 **Clock drift.** An incoming entry whose HLC is more than ``max_drift_ms`` ahead of our wall clock
@@ -54,151 +54,36 @@ This module performs no I/O and reads no clock: ``wall_ms`` is always passed in.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import msgpack
-
+from gossipmesh.crdt.entries import (
+    DEFAULT_HISTORY_PER_KEY,
+    MAX_DOCUMENT_BYTES,
+    MAX_ENTITY_BYTES,
+    MAX_KEY_BYTES,
+    MAX_WRITER_BYTES,
+    Conflict,
+    Context,
+    Delta,
+    Dot,
+    Entry,
+    MergeResult,
+    Validator,
+    Version,
+    VersionVector,
+    check_key,
+    check_writer,
+    entry_hash,
+    hash64,
+    pack,
+    stable_vector,
+    unpack_value,
+    with_suspect,
+)
 from gossipmesh.crdt.hlc import DEFAULT_MAX_DRIFT_MS, HybridClock, Timestamp
 from gossipmesh.errors import LimitExceededError, UsageError
-
-Dot = tuple[str, int]
-VersionVector = Mapping[str, int]
-Validator = Callable[[str, Mapping[str, Any]], None]
-
-MAX_ENTITY_BYTES = 64 * 1024
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-MAX_KEY_BYTES = 256
-MAX_WRITER_BYTES = 128
-DEFAULT_HISTORY_PER_KEY = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One write. ``value`` is msgpack bytes of a mapping, or None for a tombstone. ``context``
-    is sorted ``(writer, counter)`` pairs: the key's entries this write had seen."""
-
-    key: str
-    writer: str
-    counter: int
-    hlc: Timestamp
-    context: tuple[tuple[str, int], ...]
-    value: bytes | None
-    suspect: bool = False
-
-    @property
-    def dot(self) -> Dot:
-        return (self.writer, self.counter)
-
-    @property
-    def is_tombstone(self) -> bool:
-        return self.value is None
-
-    def covers(self, other: Entry) -> bool:
-        """Did this write see ``other`` (so replaces it)?"""
-        for writer, counter in self.context:
-            if writer == other.writer:
-                return other.counter <= counter
-        return False
-
-    def rank(self) -> tuple[bool, Timestamp, str, int]:
-        """Sort key of the winner rule; the max wins."""
-        return (not self.suspect, self.hlc, self.writer, self.counter)
-
-    def decoded(self) -> dict[str, Any] | None:
-        return None if self.value is None else _unpack_value(self.value)
-
-    @property
-    def size_bytes(self) -> int:
-        return 0 if self.value is None else len(self.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """A set of dots: ``vv`` (writer → every counter up to n) plus ``cloud`` (stray dots above)."""
-
-    vv: tuple[tuple[str, int], ...] = ()
-    cloud: tuple[Dot, ...] = ()
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.vv)
-
-    def contains(self, dot: Dot) -> bool:
-        for writer, counter in self.vv:
-            if writer == dot[0] and dot[1] <= counter:
-                return True
-        return dot in self.cloud
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """What one replica ships to another: entries plus the context they come with."""
-
-    entries: tuple[Entry, ...] = ()
-    context: Context = Context()
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.entries and not self.context.vv and not self.context.cloud
-
-
-@dataclass(frozen=True, slots=True)
-class MergeResult:
-    """What a merge did. ``forward`` holds only what was new here (for eager push), with just
-    those entries' dots as context; it is None when nothing was. Refused entries are never in it."""
-
-    changed_keys: frozenset[str]
-    accepted: int = 0
-    duplicates: int = 0
-    refused: int = 0
-    refused_reasons: tuple[str, ...] = ()
-    drifted: tuple[Dot, ...] = ()
-    forward: Delta | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    """One version of a key, for ``history``: who wrote what when, and whether it still stands."""
-
-    writer: str
-    counter: int
-    hlc: Timestamp
-    value: dict[str, Any] | None
-    current: bool
-    suspect: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    key: str
-    winner: Entry
-    siblings: tuple[Entry, ...]
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def _unpack_value(data: bytes) -> dict[str, Any]:
-    value = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    if not isinstance(value, dict):
-        raise ValueError("value is not a mapping")
-    return value
-
-
-def _hash64(*parts: Any) -> int:
-    return int.from_bytes(hashlib.blake2b(_pack(parts), digest_size=8).digest(), "big")
-
-
-def entry_hash(entry: Entry) -> int:
-    """The entry's share of the root hash. Tombstones only count if suspect (see module doc)."""
-    if entry.value is None and not entry.suspect:
-        return 0
-    return _hash64("e", entry.key, entry.writer, entry.counter, tuple(entry.hlc), entry.context,
-                   entry.value, entry.suspect)  # fmt: skip
 
 
 class Document:
@@ -246,7 +131,7 @@ class Document:
         for key in sorted(k for k in self._entries if k.startswith(prefix)):
             winner = self.winner(key)
             if winner is not None and winner.value is not None:
-                yield key, _unpack_value(winner.value)
+                yield key, unpack_value(winner.value)
 
     def siblings(self, key: str) -> tuple[Entry, ...]:
         """Every current entry of ``key``, winner first."""
@@ -310,12 +195,12 @@ class Document:
     ) -> Delta:
         """Write many keys as one delta: all are validated before any is applied, so either every
         write lands or none does (readers never see half of a ``config apply``)."""
-        _check_writer(writer)
+        check_writer(writer)
         prepared: list[tuple[str, bytes | None]] = []
         seen_keys: set[str] = set()
         size_after = self._size_bytes
         for key, value in items:
-            _check_key(key)
+            check_key(key)
             if key in seen_keys:
                 raise UsageError(f"{key}: appears twice in one batch")
             seen_keys.add(key)
@@ -327,7 +212,7 @@ class Document:
                 if self._validator is not None:
                     self._validator(key, value)
                 try:
-                    data = _pack(dict(value))
+                    data = pack(dict(value))
                 except (TypeError, ValueError, OverflowError) as e:
                     raise UsageError(f"{key}: value is not msgpack-able: {e}") from None
                 if len(data) > self.max_entity_bytes:
@@ -386,9 +271,9 @@ class Document:
                 if held is not None and incoming.suspect and not held.suspect:
                     # The suspect mark only ever grows; take it so every replica picks alike.
                     self._remove(held, superseded=False)
-                    self._insert(_with_suspect(held))
+                    self._insert(with_suspect(held))
                     changed.add(incoming.key)
-                    forward.append(_with_suspect(held))
+                    forward.append(with_suspect(held))
                 else:
                     duplicates += 1
                 continue
@@ -402,7 +287,7 @@ class Document:
                 drifted.append(entry.dot)
                 self._count("drift_exceeded")
                 if not entry.suspect:
-                    entry = _with_suspect(entry)
+                    entry = with_suspect(entry)
             else:
                 self.clock.observe(entry.hlc, wall_ms)
             accepted += 1
@@ -442,7 +327,7 @@ class Document:
         if self._size_bytes + len(entry.value) - held > self.max_document_bytes:
             return "document_size"
         try:
-            value = _unpack_value(entry.value)
+            value = unpack_value(entry.value)
         except Exception:
             return "value_encoding"
         if self._validator is not None:
@@ -534,14 +419,14 @@ class Document:
             self._compact(writer)
         elif dot not in self._cloud:
             self._cloud.add(dot)
-            self._root ^= _hash64("c", writer, counter)
+            self._root ^= hash64("c", writer, counter)
 
     def _set_vv(self, writer: str, counter: int) -> None:
         old = self._vv.get(writer, 0)
         if old:
-            self._root ^= _hash64("v", writer, old)
+            self._root ^= hash64("v", writer, old)
         self._vv[writer] = counter
-        self._root ^= _hash64("v", writer, counter)
+        self._root ^= hash64("v", writer, counter)
 
     def _compact(self, writer: str) -> None:
         """Absorb cloud dots that the vector now reaches, and any below it."""
@@ -550,11 +435,11 @@ class Document:
         have = self._vv[writer]
         for dot in [d for d in self._cloud if d[0] == writer and d[1] <= have]:
             self._cloud.discard(dot)
-            self._root ^= _hash64("c", dot[0], dot[1])
+            self._root ^= hash64("c", dot[0], dot[1])
         while (writer, have + 1) in self._cloud:
             have += 1
             self._cloud.discard((writer, have))
-            self._root ^= _hash64("c", writer, have)
+            self._root ^= hash64("c", writer, have)
             self._set_vv(writer, have)
 
     def _join_context(self, ctx: Context) -> None:
@@ -576,42 +461,19 @@ class Document:
         self.clock.restore(self.max_hlc())
 
 
-def _with_suspect(entry: Entry) -> Entry:
-    return Entry(entry.key, entry.writer, entry.counter, entry.hlc, entry.context, entry.value,
-                 True)  # fmt: skip
-
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
-        raise UsageError(f"key {key!r} must be 1-{MAX_KEY_BYTES} bytes")
-
-
-def _check_writer(writer: str) -> None:
-    if not isinstance(writer, str) or not writer or len(writer.encode()) > MAX_WRITER_BYTES:
-        raise UsageError(f"writer {writer!r} must be 1-{MAX_WRITER_BYTES} bytes")
-
-
-def stable_vector(vectors: Iterable[VersionVector]) -> dict[str, int]:
-    """Pointwise minimum of the live members' version vectors: every dot it covers has reached
-    every one of them. A writer missing from any vector counts as 0."""
-    result: dict[str, int] | None = None
-    for vv in vectors:
-        if result is None:
-            result = dict(vv)
-        else:
-            result = {w: min(c, vv.get(w, 0)) for w, c in result.items() if vv.get(w, 0) > 0}
-    return result or {}
-
-
+# The value types are re-exported: callers that hold a Document usually need them too.
 __all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "MAX_ENTITY_BYTES",
+    "MAX_KEY_BYTES",
+    "MAX_WRITER_BYTES",
     "Conflict",
     "Context",
     "Delta",
     "Document",
+    "Dot",
     "Entry",
     "MergeResult",
     "Version",
     "stable_vector",
-    "MAX_DOCUMENT_BYTES",
-    "MAX_ENTITY_BYTES",
 ]

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-The agent (``gossipmesh/agent/replica.py``) and the simulator both spread config deltas the same
-way; only the I/O differs. Everything that is a *decision* lives here so the simulator can drive
-the identical policy with a virtual clock and a seeded ``random.Random``:
+The replica core (``replica.py``) takes its decisions with these functions; they are kept apart,
+pure and small, so each can be tested with a table. Every runtime (the agent, the simulator)
+drives that one core, with its own clock and a seeded ``random.Random``:
 
 - ``plan_spread``: how a new delta leaves this node. A delta that fits a gossip packet rides SWIM's
   piggyback queue (which relays it cluster-wide) *and* goes at once, as a direct user message, to
@@ -16,7 +16,7 @@ the identical policy with a virtual clock and a seeded ``random.Random``:
 - ``sync_interval_ms``: the anti-entropy period, scaled up with cluster size the way memberlist
   scales push-pull (beyond 32 nodes, ×⌈log2(n/32)⌉+1): total sync traffic then grows like n·log n
   instead of n², while a missed delta is still repaired within a few periods.
-- ``sync_on_member_event``: which membership changes deserve an immediate sync (a member that
+- ``sync_on_member_change``: which membership changes deserve an immediate sync (a member that
   joined, or came back alive after being suspect or dead, i.e. a healed partition).
 - ``gc_stable_vector``: the causal-stability floor for tombstone collection: the pointwise minimum
   of the version vectors every live member has reported, or None while any live member has not
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gossipmesh.crdt.document import stable_vector
+from gossipmesh.crdt.entries import stable_vector
 
 # A delta this small (encoded, plus the 1-byte tag) goes over UDP; larger ones over TCP. The SWIM
 # packet is 1400 bytes by default, and a user message also carries framing and compound-packet
@@ -49,6 +49,8 @@ class Rng(Protocol):
     """The slice of ``random.Random`` used here (the core may not import ``random`` itself)."""
 
     def uniform(self, a: float, b: float) -> float: ...
+
+    def getrandbits(self, k: int) -> int: ...
 
     def sample(self, population: Sequence[Any], k: int) -> list[Any]: ...
 
@@ -98,12 +100,14 @@ def jittered_ms(interval_ms: int, rng: Rng) -> int:
     return max(1, int(interval_ms * rng.uniform(0.75, 1.25)))
 
 
-def sync_on_member_event(kind: str, previous: str | None) -> bool:
-    """Sync at once with a member that joined, or that is alive again after suspect/dead (a
-    partition heal: the other side's writes are waiting)."""
-    if kind == "join":
+def sync_on_member_change(state: str, previous: str | None) -> bool:
+    """Sync at once with a member that is new, or alive again after suspect, dead or left (a
+    partition heal or a restart: the other side's writes are waiting). States are
+    ``MemberState`` values ("alive", "suspect", "dead", "left"); ``previous`` is None for a member
+    seen for the first time."""
+    if previous is None:
         return True
-    return kind == "alive" and previous in ("suspect", "dead")
+    return state == "alive" and previous in ("suspect", "dead", "left")
 
 
 def pick_peers(candidates: Sequence[str], k: int, rng: Rng) -> list[str]:
@@ -144,5 +148,5 @@ __all__ = [
     "plan_forward",
     "plan_spread",
     "sync_interval_ms",
-    "sync_on_member_event",
+    "sync_on_member_change",
 ]

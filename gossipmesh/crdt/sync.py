@@ -42,13 +42,13 @@ from typing import Any
 
 import msgpack
 
-from gossipmesh.crdt.document import (
+from gossipmesh.crdt.document import Document
+from gossipmesh.crdt.entries import (
     MAX_ENTITY_BYTES,
     MAX_KEY_BYTES,
     MAX_WRITER_BYTES,
     Context,
     Delta,
-    Document,
     Entry,
     MergeResult,
 )

@@ -60,3 +60,24 @@ def interned_member(
         m = Member(name, address, incarnation, state, meta)
         _interned[key] = m
     return m
+
+
+def event_kind(previous: MemberState | None, state: MemberState) -> str:
+    """How a change from ``previous`` to ``state`` reads to people and listeners: ``join`` (new,
+    or back from dead/left), ``update`` (same state: incarnation or metadata), else the new state
+    as a verb (``alive``, ``suspect``, ``failed``, ``left``)."""
+    if previous is None or (
+        previous in (MemberState.DEAD, MemberState.LEFT) and state is MemberState.ALIVE
+    ):
+        return "join"
+    if previous is state:
+        return "update"
+    return _STATE_VERB[state]
+
+
+_STATE_VERB = {
+    MemberState.ALIVE: "alive",
+    MemberState.SUSPECT: "suspect",
+    MemberState.DEAD: "failed",
+    MemberState.LEFT: "left",
+}

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from gossipmesh.crdt import replication as p
+from gossipmesh.swim.member import MemberState, event_kind
 
 
 def test_spread_small_deltas_by_gossip_and_eager_udp_large_ones_by_tcp() -> None:
@@ -22,15 +23,26 @@ def test_sync_interval_scales_like_memberlist_push_pull(n: int, mult: int) -> No
 
 
 @pytest.mark.parametrize(
-    ("kind", "previous", "sync"),
-    [("join", None, True), ("join", "dead", True), ("alive", "suspect", True),
-     ("alive", "dead", True), ("suspect", "alive", False), ("update", "alive", False),
-     ("failed", "suspect", False)],
+    ("state", "previous", "sync"),
+    [("alive", None, True), ("suspect", None, True), ("alive", "dead", True),
+     ("alive", "left", True), ("alive", "suspect", True), ("suspect", "alive", False),
+     ("alive", "alive", False), ("dead", "suspect", False), ("left", "alive", False)],
 )  # fmt: skip
 def test_sync_on_join_and_on_return_from_suspect_or_dead(
-    kind: str, previous: str | None, sync: bool
+    state: str, previous: str | None, sync: bool
 ) -> None:
-    assert p.sync_on_member_event(kind, previous) is sync
+    assert p.sync_on_member_change(state, previous) is sync
+
+
+def test_sync_trigger_is_join_or_alive_again_in_the_agents_event_terms() -> None:
+    """The rule in the words the agent logs: a ``join`` event, or ``alive`` after suspect/dead."""
+    states: list[MemberState | None] = [None, *MemberState]
+    for previous in states:
+        for state in MemberState:
+            kind = event_kind(previous, state)
+            prev = previous.value if previous is not None else None
+            expected = kind == "join" or (kind == "alive" and prev in ("suspect", "dead"))
+            assert p.sync_on_member_change(state.value, prev) is expected, (previous, state)
 
 
 def test_gc_vector_needs_a_report_from_every_live_member() -> None:

@@ -1,16 +1,26 @@
-"""The config replica in the simulator: spread, partition-edit, and checkers that can fail."""
+"""The config replica in the simulator: spread, partition-edit, and checkers that can fail.
+
+The simulator runs the agent's own ``ReplicaCore``; the tests that break it patch that core (the
+class the agent instantiates), so a checker that passes here passes on the code the agent runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
-from gossipmesh.agent import replica as agent_replica
-from simulations import config_core
+from gossipmesh.crdt import replica as core_module
+from gossipmesh.crdt import replication
+from gossipmesh.crdt.entries import Context, Delta, MergeResult
+from gossipmesh.crdt.replica import ReplicaCore
 from simulations.cli import main
-from simulations.config_core import ReplicaSettings
 from simulations.scenarios import Hooks, Options, run
+
+CONFIG_CHECKS = {"config-identical", "config-no-lost-write", "config-conflicts-visible"}
 
 
 def _ok(opts: Options, hooks: Hooks | None = None) -> dict[str, Any]:
@@ -24,10 +34,33 @@ def _failed(res: Any) -> set[str]:
     return {c.name for r in res.runs for c in r.checks if not c.ok}
 
 
-def test_the_simulated_replica_uses_the_agents_limits() -> None:
-    assert config_core.SYNC_CONCURRENCY_MAX == agent_replica.SYNC_CONCURRENCY_MAX
-    assert config_core.SPREAD_CONCURRENCY_MAX == agent_replica.SPREAD_CONCURRENCY_MAX
-    assert config_core.TRIGGER_DEPTH == agent_replica.TRIGGER_DEPTH
+def _forward_the_whole_incoming_context(monkeypatch: Any) -> None:
+    """The bug ``MergeResult.forward`` exists to prevent: forward the new entries with the
+    incoming delta's whole context, which names dots of entries left out. A receiver joins those
+    dots, believes it holds the entries, and never asks for them again."""
+    real = ReplicaCore._after_merge
+
+    def broken(
+        self: ReplicaCore, result: MergeResult, context: Context, root: bytes, origin: str
+    ) -> Any:
+        if result.forward is not None:
+            result = dataclasses.replace(result, forward=Delta(result.forward.entries, context))
+        return real(self, result, context, root, origin)
+
+    monkeypatch.setattr(ReplicaCore, "_after_merge", broken)
+
+
+def _drop_the_last_entry_of_each_merged_delta(monkeypatch: Any) -> None:
+    """A merge that loses an entry but keeps the delta's context (so it believes it has it)."""
+    real = ReplicaCore.merge_payload
+
+    def broken(self: ReplicaCore, data: bytes, origin: str, wall_ms: int) -> Any:
+        delta = core_module.decode_delta(data)
+        if len(delta.entries) > 1:
+            data = core_module.encode_delta(Delta(delta.entries[:-1], delta.context))
+        return real(self, data, origin, wall_ms)
+
+    monkeypatch.setattr(ReplicaCore, "merge_payload", broken)
 
 
 @pytest.mark.parametrize("seed", (1, 2))
@@ -57,27 +90,50 @@ def test_same_seed_same_trace() -> None:
     assert a.runs[0].trace_hash == b.runs[0].trace_hash
 
 
-def test_a_replica_without_forward_or_anti_entropy_fails_the_config_checkers() -> None:
-    broken = ReplicaSettings(forward=False, anti_entropy=False)
-    res = run(Options("partition-edit", nodes=24, seed=1, hold_s=20), Hooks(replica=broken))
-    failed = _failed(res)
-    assert {"config-identical", "config-no-lost-write", "config-conflicts-visible"} <= failed
+def test_a_core_that_forwards_the_whole_incoming_context_fails_the_checkers(
+    monkeypatch: Any,
+) -> None:
+    _forward_the_whole_incoming_context(monkeypatch)
+    res = run(Options("partition-edit", nodes=24, seed=1, hold_s=20))
+    assert {"config-identical", "config-no-lost-write"} <= _failed(res)
+
+
+def test_a_core_that_drops_a_merged_entry_fails_the_checkers(monkeypatch: Any) -> None:
+    _drop_the_last_entry_of_each_merged_delta(monkeypatch)
+    res = run(Options("partition-edit", nodes=24, seed=1, hold_s=20))
+    assert _failed(res) >= CONFIG_CHECKS
+
+
+def test_a_core_that_does_not_forward_without_anti_entropy_fails_the_checkers(
+    monkeypatch: Any,
+) -> None:
+    nothing = replication.Spread(gossip=False, udp_fanout=0, stream_fanout=0)
+    monkeypatch.setattr(replication, "plan_forward", lambda *args, **kwargs: nothing)
+    res = run(Options("partition-edit", nodes=24, seed=1, hold_s=20, anti_entropy=False))
+    assert _failed(res) >= CONFIG_CHECKS
+
+
+def test_the_unbroken_core_passes_the_same_runs() -> None:
+    _ok(Options("partition-edit", nodes=24, seed=1, hold_s=20))
 
 
 def test_cli_prints_seed_and_command_for_a_broken_replica(monkeypatch: Any, capsys: Any) -> None:
-    import simulations.scenarios as scenarios
-
-    real_run = scenarios.run
-
-    def broken_run(opts: Options, hooks: Hooks | None = None) -> Any:
-        return real_run(opts, Hooks(replica=ReplicaSettings(forward=False, anti_entropy=False)))
-
-    monkeypatch.setattr("simulations.cli.run", broken_run)
+    _drop_the_last_entry_of_each_merged_delta(monkeypatch)
     code = main(["partition-edit", "--nodes", "20", "--seed", "1", "--hold", "20", "--quiet"])
     out = capsys.readouterr().out
     assert code == 1
     assert "seed=1" in out
     assert "python -m simulations partition-edit --nodes 20 --seed 1 --hold 20" in out
+
+
+def test_the_simulator_imports_nothing_from_the_agent() -> None:
+    """It drives the cores the agent drives, never the agent's runtime (checked transitively)."""
+    code = (
+        "import sys, simulations.cli, simulations.config_scenarios, simulations.report\n"
+        "print([m for m in sys.modules if m.startswith('gossipmesh.agent')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_cold_start_still_runs_the_join_storm() -> None:
