@@ -234,7 +234,7 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
     for r in result.runs:
         for t, what in r.faults:
             lines.append(f"- {r.label} · t={t / 1000:.1f}s: {what}")
-    lines += ["", f"SWIM core source digest: `{result.runs[0].metrics.get('core_digest')}`"]
+    lines += ["", f"SWIM core code digest (comments and docstrings excluded): `{result.runs[0].metrics.get('core_digest')}`"]
     lines += ["", "Trace hashes: " + ", ".join(f"{r.label} `{r.trace_hash}`" for r in result.runs)]
     return "\n".join(lines) + "\n"
 

@@ -490,11 +490,42 @@ def _finish(
 # -- the scenarios --------------------------------------------------------------------------
 
 
+def code_digest(source: str) -> str:
+    """The code of one Python module without its comments and docstrings, as a stable text.
+
+    Comments never reach the AST; every bare string statement of a body (the docstrings of the
+    module, classes and functions, and attribute docstrings) is dropped from it; line and column
+    numbers are not dumped. So a result's digest moves when the code that ran changes, and a
+    comment or docstring fix leaves it alone (a digest over the raw source once made a wrong
+    docstring stay wrong on purpose). ``ast.dump``'s format may change between Python versions:
+    compare digests made by the same one.
+    """
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        kept = [
+            stmt
+            for stmt in body
+            if not (
+                isinstance(stmt, ast.Expr)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+            )
+        ]
+        if len(kept) != len(body):
+            node.body = kept or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.dump(tree)
+
+
 def core_digest() -> str:
-    """Short digest of the SWIM core's source as loaded, so a result names the code it ran.
+    """Short digest of the SWIM core's code as loaded, so a result names the code it ran.
 
     The core evolves under our feet (others commit to it); a result without this would not be
-    reproducible from its seed alone.
+    reproducible from its seed alone. Only the code counts (``code_digest``), module by module.
     """
     import hashlib
     import sys
@@ -504,8 +535,8 @@ def core_digest() -> str:
         if name.startswith("gossipmesh.swim") or name == "gossipmesh.wire":
             path = getattr(sys.modules[name], "__file__", None)
             if path:
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
+                with open(path, encoding="utf-8") as fh:
+                    h.update(f"{name}\n{code_digest(fh.read())}\n".encode())
     return h.hexdigest()
 
 
