@@ -25,6 +25,10 @@ that reproduces it, which is what a failing checker shows. A scenario returns a
 ``ScenarioResult`` of one or more ``RunResult``s (``loss`` is a sweep, ``slow-nodes`` runs
 Lifeguard on and off with the same seed), each with metrics, time series for the plots, the
 fault log, the checks, the trace hash and the speed it ran at.
+
+A core that raises has a bug (bad input is a counted drop, never an exception), so the run
+stops where it is: ``run`` keeps the traceback in ``ScenarioResult.error`` (the engine names the
+event and the virtual time) and the result fails with the same reproducing command.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import gc
 import math
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,10 +215,13 @@ class RunResult:
 class ScenarioResult:
     options: Options
     runs: list[RunResult] = field(default_factory=list)
+    # Set when the run stopped on an exception (a core raised: a bug, see ``run``): the
+    # traceback, for the failure report. ``runs`` then holds only the runs finished before it.
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.runs)
+        return self.error is None and all(r.ok for r in self.runs)
 
 
 @dataclass(slots=True)
@@ -556,6 +564,11 @@ def run(opts: Options, hooks: Hooks | None = None) -> ScenarioResult:
         fn = _SCENARIO_FNS[opts.scenario]
     try:
         fn(opts, hooks, result)
+    except Exception:
+        # A core that raises has a bug (bad input is a counted drop, never an exception), and
+        # so does a simulator that raises. Either way the world is half-updated: stop, and fail
+        # with the traceback; the failure report adds the seed and the command to replay it.
+        result.error = traceback.format_exc()
     finally:
         gc.unfreeze()  # what warm_start froze becomes collectable again
     for r in result.runs:

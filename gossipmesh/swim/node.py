@@ -55,6 +55,11 @@ members are forgotten after ``dead_reap_ms``.
 Stale inputs are harmless: timers carry tokens and incarnations (``timers.py``) and are
 re-checked; a packet that fails to decode is dropped whole, counted in ``stats`` under
 ``drop.decode.<reason>``, and changes nothing. Every queue and cache has a bound.
+
+Bugs are not input: hostile or malformed bytes are counted drops, but an exception raised while
+handling an input is a bug in this core, and it propagates out of ``handle_packet``,
+``handle_timer`` and the other entry points to the runtime (the agent logs it with its traceback
+and keeps running; the simulator stops the run and prints the seed that reproduces it).
 """
 
 from __future__ import annotations
@@ -358,7 +363,7 @@ class SwimNode:
     # --- packets ----------------------------------------------------------------------------------
 
     def handle_packet(self, src: Address, data: bytes, now_ms: Millis) -> list[Effect]:
-        """Process one datagram. Never raises: bad bytes are dropped whole and counted."""
+        """Process one datagram. Bad bytes never raise: they are dropped whole and counted."""
         out: list[Effect] = []
         stats = self.stats
         stats["packets.in"] += 1
@@ -370,19 +375,16 @@ class SwimNode:
             stats["drop.decode"] += 1
             return out
         get = self._table.get
-        try:
-            for msg in msgs:
-                if type(msg) is list:
-                    # A validated raw alive. Old news (the bulk of gossip while a cluster
-                    # forms) is skipped before any object is built.
-                    cur = get(msg[1])
-                    if cur is not None and msg[2] <= cur.incarnation and msg[1] != self.name:
-                        continue
-                    self._on_alive(alive_from_checked(msg), now_ms, out)
-                else:
-                    self._dispatch(src, msg, now_ms, out)  # type: ignore[arg-type]
-        except Exception:  # a bug must not kill the receive loop; count it loudly instead
-            self._count("error.internal")
+        for msg in msgs:
+            if type(msg) is list:
+                # A validated raw alive. Old news (the bulk of gossip while a cluster
+                # forms) is skipped before any object is built.
+                cur = get(msg[1])
+                if cur is not None and msg[2] <= cur.incarnation and msg[1] != self.name:
+                    continue
+                self._on_alive(alive_from_checked(msg), now_ms, out)
+            else:
+                self._dispatch(src, msg, now_ms, out)  # type: ignore[arg-type]
         return out
 
     def _dispatch(self, src: Address, msg: Message, now_ms: Millis, out: list[Effect]) -> None:
@@ -1024,21 +1026,18 @@ class SwimNode:
             self.stats[key] = self.stats.get(key, 0) + 1
             return False
         self._count("push_pull.merged")
-        try:
-            for r in pp.members:
-                st = r.state
-                if st is ALIVE:
-                    self._on_alive(r, now_ms, out)
-                elif st is LEFT:
-                    self._on_dead(Dead(r.name, r.incarnation, r.name, True), now_ms, out)
-                else:
-                    # A remote SUSPECT or DEAD becomes our SUSPECT: their view alone must not
-                    # kill a member here, and the accused still gets its chance to refute.
-                    if r.name not in self._table and r.name != self.name:
-                        self._on_alive(Alive(r.name, r.incarnation, r.address, r.meta), now_ms, out)
-                    self._on_suspect(Suspect(r.name, r.incarnation, self.name), now_ms, out)
-        except Exception:
-            self._count("error.internal")
+        for r in pp.members:
+            st = r.state
+            if st is ALIVE:
+                self._on_alive(r, now_ms, out)
+            elif st is LEFT:
+                self._on_dead(Dead(r.name, r.incarnation, r.name, True), now_ms, out)
+            else:
+                # A remote SUSPECT or DEAD becomes our SUSPECT: their view alone must not
+                # kill a member here, and the accused still gets its chance to refute.
+                if r.name not in self._table and r.name != self.name:
+                    self._on_alive(Alive(r.name, r.incarnation, r.address, r.meta), now_ms, out)
+                self._on_suspect(Suspect(r.name, r.incarnation, self.name), now_ms, out)
         return True
 
     # --- helpers ----------------------------------------------------------------------------------

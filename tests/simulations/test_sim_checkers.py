@@ -77,3 +77,33 @@ def test_cli_prints_seed_and_command_and_exits_1(monkeypatch: Any, capsys: Any) 
     assert code == 1
     assert "seed=1" in out
     assert "python -m simulations partition --nodes 20 --seed 1 --hold 20" in out
+
+
+def _raise_on_ping_req(monkeypatch: Any) -> None:
+    def broken(self: SwimNode, *args: Any) -> None:
+        raise RuntimeError("planted bug: ping-req")
+
+    monkeypatch.setattr(SwimNode, "_on_ping_req", broken)
+
+
+def test_a_core_that_raises_stops_the_run_and_fails_it(monkeypatch: Any) -> None:
+    # Every node raises on each ping-req. The core once counted this as "error.internal" and
+    # all six checkers passed; an exception is a bug, so the run must fail, naming it.
+    _raise_on_ping_req(monkeypatch)
+    res = run(Options("crash", nodes=20, seed=1, kill=2))
+    assert not res.ok
+    assert res.error is not None
+    assert "RuntimeError: planted bug: ping-req" in res.error
+    assert "_on_packet at t=" in res.error  # the engine names the event and the virtual time
+
+
+def test_cli_prints_the_traceback_seed_and_command_when_a_core_raises(
+    monkeypatch: Any, capsys: Any
+) -> None:
+    _raise_on_ping_req(monkeypatch)
+    code = main(["crash", "--nodes", "20", "--seed", "3", "--kill", "2", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "planted bug: ping-req" in out
+    assert "seed=3" in out
+    assert "python -m simulations crash --nodes 20 --seed 3 --kill 2" in out
