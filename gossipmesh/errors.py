@@ -6,6 +6,8 @@
   invalid config entity). Nothing was changed.
 - ``ConfigValidationError``: a config entity failed validation; ``field`` names the culprit.
 - ``StoreCorruptError``: the on-disk replica could not be read; the agent refuses to run on it.
+- ``CoreError``: a sans-IO core raised while handling an input: a bug in gossipmesh, nobody
+  else's fault. The runtime logged it with its traceback; the core's state may be half-changed.
 """
 
 from __future__ import annotations
@@ -43,3 +45,10 @@ class StoreCorruptError(GossipmeshError):
 
 class LimitExceededError(UsageError):
     """A bounded resource (entity size, document size, queue depth) would be exceeded."""
+
+
+class CoreError(GossipmeshError):
+    """A core raised while handling an input (a bug); the original exception is the cause.
+
+    The agent logs the bug with its traceback and counts it where it calls the core, keeps
+    running, and hands the caller of that input this error instead of the bug itself."""

@@ -7,7 +7,8 @@ scenario with a rich progress bar, render a summary table, optionally write ``--
 ``--plot``, and turn the outcome into an exit code at this one boundary:
 
 - 0: every checker passed;
-- 1: a checker failed: the failures, the seed and the exact command to reproduce are printed;
+- 1: a checker failed, or a core raised and stopped the run: the failures (or the traceback),
+  the seed and the exact command to reproduce are printed;
 - 2: bad options: one clear line on stderr, nothing run.
 
 argparse rather than typer here, because ``python -m simulations`` must work without the
@@ -138,6 +139,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations")
     from simulations import report
 
     out = Console()
+    if result.error is not None:  # stopped on an exception: no complete run to summarise
+        report.render_failure(result, out)
+        return 1
     report.render_summary(result, out)
     if ns.json_file:
         with open(ns.json_file, "w") as fh:

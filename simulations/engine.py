@@ -51,6 +51,20 @@ def derive_rng(master: int, *path: object) -> random.Random:
     return random.Random(derive_seed(master, *path))
 
 
+class EventFailed(Exception):
+    """An event's handler raised: a bug in a core or in the simulator, never a simulated fault.
+
+    The run cannot go on (the world is half-updated), so it stops; ``at_ms`` and ``handler`` say
+    where, and the original exception is the ``__cause__``.
+    """
+
+    def __init__(self, at_ms: int, handler: str, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error} (in {handler} at t={at_ms} ms)")
+        self.at_ms = at_ms
+        self.handler = handler
+        self.error = error
+
+
 class Engine:
     """Virtual clock plus event heap. Handlers are registered per integer ``kind``."""
 
@@ -89,11 +103,17 @@ class Engine:
         pop = heapq.heappop
         handlers = self._handlers
         n = 0
-        while heap and heap[0][0] <= end_ms:
-            at_ms, _seq, kind, a, b, c = pop(heap)
-            self.now_ms = at_ms
-            handlers[kind](a, b, c)
-            n += 1
+        try:
+            while heap and heap[0][0] <= end_ms:
+                at_ms, _seq, kind, a, b, c = pop(heap)
+                self.now_ms = at_ms
+                handlers[kind](a, b, c)
+                n += 1
+        except Exception as exc:
+            self.events_run += n
+            raise EventFailed(
+                self.now_ms, getattr(handlers[kind], "__name__", str(kind)), exc
+            ) from exc
         self.events_run += n
         if end_ms > self.now_ms:
             self.now_ms = end_ms

@@ -107,6 +107,10 @@ def render_summary(result: ScenarioResult, console: Any) -> None:
 
 def render_failure(result: ScenarioResult, console: Any) -> None:
     opts = result.options
+    if result.error is not None:
+        console.print(result.error.rstrip(), markup=False, highlight=False)
+        last = result.error.rstrip().splitlines()[-1]
+        console.print(f"[red]FAILED[/red] the run stopped: {last}", markup=True, highlight=False)
     for r in result.runs:
         for c in r.checks:
             if not c.ok:
@@ -234,7 +238,8 @@ def to_markdown(result: ScenarioResult, plot_file: str | None = None) -> str:
     for r in result.runs:
         for t, what in r.faults:
             lines.append(f"- {r.label} · t={t / 1000:.1f}s: {what}")
-    lines += ["", f"SWIM core source digest: `{result.runs[0].metrics.get('core_digest')}`"]
+    digest = result.runs[0].metrics.get("core_digest")
+    lines += ["", f"SWIM core code digest (comments and docstrings excluded): `{digest}`"]
     lines += ["", "Trace hashes: " + ", ".join(f"{r.label} `{r.trace_hash}`" for r in result.runs)]
     return "\n".join(lines) + "\n"
 

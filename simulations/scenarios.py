@@ -25,6 +25,10 @@ that reproduces it, which is what a failing checker shows. A scenario returns a
 ``ScenarioResult`` of one or more ``RunResult``s (``loss`` is a sweep, ``slow-nodes`` runs
 Lifeguard on and off with the same seed), each with metrics, time series for the plots, the
 fault log, the checks, the trace hash and the speed it ran at.
+
+A core that raises has a bug (bad input is a counted drop, never an exception), so the run
+stops where it is: ``run`` keeps the traceback in ``ScenarioResult.error`` (the engine names the
+event and the virtual time) and the result fails with the same reproducing command.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import gc
 import math
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,10 +215,13 @@ class RunResult:
 class ScenarioResult:
     options: Options
     runs: list[RunResult] = field(default_factory=list)
+    # Set when the run stopped on an exception (a core raised: a bug, see ``run``): the
+    # traceback, for the failure report. ``runs`` then holds only the runs finished before it.
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.runs)
+        return self.error is None and all(r.ok for r in self.runs)
 
 
 @dataclass(slots=True)
@@ -490,11 +498,42 @@ def _finish(
 # -- the scenarios --------------------------------------------------------------------------
 
 
+def code_digest(source: str) -> str:
+    """The code of one Python module without its comments and docstrings, as a stable text.
+
+    Comments never reach the AST; every bare string statement of a body (the docstrings of the
+    module, classes and functions, and attribute docstrings) is dropped from it; line and column
+    numbers are not dumped. So a result's digest moves when the code that ran changes, and a
+    comment or docstring fix leaves it alone (a digest over the raw source once made a wrong
+    docstring stay wrong on purpose). ``ast.dump``'s format may change between Python versions:
+    compare digests made by the same one.
+    """
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        kept = [
+            stmt
+            for stmt in body
+            if not (
+                isinstance(stmt, ast.Expr)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+            )
+        ]
+        if len(kept) != len(body):
+            node.body = kept or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.dump(tree)
+
+
 def core_digest() -> str:
-    """Short digest of the SWIM core's source as loaded, so a result names the code it ran.
+    """Short digest of the SWIM core's code as loaded, so a result names the code it ran.
 
     The core evolves under our feet (others commit to it); a result without this would not be
-    reproducible from its seed alone.
+    reproducible from its seed alone. Only the code counts (``code_digest``), module by module.
     """
     import hashlib
     import sys
@@ -504,8 +543,8 @@ def core_digest() -> str:
         if name.startswith("gossipmesh.swim") or name == "gossipmesh.wire":
             path = getattr(sys.modules[name], "__file__", None)
             if path:
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
+                with open(path, encoding="utf-8") as fh:
+                    h.update(f"{name}\n{code_digest(fh.read())}\n".encode())
     return h.hexdigest()
 
 
@@ -525,6 +564,11 @@ def run(opts: Options, hooks: Hooks | None = None) -> ScenarioResult:
         fn = _SCENARIO_FNS[opts.scenario]
     try:
         fn(opts, hooks, result)
+    except Exception:
+        # A core that raises has a bug (bad input is a counted drop, never an exception), and
+        # so does a simulator that raises. Either way the world is half-updated: stop, and fail
+        # with the traceback; the failure report adds the seed and the command to replay it.
+        result.error = traceback.format_exc()
     finally:
         gc.unfreeze()  # what warm_start froze becomes collectable again
     for r in result.runs:

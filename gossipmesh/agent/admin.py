@@ -34,7 +34,7 @@ MAX_JOIN_ADDRESSES = 64
 
 
 def install_admin_routes(agent: Agent) -> None:
-    from gossipmesh.agent.runtime import member_json
+    from gossipmesh.agent.events import member_json
 
     async def members(req: Request) -> Response:
         ms = await agent.members()

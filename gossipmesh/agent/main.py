@@ -17,9 +17,10 @@ import trio
 
 from gossipmesh.agent.identity_store import load_or_create_identity
 from gossipmesh.agent.log import EventLog
-from gossipmesh.agent.runtime import Agent, AgentStartError
+from gossipmesh.agent.runtime import Agent
 from gossipmesh.agent.settings import AgentSettings, load_settings
 from gossipmesh.agent.sidecar import Sidecar
+from gossipmesh.agent.transport import AgentStartError
 from gossipmesh.crypto import Keyring, cluster_key, decode_key, load_keyring_file, save_keyring_file
 from gossipmesh.errors import StoreCorruptError, UsageError
 

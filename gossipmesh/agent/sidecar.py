@@ -135,7 +135,7 @@ class Sidecar:
     async def run(
         self, *, task_status: trio.TaskStatus[Sidecar] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        from gossipmesh.agent.runtime import AgentStartError
+        from gossipmesh.agent.transport import AgentStartError
 
         self._wake = trio.Event()
         async with trio.open_nursery() as nursery:

@@ -17,7 +17,7 @@ and the timeout is the minimum.
 with ``k`` expected confirmations. memberlist derives k from α (``suspicion_mult - 2``: "we hit
 the nominal timeout two probe intervals short of what the multiplier implies") and uses 0 when
 there are too few other members to confirm (then the timeout is simply ``min``). We make k its
-own setting (``suspicion_confirmations``), because with confirmation probes (``node.py``) the
+own setting (``suspicion_confirmations``), because with confirmation probes (``probe.py``) the
 confirmations arrive within about a probe interval whatever α is; and when confirmation probes
 are on, a small cluster expects min(k, n - 2) -- every member that could confirm -- instead of
 none. Confirmations are counted once per distinct source, the original accuser excluded, and
@@ -82,7 +82,7 @@ class Suspicion:
         # The accuser is not an independent confirmation of its own accusation.
         self.confirmed_by: set[str] = {source}
         self.deadline_ms = start_ms + suspicion_timeout_ms(0, k, min_ms, max_ms)
-        # The node's last-word probe at the deadline was started (see node.py).
+        # The node's last-word probe at the deadline was started (see probe.py).
         self.final_probed = False
 
     def confirm(self, source: str) -> bool:

@@ -16,7 +16,12 @@ from gossipmesh.agent.runtime import Agent
 from gossipmesh.agent.settings import load_settings
 from gossipmesh.agent.streams import SealedStream
 from gossipmesh.crypto import Keyring
+from gossipmesh.errors import CoreError, LimitExceededError
 from gossipmesh.ids import Address
+from gossipmesh.swim.effects import Effect
+from gossipmesh.swim.node import SwimNode
+from gossipmesh.swim.push_pull import StateSync
+from gossipmesh.swim.user_messages import UserMessages
 
 KEY = bytes(range(32))
 
@@ -167,6 +172,65 @@ async def test_user_messages_and_broadcasts_reach_handlers(pair: tuple[Agent, Ag
         return {p for _, p in got} >= {b"direct", b"gossiped"}
 
     await wait_for(delivered)
+
+
+async def test_a_core_bug_is_logged_counted_and_survived(
+    pair: tuple[Agent, Agent], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+
+    async def alive() -> bool:
+        return (await states(a)).get("b") == "alive" and (await states(b)).get("a") == "alive"
+
+    await wait_for(alive)
+
+    def planted(self: UserMessages, src: Address, msg: object, out: object) -> None:
+        raise RuntimeError("planted bug: user message")
+
+    monkeypatch.setattr(UserMessages, "on_user", planted)
+    await b.send_user_message(b"boom", fanout=1)  # a's core raises on this packet
+
+    async def counted() -> bool:
+        return a.counters["core.errors"] >= 1
+
+    await wait_for(counted)
+    logged = [json.loads(line) for line in (tmp_path / "a.log").read_text().splitlines()]
+    (error,) = [e for e in logged if e["event"] == "core_error"]
+    assert error["level"] == "error"
+    assert "RuntimeError: planted bug: user message" in error["traceback"]
+    assert "handle_packet" in error["traceback"]
+    # The agent keeps running: its owner still serves calls, and b still sees it alive.
+    assert (await a.health())["status"] == "ok"
+    assert (await states(b))["a"] == "alive"
+
+    # A call whose function raises is a bug too: the caller gets CoreError, caused by it.
+    def broken(node: SwimNode, now: int) -> tuple[None, list[Effect]]:
+        raise ZeroDivisionError("planted")
+
+    with pytest.raises(CoreError) as info:
+        await a.call(broken)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert a.counters["core.errors"] == 2
+    # A refusal is not a bug: it reaches the caller as it is, and nothing is counted.
+    with pytest.raises(LimitExceededError):
+        await a.queue_broadcast(b"x" * 5000)
+    assert a.counters["core.errors"] == 2
+
+
+async def test_a_core_bug_in_a_push_pull_closes_that_stream_only(
+    pair: tuple[Agent, Agent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    assert a.address is not None
+
+    def planted(self: StateSync, src: Address, data: bytes, now_ms: int) -> object:
+        raise RuntimeError("planted bug: push-pull request")
+
+    monkeypatch.setattr(StateSync, "handle_request", planted)
+    assert await b.join([a.address], timeout_s=3) == {str(a.address): False}
+    assert a.counters["core.errors"] >= 1
+    assert a.counters["dropped.stream_core_error"] >= 1
+    assert (await a.health())["status"] == "ok"  # a is still serving
 
 
 async def test_custom_stream_kind(pair: tuple[Agent, Agent]) -> None:

@@ -2,43 +2,39 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from gossipmesh.ids import Address
-from gossipmesh.swim.node import SwimNode
+import pytest
+
+from gossipmesh.swim.probe import Prober
+from gossipmesh.swim.rumours import Rumours
+from gossipmesh.swim.state import NodeState
 from simulations.cli import main
-from simulations.cluster import Core
-from simulations.scenarios import Hooks, Options, run
+from simulations.scenarios import Options, run
 
 
-class NeverRefutes(SwimNode):
-    """A core that takes every rumour about itself lying down: no refutation, ever."""
+@pytest.fixture
+def never_refutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every core takes each rumour about itself lying down: no refutation, ever."""
 
-    def _refute(self, accused_incarnation: int, now_ms: int, out: list[Any]) -> None:
+    def refute(self: Rumours, accused_incarnation: int, now_ms: int, out: list[Any]) -> None:
         return None
 
-
-def never_refutes(
-    name: str, address: Address, config: Any, rng: random.Random, now_ms: int, incarnation: int
-) -> Core:
-    return NeverRefutes(name, address, config, rng, now_ms, incarnation=incarnation)
+    monkeypatch.setattr(Rumours, "refute", refute)
 
 
-class ForgetsDeaths(SwimNode):
-    """A core whose ``_put`` of DEAD members is silent: the catalog would never hear of them."""
+@pytest.fixture
+def forgets_deaths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every core records DEAD members silently: the catalog would never hear of them."""
+    real_put = NodeState.put
 
-    def _put(self, member: Any, now_ms: int, out: list[Any]) -> None:
+    def put(self: NodeState, member: Any, now_ms: int, out: list[Any]) -> None:
         before = len(out)
-        super()._put(member, now_ms, out)
+        real_put(self, member, now_ms, out)
         if member.state.value == "dead":
             del out[before:]
 
-
-def forgets_deaths(
-    name: str, address: Address, config: Any, rng: random.Random, now_ms: int, incarnation: int
-) -> Core:
-    return ForgetsDeaths(name, address, config, rng, now_ms, incarnation=incarnation)
+    monkeypatch.setattr(NodeState, "put", put)
 
 
 def _failed(res: Any) -> set[str]:
@@ -49,31 +45,55 @@ def test_real_core_passes_the_same_partition() -> None:
     assert run(Options("partition", nodes=20, seed=1, hold_s=20)).ok
 
 
-def test_a_core_that_never_refutes_fails_accuracy_after_a_partition() -> None:
-    res = run(Options("partition", nodes=20, seed=1, hold_s=20), Hooks(core_factory=never_refutes))
+def test_a_core_that_never_refutes_fails_accuracy_after_a_partition(never_refutes: None) -> None:
+    res = run(Options("partition", nodes=20, seed=1, hold_s=20))
     failed = _failed(res)
     assert "accuracy" in failed
     assert "convergence-after-heal" in failed
 
 
-def test_a_core_that_hides_deaths_fails_completeness_and_the_ledger_check() -> None:
-    res = run(Options("crash", nodes=20, seed=1, kill=2), Hooks(core_factory=forgets_deaths))
+def test_a_core_that_hides_deaths_fails_completeness_and_the_ledger_check(
+    forgets_deaths: None,
+) -> None:
+    res = run(Options("crash", nodes=20, seed=1, kill=2))
     failed = _failed(res)
     assert "completeness" in failed
     assert "ledger-matches-core" in failed
 
 
-def test_cli_prints_seed_and_command_and_exits_1(monkeypatch: Any, capsys: Any) -> None:
-    import simulations.scenarios as scenarios
-
-    real_run = scenarios.run
-
-    def broken_run(opts: Options, hooks: Hooks | None = None) -> Any:
-        return real_run(opts, Hooks(core_factory=never_refutes))
-
-    monkeypatch.setattr("simulations.cli.run", broken_run)
+def test_cli_prints_seed_and_command_and_exits_1(never_refutes: None, capsys: Any) -> None:
     code = main(["partition", "--nodes", "20", "--seed", "1", "--hold", "20", "--quiet"])
     out = capsys.readouterr().out
     assert code == 1
     assert "seed=1" in out
     assert "python -m simulations partition --nodes 20 --seed 1 --hold 20" in out
+
+
+def _raise_on_ping_req(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Prober, *args: Any) -> None:
+        raise RuntimeError("planted bug: ping-req")
+
+    monkeypatch.setattr(Prober, "on_ping_req", broken)
+
+
+def test_a_core_that_raises_stops_the_run_and_fails_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every node raises on each ping-req. The core once counted this as "error.internal" and
+    # all six checkers passed; an exception is a bug, so the run must fail, naming it.
+    _raise_on_ping_req(monkeypatch)
+    res = run(Options("crash", nodes=20, seed=1, kill=2))
+    assert not res.ok
+    assert res.error is not None
+    assert "RuntimeError: planted bug: ping-req" in res.error
+    assert "_on_packet at t=" in res.error  # the engine names the event and the virtual time
+
+
+def test_cli_prints_the_traceback_seed_and_command_when_a_core_raises(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    _raise_on_ping_req(monkeypatch)
+    code = main(["crash", "--nodes", "20", "--seed", "3", "--kill", "2", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "planted bug: ping-req" in out
+    assert "seed=3" in out
+    assert "python -m simulations crash --nodes 20 --seed 3 --kill 2" in out

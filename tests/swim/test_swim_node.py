@@ -87,7 +87,7 @@ def start_probe(node: SwimNode, now: int = 1000) -> tuple[list[Effect], Address,
 
 def test_ack_ends_probe_and_lowers_awareness() -> None:
     node = make_node()
-    node._awareness.apply_delta(2)
+    node._state.awareness.apply_delta(2)
     eff, to, ping = start_probe(node)
     node.handle_packet(to, packet(Ack(ping.seq)), 1010)
     assert node.health_score == 1
@@ -137,7 +137,7 @@ def test_failed_probe_without_relays_counts_one() -> None:
 
 def test_indirect_ack_completes_probe_without_lowering_awareness() -> None:
     node = make_node()
-    node._awareness.apply_delta(1)
+    node._state.awareness.apply_delta(1)
     eff, _, ping = start_probe(node)
     eff2, _ = fire(node, eff, TimerKind.PROBE_TIMEOUT)
     relay = sent(eff2)[0][0]
@@ -151,7 +151,7 @@ def test_indirect_ack_completes_probe_without_lowering_awareness() -> None:
 def test_awareness_scales_probe_interval_and_timeout() -> None:
     cfg = SwimConfig.lan()
     node = make_node(config=cfg)
-    node._awareness.apply_delta(3)
+    node._state.awareness.apply_delta(3)
     eff, _, _ = start_probe(node, now=1000)
     assert [t.at_ms for t in timers(eff, TimerKind.PROBE)] == [1000 + 4 * cfg.probe_interval_ms]
     assert [t.at_ms for t in timers(eff, TimerKind.PROBE_TIMEOUT)] == [
@@ -230,8 +230,8 @@ def test_a_stale_accusation_about_self_gossips_our_incarnation_again() -> None:
     node = make_node()
     node.handle_packet(addr(2), packet(Suspect("a", 4, "p0")), 0)
     assert node.incarnation == 5
-    while len(node._broadcasts):  # the refutation was spent, say into a partition
-        node._broadcasts.get(10_000, 1)
+    while len(node._state.broadcasts):  # the refutation was spent, say into a partition
+        node._state.broadcasts.get(10_000, 1)
     score = node.health_score
     node.handle_packet(addr(3), packet(Dead("a", 4, "p1")), 0)  # someone never heard it
     assert node.incarnation == 5  # nothing new to out-bid ...
@@ -343,7 +343,15 @@ def test_user_dedupe_cache_is_bounded() -> None:
     node = make_node(config=SwimConfig.lan(user_dedupe_max=16))
     for i in range(100):
         node.handle_packet(addr(2), packet(User(b"m%d" % i, relay=False)), i)
-    assert len(node._seen_user) == 16
+
+    def delivered_again(i: int) -> bool:
+        out = node.handle_packet(addr(3), packet(User(b"m%d" % i, relay=False)), 200)
+        return any(isinstance(e, UserMessage) for e in out)
+
+    # The 16 most recent payloads are remembered (duplicates); the 17th most recent, and so
+    # every older one, has been forgotten, so it is delivered again.
+    assert not delivered_again(84) and not delivered_again(99)
+    assert delivered_again(83)
 
 
 def test_send_user_message_goes_direct_and_oversize_is_refused() -> None:

@@ -16,7 +16,7 @@ from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.member import Member, MemberState, interned_member
 from gossipmesh.swim.membership import MemberTable
-from gossipmesh.swim.node import push_pull_scale_ms
+from gossipmesh.swim.push_pull import push_pull_scale_ms
 from gossipmesh.swim.suspicion import Suspicion, suspicion_bounds_ms, suspicion_timeout_ms
 
 # --- Lifeguard suspicion timeout (memberlist's suspicion_test.go cases, as totals in ms) ---------

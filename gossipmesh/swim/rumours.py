@@ -1,0 +1,271 @@
+"""``Rumours``: membership news -- alive, suspect, dead -- merged, refuted, spread and reaped.
+
+Theory of operation
+-------------------
+Every piece of news about a member, from a packet, a push-pull record or our own failed probe,
+ends here. For one member the higher incarnation wins, and at equal incarnation DEAD > SUSPECT >
+ALIVE; old news changes nothing. News we accept is queued for gossip (``broadcast.py``), keyed so
+that newer news about a member replaces older news still waiting to be sent.
+
+A suspicion starts a Lifeguard timeout (``suspicion.py``) that shrinks with each independent
+confirmation; each new or confirmed suspicion is offered to the ``ConfirmationProber`` (the
+node's ``probe.Prober``), which may probe the suspect itself. Its timer comes back to the prober,
+which gives the suspect a last word before declaring it dead here.
+
+News about ourselves is answered, not merged: a suspicion or death at our incarnation or above is
+refuted by gossiping ``alive`` at a higher one (evidence that *we* are unhealthy, so local health
+worsens); a stale one still going round is answered by gossiping our current incarnation again.
+
+Every ``gossip_interval_ms`` the queued news goes to ``gossip_nodes`` random members, including
+members dead for less than ``gossip_to_dead_ms``, so a falsely accused member hears it and
+refutes. Dead and left members are forgotten ``dead_reap_ms`` after they went.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gossipmesh.ids import Millis
+from gossipmesh.swim.effects import Effect, MemberReaped, SendPacket, SetTimer
+from gossipmesh.swim.member import Member, interned_member
+from gossipmesh.swim.messages import Alive, Dead, Suspect, encode
+from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState
+from gossipmesh.swim.suspicion import Suspicion
+from gossipmesh.swim.timers import Timer, TimerKind
+from gossipmesh.wire import PACKET_OVERHEAD_BYTES, encode_packet
+
+
+class ConfirmationProber(Protocol):
+    """Who decides on confirmation probes (``probe.Prober``): told of every open suspicion."""
+
+    def maybe_confirm_probe(
+        self, m: Member, s: Suspicion, now_ms: Millis, out: list[Effect]
+    ) -> None: ...
+
+    def forget(self, name: str) -> None: ...
+
+
+class Rumours:
+    """Membership news for one node (see the module docstring)."""
+
+    def __init__(self, state: NodeState) -> None:
+        self.state = state
+        self._table = state.table
+        self._broadcasts = state.broadcasts
+        self._suspicions = state.suspicions
+        # Set by the node once its prober exists (the prober needs us too).
+        self.prober: ConfirmationProber | None = None
+
+    def on_alive(self, msg: Alive | Member, now_ms: Millis, out: list[Effect]) -> None:
+        """An alive rumour: an ``Alive`` from a packet, or an ALIVE push-pull record, which is
+        already the (interned) snapshot to keep."""
+        st = self.state
+        name = msg.name
+        if name == st.name:
+            if st.leaving:
+                return
+            if msg.incarnation > st.incarnation or (
+                msg.incarnation == st.incarnation
+                and (msg.address != st.address or msg.meta != st.meta)
+            ):
+                # Someone claims to be us with newer or different details (a previous boot of
+                # ours, or a name clash): out-bid it so our view wins.
+                self.refute(msg.incarnation, now_ms, out)
+            return
+        cur = self._table.get(name)
+        if cur is not None and msg.incarnation <= cur.incarnation:
+            return  # old news (or the same news again)
+        self._suspicions.pop(name, None)
+        if isinstance(msg, Member):
+            st.put(msg, now_ms, out)
+            if not st.quiet:
+                rumour = Alive(name, msg.incarnation, msg.address, msg.meta)
+                self._broadcasts.queue(encode(rumour), name)
+            return
+        st.put(interned_member(name, msg.address, msg.incarnation, ALIVE, msg.meta), now_ms, out)
+        if not st.quiet:
+            self._broadcasts.queue(encode(msg), name)
+
+    def on_suspect(self, msg: Suspect, now_ms: Millis, out: list[Effect]) -> None:
+        st = self.state
+        name = msg.name
+        cur = self._table.get(name)
+        if cur is None or msg.incarnation < cur.incarnation:
+            if name == st.name:
+                self.reassert()
+            return
+        if name == st.name:
+            if not st.leaving:
+                self.refute(msg.incarnation, now_ms, out)
+            return
+        state = cur.state
+        if state is SUSPECT:
+            s = self._suspicions.get(name)
+            if s is not None and s.confirm(msg.source):
+                st.count("confirmations")
+                # Re-gossip so others count this independent confirmation too, keyed by its
+                # accuser: keyed by the member alone (as memberlist does) it would replace our
+                # own accusation, or an earlier confirmation, before they were sent. Two nodes
+                # that suspected a dead member within a gossip round then each relayed only the
+                # other's accusation back to it, neither counted a confirmation, and the death
+                # took the 18 s maximum instead of the 2 s minimum (seen in the 3-node demo). A
+                # refutation still replaces our own accusation; stale copies of these expire
+                # after their transmit limit and are ignored (older incarnation) meanwhile.
+                self._broadcasts.queue(encode(msg), (name, msg.source))
+                self.arm_suspicion(cur, s, now_ms, out)
+            if s is not None and self.prober is not None:
+                self.prober.maybe_confirm_probe(cur, s, now_ms, out)
+            return
+        if state is not ALIVE:
+            return
+        st.count("suspicions")
+        new = interned_member(name, cur.address, msg.incarnation, SUSPECT, cur.meta)
+        st.put(new, now_ms, out)
+        self._broadcasts.queue(encode(msg), name)
+        n = self._table.live_count
+        cfg = st.config
+        k = cfg.suspicion_confirmations
+        other = n - 2  # members who could confirm: all live ones but us and the suspect
+        if cfg.confirm_probe_fanout > 0:
+            # Confirmation probes ask every possible confirmer in a small cluster, so wait for
+            # as many as there can be rather than dropping Lifeguard's protection altogether.
+            k = max(0, min(k, other))
+        elif other < k:
+            # memberlist: too few members to give the expected confirmations, expect none
+            # (the timeout is then simply the minimum).
+            k = 0
+        lo, hi = st.suspicion_bounds(n)
+        s = Suspicion(st.next_token(), msg.source, k, lo, hi, now_ms)
+        self._suspicions[name] = s
+        self.arm_suspicion(new, s, now_ms, out)
+        if self.prober is not None:
+            self.prober.maybe_confirm_probe(new, s, now_ms, out)
+
+    def arm_suspicion(
+        self, m: Member | None, s: Suspicion, now_ms: Millis, out: list[Effect]
+    ) -> None:
+        if m is None:
+            return
+        # A confirmation can pull the deadline into the past (the suspicion is already older
+        # than its new timeout): then the timer is due now.
+        at_ms = s.deadline_ms if s.deadline_ms > now_ms else now_ms
+        out.append(SetTimer(Timer(TimerKind.SUSPICION, s.token, m.name, m.incarnation), at_ms))
+
+    def on_dead(self, msg: Dead, now_ms: Millis, out: list[Effect]) -> None:
+        st = self.state
+        name = msg.name
+        cur = self._table.get(name)
+        if (
+            cur is None
+            or msg.incarnation < cur.incarnation
+            or cur.state is DEAD
+            or cur.state is LEFT
+        ):
+            if name == st.name and cur is not None and msg.incarnation < cur.incarnation:
+                self.reassert()
+            return
+        if name == st.name:
+            if not st.leaving:
+                self.refute(msg.incarnation, now_ms, out)
+            return
+        left = msg.left and msg.source == name
+        st.count("leaves" if left else "deaths")
+        self._suspicions.pop(name, None)
+        new = interned_member(name, cur.address, msg.incarnation, LEFT if left else DEAD, cur.meta)
+        st.put(new, now_ms, out)
+        self._broadcasts.queue(encode(msg), name)
+        out.append(
+            SetTimer(
+                Timer(TimerKind.REAP, 0, name, msg.incarnation), now_ms + st.config.dead_reap_ms
+            )
+        )
+
+    def reassert(self) -> None:
+        """An accusation we already refuted is still going round, so our refutation has not
+        reached everyone (it may have been spent on packets that were lost, while we were cut
+        off). Gossip our current incarnation again; memberlist ignores these and leaves the
+        accusers' stale view to the next push-pull, up to a minute later. Not fresh evidence
+        against our health, so awareness is left alone."""
+        st = self.state
+        if st.leaving:
+            return
+        st.count("refutes.reasserted")
+        st.queue_self_alive()
+
+    def refute(self, accused_incarnation: int, now_ms: Millis, out: list[Effect]) -> None:
+        """Out-bid a rumour about ourselves; having to do so is evidence we are unhealthy."""
+        st = self.state
+        st.count("refutes")
+        st.awareness.apply_delta(1)
+        st.incarnation = max(st.incarnation, accused_incarnation) + 1
+        st.put(interned_member(st.name, st.address, st.incarnation, ALIVE, st.meta), now_ms, out)
+        st.queue_self_alive()
+
+    def verdict_for(self, name: str) -> bytes:
+        """What we hold against a member that just pinged us, encoded for its ack (or b"").
+
+        The buddy system the other way round: it asks us, so we tell it. Our suspicion's gossip
+        may have been spent while we were cut off from it, and our death notice ages out of
+        gossip-to-the-dead after 30 s; without this a member cut off by a partition learns
+        either only from our probes (Lifeguard slows them on exactly such a node) or from a
+        reconnect push-pull (about one per 30 s cluster-wide when one member is dead). With it,
+        the 999 others of a healed 1-vs-999 split see the isolated member alive again within
+        5 s; every view is whole only after ~70 s, because the suspicions the isolated member
+        kept still reach their subjects slowly (simulations/results/README.md, "Partition").
+        A member that left is not told anything."""
+        m = self._table.get(name)
+        if m is None:
+            return b""
+        st = self.state
+        if m.state is SUSPECT:
+            st.count("suspicions.told")
+            return encode(Suspect(m.name, m.incarnation, st.name))
+        if m.state is DEAD:
+            st.count("deaths.told")
+            return encode(Dead(m.name, m.incarnation, st.name))
+        return b""
+
+    def reap(self, timer: Timer, now_ms: Millis, out: list[Effect]) -> None:
+        """Forget a member dead or left for ``dead_reap_ms`` (unless it came back since)."""
+        st = self.state
+        m = self._table.get(timer.name)
+        if (
+            m is None
+            or m.name == st.name
+            or m.state not in (DEAD, LEFT)
+            or m.incarnation != timer.incarnation
+            or now_ms < (self._table.gone_since(m.name) or 0) + st.config.dead_reap_ms
+        ):
+            st.count("timers.stale")
+            return
+        self._table.remove(m.name)
+        self._suspicions.pop(m.name, None)
+        if self.prober is not None:
+            self.prober.forget(m.name)
+        st.count("reaped")
+        out.append(MemberReaped(m.name))
+
+    def gossip(self, now_ms: Millis, out: list[Effect]) -> None:
+        """One gossip round: queued news to ``gossip_nodes`` random members (see above)."""
+        if not len(self._broadcasts):
+            return
+        st = self.state
+        cfg = st.config
+        dead_after = now_ms - cfg.gossip_to_dead_ms
+        gone_since = self._table.gone_since
+
+        def accept(m: Member) -> bool:
+            state = m.state
+            if state is ALIVE or state is SUSPECT:
+                return True
+            since = gone_since(m.name) if state is DEAD else None
+            return since is not None and since >= dead_after
+
+        budget = cfg.packet_size_bytes - PACKET_OVERHEAD_BYTES
+        limit = st.retransmit_limit()
+        for m in self._table.random_members(cfg.gossip_nodes, accept):
+            parts = self._broadcasts.get(budget, limit, m.name)
+            if not parts:
+                break
+            out.append(SendPacket(m.address, encode_packet(parts)))
+            st.stats["packets.out"] += 1

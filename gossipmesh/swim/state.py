@@ -1,0 +1,220 @@
+"""``NodeState``: what every part of one SWIM node shares, and the steps several parts take.
+
+Theory of operation
+-------------------
+``SwimNode`` (``node.py``) is composed of parts of one concern each, in the manner of foca:
+``probe.py`` (failure detection: probes, ping-req relaying, confirmation and last-word probes),
+``rumours.py`` (membership news: alive, suspect, dead, refutation, reaping, the gossip round),
+``push_pull.py`` (full state exchanges: join, periodic, reconnect) and ``user_messages.py``
+(application payloads). They all act on one ``NodeState``: who we are (name, address,
+incarnation, metadata, whether we are leaving), what we know (the member table, the open
+suspicions), what we have to say (the broadcast queue), our local health, and the counters; plus
+the steps more than one part takes -- record a member's new state and report the change, send a
+packet with as much gossip piggybacked as fits.
+
+The node handles one input at a time, so no part ever sees another half-done. Nothing here reads
+a clock or a socket: time arrives as ``now_ms``, randomness is the injected ``rng``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from gossipmesh.errors import LimitExceededError, UsageError
+from gossipmesh.ids import Address, Millis
+from gossipmesh.swim.awareness import Awareness
+from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
+from gossipmesh.swim.config import SwimConfig
+from gossipmesh.swim.effects import Effect, MemberChanged, SendPacket
+from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState, interned_member
+from gossipmesh.swim.membership import MemberTable
+from gossipmesh.swim.messages import Alive, encode
+from gossipmesh.swim.suspicion import Suspicion, suspicion_bounds_ms
+from gossipmesh.wire import PACKET_OVERHEAD_BYTES, encode_packet
+
+ALIVE = MemberState.ALIVE
+SUSPECT = MemberState.SUSPECT
+DEAD = MemberState.DEAD
+LEFT = MemberState.LEFT
+
+# Counters a runtime can always show, even before they move.
+STAT_KEYS = (
+    "packets.in",
+    "packets.out",
+    "drop.decode",
+    "probes",
+    "probes.ok",
+    "probes.ok_indirect",
+    "probes.failed",
+    "ping_req.sent",
+    "ping_req.relayed",
+    "nacks.sent",
+    "nacks.received",
+    "suspicions",
+    "confirmations",
+    "confirm_probes",
+    "confirm_probes.ok",
+    "confirm_probes.failed",
+    "confirm_probes.final",
+    "deaths",
+    "leaves",
+    "refutes",
+    "reaped",
+    "push_pull.started",
+    "push_pull.served",
+    "push_pull.merged",
+    "push_pull.failed",
+    "reconnect.attempts",
+    "user.sent",
+    "user.delivered",
+    "user.duplicate",
+    "user.relayed_late",
+    "broadcast.queued",
+    "broadcast.dropped",
+    "timers.stale",
+)
+
+
+class NodeState:
+    """The shared state of one SWIM node (see the module docstring)."""
+
+    __slots__ = (
+        "_bounds",
+        "_bounds_n",
+        "_limit",
+        "_limit_n",
+        "_seq",
+        "_token",
+        "address",
+        "awareness",
+        "broadcasts",
+        "config",
+        "incarnation",
+        "leaving",
+        "meta",
+        "name",
+        "quiet",
+        "rng",
+        "stats",
+        "suspicions",
+        "table",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        address: Address,
+        config: SwimConfig,
+        rng: random.Random,
+        meta: bytes,
+        incarnation: int,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.config = config
+        self.rng = rng
+        self.incarnation = incarnation
+        self.meta = meta
+        self.leaving = False
+        # Merging a join reply: learn, but do not re-gossip what we learn (see push_pull.py).
+        self.quiet = False
+        self.table = MemberTable(interned_member(name, address, incarnation, ALIVE, meta), rng)
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self.broadcasts = BroadcastQueue(config.broadcast_queue_max)
+        self.suspicions: dict[str, Suspicion] = {}
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._seq = 0
+        self._token = 0
+        self._limit_n = -1
+        self._limit = 1
+        self._bounds_n = -1
+        self._bounds = (0, 0)
+
+    def local_member(self) -> Member:
+        m = self.table.get(self.name)
+        assert m is not None  # the local member is never removed
+        return m
+
+    def put(self, member: Member, now_ms: Millis, out: list[Effect]) -> None:
+        """Record a member's new state and report the change to the runtime."""
+        prev = self.table.put(member, now_ms)
+        out.append(MemberChanged(member, None if prev is None else prev.state))
+
+    def send(
+        self,
+        to: Address,
+        first: bytes,
+        out: list[Effect],
+        second: bytes = b"",
+        to_name: str | None = None,
+    ) -> None:
+        """Send one message (and ``second``, if any) with as many queued broadcasts piggybacked
+        as fit; news about ``to_name`` (the receiver) rides along without being spent."""
+        parts = [first, second] if second else [first]
+        if len(self.broadcasts):
+            budget = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES - len(first)
+            budget -= len(second)
+            parts.extend(self.broadcasts.get(budget, self.retransmit_limit(), to_name))
+        out.append(SendPacket(to, encode_packet(parts)))
+        self.stats["packets.out"] += 1
+
+    def queue_self_alive(self) -> None:
+        """Gossip our current incarnation and details (also while quiet: see ``quiet``)."""
+        self.broadcasts.queue(
+            encode(Alive(self.name, self.incarnation, self.address, self.meta)), self.name
+        )
+
+    def retransmit_limit(self) -> int:
+        """How many times each broadcast is sent, for the live cluster size (cached per size)."""
+        n = self.table.live_count
+        if n != self._limit_n:
+            self._limit_n = n
+            self._limit = retransmit_limit(self.config.retransmit_mult, n)
+        return self._limit
+
+    def suspicion_bounds(self, n: int) -> tuple[int, int]:
+        """Lifeguard's (min, max) suspicion timeout in ms for ``n`` live members (cached)."""
+        if n != self._bounds_n:
+            cfg = self.config
+            self._bounds_n = n
+            self._bounds = suspicion_bounds_ms(
+                cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, n, cfg.probe_interval_ms
+            )
+        return self._bounds
+
+    def next_seq(self) -> int:
+        """A fresh ping sequence number (probes, confirmation probes and relayed pings)."""
+        self._seq += 1
+        return self._seq
+
+    def next_token(self) -> int:
+        """A fresh timer token (periodic timers and suspicions)."""
+        self._token += 1
+        return self._token
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def check_fits(self, data: bytes) -> None:
+        """Refuse a user payload that could never fit a packet (raises LimitExceededError)."""
+        if len(data) + PACKET_OVERHEAD_BYTES > self.config.packet_size_bytes:
+            raise LimitExceededError(
+                f"user payload of {len(data)} encoded bytes does not fit a "
+                f"{self.config.packet_size_bytes}-byte packet"
+            )
+
+
+def is_alive(m: Member) -> bool:
+    return m.state is ALIVE
+
+
+def is_live(m: Member) -> bool:
+    return m.state is ALIVE or m.state is SUSPECT
+
+
+def check_meta(meta: bytes) -> None:
+    """Refuse metadata that is not bytes or is over MAX_META_BYTES (raises a UsageError)."""
+    if type(meta) is not bytes:
+        raise UsageError("meta must be bytes")
+    if len(meta) > MAX_META_BYTES:
+        raise LimitExceededError(f"meta is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
