@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from gossipmesh.cli.client import AdminClient, AgentUnreachable
+from gossipmesh.client import AdminClient, AgentUnreachable
 from gossipmesh.demo.plan import CLUSTER, PROFILE, Instance, Node, Plan
 
 T = TypeVar("T")
@@ -243,7 +243,7 @@ class Orchestrator:
         return all(self.members(n) == dict.fromkeys(want, "alive") for n in self.plan.nodes)
 
     def members(self, node: Node) -> dict[str, str]:
-        data = self.client(node).call("GET", "/v1/members")
+        data = self.client(node).members()
         return {m["name"]: m["state"] for m in data}
 
     def wait(

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gossipmesh.cli.client import AdminClient, AgentUnreachable
+from gossipmesh.client import AdminClient, AgentUnreachable
 
 T = TypeVar("T")
 
