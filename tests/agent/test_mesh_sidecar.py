@@ -303,7 +303,7 @@ def test_metrics_count_requests_and_members(steady: Mesh) -> None:
 
     web_2xx = ("gossipmesh_proxy_requests_total", 'service="web"', 'status_class="2xx"',
                'direction="outbound"')  # fmt: skip
-    no_route = ("gossipmesh_proxy_errors_total", 'reason="no_route"')
+    no_route = ("gossipmesh_proxy_errors_total", 'reason="no_route"', 'service="nowhere.example"')
     before = scrape()
     for _ in range(30):
         assert mesh.app_get("web")[0] == 200
