@@ -10,18 +10,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
 from gossipmesh.cli import config_cmd, demo_cmd, render, services_cmd, simulate
-from gossipmesh.cli.client import DEFAULT_AGENT
-from gossipmesh.cli.common import AgentOpt, JsonOpt, out
-from gossipmesh.cli.common import client as _client
-from gossipmesh.cli.common import print_json as _print_json
-from gossipmesh.cli.common import run as _run
-
-T = TypeVar("T")
+from gossipmesh.cli.common import DEFAULT_AGENT, AgentOpt, JsonOpt, client, out, print_json, run
+from gossipmesh.client import KeyOp
 
 app = typer.Typer(
     name="gossipmesh",
@@ -131,10 +126,10 @@ def agent(
 @app.command()
 def members(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     """List the members the agent knows, with their state."""
-    client = _client(agent)
-    data = _run(lambda: client.call("GET", "/v1/members"))
+    admin = client(agent)
+    data = run(admin.members)
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         out.print(render.members_table(data))
 
@@ -145,8 +140,8 @@ def join(
     agent: AgentOpt = DEFAULT_AGENT,
 ) -> None:
     """Ask the agent to join the cluster through the given addresses."""
-    client = _client(agent)
-    data = _run(lambda: client.call("POST", "/v1/join", {"addresses": addresses}, ok=(502,)))
+    admin = client(agent)
+    data = run(lambda: admin.join(addresses))
     for address, ok in (data.get("results") or {}).items():
         out.print(f"{address}: {'[green]joined[/]' if ok else '[red]no answer[/]'}")
     if not data.get("joined"):
@@ -156,8 +151,8 @@ def join(
 @app.command()
 def leave(agent: AgentOpt = DEFAULT_AGENT) -> None:
     """Make the agent leave the cluster gracefully and stop."""
-    client = _client(agent)
-    _run(lambda: client.call("POST", "/v1/leave"))
+    admin = client(agent)
+    run(admin.leave)
     out.print("leaving")
 
 
@@ -172,10 +167,10 @@ def keygen() -> None:
 @app.command()
 def status(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     """Show the agent's health: member counts, health score, dropped-packet counters."""
-    client = _client(agent)
-    data = _run(lambda: client.call("GET", "/v1/health"))
+    admin = client(agent)
+    data = run(admin.health)
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         render.status(out, data)
 
@@ -183,10 +178,10 @@ def status(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
 @app.command()
 def monitor(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     """Stream member events as they happen (Ctrl-C to stop)."""
-    client = _client(agent)
+    admin = client(agent)
 
     def stream() -> None:
-        for line in client.stream_lines("/v1/monitor"):
+        for line in admin.monitor():
             if not line:
                 continue
             if as_json:
@@ -199,16 +194,16 @@ def monitor(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
                     continue
 
     try:
-        _run(stream)
+        run(stream)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
 
-def _key_op(op: str, key: str, agent: str, as_json: bool) -> None:
-    client = _client(agent)
-    data = _run(lambda: client.call("POST", "/v1/keys", {"op": op, "key": key}, ok=(207,)))
+def _key_op(op: KeyOp, key: str, agent: str, as_json: bool) -> None:
+    admin = client(agent)
+    data = run(lambda: admin.change_key(op, key))
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         render.keys_result(out, data)
     if data.get("failed"):
@@ -218,10 +213,10 @@ def _key_op(op: str, key: str, agent: str, as_json: bool) -> None:
 @keys_app.command("list")
 def keys_list(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     """List the keys installed on every live member, and how many nodes hold each."""
-    client = _client(agent)
-    data = _run(lambda: client.call("GET", "/v1/keys"))
+    admin = client(agent)
+    data = run(admin.keys)
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         render.keys_result(out, data)
 

@@ -1,8 +1,14 @@
-"""What every CLI command shares: the consoles, the ``--agent`` and ``--json`` options, the admin
-client, and the one boundary where errors become a line on stderr and an exit code.
+"""What every CLI command shares: the consoles, the ``--agent`` and ``--json`` options, and the
+one boundary (``run``) where library errors become a line on stderr and an exit code.
 
-Exit codes: 0 success; 1 the agent is unreachable or reported a failure; 2 usage error (including
-an agent answering with one of the caller's ``usage_statuses``: the operator's input was refused).
+Commands are thin, as in fastapi-cli: parse, call ``gossipmesh.client``, render, exit. They never
+catch errors themselves; ``run`` maps them:
+
+- 0 success;
+- 1 the agent is unreachable (``AgentUnreachable``) or reported a failure (``AdminError``);
+- 2 usage error: the operator's own input is wrong (``InputProblem``, raised by the CLI before
+  anything is sent) or an agent refused it (an ``AdminError`` whose status the command lists in
+  ``usage_statuses``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from gossipmesh.cli.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
+from gossipmesh.client import DEFAULT_AGENT, AdminClient, AdminError, AgentUnreachable
+from gossipmesh.errors import UsageError
 
 T = TypeVar("T")
 
@@ -37,7 +44,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 
 __all__ = [
     "DEFAULT_AGENT",
+    "EXIT_FAIL",
+    "EXIT_USAGE",
     "AgentOpt",
+    "InputProblem",
     "JsonOpt",
     "client",
     "err",
@@ -48,10 +58,15 @@ __all__ = [
 ]
 
 
+class InputProblem(Exception):
+    """The operator's input (a file, a key) is wrong; the message is the one line to print."""
+
+
 def client(agent: str) -> AdminClient:
+    """The admin client for ``--agent``; a malformed address is a usage error (exit 2)."""
     try:
         return AdminClient(agent)
-    except Exception as exc:  # UsageError from Address.parse
+    except UsageError as exc:
         raise typer.BadParameter(str(exc), param_hint="--agent") from exc
 
 
@@ -61,11 +76,13 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def run(fn: Callable[[], T], usage_statuses: Collection[int] = ()) -> T:
-    """Call the admin API; an unreachable or failing agent is one line and exit 1."""
+    """Call ``fn`` (the library); its errors become one line on stderr and an exit code."""
     try:
         return fn()
+    except InputProblem as exc:
+        fail(str(exc), EXIT_USAGE)
     except AgentUnreachable as exc:
-        fail(str(exc), EXIT_FAIL)
+        fail(f"{exc} (set --agent or GOSSIPMESH_AGENT)", EXIT_FAIL)
     except AdminError as exc:
         if exc.status in usage_statuses:
             fail(f"agent refused: {exc}", EXIT_USAGE)

@@ -44,9 +44,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from gossipmesh.cli.client import DEFAULT_AGENT
-from gossipmesh.cli.common import EXIT_USAGE, AgentOpt, JsonOpt, fail, out, print_json, run
-from gossipmesh.cli.common import client as _client
+from gossipmesh.cli.common import (
+    DEFAULT_AGENT,
+    AgentOpt,
+    InputProblem,
+    JsonOpt,
+    client,
+    out,
+    print_json,
+    run,
+)
 from gossipmesh.config.schema import KINDS, parse_key, validate_key
 from gossipmesh.errors import ConfigValidationError
 
@@ -61,7 +68,7 @@ config_app = typer.Typer(
 FileOpt = Annotated[str, typer.Option("-f", "--file", help="JSON or TOML file, or - for stdin.")]
 
 
-class FileProblem(Exception):
+class FileProblem(InputProblem):
     """A file the operator gave is unreadable or invalid; the message is the one line to print."""
 
 
@@ -169,22 +176,21 @@ def entities_from(data: Mapping[str, Any], label: str) -> dict[str, dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------
-# The one boundary where errors become a line and an exit code
+# Helpers of the commands
 
 
 def _run(fn: Callable[[], T]) -> T:
-    """``common.run``, where a bad file is exit 2 and a refused input (400/404/413) too."""
-    try:
-        return run(fn, USAGE_STATUSES)
-    except FileProblem as exc:
-        fail(str(exc), EXIT_USAGE)
+    """``common.run`` (the one error boundary), where an input the agent refused (400/404/413)
+    is a usage error too."""
+    return run(fn, USAGE_STATUSES)
 
 
-def _key(key: str) -> str:
+def check_key(key: str) -> str:
+    """``key`` if it is a valid KIND/NAME, else InputProblem naming it."""
     try:
         parse_key(key)
     except ConfigValidationError as exc:
-        fail(f"{key}: {exc.reason}", 2)
+        raise InputProblem(f"{key}: {exc.reason}") from exc
     return key
 
 
@@ -211,9 +217,8 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """List the effective entities (the winner of any conflict) under PREFIX."""
-    client = _client(agent)
-    query = f"?prefix={prefix}" if prefix else ""
-    data = _run(lambda: client.call("GET", f"/v1/config{query}"))
+    admin = client(agent)
+    data = _run(lambda: admin.config(prefix))
     if as_json:
         print_json(data)
         return
@@ -236,11 +241,10 @@ def set_(
     agent: AgentOpt = DEFAULT_AGENT,
 ) -> None:
     """Write one entity from a JSON or TOML file (or - for stdin)."""
-    _key(key)
     label = "stdin" if file == "-" else file
-    body = _run(lambda: check_entity(label, key, read_document(file)))
-    client = _client(agent)
-    _run(lambda: client.call("PUT", f"/v1/config/{key}", body))
+    body = _run(lambda: check_entity(label, check_key(key), read_document(file)))
+    admin = client(agent)
+    _run(lambda: admin.config_put(key, body))
     out.print(f"{key}: written")
 
 
@@ -249,9 +253,9 @@ def delete(
     key: Annotated[str, typer.Argument(help="KIND/NAME")], agent: AgentOpt = DEFAULT_AGENT
 ) -> None:
     """Delete one entity (a tombstone every agent learns)."""
-    _key(key)
-    client = _client(agent)
-    _run(lambda: client.call("DELETE", f"/v1/config/{key}"))
+    _run(lambda: check_key(key))
+    admin = client(agent)
+    _run(lambda: admin.config_delete(key))
     out.print(f"{key}: deleted")
 
 
@@ -260,8 +264,8 @@ def apply(file: FileOpt, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fal
     """Write many entities (and deletions) from one file as a single atomic change."""
     label = "stdin" if file == "-" else file
     entities = _run(lambda: entities_from(read_document(file), label))
-    client = _client(agent)
-    data = _run(lambda: client.call("POST", "/v1/config/apply", {"entities": entities}))
+    admin = client(agent)
+    data = _run(lambda: admin.config_apply(entities))
     if as_json:
         print_json(data)
         return
@@ -276,9 +280,9 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """Versions of one entity this agent has seen, newest first, with writer and time."""
-    _key(key)
-    client = _client(agent)
-    data = _run(lambda: client.call("GET", f"/v1/config-history/{key}"))
+    _run(lambda: check_key(key))
+    admin = client(agent)
+    data = _run(lambda: admin.config_history(key))
     if as_json:
         print_json(data)
         return
@@ -301,8 +305,8 @@ def history(
 @config_app.command("conflicts")
 def conflicts(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     """Keys written concurrently (siblings kept), and which value wins everywhere."""
-    client = _client(agent)
-    data = _run(lambda: client.call("GET", "/v1/config-conflicts"))
+    admin = client(agent)
+    data = _run(admin.config_conflicts)
     if as_json:
         print_json(data)
         return

@@ -13,8 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from gossipmesh.cli.client import DEFAULT_AGENT
-from gossipmesh.cli.common import AgentOpt, JsonOpt, client, out, print_json, run
+from gossipmesh.cli.common import DEFAULT_AGENT, AgentOpt, JsonOpt, client, out, print_json, run
 
 HEALTH_STYLE = {
     "passing": "green",
@@ -55,7 +54,7 @@ def install(app: typer.Typer) -> None:
     ) -> None:
         """List every service instance in the mesh: node, address, tags, health, ejection."""
         admin = client(agent)
-        rows = run(lambda: admin.call("GET", "/v1/services"))
+        rows = run(admin.services)
         if as_json:
             print_json(rows)
         elif not rows:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gossipmesh.cli.client import AdminClient, AgentUnreachable
+from gossipmesh.client import AdminClient, AgentUnreachable
 from gossipmesh.demo.plan import Node
 
 K = TypeVar("K")
@@ -149,7 +149,7 @@ class MeshView:
                 if not self.is_running(node):
                     continue
                 try:
-                    data = self._clients[node.name].call("GET", "/v1/members")
+                    data = self._clients[node.name].members()
                     view = {m["name"]: m["state"] for m in data}
                 except (AgentUnreachable, OSError, ValueError, KeyError, TypeError):
                     continue

@@ -4,9 +4,12 @@ Theory of operation
 -------------------
 The demo owns three kinds of resource, and each has one owner object with one way out:
 
-- **The lock** (``DemoLock``): an ``flock`` on ``$TMPDIR/gossipmesh-demo.lock`` holding the
-  owner's pid. The kernel releases it when the process dies, however it dies, so a crashed demo
-  never blocks the next one. The owner unlinks the file on exit while still holding the lock;
+- **The lock** (``DemoLock``): an ``flock`` on ``$TMPDIR/gossipmesh-demo-net<ID>.lock`` holding
+  the owner's pid, one per network namespace (``<ID>``: its inode on Linux; no suffix where there
+  is none to read): the ports the demo needs are per namespace, so a demo in another namespace (a
+  container, ``unshare -n``) competes for nothing and must not block this one. The kernel
+  releases the lock when the process dies, however it dies, so a crashed demo never blocks the
+  next one. The owner unlinks the file on exit while still holding the lock;
   a contender re-checks after locking that the path still names the inode it locked, so it never
   "holds" a lock on a file already unlinked.
 - **Ports** (``preflight``): every address the agents and apps will bind is tried first, *before*
@@ -42,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from gossipmesh.cli.client import AdminClient, AgentUnreachable
+from gossipmesh.client import AdminClient, AgentUnreachable
 from gossipmesh.demo.plan import CLUSTER, PROFILE, Instance, Node, Plan
 
 T = TypeVar("T")
 
-LOCK_NAME = "gossipmesh-demo.lock"
+LOCK_PREFIX = "gossipmesh-demo"
 TEMP_PREFIX = "gossipmesh-demo-"
 STOP_GRACE_S = 4.0  # SIGTERM -> SIGKILL: an agent's graceful leave takes well under a second
 START_TIMEOUT_S = 45.0  # python + imports of N agents on 2 shared cores
@@ -58,8 +61,19 @@ class DemoError(Exception):
     """A reason the demo cannot run; the message is the one line the CLI prints (exit 1)."""
 
 
-def lock_path() -> Path:
-    return Path(tempfile.gettempdir()) / LOCK_NAME
+def network_namespace() -> str | None:
+    """This process's network namespace (the inode of /proc/self/ns/net), or None off Linux."""
+    try:
+        return str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return None
+
+
+def lock_path(tmp_dir: Path | None = None) -> Path:
+    """The demo lock of this network namespace, in ``tmp_dir`` (default: the system temp dir)."""
+    ns = network_namespace()
+    name = f"{LOCK_PREFIX}.lock" if ns is None else f"{LOCK_PREFIX}-net{ns}.lock"
+    return (tmp_dir if tmp_dir is not None else Path(tempfile.gettempdir())) / name
 
 
 class DemoLock:
@@ -243,7 +257,7 @@ class Orchestrator:
         return all(self.members(n) == dict.fromkeys(want, "alive") for n in self.plan.nodes)
 
     def members(self, node: Node) -> dict[str, str]:
-        data = self.client(node).call("GET", "/v1/members")
+        data = self.client(node).members()
         return {m["name"]: m["state"] for m in data}
 
     def wait(

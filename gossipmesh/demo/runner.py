@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.live import Live
 
-from gossipmesh.cli.client import AdminClient, AdminError
+from gossipmesh.client import AdminClient, AdminError
 from gossipmesh.demo import dashboard
 from gossipmesh.demo.observe import MeshView
 from gossipmesh.demo.orchestrator import DemoError, Orchestrator, demo_resources, stderr_progress
@@ -164,7 +164,7 @@ class _Run:
         orch.start()
         entry = AdminClient(plan.writer.admin, timeout_s=10)
         config = sample_config()
-        entry.call("POST", "/v1/config/apply", {"entities": config})
+        entry.config_apply(config)
         self.progress(f"applied {len(config)} config entities through {plan.writer.name}: "
                       "api 90/10 v1/v2, /api/slow pinned to v1, retries and timeouts")  # fmt: skip
         orch.wait("the config on every agent", lambda: self._config_everywhere(orch),
@@ -242,7 +242,7 @@ class _Run:
         want = canary_route(90, 10)
         for node in self.plan.nodes:
             try:
-                got = orch.client(node).call("GET", f"/v1/config/{CANARY_ROUTE}")
+                got = orch.client(node).config_get(CANARY_ROUTE)
             except AdminError:
                 return False
             if got.get("value") != want:
@@ -252,7 +252,7 @@ class _Run:
     def _all_routable(self, orch: Orchestrator) -> bool:
         want = {(n.name, i.role) for n in self.plan.nodes for i in n.instances}
         for node in self.plan.nodes:
-            rows = orch.client(node).call("GET", "/v1/services")
+            rows = orch.client(node).services()
             ok = {(r["node"], r["service"]) for r in rows if r.get("routable")
                   and r.get("health") == "passing"}  # fmt: skip
             if not want <= ok:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gossipmesh.cli.client import AdminClient, AdminError, AgentUnreachable
+from gossipmesh.client import AdminClient, AdminError, AgentUnreachable
 from gossipmesh.demo.orchestrator import Orchestrator
 from gossipmesh.demo.plan import (
     AT_CUT_OFF_WRITE,
@@ -105,12 +105,12 @@ class Script:
     def live(self) -> list[Node]:
         return [n for n in self.plan.nodes if n.name not in self.killed]
 
-    def _call(self, node: Node, method: str, path: str, body: Any = None) -> Any:
-        return self._clients[node.name].call(method, path, body)
+    def _admin(self, node: Node) -> AdminClient:
+        return self._clients[node.name]
 
     def _members(self, node: Node) -> dict[str, str] | None:
         try:
-            return {m["name"]: m["state"] for m in self._call(node, "GET", "/v1/members")}
+            return {m["name"]: m["state"] for m in self._admin(node).members()}
         except (AgentUnreachable, AdminError, OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -169,9 +169,9 @@ class Script:
     def partition(self) -> None:
         victim = self.plan.partition_target
         others = [n for n in self.live() if n is not victim]
-        self._call(victim, "POST", "/v1/faults", {"drop": [o.gossip for o in others]})
+        self._admin(victim).set_faults([o.gossip for o in others])
         for o in others:
-            self._call(o, "POST", "/v1/faults", {"drop": [victim.gossip]})
+            self._admin(o).set_faults([victim.gossip])
         at = self.clock()
         self.partitioned.add(victim.name)
         res = self.results["partition"] = {"node": victim.name, "at_s": _r(at),
@@ -201,7 +201,7 @@ class Script:
         """Write through the partitioned node: it accepts (durably), nobody else can see it yet."""
         victim = self.plan.partition_target
         key, body = CUT_OFF_WRITE
-        self._call(victim, "PUT", f"/v1/config/{key}", body)
+        self._admin(victim).config_put(key, body)
         self.results["partition"]["write_during_partition"] = key
         self.log.add(f"{victim.name}, cut off, accepts a config write ({key}); the others cannot "
                      "see it yet", "magenta")  # fmt: skip
@@ -210,7 +210,7 @@ class Script:
         victim = self.plan.partition_target
         group = self.live()
         for n in group:
-            self._call(n, "DELETE", "/v1/faults")
+            self._admin(n).clear_faults()
         at = self.clock()
         self._healed.set()
         self.partitioned.discard(victim.name)
@@ -243,7 +243,7 @@ class Script:
                     hashes, has_key = set(), True
                     for n in live:
                         try:
-                            view = self._call(n, "GET", "/v1/config")
+                            view = self._admin(n).config()
                             hashes.add(view["root_hash"])
                             has_key = has_key and key in view["entities"]
                         except (AgentUnreachable, AdminError, OSError, KeyError, TypeError):
@@ -265,7 +265,7 @@ class Script:
         writer = self.plan.shift_writer
         body = canary_route(*CANARY_AFTER)
         sent = self.clock()
-        self._call(writer, "PUT", f"/v1/config/{CANARY_ROUTE}", body)
+        self._admin(writer).config_put(CANARY_ROUTE, body)
         at = self.clock()
         res = self.results["shift"] = {
             "key": CANARY_ROUTE, "written_via": writer.name, "first_written_via":
@@ -287,7 +287,7 @@ class Script:
                     if n.name in seen:
                         continue
                     try:
-                        value = self._call(n, "GET", f"/v1/config/{CANARY_ROUTE}")["value"]
+                        value = self._admin(n).config_get(CANARY_ROUTE)["value"]
                     except (AgentUnreachable, AdminError, OSError, KeyError, TypeError):
                         continue
                     if value == body:

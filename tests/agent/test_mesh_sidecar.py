@@ -4,9 +4,11 @@ requests into agent a1's outbound listener.
 
     app -> a1 outbound (Host: web|solo) -> a1/a2/a3 inbound -> backend
 
-``web`` runs behind a1 and a2, ``solo`` behind a3 only. The tests share one mesh and run in file
-order; each states what it expects of it. Every process is stopped by a fixture; every wait polls
-with a deadline.
+``web`` runs behind a1 and a2, ``solo`` behind a3 only. The tests share one mesh (starting it
+costs seconds), but none relies on another: the ``steady`` fixture restarts any agent an earlier
+test killed, heals every backend and waits until every agent routes to all three instances, so
+each test passes alone and in any order. Every process is stopped by a fixture; every wait polls
+with a generous deadline and fails naming what it waited for.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_procs import AgentProc, Procs, free_port_on, requires_loopback_aliases, wait_until
+from agent_procs import (
+    SETTLE_S,
+    AgentProc,
+    Procs,
+    free_port_on,
+    requires_loopback_aliases,
+    wait_until,
+)
 
 pytestmark = requires_loopback_aliases
 
@@ -67,7 +76,7 @@ class Backend:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(f"backend {name}", self._up, timeout_s=10)
+        wait_until(f"backend {name}", self._up, timeout_s=SETTLE_S)
 
     def _up(self) -> bool:
         try:
@@ -140,10 +149,27 @@ class Mesh:
         return get(self.agents[via].ip, self.out_port, "/", host)
 
     def services(self, name: str) -> list[dict[str, Any]]:
-        out = cli("services", "--json", "--agent", self.agents[name].admin)
-        assert out.returncode == 0, out.stderr
-        rows: list[dict[str, Any]] = json.loads(out.stdout)
-        return rows
+        return self.agents[name].client.services()
+
+    def healthy(self) -> bool:
+        """Every agent sees all three members alive and all three instances passing, routable."""
+        for agent in self.agents.values():
+            if set(agent.members().values()) != {"alive"} or len(agent.members()) != len(IPS):
+                return False
+            seen = instances(agent.client.services())
+            if set(seen) != WANT or any(v != ("passing", True) for v in seen.values()):
+                return False
+        return True
+
+    def heal(self) -> None:
+        """Restart any agent that is not running, make every backend pass its health check,
+        and wait until the mesh is whole again."""
+        for backend in self.backends.values():
+            backend.set_failing(False)
+        for agent in self.agents.values():
+            if not agent.running:
+                agent.start()
+        wait_until("every agent routing to all 3 instances", self.healthy, SETTLE_S, 0.2)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -170,21 +196,26 @@ def mesh(procs: Procs) -> Iterator[Mesh]:
             b.stop()
 
 
+@pytest.fixture
+def steady(mesh: Mesh) -> Mesh:
+    """The shared mesh with every agent and backend up and every instance routable."""
+    mesh.heal()
+    return mesh
+
+
+WANT = {("web", "a1"), ("web", "a2"), ("solo", "a3")}
+
+
 def instances(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, bool]]:
     return {(r["service"], r["node"]): (r["health"], r["routable"]) for r in rows}
 
 
-def test_every_agent_lists_every_instance_healthy(mesh: Mesh) -> None:
-    want = {("web", "a1"), ("web", "a2"), ("solo", "a3")}
-
-    def all_healthy() -> bool:
-        for name in mesh.agents:
-            seen = instances(mesh.services(name))
-            if set(seen) != want or any(v != ("passing", True) for v in seen.values()):
-                return False
-        return True
-
-    wait_until("3 instances passing on every agent", all_healthy, timeout_s=20, interval_s=0.3)
+def test_every_agent_lists_every_instance_healthy(steady: Mesh) -> None:
+    mesh = steady  # it waited for 3 instances passing on every agent, through the admin API
+    for name in mesh.agents:  # ... and the CLI's --json view, as scripts read it, agrees
+        out = cli("services", "--json", "--agent", mesh.agents[name].admin)
+        assert out.returncode == 0, out.stderr
+        assert set(instances(json.loads(out.stdout))) == WANT
     row = next(r for r in mesh.services("a2") if r["node"] == "a3")
     assert row["member_state"] == "alive" and row["ejected"] is False
     assert row["address"] == "127.0.0.1" and row["port"] == mesh.backends["w3"].port
@@ -192,7 +223,8 @@ def test_every_agent_lists_every_instance_healthy(mesh: Mesh) -> None:
     assert table.returncode == 0 and "solo" in table.stdout and "passing" in table.stdout
 
 
-def test_request_crosses_from_a1_outbound_to_a3_inbound(mesh: Mesh) -> None:
+def test_request_crosses_from_a1_outbound_to_a3_inbound(steady: Mesh) -> None:
+    mesh = steady
     status, body, headers = mesh.app_get("solo")
     assert (status, body) == (200, b"w3")
     assert headers.get("x-seen-request-id")  # the proxy stamped the request on its way
@@ -201,7 +233,8 @@ def test_request_crosses_from_a1_outbound_to_a3_inbound(mesh: Mesh) -> None:
     assert set(seen) == {b"w1", b"w2"}, seen
 
 
-def test_tcp_listener_splices_raw_bytes_to_a_remote_instance(mesh: Mesh) -> None:
+def test_tcp_listener_splices_raw_bytes_to_a_remote_instance(steady: Mesh) -> None:
+    mesh = steady
     # [[listener]] on a1 for `solo`: not parsed as HTTP by a1; the bytes cross to a3's inbound
     # and on to the backend, and the backend's answer comes back byte for byte.
     with socket.create_connection((mesh.agents["a1"].ip, mesh.tcp_port), timeout=5) as sock:
@@ -215,7 +248,8 @@ def test_tcp_listener_splices_raw_bytes_to_a_remote_instance(mesh: Mesh) -> None
     assert b"x-seen-request-id: \r\n" in reply.lower()  # raw TCP: no HTTP hop stamped it
 
 
-def test_a_route_written_at_a2_steers_requests_at_a1(mesh: Mesh, tmp_path: Path) -> None:
+def test_a_route_written_at_a2_steers_requests_at_a1(steady: Mesh, tmp_path: Path) -> None:
+    mesh = steady
     # The config replica is the sidecar's ConfigSource: a route written through any agent
     # reaches every proxy's table.
     assert mesh.app_get("shop.example")[0] == 404  # no route, and no service of that name
@@ -226,12 +260,13 @@ def test_a_route_written_at_a2_steers_requests_at_a1(mesh: Mesh, tmp_path: Path)
     wait_until(
         "route/shop at a1",
         lambda: mesh.app_get("shop.example")[:2] == (200, b"w3"),
-        timeout_s=10,
+        timeout_s=SETTLE_S,
         interval_s=0.1,
     )
 
 
-def test_failing_health_check_takes_an_instance_out_of_routing(mesh: Mesh) -> None:
+def test_failing_health_check_takes_an_instance_out_of_routing(steady: Mesh) -> None:
+    mesh = steady
     mesh.backends["w3"].set_failing(True)
     try:
 
@@ -239,38 +274,51 @@ def test_failing_health_check_takes_an_instance_out_of_routing(mesh: Mesh) -> No
             seen = instances(mesh.services("a1"))
             return seen.get(("solo", "a3")) == ("critical", False)
 
-        wait_until("a1 sees solo critical", solo_down, timeout_s=10, interval_s=0.2)
+        wait_until("a1 sees solo critical", solo_down, timeout_s=SETTLE_S, interval_s=0.2)
         status, body, headers = mesh.app_get("solo")
         assert status == 503
         assert b"no healthy endpoint" in body
         assert headers.get("x-gossipmesh-error") == "no_healthy_endpoint"
     finally:
         mesh.backends["w3"].set_failing(False)
-    wait_until("solo back", lambda: mesh.app_get("solo")[:2] == (200, b"w3"), timeout_s=10)
+    wait_until("solo back", lambda: mesh.app_get("solo")[:2] == (200, b"w3"), timeout_s=SETTLE_S)
 
 
-def test_metrics_count_requests_and_members(mesh: Mesh) -> None:
+def metric(text: str, name: str, *labels: str) -> float:
+    """The value of the first sample of ``name`` carrying every label in ``labels`` (0 if none)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(label in line for label in labels):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_and_members(steady: Mesh) -> None:
+    mesh = steady
     a1 = mesh.agents["a1"]
-    status, body, headers = get(a1.ip, a1.port + 1, "/metrics", host="admin")
-    text = body.decode()
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    web_2xx = [
-        line
-        for line in text.splitlines()
-        if line.startswith("gossipmesh_proxy_requests_total{")
-        and 'service="web"' in line
-        and 'status_class="2xx"' in line
-        and 'direction="outbound"' in line
-    ]
-    assert web_2xx and float(web_2xx[0].rsplit(" ", 1)[1]) >= 30, web_2xx
-    assert 'gossipmesh_proxy_errors_total{reason="no_healthy_endpoint",service="solo"}' in text
+
+    def scrape() -> str:
+        status, body, headers = get(a1.ip, a1.port + 1, "/metrics", host="admin")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        return body.decode()
+
+    web_2xx = ("gossipmesh_proxy_requests_total", 'service="web"', 'status_class="2xx"',
+               'direction="outbound"')  # fmt: skip
+    no_route = ("gossipmesh_proxy_errors_total", 'reason="no_route"', 'service="nowhere.example"')
+    before = scrape()
+    for _ in range(30):
+        assert mesh.app_get("web")[0] == 200
+    assert mesh.app_get("nowhere.example")[0] == 404  # no route, no service of that name
+    text = scrape()
+    assert metric(text, *web_2xx) - metric(before, *web_2xx) >= 30, text
+    assert metric(text, *no_route) - metric(before, *no_route) >= 1, text
     assert 'gossipmesh_agent_members{state="alive"} 3.0' in text
     assert "gossipmesh_agent_records_total{" in text
 
 
-def test_killed_agent_stops_receiving_traffic_and_requests_keep_succeeding(mesh: Mesh) -> None:
+def test_killed_agent_stops_receiving_traffic_and_requests_keep_succeeding(steady: Mesh) -> None:
+    mesh = steady
     mesh.agents["a2"].signal(signal.SIGKILL)
-    mesh.agents["a2"].wait_exit(10)
+    mesh.agents["a2"].wait_exit(SETTLE_S)
     # Until SWIM declares a2 dead its endpoint is still in the table; connect failures there are
     # retried on the survivor, so the app sees no error.
     statuses: Counter[int] = Counter()
@@ -279,12 +327,12 @@ def test_killed_agent_stops_receiving_traffic_and_requests_keep_succeeding(mesh:
         statuses[mesh.app_get("web")[0]] += 1
         return mesh.agents["a1"].members().get("a2") == "dead"
 
-    _, took_s = wait_until("a1 sees a2 dead", a2_dead, timeout_s=30, interval_s=0.1)
+    _, took_s = wait_until("a1 sees a2 dead", a2_dead, timeout_s=SETTLE_S, interval_s=0.1)
     assert set(statuses) == {200}, statuses
     wait_until(
         "a2's instance unroutable at a1",
         lambda: instances(mesh.services("a1")).get(("web", "a2"), ("", True))[1] is False,
-        timeout_s=5,
+        timeout_s=SETTLE_S,
         interval_s=0.1,
     )
     after = Counter(mesh.app_get("web")[:2] for _ in range(20))

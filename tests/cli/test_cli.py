@@ -83,17 +83,3 @@ def test_keygen_prints_a_32_byte_key() -> None:
 def test_no_args_shows_help() -> None:
     result = runner.invoke(app, [])
     assert "members" in result.output
-
-
-def test_cli_imports_no_agent_internals() -> None:
-    """The CLI is a client: importing it (all commands but `agent`) loads no agent or core code."""
-    code = (
-        "import sys, gossipmesh.cli.app\n"
-        "bad = [m for m in sys.modules if m.split('.')[:2] in "
-        "(['gossipmesh','agent'], ['gossipmesh','swim'], ['gossipmesh','crdt'], "
-        "['gossipmesh','proxy'])]\n"
-        "print(bad)\n"
-        "sys.exit(1 if bad else 0)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stdout + proc.stderr

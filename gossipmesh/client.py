@@ -1,0 +1,288 @@
+"""A small blocking client for a gossipmesh agent's admin API (HTTP/JSON on 127.0.0.1:7947).
+
+This is the library the ``gossipmesh`` CLI, the demo and operators' own scripts use to talk to
+an agent; it imports no agent code and needs only the standard library::
+
+    from gossipmesh.client import AdminClient, ClientError
+
+    agent = AdminClient("127.0.0.1:7947")
+    try:
+        for m in agent.members():
+            print(m["name"], m["state"])
+        agent.config_put("route/web", {"destinations": [{"service": "api"}]})
+    except ClientError as exc:
+        print(exc)  # one line, ready to show a person
+
+Public surface
+--------------
+- ``AdminClient(agent, timeout_s)``: one method per admin endpoint (below), plus ``request``,
+  ``call`` and ``stream_lines`` for anything else. Each call opens one connection and closes it,
+  so a client is cheap, holds no socket between calls and may be shared between threads.
+- Errors, all ``ClientError``: ``AgentUnreachable`` (nothing answered, or not JSON) and
+  ``AdminError`` (the agent answered with an error status; ``status``, ``error`` and ``detail``
+  say which). A bad ``agent`` address raises ``gossipmesh.errors.UsageError`` at construction.
+- ``DEFAULT_AGENT`` (the admin address an agent listens on by default) and ``TIMEOUT_S``.
+
+Endpoints
+---------
+| method                              | admin API                                     |
+|-------------------------------------|-----------------------------------------------|
+| ``self_info()``                     | GET /v1/self                                  |
+| ``members()``                       | GET /v1/members                               |
+| ``health()``                        | GET /v1/health                                |
+| ``services()``                      | GET /v1/services                              |
+| ``join(addresses)``                 | POST /v1/join (502 "none joined" is returned) |
+| ``leave()``                         | POST /v1/leave                                |
+| ``monitor()``                       | GET /v1/monitor (a stream of JSON lines)      |
+| ``keys()``, ``change_key(op, key)`` | GET, POST /v1/keys (207 "partly" is returned) |
+| ``config(prefix)``                  | GET /v1/config?prefix=                        |
+| ``config_get(key)``                 | GET /v1/config/KIND/NAME                      |
+| ``config_put(key, body)``           | PUT /v1/config/KIND/NAME                      |
+| ``config_delete(key)``              | DELETE /v1/config/KIND/NAME                   |
+| ``config_apply(entities)``          | POST /v1/config/apply (one atomic change)     |
+| ``config_history(key)``             | GET /v1/config-history/KIND/NAME              |
+| ``config_conflicts()``              | GET /v1/config-conflicts                      |
+| ``faults()``, ``set_faults(drop)``, ``clear_faults()`` | GET, POST, DELETE /v1/faults |
+
+Answers are the agent's JSON, parsed (dicts and lists); docs/ARCHITECTURE.md and the CLI's
+``--json`` output show their shapes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+from urllib.parse import quote
+
+from gossipmesh.ids import DEFAULT_ADMIN_PORT, Address
+
+__all__ = [
+    "DEFAULT_AGENT",
+    "TIMEOUT_S",
+    "AdminClient",
+    "AdminError",
+    "AgentUnreachable",
+    "ClientError",
+    "KeyOp",
+]
+
+DEFAULT_AGENT = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
+TIMEOUT_S = 15.0  # key fan-out and join wait up to ~5 s on the agent side
+
+KeyOp = Literal["install", "use", "remove"]
+
+
+class ClientError(Exception):
+    """Any failure of an admin API call; ``str(exc)`` is one line for a person to read."""
+
+
+class AgentUnreachable(ClientError):
+    """No admin API answered at the address, or what answered did not speak JSON."""
+
+
+class AdminError(ClientError):
+    """The agent answered with an error status (``status``) and its ``error``/``detail``."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        self.status = status
+        self.error = error
+        self.detail = detail
+        super().__init__(f"{error}: {detail}" if detail else error)
+
+
+class AdminClient:
+    """The admin API of one agent. ``agent`` is ``HOST[:PORT]`` (port 7947 by default)."""
+
+    def __init__(self, agent: str = DEFAULT_AGENT, timeout_s: float = TIMEOUT_S) -> None:
+        self.address = Address.parse(agent, default_port=DEFAULT_ADMIN_PORT)
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"AdminClient({str(self.address)!r}, timeout_s={self.timeout_s:g})"
+
+    # ---- membership -------------------------------------------------------------------------
+
+    def self_info(self) -> dict[str, Any]:
+        """This agent's own member record (name, address, incarnation, state)."""
+        data: dict[str, Any] = self.call("GET", "/v1/self")
+        return data
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every member the agent knows, with its state (alive, suspect, dead, left)."""
+        data: list[dict[str, Any]] = self.call("GET", "/v1/members")
+        return data
+
+    def health(self) -> dict[str, Any]:
+        """Member counts, health score and counters (drops, errors, limits hit)."""
+        data: dict[str, Any] = self.call("GET", "/v1/health")
+        return data
+
+    def services(self) -> list[dict[str, Any]]:
+        """Every service instance in the mesh: node, address, tags, health, ejection."""
+        data: list[dict[str, Any]] = self.call("GET", "/v1/services")
+        return data
+
+    def join(self, addresses: list[str]) -> dict[str, Any]:
+        """Join through ``addresses``; ``{"joined": n, "results": {address: ok}}``, also when
+        none answered (``joined == 0``)."""
+        data: dict[str, Any] = self.call("POST", "/v1/join", {"addresses": addresses}, ok=(502,))
+        return data
+
+    def leave(self) -> dict[str, Any]:
+        """Leave the cluster gracefully; the agent answers first, then stops."""
+        data: dict[str, Any] = self.call("POST", "/v1/leave")
+        return data
+
+    def monitor(self) -> Iterator[bytes]:
+        """Member events as they happen, one JSON object per line (the first is
+        ``monitor-start``), until the agent closes the stream; blank keep-alive lines included."""
+        return self.stream_lines("/v1/monitor")
+
+    # ---- keys -------------------------------------------------------------------------------
+
+    def keys(self) -> dict[str, Any]:
+        """The keys installed on every live member, and how many nodes hold each."""
+        data: dict[str, Any] = self.call("GET", "/v1/keys")
+        return data
+
+    def change_key(self, op: KeyOp, key: str) -> dict[str, Any]:
+        """Install, use (make primary) or remove ``key`` on every member. A partial success
+        (HTTP 207) is returned, not raised: its ``failed`` names the members that refused."""
+        data: dict[str, Any] = self.call("POST", "/v1/keys", {"op": op, "key": key}, ok=(207,))
+        return data
+
+    # ---- config -----------------------------------------------------------------------------
+
+    def config(self, prefix: str = "") -> dict[str, Any]:
+        """The effective entities under ``prefix``: ``{"entities": {key: body}, "count", ...}``."""
+        query = f"?prefix={quote(prefix, safe='/')}" if prefix else ""
+        data: dict[str, Any] = self.call("GET", f"/v1/config{query}")
+        return data
+
+    def config_get(self, key: str) -> dict[str, Any]:
+        """One entity, ``{"key", "value", ...}``; a missing key is ``AdminError`` status 404."""
+        data: dict[str, Any] = self.call("GET", f"/v1/config/{_path(key)}")
+        return data
+
+    def config_put(self, key: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one entity; answered once the write is durable on this agent."""
+        data: dict[str, Any] = self.call("PUT", f"/v1/config/{_path(key)}", dict(body))
+        return data
+
+    def config_delete(self, key: str) -> dict[str, Any]:
+        """Delete one entity (a tombstone every agent learns)."""
+        data: dict[str, Any] = self.call("DELETE", f"/v1/config/{_path(key)}")
+        return data
+
+    def config_apply(self, entities: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+        """Write many entities (``None`` deletes) as one atomic change."""
+        body = {k: None if v is None else dict(v) for k, v in entities.items()}
+        data: dict[str, Any] = self.call("POST", "/v1/config/apply", {"entities": body})
+        return data
+
+    def config_history(self, key: str) -> dict[str, Any]:
+        """Versions of one entity this agent has seen, newest first."""
+        data: dict[str, Any] = self.call("GET", f"/v1/config-history/{_path(key)}")
+        return data
+
+    def config_conflicts(self) -> dict[str, Any]:
+        """Keys written concurrently, with every sibling and the winner."""
+        data: dict[str, Any] = self.call("GET", "/v1/config-conflicts")
+        return data
+
+    # ---- fault injection (agents started with --enable-fault-injection) ---------------------
+
+    def faults(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.call("GET", "/v1/faults")
+        return data
+
+    def set_faults(self, drop: list[str]) -> dict[str, Any]:
+        """Drop all traffic to and from the gossip addresses ``drop`` (``HOST:PORT``)."""
+        data: dict[str, Any] = self.call("POST", "/v1/faults", {"drop": drop})
+        return data
+
+    def clear_faults(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.call("DELETE", "/v1/faults")
+        return data
+
+    # ---- any endpoint -----------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Send one request; return (status, parsed JSON) whatever the status.
+
+        Raises AgentUnreachable when nothing answers or the answer is not JSON.
+        """
+        conn = self._connect(self.timeout_s)
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentUnreachable(self._why(exc)) from exc
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise AgentUnreachable(f"agent at {self.address} sent a non-JSON answer") from exc
+        return resp.status, data
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
+        """Like ``request`` but raises AdminError for an error status not listed in ``ok``."""
+        status, data = self.request(method, path, body)
+        if status >= 400 and status not in ok:
+            if isinstance(data, dict):
+                raise AdminError(status, str(data.get("error")), str(data.get("detail", "")))
+            raise AdminError(status, f"HTTP {status}", "")
+        return data
+
+    def stream_lines(self, path: str) -> Iterator[bytes]:
+        """Yield lines of a streaming endpoint until the agent closes it (no read timeout)."""
+        conn = self._connect(None)
+        try:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise AgentUnreachable(self._why(exc)) from exc
+            if resp.status >= 400:
+                raise AdminError(
+                    resp.status, f"HTTP {resp.status}", resp.read().decode(errors="replace")
+                )
+            while True:
+                try:
+                    line = resp.readline()
+                except (OSError, http.client.HTTPException):
+                    return
+                if not line:
+                    return
+                yield line.rstrip(b"\n")
+        finally:
+            conn.close()
+
+    def _connect(self, timeout_s: float | None) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=timeout_s)
+
+    def _why(self, exc: BaseException) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(exc, socket.timeout | TimeoutError):
+            reason = "timed out"
+        elif isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror.lower()
+        else:
+            reason = type(exc).__name__
+        return (
+            f"cannot reach the gossipmesh agent at {self.address} ({reason}); "
+            "is `gossipmesh agent` running?"
+        )
+
+
+def _path(key: str) -> str:
+    """``KIND/NAME`` as a URL path: the agent unquotes it, so any name survives the trip."""
+    return quote(key, safe="/")

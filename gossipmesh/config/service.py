@@ -1,0 +1,253 @@
+"""``service/NAME``: how the mesh talks to a service (protocol, balancing, timeouts, retries,
+circuit breaking, outlier detection), its defaults, validation and canonical body."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gossipmesh.config.fields import (
+    MAX_LIMIT,
+    MAX_RETRY_ATTEMPTS,
+    MAX_TIMEOUT_MS,
+    TOKEN_RE,
+    read_bool,
+    read_choice,
+    read_int,
+    read_list,
+    read_pattern,
+    read_section,
+    reject_unknown,
+    unique,
+)
+from gossipmesh.errors import ConfigValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    policy: Literal["round_robin", "least_request", "peak_ewma", "ring_hash"] = "least_request"
+    hash_header: str = "x-request-id"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_ms: int = 1000
+    request_ms: int = 15000
+    per_try_ms: int = 5000
+    idle_ms: int = 60000
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: int = 2
+    on_status: tuple[int, ...] = (502, 503, 504)
+    on_connect_failure: bool = True
+    budget_percent: int = 20
+    budget_min_per_s: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    max_connections: int = 1024
+    max_pending: int = 1024
+    max_requests: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_failures: int = 5
+    base_ejection_ms: int = 30000
+    max_ejection_ms: int = 300000
+    max_ejected_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str
+    protocol: Literal["http", "tcp"] = "http"
+    load_balancer: LoadBalancer = LoadBalancer()
+    timeouts: Timeouts = Timeouts()
+    retry: Retry = Retry()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    outlier_detection: OutlierDetection = OutlierDetection()
+
+    kind: Literal["service"] = field(default="service", init=False)
+
+
+def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
+    p = "service"
+    reject_unknown(
+        body,
+        ("protocol", "load_balancer", "timeouts", "retry", "circuit_breaker", "outlier_detection"),
+        p,
+    )
+    protocol = read_choice(body.get("protocol", "http"), f"{p}.protocol", ("http", "tcp"))
+
+    lb_body = read_section(body, "load_balancer", p)
+    lp = f"{p}.load_balancer"
+    reject_unknown(lb_body, ("policy", "hash_header"), lp)
+    lb = LoadBalancer(
+        policy=read_choice(
+            lb_body.get("policy", "least_request"),
+            f"{lp}.policy",
+            ("round_robin", "least_request", "peak_ewma", "ring_hash"),
+        ),
+        hash_header=read_pattern(
+            lb_body.get("hash_header", "x-request-id"), f"{lp}.hash_header", TOKEN_RE, "header name"
+        ).lower(),
+    )
+
+    t_body = read_section(body, "timeouts", p)
+    tp = f"{p}.timeouts"
+    reject_unknown(t_body, ("connect_ms", "request_ms", "per_try_ms", "idle_ms"), tp)
+    d = Timeouts()
+    timeouts = Timeouts(
+        connect_ms=read_int(
+            t_body.get("connect_ms", d.connect_ms), f"{tp}.connect_ms", 1, MAX_TIMEOUT_MS
+        ),
+        request_ms=read_int(
+            t_body.get("request_ms", d.request_ms), f"{tp}.request_ms", 1, MAX_TIMEOUT_MS
+        ),
+        per_try_ms=read_int(
+            t_body.get("per_try_ms", d.per_try_ms), f"{tp}.per_try_ms", 1, MAX_TIMEOUT_MS
+        ),
+        idle_ms=read_int(t_body.get("idle_ms", d.idle_ms), f"{tp}.idle_ms", 1, MAX_TIMEOUT_MS),
+    )
+    # A per-try timeout longer than the whole request could never fire; almost surely a mistake.
+    if timeouts.per_try_ms > timeouts.request_ms:
+        raise ConfigValidationError(
+            f"{tp}.per_try_ms",
+            f"{timeouts.per_try_ms} exceeds request_ms {timeouts.request_ms}",
+        )
+
+    r_body = read_section(body, "retry", p)
+    rp = f"{p}.retry"
+    reject_unknown(
+        r_body,
+        ("attempts", "on_status", "on_connect_failure", "budget_percent", "budget_min_per_s"),
+        rp,
+    )
+    rd = Retry()
+    statuses = read_list(r_body.get("on_status", list(rd.on_status)), f"{rp}.on_status")
+    retry = Retry(
+        attempts=read_int(
+            r_body.get("attempts", rd.attempts), f"{rp}.attempts", 0, MAX_RETRY_ATTEMPTS
+        ),
+        on_status=unique(
+            [read_int(s, f"{rp}.on_status[{i}]", 100, 599) for i, s in enumerate(statuses)],
+            f"{rp}.on_status",
+        ),
+        on_connect_failure=read_bool(
+            r_body.get("on_connect_failure", rd.on_connect_failure), f"{rp}.on_connect_failure"
+        ),
+        budget_percent=read_int(
+            r_body.get("budget_percent", rd.budget_percent), f"{rp}.budget_percent", 0, 100
+        ),
+        budget_min_per_s=read_int(
+            r_body.get("budget_min_per_s", rd.budget_min_per_s),
+            f"{rp}.budget_min_per_s",
+            0,
+            MAX_LIMIT,
+        ),
+    )
+
+    c_body = read_section(body, "circuit_breaker", p)
+    cp = f"{p}.circuit_breaker"
+    reject_unknown(c_body, ("max_connections", "max_pending", "max_requests"), cp)
+    cd = CircuitBreaker()
+    breaker = CircuitBreaker(
+        max_connections=read_int(
+            c_body.get("max_connections", cd.max_connections), f"{cp}.max_connections", 1, MAX_LIMIT
+        ),
+        max_pending=read_int(
+            c_body.get("max_pending", cd.max_pending), f"{cp}.max_pending", 0, MAX_LIMIT
+        ),
+        max_requests=read_int(
+            c_body.get("max_requests", cd.max_requests), f"{cp}.max_requests", 1, MAX_LIMIT
+        ),
+    )
+
+    o_body = read_section(body, "outlier_detection", p)
+    op = f"{p}.outlier_detection"
+    reject_unknown(
+        o_body,
+        ("consecutive_failures", "base_ejection_ms", "max_ejection_ms", "max_ejected_percent"),
+        op,
+    )
+    od = OutlierDetection()
+    outlier = OutlierDetection(
+        consecutive_failures=read_int(
+            o_body.get("consecutive_failures", od.consecutive_failures),
+            f"{op}.consecutive_failures",
+            1,
+            MAX_LIMIT,
+        ),
+        base_ejection_ms=read_int(
+            o_body.get("base_ejection_ms", od.base_ejection_ms),
+            f"{op}.base_ejection_ms",
+            1,
+            MAX_TIMEOUT_MS,
+        ),
+        max_ejection_ms=read_int(
+            o_body.get("max_ejection_ms", od.max_ejection_ms),
+            f"{op}.max_ejection_ms",
+            1,
+            MAX_TIMEOUT_MS,
+        ),
+        max_ejected_percent=read_int(
+            o_body.get("max_ejected_percent", od.max_ejected_percent),
+            f"{op}.max_ejected_percent",
+            0,
+            100,
+        ),
+    )
+    if outlier.max_ejection_ms < outlier.base_ejection_ms:
+        raise ConfigValidationError(
+            f"{op}.max_ejection_ms",
+            f"{outlier.max_ejection_ms} is below base_ejection_ms {outlier.base_ejection_ms}",
+        )
+    return ServiceConfig(
+        name=name,
+        protocol=protocol,
+        load_balancer=lb,
+        timeouts=timeouts,
+        retry=retry,
+        circuit_breaker=breaker,
+        outlier_detection=outlier,
+    )
+
+
+def service_body(entity: ServiceConfig) -> dict[str, Any]:
+    """The canonical body of a service entity (every field explicit)."""
+    return {
+        "protocol": entity.protocol,
+        "load_balancer": {
+            "policy": entity.load_balancer.policy,
+            "hash_header": entity.load_balancer.hash_header,
+        },
+        "timeouts": {
+            "connect_ms": entity.timeouts.connect_ms,
+            "request_ms": entity.timeouts.request_ms,
+            "per_try_ms": entity.timeouts.per_try_ms,
+            "idle_ms": entity.timeouts.idle_ms,
+        },
+        "retry": {
+            "attempts": entity.retry.attempts,
+            "on_status": list(entity.retry.on_status),
+            "on_connect_failure": entity.retry.on_connect_failure,
+            "budget_percent": entity.retry.budget_percent,
+            "budget_min_per_s": entity.retry.budget_min_per_s,
+        },
+        "circuit_breaker": {
+            "max_connections": entity.circuit_breaker.max_connections,
+            "max_pending": entity.circuit_breaker.max_pending,
+            "max_requests": entity.circuit_breaker.max_requests,
+        },
+        "outlier_detection": {
+            "consecutive_failures": entity.outlier_detection.consecutive_failures,
+            "base_ejection_ms": entity.outlier_detection.base_ejection_ms,
+            "max_ejection_ms": entity.outlier_detection.max_ejection_ms,
+            "max_ejected_percent": entity.outlier_detection.max_ejected_percent,
+        },
+    }
