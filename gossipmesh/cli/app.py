@@ -14,7 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from gossipmesh.cli import config_cmd, demo_cmd, render, services_cmd, simulate
+from gossipmesh.cli import ca_cmd, config_cmd, demo_cmd, render, services_cmd, simulate
 from gossipmesh.cli.client import DEFAULT_AGENT
 from gossipmesh.cli.common import AgentOpt, JsonOpt, out
 from gossipmesh.cli.common import client as _client
@@ -247,6 +247,7 @@ def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fa
 services_cmd.install(app)
 config_cmd.install(app)
 demo_cmd.install(app)
+ca_cmd.install(app)
 simulate.register(app)
 
 
