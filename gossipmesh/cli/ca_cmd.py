@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -31,7 +32,9 @@ from gossipmesh.cli.common import EXIT_FAIL, EXIT_USAGE, JsonOpt, fail, out, pri
 from gossipmesh.errors import UsageError
 
 if TYPE_CHECKING:
-    from gossipmesh.identity import CertInfo
+    from gossipmesh.identity import CertInfo, IssuedCredentials
+
+C = TypeVar("C", bound="IssuedCredentials")
 
 ca_app = typer.Typer(
     help="The mesh's offline certificate authority: root, node and operator certificates.",
@@ -108,20 +111,17 @@ def issue_node(
     also_trust: AlsoTrustOpt = None,
 ) -> None:
     """Issue a node key and certificate into NODE_DIR (give it to the agent as --tls-dir)."""
-    from gossipmesh.identity import NODE_DAYS, NodeCredentials, load_ca, save_node
+    from gossipmesh.identity import NodeCredentials, save_node
 
-    def make() -> NodeCredentials:
-        ca = load_ca(directory)
-        extra = _extra_roots(also_trust)
-        node = NodeCredentials.issue(
-            ca, name, now_ms=_now_ms(), days=NODE_DAYS if days is None else days
-        )
-        node = NodeCredentials.from_parts(node.signer, node.cert_der, node.roots + extra)
-        save_node(out_dir, node, force=force)
-        return node
-
-    node = _usage(make)
-    _report_issued(node.cert_der, out_dir)
+    _issue(
+        NodeCredentials,
+        name,
+        directory,
+        days,
+        also_trust,
+        lambda c: save_node(out_dir, c, force=force),
+        out_dir,
+    )
 
 
 @ca_app.command("issue-operator")
@@ -134,20 +134,40 @@ def issue_operator(
     also_trust: AlsoTrustOpt = None,
 ) -> None:
     """Issue an operator signing key and certificate into one 0600 file."""
-    from gossipmesh.identity import OPERATOR_DAYS, OperatorCredentials, load_ca, save_operator
+    from gossipmesh.identity import OperatorCredentials, save_operator
 
-    def make() -> OperatorCredentials:
+    _issue(
+        OperatorCredentials,
+        name,
+        directory,
+        days,
+        also_trust,
+        lambda c: save_operator(out_file, c, force=force),
+        out_file,
+    )
+
+
+def _issue(
+    kind: type[C],
+    name: str,
+    directory: Path,
+    days: int | None,
+    also_trust: list[Path] | None,
+    save: Callable[[C], None],
+    where: Path,
+) -> None:
+    """Load the CA, issue ``kind`` credentials for ``name``, save them, say what was written."""
+    from gossipmesh.identity import load_ca
+
+    def make() -> C:
         ca = load_ca(directory)
         extra = _extra_roots(also_trust)
-        op = OperatorCredentials.issue(
-            ca, name, now_ms=_now_ms(), days=OPERATOR_DAYS if days is None else days
-        )
-        op = OperatorCredentials.from_parts(op.signer, op.cert_der, op.roots + extra)
-        save_operator(out_file, op, force=force)
-        return op
+        creds = kind.issue(ca, name, now_ms=_now_ms(), days=days, extra_roots=extra)
+        save(creds)
+        return creds
 
-    op = _usage(make)
-    _report_issued(op.cert_der, out_file)
+    creds = _usage(make)
+    _report_issued(creds.cert_der, where)
 
 
 def _report_issued(der: bytes, where: Path) -> None:

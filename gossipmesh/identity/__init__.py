@@ -25,23 +25,26 @@ Certificates (``certs.py``, ``profile.py``)
     ``Reason``: the rejection slugs. ``MAX_CERT_BYTES = 16 KiB``.
 
 Credentials (``credentials.py``, ``files.py``)
-    Frozen ``CaCredentials(trust_domain, signer, cert_der)``, ``NodeCredentials(name, cluster,
-    signer, cert_der, roots)``, ``OperatorCredentials(name, cluster, signer, cert_der, roots)``,
-    each with ``from_parts(...)`` (consistency checked) and ``.spiffe_id``; ``CaCredentials
-    .generate(td, *, now_ms)``, ``NodeCredentials.issue(ca, name, *, now_ms)``,
-    ``OperatorCredentials.issue(ca, name, *, now_ms)``. Files: ``load_ca(dir)``, ``load_node(dir)``,
-    ``load_operator(path)``, ``save_ca/save_node/save_operator(..., force=False)``,
-    ``load_certificates(path)``, ``write_atomic(path, data, mode)``. Every refusal is a
-    ``CredentialError`` (a ``UsageError``) whose message is one line to print.
+    Frozen ``CaCredentials(trust_domain, signer, cert_der)`` (``.generate(td, *, now_ms,
+    days=3650)``, ``.from_parts(signer, cert_der)``) and ``NodeCredentials`` /
+    ``OperatorCredentials(name, cluster, signer, cert_der, roots)``, both ``IssuedCredentials``
+    with ``.from_parts(signer, cert_der, roots)`` (consistency checked), ``.issue(ca, name, *,
+    now_ms, days=None, extra_roots=())`` and ``.spiffe_id``. Files: ``load_ca(dir)``,
+    ``load_node(dir)``, ``load_operator(path)``, ``save_ca/save_node/save_operator(..., *,
+    force=False)``, ``load_certificates(path)``, ``write_atomic(path, data, mode)``. Every refusal
+    is a ``CredentialError`` (a ``UsageError``) whose message is one line to print.
 
 Verification (``truststore.py``)
-    ``TrustStore(trust_domain, roots=(), revoked=())`` with ``add_root(der)``,
-    ``remove_root(fp)``, ``revoke(fp)``, ``unrevoke(fp)``, ``set_revoked(fps)``, ``version``;
-    ``verify_node(der, now_ms, *, name=None)``, ``verify_operator(der, now_ms, *, name=None)``,
-    ``verify_workload(der, node_der, now_ms, *, service=None)`` return a ``VerifiedIdentity``
-    (spiffe_id, fingerprint, not_before_ms, not_after_ms, public_key, node) or a
-    ``Rejected(reason, detail)``; they never raise on hostile input. Memoised per store version;
-    the validity window is checked against ``now_ms`` on every call.
+    ``TrustStore(trust_domain, roots=(), revoked=(), *, memo_entries=10_000)`` with
+    ``add_root(der) -> bool``, ``remove_root(fp) -> bool``, ``revoke(fp)``, ``unrevoke(fp)``,
+    ``set_revoked(fps)`` (bool: changed), ``is_revoked(fp)``, ``roots``, ``root_fingerprints``,
+    ``version`` (bumped on every change); ``verify_node(der, now_ms, *, name=None)``,
+    ``verify_operator(der, now_ms, *, name=None)``, ``verify_workload(der, node_der, now_ms, *,
+    service=None)`` return a ``VerifiedIdentity`` (spiffe_id, fingerprint, not_before_ms,
+    not_after_ms, public_key, node; ``.name``, ``.kind``) or a ``Rejected(reason, detail)``;
+    they never raise on hostile input. Memoised per store version (successes and failures); the
+    validity window is checked against ``now_ms`` on every call. Counters: ``memo_hits``,
+    ``memo_misses``, ``chain_verifications``.
 
 Playground (``playground.py``, INSECURE: anyone can derive these keys)
     ``playground_root(cluster) -> CaCredentials``, ``playground_operator(cluster) ->
@@ -64,6 +67,7 @@ from gossipmesh.identity.certs import (
 from gossipmesh.identity.credentials import (
     CaCredentials,
     CredentialError,
+    IssuedCredentials,
     NodeCredentials,
     OperatorCredentials,
 )
@@ -110,6 +114,7 @@ __all__ = [
     "CertificateRejected",
     "CredentialError",
     "IdKind",
+    "IssuedCredentials",
     "NodeCredentials",
     "OperatorCredentials",
     "PublicKey",

@@ -86,26 +86,23 @@ def issue_node(
     ca: Issuer, name: str, public_key: PublicKey, *, now_ms: int, days: int = NODE_DAYS
 ) -> bytes:
     """A node certificate (DER) for ``name``, signed by the root ``ca``."""
-    root = _issuer_info(ca, IdKind.ROOT)
-    _check_days(days)
-    return build_certificate(
-        spiffe_id=SpiffeId.node(root.spiffe_id.trust_domain, name),
-        public_key=public_key,
-        issuer_signer=ca.signer,
-        issuer=root,
-        not_before_ms=now_ms - CLOCK_SKEW_MS,
-        not_after_ms=now_ms + days * DAY_MS,
-    )
+    return _issue_from_root(ca, IdKind.NODE, name, public_key, now_ms, days)
 
 
 def issue_operator(
     ca: Issuer, name: str, public_key: PublicKey, *, now_ms: int, days: int = OPERATOR_DAYS
 ) -> bytes:
     """An operator certificate (DER) for ``name``, signed by the root ``ca``."""
+    return _issue_from_root(ca, IdKind.OPERATOR, name, public_key, now_ms, days)
+
+
+def _issue_from_root(
+    ca: Issuer, kind: IdKind, name: str, public_key: PublicKey, now_ms: int, days: int
+) -> bytes:
     root = _issuer_info(ca, IdKind.ROOT)
     _check_days(days)
     return build_certificate(
-        spiffe_id=SpiffeId.operator(root.spiffe_id.trust_domain, name),
+        spiffe_id=SpiffeId(kind, root.spiffe_id.trust_domain, name),
         public_key=public_key,
         issuer_signer=ca.signer,
         issuer=root,

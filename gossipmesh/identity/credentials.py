@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar, Self
 
 from gossipmesh.errors import UsageError
 from gossipmesh.identity.certs import (
@@ -69,8 +70,11 @@ class CaCredentials:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeCredentials:
-    """An agent's key, its node certificate and the roots it trusts (one or more)."""
+class IssuedCredentials:
+    """A key issued by a root, its certificate and the roots it trusts; see the two kinds below."""
+
+    KIND: ClassVar[IdKind]
+    DEFAULT_DAYS: ClassVar[int]
 
     name: str
     cluster: str
@@ -80,56 +84,54 @@ class NodeCredentials:
 
     @classmethod
     def from_parts(
-        cls, signer: Signer, cert_der: bytes, roots: Iterable[bytes], label: str = "node"
-    ) -> NodeCredentials:
+        cls, signer: Signer, cert_der: bytes, roots: Iterable[bytes], label: str | None = None
+    ) -> Self:
+        """Credentials from their pieces, after checking that they belong together."""
         roots = tuple(roots)
-        info = _checked(cert_der, signer, IdKind.NODE, roots, label)
+        info = _checked(cert_der, signer, cls.KIND, roots, label or cls.KIND.value)
         return cls(info.spiffe_id.name, info.spiffe_id.trust_domain, signer, cert_der, roots)
 
     @classmethod
     def issue(
-        cls, ca: CaCredentials, name: str, *, now_ms: int, days: int = NODE_DAYS
-    ) -> NodeCredentials:
-        """A new node key and a certificate for it from ``ca``; trusts ``ca``'s root."""
+        cls,
+        ca: CaCredentials,
+        name: str,
+        *,
+        now_ms: int,
+        days: int | None = None,
+        extra_roots: Iterable[bytes] = (),
+    ) -> Self:
+        """A new key and a certificate for it from ``ca``; trusts ``ca``'s root (and extras)."""
         signer = Signer.generate()
-        der = issue_node(ca, name, signer.public_key, now_ms=now_ms, days=days)
-        return cls(name, ca.trust_domain, signer, der, (ca.cert_der,))
+        issue = issue_node if cls.KIND is IdKind.NODE else issue_operator
+        der = issue(
+            ca,
+            name,
+            signer.public_key,
+            now_ms=now_ms,
+            days=cls.DEFAULT_DAYS if days is None else days,
+        )
+        return cls.from_parts(signer, der, (ca.cert_der, *extra_roots))
 
     @property
     def spiffe_id(self) -> SpiffeId:
-        return SpiffeId.node(self.cluster, self.name)
+        return SpiffeId(self.KIND, self.cluster, self.name)
 
 
 @dataclass(frozen=True, slots=True)
-class OperatorCredentials:
+class NodeCredentials(IssuedCredentials):
+    """An agent's key, its node certificate and the roots it trusts (one or more)."""
+
+    KIND: ClassVar[IdKind] = IdKind.NODE
+    DEFAULT_DAYS: ClassVar[int] = NODE_DAYS
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCredentials(IssuedCredentials):
     """An operator's signing key, its certificate and the root(s) it chains to."""
 
-    name: str
-    cluster: str
-    signer: Signer
-    cert_der: bytes
-    roots: tuple[bytes, ...]
-
-    @classmethod
-    def from_parts(
-        cls, signer: Signer, cert_der: bytes, roots: Iterable[bytes], label: str = "operator"
-    ) -> OperatorCredentials:
-        roots = tuple(roots)
-        info = _checked(cert_der, signer, IdKind.OPERATOR, roots, label)
-        return cls(info.spiffe_id.name, info.spiffe_id.trust_domain, signer, cert_der, roots)
-
-    @classmethod
-    def issue(
-        cls, ca: CaCredentials, name: str, *, now_ms: int, days: int = OPERATOR_DAYS
-    ) -> OperatorCredentials:
-        """A new operator key and a certificate for it from ``ca``."""
-        signer = Signer.generate()
-        der = issue_operator(ca, name, signer.public_key, now_ms=now_ms, days=days)
-        return cls(name, ca.trust_domain, signer, der, (ca.cert_der,))
-
-    @property
-    def spiffe_id(self) -> SpiffeId:
-        return SpiffeId.operator(self.cluster, self.name)
+    KIND: ClassVar[IdKind] = IdKind.OPERATOR
+    DEFAULT_DAYS: ClassVar[int] = OPERATOR_DAYS
 
 
 def _checked(
