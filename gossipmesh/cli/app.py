@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from gossipmesh.cli import config_cmd, demo_cmd, render, services_cmd, simulate
+from gossipmesh.cli import ca_cmd, config_cmd, demo_cmd, render, services_cmd, simulate
 from gossipmesh.cli.common import DEFAULT_AGENT, AgentOpt, JsonOpt, client, out, print_json, run
 from gossipmesh.client import KeyOp
 
@@ -242,6 +242,7 @@ def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fa
 services_cmd.install(app)
 config_cmd.install(app)
 demo_cmd.install(app)
+ca_cmd.install(app)
 simulate.register(app)
 
 
