@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import trio
 
 from gossipmesh.agent.identity_store import load_or_create_identity
 from gossipmesh.agent.log import EventLog
+from gossipmesh.agent.node_identity import HOW_TO_SECURE, build_identity
 from gossipmesh.agent.runtime import Agent
 from gossipmesh.agent.settings import AgentSettings, load_settings
 from gossipmesh.agent.sidecar import Sidecar
@@ -27,42 +29,49 @@ from gossipmesh.errors import StoreCorruptError, UsageError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def build_keyring(settings: AgentSettings, log: EventLog) -> tuple[Keyring, Path | None]:
-    """The ring and the file that persists it (None: nothing to persist).
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_keyring(settings: AgentSettings, log: EventLog) -> tuple[Keyring, Path | None, bool]:
+    """The ring, the file that persists it (None: nothing to persist), and whether a real key was
+    given (False: the playground's key derived from the cluster name).
 
     ``--keyring FILE`` wins: it must exist and is rewritten on rotation. Otherwise, with a data dir,
     ``data-dir/keyring.json`` holds the ring once ``--encrypt`` created it (a later ``--encrypt`` is
-    installed into it, never replaces a rotated ring). Without any key, packets are sealed with a
-    key derived from the cluster name: cluster separation and integrity, but no secrecy.
+    installed into it, never replaces a rotated ring). Without any key (a loopback playground only:
+    ``build_identity`` refuses anything else), packets are sealed with a key derived from the
+    cluster name: cluster separation, no secrecy.
     """
     if settings.keyring is not None:
         ring = load_keyring_file(settings.keyring)
         if settings.encrypt is not None:
             ring.install(decode_key(settings.encrypt))
             save_keyring_file(settings.keyring, ring)
-        return ring, settings.keyring
+        return ring, settings.keyring, True
     path = settings.data_dir / "keyring.json" if settings.data_dir is not None else None
     if path is not None and path.exists():
         ring = load_keyring_file(path)
         if settings.encrypt is not None and decode_key(settings.encrypt) not in ring:
             ring.install(decode_key(settings.encrypt))
             save_keyring_file(path, ring)
-        return ring, path
+        return ring, path, True
     if settings.encrypt is not None:
         ring = Keyring([decode_key(settings.encrypt)])
         if path is not None:
             save_keyring_file(path, ring)
-        return ring, path
-    log.warn("encryption_disabled", detail="no key given; packets are authenticated, not secret")
-    return Keyring([cluster_key(settings.cluster)]), None
+        return ring, path, True
+    return Keyring([cluster_key(settings.cluster)]), None, False
 
 
 def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     try:
         settings = load_settings(flags, config_file)
         log = EventLog(level=settings.log_level)
-        keyring, keyring_path = build_keyring(settings, log)
-        agent = Agent(settings, keyring=keyring, keyring_path=keyring_path, log=log)
+        keyring, keyring_path, has_key = build_keyring(settings, log)
+        identity = build_identity(settings, has_key=has_key, now_ms=wall_ms())
+        agent = Agent(settings, keyring=keyring, keyring_path=keyring_path, log=log,
+                      identity=identity)  # fmt: skip
         _build_control_plane(agent)  # before the data plane: it reads ``agent.config``
         sidecar = _build_sidecar(agent)
     except StoreCorruptError as exc:
@@ -76,6 +85,10 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     except OSError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    if agent.identity.playground:
+        log.warn("playground", detail="no gossip key or no node certificate: this agent only "
+                 "listens on loopback and anyone on this host can join or rewrite its mesh; "
+                 + HOW_TO_SECURE)  # fmt: skip
     try:
         trio.run(_main, agent, sidecar)
     except BaseException as exc:

@@ -70,6 +70,7 @@ from gossipmesh.agent.events import (
 from gossipmesh.agent.http import HTTPServer, Router
 from gossipmesh.agent.join import Joiner
 from gossipmesh.agent.log import EventLog
+from gossipmesh.agent.node_identity import AgentIdentity, build_identity
 from gossipmesh.agent.push_pull import PushPullStreams
 from gossipmesh.agent.settings import AgentSettings
 from gossipmesh.agent.store import DataDir
@@ -147,8 +148,16 @@ class Agent:
         keyring_path: Path | None = None,
         log: EventLog | None = None,
         swim_config: SwimConfig | None = None,
+        identity: AgentIdentity | None = None,
     ) -> None:
         self.settings = settings
+        # Who we are and whom we trust (agent/node_identity.py). Without one given, the playground
+        # identity, which ``build_identity`` grants only to an agent confined to loopback.
+        self.identity = (
+            identity
+            if identity is not None
+            else build_identity(settings, has_key=False, now_ms=wall_ms())
+        )
         self.keyring = keyring
         self.keyring_path = keyring_path
         self.log = log if log is not None else EventLog(level=settings.log_level)

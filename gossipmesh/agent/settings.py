@@ -30,6 +30,7 @@ _KEYS = {
     "data_dir",
     "encrypt",
     "keyring",
+    "tls_dir",
     "profile",
     "cluster",
     "log_level",
@@ -58,6 +59,7 @@ class AgentSettings:
     data_dir: Path | None = None
     encrypt: str | None = None  # base64 key, as `gossipmesh keygen` prints it
     keyring: Path | None = None  # JSON ring file (list of base64 keys, primary first)
+    tls_dir: Path | None = None  # node.key, node.crt, roots.pem (gossipmesh ca issue-node)
     profile: str = "lan"
     cluster: str = "default"
     log_level: str = "info"
@@ -134,7 +136,7 @@ def _build(raw: dict[str, Any]) -> AgentSettings:
         if not isinstance(join, list | tuple) or not all(isinstance(j, str) for j in join):
             raise UsageError("join must be a list of HOST:PORT strings")
         kwargs["join"] = tuple(_addr("join", j, DEFAULT_GOSSIP_PORT) for j in join)
-    for key in ("data_dir", "keyring"):
+    for key in ("data_dir", "keyring", "tls_dir"):
         text = _str(raw, key)
         if text is not None:
             kwargs[key] = Path(text).expanduser()

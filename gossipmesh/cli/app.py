@@ -53,6 +53,12 @@ def agent(
     keyring: Annotated[
         str | None, typer.Option(help="Keyring file: JSON list of base64 keys, primary first.")
     ] = None,
+    tls_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Node credentials dir (node.key, node.crt, roots.pem) from `ca issue-node`."
+        ),
+    ] = None,
     profile: Annotated[
         str | None, typer.Option(help="Timing preset: lan (default), wan or local.")
     ] = None,
@@ -108,6 +114,7 @@ def agent(
         "data_dir": data_dir,
         "encrypt": encrypt,
         "keyring": keyring,
+        "tls_dir": tls_dir,
         "profile": profile,
         "cluster": cluster,
         "log_level": log_level,
