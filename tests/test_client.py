@@ -188,8 +188,7 @@ def test_addresses() -> None:
     assert str(AdminClient().address) == DEFAULT_AGENT
     assert AdminClient("127.0.0.5").address.port == 7947  # the admin port by default
     assert (
-        repr(AdminClient("127.0.0.5:80", timeout_s=2))
-        == "AdminClient('127.0.0.5:80', timeout_s=2)"
+        repr(AdminClient("127.0.0.5:80", timeout_s=2)) == "AdminClient('127.0.0.5:80', timeout_s=2)"
     )
     with pytest.raises(UsageError):
         AdminClient("host:notaport")
