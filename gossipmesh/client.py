@@ -205,13 +205,15 @@ class AdminClient:
     # ---- keys -------------------------------------------------------------------------------
 
     def keys(self) -> dict[str, Any]:
-        """The keys installed on every live member, and how many nodes hold each."""
+        """The ids of the keys on every live member (``crypto.key_id``; keys never leave an
+        agent), how many nodes hold each, and each node's primary."""
         data: dict[str, Any] = self.call("GET", "/v1/keys")
         return data
 
     def change_key(self, op: KeyOp, key: str) -> dict[str, Any]:
         """Install, use (make primary) or remove ``key`` on every member. A partial success
-        (HTTP 207) is returned, not raised: its ``failed`` names the members that refused."""
+        (HTTP 207) is returned, not raised: its ``failed`` names the members that refused.
+        ``use`` while some member lacks the key raises ``AdminError`` 409 naming them."""
         data: dict[str, Any] = self.call("POST", "/v1/keys", {"op": op, "key": key}, ok=(207,))
         return data
 
@@ -323,6 +325,8 @@ class AdminClient:
                     error, detail = str(data["error"]), str(data.get("detail", ""))
                 except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
                     error, detail = f"HTTP {resp.status}", ""
+                if resp.status == 401 and self._why_no_token:
+                    detail += f"; the client found no token: {self._why_no_token}"
                 raise AdminError(resp.status, error, detail)
             while True:
                 try:

@@ -216,7 +216,7 @@ def leave(agent: AgentOpt = DEFAULT_AGENT) -> None:
 
 @app.command()
 def keygen() -> None:
-    """Print a new random AES-256 key (base64) for --encrypt and `keys install`."""
+    """Print a new random AES-256 key (base64) for --encrypt-file and `keys install`."""
     from gossipmesh.crypto import generate_key
 
     sys.stdout.write(generate_key() + "\n")
