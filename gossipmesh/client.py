@@ -15,12 +15,27 @@ an agent; it imports no agent code and needs only the standard library::
 
 Public surface
 --------------
-- ``AdminClient(agent, timeout_s)``: one method per admin endpoint (below), plus ``request``,
-  ``call`` and ``stream_lines`` for anything else. Each call opens one connection and closes it,
-  so a client is cheap, holds no socket between calls and may be shared between threads.
-- Errors, all ``ClientError``: ``AgentUnreachable`` (nothing answered, or not JSON) and
-  ``AdminError`` (the agent answered with an error status; ``status``, ``error`` and ``detail``
-  say which). A bad ``agent`` address raises ``gossipmesh.errors.UsageError`` at construction.
+- ``AdminClient(agent, timeout_s, *, token, token_file, agent_data_dir, discover_token,
+  ca_file)``: one method per admin endpoint (below), plus ``request``, ``call`` and
+  ``stream_lines`` for anything else. Each call opens one connection and closes it, so a client
+  is cheap, holds no socket between calls and may be shared between threads.
+- Errors, all ``ClientError``: ``AgentUnreachable`` (nothing answered, or not JSON, or its TLS
+  certificate is not a node of the cluster), ``AdminError`` (the agent answered with an error
+  status; ``status``, ``error`` and ``detail`` say which; 401 ``unauthorized`` without a valid
+  token) and ``CredentialsProblem`` (a token or CA file given to the client is unusable). A bad
+  ``agent`` address, or a non-loopback one without ``ca_file``, raises
+  ``gossipmesh.errors.UsageError`` at construction.
+
+Authentication
+--------------
+Writes, ``keys()`` and ``monitor()`` (and every call to a non-loopback agent) need the agent's
+admin token, sent as ``Authorization: Bearer TOKEN``. Give it as ``token``, or as ``token_file``
+(read at each call), or let the client read the agent's own file on this host: ``agent_data_dir``
+(``DIR/admin.token``) or ``discover_token=True`` (the file ``GET /v1/self`` names). A file the
+client finds itself is used only if it is private and belongs to the user whose process listens
+on the admin port (``gossipmesh.admin_token``): a token never goes to a port squatter. A
+non-loopback agent is reached over TLS only, verified against the cluster's roots in ``ca_file``
+(``gossipmesh.client_tls``).
 - ``DEFAULT_AGENT`` (the admin address an agent listens on by default) and ``TIMEOUT_S``.
 
 Endpoints
@@ -51,13 +66,21 @@ Answers are the agent's JSON, parsed (dicts and lists); docs/ARCHITECTURE.md and
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import socket
+import ssl
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
+from gossipmesh.admin_token import TOKEN_FILE, TokenFileError, listener_uid, read_token_file
+from gossipmesh.errors import UsageError
 from gossipmesh.ids import DEFAULT_ADMIN_PORT, Address
+
+if TYPE_CHECKING:
+    from gossipmesh.client_tls import AdminTLS
 
 __all__ = [
     "DEFAULT_AGENT",
@@ -66,13 +89,18 @@ __all__ = [
     "AdminError",
     "AgentUnreachable",
     "ClientError",
+    "CredentialsProblem",
     "KeyOp",
+    "is_loopback_host",
 ]
 
 DEFAULT_AGENT = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 TIMEOUT_S = 15.0  # key fan-out and join wait up to ~5 s on the agent side
 
 KeyOp = Literal["install", "use", "remove"]
+# The reads that need the token even on loopback (agent/admin_auth.py decides; this only tells
+# the client when to go and find a token it was not given).
+PRIVATE_READS = ("/v1/keys", "/v1/monitor")
 
 
 class ClientError(Exception):
@@ -81,6 +109,10 @@ class ClientError(Exception):
 
 class AgentUnreachable(ClientError):
     """No admin API answered at the address, or what answered did not speak JSON."""
+
+
+class CredentialsProblem(ClientError):
+    """A token file or CA file given to the client cannot be used (one line, names the file)."""
 
 
 class AdminError(ClientError):
@@ -96,9 +128,38 @@ class AdminError(ClientError):
 class AdminClient:
     """The admin API of one agent. ``agent`` is ``HOST[:PORT]`` (port 7947 by default)."""
 
-    def __init__(self, agent: str = DEFAULT_AGENT, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        agent: str = DEFAULT_AGENT,
+        timeout_s: float = TIMEOUT_S,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        agent_data_dir: str | Path | None = None,
+        discover_token: bool = False,
+        ca_file: str | Path | None = None,
+    ) -> None:
         self.address = Address.parse(agent, default_port=DEFAULT_ADMIN_PORT)
         self.timeout_s = timeout_s
+        self.loopback = is_loopback_host(self.address.host)
+        self._token = token.strip() if token else None
+        self._token_file = Path(token_file) if token_file is not None else None
+        self._own_file = Path(agent_data_dir) / TOKEN_FILE if agent_data_dir is not None else None
+        self._discover = discover_token
+        self._why_no_token = ""
+        self._tls: AdminTLS | None = None
+        if ca_file is not None:
+            from gossipmesh.client_tls import AdminTLS  # cryptography: only when TLS is used
+
+            try:
+                self._tls = AdminTLS.load(Path(ca_file))
+            except UsageError as exc:
+                raise CredentialsProblem(str(exc)) from exc
+        elif not self.loopback:
+            raise UsageError(
+                f"agent {self.address} is not on loopback: its admin API is TLS, give the "
+                "cluster's roots (--ca-file ROOTS.pem, or an operator file)"
+            )
 
     def __repr__(self) -> str:
         return f"AdminClient({str(self.address)!r}, timeout_s={self.timeout_s:g})"
@@ -144,13 +205,15 @@ class AdminClient:
     # ---- keys -------------------------------------------------------------------------------
 
     def keys(self) -> dict[str, Any]:
-        """The keys installed on every live member, and how many nodes hold each."""
+        """The ids of the keys on every live member (``crypto.key_id``; keys never leave an
+        agent), how many nodes hold each, and each node's primary."""
         data: dict[str, Any] = self.call("GET", "/v1/keys")
         return data
 
     def change_key(self, op: KeyOp, key: str) -> dict[str, Any]:
         """Install, use (make primary) or remove ``key`` on every member. A partial success
-        (HTTP 207) is returned, not raised: its ``failed`` names the members that refused."""
+        (HTTP 207) is returned, not raised: its ``failed`` names the members that refused.
+        ``use`` while some member lacks the key raises ``AdminError`` 409 naming them."""
         data: dict[str, Any] = self.call("POST", "/v1/keys", {"op": op, "key": key}, ok=(207,))
         return data
 
@@ -215,9 +278,11 @@ class AdminClient:
 
         Raises AgentUnreachable when nothing answers or the answer is not JSON.
         """
+        headers = self._auth_headers(method, path)
         conn = self._connect(self.timeout_s)
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"content-type": "application/json"} if payload is not None else {}
+        if payload is not None:
+            headers["content-type"] = "application/json"
         try:
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
@@ -237,23 +302,32 @@ class AdminClient:
         status, data = self.request(method, path, body)
         if status >= 400 and status not in ok:
             if isinstance(data, dict):
-                raise AdminError(status, str(data.get("error")), str(data.get("detail", "")))
+                detail = str(data.get("detail", ""))
+                if status == 401 and self._why_no_token:
+                    detail += f"; the client found no token: {self._why_no_token}"
+                raise AdminError(status, str(data.get("error")), detail)
             raise AdminError(status, f"HTTP {status}", "")
         return data
 
     def stream_lines(self, path: str) -> Iterator[bytes]:
         """Yield lines of a streaming endpoint until the agent closes it (no read timeout)."""
+        headers = self._auth_headers("GET", path)
         conn = self._connect(None)
         try:
             try:
-                conn.request("GET", path)
+                conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 raise AgentUnreachable(self._why(exc)) from exc
             if resp.status >= 400:
-                raise AdminError(
-                    resp.status, f"HTTP {resp.status}", resp.read().decode(errors="replace")
-                )
+                try:
+                    data = json.loads(resp.read())
+                    error, detail = str(data["error"]), str(data.get("detail", ""))
+                except (ValueError, KeyError, TypeError, OSError, http.client.HTTPException):
+                    error, detail = f"HTTP {resp.status}", ""
+                if resp.status == 401 and self._why_no_token:
+                    detail += f"; the client found no token: {self._why_no_token}"
+                raise AdminError(resp.status, error, detail)
             while True:
                 try:
                     line = resp.readline()
@@ -266,11 +340,54 @@ class AdminClient:
             conn.close()
 
     def _connect(self, timeout_s: float | None) -> http.client.HTTPConnection:
+        if self._tls is not None:
+            return self._tls.connection(self.address.host, self.address.port, timeout_s)
         return http.client.HTTPConnection(self.address.host, self.address.port, timeout=timeout_s)
+
+    # ---- the token ----------------------------------------------------------------------------
+
+    def _auth_headers(self, method: str, path: str) -> dict[str, str]:
+        token = self._token
+        if token is None and self._token_file is not None:
+            try:
+                token = read_token_file(self._token_file)
+            except TokenFileError as exc:
+                raise CredentialsProblem(str(exc)) from exc
+        needed = not self.loopback or method not in ("GET", "HEAD") or path in PRIVATE_READS
+        if token is None and needed:
+            token = self._find_own_token()
+        return {"authorization": f"Bearer {token}"} if token else {}
+
+    def _find_own_token(self) -> str | None:
+        """The agent's own token file on this host, if it is safe to use (cached once found)."""
+        if not self.loopback:
+            return None  # another host's files are not ours to read
+        path = self._own_file
+        if path is None and self._discover:
+            self._discover = False  # ask once
+            try:
+                status, data = self.request("GET", "/v1/self")
+            except AgentUnreachable:
+                return None  # the real request will say so
+            named = data.get("admin_token_file") if isinstance(data, dict) else None
+            if status == 200 and isinstance(named, str) and named:
+                path = self._own_file = Path(named)
+        if path is None:
+            return None
+        # Only to the user whose process listens on the port: see gossipmesh.admin_token.
+        owner = listener_uid(self.address)
+        try:
+            self._token = read_token_file(path, owner_uid=owner)
+        except TokenFileError as exc:
+            self._why_no_token = str(exc)
+            return None
+        return self._token
 
     def _why(self, exc: BaseException) -> str:
         if isinstance(exc, ConnectionRefusedError):
             reason = "connection refused"
+        elif isinstance(exc, ssl.SSLError):
+            reason = f"TLS: {exc}"
         elif isinstance(exc, socket.timeout | TimeoutError):
             reason = "timed out"
         elif isinstance(exc, OSError) and exc.strerror:
@@ -281,6 +398,16 @@ class AdminClient:
             f"cannot reach the gossipmesh agent at {self.address} ({reason}); "
             "is `gossipmesh agent` running?"
         )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an IP literal or ``localhost``) is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _path(key: str) -> str:

@@ -65,6 +65,15 @@ def decode_key(text: str) -> bytes:
     return raw
 
 
+KEY_ID_HEX = 16  # 64 bits: enough to tell a ring's keys apart, and says nothing about a key
+
+
+def key_id(key: bytes) -> str:
+    """A key's public name: a SHA-256 prefix (hex). What the admin API shows instead of a key;
+    ``gossipmesh keys id KEY`` computes it from a key an operator holds."""
+    return hashlib.sha256(b"gossipmesh key id/" + key).hexdigest()[:KEY_ID_HEX]
+
+
 def cluster_key(cluster: str) -> bytes:
     """A key derived from the cluster name alone, used when no key was configured.
 
@@ -112,6 +121,10 @@ class Keyring:
 
     def keys_text(self) -> list[str]:
         return [encode_key(k) for k in self._keys]
+
+    def key_ids(self) -> list[str]:
+        """``key_id`` of every key, primary first: what may leave the agent."""
+        return [key_id(k) for k in self._keys]
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -188,10 +201,11 @@ def load_keyring_file(path: Path) -> Keyring:
 
 def save_keyring_file(path: Path, ring: Keyring) -> None:
     """Write the ring atomically (temp file + rename) and readable only by its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # a temp file left by a crash keeps its old mode
         json.dump(ring.keys_text(), f, indent=2)
         f.write("\n")
         f.flush()

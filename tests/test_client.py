@@ -186,9 +186,12 @@ def test_nothing_listening_is_one_line_naming_the_address() -> None:
 
 def test_addresses() -> None:
     assert str(AdminClient().address) == DEFAULT_AGENT
-    assert AdminClient("10.0.0.5").address.port == 7947  # the admin port by default
+    assert AdminClient("127.0.0.5").address.port == 7947  # the admin port by default
     assert (
-        repr(AdminClient("10.0.0.5:80", timeout_s=2)) == "AdminClient('10.0.0.5:80', timeout_s=2)"
+        repr(AdminClient("127.0.0.5:80", timeout_s=2)) == "AdminClient('127.0.0.5:80', timeout_s=2)"
     )
     with pytest.raises(UsageError):
         AdminClient("host:notaport")
+    # Off loopback the admin API is TLS: without the cluster's roots there is no client.
+    with pytest.raises(UsageError, match="--ca-file"):
+        AdminClient("10.0.0.5")

@@ -6,12 +6,17 @@
 | GET    | /v1/self      | this agent's own member record and settings summary |
 | POST   | /v1/join      | ``{"addresses": [...]}`` push-pull with each; per-address result |
 | POST   | /v1/leave     | announce "left", flush, stop the agent |
-| GET    | /v1/keys      | the ring of every live member, and how many nodes hold each key |
+| GET    | /v1/keys      | key ids (never keys) of every live member's ring, and how many hold each |
 | POST   | /v1/keys      | ``{"op": "install"|"use"|"remove", "key": ...}`` cluster-wide, per-node results |
 | GET    | /v1/health    | status, member counts by state, counters including drops by reason |
 | GET    | /v1/monitor   | member events as JSON lines, chunked, as they happen |
 
 Later subsystems add their own routes with ``agent.router.add(method, path, handler)``.
+
+Every request passes ``AdminAuth`` first (agent/admin_auth.py): writes, ``GET /v1/keys`` and the
+monitor stream need the agent's bearer token (every request does on a non-loopback address);
+``/v1/self`` names the token file so a CLI on the same host can find it. ``use`` of a key is
+refused (409, naming them) while some member lacks it (agent/keyops.py).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from gossipmesh.agent.http import HTTPError, JSONResponse, Request, Response, StreamResponse
-from gossipmesh.agent.keyops import OPS, fan_out
+from gossipmesh.agent.keyops import OPS, fan_out, members_lacking
 from gossipmesh.errors import UsageError
 from gossipmesh.ids import Address
 
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from gossipmesh.agent.runtime import Agent
 
 MAX_JOIN_ADDRESSES = 64
+MAX_NAMED = 20  # members named in a refusal; the rest are counted
 
 
 def install_admin_routes(agent: Agent) -> None:
@@ -48,6 +54,10 @@ def install_admin_routes(agent: Agent) -> None:
             profile=agent.settings.profile,
             admin=str(agent.admin_address),
             leaving=agent.leaving,
+            # Where this agent's admin token is (a path, not the token): readable only by the
+            # agent's user, who can then authenticate (docs/SECURITY.md).
+            admin_token_file=str(agent.admin_auth.token_file or ""),
+            admin_tls=agent.admin_tls is not None,
         )
         return JSONResponse(body)
 
@@ -95,6 +105,19 @@ def install_admin_routes(agent: Agent) -> None:
             decode_key(key)
         except UsageError as exc:
             raise HTTPError(400, "bad_key", str(exc)) from exc
+        if op == "use":
+            lacking = await members_lacking(agent, key)
+            if lacking:
+                agent.counters["admin.key_use_refused"] += 1
+                raise HTTPError(
+                    409,
+                    "key_not_everywhere",
+                    f"not switching: {len(lacking)} member(s) lack this key: "
+                    f"{', '.join(lacking[:MAX_NAMED])}"
+                    f"{f' and {len(lacking) - MAX_NAMED} more' if len(lacking) > MAX_NAMED else ''}"
+                    "; run `gossipmesh keys install KEY` until they all "
+                    "hold it, then `keys use` again",
+                )
         result = await fan_out(agent, op, key)
         return JSONResponse(result, status=200 if not result["failed"] else 207)
 

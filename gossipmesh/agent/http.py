@@ -4,14 +4,19 @@ Routes are a table of ``(method, path) -> handler``; a handler takes a ``Request
 ``JSONResponse`` or a ``StreamResponse`` (chunked, for ``/v1/monitor``), or raises ``HTTPError``.
 Limits: request head ``MAX_HEADER_BYTES`` (431 beyond), body ``MAX_BODY_BYTES`` (413 beyond), and
 ``REQUEST_TIMEOUT_S`` to receive a whole request. Every error is JSON ``{"error", "detail"}``.
+
+A ``Guard`` (agent/admin_auth.py) sees every request before its handler and may refuse it; with an
+``ssl_context`` every connection is TLS (a non-loopback admin address, agent/admin_tls.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -76,6 +81,14 @@ Response = JSONResponse | StreamResponse
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class Guard(Protocol):
+    def authorize(self, request: Request) -> None:
+        """Return if ``request`` may reach its handler; else raise the ``HTTPError`` to send."""
+
+    def tls_failed(self) -> None:
+        """A client failed the TLS handshake (counted)."""
+
+
 @dataclass
 class Router:
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
@@ -118,9 +131,18 @@ def _error_body(status: int, error: str, detail: str) -> tuple[int, bytes]:
 
 
 class HTTPServer:
-    def __init__(self, router: Router, on_error: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        on_error: Callable[[str, str], None] | None = None,
+        *,
+        guard: Guard | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.router = router
         self._on_error = on_error
+        self._guard = guard
+        self._ssl = ssl_context
         self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def serve(
@@ -136,17 +158,35 @@ class HTTPServer:
             await stream.aclose()
             return
         async with self._limiter, stream:
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-            try:
-                while True:
-                    keep = await self._one_request(conn, stream)
-                    if not keep or conn.our_state is not h11.DONE:
-                        return
-                    if conn.their_state is not h11.DONE:
-                        return
-                    conn.start_next_cycle()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            if self._ssl is None:
+                await self._serve(stream)
                 return
+            tls = trio.SSLStream(stream, self._ssl, server_side=True, https_compatible=True)
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                if self._guard is not None:
+                    self._guard.tls_failed()
+                return
+            try:
+                await self._serve(tls)
+            finally:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await tls.aclose()  # a TLS close_notify before the socket closes
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        try:
+            while True:
+                keep = await self._one_request(conn, stream)
+                if not keep or conn.our_state is not h11.DONE:
+                    return
+                if conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            return
 
     async def _one_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> bool:
         try:
@@ -171,6 +211,8 @@ class HTTPServer:
         if request is None:
             return False
         try:
+            if self._guard is not None:
+                self._guard.authorize(request)  # before anything can act on the request
             handler = self.router.resolve(request.method, request.path)
             response = await handler(request)
         except HTTPError as exc:

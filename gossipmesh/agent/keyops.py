@@ -6,6 +6,15 @@ own ring, persists it, and answers ``{"name", "ok", "error", "keys"}``; the call
 results. Operations are idempotent (install of a present key, use of the primary), so an operator
 simply re-runs a rotation step after a partial failure. Rotation order: install everywhere, use
 everywhere, remove the old key everywhere.
+
+Two rules keep a rotation from splitting the mesh or leaking keys:
+
+- ``use`` is refused (``members_lacking``) unless every alive or suspect member answers that it
+  holds the key: a member left without it could neither read nor be read by the others, and each
+  half would see the other die. The refusal names the members that lack the key (or did not
+  answer); nothing is switched anywhere.
+- Keys never leave an agent: results name keys by ``key_id`` (a SHA-256 prefix), the agent's own
+  ring included. Only a request carries a key, from the operator who already holds it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gossipmesh.crypto import decode_key
+from gossipmesh.crypto import decode_key, key_id
 from gossipmesh.errors import DecodeError, UsageError
 from gossipmesh.ids import Address
 from gossipmesh.swim.member import MemberState
@@ -49,9 +58,23 @@ def apply_local(agent: Agent, op: str, key_text: str | None) -> dict[str, Any]:
             agent.log.info("keyring_changed", op=op, keys=len(agent.keyring))
     except (UsageError, OSError) as exc:
         result.update(ok=False, error=str(exc))
-    result["keys"] = agent.keyring.keys_text()
+    result["keys"] = agent.keyring.key_ids()
     result["primary"] = result["keys"][0]
     return result
+
+
+async def members_lacking(agent: Agent, key_text: str) -> list[str]:
+    """Members (this agent included) that do not hold ``key_text``, each as ``NAME`` or
+    ``NAME (why)`` when it could not say; empty when every alive or suspect member holds it."""
+    wanted = key_id(decode_key(key_text))
+    listed = await fan_out(agent, "list", None)
+    lacking = []
+    for name, node in listed["nodes"].items():
+        if not node.get("ok"):
+            lacking.append(f"{name} ({str(node.get('error') or 'no answer').split(':')[0]})")
+        elif wanted not in (node.get("keys") or []):
+            lacking.append(name)
+    return lacking
 
 
 async def _serve_keyop(agent: Agent, stream: SealedStream, src: Address, body: bytes) -> None:

@@ -7,6 +7,7 @@ Each failure is one line on stderr.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -17,13 +18,14 @@ from typing import Any
 import trio
 
 from gossipmesh.agent.identity_store import load_or_create_identity
+from gossipmesh.agent.key_sources import build_keyring
 from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.node_identity import HOW_TO_SECURE, build_identity
 from gossipmesh.agent.runtime import Agent
-from gossipmesh.agent.settings import AgentSettings, load_settings
+from gossipmesh.agent.settings import load_settings
 from gossipmesh.agent.sidecar import Sidecar
+from gossipmesh.agent.store import secure_data_dir
 from gossipmesh.agent.transport import AgentStartError
-from gossipmesh.crypto import Keyring, cluster_key, decode_key, load_keyring_file, save_keyring_file
 from gossipmesh.errors import StoreCorruptError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -33,41 +35,15 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-def build_keyring(settings: AgentSettings, log: EventLog) -> tuple[Keyring, Path | None, bool]:
-    """The ring, the file that persists it (None: nothing to persist), and whether a real key was
-    given (False: the playground's key derived from the cluster name).
-
-    ``--keyring FILE`` wins: it must exist and is rewritten on rotation. Otherwise, with a data dir,
-    ``data-dir/keyring.json`` holds the ring once ``--encrypt`` created it (a later ``--encrypt`` is
-    installed into it, never replaces a rotated ring). Without any key (a loopback playground only:
-    ``build_identity`` refuses anything else), packets are sealed with a key derived from the
-    cluster name: cluster separation, no secrecy.
-    """
-    if settings.keyring is not None:
-        ring = load_keyring_file(settings.keyring)
-        if settings.encrypt is not None:
-            ring.install(decode_key(settings.encrypt))
-            save_keyring_file(settings.keyring, ring)
-        return ring, settings.keyring, True
-    path = settings.data_dir / "keyring.json" if settings.data_dir is not None else None
-    if path is not None and path.exists():
-        ring = load_keyring_file(path)
-        if settings.encrypt is not None and decode_key(settings.encrypt) not in ring:
-            ring.install(decode_key(settings.encrypt))
-            save_keyring_file(path, ring)
-        return ring, path, True
-    if settings.encrypt is not None:
-        ring = Keyring([decode_key(settings.encrypt)])
-        if path is not None:
-            save_keyring_file(path, ring)
-        return ring, path, True
-    return Keyring([cluster_key(settings.cluster)]), None, False
-
-
 def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     try:
         settings = load_settings(flags, config_file)
         log = EventLog(level=settings.log_level)
+        # Everything this process creates (keyring, token, replica.db and its -wal/-shm, peers)
+        # is private from its first byte, whoever creates it (docs/SECURITY.md).
+        os.umask(0o077)
+        if settings.data_dir is not None:
+            secure_data_dir(settings.data_dir, log)
         keyring, keyring_path, has_key = build_keyring(settings, log)
         identity = build_identity(settings, has_key=has_key, now_ms=wall_ms())
         agent = Agent(settings, keyring=keyring, keyring_path=keyring_path, log=log,

@@ -60,6 +60,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from gossipmesh.admin_token import TokenFileError
+from gossipmesh.agent.admin_auth import AdminAuth
+from gossipmesh.agent.admin_tls import admin_ssl_context
+from gossipmesh.agent.decrypt_watch import DecryptWatch
 from gossipmesh.agent.events import (
     SUBSCRIBER_BUFFER,
     MemberEvent,
@@ -73,10 +77,11 @@ from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.node_identity import AgentIdentity, build_identity
 from gossipmesh.agent.push_pull import PushPullStreams
 from gossipmesh.agent.settings import AgentSettings
+from gossipmesh.agent.status import degraded_reasons
 from gossipmesh.agent.store import DataDir
 from gossipmesh.agent.streams import SealedStream
 from gossipmesh.agent.timers import TimerHeap
-from gossipmesh.agent.transport import StreamHandler, Transport, bind
+from gossipmesh.agent.transport import AgentStartError, StreamHandler, Transport, bind
 from gossipmesh.crypto import SEAL_OVERHEAD, Keyring, save_keyring_file
 from gossipmesh.errors import CoreError, GossipmeshError
 from gossipmesh.ids import Address, Millis
@@ -161,7 +166,7 @@ class Agent:
         self.keyring = keyring
         self.keyring_path = keyring_path
         self.log = log if log is not None else EventLog(level=settings.log_level)
-        self.store = DataDir(settings.data_dir) if settings.data_dir is not None else None
+        self.store = DataDir(settings.data_dir, self.log) if settings.data_dir is not None else None
         cfg = self.swim_config = (
             swim_config if swim_config is not None else SwimConfig.preset(settings.profile)
         )
@@ -179,6 +184,12 @@ class Agent:
             max_frame_bytes=cfg.push_pull_max_bytes + SEAL_OVERHEAD,
             stream_timeout_s=self.stream_timeout_s,
         )
+        # Messages no installed key opens: logged once per address per minute (health reports).
+        self.decrypt_watch = DecryptWatch(self.log)
+        self.transport.on_open_failure = self.decrypt_watch.record
+        # The admin API's bearer token (agent/admin_auth.py); its file is written by ``run``.
+        self.admin_auth = AdminAuth(settings.admin, settings.data_dir, self.counters, self.log)
+        self.admin_tls = admin_ssl_context(settings)  # TLS 1.3 on a non-loopback admin address
         self.events = MemberEvents(self.log, self.counters)
         self.push_pulls = PushPullStreams(self)
         self.joiner = Joiner(self, self.push_pulls)
@@ -271,7 +282,15 @@ class Agent:
 
     async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, start the core, serve until ``stop()``/``leave_and_stop()`` or cancellation."""
-        bound = await bind(self.settings)
+        try:
+            self.admin_auth.start()
+        except TokenFileError as exc:
+            raise AgentStartError(str(exc)) from exc
+        try:
+            bound = await bind(self.settings)
+        except BaseException:
+            self.admin_auth.close()
+            raise
         self.address, self.admin_address = bound.address, bound.admin_address
         self.transport.udp = bound.udp
         incarnation = self._boot_incarnation()
@@ -301,7 +320,8 @@ class Agent:
                     nursery.start_soon(self._owner)
                     nursery.start_soon(self.transport.receive_packets, self._enqueue_packet)
                     nursery.start_soon(self.transport.serve_streams, bound.gossip_listeners)
-                    admin = HTTPServer(self.router, on_error=self._admin_error)
+                    admin = HTTPServer(self.router, on_error=self._admin_error,
+                                       guard=self.admin_auth, ssl_context=self.admin_tls)  # fmt: skip
                     await nursery.start(admin.serve, bound.admin_listeners)
                     nursery.start_soon(self._peers_saver)
                     nursery.start_soon(self.joiner.auto_join)
@@ -311,6 +331,7 @@ class Agent:
             finally:
                 self.save_peers()
                 self.events.close()
+                self.admin_auth.close()
                 self.log.info("agent_stop", member=self.settings.name)
 
     @property
@@ -498,9 +519,12 @@ class Agent:
 
     async def health(self) -> dict[str, Any]:
         def snapshot(node: SwimNode, now: Millis) -> tuple[dict[str, Any], list[Effect]]:
-            states = Counter(m.state.value for m in node.members())
+            members = node.members()
+            states = Counter(m.state.value for m in members)
+            reasons = degraded_reasons(members, self.decrypt_watch.recent())
             return {
-                "status": "leaving" if self.leaving else "ok",
+                "status": "leaving" if self.leaving else "degraded" if reasons else "ok",
+                "reasons": reasons,
                 "name": self.settings.name,
                 "address": str(self.address),
                 "cluster": self.settings.cluster,

@@ -29,6 +29,7 @@ _KEYS = {
     "admin",
     "data_dir",
     "encrypt",
+    "encrypt_file",
     "keyring",
     "tls_dir",
     "profile",
@@ -58,6 +59,10 @@ class AgentSettings:
     admin: Address = Address("127.0.0.1", DEFAULT_ADMIN_PORT)
     data_dir: Path | None = None
     encrypt: str | None = None  # base64 key, as `gossipmesh keygen` prints it
+    encrypt_file: Path | None = None  # a file holding that key (not on the command line)
+    # Where ``encrypt`` came from: "flag" (visible in /proc/PID/cmdline: the agent warns) or
+    # "config PATH" (the agent warns when PATH is readable by other users). Not a setting.
+    encrypt_origin: str | None = None
     keyring: Path | None = None  # JSON ring file (list of base64 keys, primary first)
     tls_dir: Path | None = None  # node.key, node.crt, roots.pem (gossipmesh ca issue-node)
     profile: str = "lan"
@@ -80,6 +85,14 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None = None) -> 
     raw: dict[str, Any] = {}
     if config_file is not None:
         raw.update(_read_toml(config_file))
+        if raw.get("encrypt") is not None:
+            raw["encrypt_origin"] = f"config {config_file}"
+    key_flags = [k for k in ("encrypt", "encrypt_file") if flags.get(k) is not None]
+    if key_flags:  # a key given on the command line replaces the file's, whichever form
+        for key in ("encrypt", "encrypt_file", "encrypt_origin"):
+            raw.pop(key, None)
+        if "encrypt" in key_flags:
+            raw["encrypt_origin"] = "flag"
     for key, value in flags.items():
         norm = key.replace("-", "_")
         if norm not in _KEYS:
@@ -136,7 +149,7 @@ def _build(raw: dict[str, Any]) -> AgentSettings:
         if not isinstance(join, list | tuple) or not all(isinstance(j, str) for j in join):
             raise UsageError("join must be a list of HOST:PORT strings")
         kwargs["join"] = tuple(_addr("join", j, DEFAULT_GOSSIP_PORT) for j in join)
-    for key in ("data_dir", "keyring", "tls_dir"):
+    for key in ("data_dir", "keyring", "tls_dir", "encrypt_file"):
         text = _str(raw, key)
         if text is not None:
             kwargs[key] = Path(text).expanduser()
@@ -149,6 +162,9 @@ def _build(raw: dict[str, Any]) -> AgentSettings:
         except UsageError as exc:
             raise UsageError(f"--encrypt: {exc}") from exc
         kwargs["encrypt"] = encrypt
+        kwargs["encrypt_origin"] = raw.get("encrypt_origin")
+        if "encrypt_file" in kwargs:
+            raise UsageError("give the key once: --encrypt or --encrypt-file, not both")
     profile = _str(raw, "profile")
     if profile is not None:
         if profile not in PROFILES:

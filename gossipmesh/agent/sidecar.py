@@ -316,6 +316,14 @@ class _AgentCollector(Collector):
             if key.startswith("records."):
                 records.add_metric([key.removeprefix("records.")], n)
         yield records
+        # Every agent counter by name, rejections included (``admin.unauthorized``, the signed
+        # layers' refusals): what /v1/health's ``counters`` shows, for Prometheus.
+        events = CounterMetricFamily(
+            "gossipmesh_agent_events", "Every agent counter, by name", labels=["name"]
+        )
+        for key, n in sorted(counters.items()):
+            events.add_metric([key], n)
+        yield events
         yield CounterMetricFamily(
             "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
         )

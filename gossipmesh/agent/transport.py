@@ -124,6 +124,8 @@ class Transport:
         self.udp_aad = b"gossipmesh/udp/" + cluster.encode()
         self.stream_aad = b"gossipmesh/stream/" + cluster.encode()
         self.filter: Callable[[Address], bool] | None = None
+        # Told (address, "udp"|"tcp", reason) about every message no installed key opens.
+        self.on_open_failure: Callable[[Address, str, str], None] | None = None
         self.udp: trio.socket.SocketType | None = None  # set once bound
         self._handlers: dict[str, StreamHandler] = {}
         self._inbound = trio.CapacityLimiter(MAX_INBOUND_STREAMS)
@@ -164,6 +166,8 @@ class Transport:
                 data = self.keyring.open(sealed, self.udp_aad)
             except DecodeError as exc:
                 counters[f"dropped.{exc.reason}"] += 1
+                if self.on_open_failure is not None:
+                    self.on_open_failure(Address(addr[0], addr[1]), "udp", exc.reason)
                 continue
             deliver(Address(addr[0], addr[1]), data)
 
@@ -217,6 +221,8 @@ class Transport:
                     await handler(stream, src, body)
             except DecodeError as exc:
                 counters[f"dropped.stream_{exc.reason}"] += 1
+                if exc.reason == "decrypt" and self.on_open_failure is not None:
+                    self.on_open_failure(src, "tcp", exc.reason)
             except (trio.TooSlowError, EOFError):
                 counters["dropped.stream_timeout"] += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -14,9 +14,19 @@ from typing import Annotated
 
 import typer
 
-from gossipmesh.cli import ca_cmd, config_cmd, demo_cmd, render, services_cmd, simulate
-from gossipmesh.cli.common import DEFAULT_AGENT, AgentOpt, JsonOpt, client, out, print_json, run
+from gossipmesh.cli import ca_cmd, common, config_cmd, demo_cmd, render, services_cmd, simulate
+from gossipmesh.cli.common import (
+    DEFAULT_AGENT,
+    AgentOpt,
+    InputProblem,
+    JsonOpt,
+    client,
+    out,
+    print_json,
+    run,
+)
 from gossipmesh.client import KeyOp
+from gossipmesh.errors import UsageError
 
 app = typer.Typer(
     name="gossipmesh",
@@ -29,6 +39,39 @@ keys_app = typer.Typer(
     help="Rotate the cluster's encryption keys (cluster-wide).", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+
+
+@app.callback()
+def credentials(
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GOSSIPMESH_TOKEN_FILE",
+            show_envvar=True,
+            help="File holding the agent's admin token (else $GOSSIPMESH_TOKEN, else the "
+            "agent's own token file on this host).",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GOSSIPMESH_DATA_DIR",
+            show_envvar=True,
+            help="The agent's --data-dir on this host: its admin.token is read from there.",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="GOSSIPMESH_CA_FILE",
+            show_envvar=True,
+            help="Cluster roots (roots.pem, or an operator file) to verify a non-loopback "
+            "agent's TLS admin API.",
+        ),
+    ] = None,
+) -> None:
+    """gossipmesh: a decentralized service mesh (SWIM membership, no control-plane server)."""
+    common.credentials = common.Credentials(token_file, data_dir, ca_file)
 
 
 @app.command()
@@ -48,7 +91,14 @@ def agent(
         str | None, typer.Option(help="State dir: keyring, known peers, incarnation.")
     ] = None,
     encrypt: Annotated[
-        str | None, typer.Option(help="Base64 AES-256 key (from `gossipmesh keygen`).")
+        str | None,
+        typer.Option(
+            help="Base64 AES-256 key (from `gossipmesh keygen`); visible in ps: prefer "
+            "--encrypt-file or $GOSSIPMESH_ENCRYPT."
+        ),
+    ] = None,
+    encrypt_file: Annotated[
+        str | None, typer.Option(help="File holding the key (`gossipmesh keygen > FILE`).")
     ] = None,
     keyring: Annotated[
         str | None, typer.Option(help="Keyring file: JSON list of base64 keys, primary first.")
@@ -113,6 +163,7 @@ def agent(
         "admin": admin,
         "data_dir": data_dir,
         "encrypt": encrypt,
+        "encrypt_file": encrypt_file,
         "keyring": keyring,
         "tls_dir": tls_dir,
         "profile": profile,
@@ -165,7 +216,7 @@ def leave(agent: AgentOpt = DEFAULT_AGENT) -> None:
 
 @app.command()
 def keygen() -> None:
-    """Print a new random AES-256 key (base64) for --encrypt and `keys install`."""
+    """Print a new random AES-256 key (base64) for --encrypt-file and `keys install`."""
     from gossipmesh.crypto import generate_key
 
     sys.stdout.write(generate_key() + "\n")
@@ -207,11 +258,21 @@ def monitor(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
 
 
 def _key_op(op: KeyOp, key: str, agent: str, as_json: bool) -> None:
+    from gossipmesh.crypto import decode_key, key_id
+
+    if key == "-":  # from stdin: a key on the command line is visible in ps
+        key = sys.stdin.readline().strip()
+    try:
+        kid = key_id(decode_key(key))
+    except UsageError as exc:
+        raise InputProblem(f"KEY: {exc}") from exc
     admin = client(agent)
-    data = run(lambda: admin.change_key(op, key))
+    # 409: `use` refused because some members lack the key (nothing was switched).
+    data = run(lambda: admin.change_key(op, key), usage_statuses=(400, 409))
     if as_json:
         print_json(data)
     else:
+        out.print(f"key {kid}")
         render.keys_result(out, data)
     if data.get("failed"):
         raise typer.Exit(1)
@@ -219,7 +280,7 @@ def _key_op(op: KeyOp, key: str, agent: str, as_json: bool) -> None:
 
 @keys_app.command("list")
 def keys_list(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """List the keys installed on every live member, and how many nodes hold each."""
+    """List the ids of the keys on every live member, and how many nodes hold each."""
     admin = client(agent)
     data = run(admin.keys)
     if as_json:
@@ -228,21 +289,34 @@ def keys_list(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None
         render.keys_result(out, data)
 
 
+@keys_app.command("id")
+def keys_id(key: Annotated[str, typer.Argument(help="A key, or - to read it from stdin.")]) -> None:
+    """Print the id the admin API shows for KEY (keys themselves are never shown)."""
+    from gossipmesh.crypto import decode_key, key_id
+
+    text = sys.stdin.readline().strip() if key == "-" else key
+    try:
+        sys.stdout.write(key_id(decode_key(text)) + "\n")
+    except UsageError as exc:
+        common.fail(f"KEY: {exc}", common.EXIT_USAGE)
+
+
 @keys_app.command("install")
 def keys_install(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """Install KEY on every member (decrypt-only until `keys use`)."""
+    """Install KEY on every member (decrypt-only until `keys use`). KEY - reads stdin."""
     _key_op("install", key, agent, as_json)
 
 
 @keys_app.command("use")
 def keys_use(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """Make KEY the primary (encrypting) key on every member."""
+    """Make KEY the primary (encrypting) key on every member; refused, naming them, while some
+    member lacks it. KEY - reads stdin."""
     _key_op("use", key, agent, as_json)
 
 
 @keys_app.command("remove")
 def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """Remove KEY from every member (it must not be the primary anywhere)."""
+    """Remove KEY from every member (it must not be the primary anywhere). KEY - reads stdin."""
     _key_op("remove", key, agent, as_json)
 
 

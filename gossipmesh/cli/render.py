@@ -32,12 +32,15 @@ def keys_result(console: Console, result: dict[str, Any]) -> None:
     n = result.get("num_nodes", 0)
     console.print(f"{result.get('num_ok', 0)}/{n} nodes ok ({result.get('op')})")
     keys = result.get("keys") or {}
+    nodes = result.get("nodes") or {}
     if keys:
         table = Table(show_header=True, header_style="bold", box=None)
-        table.add_column("Key")
-        table.add_column("Nodes")
+        table.add_column("Key id")
+        table.add_column("Held by")
+        table.add_column("Primary on")
         for key, count in keys.items():
-            table.add_row(key, f"{count}/{n}")
+            primary = sum(1 for node in nodes.values() if node.get("primary") == key)
+            table.add_row(key, f"{count}/{n}", f"{primary}/{n}")
         console.print(table)
     for name, node in (result.get("nodes") or {}).items():
         if not node.get("ok"):
@@ -53,6 +56,8 @@ def status(console: Console, health: dict[str, Any]) -> None:
     counts = health.get("members") or {}
     parts = [f"[{STATE_STYLE.get(s, 'white')}]{s}={n}[/]" for s, n in sorted(counts.items())]
     console.print("members: " + (" ".join(parts) or "none"))
+    for reason in health.get("reasons") or []:
+        console.print(f"[yellow]degraded: {reason}[/]")
     dropped = health.get("dropped") or {}
     console.print(
         "dropped: " + (" ".join(f"{k}={v}" for k, v in dropped.items()) if dropped else "none")

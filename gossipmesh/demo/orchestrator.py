@@ -206,7 +206,11 @@ class Orchestrator:
         from gossipmesh.crypto import generate_key  # the key format --encrypt expects
 
         self.key = generate_key()
-        self.progress(f"temp dir {self.root}; fresh AES-256 key for --encrypt")
+        key_file = self.root / "gossip.key"  # a key on a command line would be visible in ps
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.key + "\n")
+        self.progress(f"temp dir {self.root}; fresh AES-256 key in {key_file.name}")
         for node in self.plan.nodes:
             for inst in node.instances:
                 self._spawn(inst.name, node.name, "app", self._app_argv(node, inst))
@@ -217,8 +221,8 @@ class Orchestrator:
             argv = [sys.executable, "-m", "gossipmesh", "agent", "--name", node.name,
                     "--bind", node.gossip, "--admin", node.admin,
                     "--outbound", node.outbound, "--inbound", node.inbound,
-                    "--data-dir", str(self.root / node.name), "--config", str(toml),
-                    "--encrypt", self.key, "--cluster", CLUSTER, "--profile", PROFILE,
+                    "--data-dir", str(self.data_dir(node)), "--config", str(toml),
+                    "--encrypt-file", str(key_file), "--cluster", CLUSTER, "--profile", PROFILE,
                     "--enable-fault-injection", "--log-level", "warn"]  # fmt: skip
             if node is not seed:
                 argv += ["--join", seed.gossip]  # retried with backoff until the seed answers
@@ -239,7 +243,11 @@ class Orchestrator:
                 "--run-dir", str(self.root)]  # fmt: skip
 
     def client(self, node: Node, timeout_s: float = 3.0) -> AdminClient:
-        return AdminClient(node.admin, timeout_s=timeout_s)
+        """The node's admin API, with the token its agent keeps in its data dir."""
+        return AdminClient(node.admin, timeout_s=timeout_s, agent_data_dir=self.data_dir(node))
+
+    def data_dir(self, node: Node) -> Path:
+        return self.root / node.name
 
     def agent(self, node: Node) -> Child:
         return next(c for c in self.children if c.kind == "agent" and c.node == node.name)

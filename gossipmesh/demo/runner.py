@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.live import Live
 
-from gossipmesh.client import AdminClient, AdminError
+from gossipmesh.client import AdminError
 from gossipmesh.demo import dashboard
 from gossipmesh.demo.observe import MeshView
 from gossipmesh.demo.orchestrator import DemoError, Orchestrator, demo_resources, stderr_progress
@@ -162,7 +162,7 @@ class _Run:
     def _setup_and_play(self, orch: Orchestrator) -> dict[str, Any]:
         plan = self.plan
         orch.start()
-        entry = AdminClient(plan.writer.admin, timeout_s=10)
+        entry = orch.client(plan.writer, timeout_s=10)
         config = sample_config()
         entry.config_apply(config)
         self.progress(f"applied {len(config)} config entities through {plan.writer.name}: "

@@ -98,7 +98,7 @@ class Script:
         self._stop = threading.Event()
         self._healed = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._clients = {n.name: AdminClient(n.admin, timeout_s=2.0) for n in plan.nodes}
+        self._clients = {n.name: orch.client(n, timeout_s=2.0) for n in plan.nodes}
 
     # ---- helpers ----------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ class AgentProc:
         self.log_path = root / f"{name}.log"
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client = AdminClient(f"{ip}:{port + 1}", timeout_s=10)
+        self.client = AdminClient(f"{ip}:{port + 1}", timeout_s=10, agent_data_dir=self.data_dir)
 
     @property
     def gossip(self) -> str:

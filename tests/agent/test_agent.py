@@ -141,7 +141,8 @@ async def test_monitor_streams_member_events(
     stream = await trio.open_tcp_stream(a.admin_address.host, a.admin_address.port)
     lines: list[dict[str, object]] = []
     async with stream:
-        await stream.send_all(b"GET /v1/monitor HTTP/1.1\r\nhost: x\r\n\r\n")
+        auth = f"authorization: Bearer {a.admin_auth.token}\r\n".encode()
+        await stream.send_all(b"GET /v1/monitor HTTP/1.1\r\nhost: x\r\n" + auth + b"\r\n")
         c = await nursery.start(make_agent("c", "127.0.0.5", tmp_path).run)
         assert a.address is not None
         await c.join([a.address])

@@ -44,8 +44,11 @@ class Cluster:
     def __init__(self, procs: Procs) -> None:
         self.port = free_port_on(IPS)
         self.agents: list[AgentProc] = []
+        key_file = procs.root / "gossip.key"  # not --encrypt: that warns (visible in ps)
+        key_file.write_text(KEY + "\n")
+        key_file.chmod(0o600)
         for i, ip in enumerate(IPS):
-            args = ["--encrypt", KEY, "--cluster", "cfg", "--enable-fault-injection",
+            args = ["--encrypt-file", str(key_file), "--cluster", "cfg", "--enable-fault-injection",
                     "--config-sync-interval-ms", "1000"]  # fmt: skip
             if i > 0:
                 args += ["--join", f"{IPS[0]}:{self.port}"]
