@@ -1,0 +1,168 @@
+"""User-space instructions per proxied request, counted by valgrind: an A/B figure the neighbours'
+load cannot move. Not a test; loopback only; every process started here is stopped on the way out.
+
+Why: on a shared two-core machine ``proxy_cpu.py``'s CPU-seconds per request move by ±20 % between
+rounds of the *same* code, so a 3 % change in the proxy's own cost is invisible there. Valgrind's
+``cachegrind`` (no cache simulation) counts the instructions the proxy process executes, which
+depend only on the code and the requests. It does not see the kernel's share (the syscalls, which
+a refactoring of the Python does not change) nor cache misses; read it next to ``proxy_cpu.py``.
+
+Method: the proxy of ``proxy_cpu.py`` (same features, same legs, nginx backend) runs under
+cachegrind; a keep-alive client sends exactly N requests over ``--connections`` connections, then
+the proxy is stopped; the same again with 2N. (I(2N) - I(N)) / N is the cost of one request with
+start-up, imports and warm-up cancelled out. ``--baseline DIR`` measures a second source tree
+(``git archive COMMIT gossipmesh | tar -x -C DIR``) the same way.
+
+    python benchmarks/proxy_instructions.py --requests 2000 --legs outbound mesh [--baseline DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from proxy_cpu import (
+    BACKEND_PORT,
+    HOST,
+    IN_PORT,
+    OUT_PORT,
+    PROXY_CODE,
+    launched,
+    nginx_conf,
+    wait_port,
+)
+
+STARTUP_S = 120.0  # imports under valgrind are slow
+
+
+def count_load(port: int, conns: int, total: int) -> None:
+    """Exactly ``total`` keep-alive GETs spread over ``conns`` connections, each answered 200."""
+    req = b"GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    bufs: dict[int, bytearray] = {}
+    sent = done = 0
+    try:
+        for _ in range(min(conns, total)):
+            s = socket.create_connection((HOST, port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            socks[s.fileno()] = s
+            bufs[s.fileno()] = bytearray()
+            ep.register(s.fileno(), select.EPOLLIN)
+            s.send(req)
+            sent += 1
+        while done < total:
+            events = ep.poll(60.0)
+            if not events:
+                raise SystemExit(f"no answer for 60 s after {done} of {total} requests")
+            for fd, _ in events:
+                s = socks[fd]
+                data = s.recv(65536)
+                if not data:
+                    raise SystemExit("proxy closed a connection")
+                b = bufs[fd]
+                b += data
+                while True:
+                    i = b.find(b"\r\n\r\n")
+                    if i < 0:
+                        break
+                    if not b.startswith(b"HTTP/1.1 200 "):
+                        raise SystemExit(f"unexpected response {bytes(b[:i])!r}")
+                    cl = int(b[:i].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(b) < i + 4 + cl:
+                        break
+                    del b[: i + 4 + cl]
+                    done += 1
+                    if sent < total:
+                        s.send(req)
+                        sent += 1
+    finally:
+        for s in socks.values():
+            s.close()
+        ep.close()
+
+
+def instructions(leg: str, requests: int, conns: int, source: str | None) -> int:
+    """Instructions the proxy process executed from start to exit, serving ``requests``."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.path.abspath(source)
+    with tempfile.TemporaryDirectory() as wd:
+        log = os.path.join(wd, "cg.log")
+        argv = [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            f"--cachegrind-out-file={wd}/cg.out",
+            f"--log-file={log}",
+            sys.executable,
+            "-c",
+            PROXY_CODE,
+            leg,
+            str(BACKEND_PORT),
+            str(OUT_PORT),
+            str(IN_PORT),
+            "1",
+            "epoll",
+        ]
+        with launched(argv, stdout=subprocess.PIPE, env=env) as proc:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != b"ready":
+                raise SystemExit(f"proxy did not start: {line!r}")
+            count_load(OUT_PORT, conns, requests)
+            # Only the proxy (valgrind runs it as the group leader), not the whole group.
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.communicate(timeout=STARTUP_S)
+        with open(log) as f:
+            m = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
+        if m is None:
+            raise SystemExit(f"no instruction count in {log}")
+        return int(m.group(1).replace(",", ""))
+
+
+def per_request(leg: str, n: int, conns: int, source: str | None) -> float:
+    one = instructions(leg, n, conns, source)
+    two = instructions(leg, 2 * n, conns, source)
+    return (two - one) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000, help="N (the second run sends 2N)")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
+    ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
+    args = ap.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("nginx") is None:
+        raise SystemExit("needs valgrind and nginx")
+    n = max(100, min(args.requests, 100_000))
+    backend_server = (
+        f"server {{ listen {HOST}:{BACKEND_PORT};"
+        ' location / { return 200 "hello from the backend\\n"; } }'
+    )
+    with tempfile.TemporaryDirectory() as wd:
+        conf = nginx_conf(wd, "backend", backend_server)
+        with launched(["nginx", "-c", conf, "-p", wd]):
+            wait_port(BACKEND_PORT)
+            for leg in args.legs:
+                hops = 2 if leg == "mesh" else 1
+                ours = per_request(leg, n, args.connections, None) / hops
+                line = f"{leg}: {ours:,.0f} instructions per hop-request"
+                if args.baseline is not None:
+                    base = per_request(leg, n, args.connections, args.baseline) / hops
+                    line += f"; baseline {base:,.0f}; ours / baseline = {ours / base:.3f}"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
