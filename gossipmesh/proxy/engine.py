@@ -10,23 +10,25 @@ trio task waits for the epoll fd to become readable, takes up to ``MAX_EVENTS`` 
 switch, no task per connection, no ``epoll_ctl`` per wait. Between batches it yields to trio
 (``wait_readable`` or a checkpoint), so the admin API and SWIM in the same process keep running.
 
-A downstream connection (``_Conn``) is READ (parsing requests), UP (its request went to a pooled
+A downstream connection (``Conn``) is READ (parsing requests), UP (its request went to a pooled
 upstream; waiting for the response) or WRITE (the response did not fit the socket buffer in one
-send). The decisions are the proxy's own: ``Proxy._fast_plan`` / ``_fast_commit`` /
-``_fast_finish``, the same code the task path's ``_fast`` runs. Edge-triggered reads follow
-nginx: a receive shorter than the buffer emptied the socket (the next byte raises a new edge);
-a full one may have left bytes behind, so the connection reads again before it waits.
+send). The decisions are the fast path's (fastpath.py: ``plan`` / ``commit`` / ``finish``), the
+same calls the task path makes. Edge-triggered reads follow nginx: a receive shorter than the
+buffer emptied the socket (the next byte raises a new edge); a full one may have left bytes
+behind, so the connection reads again before it waits.
 
-Anything outside that shape goes to the general task code (``Proxy._http_task``): the connection
-is unregistered first, then a task runs ``_exchange`` / ``_forward(picked=...)`` /
-``_forward(resume=...)`` / ``_reply_error`` with the bytes already read, exactly as the task path
+Anything outside that shape goes to the task path (``TaskLoop.serve``): the connection is
+unregistered first, then a task runs ``Forwarder.exchange`` / ``general`` / ``send_failed`` /
+``resume`` or ``Downstreams.reply_error`` with the bytes already read, exactly as the task path
 would. So errors, retries, 502/503/504 and ejection stay in one place. When that exchange ends
-with the connection kept and nothing buffered, the task hands the connection back here.
+with the connection kept and nothing buffered, the task hands the connection back (``adopt``).
 
-Timeouts ride the proxy's watchdog: every socket keeps its ``deadline``; a socket the engine owns
-carries ``owner`` and the watchdog calls ``owner.on_timeout`` after closing it (the client's idle
-timeout closes the connection; an upstream's per-try timeout resumes the general path, which
-answers 504 or retries).
+Timeouts ride the watchdog (deadlines.py): every socket keeps its ``deadline_ns``; a socket the
+engine owns carries ``owner`` and the watchdog calls ``owner.on_timeout`` after closing it (the
+client's idle timeout closes the connection; an upstream's per-try timeout resumes the general
+path, which answers 504 or retries). The clock is read when a request starts and when its
+response is relayed (fastpath.py); the idle deadline after a response reuses the second reading,
+and a fresh one is taken only when bytes of a next request arrived without completing it.
 """
 
 from __future__ import annotations
@@ -35,18 +37,20 @@ import contextlib
 import logging
 import select
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import trio
 
+from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS
+from gossipmesh.proxy.downstream import Downstream, Downstreams
+from gossipmesh.proxy.fastpath import FastPath
+from gossipmesh.proxy.forward import Forwarder
 from gossipmesh.proxy.http1 import HeaderLimitError, ParseError, RequestHead
-from gossipmesh.proxy.sockio import INF, ConnLost, _now
-
-if TYPE_CHECKING:
-    from gossipmesh.proxy.server import Proxy, Upstream, _Ctx, _Plan
-    from gossipmesh.proxy.sockio import SockIO
+from gossipmesh.proxy.pipeline import Exchange
+from gossipmesh.proxy.sockio import ConnLost, SockIO
+from gossipmesh.proxy.tasks import First, TaskLoop
+from gossipmesh.proxy.upstream import Upstream, Upstreams
 
 log = logging.getLogger("gossipmesh.proxy")
 
@@ -65,42 +69,85 @@ READ, UP, WRITE, GONE = range(4)
 
 
 class Engine:
-    __slots__ = ("proxy", "nursery", "ep", "handlers", "ready", "_wake", "conns")
+    __slots__ = (
+        "fast",
+        "forwarder",
+        "downstreams",
+        "upstreams",
+        "tasks",
+        "clock",
+        "limits",
+        "nursery",
+        "ep",
+        "handlers",
+        "ready",
+        "wake",
+        "conns",
+    )
 
-    def __init__(self, proxy: Proxy, nursery: trio.Nursery) -> None:
-        self.proxy = proxy
+    def __init__(
+        self,
+        fast: FastPath,
+        forwarder: Forwarder,
+        downstreams: Downstreams,
+        upstreams: Upstreams,
+        tasks: TaskLoop,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.fast = fast
+        self.forwarder = forwarder
+        self.downstreams = downstreams
+        self.upstreams = upstreams
+        self.tasks = tasks
+        self.clock = fast.clock
+        self.limits = tasks.limits
         self.nursery = nursery
         self.ep = select.epoll()
         # fd -> callable(events): a listener, a downstream connection or an upstream.
         self.handlers: dict[int, Callable[[int], None]] = {}
         # Connections with work left over from a batch (fairness), run at the next turn.
-        self.ready: list[_Conn] = []
-        self.conns: set[_Conn] = set()
-        self._wake = False
+        self.ready: list[Conn] = []
+        self.conns: set[Conn] = set()  # the connections the engine serves right now
+        self.wake = False
 
     # -- registration ----------------------------------------------------------------------
 
     def add_listener(self, lsock: socket.socket, direction: str) -> None:
-        acc = _Acceptor(self, lsock, direction)
+        acc = Acceptor(self, lsock, direction)
         self.handlers[lsock.fileno()] = acc.on_event
         self.ep.register(lsock.fileno(), _LISTEN_MASK)
 
-    def adopt(self, ctx: _Ctx) -> None:
-        """Serve ``ctx``'s connection from now on (a new one, or one handed back by a task)."""
-        conn = _Conn(self, ctx)
-        self.conns.add(conn)
-        fd = ctx.down.sock.fileno()
-        self.handlers[fd] = conn.on_down
-        ctx.down.owner = conn
+    def accept(self, sock: socket.socket, addr: object, direction: str) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = self.downstreams.open(sock, addr, direction)
+        try:
+            self.adopt(conn)
+        except (OSError, ValueError):
+            self.downstreams.close(conn)
+
+    def adopt(self, conn: Downstream) -> None:
+        """Serve ``conn`` from now on (a new one, or one handed back by a task)."""
+        c = Conn(self, conn)
+        self.conns.add(c)
+        fd = c.fd
+        self.handlers[fd] = c.on_down
+        conn.io.owner = c
         # Registering reports the current readiness: bytes already there raise the first event.
         self.ep.register(fd, _MASK)
-        conn.wait_client()
+        c.wait_client(self.clock.now_ns())
 
-    def track_upstream(self, up: Upstream) -> _UpReg:
+    def hand_over(self, conn: Downstream, first: First) -> None:
+        """The task path takes ``conn`` over, starting with ``first()``."""
+        self.nursery.start_soon(self.tasks.serve, conn, first)
+
+    def track_upstream(self, up: Upstream) -> UpReg:
         reg = up.reg
         if reg is None:
             fd = up.io.sock.fileno()  # type: ignore[union-attr]
-            reg = up.reg = _UpReg(self, fd)
+            reg = UpReg(self, fd)
+            up.reg = reg
             self.handlers[fd] = reg.on_event
             try:
                 self.ep.register(fd, _MASK)
@@ -108,6 +155,7 @@ class Engine:
                 self.handlers.pop(fd, None)
                 up.reg = None
                 raise
+        assert isinstance(reg, UpReg)
         return reg
 
     def forget(self, fd: int, handler: object) -> None:
@@ -129,8 +177,8 @@ class Engine:
         checkpoint = trio.lowlevel.checkpoint
         try:
             while True:
-                if self.ready or self._wake:
-                    self._wake = False
+                if self.ready or self.wake:
+                    self.wake = False
                     await checkpoint()
                 else:
                     await wait_readable(epfd)
@@ -143,10 +191,10 @@ class Engine:
                         except Exception:
                             log.exception("proxy engine: handler for fd %d failed", fd)
                             owner = getattr(h, "__self__", None)
-                            if isinstance(owner, _Conn):
+                            if isinstance(owner, Conn):
                                 owner.close()
                 if len(events) == MAX_EVENTS:
-                    self._wake = True  # more may be ready: take them after a checkpoint
+                    self.wake = True  # more may be ready: take them after a checkpoint
                 if self.ready:
                     ready, self.ready = self.ready, []
                     for conn in ready:
@@ -162,7 +210,7 @@ class Engine:
             ep.close()
 
 
-class _Acceptor:
+class Acceptor:
     __slots__ = ("engine", "lsock", "direction")
 
     def __init__(self, engine: Engine, lsock: socket.socket, direction: str) -> None:
@@ -171,7 +219,7 @@ class _Acceptor:
         self.direction = direction
 
     def on_event(self, ev: int) -> None:
-        proxy = self.engine.proxy
+        engine = self.engine
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = self.lsock.accept()
@@ -180,18 +228,18 @@ class _Acceptor:
             except OSError as e:
                 # EMFILE and friends: try again at the next turn rather than spin.
                 log.warning("accept on %s failed: %s", self.direction, e)
-                self.engine.nursery.start_soon(self._later)
+                engine.nursery.start_soon(self.later)
                 return
-            proxy._engine_accept(sock, addr, self.direction)
+            engine.accept(sock, addr, self.direction)
         # The edge may hold more connections: come back after a checkpoint.
-        self.engine.nursery.start_soon(self._later)
+        engine.nursery.start_soon(self.later)
 
-    async def _later(self) -> None:
+    async def later(self) -> None:
         await trio.lowlevel.checkpoint()
         self.on_event(0)
 
 
-class _UpReg:
+class UpReg:
     """A pooled upstream registered once; ``owner`` is the connection waiting on it, if any."""
 
     __slots__ = ("engine", "fd", "owner")
@@ -199,7 +247,7 @@ class _UpReg:
     def __init__(self, engine: Engine, fd: int) -> None:
         self.engine = engine
         self.fd = fd
-        self.owner: _Conn | None = None
+        self.owner: Conn | None = None
 
     def on_event(self, ev: int) -> None:
         owner = self.owner
@@ -211,40 +259,41 @@ class _UpReg:
         self.engine.forget(self.fd, self)
 
 
-class _Conn:
+class Conn:
     """One downstream connection served by the engine."""
 
     __slots__ = (
         "engine",
-        "proxy",
-        "ctx",
+        "conn",
         "sock",
         "fd",
         "state",
         "more",
         "hup",
-        "req",
-        "plan",
+        "fed",
+        "last_ns",
+        "x",
         "n",
         "out",
     )
 
-    def __init__(self, engine: Engine, ctx: _Ctx) -> None:
+    def __init__(self, engine: Engine, conn: Downstream) -> None:
         self.engine = engine
-        self.proxy = engine.proxy
-        self.ctx = ctx
-        self.sock = ctx.down.sock
+        self.conn = conn
+        self.sock = conn.io.sock
         self.fd = self.sock.fileno()
         self.state = READ
         self.more = True  # the socket may hold unread bytes
         self.hup = False  # the peer's FIN (or an error) was reported: read until EOF/EAGAIN
-        self.req: RequestHead | None = None
-        self.plan: _Plan | None = None
-        self.n = 0
-        self.out: memoryview | None = None
+        self.fed = False  # bytes arrived since the last request started
+        self.last_ns = 0  # the last clock reading for this connection
+        self.x: Exchange | None = None  # the exchange waiting for its upstream
+        self.n = 0  # response bytes received for it so far
+        self.out: memoryview | None = None  # response bytes the client socket did not take yet
 
-    def wait_client(self) -> None:
-        self.ctx.down.deadline = _now() + self.proxy.limits.client_idle_ms / 1000
+    def wait_client(self, now_ns: int) -> None:
+        self.last_ns = now_ns
+        self.conn.io.deadline_ns = now_ns + self.engine.limits.client_idle_ms * NS_PER_MS
 
     # -- events ----------------------------------------------------------------------------
 
@@ -260,9 +309,9 @@ class _Conn:
 
     def run(self) -> None:
         """Serve what is buffered, reading while the socket may hold more."""
-        ctx = self.ctx
-        reader = ctx.reader
-        budget = self.proxy.limits.fairness_every
+        conn = self.conn
+        reader = conn.reader
+        budget = self.engine.limits.fairness_every
         while self.state == READ:
             if reader.pos < len(reader.events):
                 ev = reader.events[reader.pos]
@@ -274,13 +323,15 @@ class _Conn:
                     reader.pos -= 1
                     self.engine.ready.append(self)
                     return
-                ctx.down.deadline = INF
+                conn.io.deadline_ns = NEVER_NS
+                self.fed = False
                 self.start(ev)
                 continue
             if not self.more:
-                self.wait_client()
+                # A next request begun but not complete: its idle time starts now.
+                self.wait_client(self.engine.clock.now_ns() if self.fed else self.last_ns)
                 return
-            mv = ctx.mv
+            mv = conn.mv
             try:
                 n = self.sock.recv_into(mv)
             except BlockingIOError:
@@ -293,77 +344,71 @@ class _Conn:
                 self.close()
                 return
             self.more = n == len(mv) or self.hup
-            ctx.bytes_in += n
+            self.fed = True
+            conn.bytes_in += n
             try:
                 reader.feed(mv[:n])
             except HeaderLimitError:
-                self.hand_over(
-                    lambda: self.proxy._reply_error(ctx, None, "headers_too_large", "", keep=False)
-                )
+                reply = self.engine.downstreams.reply_error
+                self.hand_over(partial(reply, conn, None, "headers_too_large", keep=False))
                 return
             except ParseError as e:
-                self.hand_over(
-                    partial(
-                        self.proxy._reply_error, ctx, None, "bad_request", "", str(e), keep=False
-                    )
-                )
+                reply = self.engine.downstreams.reply_error
+                self.hand_over(partial(reply, conn, None, "bad_request", "", str(e), keep=False))
                 return
 
     def start(self, req: RequestHead) -> None:
-        proxy = self.proxy
-        ctx = self.ctx
-        plan = proxy._fast_plan(ctx, req)
-        if plan is None:
-            self.hand_over(lambda: proxy._exchange(ctx, req))
+        engine = self.engine
+        conn = self.conn
+        forwarder = engine.forwarder
+        x = engine.fast.plan(conn, req)
+        if x is None:
+            self.hand_over(partial(forwarder.exchange, conn, req))
             return
-        if plan.up is None:
-            self.hand_over(lambda: proxy._fast_general(ctx, req, plan))
+        self.last_ns = x.start_ns
+        up = x.up
+        if up is None:
+            self.hand_over(partial(forwarder.general, conn, x))
             return
-        up = plan.up
-        head = proxy._fast_commit(ctx, req, plan)
-        self.req = req
-        self.plan = plan
+        head = engine.fast.commit(conn, x)
+        self.x = x
         try:
-            reg = self.engine.track_upstream(up)
+            reg = engine.track_upstream(up)
             sent = up.io.sock.send(head)  # type: ignore[union-attr]
         except BlockingIOError:
             sent = 0
         except (OSError, ValueError):
-            self.hand_over(lambda: proxy._fast_send_failed(ctx, req, plan))
+            self.hand_over(partial(forwarder.send_failed, conn, x))
             return
         if sent != len(head):
             rest = memoryview(head)[sent:]
-            self.hand_over(lambda: self._send_rest_then_resume(up, rest))
+            self.hand_over(partial(self.send_rest_then_resume, up, rest))
             return
         reg.owner = self
         up.io.owner = self  # type: ignore[union-attr]
         self.n = 0
         self.state = UP
-        if ctx.upmv is None:
-            ctx.upbuf = bytearray(proxy.limits.recv_buffer_bytes)
-            ctx.upmv = memoryview(ctx.upbuf)
+        conn.upstream_buffer(engine.limits.recv_buffer_bytes)
 
-    async def _send_rest_then_resume(self, up: Upstream, rest: memoryview) -> bool:
-        proxy = self.proxy
-        req = self.req
-        plan = self.plan
-        assert req is not None and plan is not None
+    async def send_rest_then_resume(self, up: Upstream, rest: memoryview) -> bool:
+        forwarder = self.engine.forwarder
+        x = self.x
+        assert x is not None
         try:
             await up.io.send_all(rest)
         except ConnLost:
-            return await proxy._fast_send_failed(self.ctx, req, plan)
-        return await proxy._fast_resume(self.ctx, req, plan, 0)
+            return await forwarder.send_failed(self.conn, x)
+        return await forwarder.resume(self.conn, x, 0)
 
     def on_up(self) -> None:
         if self.state != UP:
             return
-        ctx = self.ctx
-        plan = self.plan
-        req = self.req
-        assert plan is not None and plan.up is not None and req is not None
-        upmv = ctx.upmv
+        conn = self.conn
+        x = self.x
+        assert x is not None and x.up is not None
+        upmv = conn.upmv
         assert upmv is not None
-        usock = plan.up.io.sock  # type: ignore[union-attr]
+        usock = x.up.io.sock  # type: ignore[union-attr]
         n = self.n
         while True:
             space = len(upmv) - n
@@ -381,7 +426,7 @@ class _Conn:
                 self.resume(n)
                 return
             n += got
-            out = self.proxy._fast_finish(ctx, req, plan, n)
+            out = self.engine.fast.finish(conn, x, n)
             if out is None:
                 self.resume(n)
                 return
@@ -390,19 +435,19 @@ class _Conn:
                 # not prove the peer's FIN is not already queued behind it (same edge).
                 continue
             assert type(out) is bytes
-            self._reply(out)
+            self.reply(out)
             return
 
-    def _reply(self, out: bytes) -> None:
-        plan = self.plan
-        assert plan is not None and plan.up is not None
-        up = plan.up
+    def reply(self, out: bytes) -> None:
+        x = self.x
+        assert x is not None and x.up is not None
+        up = x.up
         if up.reg is not None:
-            up.reg.owner = None
+            up.reg.owner = None  # type: ignore[attr-defined]
         up.io.owner = None  # type: ignore[union-attr]
-        self.plan = None
-        self.req = None
-        ctx = self.ctx
+        self.x = None
+        self.last_ns = x.end_ns
+        conn = self.conn
         try:
             k = self.sock.send(out)
         except BlockingIOError:
@@ -410,11 +455,11 @@ class _Conn:
         except OSError:
             self.close()
             return
-        ctx.bytes_out += len(out)
+        conn.bytes_out += len(out)
         if k != len(out):
             self.out = memoryview(out)[k:]
             self.state = WRITE
-            ctx.down.deadline = _now() + self.proxy.limits.client_idle_ms / 1000
+            self.wait_client(x.end_ns)
             return
         self.state = READ
         self.run()
@@ -434,57 +479,53 @@ class _Conn:
             return
         self.out = None
         self.state = READ
-        self.ctx.down.deadline = INF
+        self.conn.io.deadline_ns = NEVER_NS
         self.run()
 
     def resume(self, n: int) -> None:
-        """The response is not the fast shape: ``_try`` continues with the bytes so far."""
-        proxy = self.proxy
-        ctx = self.ctx
-        req = self.req
-        plan = self.plan
-        assert req is not None and plan is not None
-        self.hand_over(lambda: proxy._fast_resume(ctx, req, plan, n))
+        """The response is not the fast shape: the general path goes on with the bytes so far."""
+        x = self.x
+        assert x is not None
+        self.hand_over(partial(self.engine.forwarder.resume, self.conn, x, n))
 
     def on_timeout(self, io: SockIO) -> None:
-        if io is self.ctx.down:
+        if io is self.conn.io:
             self.close()
         elif self.state == UP:
             self.resume(self.n)
 
     # -- leaving the engine ----------------------------------------------------------------
 
-    def _detach(self) -> None:
-        plan = self.plan
-        if plan is not None and plan.up is not None:
-            if plan.up.reg is not None:
-                plan.up.reg.owner = None
-            plan.up.io.owner = None  # type: ignore[union-attr]
-        self.ctx.down.owner = None
+    def detach(self) -> None:
+        x = self.x
+        if x is not None and x.up is not None:
+            if x.up.reg is not None:
+                x.up.reg.owner = None  # type: ignore[attr-defined]
+            x.up.io.owner = None  # type: ignore[union-attr]
+        self.conn.io.owner = None
         self.engine.forget(self.fd, self)
         self.engine.conns.discard(self)
 
-    def hand_over(self, first: Callable[[], Awaitable[bool]]) -> None:
-        """The general task code takes the connection over, starting with ``first()``."""
+    def hand_over(self, first: First) -> None:
+        """The task path takes the connection over, starting with ``first()``."""
         if self.state == GONE:
             return
-        self._detach()
+        self.detach()
         self.state = GONE
-        self.proxy._engine_handover(self.ctx, first)
+        self.engine.hand_over(self.conn, first)
 
     def close(self) -> None:
         if self.state == GONE:
             return
-        plan = self.plan
-        in_flight = self.state == UP and plan is not None and plan.up is not None
-        self._detach()
+        x = self.x
+        in_flight = self.state == UP and x is not None and x.up is not None
+        self.detach()
         self.state = GONE
         if in_flight:
-            assert plan is not None and plan.up is not None
-            plan.d.breaker.inflight -= 1
-            plan.st.inflight -= 1
-            self.proxy._close_upstream(plan.up)
-        self.proxy._close_down(self.ctx)
+            assert x is not None and x.up is not None
+            Forwarder.undo_commit(x)
+            self.engine.upstreams.close(x.up)
+        self.engine.downstreams.close(self.conn)
 
 
 __all__ = ["HAVE_EPOLL", "Engine"]

@@ -46,7 +46,7 @@ def test_peak_ewma_prefers_fast_and_jumps_to_peaks() -> None:
     sts[1].observe_rtt(1_000_000, 0)  # 1 ms
     b = Balancer("peak_ewma", [1, 1])
     rng = random.Random(3)
-    assert all(b.pick(sts, rng, 0, False, now_ns=0) == 1 for _ in range(50))
+    assert all(b.pick(sts, rng, 0, False) == 1 for _ in range(50))
     # A peak is taken at once; a lower sample only decays it.
     sts[1].observe_rtt(500_000_000, 1)
     assert sts[1].ewma_ns == 500_000_000
@@ -72,11 +72,11 @@ def test_ejected_endpoints_avoided_until_panic() -> None:
     sts = states(4)
     b = Balancer("round_robin", [1] * 4)
     rng = random.Random(4)
-    sts[0].ejected_until_ms = 1000
+    sts[0].ejected_until_ns = 1000
     picks = {b.pick(sts, rng, 0, True) for _ in range(20)}
     assert 0 not in picks
     # 3 of 4 ejected: fewer than half healthy -> panic, balance across all.
-    sts[1].ejected_until_ms = sts[2].ejected_until_ms = 1000
+    sts[1].ejected_until_ns = sts[2].ejected_until_ns = 1000
     picks = {b.pick(sts, rng, 0, True) for _ in range(20)}
     assert picks == {0, 1, 2, 3}
     # Ejection ends by time.
@@ -153,7 +153,7 @@ def test_ring_hash_same_key_same_endpoint() -> None:
     first = b.pick(sts, rng, 0, False, hash_key=b"user-42")
     assert all(b.pick(sts, rng, 0, False, hash_key=b"user-42") == first for _ in range(10))
     # The owner ejected: the key walks to the next endpoint, consistently.
-    sts[first].ejected_until_ms = 10
+    sts[first].ejected_until_ns = 10
     second = b.pick(sts, rng, 0, True, hash_key=b"user-42")
     assert second != first
     assert b.pick(sts, rng, 0, True, hash_key=b"user-42") == second

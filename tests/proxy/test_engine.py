@@ -1,7 +1,7 @@
 """The event engine (engine.py): the fast path served from one private edge-triggered epoll, and
 every hand-over to the task code and back, through real sockets.
 
-``Proxy.fast_served`` counts exchanges the fast path completed; ``Proxy._engine.conns`` holds the
+``Proxy.fast_served`` counts exchanges the fast path completed; ``Proxy.event_engine.conns`` holds the
 connections the engine serves right now (a connection handed to a task is not in it).
 """
 
@@ -43,18 +43,18 @@ async def _read_until(s: trio.SocketStream, pred: object, limit_s: float = 5.0) 
 
 async def test_engine_is_the_default_and_serves_keepalive(nursery: trio.Nursery) -> None:
     mesh = await start_mesh(nursery, {"api": ["be1"]})
-    assert mesh.a._engine is not None and mesh.b._engine is not None
+    assert mesh.a.event_engine is not None and mesh.b.event_engine is not None
     c = await Client.open(mesh.outbound)
     for _ in range(20):
         r = await c.request("GET", "/name", "api")
         assert (r.status, r.body) == (200, b"be1")
-    assert len(mesh.a._engine.conns) == 1  # served by the engine, not by a task
+    assert len(mesh.a.event_engine.conns) == 1  # served by the engine, not by a task
     await c.aclose()
     assert mesh.a.fast_served == 19 and mesh.b.fast_served == 19
     with trio.fail_after(5):
         while mesh.a.metrics.open_connections["outbound"]:
             await trio.sleep(0.01)
-    assert not mesh.a._engine.conns
+    assert not mesh.a.event_engine.conns
     assert mesh.a.metrics.bytes_in["outbound"] > 0 and mesh.a.metrics.bytes_out["outbound"] > 0
 
 
@@ -78,7 +78,7 @@ async def test_engine_pipelined_in_order(nursery: trio.Nursery) -> None:
 
 async def test_engine_hands_over_and_takes_back(nursery: trio.Nursery) -> None:
     mesh = await start_mesh(nursery, {"api": ["be1"]})
-    eng = mesh.a._engine
+    eng = mesh.a.event_engine
     c = await Client.open(mesh.outbound)
     assert (await c.request("GET", "/name", "api")).body == b"be1"
     base = mesh.a.fast_served
@@ -134,7 +134,7 @@ async def test_engine_garbage_gets_400_and_keeps_serving(nursery: trio.Nursery) 
 
 async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None:
     p, addr, be = await _direct(nursery)
-    assert p._engine is not None
+    assert p.event_engine is not None
     ok = 0
     ticks = 0
 
@@ -167,7 +167,7 @@ async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None
     with trio.fail_after(5):
         while p.metrics.open_connections["outbound"]:
             await trio.sleep(0.01)
-    assert not p._engine.conns
+    assert not p.event_engine.conns
     assert be.requests == 1000
 
 
@@ -208,7 +208,7 @@ async def test_task_path_still_serves(
     else:
         monkeypatch.setattr(engine_mod, "HAVE_EPOLL", False)
     p, addr, _ = await _direct(nursery, **kw)
-    assert p._engine is None
+    assert p.event_engine is None
     c = await Client.open(addr)
     for _ in range(3):
         assert (await c.request("GET", "/name", "api")).body == b"be1"
