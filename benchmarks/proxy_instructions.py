@@ -11,9 +11,14 @@ Method: the proxy of ``proxy_cpu.py`` (same features, same legs, nginx backend) 
 cachegrind; a keep-alive client sends exactly N requests over ``--connections`` connections, then
 the proxy is stopped; the same again with 2N. (I(2N) - I(N)) / N is the cost of one request with
 start-up, imports and warm-up cancelled out. ``--baseline DIR`` measures a second source tree
-(``git archive COMMIT gossipmesh | tar -x -C DIR``) the same way.
+(``git archive COMMIT gossipmesh | tar -x -C DIR``) the same way, alternating with ours.
 
-    python benchmarks/proxy_instructions.py --requests 2000 --legs outbound mesh [--baseline DIR]
+Still not exact: how many requests one epoll wait serves, and how often the watchdog ticks per
+request, follow the timing of the run; two runs of the same code differ by up to about 2 %.
+``--repeat K`` measures K times and reports medians (and the median of the paired ratios).
+
+    python benchmarks/proxy_instructions.py --requests 3000 --legs outbound mesh --repeat 3 \
+        [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,7 +148,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
+    ap.add_argument("--repeat", type=int, default=1, help="measurements per proxy (max 9)")
     args = ap.parse_args()
+    repeat = max(1, min(args.repeat, 9))
     if shutil.which("valgrind") is None or shutil.which("nginx") is None:
         raise SystemExit("needs valgrind and nginx")
     n = max(100, min(args.requests, 100_000))
@@ -156,11 +164,22 @@ def main() -> None:
             wait_port(BACKEND_PORT)
             for leg in args.legs:
                 hops = 2 if leg == "mesh" else 1
-                ours = per_request(leg, n, args.connections, None) / hops
-                line = f"{leg}: {ours:,.0f} instructions per hop-request"
-                if args.baseline is not None:
-                    base = per_request(leg, n, args.connections, args.baseline) / hops
-                    line += f"; baseline {base:,.0f}; ours / baseline = {ours / base:.3f}"
+                ours: list[float] = []
+                base: list[float] = []
+                for r in range(repeat):
+                    ours.append(per_request(leg, n, args.connections, None) / hops)
+                    line = f"{leg} #{r + 1}: {ours[-1]:,.0f} instructions per hop-request"
+                    if args.baseline is not None:
+                        base.append(per_request(leg, n, args.connections, args.baseline) / hops)
+                        line += f"; baseline {base[-1]:,.0f}; ratio {ours[-1] / base[-1]:.3f}"
+                    print(line, flush=True)
+                line = f"{leg} median: {statistics.median(ours):,.0f}"
+                if base:
+                    ratios = [a / b for a, b in zip(ours, base, strict=True)]
+                    line += (
+                        f"; baseline {statistics.median(base):,.0f}"
+                        f"; ours / baseline {statistics.median(ratios):.3f}"
+                    )
                 print(line, flush=True)
 
 

@@ -291,13 +291,14 @@ class Forwarder:
     ) -> bool | None:
         """A try that did not reach the client: None to try again, else the answer sent."""
         d = x.dest
+        now_ns = self.clock.now_ns()
         step = after_try(
             outcome,
             tries.replayable and tries.idempotent,
             tries.left,
             d.settings.retry_on_connect_failure,
+            now_ns < tries.deadline_ns,
         )
-        now_ns = self.clock.now_ns()
         if step.failed:
             self.accounting.record(d.states[x.idx], True, now_ns, d)
         if step.retry == FREE_RETRY:

@@ -20,7 +20,8 @@ functions here; only the byte moving differs.
 
 Retry rules. Connect failures are retried regardless of method or body, because nothing was
 sent. Status and timeout retries need an idempotent method, a replayable body, a try left and
-the service's retry budget. Each try goes to an endpoint this request has not tried yet when
+the service's retry budget. No try starts once the request's own deadline (``request_ms``, all
+tries together) has passed. Each try goes to an endpoint this request has not tried yet when
 there is one.
 """
 
@@ -205,15 +206,21 @@ _FAIL = {
 
 
 def after_try(
-    outcome: int, replayable_idempotent: bool, tries_left: int, retry_connect: bool
+    outcome: int,
+    replayable_idempotent: bool,
+    tries_left: int,
+    retry_connect: bool,
+    time_left: bool = True,
 ) -> AfterTry:
     """What a try that did not reach the client means (``outcome`` is not DONE).
 
     ``replayable_idempotent``: the method is idempotent and the body is held;
     ``tries_left``: retries the service still allows this request; ``retry_connect``: the
-    service retries connect failures."""
+    service retries connect failures; ``time_left``: the request's own deadline (``request_ms``,
+    all tries together) has not passed, else no try follows."""
     if outcome == STALE:
-        return AfterTry(False, FREE_RETRY if replayable_idempotent else NO_RETRY, "upstream_reset")
+        free = replayable_idempotent and time_left
+        return AfterTry(False, FREE_RETRY if free else NO_RETRY, "upstream_reset")
     if outcome == CONNECT_FAILED:
         may = retry_connect
     elif outcome == RETRY_STATUS:
@@ -224,7 +231,7 @@ def after_try(
         may = False
     else:
         raise ValueError(f"no decision after outcome {outcome!r}")
-    retry = BUDGET_RETRY if may and tries_left > 0 else NO_RETRY
+    retry = BUDGET_RETRY if may and tries_left > 0 and time_left else NO_RETRY
     return AfterTry(True, retry, _FAIL[outcome])
 
 

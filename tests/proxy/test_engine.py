@@ -11,6 +11,7 @@ import hashlib
 
 import pytest
 import trio
+import trio.testing
 from proxy_helpers import Backend, Client, get, pattern_bytes, service, start_mesh
 
 from gossipmesh.proxy import engine as engine_mod
@@ -79,6 +80,7 @@ async def test_engine_pipelined_in_order(nursery: trio.Nursery) -> None:
 async def test_engine_hands_over_and_takes_back(nursery: trio.Nursery) -> None:
     mesh = await start_mesh(nursery, {"api": ["be1"]})
     eng = mesh.a.event_engine
+    assert eng is not None
     c = await Client.open(mesh.outbound)
     assert (await c.request("GET", "/name", "api")).body == b"be1"
     base = mesh.a.fast_served
@@ -171,18 +173,25 @@ async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None
     assert be.requests == 1000
 
 
-async def test_engine_client_idle_timeout(nursery: trio.Nursery) -> None:
+async def test_engine_client_idle_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     p, addr, _ = await _direct(nursery, limits=ProxyLimits(client_idle_ms=200))
     s = await trio.open_tcp_stream(*addr)
     await s.send_all(ONE)
     await _read_until(s, lambda b: b.endswith(b"be1"))
+    answered = trio.current_time()
     with trio.fail_after(3):
         assert await s.receive_some(100) == b""  # closed by the watchdog through the engine
+    # Virtual time: the idle timeout, within one watchdog tick (50 ms).
+    assert 0.2 <= trio.current_time() - answered <= 0.25 + 1e-6
     await s.aclose()
     assert p.metrics.open_connections["outbound"] == 0
 
 
-async def test_engine_upstream_timeout_answers_504(nursery: trio.Nursery) -> None:
+async def test_engine_upstream_timeout_answers_504(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     be = Backend("be1")
     await nursery.start(be.run)
     p = Proxy(outbound=("127.0.0.1", 0), inbound=None)
@@ -192,9 +201,12 @@ async def test_engine_upstream_timeout_answers_504(nursery: trio.Nursery) -> Non
     assert addr.outbound is not None
     c = await Client.open(addr.outbound)
     assert (await c.request("GET", "/name", "api")).status == 200
+    sent = trio.current_time()
     with trio.fail_after(5):
         r = await c.request("GET", "/slow?ms=2000", "api")
-    assert r.status == 504
+    assert r.status == 504 and r.headers["x-gossipmesh-error"] == "upstream_timeout"
+    # Virtual time: the request deadline, within one watchdog tick; one endpoint, no retry.
+    assert 0.3 <= trio.current_time() - sent <= 0.35 + 1e-6
     await c.aclose()
 
 
