@@ -443,7 +443,7 @@ class Conn:
         assert x is not None and x.up is not None
         up = x.up
         if up.reg is not None:
-            up.reg.owner = None  # type: ignore[attr-defined]
+            up.reg.owner = None
         up.io.owner = None  # type: ignore[union-attr]
         self.x = None
         self.last_ns = x.end_ns
@@ -500,7 +500,7 @@ class Conn:
         x = self.x
         if x is not None and x.up is not None:
             if x.up.reg is not None:
-                x.up.reg.owner = None  # type: ignore[attr-defined]
+                x.up.reg.owner = None
             x.up.io.owner = None  # type: ignore[union-attr]
         self.conn.io.owner = None
         self.engine.forget(self.fd, self)
@@ -523,7 +523,7 @@ class Conn:
         self.state = GONE
         if in_flight:
             assert x is not None and x.up is not None
-            Forwarder.undo_commit(x)
+            FastPath.undo_commit(x)
             self.engine.upstreams.close(x.up)
         self.engine.downstreams.close(self.conn)
 

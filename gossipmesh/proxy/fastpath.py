@@ -97,7 +97,7 @@ class FastPath:
             local = inbound_instance(directory.local, req.dest, req.host)
             if local is None:
                 return None
-            d = directory.local_dest(local)
+            d = directory.local_dests.get(local) or directory.local_dest(local)
             route_name = ""
         else:
             host = req.host
@@ -139,6 +139,13 @@ class FastPath:
         assert x.up is not None
         x.up.io.deadline_ns = x.start_ns + min(settings.per_try_ms, settings.request_ms) * NS_PER_MS
         return head
+
+    @staticmethod
+    def undo_commit(x: Exchange) -> None:
+        """Give back the in-flight counts ``commit`` took: the exchange leaves the fast path
+        (``Forwarder.forward`` takes its own) or its connection closed."""
+        x.dest.breaker.inflight -= 1
+        x.dest.states[x.idx].inflight -= 1
 
     def finish(self, conn: Downstream, x: Exchange, n: int) -> bytes | int | None:
         """The bytes for the client for the ``n`` response bytes in ``conn.upbuf``, with the

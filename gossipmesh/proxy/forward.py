@@ -6,11 +6,13 @@ Theory of operation
 (routing.py) and hands the ``Exchange`` to ``forward``, which runs the pipeline's remaining steps
 in order (pipeline.py), each a short method here:
 
-- ``admit``: an endpoint exists and the service's breaker admits one more request;
-- the body: held whole if it can be (then replayable), else streamed;
-- the fields this hop adds, built once for every try (heads.py);
-- ``tries``: pick an endpoint, get a connection, one try (relay.py), then ``after_try`` decides:
-  answered, retry (free or from the budget) or the error to answer.
+- admission: an endpoint exists and the service's breaker admits one more request
+  (``overloaded`` answers 503 at once otherwise);
+- ``prepare``: the body, held whole if it can be (then replayable) or else streamed, and the
+  fields this hop adds, built once for every try (heads.py);
+- ``next_try``: pick an endpoint, get a connection, and ``attempt`` one try (relay.py);
+- ``answered`` accounts for a response that reached the client; ``after`` asks ``after_try``
+  what any other result means: retry (free, or paid from the budget) or the error to answer.
 
 The fast path joins here with its ``Exchange`` when it meets something it does not handle
 (``general``: picked, nothing sent; ``send_failed``: the pooled connection was dead; ``resume``:
@@ -24,6 +26,7 @@ from random import Random
 
 from gossipmesh.proxy.clock import NS_PER_MS, Clock
 from gossipmesh.proxy.downstream import Downstream, Downstreams
+from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.heads import forward_fields, hop_fields, request_head, request_target
 from gossipmesh.proxy.http1 import RequestHead, new_request_id
 from gossipmesh.proxy.limits import INBOUND
@@ -151,7 +154,7 @@ class Forwarder:
     async def send_failed(self, conn: Downstream, x: Exchange) -> bool:
         """The fast path's pooled connection was dead (the peer had closed it): a stale
         connection, retried for free with a new pick."""
-        self.undo_commit(x)
+        FastPath.undo_commit(x)
         assert x.up is not None
         self.upstreams.close(x.up)
         x.up = None
@@ -161,16 +164,9 @@ class Forwarder:
     async def resume(self, conn: Downstream, x: Exchange, n: int) -> bool:
         """The fast path's try was sent; it continues here with the ``n`` response bytes received
         so far (in the client's upstream buffer)."""
-        self.undo_commit(x)
+        FastPath.undo_commit(x)
         upmv = conn.upmv
         return await self.forward(conn, x, upmv[:n] if n > 0 and upmv is not None else None, True)
-
-    @staticmethod
-    def undo_commit(x: Exchange) -> None:
-        """The in-flight counts the fast path took (``FastPath.commit``); ``forward`` takes
-        its own."""
-        x.dest.breaker.inflight -= 1
-        x.dest.states[x.idx].inflight -= 1
 
     # -- the pipeline ------------------------------------------------------------------------
 

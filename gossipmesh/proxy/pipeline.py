@@ -131,8 +131,8 @@ def whole_body_end(reader: RequestReader) -> int:
 
 def take_whole_body(reader: RequestReader, req: RequestHead, end_pos: int) -> bytes:
     """Take the body that ``whole_body_end`` found off the reader."""
-    events = reader.events
-    body = b"".join(events[reader.pos : end_pos - 1]) if end_pos - 1 > reader.pos else b""  # type: ignore[arg-type]
+    parts = reader.events[reader.pos : end_pos - 1]  # the body chunks, END left out
+    body = b"".join(parts) if parts else b""  # type: ignore[arg-type]
     reader.pos = end_pos
     req.body_done = True
     return body

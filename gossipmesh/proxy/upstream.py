@@ -12,7 +12,7 @@ everything else is a raw non-blocking socket whose deadline the watchdog enforce
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -40,6 +40,8 @@ class Overloaded(Exception):
 
 class Registration(Protocol):
     """An upstream's registration in the event engine's epoll."""
+
+    owner: Any  # the engine's connection waiting on this upstream, if any
 
     def forget(self) -> None: ...
 
