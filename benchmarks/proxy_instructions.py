@@ -16,6 +16,8 @@ start-up, imports and warm-up cancelled out. ``--baseline DIR`` measures a secon
 Still not exact: how many requests one epoll wait serves, and how often the watchdog ticks per
 request, follow the timing of the run; two runs of the same code differ by up to about 2 %.
 ``--repeat K`` measures K times and reports medians (and the median of the paired ratios).
+``--syscalls`` counts the proxy's syscalls per request by name instead (``strace -f -c``, the
+same N / 2N difference): the kernel's share, which instructions do not show.
 
     python benchmarks/proxy_instructions.py --requests 3000 --legs outbound mesh --repeat 3 \
         [--baseline DIR]
@@ -97,19 +99,26 @@ def count_load(port: int, conns: int, total: int) -> None:
         ep.close()
 
 
-def instructions(leg: str, requests: int, conns: int, source: str | None) -> int:
-    """Instructions the proxy process executed from start to exit, serving ``requests``."""
+def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) -> dict[str, int]:
+    """What the proxy process did from start to exit, serving ``requests``: ``{"instructions":
+    n}`` under cachegrind, or calls per syscall name under ``strace -f -c``."""
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.path.abspath(source)
     with tempfile.TemporaryDirectory() as wd:
-        log = os.path.join(wd, "cg.log")
+        log = os.path.join(wd, "count.log")
+        if tool == "strace":
+            wrapper = ["strace", "-f", "-c", "-o", log]
+        else:
+            wrapper = [
+                "valgrind",
+                "--tool=cachegrind",
+                "--cache-sim=no",
+                f"--cachegrind-out-file={wd}/cg.out",
+                f"--log-file={log}",
+            ]
         argv = [
-            "valgrind",
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            f"--cachegrind-out-file={wd}/cg.out",
-            f"--log-file={log}",
+            *wrapper,
             sys.executable,
             "-c",
             PROXY_CODE,
@@ -126,20 +135,34 @@ def instructions(leg: str, requests: int, conns: int, source: str | None) -> int
             if line != b"ready":
                 raise SystemExit(f"proxy did not start: {line!r}")
             count_load(OUT_PORT, conns, requests)
-            # Only the proxy (valgrind runs it as the group leader), not the whole group.
+            # Only the proxy (the wrapper runs it as the group leader), not the whole group.
             os.kill(proc.pid, signal.SIGTERM)
             proc.communicate(timeout=STARTUP_S)
         with open(log) as f:
-            m = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
-        if m is None:
-            raise SystemExit(f"no instruction count in {log}")
-        return int(m.group(1).replace(",", ""))
+            text = f.read()
+    if tool == "strace":
+        calls = {}
+        for row in text.splitlines():
+            cols = row.split()
+            # "% time seconds usecs/call calls [errors] syscall"
+            if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
+                calls[cols[-1]] = int(cols[3])
+        return calls
+    m = re.search(r"I\s+refs:\s+([\d,]+)", text)
+    if m is None:
+        raise SystemExit(f"no instruction count in {log}")
+    return {"instructions": int(m.group(1).replace(",", ""))}
 
 
-def per_request(leg: str, n: int, conns: int, source: str | None) -> float:
-    one = instructions(leg, n, conns, source)
-    two = instructions(leg, 2 * n, conns, source)
-    return (two - one) / n
+def per_request(leg: str, n: int, conns: int, source: str | None, tool: str) -> dict[str, float]:
+    one = counted(leg, n, conns, source, tool)
+    two = counted(leg, 2 * n, conns, source, tool)
+    return {k: (two.get(k, 0) - one.get(k, 0)) / n for k in sorted(set(one) | set(two))}
+
+
+def syscall_line(counts: dict[str, float], hops: int) -> str:
+    busy = {k: v / hops for k, v in counts.items() if abs(v) / hops >= 0.005}
+    return " ".join(f"{k}={v:.2f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -149,10 +172,14 @@ def main() -> None:
     ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     ap.add_argument("--repeat", type=int, default=1, help="measurements per proxy (max 9)")
+    ap.add_argument(
+        "--syscalls", action="store_true", help="count syscalls per request (strace) instead"
+    )
     args = ap.parse_args()
     repeat = max(1, min(args.repeat, 9))
-    if shutil.which("valgrind") is None or shutil.which("nginx") is None:
-        raise SystemExit("needs valgrind and nginx")
+    tool = "strace" if args.syscalls else "valgrind"
+    if shutil.which(tool) is None or shutil.which("nginx") is None:
+        raise SystemExit(f"needs {tool} and nginx")
     n = max(100, min(args.requests, 100_000))
     backend_server = (
         f"server {{ listen {HOST}:{BACKEND_PORT};"
@@ -164,13 +191,25 @@ def main() -> None:
             wait_port(BACKEND_PORT)
             for leg in args.legs:
                 hops = 2 if leg == "mesh" else 1
+                if args.syscalls:
+                    for label, src in (("ours", None), ("baseline", args.baseline)):
+                        if label == "ours" or src is not None:
+                            counts = per_request(leg, n, args.connections, src, "strace")
+                            print(
+                                f"{leg} {label}: syscalls per hop-request: "
+                                + syscall_line(counts, hops),
+                                flush=True,
+                            )
+                    continue
                 ours: list[float] = []
                 base: list[float] = []
                 for r in range(repeat):
-                    ours.append(per_request(leg, n, args.connections, None) / hops)
+                    one = per_request(leg, n, args.connections, None, "valgrind")
+                    ours.append(one["instructions"] / hops)
                     line = f"{leg} #{r + 1}: {ours[-1]:,.0f} instructions per hop-request"
                     if args.baseline is not None:
-                        base.append(per_request(leg, n, args.connections, args.baseline) / hops)
+                        other = per_request(leg, n, args.connections, args.baseline, "valgrind")
+                        base.append(other["instructions"] / hops)
                         line += f"; baseline {base[-1]:,.0f}; ratio {ours[-1] / base[-1]:.3f}"
                     print(line, flush=True)
                 line = f"{leg} median: {statistics.median(ours):,.0f}"
