@@ -135,8 +135,13 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
             if line != b"ready":
                 raise SystemExit(f"proxy did not start: {line!r}")
             count_load(OUT_PORT, conns, requests)
-            # Only the proxy (the wrapper runs it as the group leader), not the whole group.
-            os.kill(proc.pid, signal.SIGTERM)
+            # Only the proxy, not the whole group: valgrind runs it as the group leader's own
+            # process; strace as its child (and strace itself would only detach on SIGTERM).
+            target = proc.pid
+            if tool == "strace":
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    target = int(f.read().split()[0])
+            os.kill(target, signal.SIGTERM)
             proc.communicate(timeout=STARTUP_S)
         with open(log) as f:
             text = f.read()
