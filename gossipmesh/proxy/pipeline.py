@@ -53,14 +53,14 @@ RESET = 3  # the upstream failed before the response head
 STALE = 4  # a reused pooled connection the peer had closed, before any response byte
 ABORT = 5  # the client went away, or its streamed body broke off
 CONNECT_FAILED = 6  # no connection to the endpoint
-OUTCOME_NAMES = ("done", "retry_status", "timeout", "reset", "stale", "abort", "connect_failed")
 
 NO_RETRY, FREE_RETRY, BUDGET_RETRY = range(3)
 
 
 class Exchange:
-    """One request through the pipeline. ``idx`` -1: no endpoint picked yet. ``body`` None: the
-    body is still in the reader (not taken); ``up``: the connection its try was sent on."""
+    """One request through the pipeline. ``idx``: the endpoint of its current try (-1: none
+    picked yet). ``body``: the body held whole (replayable); None while it is still in the reader
+    and when it streams. ``up``: the connection the fast path sent it on."""
 
     __slots__ = (
         "req",
