@@ -29,8 +29,14 @@ from random import Random
 
 from gossipmesh.proxy.clock import NS_PER_MS, Clock
 from gossipmesh.proxy.downstream import Downstream
-from gossipmesh.proxy.heads import fast_reply, forward_fields, hop_fields, request_head
-from gossipmesh.proxy.http1 import RequestHead, new_request_id
+from gossipmesh.proxy.heads import (
+    fast_reply,
+    forward_fields,
+    hop_fields,
+    new_request_id,
+    request_head,
+)
+from gossipmesh.proxy.http1 import RequestHead
 from gossipmesh.proxy.limits import INBOUND
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.pipeline import (

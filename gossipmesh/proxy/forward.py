@@ -27,8 +27,14 @@ from random import Random
 from gossipmesh.proxy.clock import NS_PER_MS, Clock
 from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.fastpath import FastPath
-from gossipmesh.proxy.heads import forward_fields, hop_fields, request_head, request_target
-from gossipmesh.proxy.http1 import RequestHead, new_request_id
+from gossipmesh.proxy.heads import (
+    forward_fields,
+    hop_fields,
+    new_request_id,
+    request_head,
+    request_target,
+)
+from gossipmesh.proxy.http1 import RequestHead
 from gossipmesh.proxy.limits import INBOUND
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.pipeline import (

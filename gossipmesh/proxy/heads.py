@@ -6,8 +6,9 @@ Theory of operation
 A request head is rebuilt, never copied (http1.build_request_head drops hop-by-hop fields). Both
 the fast path and the general path add the same fields, built here once:
 
-- ``hop_fields``: ``traceparent`` (a new span under the caller's trace), ``x-forwarded-for`` (the
-  client's address appended) and ``x-request-id`` when the client sent none.
+- ``hop_fields``: ``traceparent`` (W3C trace context: the caller's trace, a new span for this
+  hop), ``x-forwarded-for`` (the client's address appended) and ``x-request-id`` when the client
+  sent none (``new_request_id``).
 - ``forward_fields``: those, plus Host when the request had none or came in absolute form, the
   Upgrade pair for a tunnel, and the body framing the proxy re-applies (a replayable chunked body
   is sent with its length; a streamed one is re-chunked).
@@ -33,7 +34,6 @@ from gossipmesh.proxy.http1 import (
     ResponseHead,
     build_request_head,
     build_response_head,
-    next_traceparent,
 )
 
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
@@ -61,6 +61,35 @@ def request_target(req: RequestHead) -> tuple[bytes, bytes, bytes] | None:
     authority = rest if slash < 0 else rest[:slash]
     target = b"/" if slash < 0 else rest[slash:]
     return target, authority, b"" if req.host == authority else authority
+
+
+def new_request_id(rng: Random) -> bytes:
+    return b"%032x" % rng.getrandbits(128)
+
+
+def next_traceparent(incoming: bytes, rng: Random) -> bytes:
+    """W3C trace context: keep trace-id and flags, new parent-id (this hop's span)."""
+    span = b"%016x" % (rng.getrandbits(64) or 1)
+    if not incoming:
+        return b"00-%032x-%s-01" % (rng.getrandbits(128) or 1, span)
+    parts = incoming.strip().split(b"-")
+    if (
+        len(parts) >= 4
+        and len(parts[0]) == 2
+        and len(parts[1]) == 32
+        and len(parts[2]) == 16
+        and len(parts[3]) == 2
+        and parts[1] != b"0" * 32
+        and parts[0] != b"ff"
+    ):
+        try:
+            int(parts[1], 16)
+            int(parts[3], 16)
+        except ValueError:
+            pass
+        else:
+            return b"00-" + parts[1].lower() + b"-" + span + b"-" + parts[3].lower()
+    return b"00-%032x-%s-01" % (rng.getrandbits(128) or 1, span)
 
 
 def hop_fields(req: RequestHead, client_ip: bytes, rid: bytes, rng: Random) -> bytes:
@@ -232,6 +261,8 @@ __all__ = [
     "header",
     "hop_fields",
     "mesh_fields",
+    "new_request_id",
+    "next_traceparent",
     "request_head",
     "request_target",
     "response_framing",

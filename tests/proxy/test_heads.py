@@ -15,6 +15,8 @@ from gossipmesh.proxy.heads import (
     forward_fields,
     header,
     hop_fields,
+    new_request_id,
+    next_traceparent,
     request_head,
     request_target,
     response_framing,
@@ -217,3 +219,20 @@ def test_upgrade_and_connect_heads() -> None:
 def test_header_lookup() -> None:
     assert header([(b"a", b"1"), (b"b", b"2"), (b"b", b"3")], b"b") == b"2"
     assert header([], b"b") == b""
+
+
+def test_traceparent_propagates_trace_with_new_span() -> None:
+    rng = random.Random(1)
+    incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    out = next_traceparent(incoming, rng)
+    v, trace, span, flags = out.split(b"-")
+    assert (v, trace, flags) == (b"00", b"4bf92f3577b34da6a3ce929d0e0e4736", b"01")
+    assert span != b"00f067aa0ba902b7" and len(span) == 16
+    fresh = next_traceparent(b"garbage", rng)
+    assert len(fresh) == 55 and fresh.startswith(b"00-")
+
+
+def test_request_ids_are_128_random_bits_in_hex() -> None:
+    rng = random.Random(5)
+    ids = {new_request_id(rng) for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
