@@ -21,9 +21,10 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
         [--engine epoll|tasks] [--baseline DIR]
 
 ``--baseline DIR`` also runs the proxy from another checkout's source tree (``DIR`` holds its
-``gossipmesh`` package, e.g. ``git archive COMMIT gossipmesh | tar -x -C DIR``) in every round,
-between the two others, and prints the median of the per-round ratios to it: a paired A/B
-comparison that the neighbours' load disturbs much less than two separate runs would.
+``gossipmesh`` package, e.g. ``git archive COMMIT gossipmesh | tar -x -C DIR``) in every round
+(before ours in odd rounds, after it in even ones) and prints the median of the per-round
+ratios to it: a paired A/B comparison that the neighbours' load disturbs less than two separate
+runs would. On a shared machine it is still noisy; benchmarks/proxy_instructions.py is exact.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 HOST = "127.0.0.1"
 BACKEND_PORT = 18190
@@ -403,9 +405,11 @@ def main() -> None:
             for leg in args.legs:
                 per: dict[str, list[float]] = {}
                 for r in range(args.rounds):
-                    results = [run_gossipmesh(leg, 1, args)]
+                    runs = [partial(run_gossipmesh, leg, 1, args)]
                     if args.baseline is not None:
-                        results.append(run_gossipmesh(leg, 1, args, args.baseline))
+                        # Alternate which of the two runs first, so order effects cancel.
+                        runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))
+                    results = [run() for run in runs]
                     results.append(run_nginx(leg, wd, args))
                     if args.workers > 1:
                         results.append(run_gossipmesh(leg, args.workers, args))
