@@ -17,7 +17,8 @@ Still not exact: how many requests one epoll wait serves, and how often the watc
 request, follow the timing of the run; two runs of the same code differ by up to about 2 %.
 ``--repeat K`` measures K times and reports medians (and the median of the paired ratios).
 ``--syscalls`` counts the proxy's syscalls per request by name instead (``strace -f -c``, the
-same N / 2N difference): the kernel's share, which instructions do not show.
+same N / 2N difference): the kernel's share, which instructions do not show. ``--cache-sim``
+reports cachegrind's simulated I1/D1/LL misses per request (a model of this machine's caches).
 
     python benchmarks/proxy_instructions.py --requests 3000 --legs outbound mesh --repeat 3 \
         [--baseline DIR]
@@ -113,7 +114,7 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
             wrapper = [
                 "valgrind",
                 "--tool=cachegrind",
-                "--cache-sim=no",
+                f"--cache-sim={'yes' if tool == 'cachesim' else 'no'}",
                 f"--cachegrind-out-file={wd}/cg.out",
                 f"--log-file={log}",
             ]
@@ -156,7 +157,10 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
     m = re.search(r"I\s+refs:\s+([\d,]+)", text)
     if m is None:
         raise SystemExit(f"no instruction count in {log}")
-    return {"instructions": int(m.group(1).replace(",", ""))}
+    out = {"instructions": int(m.group(1).replace(",", ""))}
+    for name, value in re.findall(r"(I1 +misses|D +refs|D1 +misses|LL +misses):\s+([\d,]+)", text):
+        out[" ".join(name.split())] = int(value.split()[0].replace(",", ""))
+    return out
 
 
 def per_request(leg: str, n: int, conns: int, source: str | None, tool: str) -> dict[str, float]:
@@ -165,7 +169,7 @@ def per_request(leg: str, n: int, conns: int, source: str | None, tool: str) -> 
     return {k: (two.get(k, 0) - one.get(k, 0)) / n for k in sorted(set(one) | set(two))}
 
 
-def syscall_line(counts: dict[str, float], hops: int) -> str:
+def counts_line(counts: dict[str, float], hops: int) -> str:
     busy = {k: v / hops for k, v in counts.items() if abs(v) / hops >= 0.005}
     return " ".join(f"{k}={v:.2f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1]))
 
@@ -180,11 +184,17 @@ def main() -> None:
     ap.add_argument(
         "--syscalls", action="store_true", help="count syscalls per request (strace) instead"
     )
+    ap.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="simulated cache misses per request (cachegrind) instead",
+    )
     args = ap.parse_args()
     repeat = max(1, min(args.repeat, 9))
-    tool = "strace" if args.syscalls else "valgrind"
-    if shutil.which(tool) is None or shutil.which("nginx") is None:
-        raise SystemExit(f"needs {tool} and nginx")
+    tool = "strace" if args.syscalls else "cachesim" if args.cache_sim else "valgrind"
+    program = "strace" if args.syscalls else "valgrind"
+    if shutil.which(program) is None or shutil.which("nginx") is None:
+        raise SystemExit(f"needs {program} and nginx")
     n = max(100, min(args.requests, 100_000))
     backend_server = (
         f"server {{ listen {HOST}:{BACKEND_PORT};"
@@ -196,13 +206,14 @@ def main() -> None:
             wait_port(BACKEND_PORT)
             for leg in args.legs:
                 hops = 2 if leg == "mesh" else 1
-                if args.syscalls:
+                if args.syscalls or args.cache_sim:
+                    what = "syscalls" if args.syscalls else "cache (simulated)"
                     for label, src in (("ours", None), ("baseline", args.baseline)):
                         if label == "ours" or src is not None:
-                            counts = per_request(leg, n, args.connections, src, "strace")
+                            counts = per_request(leg, n, args.connections, src, tool)
                             print(
-                                f"{leg} {label}: syscalls per hop-request: "
-                                + syscall_line(counts, hops),
+                                f"{leg} {label}: {what} per hop-request: "
+                                + counts_line(counts, hops),
                                 flush=True,
                             )
                     continue
