@@ -30,7 +30,9 @@ wait_writable = trio.lowlevel.wait_writable
 
 
 def trio_deadline(deadline_ns: int, clock: Clock) -> float:
-    """``deadline_ns`` on ``clock`` as a deadline on trio's clock (a cancel scope's)."""
+    """``deadline_ns`` on ``clock`` as a deadline on trio's clock (a cancel scope's). The one
+    place the proxy reads trio's clock itself: a cancel scope only takes trio's time, and the
+    injected clock need not be trio's."""
     if deadline_ns >= NEVER_NS:
         return math.inf
     return trio.current_time() + (deadline_ns - clock.now_ns()) / NS_PER_S
