@@ -18,7 +18,13 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
   workers' CPU).
 
     python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh [--workers N]
-        [--engine epoll|tasks]
+        [--engine epoll|tasks] [--baseline DIR]
+
+``--baseline DIR`` also runs the proxy from another checkout's source tree (``DIR`` holds its
+``gossipmesh`` package, e.g. ``git archive COMMIT gossipmesh | tar -x -C DIR``) in every round
+(before ours in odd rounds, after it in even ones) and prints the median of the per-round
+ratios to it: a paired A/B comparison that the neighbours' load disturbs less than two separate
+runs would. On a shared machine it is still noisy; benchmarks/proxy_instructions.py is exact.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 HOST = "127.0.0.1"
 BACKEND_PORT = 18190
@@ -136,7 +143,7 @@ def _pin(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def _wait_port(port: int) -> None:
+def wait_port(port: int) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
@@ -145,7 +152,7 @@ def _wait_port(port: int) -> None:
     raise SystemExit(f"nothing listening on {HOST}:{port} after {STARTUP_S} s")
 
 
-def _nginx_conf(workdir: str, name: str, server: str) -> str:
+def nginx_conf(workdir: str, name: str, server: str) -> str:
     conf = os.path.join(workdir, f"{name}.conf")
     with open(conf, "w") as f:
         f.write(
@@ -303,7 +310,12 @@ def measure(
     return Result(name, n, wall, u1 - u0, s1 - s0, hops, note)
 
 
-def run_gossipmesh(leg: str, workers: int, args: argparse.Namespace) -> Result:
+def run_gossipmesh(
+    leg: str, workers: int, args: argparse.Namespace, source: str | None = None
+) -> Result:
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(source)}
     argv = [
         *_pin(args.proxy_cpu if workers == 1 else None),
         sys.executable,
@@ -316,7 +328,7 @@ def run_gossipmesh(leg: str, workers: int, args: argparse.Namespace) -> Result:
         str(workers),
         args.engine,
     ]
-    with launched(argv, stdout=subprocess.PIPE) as proc:
+    with launched(argv, stdout=subprocess.PIPE, env=env) as proc:
         assert proc.stdout is not None
         for _ in range(workers):
             line = proc.stdout.readline().strip()
@@ -325,6 +337,8 @@ def run_gossipmesh(leg: str, workers: int, args: argparse.Namespace) -> Result:
         pids = [proc.pid, *_children(proc.pid)]
         hops = 2 if leg == "mesh" else 1
         label = "gossipmesh" if workers == 1 else f"gm x{workers}"
+        if source is not None:
+            label = "baseline"
         res = measure(label, OUT_PORT, pids, hops, args)
         proc.send_signal(signal.SIGTERM)  # each worker prints its request counters and exits
         out, _ = proc.communicate(timeout=10)
@@ -340,11 +354,11 @@ def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
         if leg == "mesh":
             chain = [(NGINX_PORT, NGINX2_PORT), (NGINX2_PORT, BACKEND_PORT)]
         for i, (listen, to) in enumerate(chain):
-            conf = _nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
+            conf = nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
             proc = stack.enter_context(
                 launched([*_pin(args.proxy_cpu), "nginx", "-c", conf, "-p", workdir])
             )
-            _wait_port(listen)
+            wait_port(listen)
             deadline = time.monotonic() + STARTUP_S
             while not _children(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)  # the master listens before it forks its worker
@@ -367,6 +381,7 @@ def main() -> None:
     ap.add_argument(
         "--engine", choices=["epoll", "tasks"], default="epoll", help="Proxy(engine=...)"
     )
+    ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     args = ap.parse_args()
@@ -384,13 +399,18 @@ def main() -> None:
         f" engine={args.engine}"
     )
     with tempfile.TemporaryDirectory() as wd:
-        conf = _nginx_conf(wd, "backend", backend_server)
+        conf = nginx_conf(wd, "backend", backend_server)
         with launched([*_pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
-            _wait_port(BACKEND_PORT)
+            wait_port(BACKEND_PORT)
             for leg in args.legs:
                 per: dict[str, list[float]] = {}
                 for r in range(args.rounds):
-                    results = [run_gossipmesh(leg, 1, args), run_nginx(leg, wd, args)]
+                    runs = [partial(run_gossipmesh, leg, 1, args)]
+                    if args.baseline is not None:
+                        # Alternate which of the two runs first, so order effects cancel.
+                        runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))
+                    results = [run() for run in runs]
+                    results.append(run_nginx(leg, wd, args))
                     if args.workers > 1:
                         results.append(run_gossipmesh(leg, args.workers, args))
                     for res in results:
@@ -401,6 +421,15 @@ def main() -> None:
                     print(
                         f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s"
                         f"  = {v / med['nginx']:.2f}x nginx"
+                    )
+                if "baseline" in per:
+                    paired = [
+                        a / b for a, b in zip(per["gossipmesh"], per["baseline"], strict=True)
+                    ]
+                    print(
+                        f"{leg} gossipmesh / baseline per round: "
+                        + " ".join(f"{x:.3f}" for x in paired)
+                        + f"  median {statistics.median(paired):.3f}"
                     )
 
 

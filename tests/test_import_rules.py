@@ -333,7 +333,7 @@ def test_the_reader_sees_every_module_and_imports_inside_functions() -> None:
             "gossipmesh.client", "simulations.cluster"} <= set(found)  # fmt: skip
     lazy = [i for i in found["gossipmesh.cli.app"].imports if i.module == "gossipmesh.agent.main"]
     assert [(i.function, i.type_checking) for i in lazy] == [("agent", False)]
-    typed = [i for i in found["gossipmesh.proxy.engine"].imports if i.type_checking]
+    typed = [i for i in found["gossipmesh.agent.join"].imports if i.type_checking]
     assert typed and all(i.function is None for i in typed)
 
 

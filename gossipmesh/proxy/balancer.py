@@ -5,6 +5,7 @@ Theory of operation
 The table gives a cluster's endpoints; the proxy keeps one mutable ``EndpointState`` per endpoint
 key (in-flight count, latency estimate, outlier state) that survives table swaps. ``pick`` takes
 the cluster's states in table order and returns an index, or -1 when there is nothing to pick.
+Time is one instant in nanoseconds, ``now_ns``, on the proxy's clock (clock.py).
 
 Candidates. Endpoints ejected by outlier detection and endpoints already tried by this request are
 left out. Panic threshold (Envoy's): if fewer than half of the cluster is un-ejected, ejection is
@@ -53,7 +54,7 @@ class EndpointState:
         "ewma_ns",
         "ewma_at_ns",
         "consecutive_failures",
-        "ejected_until_ms",
+        "ejected_until_ns",
         "times_ejected",
         "connections",
     )
@@ -65,14 +66,14 @@ class EndpointState:
         self.ewma_ns = 0.0  # 0 = never measured
         self.ewma_at_ns = 0
         self.consecutive_failures = 0
-        self.ejected_until_ms = 0
+        self.ejected_until_ns = 0
         self.times_ejected = 0
         self.connections = 0
 
     def __repr__(self) -> str:
         return (
             f"EndpointState({self.key}, inflight={self.inflight}, ewma_ms={self.ewma_ns / 1e6:.2f},"
-            f" ejected_until_ms={self.ejected_until_ms}, times_ejected={self.times_ejected})"
+            f" ejected_until_ns={self.ejected_until_ns}, times_ejected={self.times_ejected})"
         )
 
     def observe_rtt(self, rtt_ns: int, now_ns: int) -> None:
@@ -124,11 +125,11 @@ def ring_lookup(ring: Ring, key: bytes, eligible: Sequence[bool] | None = None) 
 
 
 def eligible_mask(
-    states: Sequence[EndpointState], now_ms: int, tried: Sequence[int] | None
+    states: Sequence[EndpointState], now_ns: int, tried: Sequence[int] | None
 ) -> list[bool] | None:
     """Which endpoints may be picked; None means all (the common, allocation-free case)."""
     n = len(states)
-    mask = [s.ejected_until_ms <= now_ms for s in states]
+    mask = [s.ejected_until_ns <= now_ns for s in states]
     healthy = sum(mask)
     if healthy * 2 < n:  # panic: fewer than half healthy, ignore ejection
         mask = [True] * n
@@ -170,16 +171,17 @@ class Balancer:
         self,
         states: Sequence[EndpointState],
         rng: Random,
-        now_ms: int,
+        now_ns: int,
         any_ejected: bool,
         tried: Sequence[int] | None = None,
         hash_key: bytes | None = None,
-        now_ns: int = 0,
     ) -> int:
+        """An index into ``states``, or -1. ``any_ejected``: some endpoint may still be ejected
+        at ``now_ns`` (False lets the common case skip building the eligibility mask)."""
         n = len(states)
         if n == 0:
             return -1
-        mask = eligible_mask(states, now_ms, tried) if (any_ejected or tried) else None
+        mask = eligible_mask(states, now_ns, tried) if (any_ejected or tried) else None
         if n == 1:
             return 0
         policy = self.policy

@@ -28,7 +28,6 @@ Content-Length body keeps its length). Upgrade/Connection are re-added only for 
 from __future__ import annotations
 
 import re
-from random import Random
 
 import httptools
 
@@ -460,35 +459,6 @@ class ResponseReader:
 
 # ---------------------------------------------------------------------------------------------
 # Building heads for the next hop
-
-
-def new_request_id(rng: Random) -> bytes:
-    return b"%032x" % rng.getrandbits(128)
-
-
-def next_traceparent(incoming: bytes, rng: Random) -> bytes:
-    """W3C trace context: keep trace-id and flags, new parent-id (this hop's span)."""
-    span = b"%016x" % (rng.getrandbits(64) or 1)
-    if not incoming:
-        return b"00-%032x-%s-01" % (rng.getrandbits(128) or 1, span)
-    parts = incoming.strip().split(b"-")
-    if (
-        len(parts) >= 4
-        and len(parts[0]) == 2
-        and len(parts[1]) == 32
-        and len(parts[2]) == 16
-        and len(parts[3]) == 2
-        and parts[1] != b"0" * 32
-        and parts[0] != b"ff"
-    ):
-        try:
-            int(parts[1], 16)
-            int(parts[3], 16)
-        except ValueError:
-            pass
-        else:
-            return b"00-" + parts[1].lower() + b"-" + span + b"-" + parts[3].lower()
-    return b"00-%032x-%s-01" % (rng.getrandbits(128) or 1, span)
 
 
 def build_request_head(

@@ -45,6 +45,8 @@ LATENCY_BUCKETS_S = (
     5.0,
     10.0,
 )
+# The same bounds in nanoseconds: latencies are measured in ns on the proxy's clock (clock.py).
+LATENCY_BUCKETS_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
 _CLASSES = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -57,7 +59,7 @@ class ProxyMetrics:
         self.requests: dict[tuple[str, str, int, str], int] = {}
         # (service, direction) -> [bucket counts..., +Inf count], sums kept apart
         self.latency: dict[tuple[str, str], list[int]] = {}
-        self.latency_sum_s: dict[tuple[str, str], float] = {}
+        self.latency_sum_ns: dict[tuple[str, str], int] = {}
         self.open_connections: dict[str, int] = {"outbound": 0, "inbound": 0, "tcp": 0}
         self.connections_total: dict[str, int] = {"outbound": 0, "inbound": 0, "tcp": 0}
         self.upstream_connections: dict[str, int] = {}
@@ -74,7 +76,7 @@ class ProxyMetrics:
     # -- hot path -------------------------------------------------------------------------
 
     def observe(
-        self, service: str, route: str, status: int, direction: str, latency_s: float
+        self, service: str, route: str, status: int, direction: str, latency_ns: int
     ) -> None:
         key = (service, route, status, direction)
         requests = self.requests
@@ -82,10 +84,10 @@ class ProxyMetrics:
         lkey = (service, direction)
         buckets = self.latency.get(lkey)
         if buckets is None:
-            buckets = self.latency[lkey] = [0] * (len(LATENCY_BUCKETS_S) + 1)
-            self.latency_sum_s[lkey] = 0.0
-        buckets[bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
-        self.latency_sum_s[lkey] += latency_s
+            buckets = self.latency[lkey] = [0] * (len(LATENCY_BUCKETS_NS) + 1)
+            self.latency_sum_ns[lkey] = 0
+        buckets[bisect_left(LATENCY_BUCKETS_NS, latency_ns)] += 1
+        self.latency_sum_ns[lkey] += latency_ns
 
     def bump(self, counter: dict[str, int], service: str) -> None:
         counter[service] = counter.get(service, 0) + 1
@@ -145,7 +147,7 @@ class _Collector(Collector):
                 cum += c
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cum))
             hist.add_metric(
-                [svc, direction], buckets, sum_value=m.latency_sum_s.get((svc, direction), 0.0)
+                [svc, direction], buckets, sum_value=m.latency_sum_ns.get((svc, direction), 0) / 1e9
             )
         yield hist
 

@@ -6,7 +6,7 @@ A pool key is where a connection goes: the peer agent's inbound listener, or a l
 Only *idle* connections live here; a connection in use belongs to the request using it and comes
 back through ``checkin`` when the response ended cleanly with keep-alive on both sides.
 
-Every method is a pure decision over the idle lists plus ``now_ms`` and returns the connections
+Every method is a pure decision over the idle lists plus ``now_ns`` (clock.py) and returns the connections
 the caller must close, so the I/O shell closes exactly what the decision evicted and nothing else:
 
 - ``checkout``: most-recently-used first (LIFO). The warmest connection is the one least likely to
@@ -31,37 +31,37 @@ class PoolDecisions(Generic[C]):
 
     def __init__(self, max_idle_per_key: int = 64) -> None:
         self.max_idle_per_key = max_idle_per_key
-        # key -> deque of (connection, expires_at_ms); right end is the most recently used.
+        # key -> deque of (connection, expires_at_ns); right end is the most recently used.
         self._idle: dict[Hashable, deque[tuple[C, int]]] = {}
 
-    def checkout(self, key: Hashable, now_ms: int) -> tuple[C | None, list[C]]:
+    def checkout(self, key: Hashable, now_ns: int) -> tuple[C | None, list[C]]:
         q = self._idle.get(key)
         if not q:
             return None, []
         close: list[C] = []
         while q:
             conn, expires = q.pop()
-            if expires > now_ms:
+            if expires > now_ns:
                 return conn, close
             close.append(conn)
         return None, close
 
-    def checkin(self, key: Hashable, conn: C, now_ms: int, idle_ms: int) -> list[C]:
+    def checkin(self, key: Hashable, conn: C, now_ns: int, idle_ns: int) -> list[C]:
         q = self._idle.get(key)
         if q is None:
             q = self._idle[key] = deque()
-        q.append((conn, now_ms + idle_ms))
+        q.append((conn, now_ns + idle_ns))
         close: list[C] = []
         while len(q) > self.max_idle_per_key:
             close.append(q.popleft()[0])
         return close
 
-    def sweep(self, now_ms: int) -> list[C]:
+    def sweep(self, now_ns: int) -> list[C]:
         close: list[C] = []
         for key in list(self._idle):
             q = self._idle[key]
-            keep = deque(item for item in q if item[1] > now_ms)
-            close.extend(conn for conn, exp in q if exp <= now_ms)
+            keep = deque(item for item in q if item[1] > now_ns)
+            close.extend(conn for conn, exp in q if exp <= now_ns)
             if keep:
                 self._idle[key] = keep
             else:

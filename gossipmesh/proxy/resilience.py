@@ -1,4 +1,4 @@
-"""Retry budget, outlier detection and circuit breaking. Pure: time is passed in as ``now_ms``.
+"""Retry budget, outlier detection and circuit breaking. Pure: time is passed in as ``now_ns``.
 
 Theory of operation
 -------------------
@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gossipmesh.proxy.balancer import EndpointState
+from gossipmesh.proxy.clock import NS_PER_MS, NS_PER_S
 from gossipmesh.proxy.table import ServiceSettings
 
 WINDOW_S = 10
@@ -42,8 +43,8 @@ class RetryBudget:
         self._requests = [0] * WINDOW_S
         self._retries = [0] * WINDOW_S
 
-    def _bucket(self, now_ms: int) -> int:
-        sec = now_ms // 1000
+    def _bucket(self, now_ns: int) -> int:
+        sec = now_ns // NS_PER_S
         i = sec % WINDOW_S
         if self._secs[i] != sec:
             self._secs[i] = sec
@@ -51,13 +52,13 @@ class RetryBudget:
             self._retries[i] = 0
         return i
 
-    def record_request(self, now_ms: int) -> None:
+    def record_request(self, now_ns: int) -> None:
         """Every original request (not retries) deposits into the budget."""
-        self._requests[self._bucket(now_ms)] += 1
+        self._requests[self._bucket(now_ns)] += 1
 
-    def window(self, now_ms: int) -> tuple[int, int]:
+    def window(self, now_ns: int) -> tuple[int, int]:
         """(requests, retries) over the last WINDOW_S seconds including this one."""
-        sec = now_ms // 1000
+        sec = now_ns // NS_PER_S
         req = ret = 0
         for i in range(WINDOW_S):
             if sec - WINDOW_S < self._secs[i] <= sec:
@@ -65,20 +66,20 @@ class RetryBudget:
                 ret += self._retries[i]
         return req, ret
 
-    def try_withdraw(self, now_ms: int) -> bool:
+    def try_withdraw(self, now_ns: int) -> bool:
         """True and count it if one more retry fits the budget; False means "budget exhausted"."""
-        req, ret = self.window(now_ms)
+        req, ret = self.window(now_ns)
         allowed = req * self.percent // 100 + self.min_per_s * WINDOW_S
         if ret >= allowed:
             return False
-        self._retries[self._bucket(now_ms)] += 1
+        self._retries[self._bucket(now_ns)] += 1
         return True
 
 
 def record_outcome(
     state: EndpointState,
     failed: bool,
-    now_ms: int,
+    now_ns: int,
     settings: ServiceSettings,
     peers: Sequence[EndpointState],
 ) -> bool:
@@ -89,20 +90,23 @@ def record_outcome(
     """
     if not failed:
         state.consecutive_failures = 0
-        if state.times_ejected and now_ms > state.ejected_until_ms + settings.max_ejection_ms:
+        if (
+            state.times_ejected
+            and now_ns > state.ejected_until_ns + settings.max_ejection_ms * NS_PER_MS
+        ):
             state.times_ejected = 0
         return False
     state.consecutive_failures += 1
     if state.consecutive_failures < settings.consecutive_failures:
         return False
-    if state.ejected_until_ms > now_ms:
+    if state.ejected_until_ns > now_ns:
         return False  # already out (a request that started before the ejection)
-    ejected = sum(1 for p in peers if p.ejected_until_ms > now_ms)
+    ejected = sum(1 for p in peers if p.ejected_until_ns > now_ns)
     if (ejected + 1) * 100 > settings.max_ejected_percent * max(1, len(peers)):
         return False
     state.times_ejected += 1
-    duration = min(settings.base_ejection_ms * state.times_ejected, settings.max_ejection_ms)
-    state.ejected_until_ms = now_ms + duration
+    duration_ms = min(settings.base_ejection_ms * state.times_ejected, settings.max_ejection_ms)
+    state.ejected_until_ns = now_ns + duration_ms * NS_PER_MS
     state.consecutive_failures = 0
     return True
 

@@ -5,9 +5,11 @@ Theory of operation
 -------------------
 The hot path never awaits when a syscall can succeed at once: ``SockIO`` tries ``send``/``recv``
 first and only parks on ``wait_readable``/``wait_writable`` when the kernel says it would block.
-Deadlines are not cancel scopes (measured at ~6 µs a request) but a field the proxy's watchdog
-compares against the monotonic clock, closing the socket of a request past its time. ``StreamIO``
-gives any ``trio.abc.Stream`` (a ``Connector``'s, e.g. TLS between agents) the same interface.
+Deadlines are not cancel scopes (measured at ~6 µs a request) but a field, ``deadline_ns`` on
+the proxy's clock (clock.py), that the watchdog (deadlines.py) compares with now, closing the
+socket of a request past its time. ``StreamIO`` gives any ``trio.abc.Stream`` (a ``Connector``'s,
+e.g. TLS between agents) the same interface; it turns its deadline into a cancel scope on trio's
+clock.
 """
 
 from __future__ import annotations
@@ -17,24 +19,23 @@ import errno
 import ipaddress
 import math
 import socket
-import time
 from typing import Any, Protocol
 
 import trio
 
-INF = math.inf
-_wait_readable = trio.lowlevel.wait_readable
-_wait_writable = trio.lowlevel.wait_writable
-# Deadlines and latencies use the monotonic clock directly: trio.current_time() is three Python
-# frames deep, and the watchdog compares against the same clock.
-_now = time.monotonic
+from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, NS_PER_S, Clock
+
+wait_readable = trio.lowlevel.wait_readable
+wait_writable = trio.lowlevel.wait_writable
 
 
-def _trio_deadline(deadline: float) -> float:
-    """Our deadlines are on time.monotonic; trio's clock has its own (randomised) offset."""
-    if deadline == INF:
-        return INF
-    return trio.current_time() + (deadline - _now())
+def trio_deadline(deadline_ns: int, clock: Clock) -> float:
+    """``deadline_ns`` on ``clock`` as a deadline on trio's clock (a cancel scope's). The one
+    place the proxy reads trio's clock itself: a cancel scope only takes trio's time, and the
+    injected clock need not be trio's."""
+    if deadline_ns >= NEVER_NS:
+        return math.inf
+    return trio.current_time() + (deadline_ns - clock.now_ns()) / NS_PER_S
 
 
 class Connector(Protocol):
@@ -65,11 +66,11 @@ class ConnectFailed(Exception):
 class SockIO:
     """A non-blocking socket with try-first syscalls and a watchdog-enforced deadline."""
 
-    __slots__ = ("sock", "deadline", "timed_out", "closed", "owner")
+    __slots__ = ("sock", "deadline_ns", "timed_out", "closed", "owner")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.deadline = INF
+        self.deadline_ns = NEVER_NS
         self.timed_out = False
         self.closed = False
         # The event engine's connection using this socket, told when the watchdog closes it.
@@ -82,12 +83,12 @@ class SockIO:
                 if self.closed:
                     # Never wait on a closed socket: trio would keep a waiter for fd -1.
                     raise ConnLost("closed")
-                await _wait_readable(sock)
+                await wait_readable(sock)
             while True:
                 try:
                     return sock.recv_into(mv)
                 except BlockingIOError:
-                    await _wait_readable(sock)
+                    await wait_readable(sock)
         except (trio.ClosedResourceError, OSError, ValueError) as e:
             # ValueError: the socket was already closed (fd -1), e.g. by the watchdog.
             raise ConnLost(str(e)) from None
@@ -104,7 +105,7 @@ class SockIO:
                 return
             view = memoryview(data)
             while n < total:
-                await _wait_writable(sock)
+                await wait_writable(sock)
                 try:  # noqa: SIM105  (hot path: a with-block costs more than try)
                     n += sock.send(view[n:])
                 except BlockingIOError:
@@ -138,16 +139,17 @@ class SockIO:
 class StreamIO:
     """The same interface over any ``trio.abc.Stream`` (used for ``Connector`` hops, e.g. TLS)."""
 
-    __slots__ = ("stream", "deadline", "timed_out", "closed")
+    __slots__ = ("stream", "clock", "deadline_ns", "timed_out", "closed")
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, clock: Clock) -> None:
         self.stream = stream
-        self.deadline = INF
+        self.clock = clock
+        self.deadline_ns = NEVER_NS
         self.timed_out = False
         self.closed = False
 
     async def recv_into(self, mv: memoryview, wait_first: bool = False) -> int:
-        with trio.CancelScope(deadline=_trio_deadline(self.deadline)) as cs:
+        with trio.CancelScope(deadline=trio_deadline(self.deadline_ns, self.clock)) as cs:
             try:
                 data = await self.stream.receive_some(len(mv))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -161,7 +163,7 @@ class StreamIO:
         return n
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        with trio.CancelScope(deadline=_trio_deadline(self.deadline)) as cs:
+        with trio.CancelScope(deadline=trio_deadline(self.deadline_ns, self.clock)) as cs:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -195,7 +197,7 @@ async def _quietly(fn: object) -> None:
 IO = SockIO | StreamIO
 
 
-def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -212,7 +214,17 @@ def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return s
 
 
-async def _connect_raw(host: str, port: int, connect_ms: int, timed: set[SockIO]) -> socket.socket:
+class Watch(Protocol):
+    """Where a socket's deadline is enforced (deadlines.Deadlines)."""
+
+    clock: Clock
+
+    def add(self, io: SockIO) -> None: ...
+
+    def discard(self, io: SockIO) -> None: ...
+
+
+async def connect_raw(host: str, port: int, connect_ms: int, watch: Watch) -> socket.socket:
     try:
         ipaddress.ip_address(host)
         addr: tuple[str, int] = (host, port)
@@ -234,16 +246,16 @@ async def _connect_raw(host: str, port: int, connect_ms: int, timed: set[SockIO]
         if err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             # The connect timeout rides the watchdog like every other deadline.
             guard = SockIO(sock)
-            guard.deadline = _now() + connect_ms / 1000
-            timed.add(guard)
+            guard.deadline_ns = watch.clock.now_ns() + connect_ms * NS_PER_MS
+            watch.add(guard)
             try:
-                await _wait_writable(sock)
+                await wait_writable(sock)
             except trio.ClosedResourceError:
                 raise ConnectFailed(
                     f"{host}:{port}: connect timed out after {connect_ms} ms"
                 ) from None
             finally:
-                timed.discard(guard)
+                watch.discard(guard)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise ConnectFailed(f"{host}:{port}: {errno.errorcode.get(err, err)}")

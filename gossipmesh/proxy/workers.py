@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
 from collections.abc import Callable
 
+from gossipmesh.proxy.clock import NEVER_NS, NS_PER_S, Clock, MonotonicClock
+
 log = logging.getLogger("gossipmesh.proxy")
 
 
-def serve_workers(workers: int, run_worker: Callable[[int], None], stop_s: float = 5.0) -> int:
+def serve_workers(
+    workers: int,
+    run_worker: Callable[[int], None],
+    stop_s: float = 5.0,
+    clock: Clock | None = None,
+) -> int:
     """Run ``run_worker(i)`` in ``workers`` forked processes and wait for them; returns how many
     failed.
 
@@ -25,7 +31,8 @@ def serve_workers(workers: int, run_worker: Callable[[int], None], stop_s: float
     more than one. Workers share nothing (pools, outlier state, retry budgets and metrics are per
     worker; label metrics with ``ProxyMetrics(worker=str(i))``). Call it before any trio loop
     runs in this process. SIGTERM or SIGINT to the parent is passed on to every worker; a worker
-    still running ``stop_s`` after that is killed.
+    still running ``stop_s`` after that is killed (``clock``: no trio loop runs here, so the
+    default is ``MonotonicClock``).
     """
     if not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, not {workers}")
@@ -41,6 +48,7 @@ def serve_workers(workers: int, run_worker: Callable[[int], None], stop_s: float
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     failed = 0
+    clock = clock or MonotonicClock()
     try:
         for i in range(workers):
             pid = os.fork()
@@ -59,7 +67,7 @@ def serve_workers(workers: int, run_worker: Callable[[int], None], stop_s: float
                     os._exit(code)
             pids.append(pid)
         waiting = set(pids)
-        deadline = math.inf
+        kill_at_ns = NEVER_NS
         while waiting:
             for pid in list(waiting):
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -72,9 +80,9 @@ def serve_workers(workers: int, run_worker: Callable[[int], None], stop_s: float
                     failed += 1
             if not waiting:
                 break
-            if stopping and deadline == math.inf:
-                deadline = time.monotonic() + stop_s
-            if time.monotonic() > deadline:
+            if stopping and kill_at_ns == NEVER_NS:
+                kill_at_ns = clock.now_ns() + int(stop_s * NS_PER_S)
+            if clock.now_ns() > kill_at_ns:
                 for pid in waiting:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

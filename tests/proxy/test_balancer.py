@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -9,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossipmesh.proxy.balancer import (
+    DECAY_NS,
+    DEFAULT_RTT_NS,
     Balancer,
     EndpointState,
     build_ring,
@@ -43,25 +46,37 @@ def test_peak_ewma_prefers_fast_and_jumps_to_peaks() -> None:
     sts[1].observe_rtt(1_000_000, 0)  # 1 ms
     b = Balancer("peak_ewma", [1, 1])
     rng = random.Random(3)
-    assert all(b.pick(sts, rng, 0, False, now_ns=0) == 1 for _ in range(50))
+    assert all(b.pick(sts, rng, 0, False) == 1 for _ in range(50))
     # A peak is taken at once; a lower sample only decays it.
     sts[1].observe_rtt(500_000_000, 1)
     assert sts[1].ewma_ns == 500_000_000
     sts[1].observe_rtt(1_000_000, 2)
     assert sts[1].ewma_ns > 400_000_000
-    # In-flight multiplies the cost.
-    assert peak_ewma_cost(sts[0], 0) < peak_ewma_cost(sts[0], 0) * (sts[0].inflight + 2)
+    # In-flight multiplies the cost: (in-flight + 1) x the latency estimate, per unit of weight.
+    idle = peak_ewma_cost(sts[0], 0)
+    assert idle == 100_000_000
+    sts[0].inflight = 3
+    assert peak_ewma_cost(sts[0], 0) == 4 * idle
+    heavy = EndpointState(("n", "10.0.0.9", 80), weight=2)
+    heavy.observe_rtt(100_000_000, 0)
+    heavy.inflight = 3
+    assert peak_ewma_cost(heavy, 0) == 2 * idle
+    # A never-measured endpoint costs the default estimate; a measured one's estimate decays
+    # with the time since its last sample (by 1/e after DECAY_NS).
+    assert peak_ewma_cost(EndpointState(("n", "10.0.0.8", 80)), 0) == DEFAULT_RTT_NS
+    sts[0].inflight = 0
+    assert abs(peak_ewma_cost(sts[0], DECAY_NS) - idle / math.e) < 1
 
 
 def test_ejected_endpoints_avoided_until_panic() -> None:
     sts = states(4)
     b = Balancer("round_robin", [1] * 4)
     rng = random.Random(4)
-    sts[0].ejected_until_ms = 1000
+    sts[0].ejected_until_ns = 1000
     picks = {b.pick(sts, rng, 0, True) for _ in range(20)}
     assert 0 not in picks
     # 3 of 4 ejected: fewer than half healthy -> panic, balance across all.
-    sts[1].ejected_until_ms = sts[2].ejected_until_ms = 1000
+    sts[1].ejected_until_ns = sts[2].ejected_until_ns = 1000
     picks = {b.pick(sts, rng, 0, True) for _ in range(20)}
     assert picks == {0, 1, 2, 3}
     # Ejection ends by time.
@@ -124,7 +139,7 @@ def test_ring_hash_stable_under_membership_change(n: int, seed: int) -> None:
         if b == n:  # went to the new endpoint: fine and expected for ~1/(n+1)
             moved += 1
         else:
-            assert keys[a] == keys[b] or True  # indices of old endpoints are unchanged
+            # Old endpoints keep their indices, so the same index is the same endpoint.
             assert a == b, "a key moved between two endpoints that both stayed"
     share = moved / len(samples)
     assert abs(share - 1 / (n + 1)) < 0.6 / (n + 1) + 0.02, share
@@ -138,7 +153,7 @@ def test_ring_hash_same_key_same_endpoint() -> None:
     first = b.pick(sts, rng, 0, False, hash_key=b"user-42")
     assert all(b.pick(sts, rng, 0, False, hash_key=b"user-42") == first for _ in range(10))
     # The owner ejected: the key walks to the next endpoint, consistently.
-    sts[first].ejected_until_ms = 10
+    sts[first].ejected_until_ns = 10
     second = b.pick(sts, rng, 0, True, hash_key=b"user-42")
     assert second != first
     assert b.pick(sts, rng, 0, True, hash_key=b"user-42") == second

@@ -1,7 +1,7 @@
 """The event engine (engine.py): the fast path served from one private edge-triggered epoll, and
 every hand-over to the task code and back, through real sockets.
 
-``Proxy.fast_served`` counts exchanges the fast path completed; ``Proxy._engine.conns`` holds the
+``Proxy.fast_served`` counts exchanges the fast path completed; ``Proxy.event_engine.conns`` holds the
 connections the engine serves right now (a connection handed to a task is not in it).
 """
 
@@ -11,6 +11,7 @@ import hashlib
 
 import pytest
 import trio
+import trio.testing
 from proxy_helpers import Backend, Client, get, pattern_bytes, service, start_mesh
 
 from gossipmesh.proxy import engine as engine_mod
@@ -43,18 +44,18 @@ async def _read_until(s: trio.SocketStream, pred: object, limit_s: float = 5.0) 
 
 async def test_engine_is_the_default_and_serves_keepalive(nursery: trio.Nursery) -> None:
     mesh = await start_mesh(nursery, {"api": ["be1"]})
-    assert mesh.a._engine is not None and mesh.b._engine is not None
+    assert mesh.a.event_engine is not None and mesh.b.event_engine is not None
     c = await Client.open(mesh.outbound)
     for _ in range(20):
         r = await c.request("GET", "/name", "api")
         assert (r.status, r.body) == (200, b"be1")
-    assert len(mesh.a._engine.conns) == 1  # served by the engine, not by a task
+    assert len(mesh.a.event_engine.conns) == 1  # served by the engine, not by a task
     await c.aclose()
     assert mesh.a.fast_served == 19 and mesh.b.fast_served == 19
     with trio.fail_after(5):
         while mesh.a.metrics.open_connections["outbound"]:
             await trio.sleep(0.01)
-    assert not mesh.a._engine.conns
+    assert not mesh.a.event_engine.conns
     assert mesh.a.metrics.bytes_in["outbound"] > 0 and mesh.a.metrics.bytes_out["outbound"] > 0
 
 
@@ -78,7 +79,8 @@ async def test_engine_pipelined_in_order(nursery: trio.Nursery) -> None:
 
 async def test_engine_hands_over_and_takes_back(nursery: trio.Nursery) -> None:
     mesh = await start_mesh(nursery, {"api": ["be1"]})
-    eng = mesh.a._engine
+    eng = mesh.a.event_engine
+    assert eng is not None
     c = await Client.open(mesh.outbound)
     assert (await c.request("GET", "/name", "api")).body == b"be1"
     base = mesh.a.fast_served
@@ -134,7 +136,7 @@ async def test_engine_garbage_gets_400_and_keeps_serving(nursery: trio.Nursery) 
 
 async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None:
     p, addr, be = await _direct(nursery)
-    assert p._engine is not None
+    assert p.event_engine is not None
     ok = 0
     ticks = 0
 
@@ -167,22 +169,29 @@ async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None
     with trio.fail_after(5):
         while p.metrics.open_connections["outbound"]:
             await trio.sleep(0.01)
-    assert not p._engine.conns
+    assert not p.event_engine.conns
     assert be.requests == 1000
 
 
-async def test_engine_client_idle_timeout(nursery: trio.Nursery) -> None:
+async def test_engine_client_idle_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     p, addr, _ = await _direct(nursery, limits=ProxyLimits(client_idle_ms=200))
     s = await trio.open_tcp_stream(*addr)
     await s.send_all(ONE)
     await _read_until(s, lambda b: b.endswith(b"be1"))
+    answered = trio.current_time()
     with trio.fail_after(3):
         assert await s.receive_some(100) == b""  # closed by the watchdog through the engine
+    # Virtual time: the idle timeout, within one watchdog tick (50 ms).
+    assert 0.2 <= trio.current_time() - answered <= 0.25 + 1e-6
     await s.aclose()
     assert p.metrics.open_connections["outbound"] == 0
 
 
-async def test_engine_upstream_timeout_answers_504(nursery: trio.Nursery) -> None:
+async def test_engine_upstream_timeout_answers_504(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     be = Backend("be1")
     await nursery.start(be.run)
     p = Proxy(outbound=("127.0.0.1", 0), inbound=None)
@@ -192,9 +201,12 @@ async def test_engine_upstream_timeout_answers_504(nursery: trio.Nursery) -> Non
     assert addr.outbound is not None
     c = await Client.open(addr.outbound)
     assert (await c.request("GET", "/name", "api")).status == 200
+    sent = trio.current_time()
     with trio.fail_after(5):
         r = await c.request("GET", "/slow?ms=2000", "api")
-    assert r.status == 504
+    assert r.status == 504 and r.headers["x-gossipmesh-error"] == "upstream_timeout"
+    # Virtual time: the request deadline, within one watchdog tick; one endpoint, no retry.
+    assert 0.3 <= trio.current_time() - sent <= 0.35 + 1e-6
     await c.aclose()
 
 
@@ -208,7 +220,7 @@ async def test_task_path_still_serves(
     else:
         monkeypatch.setattr(engine_mod, "HAVE_EPOLL", False)
     p, addr, _ = await _direct(nursery, **kw)
-    assert p._engine is None
+    assert p.event_engine is None
     c = await Client.open(addr)
     for _ in range(3):
         assert (await c.request("GET", "/name", "api")).body == b"be1"

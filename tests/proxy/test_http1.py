@@ -1,8 +1,6 @@
-"""The httptools adapter: events, limits, hop-by-hop filtering, trace context."""
+"""The httptools adapter: events, limits, hop-by-hop filtering."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 
@@ -16,7 +14,6 @@ from gossipmesh.proxy.http1 import (
     ResponseReader,
     build_request_head,
     build_response_head,
-    next_traceparent,
 )
 
 
@@ -149,14 +146,3 @@ def test_response_header_limits() -> None:
     rr = ResponseReader(max_header_bytes=1000)
     with pytest.raises(HeaderLimitError):
         rr.feed(b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 3000)
-
-
-def test_traceparent_propagates_trace_with_new_span() -> None:
-    rng = random.Random(1)
-    incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    out = next_traceparent(incoming, rng)
-    v, trace, span, flags = out.split(b"-")
-    assert (v, trace, flags) == (b"00", b"4bf92f3577b34da6a3ce929d0e0e4736", b"01")
-    assert span != b"00f067aa0ba902b7" and len(span) == 16
-    fresh = next_traceparent(b"garbage", rng)
-    assert len(fresh) == 55 and fresh.startswith(b"00-")

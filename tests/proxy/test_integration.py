@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 import trio
+import trio.testing
 from proxy_helpers import Client, get, pattern_bytes, raw_exchange, route, service, start_mesh
 
 from gossipmesh.proxy.metrics import render_metrics
@@ -167,7 +168,9 @@ async def test_killed_backend_loses_no_idempotent_request_and_is_ejected(
     assert mesh.a.metrics.ejections.get("api", 0) >= 1
 
 
-async def test_per_try_timeout_retries_then_504(nursery: trio.Nursery) -> None:
+async def test_per_try_timeout_retries_then_504(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, {"api": ["slow", "fast"]})
     svc = service(
         "api",
@@ -182,12 +185,18 @@ async def test_per_try_timeout_retries_then_504(nursery: trio.Nursery) -> None:
             assert (r.status, r.body) == (200, b"fast")
     await c.aclose()
     mesh.backends["api"][1].delay_s = 2.0
+    sent = trio.current_time()
     with trio.fail_after(10):
         r = await get(mesh.outbound, "/name", "api")
     assert r.status == 504 and r.headers["x-gossipmesh-error"] == "upstream_timeout"
+    # Virtual time: three tries (two retries) of 200 ms each, each within one watchdog tick.
+    assert 0.6 <= trio.current_time() - sent <= 0.75 + 1e-6
+    assert mesh.a.metrics.retries["api"] >= 2
 
 
-async def test_breaker_max_requests_answers_503(nursery: trio.Nursery) -> None:
+async def test_breaker_max_requests_answers_503(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     mesh = await start_mesh(nursery, {"api": ["be1"]})
     svc = service("api", {"circuit_breaker": {"max_requests": 1}})
     mesh.set_table(services={"api": svc})

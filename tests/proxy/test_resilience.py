@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from gossipmesh.proxy.balancer import EndpointState
+from gossipmesh.proxy.clock import NS_PER_MS
 from gossipmesh.proxy.errors import error_response
 from gossipmesh.proxy.pool import PoolDecisions
 from gossipmesh.proxy.resilience import BreakerCounters, RetryBudget, record_outcome
 from gossipmesh.proxy.table import ServiceSettings
+
+MS = NS_PER_MS  # every instant here is in ns, written as a count of ms
 
 
 def test_budget_allows_min_per_second_when_quiet() -> None:
@@ -19,20 +22,20 @@ def test_budget_scales_with_requests_and_slides() -> None:
     b = RetryBudget(percent=20, min_per_s=0)
     for _ in range(1000):
         b.record_request(0)
-    assert sum(b.try_withdraw(500) for _ in range(1000)) == 200
+    assert sum(b.try_withdraw(500 * MS) for _ in range(1000)) == 200
     # Ten seconds later the window has slid past both the requests and the retries.
-    assert not b.try_withdraw(10_500)
+    assert not b.try_withdraw(10_500 * MS)
     for _ in range(100):
-        b.record_request(10_500)
-    assert sum(b.try_withdraw(10_600) for _ in range(100)) == 20
+        b.record_request(10_500 * MS)
+    assert sum(b.try_withdraw(10_600 * MS) for _ in range(100)) == 20
 
 
 def test_budget_cannot_amplify_an_outage() -> None:
     b = RetryBudget(percent=20, min_per_s=10)
     retries = 0
     for t in range(0, 60_000, 10):  # 100 req/s for a minute, every request wants a retry
-        b.record_request(t)
-        retries += b.try_withdraw(t)
+        b.record_request(t * MS)
+        retries += b.try_withdraw(t * MS)
     # 20% of 6000 + 10/s * 60 s = 1800 at most (the window boundary can add one window's worth).
     assert retries <= 1200 + 600 + 100
 
@@ -50,13 +53,13 @@ def test_outlier_ejects_after_consecutive_failures_with_growing_time() -> None:
     for _ in range(2):
         assert not record_outcome(e, True, 0, cfg, peers)
     assert record_outcome(e, True, 0, cfg, peers)
-    assert e.ejected_until_ms == 1000 and e.times_ejected == 1
+    assert e.ejected_until_ns == 1000 * MS and e.times_ejected == 1
     for _ in range(3):
-        ejected = record_outcome(e, True, 1500, cfg, peers)
-    assert ejected and e.ejected_until_ms == 1500 + 2000
+        ejected = record_outcome(e, True, 1500 * MS, cfg, peers)
+    assert ejected and e.ejected_until_ns == (1500 + 2000) * MS
     for _ in range(3):
-        ejected = record_outcome(e, True, 4000, cfg, peers)
-    assert ejected and e.ejected_until_ms == 4000 + 2500  # capped
+        ejected = record_outcome(e, True, 4000 * MS, cfg, peers)
+    assert ejected and e.ejected_until_ns == (4000 + 2500) * MS  # capped
 
 
 def test_outlier_respects_max_ejected_percent() -> None:
@@ -65,7 +68,7 @@ def test_outlier_respects_max_ejected_percent() -> None:
     assert record_outcome(peers[0], True, 0, cfg, peers)
     assert record_outcome(peers[1], True, 0, cfg, peers)
     assert not record_outcome(peers[2], True, 0, cfg, peers)  # would be 75%
-    assert peers[2].ejected_until_ms == 0
+    assert peers[2].ejected_until_ns == 0
 
 
 def test_outlier_forgets_multiplier_after_healthy_spell() -> None:
@@ -73,7 +76,7 @@ def test_outlier_forgets_multiplier_after_healthy_spell() -> None:
     cfg = s(consecutive_failures=1, base_ejection_ms=100, max_ejection_ms=1000)
     record_outcome(peers[0], True, 0, cfg, peers)
     assert peers[0].times_ejected == 1
-    record_outcome(peers[0], False, 5000, cfg, peers)
+    record_outcome(peers[0], False, 5000 * MS, cfg, peers)
     assert peers[0].times_ejected == 0
 
 

@@ -76,7 +76,7 @@ def test_two_workers_share_a_port_and_stop_on_sigterm() -> None:
 
 def test_worker_label_on_every_sample() -> None:
     m = ProxyMetrics(worker="3")
-    m.observe("api", "", 200, "outbound", 0.001)
+    m.observe("api", "", 200, "outbound", 1_000_000)
     text = m.render().decode()
     samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert samples and all('worker="3"' in ln for ln in samples)

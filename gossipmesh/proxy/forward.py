@@ -1,0 +1,349 @@
+"""The general path: one request from routing to the answer, with retries, on a task.
+
+Theory of operation
+-------------------
+``exchange`` serves any request the fast path did not take: it parses the target, routes
+(routing.py) and hands the ``Exchange`` to ``forward``, which runs the pipeline's remaining steps
+in order (pipeline.py), each a short method here:
+
+- admission: an endpoint exists and the service's breaker admits one more request
+  (``overloaded`` answers 503 at once otherwise);
+- ``prepare``: the body, held whole if it can be (then replayable) or else streamed, and the
+  fields this hop adds, built once for every try (heads.py);
+- ``next_try``: pick an endpoint, get a connection, and ``attempt`` one try (relay.py);
+- ``answered`` accounts for a response that reached the client; ``after`` asks ``after_try``
+  what any other result means: retry (free, or paid from the budget) or the error to answer.
+
+The fast path joins here with its ``Exchange`` when it meets something it does not handle
+(``general``: picked, nothing sent; ``send_failed``: the pooled connection was dead; ``resume``:
+sent, the response is not the fast shape), so errors, retries, timeouts and outlier accounting
+are decided in one place.
+"""
+
+from __future__ import annotations
+
+from random import Random
+
+from gossipmesh.proxy.clock import NS_PER_MS, Clock
+from gossipmesh.proxy.downstream import Downstream, Downstreams
+from gossipmesh.proxy.fastpath import FastPath
+from gossipmesh.proxy.heads import (
+    forward_fields,
+    hop_fields,
+    new_request_id,
+    request_head,
+    request_target,
+)
+from gossipmesh.proxy.http1 import RequestHead
+from gossipmesh.proxy.limits import INBOUND
+from gossipmesh.proxy.metrics import ProxyMetrics
+from gossipmesh.proxy.pipeline import (
+    ABORT,
+    BUDGET_RETRY,
+    CONNECT_FAILED,
+    DONE,
+    FREE_RETRY,
+    IDEMPOTENT,
+    RETRY_STATUS,
+    Accounting,
+    Exchange,
+    after_try,
+    hash_key,
+    pick_endpoint,
+    take_body,
+)
+from gossipmesh.proxy.relay import Relay, TryResult
+from gossipmesh.proxy.routing import Directory, inbound_instance, route
+from gossipmesh.proxy.sockio import ConnectFailed
+from gossipmesh.proxy.tunnels import Tunnels
+from gossipmesh.proxy.upstream import Overloaded, Upstream, Upstreams
+
+
+class Tries:
+    """The retry state of one request on the general path."""
+
+    __slots__ = ("tried", "left", "replayable", "idempotent", "deadline_ns", "fields", "detail")
+
+    def __init__(self, tried: list[int], left: int, replayable: bool, idempotent: bool) -> None:
+        self.tried = tried  # endpoint indices tried so far
+        self.left = left  # retries the service still allows
+        self.replayable = replayable
+        self.idempotent = idempotent
+        self.deadline_ns = 0  # the whole request's deadline
+        self.fields: list[bytes] = []  # the fields this hop adds, for every endpoint
+        self.detail = ""  # why the last connect failed
+
+
+class Forwarder:
+    __slots__ = (
+        "directory",
+        "upstreams",
+        "downstreams",
+        "relay",
+        "tunnels",
+        "accounting",
+        "metrics",
+        "rng",
+        "clock",
+    )
+
+    def __init__(
+        self,
+        directory: Directory,
+        upstreams: Upstreams,
+        downstreams: Downstreams,
+        relay: Relay,
+        tunnels: Tunnels,
+        accounting: Accounting,
+        rng: Random,
+        clock: Clock,
+    ) -> None:
+        self.directory = directory
+        self.upstreams = upstreams
+        self.downstreams = downstreams
+        self.relay = relay
+        self.tunnels = tunnels
+        self.accounting = accounting
+        self.metrics: ProxyMetrics = accounting.metrics
+        self.rng = rng
+        self.clock = clock
+
+    # -- entry points ------------------------------------------------------------------------
+
+    async def exchange(self, conn: Downstream, req: RequestHead) -> bool:
+        """Serve one request; True if the client connection stays open."""
+        start_ns = self.clock.now_ns()
+        if conn.direction == INBOUND:
+            return await self.exchange_inbound(conn, req, start_ns)
+        reply = self.downstreams.reply_error
+        parsed = request_target(req)
+        if parsed is None:
+            reason = "unsupported" if req.method == b"CONNECT" else "bad_request"
+            detail = "request target must be origin-form or http:// absolute-form"
+            return await reply(conn, req, reason, "", detail, start_ns=start_ns)
+        target, authority, add_host = parsed
+        if not authority:
+            return await reply(conn, req, "bad_request", "", "no Host", start_ns=start_ns)
+        if add_host and req.host:
+            req.headers = [(n, v) for n, v in req.headers if n != b"host"]
+        view = self.directory.view
+        route_name, key = route(view, authority, target, req.method, req.headers, self.rng)
+        d = view.dests.get(key)
+        if d is None:
+            return await reply(conn, req, "no_route", key[0], start_ns=start_ns)
+        return await self.forward(conn, Exchange(req, start_ns, route_name, d, target, add_host))
+
+    async def exchange_inbound(self, conn: Downstream, req: RequestHead, start_ns: int) -> bool:
+        directory = self.directory
+        local = inbound_instance(directory.local, req.dest, req.host)
+        if local is None:
+            return await self.downstreams.reply_error(
+                conn,
+                req,
+                "forbidden_destination",
+                req.service.decode("latin-1"),
+                req.dest.strip().decode("latin-1") or "no x-gossipmesh-dest",
+                start_ns=start_ns,
+            )
+        d = directory.local_dest(local)
+        if req.method == b"CONNECT":
+            return await self.tunnels.inbound_connect(conn, req, d.settings, d.endpoints[0])
+        url = req.url
+        return await self.forward(
+            conn, Exchange(req, start_ns, "", d, url if url[:1] == b"/" else b"/")
+        )
+
+    async def general(self, conn: Downstream, x: Exchange) -> bool:
+        """The fast path picked ``x.idx`` but the general path must connect (nothing sent)."""
+        return await self.forward(conn, x)
+
+    async def send_failed(self, conn: Downstream, x: Exchange) -> bool:
+        """The fast path's pooled connection was dead (the peer had closed it): a stale
+        connection, retried for free with a new pick."""
+        FastPath.undo_commit(x)
+        assert x.up is not None
+        self.upstreams.close(x.up)
+        x.up = None
+        x.idx = -1
+        return await self.forward(conn, x)
+
+    async def resume(self, conn: Downstream, x: Exchange, n: int) -> bool:
+        """The fast path's try was sent; it continues here with the ``n`` response bytes received
+        so far (in the client's upstream buffer)."""
+        FastPath.undo_commit(x)
+        upmv = conn.upmv
+        return await self.forward(conn, x, upmv[:n] if n > 0 and upmv is not None else None, True)
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    async def forward(
+        self,
+        conn: Downstream,
+        x: Exchange,
+        prefed: memoryview | None = None,
+        resumed: bool = False,
+    ) -> bool:
+        """Serve ``x`` through its destination with retries. ``resumed``: the first try was
+        already sent on ``x.up`` (by the fast path) and ``prefed`` is its response so far."""
+        d = x.dest
+        if not d.endpoints:
+            return await self.fail(conn, x, "no_healthy_endpoint")
+        if not resumed:
+            limit = d.breaker.admit_request(d.settings)
+            if limit is not None:
+                return await self.overloaded(conn, x, limit)
+        tries = self.prepare(conn, x)
+        d.budget.record_request(x.start_ns)
+        d.breaker.inflight += 1
+        try:
+            result: TryResult | bool
+            if resumed:
+                assert x.up is not None
+                result = await self.attempt(conn, x, tries, x.up, b"", x.start_ns, prefed)
+            else:
+                result = await self.next_try(conn, x, tries)
+            while True:
+                if type(result) is bool:
+                    return result  # answered by the proxy
+                outcome, status, keep = result
+                if outcome == DONE:
+                    return self.answered(conn, x, status, keep)
+                answer = await self.after(conn, x, tries, outcome, status)
+                if answer is not None:
+                    return answer
+                result = await self.next_try(conn, x, tries)
+        finally:
+            d.breaker.inflight -= 1
+
+    def prepare(self, conn: Downstream, x: Exchange) -> Tries:
+        """The body (held if it can be), the request id, and the fields every try sends."""
+        req = x.req
+        d = x.dest
+        if x.body is None:
+            x.body = take_body(conn.reader, req)
+        if not x.rid:
+            x.rid = req.request_id or new_request_id(self.rng)
+        replayable = x.body is not None and not req.upgrade
+        retries = d.settings.retry_attempts if d.balancer is not None else 0
+        tries = Tries([], retries, replayable, req.method in IDEMPOTENT)
+        hop = hop_fields(req, conn.client_ip, x.rid, self.rng)
+        body_len = len(x.body) if x.body is not None else 0
+        tries.fields = forward_fields(req, hop, x.add_host, d.host_line, replayable, body_len)
+        tries.deadline_ns = x.start_ns + d.settings.request_ms * NS_PER_MS
+        return tries
+
+    async def next_try(self, conn: Downstream, x: Exchange, tries: Tries) -> TryResult | bool:
+        """Pick an endpoint (the fast path's pick first), connect, and try; a bool: answered."""
+        d = x.dest
+        now_ns = self.clock.now_ns()
+        idx = x.idx
+        if idx < 0 or tries.tried:
+            key = hash_key(x.req, d.settings, x.rid)
+            horizon_ns = self.accounting.horizon_ns
+            idx = pick_endpoint(d, self.rng, now_ns, horizon_ns, tries.tried, key)
+            if idx < 0:
+                return await self.fail(conn, x, "no_healthy_endpoint")
+            x.idx = idx
+        head = request_head(x.req, x.target, tries.fields, d.mesh_lines[idx])
+        check_stale = not (tries.replayable and tries.idempotent)
+        try:
+            up = await self.upstreams.acquire(d, idx, now_ns, check_stale)
+        except Overloaded as e:
+            return await self.overloaded(conn, x, e.limit)
+        except ConnectFailed as e:
+            tries.tried.append(idx)
+            tries.detail = str(e)
+            return CONNECT_FAILED, 0, False
+        return await self.attempt(conn, x, tries, up, head, None, None)
+
+    async def attempt(
+        self,
+        conn: Downstream,
+        x: Exchange,
+        tries: Tries,
+        up: Upstream,
+        head: bytes,
+        sent_ns: int | None,
+        prefed: memoryview | None,
+    ) -> TryResult:
+        """One try on ``up`` to endpoint ``x.idx``, with its deadline and in-flight count."""
+        d = x.dest
+        st = d.states[x.idx]
+        tries.tried.append(x.idx)
+        per_try_ns = self.clock.now_ns() + d.settings.per_try_ms * NS_PER_MS
+        up.io.deadline_ns = min(per_try_ns, tries.deadline_ns)
+        can_retry = tries.idempotent and tries.replayable and tries.left > 0
+        st.inflight += 1
+        try:
+            return await self.relay.try_once(conn, x, up, head, can_retry, sent_ns, prefed)
+        finally:
+            st.inflight -= 1
+
+    def answered(self, conn: Downstream, x: Exchange, status: int, keep: bool) -> bool:
+        """A response reached the client: account for it."""
+        d = x.dest
+        now_ns = self.clock.now_ns()
+        if d.peers or d.balancer is None:
+            self.accounting.record(d.states[x.idx], status >= 500, now_ns, d)
+        self.metrics.observe(d.service, x.route_name, status, conn.direction, now_ns - x.start_ns)
+        return keep
+
+    async def after(
+        self, conn: Downstream, x: Exchange, tries: Tries, outcome: int, status: int
+    ) -> bool | None:
+        """A try that did not reach the client: None to try again, else the answer sent."""
+        d = x.dest
+        now_ns = self.clock.now_ns()
+        step = after_try(
+            outcome,
+            tries.replayable and tries.idempotent,
+            tries.left,
+            d.settings.retry_on_connect_failure,
+            now_ns < tries.deadline_ns,
+        )
+        if step.failed:
+            self.accounting.record(d.states[x.idx], True, now_ns, d)
+        if step.retry == FREE_RETRY:
+            return None
+        if step.retry == BUDGET_RETRY and self.accounting.may_retry(d, now_ns):
+            tries.left -= 1
+            return None
+        if outcome == ABORT:
+            self.metrics.observe(d.service, x.route_name, 0, conn.direction, now_ns - x.start_ns)
+            return False
+        detail = ""
+        if outcome == RETRY_STATUS:
+            # No retry left: the upstream's answer was consumed; report it as ours.
+            detail = f"upstream answered {status}"
+        elif outcome == CONNECT_FAILED:
+            detail = tries.detail
+        return await self.fail(conn, x, step.reason, detail)
+
+    async def overloaded(self, conn: Downstream, x: Exchange, limit: str) -> bool:
+        """The service's breaker refused (``limit``): 503 at once, never a queue."""
+        self.metrics.breaker_trip(x.dest.service, limit)
+        extra = ((b"x-gossipmesh-overloaded", limit.encode()),)
+        return await self.fail(conn, x, "overloaded", limit, extra)
+
+    async def fail(
+        self,
+        conn: Downstream,
+        x: Exchange,
+        reason: str,
+        detail: str = "",
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> bool:
+        """Answer ``x`` with a proxy error."""
+        return await self.downstreams.reply_error(
+            conn,
+            x.req,
+            reason,
+            x.dest.service,
+            detail,
+            route=x.route_name,
+            start_ns=x.start_ns,
+            extra=extra,
+        )
+
+
+__all__ = ["Forwarder", "Tries"]
