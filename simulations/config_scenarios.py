@@ -42,6 +42,7 @@ from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
     ReplicaSettings,
+    Watched,
     attachment_factory,
     conflicts_visible,
     documents_identical,
@@ -144,13 +145,13 @@ def _config_metrics(ledger: ConfigLedger, c: Cluster) -> dict[str, Any]:
         ),  # fmt: skip
         "doc_keys": len(doc.keys()) if doc else 0,
         "doc_bytes": doc.size_bytes if doc else 0,
-        "doc_writers": len(doc.version_vector()) if doc else 0,
+        "doc_writers": len({w for m in doc.known_maps().values() for w in m}) if doc else 0,
         "replica_counters": dict(sorted(ledger.counters.items())),
     }
     return out
 
 
-def _spread_metrics(ledger: ConfigLedger, watched: list[tuple[str, int]]) -> dict[str, Any]:
+def _spread_metrics(ledger: ConfigLedger, watched: list[Watched]) -> dict[str, Any]:
     per_write: list[dict[str, Any]] = []
     curves: list[list[float]] = []
     for dot in watched:
@@ -187,14 +188,15 @@ def config_spread(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     rng = derive_rng(opts.seed, "config")
     _preload(c, t0 + 1000, rng, plan)
     first = t0 + int(opts.fault_at_s * 1000)
-    watched: list[tuple[str, int]] = []
+    watched: list[Watched] = []
 
     def write(i: int) -> None:
         idx = rng.choice(c.up_nodes())
-        delta = _replica(c, idx).commit(c.nodes[idx], [(f"service/spread-{i}", _entity(i))])
-        dot = delta.entries[0].dot
-        ledger.watch(dot, c.engine.now_ms, idx, c.up_count)
-        watched.append(dot)
+        key = f"service/spread-{i}"
+        delta = _replica(c, idx).commit(c.nodes[idx], [(key, _entity(i))])
+        entry = next(e for e in delta.entries if e.key == key)
+        ledger.watch((key, entry.dot), c.engine.now_ms, idx, c.up_count)
+        watched.append((key, entry.dot))
 
     for i in range(opts.writes):
         c.at(first + i * WRITE_EVERY_MS, write, i)

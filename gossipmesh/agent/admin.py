@@ -48,6 +48,7 @@ def install_admin_routes(agent: Agent) -> None:
             profile=agent.settings.profile,
             admin=str(agent.admin_address),
             leaving=agent.leaving,
+            playground=agent.identity.playground,
         )
         return JSONResponse(body)
 

@@ -194,8 +194,9 @@ def build_catalog(
             services[name] = entity
         elif isinstance(entity, RouteConfig):
             routes[name] = entity
-        else:
+        elif isinstance(entity, PolicyConfig):
             policies[name] = entity
+        # cert/, revocation/ and trust/ entities are the document's authority, not routing.
 
     instances.sort(key=lambda i: i.sort_key)
     return Catalog(
