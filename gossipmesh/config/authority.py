@@ -18,10 +18,13 @@ counts; anti-entropy offers a refused entry again later (once its root or certif
 
 **Policy** (does a stored entry count?) is ``TrustPolicy``, derived from the stored statements:
 
-- the *root timeline*: anchors are trusted from the beginning; statements are taken in HLC order,
-  each counting only if its signing root is trusted at the statement's time, and the last counting
-  one about a root sets its state: trusted, distrusted from time T (retired), or never trusted
-  (compromised);
+- the *root timeline*: anchors are trusted from the beginning; a statement counts only if its
+  signing root is trusted at the statement's time, and the latest counting one about a root sets
+  its state: trusted, distrusted from time T (retired: trusted before T), or never trusted
+  (compromised). Judging a statement needs its signer's state, which statements set: the policy
+  iterates to a fixed point (each pass judges against the previous pass's states), so a replica
+  configured with only the new root of a rotation reaches the same states as one configured with
+  the old;
 - *operator revocations*: root-signed ``revocation/FP`` entries that count;
 - an operator's entry counts iff its HLC time is inside its certificate's window, its root is
   trusted at that time, and no revocation applies (retired: from the revocation's time on;
@@ -59,6 +62,7 @@ from gossipmesh.identity import (
 )
 
 MEMO_ENTRIES = 200_000
+MAX_POLICY_PASSES = 8
 ROOT_STATEMENTS = f"{TRUST_PREFIX}{ROOT_PREFIX}"
 
 
@@ -174,7 +178,10 @@ class ConfigAuthority:
                                             root.not_after_ms)  # fmt: skip
         else:
             if key.startswith(TRUST_PREFIX):
-                return "unauthorized"
+                # Only roots sign statements: an operator's is unauthorized; an unknown signer may
+                # be a root that another statement of the same delta vouches for.
+                return "unauthorized" if view.stored(f"{CERT_PREFIX}{entry.signer.hex()}") else (
+                    "unknown_signer")  # fmt: skip
             if key.startswith(CERT_PREFIX):
                 der = _der_of(entry)
                 if der is None or key[len(CERT_PREFIX) :] != entry.signer.hex():
@@ -299,28 +306,21 @@ class TrustPolicy:
     def build(
         cls, view: DocumentView, known: dict[bytes, CertInfo], anchors: set[bytes]
     ) -> TrustPolicy:
-        roots = {fp: RootState() for fp in anchors}
         ders = {fp: info.der for fp, info in known.items()}
-        void: dict[tuple[str, tuple[str, int]], str] = {}
         statements = sorted((e for e in view.stored_under(ROOT_STATEMENTS) if e.value is not None),
                             key=lambda e: (e.hlc, e.key, e.writer, e.counter))  # fmt: skip
-        for s in statements:
-            signer = view.signer(s.signer)
-            t = s.hlc.wall_ms
-            state = None if signer is None else roots.get(signer.fingerprint)
-            if signer is None or state is None or not state.trusted_at(t):
-                void[(s.key, s.dot)] = "root_distrusted"
-                continue
-            if not signer.not_before_ms <= t <= signer.not_after_ms:
-                void[(s.key, s.dot)] = "expired"
-                continue
-            value = _decoded(s) or {}
-            subject = bytes.fromhex(s.key[len(ROOT_STATEMENTS) :])
-            if value.get("state") == "distrusted":
-                compromised = value.get("mode") == "compromised"
-                roots[subject] = RootState(None if compromised else t, compromised)
-            else:
-                roots[subject] = RootState()
+        # Each pass judges every statement against the root states the previous pass ended
+        # with, so a statement signed by a root that a later statement vouches for (an old root
+        # known to a new replica only through its distrust) counts, whichever roots this replica
+        # was configured with. Honest histories settle in two or three passes; the cap keeps
+        # conflicting root keys (each distrusting the other) from looping.
+        roots = {fp: RootState() for fp in anchors}
+        void: dict[tuple[str, tuple[str, int]], str] = {}
+        for _ in range(MAX_POLICY_PASSES):
+            after, void = cls._pass(view, statements, roots, anchors)
+            if after == roots:
+                break
+            roots = after
         policy = cls(roots, ders, {}, void)
         for r in view.stored_under(REVOCATION_PREFIX):
             signer = view.signer(r.signer)
@@ -337,6 +337,35 @@ class TrustPolicy:
                                           old.compromised or revoked.compromised)  # fmt: skip
             policy.revoked_operators[fp] = revoked
         return policy
+
+    @staticmethod
+    def _pass(
+        view: DocumentView,
+        statements: list[Entry],
+        judge: dict[bytes, RootState],
+        anchors: set[bytes],
+    ) -> tuple[dict[bytes, RootState], dict[tuple[str, tuple[str, int]], str]]:
+        """One pass: root states from the counting statements (the latest about a root wins)."""
+        roots = {fp: RootState() for fp in anchors}
+        void: dict[tuple[str, tuple[str, int]], str] = {}
+        for s in statements:
+            signer = view.signer(s.signer)
+            t = s.hlc.wall_ms
+            state = None if signer is None else judge.get(signer.fingerprint)
+            if signer is None or state is None or not state.trusted_at(t):
+                void[(s.key, s.dot)] = "root_distrusted"
+                continue
+            if not signer.not_before_ms <= t <= signer.not_after_ms:
+                void[(s.key, s.dot)] = "expired"
+                continue
+            value = _decoded(s) or {}
+            subject = bytes.fromhex(s.key[len(ROOT_STATEMENTS) :])
+            if value.get("state") == "distrusted":
+                compromised = value.get("mode") == "compromised"
+                roots[subject] = RootState(None if compromised else t, compromised)
+            else:
+                roots[subject] = RootState()
+        return roots, void
 
     def root_trusted_at(self, fp: bytes, t_ms: int) -> bool:
         state = self.roots.get(fp)

@@ -290,7 +290,13 @@ class Document:
         # delta: retry the ones with an unknown signer while a pass admits something.
         pending = [e for e in ordered if authority_rank(e.key) == 0]
         while pending:
-            retry = [e for e in pending if one(e) == "unknown_signer"]
+            retry = []
+            for e in pending:
+                reason = one(e)
+                if reason == "unknown_signer":
+                    retry.append(e)
+                elif reason is not None:
+                    refused.append(reason)
             if len(retry) == len(pending):
                 break
             pending = retry
