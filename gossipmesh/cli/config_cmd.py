@@ -260,6 +260,12 @@ def _when(hlc: Mapping[str, Any]) -> str:
     return f"{text}+{logical}" if logical else text
 
 
+def _signer(signer: Mapping[str, Any]) -> str:
+    """``alice (3f2a9c01)``: the operator's name and the start of its certificate fingerprint."""
+    fp = str(signer.get("fingerprint") or "")[:8]
+    return f"{signer.get('name') or '?'} ({fp})" if fp else "?"
+
+
 def _compact(value: Any, width: int = 100) -> str:
     text = "(deleted)" if value is None else json.dumps(value, separators=(",", ":"))
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -282,7 +288,7 @@ def get(
         print_json(data)
         return
     entities = data.get("entities") or {}
-    if not entities:
+    if not entities and not data.get("void"):
         out.print(f"no entities{' under ' + prefix if prefix else ''}")
         return
     table = Table(show_header=True, header_style="bold", box=None)
@@ -290,6 +296,8 @@ def get(
     table.add_column("Value", overflow="fold")
     for key, value in entities.items():
         table.add_row(key, _compact(value))
+    for key, why in (data.get("void") or {}).items():
+        table.add_row(key, f"[red]void[/] ({why}): its signer's entries do not count")
     out.print(table)
 
 
@@ -360,14 +368,16 @@ def history(
         out.print(f"{key}: no versions known here")
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("Time (HLC)", "Writer", "#", "State", "Value"):
+    for col in ("Time (HLC)", "Writer", "#", "Signer", "State", "Value"):
         table.add_column(col, overflow="fold" if col == "Value" else "ellipsis")
     for v in versions:
         state = "[green]current[/]" if v.get("current") else "[bright_black]superseded[/]"
         if v.get("suspect"):
             state += " [yellow]clock-suspect[/]"
+        if v.get("void"):
+            state += f" [red]void: {v['void']}[/]"
         table.add_row(_when(v.get("hlc") or {}), str(v.get("writer")), str(v.get("counter")),
-                      state, _compact(v.get("value"), 80))  # fmt: skip
+                      _signer(v.get("signer") or {}), state, _compact(v.get("value"), 80))  # fmt: skip
     out.print(table)
 
 
@@ -384,13 +394,14 @@ def conflicts(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None
         out.print("no conflicts")
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("Key", "Sibling", "Writer", "Time (HLC)", "Value"):
+    for col in ("Key", "Sibling", "Writer", "Signer", "Time (HLC)", "Value"):
         table.add_column(col, overflow="fold" if col == "Value" else "ellipsis")
     for c in items:
         for s in c.get("siblings") or []:
             mark = "[green]wins[/]" if s.get("winner") else "[yellow]loses[/]"
             table.add_row(str(c.get("key")), mark, str(s.get("writer")),
-                          _when(s.get("hlc") or {}), _compact(s.get("value"), 60))  # fmt: skip
+                          _signer(s.get("signer") or {}), _when(s.get("hlc") or {}),
+                          _compact(s.get("value"), 60))  # fmt: skip
     out.print(table)
     out.print(f"{len(items)} conflicting key(s); write the key again to resolve")
 
