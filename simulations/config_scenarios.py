@@ -17,14 +17,15 @@ s = exp(−f·(1 − s)), ≈ 20 % for f = 2, within a few network latencies. Th
 SWIM's gossip of the original broadcast (every first receiver relays it on its 200 ms gossip
 rounds) and, last, by anti-entropy. The run ends with a settle window of two anti-entropy
 periods, and the bytes of every sync that found its pair in sync are reported (digest + reply:
-the root hash plus one ``(writer, counter)`` per writer, whatever the document's size).
+the 32-byte Merkle root and a one-flag answer, whatever the document's size). Every write is
+signed by one of two simulated operators (``config_core.SimPki``) and verified at every host.
 
 **partition-edit.** After the same preload, the cluster splits into two groups (``--split half``
 or ``one``) for ``--hold`` seconds. Two seconds in and again half-way, a random host on each side
 writes: the same contested key (``service/contested``) on both sides, a key of its own side, and
 on side *a* a delete of a preloaded key that side *b* updates (delete vs. update, concurrently).
 Then the partition heals and the run settles. The checkers: every live replica identical (root
-hash, version vector, items, conflict winners), no acknowledged write lost (held, or superseded
+hash, known maps, items, conflict winners), no acknowledged write lost (held, or superseded
 by a write that had seen it), and the contested keys listed as conflicts with the same winner
 everywhere. The report gives the time from heal until every replica's root hash agreed.
 """

@@ -23,7 +23,8 @@ agent runs.
 2. **Merge and forward.** A delta from a peer is decoded and merged; refused input is counted and
    changes nothing. A merge that learned something is persisted, notified, and its new part
    (``MergeResult.forward``) re-sent to 2 members (``plan_forward``); a merge that learned nothing
-   forwards nothing, which is what ends the epidemic.
+   forwards nothing, which is what ends the epidemic. An entry refused because its signer's
+   certificate is not here yet starts a sync with the member that sent it (which holds it).
 3. **Anti-entropy.** Every ``jittered_ms(sync_interval_ms(base, n))`` one ``config-sync`` with a
    random live member, and at once with a member that joined or came back (a healed partition):
    ``Digest`` -> ``SyncReply`` -> ``SyncPush`` -> ``DeltaMessage`` (``sync.py``: Merkle root,
@@ -182,6 +183,7 @@ class ReplicaCore:
         self.config = config if config is not None else ReplicaConfig()
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.members: dict[str, tuple[Address, str]] = {}  # name -> (gossip address, state)
+        self._by_address: dict[str, str] = {}  # str(gossip address) -> name
         self._log_rows = log_rows  # rows in the store's log since its last snapshot
         self._syncs: dict[Exchange, _PendingSync] = {}
         self._pushes: set[Exchange] = set()
@@ -220,6 +222,7 @@ class ReplicaCore:
         if name == self.name:
             return []
         self.members[name] = (address, state)
+        self._by_address[str(address)] = name
         if not (self.config.anti_entropy and policy.sync_on_member_change(state, previous)):
             return []
         if len(self._syncs) >= SYNC_CONCURRENCY_MAX:
@@ -231,7 +234,9 @@ class ReplicaCore:
 
     def member_reaped(self, name: str) -> list[Effect]:
         """A member was forgotten: it no longer counts for GC, nor is it picked."""
-        self.members.pop(name, None)
+        member = self.members.pop(name, None)
+        if member is not None:
+            self._by_address.pop(str(member[0]), None)
         return []
 
     # ---- local writes -----------------------------------------------------------------------
@@ -300,6 +305,8 @@ class ReplicaCore:
                 self._count(f"refused.{reason}")
             reasons = tuple(sorted(set(result.refused_reasons)))
             out.append(Refused(origin, reasons, whole_delta=False))
+            if "unknown_signer" in reasons:
+                out += self._fetch_signers(origin)
         if result.drifted:
             self._count("drift_exceeded", len(result.drifted))
         if result.forward is None:
@@ -319,6 +326,19 @@ class ReplicaCore:
             plan = policy.plan_forward(len(TAG) + len(fwd), c.gossip_max_bytes, c.forward_fanout)
             self._spread(fwd, plan, out)
         return out
+
+    def _fetch_signers(self, origin: str) -> list[Effect]:
+        """An entry came whose signer's certificate we lack (it rode an earlier delta that missed
+        us). The member that sent it holds that certificate, as an entry of the document: one
+        sync with it fetches both, within a round trip rather than an anti-entropy period."""
+        name = origin if origin in self.members else self._by_address.get(origin)
+        if name is None or not self.config.anti_entropy:
+            return []
+        if any(t.peer == name for t in self._syncs) or len(self._syncs) >= SYNC_CONCURRENCY_MAX:
+            self._count("signer_fetch_skipped")
+            return []
+        self._count("signer_fetches")
+        return self._start_sync(name)
 
     def _persist(self, delta: Delta) -> list[Effect]:
         out: list[Effect] = [Persist(delta)]

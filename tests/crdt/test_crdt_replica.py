@@ -396,3 +396,23 @@ def test_the_same_seed_and_inputs_give_the_same_effects() -> None:
         return out + c.handle_timer(latest.timer, latest.at_ms)
 
     assert script(5) == script(5)
+
+
+def test_an_entry_whose_signer_is_unknown_here_fetches_it_from_its_sender() -> None:
+    from crdt_helpers import authority
+
+    from gossipmesh.crdt.document import Document
+
+    a = core("a")
+    join(a, "b")
+    b = ReplicaCore("b", Document(authority()), "b@00000002", random.Random(2))  # no certs yet
+    delta, _ = commit(a, [("service/api", SMALL)])
+    effects = b.on_user_message(addr("a"), TAG + encode_delta(delta), 0, WALL)
+    assert of(effects, Refused)[0].reasons == ("unknown_signer",)
+    assert of(effects, OpenExchange) == []  # a is not a member of b's yet
+    assert b.member_changed("a", addr("a"), "alive", "alive", 0) == []  # known, no sync yet
+    effects = b.on_user_message(addr("a"), TAG + encode_delta(delta), 0, WALL)
+    (ex,) = of(effects, OpenExchange)
+    assert ex.token.peer == "a" and b.counters["config.signer_fetches"] == 1
+    Link(a, b).run(b, ex)
+    assert b.doc.get("service/api") == SMALL
