@@ -52,12 +52,20 @@ Endpoints
 | ``keys()``, ``change_key(op, key)`` | GET, POST /v1/keys (207 "partly" is returned) |
 | ``config(prefix)``                  | GET /v1/config?prefix=                        |
 | ``config_get(key)``                 | GET /v1/config/KIND/NAME                      |
-| ``config_put(key, body)``           | PUT /v1/config/KIND/NAME                      |
-| ``config_delete(key)``              | DELETE /v1/config/KIND/NAME                   |
-| ``config_apply(entities)``          | POST /v1/config/apply (one atomic change)     |
+| ``config_put(key, body, signer)``   | prepare, sign, commit one entity              |
+| ``config_delete(key, signer)``      | prepare, sign, commit one deletion            |
+| ``config_apply(entities, signer)``  | prepare, sign, commit many (one atomic change)|
+| ``config_write(items, signer)``     | POST /v1/config/prepare, then /commit         |
+| ``trust()``                         | GET /v1/trust                                 |
 | ``config_history(key)``             | GET /v1/config-history/KIND/NAME              |
 | ``config_conflicts()``              | GET /v1/config-conflicts                      |
 | ``faults()``, ``set_faults(drop)``, ``clear_faults()`` | GET, POST, DELETE /v1/faults |
+
+Config writes are signed by an operator (docs/SECURITY.md, "Signed configuration"): the agent
+proposes the exact entries (``prepare``), a ``ConfigSigner`` checks and signs them on this side,
+and ``commit`` sends them back; a 409 (the key changed meanwhile) prepares again, a few times.
+``gossipmesh.config.signing.ProposalSigner`` is the signer (it needs ``cryptography``; this
+module does not import it).
 
 Answers are the agent's JSON, parsed (dicts and lists); docs/ARCHITECTURE.md and the CLI's
 ``--json`` output show their shapes.
@@ -70,9 +78,10 @@ import ipaddress
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote
 
 from gossipmesh.admin_token import TOKEN_FILE, TokenFileError, listener_uid, read_token_file
@@ -90,6 +99,7 @@ __all__ = [
     "AgentUnreachable",
     "ClientError",
     "CredentialsProblem",
+    "ConfigSigner",
     "KeyOp",
     "is_loopback_host",
 ]
@@ -101,6 +111,18 @@ KeyOp = Literal["install", "use", "remove"]
 # The reads that need the token even on loopback (agent/admin_auth.py decides; this only tells
 # the client when to go and find a token it was not given).
 PRIVATE_READS = ("/v1/keys", "/v1/monitor")
+COMMIT_ATTEMPTS = 5
+Items = Mapping[str, Mapping[str, Any] | None]
+
+
+class ConfigSigner(Protocol):
+    """Checks an agent's proposal and signs it (``gossipmesh.config.signing.ProposalSigner``)."""
+
+    def prepare_request(self, items: Items) -> dict[str, Any]: ...
+
+    def sign(
+        self, proposal: Mapping[str, Any], items: Items, node: str, wall_ms: int
+    ) -> dict[str, Any]: ...
 
 
 class ClientError(Exception):
@@ -230,20 +252,53 @@ class AdminClient:
         data: dict[str, Any] = self.call("GET", f"/v1/config/{_path(key)}")
         return data
 
-    def config_put(self, key: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Write one entity; answered once the write is durable on this agent."""
-        data: dict[str, Any] = self.call("PUT", f"/v1/config/{_path(key)}", dict(body))
+    def config_put(self, key: str, body: Mapping[str, Any], signer: ConfigSigner) -> dict[str, Any]:
+        """Write one entity, signed; answered once the write is durable on this agent."""
+        return self.config_write({key: body}, signer)
+
+    def config_delete(self, key: str, signer: ConfigSigner) -> dict[str, Any]:
+        """Delete one entity (a signed tombstone every agent learns)."""
+        return self.config_write({key: None}, signer)
+
+    def config_apply(
+        self, entities: Mapping[str, Mapping[str, Any] | None], signer: ConfigSigner
+    ) -> dict[str, Any]:
+        """Write many entities (``None`` deletes) as one atomic, signed change."""
+        return self.config_write(entities, signer)
+
+    def config_prepare(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The agent's proposal for a write (``{"items": ..., "certificate": ...}``)."""
+        data: dict[str, Any] = self.call("POST", "/v1/config/prepare", dict(body))
         return data
 
-    def config_delete(self, key: str) -> dict[str, Any]:
-        """Delete one entity (a tombstone every agent learns)."""
-        data: dict[str, Any] = self.call("DELETE", f"/v1/config/{_path(key)}")
+    def config_commit(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Commit signed entries (``{"entries": [...]}``); 409 is raised as ``AdminError``."""
+        data: dict[str, Any] = self.call("POST", "/v1/config/commit", dict(body))
         return data
 
-    def config_apply(self, entities: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
-        """Write many entities (``None`` deletes) as one atomic change."""
-        body = {k: None if v is None else dict(v) for k, v in entities.items()}
-        data: dict[str, Any] = self.call("POST", "/v1/config/apply", {"entities": body})
+    def config_write(
+        self, items: Items, signer: ConfigSigner, attempts: int = COMMIT_ATTEMPTS
+    ) -> dict[str, Any]:
+        """Prepare, sign and commit ``items``; prepare again when the agent answers 409 (the
+        key changed between the two steps). The signer's refusal (the agent proposed something
+        the operator did not ask for) surfaces as its own exception."""
+        items = {k: None if v is None else dict(v) for k, v in items.items()}
+        node = str(self.self_info().get("name"))
+        for attempt in range(attempts):
+            proposal = self.config_prepare(signer.prepare_request(items))
+            body = signer.sign(proposal, items, node, int(time.time() * 1000))
+            if not body.get("entries"):
+                return {"written": {}, "durable": True, "voided": []}  # nothing to change
+            try:
+                return self.config_commit(body)
+            except AdminError as exc:
+                if exc.status != 409 or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def trust(self) -> dict[str, Any]:
+        """The roots and revocations the agent enforces (GET /v1/trust)."""
+        data: dict[str, Any] = self.call("GET", "/v1/trust")
         return data
 
     def config_history(self, key: str) -> dict[str, Any]:

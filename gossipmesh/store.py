@@ -14,10 +14,11 @@ Why SQLite (stdlib ``sqlite3``), in WAL mode with ``synchronous=FULL``:
   told to rebuild (``rebuild=True`` moves the damaged file aside, never deletes it, and starts
   empty so the replica resyncs from peers).
 
-What is stored is the CRDT's own currency: encoded deltas (``gossipmesh.crdt.sync.encode_delta``)
-appended as they are applied, plus an occasional snapshot (the full state, itself a delta) that
-replaces the log. Because merging deltas equals merging states, loading is "merge the snapshot,
-then every logged delta", in any order. This module does I/O and is not part of the sans-IO core.
+What is stored is the CRDT's own currency: encoded deltas of signed entries
+(``gossipmesh.crdt.sync.encode_delta``) appended as they are applied, plus an occasional snapshot
+(every entry, and this replica's known maps, which outlive collected tombstones) that replaces
+the log. Because merging deltas equals merging states, loading is "merge everything", in any
+order; the entries are verified again on the way in. This module does I/O and is not part of the sans-IO core.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from gossipmesh.crdt.document import Document
-from gossipmesh.crdt.sync import decode_delta, encode_delta
+from gossipmesh.crdt.document import Delta, Document, Entry
+from gossipmesh.crdt.sync import DeltaMessage, KnownMaps, Snapshot, decode, encode_snapshot
 from gossipmesh.errors import DecodeError, StoreCorruptError
 
 SCHEMA_VERSION = 1
@@ -156,21 +157,41 @@ class ReplicaStore:
     def load_document(self, make: Callable[[], Document], wall_ms: int) -> Document:
         """Rebuild the replica: merge the snapshot and the log into ``make()``'s fresh document.
 
-        A payload that no longer decodes is damage, not a peer's fault: StoreCorruptError.
+        Every row is decoded first and the entries merged as one delta, so a certificate or a
+        root statement vouches for the entries it signed whatever row it landed in (the merge
+        takes authority keys first). Each entry is verified again as it is merged: what the
+        document holds is what its roots and certificates admit today. A row that no longer
+        decodes is damage, not a peer's fault: StoreCorruptError.
         """
         doc = make()
         snapshot, deltas = self.load()
+        entries: list[Entry] = []
+        known: list[KnownMaps] = []
         for payload in ([snapshot] if snapshot is not None else []) + deltas:
             try:
-                delta = decode_delta(payload)
+                message = decode(payload)
             except DecodeError as e:
-                raise StoreCorruptError(f"{self.path}: stored delta does not decode: {e}") from None
-            doc.merge(delta, wall_ms)
+                hint = (" (written by an earlier version, before entries were signed: restart "
+                        "with --rebuild-config to move it aside and resync from peers)"
+                        if e.reason == "version" else "")  # fmt: skip
+                raise StoreCorruptError(
+                    f"{self.path}: stored delta does not decode: {e}{hint}"
+                ) from None
+            if isinstance(message, DeltaMessage):
+                entries.extend(message.delta.entries)
+            elif isinstance(message, Snapshot):
+                entries.extend(message.delta.entries)
+                known.append(message.known)
+            else:
+                raise StoreCorruptError(f"{self.path}: a stored row is not a delta")
+        doc.merge(Delta(tuple(entries)), wall_ms, check_clock=False)
+        for maps in known:
+            doc.restore_known({k: dict(pairs) for k, pairs in maps})
         doc.restore_clock()
         return doc
 
     def save_snapshot(self, doc: Document) -> None:
-        self.compact(encode_delta(doc.full_state()))
+        self.compact(encode_snapshot(doc))
 
 
 class _transaction:

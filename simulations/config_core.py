@@ -19,13 +19,22 @@ How each effect is carried out:
   request names the leg (``S`` digest, ``P`` a config-push, ``Q`` the sync's third leg), which is
   simulator plumbing and not counted in the byte figures.
 - ``SendSyncPush``: the agent sends the third leg on the open stream, which already names the
-  sender; the simulator's exchange is one request/reply, so it opens a second one (``Q``) with the
-  core's own name frame (``frame``) around it.
+  sender, and reads the fourth; the simulator's exchange is one request/reply, so it opens a
+  second one (``Q``) with the core's own name frame (``frame``) around it, whose reply is the
+  fourth leg.
 - ``SetTimer``: ``host.set_timer``. ``Persist``: there is no store ("acknowledged" means the core
   returned, when the agent would answer after its fsync), but a ``Persist`` is exactly "this host
   now holds something new", so the ledger notes which watched writes it now holds.
 - ``SyncDone``: the ledger records the bytes of the exchange. ``Changed``, ``Refused`` and
   ``SaveSnapshot`` have nobody to tell here.
+
+**Signatures.** Every write is signed for real (P-256) by one of two simulated operators
+(``SimPki``: real keys and certificates from one in-process CA, built once per process): a host's
+``commit`` is the admin API's two phases, ``prepare``, sign, ``commit``, adding the operator's
+``cert/FP`` entry when the host's document lacks it, as the agent does. Every merge verifies every
+entry through the same ``ConfigAuthority`` the agent uses; one authority and one signature memo
+serve every simulated host (a memo of a pure function is behaviour-neutral, DESIGN-11 D2), so a
+1000-node run verifies each signature once.
 
 **Clock.** The HLC's physical time is ``EPOCH_MS + now_ms + skew``, the skew drawn per host (±50 ms
 by default, well inside the 500 ms drift bound), so writers' timestamps disagree a little, as real
@@ -44,13 +53,18 @@ and the clock skew.
 
 from __future__ import annotations
 
+import base64
+import functools
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gossipmesh.config.authority import ConfigAuthority, SignatureMemo
 from gossipmesh.config.schema import check_entry
+from gossipmesh.config.signing import entry_bytes
+from gossipmesh.config.trust import cert_key
 from gossipmesh.crdt.document import Delta, Document, Entry
 from gossipmesh.crdt.effects import (
     Changed,
@@ -68,17 +82,50 @@ from gossipmesh.crdt.effects import (
 )
 from gossipmesh.crdt.replica import ReplicaConfig, ReplicaCore, frame, make_writer, unframe
 from gossipmesh.errors import LimitExceededError
+from gossipmesh.identity import CaCredentials, OperatorCredentials, fingerprint
 from gossipmesh.ids import Address
 from gossipmesh.swim.member import Member, MemberState
 from simulations.checkers import CheckResult
 from simulations.cluster import UP, Attachment, Cluster, SimNode
 
 EPOCH_MS = 1_790_000_000_000  # virtual t=0 as a wall clock (late 2026), so HLCs look real
+CLUSTER = "sim"
+OPERATORS = 2
 LEG_SYNC, LEG_PUSH_BACK, LEG_PUSH = b"S", b"Q", b"P"
 _LEG = {ExchangeKind.SYNC: LEG_SYNC, ExchangeKind.PUSH: LEG_PUSH}
 _SILENT = (Changed, Refused, SaveSnapshot)
 
 Dot = tuple[str, int]
+Watched = tuple[str, Dot]  # (key, dot): a dot names an entry within its key
+
+
+class SimPki:
+    """One CA and ``OPERATORS`` operators, real P-256, made once per process; the authority
+    every simulated host's document uses, with one signature memo."""
+
+    def __init__(self) -> None:
+        self.root = CaCredentials.generate(CLUSTER, now_ms=EPOCH_MS - 86_400_000, days=3650)
+        self.operators = [
+            OperatorCredentials.issue(self.root, f"op{i}", now_ms=EPOCH_MS - 86_400_000)
+            for i in range(OPERATORS)
+        ]
+        self.fingerprints = [fingerprint(op.cert_der) for op in self.operators]
+        self.authority = ConfigAuthority(CLUSTER, [self.root.cert_der], SignatureMemo())
+
+    def cert_item(self, op: int) -> tuple[str, dict[str, Any]]:
+        der = self.operators[op].cert_der
+        return cert_key(self.fingerprints[op]), {"der": base64.b64encode(der).decode()}
+
+    def sign(self, entry: Entry, op: int) -> Entry:
+        fp = self.fingerprints[op]
+        unsigned = replace(entry, signer=fp)
+        message = entry_bytes(CLUSTER, *unsigned.signed_fields())
+        return unsigned.signed(fp, self.operators[op].signer.sign(message))
+
+
+@functools.cache
+def sim_pki() -> SimPki:
+    return SimPki()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,20 +163,20 @@ class Watch:
 @dataclass(slots=True)
 class ConfigLedger:
     acked: list[AckedWrite] = field(default_factory=list)
-    watches: dict[Dot, Watch] = field(default_factory=dict)
+    watches: dict[Watched, Watch] = field(default_factory=dict)
     insync_bytes: list[int] = field(default_factory=list)  # digest + in-sync reply
     insync_framed_bytes: list[int] = field(default_factory=list)  # plus the sender-name frame
     repair_bytes: list[int] = field(default_factory=list)  # digest + reply + push
     counters: Counter[str] = field(default_factory=Counter)  # every core's config.* counters
 
-    def watch(self, dot: Dot, t_ms: int, host: int, live: int) -> None:
-        self.watches[dot] = Watch(t_ms, host, live, {host: t_ms})
+    def watch(self, watched: Watched, t_ms: int, host: int, live: int) -> None:
+        self.watches[watched] = Watch(t_ms, host, live, {host: t_ms})
 
     def observe(self, host: SimNode, doc: Document) -> None:
         """After ``host`` took in something new: note the watched writes it now holds first."""
         idx = host.idx
-        for dot, w in self.watches.items():
-            if idx not in w.seen_ms and doc.has_seen(dot):
+        for (key, dot), w in self.watches.items():
+            if idx not in w.seen_ms and doc.has_seen(key, dot):
                 w.seen_ms[idx] = host.now_ms
 
 
@@ -152,10 +199,12 @@ class ConfigAttachment(Attachment):
         if previous is not None:  # restart with data: the store's document and writer id
             doc, writer, self.skew_ms = previous.doc, previous.core.writer, previous.skew_ms
         else:
-            doc, writer = Document(validator=check_entry), make_writer(host.name, rng)
+            doc = Document(sim_pki().authority, validator=check_entry)
+            writer = make_writer(host.name, rng)
             m = settings.clock_skew_ms_max
             self.skew_ms = rng.randint(-m, m) if m else 0
         self.core = ReplicaCore(host.name, doc, writer, rng, settings.config, ledger.counters)
+        self.operator = host.idx % OPERATORS  # who signs the writes made at this host
 
     @property
     def doc(self) -> Document:
@@ -171,11 +220,19 @@ class ConfigAttachment(Attachment):
 
     def commit(self, host: SimNode, items: Sequence[tuple[str, dict[str, Any] | None]]) -> Delta:
         """An operator's write at this host; returns once acknowledged (as the agent would)."""
-        now = host.now_ms
-        delta, effects = self.core.commit(items, now, self.wall_ms(now))
+        now, wall = host.now_ms, self.wall_ms(host.now_ms)
+        pki = sim_pki()
+        items = list(items)
+        cert = pki.cert_item(self.operator)
+        if not self.doc.stored(cert[0]):
+            items.append(cert)
+        proposal, effects = self.core.prepare(items, wall)
+        signed = [pki.sign(e, self.operator) for e in proposal]
+        result, more = self.core.commit(signed, now, wall)
+        delta = result.forward or Delta()
         for e in delta.entries:
             self.ledger.acked.append(AckedWrite(now, host.idx, e))
-        self._apply(host, effects)
+        self._apply(host, effects + more)
         return delta
 
     def on_member_changed(
@@ -196,8 +253,9 @@ class ConfigAttachment(Attachment):
         core, wall = self.core, self.wall_ms(now_ms)
         if leg == LEG_PUSH_BACK:
             name, push = unframe(body)  # our own framing (see SendSyncPush above)
-            self._apply(host, core.serve_sync_push(name, push, now_ms, wall))
-            return b""
+            third = core.serve_sync_push(name, push, now_ms, wall)
+            self._apply(host, third.effects)
+            return third.reply
         if leg == LEG_SYNC:
             served = core.serve_sync(src, body, now_ms, wall)
         elif leg == LEG_PUSH:
@@ -208,7 +266,9 @@ class ConfigAttachment(Attachment):
         return served.reply
 
     def on_exchange_reply(self, host: SimNode, token: object, reply: bytes, now_ms: int) -> None:
-        if isinstance(token, ThirdLeg):
+        if isinstance(token, ThirdLeg):  # its reply is the sync's fourth leg
+            wall = self.wall_ms(now_ms)
+            self._apply(host, self.core.sync_push_reply(token.sync, reply, now_ms, wall))
             return
         assert isinstance(token, Exchange)
         self._apply(host, self.core.exchange_reply(token, reply, now_ms, self.wall_ms(now_ms)))
@@ -250,7 +310,8 @@ class ConfigAttachment(Attachment):
             ledger.insync_bytes.append(done.sent_bytes + done.received_bytes)
             ledger.insync_framed_bytes.append(done.framed_bytes + done.received_bytes)
         else:
-            ledger.repair_bytes.append(done.sent_bytes + done.received_bytes + done.pushed_bytes)
+            ledger.repair_bytes.append(done.sent_bytes + done.received_bytes + done.pushed_bytes
+                                       + done.back_bytes)  # fmt: skip
 
 
 def attachment_factory(
@@ -275,20 +336,20 @@ def _replicas(c: Cluster) -> list[tuple[SimNode, ConfigAttachment]]:
 
 
 def documents_identical(c: Cluster) -> CheckResult:
-    """Every live replica has the same root hash, version vector, items and winners."""
+    """Every live replica has the same root hash, known maps, items and winners."""
     reps = _replicas(c)
     if not reps:
         return CheckResult("config-identical", False, "no live replica")
     ref_node, ref = reps[0]
-    ref_key = (ref.doc.root_hash, ref.doc.version_vector(), list(ref.doc.items()),
+    ref_key = (ref.doc.root_hash, ref.doc.known_maps(), list(ref.doc.items()),
                [(k.key, k.winner.dot) for k in ref.doc.conflicts()])  # fmt: skip
     bad: list[str] = []
     for node, att in reps[1:]:
         d = att.doc
         if d.root_hash != ref_key[0]:
-            bad.append(f"{node.name}: root {d.root_hash.hex()} != {ref_key[0].hex()}")
-        elif d.version_vector() != ref_key[1]:
-            bad.append(f"{node.name}: version vector differs")
+            bad.append(f"{node.name}: root {d.root_hash.hex()[:16]} != {ref_key[0].hex()[:16]}")
+        elif d.known_maps() != ref_key[1]:
+            bad.append(f"{node.name}: known maps differ")
         elif list(d.items()) != ref_key[2]:
             bad.append(f"{node.name}: items differ")
         elif [(k.key, k.winner.dot) for k in d.conflicts()] != ref_key[3]:
@@ -300,8 +361,9 @@ def documents_identical(c: Cluster) -> CheckResult:
     return CheckResult(
         "config-identical",
         True,
-        f"{len(reps)} replicas: root {ref_key[0].hex()}, {len(ref_key[2])} live keys, "
-        f"{len(ref_key[1])} writers, {len(ref_key[3])} conflicts",
+        f"{len(reps)} replicas: root {ref_key[0].hex()[:16]}, {len(ref_key[2])} live keys, "
+        f"{len({w for m in ref_key[1].values() for w in m})} writers, {len(ref_key[3])} "
+        "conflicts",
     )
 
 
@@ -314,7 +376,8 @@ def no_lost_write(c: Cluster, ledger: ConfigLedger) -> CheckResult:
         e = ack.entry
         for node, att in reps:
             sibs = att.doc.siblings(e.key)
-            if not att.doc.has_seen(e.dot) or not any(s.dot == e.dot or s.covers(e) for s in sibs):
+            held = any(s.dot == e.dot or s.covers(e) for s in sibs)
+            if not att.doc.has_seen(e.key, e.dot) or not held:
                 lost.append(f"{e.key} {e.writer}:{e.counter} missing at {node.name}")
                 break
     if lost:

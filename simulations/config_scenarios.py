@@ -17,14 +17,15 @@ s = exp(−f·(1 − s)), ≈ 20 % for f = 2, within a few network latencies. Th
 SWIM's gossip of the original broadcast (every first receiver relays it on its 200 ms gossip
 rounds) and, last, by anti-entropy. The run ends with a settle window of two anti-entropy
 periods, and the bytes of every sync that found its pair in sync are reported (digest + reply:
-the root hash plus one ``(writer, counter)`` per writer, whatever the document's size).
+the 32-byte Merkle root and a one-flag answer, whatever the document's size). Every write is
+signed by one of two simulated operators (``config_core.SimPki``) and verified at every host.
 
 **partition-edit.** After the same preload, the cluster splits into two groups (``--split half``
 or ``one``) for ``--hold`` seconds. Two seconds in and again half-way, a random host on each side
 writes: the same contested key (``service/contested``) on both sides, a key of its own side, and
 on side *a* a delete of a preloaded key that side *b* updates (delete vs. update, concurrently).
 Then the partition heals and the run settles. The checkers: every live replica identical (root
-hash, version vector, items, conflict winners), no acknowledged write lost (held, or superseded
+hash, known maps, items, conflict winners), no acknowledged write lost (held, or superseded
 by a write that had seen it), and the contested keys listed as conflicts with the same winner
 everywhere. The report gives the time from heal until every replica's root hash agreed.
 """
@@ -42,6 +43,7 @@ from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
     ReplicaSettings,
+    Watched,
     attachment_factory,
     conflicts_visible,
     documents_identical,
@@ -144,13 +146,13 @@ def _config_metrics(ledger: ConfigLedger, c: Cluster) -> dict[str, Any]:
         ),  # fmt: skip
         "doc_keys": len(doc.keys()) if doc else 0,
         "doc_bytes": doc.size_bytes if doc else 0,
-        "doc_writers": len(doc.version_vector()) if doc else 0,
+        "doc_writers": len({w for m in doc.known_maps().values() for w in m}) if doc else 0,
         "replica_counters": dict(sorted(ledger.counters.items())),
     }
     return out
 
 
-def _spread_metrics(ledger: ConfigLedger, watched: list[tuple[str, int]]) -> dict[str, Any]:
+def _spread_metrics(ledger: ConfigLedger, watched: list[Watched]) -> dict[str, Any]:
     per_write: list[dict[str, Any]] = []
     curves: list[list[float]] = []
     for dot in watched:
@@ -187,14 +189,15 @@ def config_spread(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     rng = derive_rng(opts.seed, "config")
     _preload(c, t0 + 1000, rng, plan)
     first = t0 + int(opts.fault_at_s * 1000)
-    watched: list[tuple[str, int]] = []
+    watched: list[Watched] = []
 
     def write(i: int) -> None:
         idx = rng.choice(c.up_nodes())
-        delta = _replica(c, idx).commit(c.nodes[idx], [(f"service/spread-{i}", _entity(i))])
-        dot = delta.entries[0].dot
-        ledger.watch(dot, c.engine.now_ms, idx, c.up_count)
-        watched.append(dot)
+        key = f"service/spread-{i}"
+        delta = _replica(c, idx).commit(c.nodes[idx], [(key, _entity(i))])
+        entry = next(e for e in delta.entries if e.key == key)
+        ledger.watch((key, entry.dot), c.engine.now_ms, idx, c.up_count)
+        watched.append((key, entry.dot))
 
     for i in range(opts.writes):
         c.at(first + i * WRITE_EVERY_MS, write, i)

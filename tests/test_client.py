@@ -63,6 +63,16 @@ def stub() -> Iterator[tuple[Stub, AdminClient]]:
         server.server_close()
 
 
+class FakeSigner:
+    """Signs nothing: sends back one entry per item (the real one is config.signing's)."""
+
+    def prepare_request(self, items: Any) -> dict[str, Any]:
+        return {"items": dict(items)}
+
+    def sign(self, proposal: Any, items: Any, node: str, wall_ms: int) -> dict[str, Any]:
+        return {"entries": [{"key": k} for k in items]}
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,9 +92,10 @@ def test_each_method_sends_its_request(stub: tuple[Stub, AdminClient]) -> None:
     admin.config("route/")
     admin.config()
     admin.config_get("route/web")
-    admin.config_put("route/web", {"destinations": [{"service": "api"}]})
-    admin.config_delete("route/web")
-    admin.config_apply({"service/api": {}, "route/old": None})
+    admin.config_put("route/web", {"destinations": [{"service": "api"}]}, FakeSigner())
+    admin.config_delete("route/web", FakeSigner())
+    admin.config_apply({"service/api": {}, "route/old": None}, FakeSigner())
+    admin.trust()
     admin.config_history("route/web")
     admin.config_conflicts()
     admin.faults()
@@ -102,15 +113,35 @@ def test_each_method_sends_its_request(stub: tuple[Stub, AdminClient]) -> None:
         ("GET", "/v1/config?prefix=route/", None),
         ("GET", "/v1/config", None),
         ("GET", "/v1/config/route/web", None),
-        ("PUT", "/v1/config/route/web", {"destinations": [{"service": "api"}]}),
-        ("DELETE", "/v1/config/route/web", None),
-        ("POST", "/v1/config/apply", {"entities": {"service/api": {}, "route/old": None}}),
+        ("GET", "/v1/self", None),
+        (
+            "POST",
+            "/v1/config/prepare",
+            {"items": {"route/web": {"destinations": [{"service": "api"}]}}},
+        ),
+        ("POST", "/v1/config/commit", {"entries": [{"key": "route/web"}]}),
+        ("GET", "/v1/self", None),
+        ("POST", "/v1/config/prepare", {"items": {"route/web": None}}),
+        ("POST", "/v1/config/commit", {"entries": [{"key": "route/web"}]}),
+        ("GET", "/v1/self", None),
+        ("POST", "/v1/config/prepare", {"items": {"service/api": {}, "route/old": None}}),
+        ("POST", "/v1/config/commit", {"entries": [{"key": "service/api"}, {"key": "route/old"}]}),
+        ("GET", "/v1/trust", None),
         ("GET", "/v1/config-history/route/web", None),
         ("GET", "/v1/config-conflicts", None),
         ("GET", "/v1/faults", None),
         ("POST", "/v1/faults", {"drop": ["127.0.0.3:7946"]}),
         ("DELETE", "/v1/faults", None),
     ]
+
+
+def test_a_stale_commit_prepares_again_a_few_times(stub: tuple[Stub, AdminClient]) -> None:
+    state, admin = stub
+    state.replies[("POST", "/v1/config/commit")] = (409, b'{"error": "stale", "detail": "x"}')
+    with pytest.raises(AdminError) as err:
+        admin.config_put("route/web", {}, FakeSigner())
+    assert err.value.status == 409
+    assert sum(1 for _, path, _ in state.seen if path == "/v1/config/prepare") == 5
 
 
 def test_keys_and_prefixes_are_quoted_in_the_path(stub: tuple[Stub, AdminClient]) -> None:
@@ -136,9 +167,9 @@ def test_an_error_status_is_admin_error_with_the_agents_reason(
 ) -> None:
     state, admin = stub
     body = {"error": "invalid", "detail": "route.destinations: required"}
-    state.replies[("PUT", "/v1/config/route/web")] = (400, json.dumps(body).encode())
+    state.replies[("POST", "/v1/config/prepare")] = (400, json.dumps(body).encode())
     with pytest.raises(AdminError) as info:
-        admin.config_put("route/web", {})
+        admin.config_put("route/web", {}, FakeSigner())
     assert (info.value.status, info.value.error) == (400, "invalid")
     assert str(info.value) == "invalid: route.destinations: required"
     assert isinstance(info.value, ClientError)

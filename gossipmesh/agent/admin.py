@@ -58,6 +58,7 @@ def install_admin_routes(agent: Agent) -> None:
             # agent's user, who can then authenticate (docs/SECURITY.md).
             admin_token_file=str(agent.admin_auth.token_file or ""),
             admin_tls=agent.admin_tls is not None,
+            playground=agent.identity.playground,
         )
         return JSONResponse(body)
 

@@ -27,7 +27,12 @@ An instance is an *endpoint* (eligible for traffic) when all of these hold:
   reached directly rather than through gossip-derived state;
 - it can be reached: local instances are dialled directly (``Endpoint.inbound = None``); remote
   ones through their agent's inbound listener, so a remote record with no ``proxy`` address
-  yields no endpoint (dialling its ``address:port`` here would reach the wrong host).
+  yields no endpoint (dialling its ``address:port`` here would reach the wrong host);
+- the operators allow it: its node matches the service's ``nodes`` (names or fnmatch patterns;
+  none listed: any node) and its weight is at most ``weight_max`` (100 by default, also for a
+  service with no ``service/`` entity). A node signs its own record, so it can claim any
+  service and weight; this is where the claim meets what the operators signed. An instance that
+  breaks the rule is kept in ``instances`` with ``refused`` saying why, and never routed.
 
 Every output is sorted, so the same inputs give equal catalogs whatever order they arrive in.
 The work is one pass over the instances plus a sort: linear enough for thousands of instances.
@@ -46,6 +51,7 @@ from gossipmesh.config.schema import (
     parse_key,
     validate_entity,
 )
+from gossipmesh.config.service import allows
 from gossipmesh.crdt.records import Health, RecordBody, SignedRecord
 from gossipmesh.errors import ConfigValidationError, DecodeError
 from gossipmesh.proxy.table import Endpoint, RouteTable, build_route_table
@@ -72,6 +78,7 @@ class CatalogInstance:
     member_state: str  # a MemberState value, or "unknown"
     inbound: tuple[str, int] | None  # how the proxy reaches it; None: directly
     routable: bool  # the instance is in ``Catalog.endpoints``
+    refused: str | None = None  # why the service's config does not allow it (nodes, weight_max)
 
     @property
     def sort_key(self) -> tuple[str, str, str, int]:
@@ -95,6 +102,11 @@ class Catalog:
     policies: Mapping[str, PolicyConfig] = field(default_factory=dict)
     endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     invalid: tuple[InvalidEntry, ...] = ()
+
+    @property
+    def refused(self) -> tuple[CatalogInstance, ...]:
+        """Instances the services' ``nodes`` / ``weight_max`` do not allow."""
+        return tuple(i for i in self.instances if i.refused is not None)
 
 
 def _owner_and_body(record: RecordInput) -> tuple[str, RecordBody]:
@@ -133,48 +145,6 @@ def build_catalog(
         if held is None or version >= held[0]:
             bodies[owner] = (version, body)
 
-    instances: list[CatalogInstance] = []
-    endpoints: dict[str, list[Endpoint]] = {}
-    for owner, (_, body) in bodies.items():
-        state = states.get(owner)
-        is_local = owner == local_node
-        member_state = state.value if state is not None else UNKNOWN_MEMBER
-        node_up = is_local or state in ROUTABLE_STATES
-        inbound = None if is_local else body.proxy
-        reachable = is_local or inbound is not None
-        seen: set[tuple[str, str, int]] = set()
-        for inst in body.services:
-            ident = (inst.name, inst.address, inst.port)
-            if ident in seen:
-                continue  # a duplicate in one record would otherwise double its weight
-            seen.add(ident)
-            routable = node_up and reachable and inst.health == "passing"
-            instances.append(
-                CatalogInstance(
-                    service=inst.name,
-                    node=owner,
-                    address=inst.address,
-                    port=inst.port,
-                    tags=inst.tags,
-                    weight=inst.weight,
-                    health=inst.health,
-                    member_state=member_state,
-                    inbound=inbound,
-                    routable=routable,
-                )
-            )
-            if routable:
-                endpoints.setdefault(inst.name, []).append(
-                    Endpoint(
-                        node=owner,
-                        address=inst.address,
-                        port=inst.port,
-                        tags=inst.tags,
-                        weight=inst.weight,
-                        inbound=inbound,
-                    )
-                )
-
     services: dict[str, ServiceConfig] = {}
     routes: dict[str, RouteConfig] = {}
     policies: dict[str, PolicyConfig] = {}
@@ -194,8 +164,54 @@ def build_catalog(
             services[name] = entity
         elif isinstance(entity, RouteConfig):
             routes[name] = entity
-        else:
+        elif isinstance(entity, PolicyConfig):
             policies[name] = entity
+        # cert/, revocation/ and trust/ entities are the document's authority, not routing.
+
+    instances: list[CatalogInstance] = []
+    endpoints: dict[str, list[Endpoint]] = {}
+    for owner, (_, body) in bodies.items():
+        state = states.get(owner)
+        is_local = owner == local_node
+        member_state = state.value if state is not None else UNKNOWN_MEMBER
+        node_up = is_local or state in ROUTABLE_STATES
+        inbound = None if is_local else body.proxy
+        reachable = is_local or inbound is not None
+        seen: set[tuple[str, str, int]] = set()
+        for inst in body.services:
+            ident = (inst.name, inst.address, inst.port)
+            if ident in seen:
+                continue  # a duplicate in one record would otherwise double its weight
+            seen.add(ident)
+            service = services.get(inst.name) or ServiceConfig(inst.name)  # defaults apply
+            refused = allows(service, owner, inst.weight)
+            routable = node_up and reachable and inst.health == "passing" and refused is None
+            instances.append(
+                CatalogInstance(
+                    service=inst.name,
+                    node=owner,
+                    address=inst.address,
+                    port=inst.port,
+                    tags=inst.tags,
+                    weight=inst.weight,
+                    health=inst.health,
+                    member_state=member_state,
+                    inbound=inbound,
+                    routable=routable,
+                    refused=refused,
+                )
+            )
+            if routable:
+                endpoints.setdefault(inst.name, []).append(
+                    Endpoint(
+                        node=owner,
+                        address=inst.address,
+                        port=inst.port,
+                        tags=inst.tags,
+                        weight=inst.weight,
+                        inbound=inbound,
+                    )
+                )
 
     instances.sort(key=lambda i: i.sort_key)
     return Catalog(

@@ -14,7 +14,9 @@ module loads it from the store, feeds it the agent's inputs, and carries out the
   ``agent.send_user_message`` (both go through SWIM's owner task); a packet-size refusal goes back
   to the core (``gossip_refused``), which answers with stream pushes;
 - ``OpenExchange`` / ``SendSyncPush``: a task per exchange on the agent's streams (kinds
-  ``config-sync`` and ``config-push``, with the agent's stream timeout, twice it for a sync);
+  ``config-sync`` and ``config-push``, with the agent's stream timeout, twice it for a sync; a
+  sync's third leg and the fourth leg that answers it run on the same stream);
+- ``SaveWriter``: the new writer id goes to the store's meta table;
 - ``SetTimer``: a ``TimerHeap`` and one task that sleeps until the earliest deadline.
 
 **One owner, no locks.** The core is only touched from the trio thread, and each input together
@@ -33,6 +35,11 @@ would not survive ``kill -9``. If the store fails, the exception propagates (the
 **Writer id and store.** ``DATA_DIR/replica.db`` keeps the deltas, a snapshot every
 ``compact_after`` rows, and the writer id ``NAME@EPOCH`` in its meta table (``make_writer`` /
 ``adopt_writer``). Counters are the core's, in the agent's table: ``config.*`` in ``/v1/health``.
+
+**Signed entries.** The document's ``ConfigAuthority`` is anchored in this node's configured roots
+(``agent.identity``); every change of ``trust/`` or ``revocation/`` keys (and, once a minute, the
+passing of time) is carried into ``agent.identity.trust``, the ``TrustStore`` the other mesh layers
+consult (``trust_sync.py``). ``reload_roots`` re-anchors it after a roots.pem reload.
 """
 
 from __future__ import annotations
@@ -47,9 +54,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from gossipmesh.agent.timers import TimerHeap
+from gossipmesh.agent.trust_sync import TrustSync
+from gossipmesh.config.authority import ConfigAuthority
 from gossipmesh.config.schema import check_entry
 from gossipmesh.crdt import replication as policy
-from gossipmesh.crdt.document import Conflict, Delta, Document, Entry, MergeResult, Version
+from gossipmesh.crdt.document import Conflict, Document, Entry, MergeResult, Version
 from gossipmesh.crdt.effects import (
     Changed,
     Effect,
@@ -59,6 +68,7 @@ from gossipmesh.crdt.effects import (
     Persist,
     Refused,
     SaveSnapshot,
+    SaveWriter,
     SendSyncPush,
     SetTimer,
     SyncDone,
@@ -143,6 +153,9 @@ class ConfigReplica:
         self._timers_changed = trio.Event()
         self._deferred: list[OpenExchange] = []  # exchanges asked for before run() started
         self._nursery: trio.Nursery | None = None
+        # The mesh's TrustStore follows the document's revocations and root statements.
+        self.trust_sync = TrustSync(document, agent.identity.trust, agent.counters)
+        self.trust_sync.sync(wall_ms())
         agent.register_stream_handler(ExchangeKind.SYNC.value, self._serve_sync)
         agent.register_stream_handler(ExchangeKind.PUSH.value, self._serve_push)
         agent.add_user_message_handler(self._on_user_message)
@@ -162,9 +175,12 @@ class ConfigReplica:
         """
         rng = random.Random(agent.rng.getrandbits(64))
         name = agent.settings.name
+        identity = agent.identity
+        # Anchors: the roots this node was configured with (roots.pem, or the playground root).
+        authority = ConfigAuthority(identity.cluster, identity.credentials.roots)
 
         def fresh() -> Document:
-            return Document(validator=check_entry)
+            return Document(authority, validator=check_entry)
 
         if data_dir is None:
             agent.log.warn("config_not_persisted", detail="no --data-dir: the replica is in memory")
@@ -232,7 +248,6 @@ class ConfigReplica:
     def digest(self) -> dict[str, Any]:
         return {
             "root_hash": self.doc.root_hash.hex(),
-            "version_vector": self.doc.version_vector(),
             "keys": len(self.doc.keys()),
             "bytes": self.doc.size_bytes,
             "writer": self.writer,
@@ -240,13 +255,30 @@ class ConfigReplica:
 
     # ---- inputs -----------------------------------------------------------------------------
 
-    def commit(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> Delta:
-        """Write ``items`` as one delta, durably, then start spreading it. Raises what
-        ``Document.apply_batch`` raises (nothing changed) or OSError/sqlite errors from the store.
-        Synchronous on purpose: see "One owner" and "Durable before acknowledged" above."""
-        delta, effects = self.core.commit(items, _now_ms(), wall_ms())
+    def prepare(self, items: Sequence[tuple[str, dict[str, Any] | None]]) -> tuple[Entry, ...]:
+        """The unsigned entries that would write ``items``, for an operator to sign. Raises what
+        ``Document.prepare`` raises. A new writer id, if the old one ran out, is stored first."""
+        entries, effects = self.core.prepare(items, wall_ms())
         self._apply(effects)
-        return delta
+        return entries
+
+    def commit(self, entries: Sequence[Entry]) -> MergeResult:
+        """Apply signed entries as one delta, durably, then start spreading it. Raises what
+        ``Document.commit`` raises (stale, refused: nothing changed) or OSError/sqlite errors
+        from the store. Synchronous on purpose: see "One owner" and "Durable before
+        acknowledged" above."""
+        result, effects = self.core.commit(entries, _now_ms(), wall_ms())
+        self._apply(effects)
+        return result
+
+    def reload_roots(self, roots: Sequence[bytes]) -> None:
+        """This node's configured roots changed (a reloaded roots.pem): re-judge the document."""
+        authority = self.doc.authority
+        if isinstance(authority, ConfigAuthority) and authority.set_anchors(roots):
+            changed = self.doc.refresh_policy()
+            if changed:
+                self._notify(changed)
+            self.trust_sync.sync(wall_ms())
 
     def merge_payload(self, data: bytes, origin: str) -> MergeResult | None:
         """Decode and merge an encoded delta from a peer; bad bytes are refused and counted."""
@@ -335,6 +367,7 @@ class ConfigReplica:
         while True:
             await trio.sleep(self.core.gc_interval_ms() / 1000)
             self.collect_garbage()
+            self.trust_sync.sync(wall_ms())  # a distrust or revocation whose time has come
 
     # ---- carrying out effects ---------------------------------------------------------------
 
@@ -357,7 +390,12 @@ class ConfigReplica:
         elif isinstance(effect, SaveSnapshot):
             if self.store is not None:
                 self.store.save_snapshot(self.core.doc)
+        elif isinstance(effect, SaveWriter):
+            if self.store is not None:
+                self.store.put_meta(EPOCH_META, effect.writer.encode())
         elif isinstance(effect, Changed):
+            if self.trust_sync.concerns(effect.keys):
+                self.trust_sync.sync(wall_ms())
             self._notify(effect.keys)
         elif isinstance(effect, Gossip):
             try:
@@ -391,36 +429,34 @@ class ConfigReplica:
                 self.agent.log.error("config_listener_error", error=repr(exc))
 
     async def _exchange(self, effect: OpenExchange) -> bool:
-        """Run one exchange this core started; True if it completed (reply handled, third leg
-        sent). A transport failure before the reply, or while sending the third leg, goes back
-        to the core as ``exchange_failed``, so every token is settled exactly once."""
+        """Run one exchange this core started; True if it completed (the reply handled and, for
+        a sync that found differences, the third leg sent and the fourth handed back). A
+        transport failure before the core has the last answer goes back to it as
+        ``exchange_failed``, so every token is settled exactly once."""
         token = effect.token
         timeout_s = self.agent.stream_timeout_s * (2 if token.kind is ExchangeKind.SYNC else 1)
-        unsettled = True  # until the reply is handed to the core
-        pushes: list[SendSyncPush] = []
-        completed = False
+        unsettled = True  # until the core has had its last answer
         try:
             with trio.fail_after(timeout_s):
                 stream = await self.agent.open_stream(effect.to, token.kind.value, effect.body)
                 try:
                     reply = await stream.receive()
-                    unsettled = False
                     effects = self.core.exchange_reply(token, reply, _now_ms(), wall_ms())
                     pushes = [e for e in effects if isinstance(e, SendSyncPush)]
+                    unsettled = bool(pushes)
                     self._apply([e for e in effects if not isinstance(e, SendSyncPush)])
-                    completed = token.kind is ExchangeKind.PUSH or any(
-                        isinstance(e, SyncDone) for e in effects
-                    )
-                    while pushes:
-                        await stream.send(pushes[0].data)
-                        pushes.pop(0)
+                    for push in pushes:  # at most one: the sync's third leg
+                        await stream.send(push.data)
+                        back = await stream.receive()
+                        unsettled = False
+                        self._apply(self.core.sync_push_reply(token, back, _now_ms(), wall_ms()))
                 finally:
                     await stream.aclose()
         except TRANSPORT_ERRORS:
-            if unsettled or pushes:
+            if unsettled:
                 self._apply(self.core.exchange_failed(token, _now_ms()))
-                return False
-        return completed
+            return False
+        return True
 
     # ---- serving peers' exchanges -----------------------------------------------------------
 
@@ -434,9 +470,12 @@ class ConfigReplica:
             return
         try:
             data = await stream.receive()
-        except EOFError:
-            return  # the initiator had nothing we lack
-        self._apply(self.core.serve_sync_push(served.peer, data, _now_ms(), wall_ms()))
+        except (EOFError, DecodeError):
+            return  # the initiator went away: its next sync will repair whatever is left
+        third = self.core.serve_sync_push(served.peer, data, _now_ms(), wall_ms())
+        self._apply(third.effects)  # Persist first: the answer below follows what is durable
+        if third.reply:
+            await stream.send(third.reply)
 
     async def _serve_push(self, stream: SealedStream, src: Address, body: bytes) -> None:
         served = self.core.serve_push(src, body, _now_ms(), wall_ms())

@@ -233,6 +233,8 @@ class Sidecar:
         members = await self.agent.members()
         items: list[tuple[str, Any]] = list(self._config.items()) if self._config else []
         catalog = build_catalog(members, self.records.table.records(), self.name, items)
+        # A gauge: how many registered instances the services' config refuses right now.
+        self.agent.counters["catalog.refused_instances"] = len(catalog.refused)
         self.catalog = catalog
         self.rebuilds += 1
         counts: dict[str, int] = {}
@@ -261,6 +263,7 @@ class Sidecar:
                     "member_state": inst.member_state,
                     "ejected": bool(st and st.get("ejected")),
                     "routable": inst.routable,
+                    "refused": inst.refused,
                     "inbound": _fmt(inst.inbound),
                 }
             )

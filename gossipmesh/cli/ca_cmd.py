@@ -7,8 +7,10 @@
 | ``ca issue-operator NAME --dir DIR --out FILE``     | FILE (0600): key, certificate, root(s) |
 | ``ca show FILE [--json]``                           | nothing: kind, SPIFFE id, fingerprint, validity, issuer |
 | ``ca verify FILE --roots ROOTS.pem``                | nothing: exit 0 if FILE's first certificate chains to a root |
+| ``ca revoke``, ``ca trust-root``, ``ca distrust-root`` | root-signed entries, through an agent (``ca_trust_cmd.py``) |
 
 The root key never leaves DIR: keep DIR offline. Nothing is overwritten without ``--force``.
+Everything issued is also kept in ``DIR/issued/`` (certificates only), for ``ca revoke``.
 ``--also-trust FILE`` (repeatable) adds more roots to what a node or operator trusts, for a root
 rotation. The commands are thin: parse, call ``gossipmesh.identity``, render.
 
@@ -48,6 +50,9 @@ AlsoTrustOpt = Annotated[
     list[Path] | None,
     typer.Option("--also-trust", help="PEM file of more roots to trust (repeatable; rotation)."),
 ]
+
+
+ISSUED_DIR = "issued"
 
 
 def _now_ms() -> int:
@@ -164,10 +169,23 @@ def _issue(
         extra = _extra_roots(also_trust)
         creds = kind.issue(ca, name, now_ms=_now_ms(), days=days, extra_roots=extra)
         save(creds)
+        record_issued(directory, creds.cert_der)  # so `ca revoke --node NAME` can find it
         return creds
 
     creds = _usage(make)
     _report_issued(creds.cert_der, where)
+
+
+def record_issued(directory: Path, der: bytes) -> None:
+    """Keep a copy of what the CA issued: ``DIR/issued/KIND-NAME-FINGERPRINT.crt``."""
+    from gossipmesh.identity import parse_certificate
+    from gossipmesh.identity.files import CERT_MODE, certificate_pem, write_atomic
+
+    info = parse_certificate(der)
+    issued = directory / ISSUED_DIR
+    issued.mkdir(mode=0o700, exist_ok=True)
+    name = f"{info.kind.value}-{info.spiffe_id.name}-{info.fingerprint.hex()[:16]}.crt"
+    write_atomic(issued / name, certificate_pem(der), CERT_MODE)
 
 
 def _report_issued(der: bytes, where: Path) -> None:
@@ -269,4 +287,7 @@ def verify(
 
 def install(app: typer.Typer) -> None:
     """Mount ``ca`` on the top-level app (called by gossipmesh.cli.app)."""
+    from gossipmesh.cli import ca_trust_cmd  # registers revoke, trust-root, distrust-root
+
+    ca_trust_cmd.install(ca_app)
     app.add_typer(ca_app, name="ca")

@@ -3,9 +3,9 @@
 | command                                   | admin API |
 |-------------------------------------------|-----------|
 | ``config get [PREFIX] [--json]``          | GET /v1/config?prefix= |
-| ``config set KIND/NAME -f FILE|-``        | PUT /v1/config/KIND/NAME |
-| ``config delete KIND/NAME``               | DELETE /v1/config/KIND/NAME |
-| ``config apply -f FILE``                  | POST /v1/config/apply (one atomic delta) |
+| ``config set KIND/NAME -f FILE|-``        | POST /v1/config/prepare, sign, /commit |
+| ``config delete KIND/NAME``               | the same, for a deletion |
+| ``config apply -f FILE``                  | the same, many keys as one atomic delta |
 | ``config history KIND/NAME [--json]``     | GET /v1/config-history/KIND/NAME |
 | ``config conflicts [--json]``             | GET /v1/config-conflicts |
 
@@ -27,8 +27,15 @@ in any of these shapes (mixable)::
 
 Every file is parsed and validated (``gossipmesh.config.schema``, the same rules the agents
 apply) before anything is sent: a bad file is one line naming the file and the field, exit 2, and
-nothing is written. The agent validates again; its 400/413 answers also exit 2. Exit 1: the agent
-is unreachable or failed.
+nothing is written. The agent validates again; its 400/403/413 answers also exit 2. Exit 1: the
+agent is unreachable or failed, or proposed something this side refuses to sign.
+
+**Every write is signed here**, by the operator key in ``--operator-key FILE`` (or
+``$GOSSIPMESH_OPERATOR_KEY``; made by ``gossipmesh ca issue-operator``): the agent proposes the
+exact entries, ``gossipmesh.config.signing.ProposalSigner`` checks them (writer, context,
+values, time, siblings' signatures) and signs, and the agent verifies again before it commits.
+Against a playground agent (``/v1/self`` says ``playground``) the playground operator is used when
+no key is given. A missing or unreadable key is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -46,26 +53,42 @@ from rich.table import Table
 
 from gossipmesh.cli.common import (
     DEFAULT_AGENT,
+    EXIT_FAIL,
     AgentOpt,
     InputProblem,
     JsonOpt,
     client,
+    fail,
     out,
     print_json,
     run,
 )
+from gossipmesh.client import AdminClient, ConfigSigner
 from gossipmesh.config.schema import KINDS, parse_key, validate_key
-from gossipmesh.errors import ConfigValidationError
+from gossipmesh.errors import ConfigValidationError, UsageError
 
 T = TypeVar("T")
 MAX_FILE_BYTES = 1024 * 1024  # the admin API's body limit: a larger file could never be applied
-USAGE_STATUSES = (400, 404, 413)
+USAGE_STATUSES = (400, 403, 404, 413)
 
 config_app = typer.Typer(
     help="Read and edit the replicated mesh configuration (any agent accepts writes).",
     no_args_is_help=True,
 )
 FileOpt = Annotated[str, typer.Option("-f", "--file", help="JSON or TOML file, or - for stdin.")]
+OperatorKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--operator-key",
+        envvar="GOSSIPMESH_OPERATOR_KEY",
+        help="Operator key file that signs the write (gossipmesh ca issue-operator).",
+        show_envvar=True,
+    ),
+]
+NO_KEY = (
+    "config writes are signed by an operator: give --operator-key FILE or set "
+    "GOSSIPMESH_OPERATOR_KEY (gossipmesh ca issue-operator NAME --dir CA --out FILE makes one)"
+)
 
 
 class FileProblem(InputProblem):
@@ -194,11 +217,53 @@ def check_key(key: str) -> str:
     return key
 
 
+def operator_signer(admin: AdminClient, key_file: str | None) -> ConfigSigner:
+    """The signer of this command's writes: ``--operator-key``, or the playground operator when
+    the agent is a playground. InputProblem when there is none or it cannot be read."""
+    from gossipmesh.config.signing import ProposalSigner
+    from gossipmesh.identity import load_operator, playground_operator
+
+    if key_file:
+        try:
+            return ProposalSigner.for_operator(load_operator(Path(key_file)))
+        except UsageError as exc:
+            raise InputProblem(f"--operator-key {key_file}: {exc}") from exc
+    info = admin.self_info()
+    if info.get("playground"):
+        return ProposalSigner.for_operator(playground_operator(str(info.get("cluster"))))
+    raise InputProblem(NO_KEY)
+
+
+def signed_write(
+    admin: AdminClient, key_file: str | None, items: Mapping[str, dict[str, Any] | None]
+) -> dict[str, Any]:
+    """Prepare, check, sign and commit ``items``; the agent's answer."""
+    from gossipmesh.config.signing import ProposalRefused
+
+    try:
+        return _run(lambda: admin.config_write(items, operator_signer(admin, key_file)))
+    except ProposalRefused as exc:
+        fail(f"refusing to sign what the agent proposed: {exc}", EXIT_FAIL)
+
+
+def report_voided(data: Mapping[str, Any]) -> None:
+    voided = data.get("voided") or []
+    if voided:
+        out.print(f"[yellow]changed visibility[/] (now void, or counting again): "
+                  f"{', '.join(voided)}; re-apply what should stay")  # fmt: skip
+
+
 def _when(hlc: Mapping[str, Any]) -> str:
     ms = int(hlc.get("wall_ms") or 0)
     text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
     logical = int(hlc.get("logical") or 0)
     return f"{text}+{logical}" if logical else text
+
+
+def _signer(signer: Mapping[str, Any]) -> str:
+    """``alice (3f2a9c01)``: the operator's name and the start of its certificate fingerprint."""
+    fp = str(signer.get("fingerprint") or "")[:8]
+    return f"{signer.get('name') or '?'} ({fp})" if fp else "?"
 
 
 def _compact(value: Any, width: int = 100) -> str:
@@ -223,7 +288,7 @@ def get(
         print_json(data)
         return
     entities = data.get("entities") or {}
-    if not entities:
+    if not entities and not data.get("void"):
         out.print(f"no entities{' under ' + prefix if prefix else ''}")
         return
     table = Table(show_header=True, header_style="bold", box=None)
@@ -231,6 +296,8 @@ def get(
     table.add_column("Value", overflow="fold")
     for key, value in entities.items():
         table.add_row(key, _compact(value))
+    for key, why in (data.get("void") or {}).items():
+        table.add_row(key, f"[red]void[/] ({why}): its signer's entries do not count")
     out.print(table)
 
 
@@ -239,38 +306,48 @@ def set_(
     key: Annotated[str, typer.Argument(help="KIND/NAME, e.g. route/web.")],
     file: FileOpt,
     agent: AgentOpt = DEFAULT_AGENT,
+    operator_key: OperatorKeyOpt = None,
 ) -> None:
-    """Write one entity from a JSON or TOML file (or - for stdin)."""
+    """Write one entity from a JSON or TOML file (or - for stdin), signed."""
     label = "stdin" if file == "-" else file
     body = _run(lambda: check_entity(label, check_key(key), read_document(file)))
-    admin = client(agent)
-    _run(lambda: admin.config_put(key, body))
+    data = signed_write(client(agent), operator_key, {key: body})
     out.print(f"{key}: written")
+    report_voided(data)
 
 
 @config_app.command("delete")
 def delete(
-    key: Annotated[str, typer.Argument(help="KIND/NAME")], agent: AgentOpt = DEFAULT_AGENT
+    key: Annotated[str, typer.Argument(help="KIND/NAME")],
+    agent: AgentOpt = DEFAULT_AGENT,
+    operator_key: OperatorKeyOpt = None,
 ) -> None:
-    """Delete one entity (a tombstone every agent learns)."""
+    """Delete one entity (a signed tombstone every agent learns)."""
     _run(lambda: check_key(key))
     admin = client(agent)
-    _run(lambda: admin.config_delete(key))
+    if _run(lambda: admin.config(key)).get("entities", {}).get(key) is None:
+        _run(lambda: admin.config_get(key))  # 404 "not set" (or a void key: deleting is fine)
+    signed_write(admin, operator_key, {key: None})
     out.print(f"{key}: deleted")
 
 
 @config_app.command("apply")
-def apply(file: FileOpt, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """Write many entities (and deletions) from one file as a single atomic change."""
+def apply(
+    file: FileOpt,
+    agent: AgentOpt = DEFAULT_AGENT,
+    as_json: JsonOpt = False,
+    operator_key: OperatorKeyOpt = None,
+) -> None:
+    """Write many entities (and deletions) from one file as a single atomic, signed change."""
     label = "stdin" if file == "-" else file
     entities = _run(lambda: entities_from(read_document(file), label))
-    admin = client(agent)
-    data = _run(lambda: admin.config_apply(entities))
+    data = signed_write(client(agent), operator_key, entities)
     if as_json:
         print_json(data)
         return
     deleted = sum(1 for v in entities.values() if v is None)
     out.print(f"applied {len(entities) - deleted} entities, {deleted} deletions (one change)")
+    report_voided(data)
 
 
 @config_app.command("history")
@@ -291,14 +368,16 @@ def history(
         out.print(f"{key}: no versions known here")
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("Time (HLC)", "Writer", "#", "State", "Value"):
+    for col in ("Time (HLC)", "Writer", "#", "Signer", "State", "Value"):
         table.add_column(col, overflow="fold" if col == "Value" else "ellipsis")
     for v in versions:
         state = "[green]current[/]" if v.get("current") else "[bright_black]superseded[/]"
         if v.get("suspect"):
             state += " [yellow]clock-suspect[/]"
+        if v.get("void"):
+            state += f" [red]void: {v['void']}[/]"
         table.add_row(_when(v.get("hlc") or {}), str(v.get("writer")), str(v.get("counter")),
-                      state, _compact(v.get("value"), 80))  # fmt: skip
+                      _signer(v.get("signer") or {}), state, _compact(v.get("value"), 80))  # fmt: skip
     out.print(table)
 
 
@@ -315,13 +394,14 @@ def conflicts(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None
         out.print("no conflicts")
         return
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("Key", "Sibling", "Writer", "Time (HLC)", "Value"):
+    for col in ("Key", "Sibling", "Writer", "Signer", "Time (HLC)", "Value"):
         table.add_column(col, overflow="fold" if col == "Value" else "ellipsis")
     for c in items:
         for s in c.get("siblings") or []:
             mark = "[green]wins[/]" if s.get("winner") else "[yellow]loses[/]"
             table.add_row(str(c.get("key")), mark, str(s.get("writer")),
-                          _when(s.get("hlc") or {}), _compact(s.get("value"), 60))  # fmt: skip
+                          _signer(s.get("signer") or {}), _when(s.get("hlc") or {}),
+                          _compact(s.get("value"), 60))  # fmt: skip
     out.print(table)
     out.print(f"{len(items)} conflicting key(s); write the key again to resolve")
 

@@ -41,6 +41,8 @@ def services_table(rows: list[dict[str, Any]]) -> Table:
             f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
             "[red]yes[/]" if ejected else "no",
         )
+        if r.get("refused"):  # the services' config does not allow it: never routed
+            table.add_row("", "", f"[red]refused: {r['refused']}[/]", "", "", "", "")
     return table
 
 

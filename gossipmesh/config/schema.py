@@ -74,9 +74,21 @@ from gossipmesh.config.service import (
     parse_service,
     service_body,
 )
+from gossipmesh.config.trust import (
+    CertEntry,
+    Revocation,
+    RootStatement,
+    cert_body,
+    parse_cert,
+    parse_revocation,
+    parse_trust,
+    revocation_body,
+    trust_body,
+)
 from gossipmesh.errors import ConfigValidationError
 
 __all__ = [
+    "AUTHORITY_KINDS",
     "HOST_RE",
     "KINDS",
     "MAX_HEADER_VALUE_CHARS",
@@ -91,6 +103,7 @@ __all__ = [
     "NAME_RE",
     "TAG_RE",
     "TOKEN_RE",
+    "CertEntry",
     "CircuitBreaker",
     "Destination",
     "Entity",
@@ -102,6 +115,8 @@ __all__ = [
     "PathMatch",
     "PolicyConfig",
     "Retry",
+    "Revocation",
+    "RootStatement",
     "RouteConfig",
     "ServiceConfig",
     "Timeouts",
@@ -115,9 +130,11 @@ __all__ = [
     "validate_key",
 ]
 
-KINDS = ("service", "route", "policy")
+KINDS = ("service", "route", "policy", "cert", "revocation", "trust")
+# The kinds that decide who may sign what (config/trust.py); the rest configure the data plane.
+AUTHORITY_KINDS = ("cert", "revocation", "trust")
 
-Entity = ServiceConfig | RouteConfig | PolicyConfig
+Entity = ServiceConfig | RouteConfig | PolicyConfig | CertEntry | Revocation | RootStatement
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,11 +152,17 @@ def parse_key(key: str) -> tuple[str, str]:
         raise ConfigValidationError(
             "key", f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})"
         )
-    if NAME_RE.fullmatch(name) is None:
+    _check_name(kind, name)
+    return kind, name
+
+
+def _check_name(kind: str, name: object) -> None:
+    if kind == "trust" and isinstance(name, str) and name.startswith("root/"):
+        name = name[len("root/") :]  # trust/root/FP: the fingerprint is checked with the body
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
         raise ConfigValidationError(
             "key", f"name {name!r} must be 1-128 characters of [A-Za-z0-9._-]"
         )
-    return kind, name
 
 
 def entity_key(entity: Entity) -> str:
@@ -159,16 +182,19 @@ def validate_entity(kind: str, name: str, body: Mapping[str, Any]) -> Entity:
         raise ConfigValidationError(
             "key", f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})"
         )
-    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
-        raise ConfigValidationError(
-            "key", f"name {name!r} must be 1-128 characters of [A-Za-z0-9._-]"
-        )
+    _check_name(kind, name)
     body = read_mapping(body, kind)
     if kind == "service":
         return parse_service(name, body)
     if kind == "route":
         return parse_route(name, body)
-    return parse_policy(name, body)
+    if kind == "policy":
+        return parse_policy(name, body)
+    if kind == "cert":
+        return parse_cert(name, body)
+    if kind == "revocation":
+        return parse_revocation(name, body)
+    return parse_trust(name, body)
 
 
 def validate_key(key: str, body: Mapping[str, Any]) -> Entity:
@@ -194,4 +220,10 @@ def to_body(entity: Entity) -> dict[str, Any]:
         return route_body(entity)
     if isinstance(entity, PolicyConfig):
         return policy_body(entity)
+    if isinstance(entity, CertEntry):
+        return cert_body(entity)
+    if isinstance(entity, Revocation):
+        return revocation_body(entity)
+    if isinstance(entity, RootStatement):
+        return trust_body(entity)
     raise TypeError(f"not an entity: {entity!r}")

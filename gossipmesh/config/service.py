@@ -1,8 +1,16 @@
 """``service/NAME``: how the mesh talks to a service (protocol, balancing, timeouts, retries,
-circuit breaking, outlier detection), its defaults, validation and canonical body."""
+circuit breaking, outlier detection), who may serve it (``nodes``, ``weight_max``), its defaults,
+validation and canonical body.
+
+``nodes`` lists the node names (or ``fnmatch`` patterns such as ``api-*``) allowed to register
+instances of the service; empty means any node. ``weight_max`` caps an instance's weight (default
+100). The catalog ignores, counts and shows instances that break either (``agent/catalog.py``):
+a node can only take the traffic the operators let it take."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,6 +19,7 @@ from gossipmesh.config.fields import (
     MAX_LIMIT,
     MAX_RETRY_ATTEMPTS,
     MAX_TIMEOUT_MS,
+    MAX_WEIGHT,
     TOKEN_RE,
     read_bool,
     read_choice,
@@ -62,6 +71,10 @@ class OutlierDetection:
     max_ejected_percent: int = 50
 
 
+DEFAULT_WEIGHT_MAX = 100
+NODE_PATTERN_RE = re.compile(r"[A-Za-z0-9._*?\[\]!-]{1,128}")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
@@ -71,6 +84,8 @@ class ServiceConfig:
     retry: Retry = Retry()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     outlier_detection: OutlierDetection = OutlierDetection()
+    nodes: tuple[str, ...] = ()  # node names or fnmatch patterns; empty: any node
+    weight_max: int = DEFAULT_WEIGHT_MAX
 
     kind: Literal["service"] = field(default="service", init=False)
 
@@ -79,9 +94,16 @@ def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
     p = "service"
     reject_unknown(
         body,
-        ("protocol", "load_balancer", "timeouts", "retry", "circuit_breaker", "outlier_detection"),
+        ("protocol", "load_balancer", "timeouts", "retry", "circuit_breaker", "outlier_detection",
+         "nodes", "weight_max"),
         p,
-    )
+    )  # fmt: skip
+    patterns = read_list(body.get("nodes", []), f"{p}.nodes")
+    nodes = unique([read_pattern(n, f"{p}.nodes[{i}]", NODE_PATTERN_RE,
+                                 "node name or pattern (1-128 of [A-Za-z0-9._-] and *?[]!)")
+                    for i, n in enumerate(patterns)], f"{p}.nodes")  # fmt: skip
+    weight_max = read_int(body.get("weight_max", DEFAULT_WEIGHT_MAX), f"{p}.weight_max", 0,
+                          MAX_WEIGHT)  # fmt: skip
     protocol = read_choice(body.get("protocol", "http"), f"{p}.protocol", ("http", "tcp"))
 
     lb_body = read_section(body, "load_balancer", p)
@@ -215,12 +237,25 @@ def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
         retry=retry,
         circuit_breaker=breaker,
         outlier_detection=outlier,
+        nodes=nodes,
+        weight_max=weight_max,
     )
+
+
+def allows(service: ServiceConfig, node: str, weight: int) -> str | None:
+    """Why ``node`` may not serve ``service`` with ``weight`` (a short reason), or None."""
+    if service.nodes and not any(fnmatch.fnmatchcase(node, p) for p in service.nodes):
+        return f"node {node} is not in service/{service.name} nodes"
+    if weight > service.weight_max:
+        return f"weight {weight} is above service/{service.name} weight_max {service.weight_max}"
+    return None
 
 
 def service_body(entity: ServiceConfig) -> dict[str, Any]:
     """The canonical body of a service entity (every field explicit)."""
     return {
+        "nodes": list(entity.nodes),
+        "weight_max": entity.weight_max,
         "protocol": entity.protocol,
         "load_balancer": {
             "policy": entity.load_balancer.policy,

@@ -1,4 +1,4 @@
-"""The replicated config document: a delta-state CRDT of multi-value registers.
+"""The replicated config document: a delta-state CRDT of multi-value registers, of signed entries.
 
 Theory of operation
 -------------------
@@ -6,84 +6,90 @@ The document maps keys (``KIND/NAME``) to entities. Any replica accepts writes; 
 *deltas* (the few entries a write produced, or what a peer lacks) and merging is commutative,
 associative and idempotent, so any delivery order, duplication or re-delivery converges.
 
-Every write creates an **entry**: a *dot* ``(writer, counter)`` that names it uniquely (each
-writer counts its own writes), an HLC timestamp, the value (msgpack bytes, kept verbatim so
-hashes and signatures never depend on re-encoding) or ``None`` for a delete (a *tombstone*), and
-the write's **causal context** for its key: a version vector ``{writer: counter}`` covering every
-entry of that key the writer had seen. A write supersedes exactly what it had seen, so:
+Every write creates an **entry**: a *dot* ``(writer, counter)`` that names it within its key, an
+HLC timestamp, the value (msgpack bytes, kept verbatim) or ``None`` for a delete (a *tombstone*),
+and the write's **causal context** for its key: ``{writer: counter}`` covering every entry of that
+key the writer had seen. A write supersedes exactly what it had seen, so:
 
 - entry ``a`` is superseded by ``b`` when ``b.context[a.writer] >= a.counter``;
 - entries that do not supersede each other are **siblings**: concurrent writes stay visible as a
   conflict until some later write (which has seen them all) replaces them;
-- the **effective value** is the winner among the siblings by a rule every replica applies alike:
-  not suspect before suspect, then highest HLC, then writer id, then counter.
+- the **effective value** is the winner among the siblings that count (see "Authority") by a rule
+  every replica applies alike: not suspect before suspect, then highest HLC, writer, counter.
 
-Entries, not fields, are the unit: a route is never half one operator's and half another's.
+**Signed entries, two-phase writes.** Every entry is signed by an operator (or, for trust
+statements and operator revocations, by a root) over all its fields, context included; an injected
+``EntryAuthority`` (``authority.py``) admits it or not. A local write is therefore two steps:
+``prepare`` proposes the exact entries (writer, counter, HLC, context), an operator signs them
+elsewhere, and ``commit`` checks that they are still current (same siblings, fresh counters and
+time) and admitted before applying them. Nobody without an operator key can make an entry, under
+any writer id, so a dot cannot be forged and a captured node can only replay what was signed.
 
-Besides the entries, each replica keeps a global **causal context** (``Context``): every dot it has
-integrated, as a compact version vector plus a small "cloud" of dots that arrived out of order. An
-incoming entry whose dot is already in the context is a duplicate or was superseded (or collected)
-here, and is skipped; that is what makes re-delivery harmless. Deltas carry context too, and a
-receiver joins it in, which fills holes left by writes it will never see because they were
-superseded before reaching it.
+**What a replica has integrated** is derived from signed entries only, per key: ``known[key]``
+maps each writer to the highest counter among the entries held and their contexts. An incoming
+entry with ``counter <= known[key][writer]`` was seen (or superseded) here and is skipped; that is
+what makes re-delivery harmless. This is exact for honest writers: a writer's later entry of a key
+presents the siblings it replaces, so it covers the writer's own earlier ones. Known maps never
+shrink, and stay after a tombstone is collected, so a stale copy can never resurrect a key.
 
-**Tombstones** are collected only when causally stable: the runtime passes the pointwise minimum of
-the live members' version vectors, and a tombstone that is the only entry of its key, whose dot and
-key context that vector covers, and which is older than a grace period, is dropped. Every live
-member then has every dot the tombstone replaced in its context, so a stale copy that turns up later
-is skipped rather than resurrected. A replica that was away for longer than the grace period can
-still hold such a stale entry; it must rejoin with a fresh store (an empty ``replica.db``), the
-same rule as Cassandra's ``gc_grace_seconds``.
+**Authority.** Stored entries *count* (win, are read, drive the data plane) according to a
+``Policy`` derived from the document's own ``trust/``, ``cert/`` and ``revocation/`` entries:
+the signer's certificate was valid at the entry's HLC time, its root trusted then, no revocation
+applies. An entry that does not count is *void* and reads show why. The policy is a function of the
+stored entries, so replicas that hold the same entries show the same values; it is recomputed
+whenever an authority key changes, and the keys whose visible value changed are reported.
 
-**Clock drift.** An incoming entry whose HLC is more than ``max_drift_ms`` ahead of our wall clock
-is kept (dropping it would make replicas diverge) but marked *suspect*: a suspect entry never beats
-a non-suspect sibling, and it does not drag our clock. The mark is monotonic (once suspect, always
-suspect) and travels with the entry, so every replica converges on the same winner.
+**Tombstones** are collected ``grace_ms`` after their HLC time, when no sibling ranks below them
+(so the read cannot change): time-based and deterministic across replicas; the known map stays.
 
-**Validation.** Values from peers are checked with an injected validator (the schema lives in
-``gossipmesh.config``, which this core may not import) and with the size limits; an entry that
-fails is refused, counted, and neither merged nor forwarded.
+**Clock drift.** An incoming entry more than ``max_drift_ms`` ahead of our wall clock is kept but
+marked *suspect* (it never beats a non-suspect sibling and does not drag our clock); more than
+``MAX_FUTURE_MS`` ahead it is refused. The mark is monotonic and travels with the entry, so every
+replica converges on the same winner. (The mark is not signed: a peer can demote a concurrent
+sibling by marking it, never create or change one.)
 
-**Digest.** ``root_hash`` summarises the state for anti-entropy: an XOR of per-entry hashes and of
-per-writer context hashes, updated as entries come and go (never recomputed over the whole
-document), so a digest costs O(1) at any size. Tombstones only count through the context, so two
-replicas that differ only in which stable tombstones they have collected still compare equal.
-
-This module performs no I/O and reads no clock: ``wall_ms`` is always passed in.
+**Digest.** ``root_hash`` is a Merkle root over SHA-256 (``digest.py``): equal roots mean the same
+entries and the same known maps. This module performs no I/O and reads no clock.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from gossipmesh.crdt.authority import EntryAuthority, Policy, SignerInfo
+from gossipmesh.crdt.digest import MerkleDigest
 from gossipmesh.crdt.entries import (
+    AUTHORITY_PREFIXES,
     DEFAULT_HISTORY_PER_KEY,
     MAX_DOCUMENT_BYTES,
     MAX_ENTITY_BYTES,
+    MAX_FUTURE_MS,
     MAX_KEY_BYTES,
     MAX_WRITER_BYTES,
     Conflict,
-    Context,
     Delta,
     Dot,
     Entry,
     MergeResult,
     Validator,
     Version,
-    VersionVector,
-    check_key,
-    check_writer,
-    entry_hash,
-    hash64,
-    pack,
-    stable_vector,
+    authority_rank,
+    bounds_problem,
+    same_content,
     unpack_value,
     with_suspect,
 )
 from gossipmesh.crdt.hlc import DEFAULT_MAX_DRIFT_MS, HybridClock, Timestamp
-from gossipmesh.errors import LimitExceededError, UsageError
+from gossipmesh.crdt.proposals import (
+    DEFAULT_COMMIT_SKEW_MS,
+    RefusedWriteError,
+    StaleWriteError,
+    WriterExhaustedError,
+    check_commit,
+    propose,
+)
 
 
 class Document:
@@ -92,78 +98,116 @@ class Document:
 
     def __init__(
         self,
+        authority: EntryAuthority,
         validator: Validator | None = None,
         max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
         max_entity_bytes: int = MAX_ENTITY_BYTES,
         max_document_bytes: int = MAX_DOCUMENT_BYTES,
         history_per_key: int = DEFAULT_HISTORY_PER_KEY,
     ) -> None:
-        self._validator = validator
+        self.authority = authority
+        self.validator = validator
         self.clock = HybridClock(max_drift_ms)
         self.max_entity_bytes = max_entity_bytes
         self.max_document_bytes = max_document_bytes
         self._history_per_key = history_per_key
         self._entries: dict[str, dict[Dot, Entry]] = {}
-        self._vv: dict[str, int] = {}
-        self._cloud: set[Dot] = set()
-        self._top: dict[str, int] = {}  # highest counter seen per writer (vv or cloud)
-        self._root = 0
+        self._known: dict[str, dict[str, int]] = {}
+        self._top: dict[str, int] = {}  # highest counter known per writer, over every key
+        self._signers: dict[bytes, SignerInfo] = {}
+        self._void: dict[tuple[str, Dot], str] = {}
+        self._digest = MerkleDigest()
         self._size_bytes = 0
         self._history: dict[str, deque[Version]] = {}
+        self._policy: Policy = authority.policy(self)
+        self._policy_version = authority.version
         self.stats: dict[str, int] = {}
 
     # -----------------------------------------------------------------------------------------
-    # Reads
+    # Reads (what counts)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The effective value of ``key`` (the winner among siblings), or None if absent/deleted."""
+        """The effective value of ``key`` (the winner among counted siblings), or None."""
         winner = self.winner(key)
         return None if winner is None else winner.decoded()
 
     def winner(self, key: str) -> Entry | None:
-        siblings = self._entries.get(key)
-        if not siblings:
-            return None
-        return max(siblings.values(), key=Entry.rank)
+        counted = [e for e in self._entries.get(key, {}).values() if not self.void_reason(e)]
+        return max(counted, key=Entry.rank) if counted else None
+
+    def absent(self, key: str) -> bool:
+        """Nothing to delete: no entries, or the counted winner is already a tombstone."""
+        if not self._entries.get(key):
+            return True
+        winner = self.winner(key)
+        return winner is not None and winner.value is None
+
+    def void_reason(self, entry: Entry) -> str | None:
+        """Why a stored entry does not count (``revoked``, ``expired``, ...), or None."""
+        return self._void.get((entry.key, entry.dot))
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-        """Live keys (winner not a tombstone) under ``prefix``, sorted."""
+        """Live keys (counted winner not a tombstone) under ``prefix``, sorted."""
         for key in sorted(k for k in self._entries if k.startswith(prefix)):
             winner = self.winner(key)
             if winner is not None and winner.value is not None:
                 yield key, unpack_value(winner.value)
 
     def siblings(self, key: str) -> tuple[Entry, ...]:
-        """Every current entry of ``key``, winner first."""
-        return tuple(sorted(self._entries.get(key, {}).values(), key=Entry.rank, reverse=True))
+        """Every stored entry of ``key``: the counted ones first, winner first."""
+        return tuple(sorted(self._entries.get(key, {}).values(),
+                            key=lambda e: (not self.void_reason(e), e.rank()), reverse=True))  # fmt: skip
 
     def conflicts(self) -> list[Conflict]:
         out = []
         for key in sorted(self._entries):
-            siblings = self.siblings(key)
-            if len(siblings) > 1:
-                out.append(Conflict(key, siblings[0], siblings))
+            counted = [e for e in self.siblings(key) if not self.void_reason(e)]
+            if len({e.value for e in counted}) > 1:  # the same value twice is no conflict
+                out.append(Conflict(key, counted[0], tuple(counted)))
         return out
 
     def history(self, key: str) -> list[Version]:
         """Current siblings then the last superseded versions seen here, newest first. Local: a
         replica only lists versions it saw before they were replaced."""
-        current = [
-            Version(e.writer, e.counter, e.hlc, e.decoded(), True, e.suspect)
-            for e in self.siblings(key)
-        ]
+        current = [self._version(e, True) for e in self.siblings(key)]
         past = sorted(self._history.get(key, ()), key=lambda v: (v.hlc, v.writer), reverse=True)
         return current + past
 
-    def version_vector(self) -> dict[str, int]:
-        return dict(self._vv)
+    def signer(self, fingerprint: bytes) -> SignerInfo | None:
+        return self._signers.get(fingerprint)
 
-    def context(self) -> Context:
-        return Context(tuple(sorted(self._vv.items())), tuple(sorted(self._cloud)))
+    def stored(self, key: str) -> tuple[Entry, ...]:
+        return tuple(self._entries.get(key, {}).values())
+
+    def stored_under(self, prefix: str) -> Iterator[Entry]:
+        for key in [k for k in self._entries if k.startswith(prefix)]:
+            yield from self._entries[key].values()
+
+    def known(self, key: str) -> dict[str, int]:
+        return dict(self._known.get(key, {}))
+
+    def known_maps(self) -> dict[str, dict[str, int]]:
+        return {k: dict(v) for k, v in self._known.items()}
+
+    def has_seen(self, key: str, dot: Dot) -> bool:
+        return dot[1] <= self._known.get(key, {}).get(dot[0], 0)
+
+    def top(self, writer: str) -> int:
+        return self._top.get(writer, 0)
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
 
     @property
     def root_hash(self) -> bytes:
-        return self._root.to_bytes(8, "big")
+        return self._digest.root
+
+    def bucket_hashes(self) -> dict[int, bytes]:
+        return self._digest.bucket_hashes()
+
+    def keys_in(self, buckets: Iterable[int]) -> list[str]:
+        return self._digest.keys_in(buckets)
 
     @property
     def size_bytes(self) -> int:
@@ -179,221 +223,290 @@ class Document:
     def max_hlc(self) -> Timestamp:
         return max((e.hlc for e in self.entries()), default=Timestamp(0, 0))
 
-    def has_seen(self, dot: Dot) -> bool:
-        return dot[1] <= self._vv.get(dot[0], 0) or dot in self._cloud
-
     # -----------------------------------------------------------------------------------------
-    # Local writes
+    # Local writes: prepare, then commit what an operator signed
 
-    def write(self, key: str, value: Mapping[str, Any] | None, writer: str, wall_ms: int) -> Delta:
-        """Set (or, with None, delete) ``key``. Raises UsageError/LimitExceededError or whatever
-        the validator raises, with nothing changed. Deleting an absent key is a no-op."""
-        return self.apply_batch([(key, value)], writer, wall_ms)
-
-    def apply_batch(
+    def prepare(
         self, items: Sequence[tuple[str, Mapping[str, Any] | None]], writer: str, wall_ms: int
-    ) -> Delta:
-        """Write many keys as one delta: all are validated before any is applied, so either every
-        write lands or none does (readers never see half of a ``config apply``)."""
-        check_writer(writer)
-        prepared: list[tuple[str, bytes | None]] = []
-        seen_keys: set[str] = set()
-        size_after = self._size_bytes
-        for key, value in items:
-            check_key(key)
-            if key in seen_keys:
-                raise UsageError(f"{key}: appears twice in one batch")
-            seen_keys.add(key)
-            if value is None:
-                if not self._entries.get(key):
-                    continue
-                prepared.append((key, None))
-            else:
-                if self._validator is not None:
-                    self._validator(key, value)
-                try:
-                    data = pack(dict(value))
-                except (TypeError, ValueError, OverflowError) as e:
-                    raise UsageError(f"{key}: value is not msgpack-able: {e}") from None
-                if len(data) > self.max_entity_bytes:
-                    raise LimitExceededError(
-                        f"{key}: entity is {len(data)} bytes encoded, over the entity limit of "
-                        f"{self.max_entity_bytes} bytes (max_entity_bytes)"
-                    )
-                prepared.append((key, data))
-                size_after += len(data)
-            size_after -= sum(e.size_bytes for e in self._entries.get(key, {}).values())
-        if size_after > self.max_document_bytes:
-            raise LimitExceededError(
-                f"document would be {size_after} bytes, over the document limit of "
-                f"{self.max_document_bytes} bytes (max_document_bytes)"
-            )
+    ) -> tuple[Entry, ...]:
+        """The unsigned entries that would write ``items`` (None deletes) as one batch. Raises
+        UsageError/LimitExceededError (or what the validator raises); changes nothing but the HLC.
+        Deleting an absent key is left out. See ``proposals.propose``."""
+        return propose(self, items, writer, wall_ms)
 
-        new_entries: list[Entry] = []
-        context_dots: list[Dot] = []
-        for key, payload in prepared:
-            siblings = self._entries.get(key, {})
-            seen: dict[str, int] = {}
-            for s in siblings.values():
-                for w, c in s.context:
-                    if c > seen.get(w, 0):
-                        seen[w] = c
-                if s.counter > seen.get(s.writer, 0):
-                    seen[s.writer] = s.counter
-                context_dots.append(s.dot)
-            counter = self._top.get(writer, 0) + 1
-            entry = Entry(key, writer, counter, self.clock.now(wall_ms), tuple(sorted(seen.items())),
-                          payload)  # fmt: skip
-            for s in list(siblings.values()):
-                self._remove(s, superseded=True)
-            self._insert(entry)
-            self._add_dot(entry.dot)
-            context_dots.append(entry.dot)
-            new_entries.append(entry)
-        self._count("local_writes", len(new_entries))
-        return Delta(tuple(new_entries), Context((), tuple(sorted(context_dots))))
+    def commit(
+        self,
+        entries: Sequence[Entry],
+        writer: str,
+        wall_ms: int,
+        max_skew_ms: int = DEFAULT_COMMIT_SKEW_MS,
+    ) -> MergeResult:
+        """Apply signed entries made from ``prepare`` by this replica's ``writer``, atomically.
+
+        Raises StaleWriteError (prepare again), RefusedWriteError (signature, chain, revoked,
+        void ...) or UsageError/LimitExceededError, with nothing changed (``check_commit``)."""
+        if not entries:
+            return MergeResult(frozenset())
+        batch, signers = check_commit(self, entries, writer, wall_ms, max_skew_ms)
+        authority = any(authority_rank(e.key) < len(AUTHORITY_PREFIXES) for e in batch)
+        before = self._visible_winners() if authority else None
+        for e in batch:
+            self.clock.observe(e.hlc, wall_ms)
+            self._apply(e, signers[e.dot])
+        voided = self._after_authority_change(before)
+        self._count("local_writes", len(batch))
+        changed = frozenset(e.key for e in batch) | voided
+        return MergeResult(changed, len(batch), forward=Delta(tuple(batch)), voided=voided)
 
     # -----------------------------------------------------------------------------------------
     # Merging
 
-    def merge(self, delta: Delta, wall_ms: int) -> MergeResult:
+    def merge(self, delta: Delta, wall_ms: int, *, check_clock: bool = True) -> MergeResult:
         """Fold a peer's delta (or full state) in. Never raises on bad content: entries that fail
-        validation or limits are refused and counted under ``stats['refused_*']``."""
+        bounds, limits, validation or the authority are refused and counted (``refused_*``).
+        ``check_clock=False`` (loading our own store) skips the too-far-in-the-future refusal."""
+        ordered = sorted(delta.entries, key=lambda e: authority_rank(e.key))
         changed: set[str] = set()
         forward: list[Entry] = []
-        accepted = duplicates = 0
         refused: list[str] = []
         drifted: list[Dot] = []
-        for incoming in delta.entries:
-            siblings = self._entries.get(incoming.key)
-            if self.has_seen(incoming.dot):
-                held = siblings.get(incoming.dot) if siblings else None
-                if held is not None and incoming.suspect and not held.suspect:
-                    # The suspect mark only ever grows; take it so every replica picks alike.
-                    self._remove(held, superseded=False)
-                    self._insert(with_suspect(held))
-                    changed.add(incoming.key)
-                    forward.append(with_suspect(held))
-                else:
-                    duplicates += 1
-                continue
-            reason = self._refusal(incoming)
-            if reason is not None:
-                refused.append(reason)
-                self._count(f"refused_{reason}")
-                continue
-            entry = incoming
-            if self.clock.is_too_far_ahead(entry.hlc, wall_ms):
-                drifted.append(entry.dot)
-                self._count("drift_exceeded")
-                if not entry.suspect:
-                    entry = with_suspect(entry)
-            else:
-                self.clock.observe(entry.hlc, wall_ms)
-            accepted += 1
-            forward.append(entry)
-            self._add_dot(entry.dot)
-            if siblings and any(s.covers(entry) for s in siblings.values()):
-                # Already replaced by something we hold: remember we saw it, keep it out.
-                self._record_past(entry)
-                continue
-            if siblings:
-                for s in [s for s in siblings.values() if entry.covers(s)]:
-                    self._remove(s, superseded=True)
-            self._insert(entry)
-            changed.add(entry.key)
-        self._join_context(delta.context)
-        self._count("merged_entries", accepted)
-        self._count("duplicate_entries", duplicates)
-        # The forward part carries only its own dots as context, never the incoming delta's
-        # whole context: that may name dots of entries we already held and so left out, and a
-        # receiver lacking those would join the dots, believe it has the entries, and never ask
-        # for them again (a silent, permanent loss that anti-entropy cannot see).
-        fwd = None
-        if forward:
-            fwd = Delta(tuple(forward), Context((), tuple(sorted({e.dot for e in forward}))))
-        return MergeResult(frozenset(changed), accepted, duplicates, len(refused), tuple(refused),
-                           tuple(drifted), fwd)  # fmt: skip
+        counts = {"accepted": 0, "duplicates": 0}
+        authority_before = self._visible_winners() if any(
+            authority_rank(e.key) < len(AUTHORITY_PREFIXES) for e in ordered) else None  # fmt: skip
 
-    def _refusal(self, entry: Entry) -> str | None:
-        """Why a remote entry must not be merged, as a counter slug, or None."""
+        def one(incoming: Entry) -> str | None:
+            outcome = self._merge_one(incoming, wall_ms, check_clock, drifted)
+            if outcome is None:
+                counts["duplicates"] += 1
+                return None
+            if isinstance(outcome, str):
+                return outcome
+            forward.append(outcome)
+            changed.add(outcome.key)
+            counts["accepted"] += 1
+            return None
+
+        # Trust statements may vouch for the roots that signed other statements of the same
+        # delta: retry the ones with an unknown signer while a pass admits something.
+        pending = [e for e in ordered if authority_rank(e.key) == 0]
+        while pending:
+            retry = []
+            for e in pending:
+                reason = one(e)
+                if reason == "unknown_signer":
+                    retry.append(e)
+                elif reason is not None:
+                    refused.append(reason)
+            if len(retry) == len(pending):
+                break
+            pending = retry
+        refused += ["unknown_signer"] * len(pending)
+        for incoming in ordered:
+            if authority_rank(incoming.key) != 0:
+                reason = one(incoming)
+                if reason is not None:
+                    refused.append(reason)
+        for reason in refused:
+            self._count(f"refused_{reason}")
+        voided = self._after_authority_change(authority_before)
+        self._count("merged_entries", counts["accepted"])
+        self._count("duplicate_entries", counts["duplicates"])
+        fwd = Delta(tuple(forward)) if forward else None
+        return MergeResult(frozenset(changed) | voided, counts["accepted"], counts["duplicates"],
+                           len(refused), tuple(refused), tuple(drifted), fwd, voided)  # fmt: skip
+
+    def _merge_one(
+        self, incoming: Entry, wall_ms: int, check_clock: bool, drifted: list[Dot]
+    ) -> Entry | str | None:
+        """The entry as stored (new, or a newly suspect copy), a refusal slug, or None (seen)."""
+        if self.has_seen(incoming.key, incoming.dot):
+            held = self._entries.get(incoming.key, {}).get(incoming.dot)
+            if held is None or not incoming.suspect or held.suspect:
+                return None
+            if not same_content(held, incoming):
+                return "equivocation"  # the same dot signed twice with different content
+            # The suspect mark only ever grows; take it so every replica picks alike.
+            marked = with_suspect(held)
+            self._replace(held, marked)
+            return marked
+        problem = bounds_problem(incoming)
+        if problem is not None:
+            return "bounds"
+        reason = self.content_refusal(incoming, self._size_bytes)
+        if reason is not None:
+            return reason
+        if check_clock and incoming.hlc.wall_ms - wall_ms > MAX_FUTURE_MS:
+            return "future"
+        admitted = self.authority.admit(incoming, self)
+        if isinstance(admitted, str):
+            return admitted
+        entry = incoming
+        if self.clock.is_too_far_ahead(entry.hlc, wall_ms):
+            drifted.append(entry.dot)
+            self._count("drift_exceeded")
+            if not entry.suspect:
+                entry = with_suspect(entry)
+        else:
+            self.clock.observe(entry.hlc, wall_ms)
+        self._apply(entry, admitted)
+        return entry
+
+    def content_refusal(self, entry: Entry, size_now: int) -> str | None:
+        """Why an entry's key or value must not be stored, as a counter slug, or None."""
         if not entry.key or len(entry.key.encode()) > MAX_KEY_BYTES:
             return "key"
+        if len(entry.writer.encode()) > MAX_WRITER_BYTES:
+            return "writer"
         if entry.value is None:
             return None
         if len(entry.value) > self.max_entity_bytes:
             return "entity_size"
-        held = sum(e.size_bytes for e in self._entries.get(entry.key, {}).values())
-        if self._size_bytes + len(entry.value) - held > self.max_document_bytes:
+        if size_now + len(entry.value) - self.held_bytes(entry.key) > self.max_document_bytes:
             return "document_size"
         try:
             value = unpack_value(entry.value)
         except Exception:
             return "value_encoding"
-        if self._validator is not None:
+        if self.validator is not None:
             try:
-                self._validator(entry.key, value)
+                self.validator(entry.key, value)
             except Exception:
                 return "invalid"
         return None
 
     # -----------------------------------------------------------------------------------------
-    # Anti-entropy support
+    # Anti-entropy and storage support
 
-    def delta_for(self, remote: Context) -> Delta:
-        """Everything a replica with context ``remote`` lacks, plus our context (it fills the holes
-        left by writes superseded before they reached it). Suspect entries always go along: their
-        mark may be news even where the dot is not."""
-        out = [e for e in self.entries() if e.suspect or not remote.contains(e.dot)]
-        out.sort(key=lambda e: (e.key, e.writer, e.counter))
-        return Delta(tuple(out), self.context())
+    def entries_of(self, keys: Iterable[str]) -> list[Entry]:
+        out: list[Entry] = []
+        for key in keys:
+            out += sorted(self._entries.get(key, {}).values(), key=lambda e: e.dot)
+        return out
+
+    def missing_for(
+        self, keys: Iterable[str], remote: Mapping[str, Mapping[str, int]]
+    ) -> list[Entry]:
+        """Our entries of ``keys`` that a replica with known maps ``remote`` lacks. Suspect ones
+        always go along: their mark may be news where the dot is not."""
+        return [e for e in self.entries_of(keys)
+                if e.suspect or e.counter > remote.get(e.key, {}).get(e.writer, 0)]  # fmt: skip
 
     def full_state(self) -> Delta:
-        """The whole replica as a delta: merging it into an empty document reproduces this one."""
-        return self.delta_for(Context())
+        """Every stored entry: merging it into an empty document reproduces this one's entries
+        (the known maps of collected tombstones travel separately, see ``restore_known``)."""
+        return Delta(tuple(self.entries_of(sorted(self._entries))))
 
-    def collect_garbage(self, stable: VersionVector, wall_ms: int, grace_ms: int) -> list[str]:
-        """Drop tombstones that are causally stable and older than ``grace_ms``.
+    def restore_known(self, known: Mapping[str, Mapping[str, int]]) -> None:
+        """After loading our own snapshot: the known maps it saved (they outlive collected
+        tombstones). Never from a peer: known maps are not signed."""
+        for key, pairs in known.items():
+            mine = self._known.setdefault(key, {})
+            for w, c in pairs.items():
+                if c > mine.get(w, 0):
+                    mine[w] = c
+                    self._top[w] = max(self._top.get(w, 0), c)
+            self._touch(key)
 
-        ``stable`` is the pointwise minimum of the version vectors of every live member (this one
-        included); see ``stable_vector``. Returns the keys collected.
-        """
+    def collect_garbage(self, wall_ms: int, grace_ms: int) -> list[str]:
+        """Drop tombstones older than ``grace_ms`` that no sibling ranks below (the read stays
+        the same). The key's known map stays. Returns the keys touched."""
         collected = []
         for key in list(self._entries):
             siblings = self._entries[key]
-            if len(siblings) != 1:
-                # With a live sibling, collecting the tombstone could change the winner on some
-                # replicas before others: only lone tombstones go.
-                continue
-            (entry,) = siblings.values()
-            if entry.value is not None or wall_ms - entry.hlc.wall_ms < grace_ms:
-                continue
-            if stable.get(entry.writer, 0) < entry.counter:
-                continue
-            if any(stable.get(w, 0) < c for w, c in entry.context):
-                continue
-            self._remove(entry, superseded=False)
-            collected.append(key)
+            for t in [e for e in siblings.values() if e.value is None]:
+                if wall_ms - t.hlc.wall_ms < grace_ms:
+                    continue
+                if any(s.rank() < t.rank() for s in siblings.values() if s is not t):
+                    continue
+                self._remove(t, superseded=False)
+                collected.append(key)
         self._count("tombstones_collected", len(collected))
         return collected
+
+    def refresh_policy(self) -> frozenset[str]:
+        """Recompute which entries count (the authority's anchors changed); the keys whose
+        visible value changed."""
+        return self._after_authority_change(self._visible_winners(), force=True)
+
+    def restore_clock(self) -> None:
+        """After loading from disk: never issue an HLC at or below one already written."""
+        self.clock.restore(self.max_hlc())
 
     # -----------------------------------------------------------------------------------------
     # Internals
 
-    def _insert(self, entry: Entry) -> None:
+    def _apply(self, entry: Entry, signer: SignerInfo) -> None:
+        """Store an admitted entry: learn its dot and context, drop what it supersedes."""
+        self._signers[signer.fingerprint] = signer
+        known = self._known.setdefault(entry.key, {})
+        for w, c in (*entry.context, entry.dot):
+            if c > known.get(w, 0):
+                known[w] = c
+                if c > self._top.get(w, 0):
+                    self._top[w] = c
+        for s in [s for s in self._entries.get(entry.key, {}).values() if entry.covers(s)]:
+            self._remove(s, superseded=True)
         self._entries.setdefault(entry.key, {})[entry.dot] = entry
-        self._root ^= entry_hash(entry)
         self._size_bytes += entry.size_bytes
+        void = self._policy.void_reason(entry, signer)
+        if void is not None:
+            self._void[(entry.key, entry.dot)] = void
+        self._touch(entry.key)
+
+    def _replace(self, old: Entry, new: Entry) -> None:
+        self._entries[old.key][old.dot] = new
+        self._touch(old.key)
 
     def _remove(self, entry: Entry, superseded: bool) -> None:
         siblings = self._entries[entry.key]
         del siblings[entry.dot]
         if not siblings:
             del self._entries[entry.key]
-        self._root ^= entry_hash(entry)
+        self._void.pop((entry.key, entry.dot), None)
         self._size_bytes -= entry.size_bytes
         if superseded:
             self._record_past(entry)
+        self._touch(entry.key)
+
+    def _touch(self, key: str) -> None:
+        self._digest.update(key, self._known.get(key, {}), self._entries.get(key, {}).values())
+
+    def held_bytes(self, key: str) -> int:
+        return sum(e.size_bytes for e in self._entries.get(key, {}).values())
+
+    def _visible_winners(self) -> dict[str, Dot | None]:
+        out: dict[str, Dot | None] = {}
+        for key in self._entries:
+            w = self.winner(key)
+            out[key] = None if w is None else w.dot
+        return out
+
+    def _after_authority_change(
+        self, before: dict[str, Dot | None] | None, force: bool = False
+    ) -> frozenset[str]:
+        """Recompute the policy and every entry's void mark; the keys whose winner changed."""
+        if before is None and not force and self.authority.version == self._policy_version:
+            return frozenset()
+        if before is None:
+            before = self._visible_winners()
+        self._policy = self.authority.policy(self)
+        self._policy_version = self.authority.version
+        self._void.clear()
+        for e in self.entries():
+            signer = self._signers.get(e.signer)
+            reason = "unknown_signer" if signer is None else self._policy.void_reason(e, signer)
+            if reason is not None:
+                self._void[(e.key, e.dot)] = reason
+        after = self._visible_winners()
+        return frozenset(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+    def _version(self, e: Entry, current: bool) -> Version:
+        try:
+            value = e.decoded()
+        except Exception:
+            value = None
+        return Version(e.writer, e.counter, e.hlc, value, current, e.suspect, e.signer,
+                       self.void_reason(e))  # fmt: skip
 
     def _record_past(self, entry: Entry) -> None:
         if self._history_per_key <= 0:
@@ -401,79 +514,28 @@ class Document:
         past = self._history.get(entry.key)
         if past is None:
             past = self._history[entry.key] = deque(maxlen=self._history_per_key)
-        try:
-            value = entry.decoded()
-        except Exception:
-            value = None
-        past.append(Version(entry.writer, entry.counter, entry.hlc, value, False, entry.suspect))
-
-    def _add_dot(self, dot: Dot) -> None:
-        writer, counter = dot
-        if counter > self._top.get(writer, 0):
-            self._top[writer] = counter
-        have = self._vv.get(writer, 0)
-        if counter <= have:
-            return
-        if counter == have + 1:
-            self._set_vv(writer, counter)
-            self._compact(writer)
-        elif dot not in self._cloud:
-            self._cloud.add(dot)
-            self._root ^= hash64("c", writer, counter)
-
-    def _set_vv(self, writer: str, counter: int) -> None:
-        old = self._vv.get(writer, 0)
-        if old:
-            self._root ^= hash64("v", writer, old)
-        self._vv[writer] = counter
-        self._root ^= hash64("v", writer, counter)
-
-    def _compact(self, writer: str) -> None:
-        """Absorb cloud dots that the vector now reaches, and any below it."""
-        if not self._cloud:
-            return
-        have = self._vv[writer]
-        for dot in [d for d in self._cloud if d[0] == writer and d[1] <= have]:
-            self._cloud.discard(dot)
-            self._root ^= hash64("c", dot[0], dot[1])
-        while (writer, have + 1) in self._cloud:
-            have += 1
-            self._cloud.discard((writer, have))
-            self._root ^= hash64("c", writer, have)
-            self._set_vv(writer, have)
-
-    def _join_context(self, ctx: Context) -> None:
-        for writer, counter in ctx.vv:
-            if counter > self._vv.get(writer, 0):
-                if counter > self._top.get(writer, 0):
-                    self._top[writer] = counter
-                self._set_vv(writer, counter)
-                self._compact(writer)
-        for dot in ctx.cloud:
-            self._add_dot(dot)
+        past.append(self._version(entry, False))
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
             self.stats[name] = self.stats.get(name, 0) + n
 
-    def restore_clock(self) -> None:
-        """After loading from disk: never issue an HLC at or below one already written."""
-        self.clock.restore(self.max_hlc())
-
 
 # The value types are re-exported: callers that hold a Document usually need them too.
 __all__ = [
+    "DEFAULT_COMMIT_SKEW_MS",
     "MAX_DOCUMENT_BYTES",
     "MAX_ENTITY_BYTES",
     "MAX_KEY_BYTES",
     "MAX_WRITER_BYTES",
     "Conflict",
-    "Context",
     "Delta",
     "Document",
     "Dot",
     "Entry",
     "MergeResult",
+    "RefusedWriteError",
+    "StaleWriteError",
     "Version",
-    "stable_vector",
+    "WriterExhaustedError",
 ]

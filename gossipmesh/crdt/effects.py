@@ -20,8 +20,12 @@ The contract with a runtime (the trio agent's ``gossipmesh/agent/replica.py`` or
   Every token gets exactly one of the two. The serving side feeds the first frame to
   ``core.serve_sync`` / ``core.serve_push`` and sends back the ``Served.reply`` they return.
 - ``SendSyncPush(token, to, data)``: the third leg of a sync: send ``data`` to the same peer after
-  the reply (on the same stream in the agent); the peer feeds it to ``core.serve_sync_push``. If
-  that send fails the runtime calls ``core.exchange_failed(token, now_ms)``.
+  the reply (on the same stream in the agent) and read one more reply, the fourth leg, which goes
+  to ``core.sync_push_reply(token, reply, now_ms, wall_ms)``. The peer feeds the third leg to
+  ``core.serve_sync_push`` and sends back the ``Served.reply`` it returns. If the send or the
+  read fails the runtime calls ``core.exchange_failed(token, now_ms)``.
+- ``SaveWriter(writer)``: the replica started a new writer id (its counters ran out): store it
+  where the next start will find it, before the write that uses it is acknowledged.
 - ``SetTimer(timer, at_ms)``: call ``core.handle_timer(timer, now_ms)`` once at or after ``at_ms``.
   There is no cancel: the timer carries its generation and the core re-checks it when it fires.
 - ``Refused(origin, reasons, whole_delta)`` and ``SyncDone(...)``: reports for logs and
@@ -40,7 +44,7 @@ from gossipmesh.ids import Address
 class ExchangeKind(enum.Enum):
     """The two request/reply exchanges; the value is the agent's stream kind."""
 
-    SYNC = "config-sync"  # Digest -> SyncReply (-> SyncPush)
+    SYNC = "config-sync"  # Digest -> SyncReply (-> SyncPush -> DeltaMessage)
     PUSH = "config-push"  # a delta too large for a packet -> "ok" once merged and persisted
 
 
@@ -97,6 +101,11 @@ class SendSyncPush:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveWriter:
+    writer: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetTimer:
     timer: SyncTimer
     at_ms: int
@@ -113,8 +122,8 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class SyncDone:
-    """A sync this core started got its reply. Byte counts are of the messages; ``framed_bytes``
-    is the first frame with the sender's name."""
+    """A sync this core started is over. Byte counts are of the messages (digest, reply, third
+    and fourth legs); ``framed_bytes`` is the first frame with the sender's name."""
 
     token: Exchange
     in_sync: bool
@@ -122,6 +131,7 @@ class SyncDone:
     framed_bytes: int
     received_bytes: int
     pushed_bytes: int
+    back_bytes: int = 0
 
 
 Effect = (
@@ -131,6 +141,7 @@ Effect = (
     | Gossip
     | OpenExchange
     | SendSyncPush
+    | SaveWriter
     | SetTimer
     | Refused
     | SyncDone

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 DEFAULT_MAX_DRIFT_MS = 500
+# The logical part stays below 2**32: past it the clock borrows a millisecond instead, so no
+# timestamp heard from a peer can push ours out of the range every replica accepts.
+MAX_LOGICAL = 2**32 - 1
 
 
 class Timestamp(NamedTuple):
@@ -72,6 +75,8 @@ class HybridClock:
         last = self._last
         if wall_ms > last.wall_ms:
             ts = Timestamp(wall_ms, 0)
+        elif last.logical >= MAX_LOGICAL:
+            ts = Timestamp(last.wall_ms + 1, 0)
         else:
             # Our wall clock has not moved past what we have seen (same millisecond, or it stepped
             # back): keep the larger physical part and count.

@@ -12,25 +12,30 @@ from one thread needs no lock. Every decision is taken here once, with the pure 
 ``replication.py`` and an injected ``random.Random``; the simulator therefore checks the code the
 agent runs.
 
-1. **Commit.** ``commit(items)`` applies a batch as one delta, then returns ``Persist`` first (the
-   runtime makes it durable before it answers or sends anything), ``Changed``, and the spread:
-   ``TAG`` + delta on SWIM's piggyback broadcast plus direct user messages to 3 random alive
-   members when it fits a packet, else ``config-push`` exchanges to 3 (``plan_spread``).
+1. **Prepare and commit.** Every entry is signed by an operator (``document.py``), so a local
+   write is two calls: ``prepare(items)`` proposes the unsigned entries under this replica's
+   writer; the operator signs them elsewhere; ``commit(entries)`` checks and applies them as one
+   delta, then returns ``Persist`` first (the runtime makes it durable before it answers or sends
+   anything), ``Changed``, and the spread: ``TAG`` + delta on SWIM's piggyback broadcast plus
+   direct user messages to 3 random alive members when it fits a packet, else ``config-push``
+   exchanges to 3 (``plan_spread``). A writer whose counters ran out starts a new id
+   (``SaveWriter``) rather than stop.
 2. **Merge and forward.** A delta from a peer is decoded and merged; refused input is counted and
    changes nothing. A merge that learned something is persisted, notified, and its new part
    (``MergeResult.forward``) re-sent to 2 members (``plan_forward``); a merge that learned nothing
-   forwards nothing, which is what ends the epidemic.
+   forwards nothing, which is what ends the epidemic. An entry refused because its signer's
+   certificate is not here yet starts a sync with the member that sent it (which holds it).
 3. **Anti-entropy.** Every ``jittered_ms(sync_interval_ms(base, n))`` one ``config-sync`` with a
    random live member, and at once with a member that joined or came back (a healed partition):
-   ``Digest`` -> ``SyncReply`` -> ``SyncPush``. At most ``SYNC_CONCURRENCY_MAX`` syncs and
+   ``Digest`` -> ``SyncReply`` -> ``SyncPush`` -> ``DeltaMessage`` (``sync.py``: Merkle root,
+   then the buckets that differ). At most ``SYNC_CONCURRENCY_MAX`` syncs and
    ``SPREAD_CONCURRENCY_MAX`` pushes are in flight; beyond that the work is skipped and counted
    (anti-entropy repairs whatever a skipped push would have carried).
-4. **Tombstone GC.** Each digest a peer sends (or each sync reply) tells us its version vector;
-   ``collect_garbage`` collects what every live member holds (``gc_stable_vector``) once the grace
-   period has passed. Stale reports are safe: vectors only grow.
+4. **Tombstone GC.** ``collect_garbage`` drops tombstones ``gc_grace_ms`` after their HLC time
+   (time-based: no peer report is trusted for it).
 
 **Framing.** Exchanges start with ``frame(name, message)`` (one length byte, the sender's name),
-so the server knows whose version vector a digest reports. **Writer id.** ``NAME@EPOCH``, the
+so logs and counters can say who spoke. **Writer id.** ``NAME@EPOCH``, the
 epoch drawn from the rng when a store is created (``make_writer``); a store keeps it
 (``adopt_writer``), so a rebuilt store never reuses the counters of the old one.
 
@@ -46,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gossipmesh.crdt import replication as policy
-from gossipmesh.crdt.document import Document
+from gossipmesh.crdt.document import Document, WriterExhaustedError
 from gossipmesh.crdt.effects import (
     Changed,
     Effect,
@@ -57,14 +62,16 @@ from gossipmesh.crdt.effects import (
     Persist,
     Refused,
     SaveSnapshot,
+    SaveWriter,
     SendSyncPush,
     Served,
     SetTimer,
     SyncDone,
     SyncTimer,
 )
-from gossipmesh.crdt.entries import Context, Delta, MergeResult
+from gossipmesh.crdt.entries import Delta, Entry, MergeResult
 from gossipmesh.crdt.sync import (
+    DeltaMessage,
     Digest,
     SyncPush,
     SyncReply,
@@ -73,6 +80,7 @@ from gossipmesh.crdt.sync import (
     encode,
     encode_delta,
     make_digest,
+    on_delta,
     on_push,
     on_reply,
     respond,
@@ -146,12 +154,13 @@ def adopt_writer(stored: str | None, name: str) -> str | None:
     return stored if stored.startswith(short + "@") else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _PendingSync:
     to: Address
-    vv: dict[str, int]  # our version vector in the digest: the peer's too if it answers "in sync"
     sent_bytes: int
     framed_bytes: int
+    received_bytes: int = 0
+    pushed_bytes: int = 0
 
 
 class ReplicaCore:
@@ -174,7 +183,7 @@ class ReplicaCore:
         self.config = config if config is not None else ReplicaConfig()
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.members: dict[str, tuple[Address, str]] = {}  # name -> (gossip address, state)
-        self.reported: dict[str, tuple[dict[str, int], int]] = {}  # name -> (vv, now_ms)
+        self._by_address: dict[str, str] = {}  # str(gossip address) -> name
         self._log_rows = log_rows  # rows in the store's log since its last snapshot
         self._syncs: dict[Exchange, _PendingSync] = {}
         self._pushes: set[Exchange] = set()
@@ -213,6 +222,7 @@ class ReplicaCore:
         if name == self.name:
             return []
         self.members[name] = (address, state)
+        self._by_address[str(address)] = name
         if not (self.config.anti_entropy and policy.sync_on_member_change(state, previous)):
             return []
         if len(self._syncs) >= SYNC_CONCURRENCY_MAX:
@@ -224,28 +234,43 @@ class ReplicaCore:
 
     def member_reaped(self, name: str) -> list[Effect]:
         """A member was forgotten: it no longer counts for GC, nor is it picked."""
-        self.members.pop(name, None)
-        self.reported.pop(name, None)
+        member = self.members.pop(name, None)
+        if member is not None:
+            self._by_address.pop(str(member[0]), None)
         return []
 
     # ---- local writes -----------------------------------------------------------------------
 
+    def prepare(
+        self, items: Sequence[tuple[str, dict[str, Any] | None]], wall_ms: int
+    ) -> tuple[tuple[Entry, ...], list[Effect]]:
+        """The unsigned entries that would write ``items``, for an operator to sign. Raises what
+        ``Document.prepare`` raises; the effects (a ``SaveWriter`` when this replica had to
+        start a new writer id) must be carried out before the proposal is shown."""
+        try:
+            return self.doc.prepare(items, self.writer, wall_ms), []
+        except WriterExhaustedError:
+            self.writer = make_writer(self.name, self.rng)
+            self._count("writer_rotated")
+            return self.doc.prepare(items, self.writer, wall_ms), [SaveWriter(self.writer)]
+
     def commit(
-        self, items: Sequence[tuple[str, dict[str, Any] | None]], now_ms: int, wall_ms: int
-    ) -> tuple[Delta, list[Effect]]:
-        """Write ``items`` as one delta. Raises what ``Document.apply_batch`` raises, with nothing
-        changed. The first effect is ``Persist``: the write is acknowledged once it is done."""
-        delta = self.doc.apply_batch(items, self.writer, wall_ms)
-        if not delta.entries:
-            return delta, []
+        self, entries: Sequence[Entry], now_ms: int, wall_ms: int
+    ) -> tuple[MergeResult, list[Effect]]:
+        """Apply signed entries made from ``prepare`` as one delta. Raises what
+        ``Document.commit`` raises (stale, refused), with nothing changed. The first effect is
+        ``Persist``: the write is acknowledged once it is done."""
+        result = self.doc.commit(entries, self.writer, wall_ms)
+        if result.forward is None:
+            return result, []
         self._count("local_writes")
-        out = self._persist(delta)
-        out.append(Changed(frozenset(e.key for e in delta.entries)))
-        payload = encode_delta(delta)
+        out = self._persist(result.forward)
+        out.append(Changed(result.changed_keys))
+        payload = encode_delta(result.forward)
         c = self.config
         plan = policy.plan_spread(len(TAG) + len(payload), c.gossip_max_bytes, c.eager_fanout)
         self._spread(payload, plan, out)
-        return delta, out
+        return result, out
 
     # ---- merging ----------------------------------------------------------------------------
 
@@ -268,13 +293,10 @@ class ReplicaCore:
             self._count("refused")
             self._count(f"refused.decode_{exc.reason}")
             return None, [Refused(origin, (f"decode_{exc.reason}",), whole_delta=True)]
-        root = self.doc.root_hash
         result = self.doc.merge(delta, wall_ms)
-        return result, self._after_merge(result, delta.context, root, origin)
+        return result, self._after_merge(result, origin)
 
-    def _after_merge(
-        self, result: MergeResult, context: Context, root: bytes, origin: str
-    ) -> list[Effect]:
+    def _after_merge(self, result: MergeResult, origin: str) -> list[Effect]:
         """Count, persist, notify and forward what a merge did."""
         out: list[Effect] = []
         if result.refused:
@@ -283,26 +305,40 @@ class ReplicaCore:
                 self._count(f"refused.{reason}")
             reasons = tuple(sorted(set(result.refused_reasons)))
             out.append(Refused(origin, reasons, whole_delta=False))
+            if "unknown_signer" in reasons:
+                out += self._fetch_signers(origin)
         if result.drifted:
             self._count("drift_exceeded", len(result.drifted))
-        if self.doc.root_hash == root and not result.accepted:
+        if result.forward is None:
             self._count("merged_nothing_new")
             return out  # nothing to persist or forward: this is what ends the epidemic
-        entries = result.forward.entries if result.forward is not None else ()
         # Persisted first, so it leads the effects; refusal reports carry no acknowledgement.
-        out[:0] = self._persist(Delta(entries, context))
+        out[:0] = self._persist(result.forward)
         self._count("merged_entries", result.accepted)
+        if result.voided:
+            self._count("voided_keys", len(result.voided))
         if result.changed_keys:
             out.append(Changed(result.changed_keys))
         if result.forward is not None:
-            # Not the persisted delta: the incoming context may name dots of entries we held and
-            # left out (see MergeResult.forward); we keep it, but only forward the new entries.
             fwd = encode_delta(result.forward)
             self._count("forwarded")
             c = self.config
             plan = policy.plan_forward(len(TAG) + len(fwd), c.gossip_max_bytes, c.forward_fanout)
             self._spread(fwd, plan, out)
         return out
+
+    def _fetch_signers(self, origin: str) -> list[Effect]:
+        """An entry came whose signer's certificate we lack (it rode an earlier delta that missed
+        us). The member that sent it holds that certificate, as an entry of the document: one
+        sync with it fetches both, within a round trip rather than an anti-entropy period."""
+        name = origin if origin in self.members else self._by_address.get(origin)
+        if name is None or not self.config.anti_entropy:
+            return []
+        if any(t.peer == name for t in self._syncs) or len(self._syncs) >= SYNC_CONCURRENCY_MAX:
+            self._count("signer_fetch_skipped")
+            return []
+        self._count("signer_fetches")
+        return self._start_sync(name)
 
     def _persist(self, delta: Delta) -> list[Effect]:
         out: list[Effect] = [Persist(delta)]
@@ -383,11 +419,10 @@ class ReplicaCore:
         member = self.members.get(name)
         if member is None:
             return []
-        digest = make_digest(self.doc)
-        data = encode(digest)
+        data = encode(make_digest(self.doc))
         body = frame(self.name, data)
         token = self._token(ExchangeKind.SYNC, name)
-        self._syncs[token] = _PendingSync(member[0], dict(digest.context.vv), len(data), len(body))
+        self._syncs[token] = _PendingSync(member[0], len(data), len(body))
         self._count("syncs")
         return [OpenExchange(member[0], token, body)]
 
@@ -402,8 +437,8 @@ class ReplicaCore:
             self._pushes.discard(token)
             self._count("push_sent")  # the peer merged (and persisted) it
             return []
-        pending = self._syncs.pop(token, None)
-        if pending is None:
+        pending = self._syncs.get(token)
+        if pending is None or pending.received_bytes:
             self._count("exchange_stale")
             return []
         try:
@@ -411,30 +446,43 @@ class ReplicaCore:
             if not isinstance(msg, SyncReply):
                 raise DecodeError("unexpected_type", "expected a sync reply")
         except DecodeError as exc:
+            self._syncs.pop(token, None)
             self._count("sync_failed")
             self._count(f"refused.decode_{exc.reason}")
             return []
-        name = token.peer
-        if msg.in_sync or msg.context is None:
-            # Equal roots mean equal contexts (they are part of the hash).
-            self.reported[name] = (pending.vv, now_ms)
+        pending.received_bytes = len(reply)
+        push = on_reply(self.doc, msg)
+        if push is None:
+            self._syncs.pop(token, None)
             self._count("sync_in_sync")
             self._count("sync_bytes", pending.sent_bytes + len(reply))
             return [SyncDone(token, True, pending.sent_bytes, pending.framed_bytes, len(reply), 0)]
-        self.reported[name] = (dict(msg.context.vv), now_ms)
-        root = self.doc.root_hash
-        merged, push = on_reply(self.doc, msg, wall_ms)
-        out: list[Effect] = []
-        if merged is not None and msg.delta is not None:
-            out += self._after_merge(merged, msg.delta.context, root, name)
-        pushed = b""
-        if push is not None:
-            pushed = encode(push)
-            out.append(SendSyncPush(token, pending.to, pushed))
+        data = encode(push)
+        pending.pushed_bytes = len(data)
+        return [SendSyncPush(token, pending.to, data)]
+
+    def sync_push_reply(
+        self, token: Exchange, reply: bytes, now_ms: int, wall_ms: int
+    ) -> list[Effect]:
+        """The fourth leg of a sync we started: what we lacked in the buckets that differed."""
+        pending = self._syncs.pop(token, None)
+        if pending is None or not pending.pushed_bytes:
+            self._count("exchange_stale")
+            return []
+        try:
+            msg = decode(reply)
+            if not isinstance(msg, DeltaMessage):
+                raise DecodeError("unexpected_type", "expected a delta")
+        except DecodeError as exc:
+            self._count("sync_failed")
+            self._count(f"refused.decode_{exc.reason}")
+            return []
+        out = self._after_merge(on_delta(self.doc, msg, wall_ms), token.peer)
         self._count("sync_repaired")
-        self._count("sync_bytes", pending.sent_bytes + len(reply) + len(pushed))
-        out.append(SyncDone(token, False, pending.sent_bytes, pending.framed_bytes, len(reply),
-                            len(pushed)))  # fmt: skip
+        total = pending.sent_bytes + pending.received_bytes + pending.pushed_bytes + len(reply)
+        self._count("sync_bytes", total)
+        out.append(SyncDone(token, False, pending.sent_bytes, pending.framed_bytes,
+                            pending.received_bytes, pending.pushed_bytes, len(reply)))  # fmt: skip
         return out
 
     def exchange_failed(self, token: Exchange, now_ms: int) -> list[Effect]:
@@ -463,22 +511,21 @@ class ReplicaCore:
         except DecodeError as exc:
             self._count(f"refused.decode_{exc.reason}")
             return Served(b"")
-        self.reported[name] = (dict(digest.context.vv), now_ms)
         reply = respond(self.doc, digest)
         return Served(encode(reply), (), name, awaits_push=not reply.in_sync)
 
-    def serve_sync_push(self, peer: str, data: bytes, now_ms: int, wall_ms: int) -> list[Effect]:
-        """The third leg of a sync served to ``peer``: a ``SyncPush`` with what we lacked."""
+    def serve_sync_push(self, peer: str, data: bytes, now_ms: int, wall_ms: int) -> Served:
+        """The third leg of a sync served to ``peer``: its side of the buckets that differ.
+        Answers the fourth leg: what it lacks there."""
         try:
             push = decode(data)
             if not isinstance(push, SyncPush):
                 raise DecodeError("unexpected_type", "expected a sync push")
         except DecodeError as exc:
             self._count(f"refused.decode_{exc.reason}")
-            return []
-        root = self.doc.root_hash
-        result = on_push(self.doc, push, wall_ms)
-        return self._after_merge(result, push.delta.context, root, peer)
+            return Served(b"", (), peer)
+        result, back = on_push(self.doc, push, wall_ms)
+        return Served(encode(back), tuple(self._after_merge(result, peer)), peer)
 
     def serve_push(self, src: Address, body: bytes, now_ms: int, wall_ms: int) -> Served:
         """A ``config-push``: a framed delta. Answers ``ok`` once merged (and, by the effects'
@@ -494,12 +541,8 @@ class ReplicaCore:
     # ---- tombstone GC -----------------------------------------------------------------------
 
     def collect_garbage(self, now_ms: int, wall_ms: int) -> tuple[list[str], list[Effect]]:
-        """Collect the tombstones every live member holds; returns (keys, effects)."""
-        stable = policy.gc_stable_vector(self.doc.version_vector(), self.live_peers(),
-                                         self.reported, now_ms)  # fmt: skip
-        if stable is None:
-            return [], []
-        collected = self.doc.collect_garbage(stable, wall_ms, self.config.gc_grace_ms)
+        """Collect tombstones older than the grace period; returns (keys, effects)."""
+        collected = self.doc.collect_garbage(wall_ms, self.config.gc_grace_ms)
         if not collected:
             return [], []
         self._count("tombstones_collected", len(collected))

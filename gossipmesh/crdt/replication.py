@@ -18,9 +18,6 @@ drives that one core, with its own clock and a seeded ``random.Random``:
   instead of n², while a missed delta is still repaired within a few periods.
 - ``sync_on_member_change``: which membership changes deserve an immediate sync (a member that
   joined, or came back alive after being suspect or dead, i.e. a healed partition).
-- ``gc_stable_vector``: the causal-stability floor for tombstone collection: the pointwise minimum
-  of the version vectors every live member has reported, or None while any live member has not
-  reported recently (we do not know what it has, so nothing is stable).
 
 Nothing here reads a clock, a socket or the global ``random``.
 """
@@ -28,11 +25,9 @@ Nothing here reads a clock, a socket or the global ``random``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from gossipmesh.crdt.entries import stable_vector
 
 # A delta this small (encoded, plus the 1-byte tag) goes over UDP; larger ones over TCP. The SWIM
 # packet is 1400 bytes by default, and a user message also carries framing and compound-packet
@@ -116,33 +111,9 @@ def pick_peers(candidates: Sequence[str], k: int, rng: Rng) -> list[str]:
     return rng.sample(pool, min(k, len(pool)))
 
 
-def gc_stable_vector(
-    own: Mapping[str, int],
-    live_members: Sequence[str],
-    reported: Mapping[str, tuple[Mapping[str, int], int]],
-    now_ms: int,
-    max_age_ms: int | None = None,
-) -> dict[str, int] | None:
-    """The pointwise minimum of our vector and every live member's last reported one.
-
-    ``reported`` maps member name → (version vector, when it was reported). A live member with no
-    report (or, if ``max_age_ms`` is given, none that recent) makes the answer None: nothing is
-    known stable. Old reports are safe without an age limit: a vector only grows, so an old one
-    is a lower bound of what that member holds now.
-    """
-    vectors: list[Mapping[str, int]] = [own]
-    for name in live_members:
-        report = reported.get(name)
-        if report is None or (max_age_ms is not None and now_ms - report[1] > max_age_ms):
-            return None
-        vectors.append(report[0])
-    return stable_vector(vectors)
-
-
 __all__ = [
     "Rng",
     "Spread",
-    "gc_stable_vector",
     "jittered_ms",
     "pick_peers",
     "plan_forward",

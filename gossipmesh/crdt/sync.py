@@ -1,53 +1,62 @@
-"""Anti-entropy for the config document: digest, compare, send only what is missing (sans-IO).
+"""Anti-entropy for the config document: Merkle digest, differing buckets, what is missing (sans-IO).
 
 Theory of operation
 -------------------
 Gossip carries fresh deltas fast but may lose some. Periodically a node A opens a stream to a peer
-B and they run one push-pull:
+B and they run one exchange of four legs:
 
-1. A → B  ``Digest(root_hash, context)``: A's 8-byte root hash and its causal context (a version
-   vector, one ``(writer, counter)`` per node that ever accepted a write, plus stray dots).
-2. B compares root hashes. Equal: ``SyncReply(in_sync=True)`` and the exchange is over; the pair
-   moved a few dozen bytes plus one pair per writer, whatever the size of the document. Otherwise
-   B replies ``SyncReply(context_B, delta)`` where ``delta`` is everything A's context lacks.
-3. A merges that and answers ``SyncPush(delta)`` with everything B's context lacks; B merges it.
+1. A -> B ``Digest(root)``: A's 32-byte Merkle root (``digest.py``).
+2. B compares. Equal roots mean identical documents: ``SyncReply(in_sync=True)`` and the exchange
+   is over, about forty bytes whatever the size of the document. Otherwise B answers with the
+   hashes of its non-empty buckets (``SyncReply(False, buckets)``, 8 bytes each: they only locate
+   differences; the full root decides "in sync").
+3. A finds the buckets that differ (all of them in the unlikely case that none seems to while the
+   roots do) and sends ``SyncPush``: those buckets, its known maps for their keys and its entries
+   of them.
+4. B merges A's entries, then answers with a ``DeltaMessage`` of its entries in those buckets that
+   A's known maps say A lacks; A merges that.
 
-Because merging is idempotent and a delta always travels with its context, a lost, repeated or
-crossed exchange is harmless; the next round repairs it. The digests also tell the runtime every
-peer's version vector, which is what it needs to decide causal stability for tombstone collection
-(``document.stable_vector``).
+Nothing unsigned is ever merged into state: the known maps of leg 3 only decide what B sends
+back. A lost, repeated or crossed exchange is harmless (merging is idempotent); the next round
+repairs it. The same ``DeltaMessage`` wraps a delta gossiped eagerly after a write, and the store
+keeps ``Snapshot`` (entries and this replica's own known maps) for compaction.
 
-The same ``DeltaMessage`` wraps a delta gossiped eagerly after a write.
+Wire format (msgpack arrays; every message starts ``[VERSION, TYPE, ...]``)::
 
-Wire format (msgpack, arrays for compactness; every message starts ``[VERSION, TYPE, ...]``)::
+    entry     = [key, writer, counter, hlc_wall_ms, hlc_logical,
+                 [[writer, counter], ...] (key context, writers ascending), value (bin|nil),
+                 signer (bin 32), signature (bin 64), suspect]
+    known     = [[key, [[writer, counter], ...]], ...]
+    Digest       = [2, 1, root (bin 32)]
+    SyncReply    = [2, 2, in_sync, [[bucket, hash (bin 8)], ...]]
+    SyncPush     = [2, 3, [bucket, ...], known, [entry, ...]]
+    DeltaMessage = [2, 4, [entry, ...]]
+    Snapshot     = [2, 5, [entry, ...], known]
 
-    context  = [[[writer, counter], ...] (vv, writers ascending), [[writer, counter], ...] (cloud)]
-    entry    = [key, writer, counter, hlc_wall_ms, hlc_logical,
-                [[writer, counter], ...] (key context, writers ascending), value (bin|nil), suspect]
-    delta    = [[entry, ...], context]
-    Digest      = [1, 1, root_hash (bin 8), context]
-    SyncReply   = [1, 2, in_sync (bool), context | nil, delta | nil]
-    SyncPush    = [1, 3, delta]
-    DeltaMessage= [1, 4, delta]
-
-``value`` is the entity's msgpack encoding, carried as opaque bytes so hashes never depend on
-re-encoding. ``decode`` validates everything (types, ranges, sizes, ordering) and raises
+``decode`` validates everything (types, ranges, sizes, ordering) and raises
 ``DecodeError(reason)`` and nothing else, whatever the input bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from gossipmesh.crdt.digest import BUCKETS
 from gossipmesh.crdt.document import Document
 from gossipmesh.crdt.entries import (
+    FINGERPRINT_BYTES,
+    MAX_CONTEXT_WRITERS,
+    MAX_COUNTER,
     MAX_ENTITY_BYTES,
+    MAX_HLC_LOGICAL,
+    MAX_HLC_WALL_MS,
     MAX_KEY_BYTES,
     MAX_WRITER_BYTES,
-    Context,
+    SIGNATURE_BYTES,
     Delta,
     Entry,
     MergeResult,
@@ -55,30 +64,32 @@ from gossipmesh.crdt.entries import (
 from gossipmesh.crdt.hlc import Timestamp
 from gossipmesh.errors import DecodeError
 
-VERSION = 1
-T_DIGEST, T_REPLY, T_PUSH, T_DELTA = 1, 2, 3, 4
+VERSION = 2
+T_DIGEST, T_REPLY, T_PUSH, T_DELTA, T_SNAPSHOT = 1, 2, 3, 4, 5
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # a full 16 MiB document plus its framing, with headroom
 MAX_ENTRIES = 1_000_000
-MAX_CONTEXT_ITEMS = 100_000
-MAX_COUNTER = 2**63 - 1
+ROOT_BYTES = 32
+BUCKET_HASH_BYTES = 8
+
+KnownMaps = tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Digest:
     root_hash: bytes
-    context: Context
 
 
 @dataclass(frozen=True, slots=True)
 class SyncReply:
     in_sync: bool
-    context: Context | None = None
-    delta: Delta | None = None
+    buckets: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class SyncPush:
-    delta: Delta
+    buckets: tuple[int, ...]
+    known: KnownMaps
+    entries: tuple[Entry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +97,13 @@ class DeltaMessage:
     delta: Delta
 
 
-Message = Digest | SyncReply | SyncPush | DeltaMessage
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    delta: Delta
+    known: KnownMaps
+
+
+Message = Digest | SyncReply | SyncPush | DeltaMessage | Snapshot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,40 +111,43 @@ Message = Digest | SyncReply | SyncPush | DeltaMessage
 
 
 def make_digest(doc: Document) -> Digest:
-    """Step 1 (initiator A)."""
-    return Digest(doc.root_hash, doc.context())
+    """Leg 1 (initiator A)."""
+    return Digest(doc.root_hash)
 
 
 def respond(doc: Document, digest: Digest) -> SyncReply:
-    """Step 2 (responder B): in sync, or our context plus what the initiator lacks."""
+    """Leg 2 (responder B): in sync, or our bucket hashes."""
     if digest.root_hash == doc.root_hash:
         return SyncReply(in_sync=True)
-    return SyncReply(False, doc.context(), doc.delta_for(digest.context))
+    buckets = tuple((b, h[:BUCKET_HASH_BYTES]) for b, h in sorted(doc.bucket_hashes().items()))
+    return SyncReply(False, buckets)
 
 
-def on_reply(
-    doc: Document, reply: SyncReply, wall_ms: int
-) -> tuple[MergeResult | None, SyncPush | None]:
-    """Step 3 (initiator A): merge what B sent; return what B lacks (None when in sync)."""
-    if reply.in_sync or reply.context is None:
-        return None, None
-    result = doc.merge(reply.delta, wall_ms) if reply.delta is not None else None
-    push = doc.delta_for(reply.context)
-    if not push.entries and not _exceeds(push.context, reply.context):
-        return result, None  # B already has everything we have
-    return result, SyncPush(push)
+def on_reply(doc: Document, reply: SyncReply) -> SyncPush | None:
+    """Leg 3 (initiator A): our side of the buckets that differ; None when in sync."""
+    if reply.in_sync:
+        return None
+    theirs = dict(reply.buckets)
+    mine = {b: h[:BUCKET_HASH_BYTES] for b, h in doc.bucket_hashes().items()}
+    differ = sorted(b for b in set(theirs) | set(mine) if theirs.get(b) != mine.get(b))
+    if not differ:
+        differ = list(range(BUCKETS))  # roots differ but no bucket seems to: compare them all
+    keys = doc.keys_in(differ)
+    known = tuple((k, tuple(sorted(doc.known(k).items()))) for k in keys)
+    return SyncPush(tuple(differ), known, tuple(doc.entries_of(keys)))
 
 
-def _exceeds(ours: Context, theirs: Context) -> bool:
-    """Does ``ours`` hold a dot ``theirs`` lacks? (Then our context would still fill a hole.)"""
-    return any(not theirs.contains((w, c)) for w, c in ours.vv) or any(
-        not theirs.contains(d) for d in ours.cloud
-    )
+def on_push(doc: Document, push: SyncPush, wall_ms: int) -> tuple[MergeResult, DeltaMessage]:
+    """Leg 4 (responder B): merge A's entries, answer with ours that A lacks."""
+    result = doc.merge(Delta(push.entries), wall_ms)
+    remote: Mapping[str, Mapping[str, int]] = {k: dict(pairs) for k, pairs in push.known}
+    back = doc.missing_for(doc.keys_in(push.buckets), remote)
+    return result, DeltaMessage(Delta(tuple(back)))
 
 
-def on_push(doc: Document, push: SyncPush | DeltaMessage, wall_ms: int) -> MergeResult:
-    """Step 4 (responder B), or receipt of a gossiped delta."""
-    return doc.merge(push.delta, wall_ms)
+def on_delta(doc: Document, message: DeltaMessage, wall_ms: int) -> MergeResult:
+    """The end of an exchange (A merges leg 4), or receipt of a gossiped delta."""
+    return doc.merge(message.delta, wall_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +159,18 @@ class Handled:
 
 
 def handle(doc: Document, message: Message, wall_ms: int) -> Handled:
-    """One entry point for a runtime: feed any decoded message, send back ``reply`` if set."""
+    """One entry point for a test or a simple runtime: feed any decoded message, send back
+    ``reply`` if set. A ``Snapshot`` is the store's and is ignored when it comes from outside."""
     if isinstance(message, Digest):
         return Handled(None, respond(doc, message))
     if isinstance(message, SyncReply):
-        merged, push = on_reply(doc, message, wall_ms)
-        return Handled(merged, push)
-    return Handled(on_push(doc, message, wall_ms), None)
+        return Handled(None, on_reply(doc, message))
+    if isinstance(message, SyncPush):
+        merged, back = on_push(doc, message, wall_ms)
+        return Handled(merged, back)
+    if isinstance(message, DeltaMessage):
+        return Handled(on_delta(doc, message, wall_ms), None)
+    return Handled(None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,34 +181,28 @@ def _enc_pairs(pairs: tuple[tuple[str, int], ...]) -> list[list[Any]]:
     return [[w, c] for w, c in pairs]
 
 
-def _enc_context(ctx: Context) -> list[Any]:
-    return [_enc_pairs(ctx.vv), _enc_pairs(ctx.cloud)]
-
-
 def _enc_entry(e: Entry) -> list[Any]:
     return [e.key, e.writer, e.counter, e.hlc.wall_ms, e.hlc.logical, _enc_pairs(e.context),
-            e.value, e.suspect]  # fmt: skip
+            e.value, e.signer, e.signature, e.suspect]  # fmt: skip
 
 
-def _enc_delta(d: Delta) -> list[Any]:
-    return [[_enc_entry(e) for e in d.entries], _enc_context(d.context)]
+def _enc_known(known: KnownMaps) -> list[Any]:
+    return [[k, _enc_pairs(pairs)] for k, pairs in known]
 
 
 def encode(message: Message) -> bytes:
     if isinstance(message, Digest):
-        body: list[Any] = [VERSION, T_DIGEST, message.root_hash, _enc_context(message.context)]
+        body: list[Any] = [VERSION, T_DIGEST, message.root_hash]
     elif isinstance(message, SyncReply):
-        body = [
-            VERSION,
-            T_REPLY,
-            message.in_sync,
-            None if message.context is None else _enc_context(message.context),
-            None if message.delta is None else _enc_delta(message.delta),
-        ]
+        body = [VERSION, T_REPLY, message.in_sync, [[b, h] for b, h in message.buckets]]
     elif isinstance(message, SyncPush):
-        body = [VERSION, T_PUSH, _enc_delta(message.delta)]
+        body = [VERSION, T_PUSH, list(message.buckets), _enc_known(message.known),
+                [_enc_entry(e) for e in message.entries]]  # fmt: skip
     elif isinstance(message, DeltaMessage):
-        body = [VERSION, T_DELTA, _enc_delta(message.delta)]
+        body = [VERSION, T_DELTA, [_enc_entry(e) for e in message.delta.entries]]
+    elif isinstance(message, Snapshot):
+        body = [VERSION, T_SNAPSHOT, [_enc_entry(e) for e in message.delta.entries],
+                _enc_known(message.known)]  # fmt: skip
     else:
         raise TypeError(f"not a sync message: {message!r}")
     return msgpack.packb(body, use_bin_type=True)
@@ -192,6 +211,12 @@ def encode(message: Message) -> bytes:
 def encode_delta(delta: Delta) -> bytes:
     """A delta for gossip or for the store's log."""
     return encode(DeltaMessage(delta))
+
+
+def encode_snapshot(doc: Document) -> bytes:
+    """The document's entries and known maps, for the store (never sent to a peer)."""
+    known = tuple((k, tuple(sorted(v.items()))) for k, v in sorted(doc.known_maps().items()))
+    return encode(Snapshot(doc.full_state(), known))
 
 
 def decode_delta(data: bytes) -> Delta:
@@ -239,26 +264,27 @@ def _message(raw: Any) -> Message:
     if arr[0] != VERSION or isinstance(arr[0], bool):
         raise DecodeError("version", repr(arr[0])[:32])
     kind = arr[1]
-    if kind == T_DIGEST and not isinstance(kind, bool):
-        _arity(arr, 4)
-        root = arr[2]
-        if not isinstance(root, bytes) or len(root) != 8:
+    if isinstance(kind, bool):
+        raise DecodeError("unknown_type", repr(kind))
+    if kind == T_DIGEST:
+        _arity(arr, 3)
+        if not isinstance(arr[2], bytes) or len(arr[2]) != ROOT_BYTES:
             raise DecodeError("malformed", "root hash")
-        return Digest(root, _context(arr[3]))
-    if kind == T_REPLY and not isinstance(kind, bool):
-        _arity(arr, 5)
-        in_sync = arr[2]
-        if not isinstance(in_sync, bool):
+        return Digest(arr[2])
+    if kind == T_REPLY:
+        _arity(arr, 4)
+        if not isinstance(arr[2], bool):
             raise DecodeError("malformed", "in_sync")
-        ctx = None if arr[3] is None else _context(arr[3])
-        delta = None if arr[4] is None else _delta(arr[4])
-        return SyncReply(in_sync, ctx, delta)
-    if kind == T_PUSH and not isinstance(kind, bool):
+        return SyncReply(arr[2], _bucket_hashes(arr[3]))
+    if kind == T_PUSH:
+        _arity(arr, 5)
+        return SyncPush(_buckets(arr[2]), _known(arr[3]), _entries(arr[4]))
+    if kind == T_DELTA:
         _arity(arr, 3)
-        return SyncPush(_delta(arr[2]))
-    if kind == T_DELTA and not isinstance(kind, bool):
-        _arity(arr, 3)
-        return DeltaMessage(_delta(arr[2]))
+        return DeltaMessage(Delta(_entries(arr[2])))
+    if kind == T_SNAPSHOT:
+        _arity(arr, 4)
+        return Snapshot(Delta(_entries(arr[2])), _known(arr[3]))
     raise DecodeError("unknown_type", repr(kind)[:32])
 
 
@@ -273,65 +299,88 @@ def _array(value: Any, what: str) -> list[Any]:
     return value
 
 
+def _int(value: Any, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DecodeError("malformed", what)
+    return value
+
+
 def _writer(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value.encode()) > MAX_WRITER_BYTES:
         raise DecodeError("malformed", "writer")
     return value
 
 
-def _counter(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNTER:
-        raise DecodeError("malformed", "counter")
+def _key(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_KEY_BYTES:
+        raise DecodeError("malformed", "key")
     return value
 
 
-def _pairs(value: Any, what: str, ascending_writers: bool) -> tuple[tuple[str, int], ...]:
+def _pairs(value: Any, what: str) -> tuple[tuple[str, int], ...]:
     arr = _array(value, what)
-    if len(arr) > MAX_CONTEXT_ITEMS:
+    if len(arr) > MAX_CONTEXT_WRITERS:
         raise DecodeError("too_large", what)
     out = []
     for item in arr:
         pair = _array(item, what)
         if len(pair) != 2:
             raise DecodeError("malformed", what)
-        out.append((_writer(pair[0]), _counter(pair[1])))
-    if ascending_writers:
-        for a, b in zip(out, out[1:], strict=False):
-            if a[0] >= b[0]:
-                raise DecodeError("malformed", f"{what}: writers not strictly ascending")
+        out.append((_writer(pair[0]), _int(pair[1], 1, MAX_COUNTER, f"{what}: counter")))
+    for a, b in zip(out, out[1:], strict=False):
+        if a[0] >= b[0]:
+            raise DecodeError("malformed", f"{what}: writers not strictly ascending")
     return tuple(out)
-
-
-def _context(value: Any) -> Context:
-    arr = _array(value, "context")
-    if len(arr) != 2:
-        raise DecodeError("malformed", "context")
-    vv = _pairs(arr[0], "context.vv", ascending_writers=True)
-    cloud = _pairs(arr[1], "context.cloud", ascending_writers=False)
-    return Context(vv, cloud)
 
 
 def _entry(value: Any) -> Entry:
     arr = _array(value, "entry")
-    if len(arr) != 8:
+    if len(arr) != 10:
         raise DecodeError("malformed", "entry arity")
-    key, writer, counter, wall_ms, logical, ctx, val, suspect = arr
-    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
-        raise DecodeError("malformed", "entry.key")
-    for n in (wall_ms, logical):
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNTER:
-            raise DecodeError("malformed", "entry.hlc")
+    key, writer, counter, wall_ms, logical, ctx, val, signer, signature, suspect = arr
     if val is not None and not isinstance(val, bytes):
         raise DecodeError("malformed", "entry.value")
+    if not isinstance(signer, bytes) or len(signer) != FINGERPRINT_BYTES:
+        raise DecodeError("malformed", "entry.signer")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise DecodeError("malformed", "entry.signature")
     if not isinstance(suspect, bool):
         raise DecodeError("malformed", "entry.suspect")
-    return Entry(key, _writer(writer), _counter(counter), Timestamp(wall_ms, logical),
-                 _pairs(ctx, "entry.context", ascending_writers=True), val, suspect)  # fmt: skip
+    hlc = Timestamp(_int(wall_ms, 0, MAX_HLC_WALL_MS, "entry.hlc"),
+                    _int(logical, 0, MAX_HLC_LOGICAL, "entry.hlc"))  # fmt: skip
+    return Entry(_key(key), _writer(writer), _int(counter, 1, MAX_COUNTER, "entry.counter"), hlc,
+                 _pairs(ctx, "entry.context"), val, signer, signature, suspect)  # fmt: skip
 
 
-def _delta(value: Any) -> Delta:
-    arr = _array(value, "delta")
-    if len(arr) != 2:
-        raise DecodeError("malformed", "delta")
-    entries = _array(arr[0], "delta.entries")
-    return Delta(tuple(_entry(e) for e in entries), _context(arr[1]))
+def _entries(value: Any) -> tuple[Entry, ...]:
+    return tuple(_entry(e) for e in _array(value, "entries"))
+
+
+def _known(value: Any) -> KnownMaps:
+    out = []
+    for item in _array(value, "known"):
+        pair = _array(item, "known")
+        if len(pair) != 2:
+            raise DecodeError("malformed", "known")
+        out.append((_key(pair[0]), _pairs(pair[1], "known")))
+    return tuple(out)
+
+
+def _buckets(value: Any) -> tuple[int, ...]:
+    arr = _array(value, "buckets")
+    if len(arr) > BUCKETS:
+        raise DecodeError("too_large", "buckets")
+    return tuple(_int(b, 0, BUCKETS - 1, "bucket") for b in arr)
+
+
+def _bucket_hashes(value: Any) -> tuple[tuple[int, bytes], ...]:
+    arr = _array(value, "buckets")
+    if len(arr) > BUCKETS:
+        raise DecodeError("too_large", "buckets")
+    out = []
+    for item in arr:
+        pair = _array(item, "bucket")
+        if len(pair) != 2 or not isinstance(pair[1], bytes) or len(pair[1]) != BUCKET_HASH_BYTES:
+            raise DecodeError("malformed", "bucket hash")
+        out.append((_int(pair[0], 0, BUCKETS - 1, "bucket"), pair[1]))
+    return tuple(out)

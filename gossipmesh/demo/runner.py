@@ -37,7 +37,14 @@ from gossipmesh.client import AdminError
 from gossipmesh.demo import dashboard
 from gossipmesh.demo.observe import MeshView
 from gossipmesh.demo.orchestrator import DemoError, Orchestrator, demo_resources, stderr_progress
-from gossipmesh.demo.plan import CANARY_ROUTE, SLOW_SHARE, Plan, canary_route, sample_config
+from gossipmesh.demo.plan import (
+    CANARY_ROUTE,
+    SLOW_SHARE,
+    Plan,
+    canary_route,
+    demo_signer,
+    sample_config,
+)
 from gossipmesh.demo.script import Event, EventLog, Script
 from gossipmesh.demo.summary import build_summary, render
 from gossipmesh.demo.traffic import Driver
@@ -164,7 +171,7 @@ class _Run:
         orch.start()
         entry = orch.client(plan.writer, timeout_s=10)
         config = sample_config()
-        entry.config_apply(config)
+        entry.config_apply(config, demo_signer())
         self.progress(f"applied {len(config)} config entities through {plan.writer.name}: "
                       "api 90/10 v1/v2, /api/slow pinned to v1, retries and timeouts")  # fmt: skip
         orch.wait("the config on every agent", lambda: self._config_everywhere(orch),

@@ -40,7 +40,8 @@ Verification (``truststore.py``)
     ``set_revoked(fps)`` (bool: changed), ``is_revoked(fp)``, ``roots``, ``root_fingerprints``,
     ``version`` (bumped on every change); ``verify_node(der, now_ms, *, name=None)``,
     ``verify_operator(der, now_ms, *, name=None)``, ``verify_workload(der, node_der, now_ms, *,
-    service=None)`` return a ``VerifiedIdentity`` (spiffe_id, fingerprint, not_before_ms,
+    service=None)``, and ``verify_chain(der, kind, *, name=None)`` (no clock: the window is
+    returned, not checked) return a ``VerifiedIdentity`` (spiffe_id, fingerprint, not_before_ms,
     not_after_ms, public_key, node; ``.name``, ``.kind``) or a ``Rejected(reason, detail)``;
     they never raise on hostile input. Memoised per store version (successes and failures); the
     validity window is checked against ``now_ms`` on every call. Counters: ``memo_hits``,

@@ -250,6 +250,26 @@ class TrustStore:
         intermediate: bytes | None = None,
     ) -> Verdict:
         """Verify ``der`` as a ``kind`` certificate at wall-clock ``now_ms``. Never raises on input."""
+        verdict = self.verify_chain(der, kind, name=name, intermediate=intermediate)
+        if isinstance(verdict, Rejected):
+            return verdict
+        if now_ms < verdict.not_before_ms:
+            return Rejected(Reason.NOT_YET_VALID, f"valid from {verdict.not_before_ms} ms")
+        if now_ms > verdict.not_after_ms:
+            return Rejected(Reason.EXPIRED, f"expired at {verdict.not_after_ms} ms")
+        return verdict
+
+    def verify_chain(
+        self,
+        der: bytes,
+        kind: IdKind,
+        *,
+        name: str | None = None,
+        intermediate: bytes | None = None,
+    ) -> Verdict:
+        """``verify`` without the clock: profile, revocation and chain only. The returned window
+        says when the chain is valid; signed configuration (DESIGN-11 D4) judges each entry
+        against its own timestamp rather than against the verifier's clock."""
         for blob in (der,) if intermediate is None else (der, intermediate):
             if type(blob) is not bytes:
                 return Rejected(Reason.BAD_CERTIFICATE, "not bytes")
@@ -270,10 +290,6 @@ class TrustStore:
             return verdict
         if name is not None and verdict.spiffe_id.name != name:
             return Rejected(Reason.WRONG_NAME, f"certificate is for {verdict.spiffe_id.name!r}")
-        if now_ms < verdict.not_before_ms:
-            return Rejected(Reason.NOT_YET_VALID, f"valid from {verdict.not_before_ms} ms")
-        if now_ms > verdict.not_after_ms:
-            return Rejected(Reason.EXPIRED, f"expired at {verdict.not_after_ms} ms")
         return verdict
 
     def _verify_chain(self, der: bytes, kind: IdKind, intermediate: bytes | None) -> Verdict:

@@ -113,9 +113,10 @@ async def test_no_token_or_a_wrong_one_is_401_counted_and_changes_nothing(agent:
     status, faults = await http(agent, "GET", "/v1/faults")
     assert status == 200 and faults["drop"] == []
     assert [m.name for m in await agent.members()] == ["a"]
-    # The right token opens the same doors.
-    status, _ = await http(agent, "PUT", "/v1/config/route/web", ROUTE)
-    assert status == 200
+    # The right token opens the same doors: the write now reaches the config API, which wants
+    # an operator's signature (signed configuration), so it is refused there, not at the door.
+    status, data = await http(agent, "PUT", "/v1/config/route/web", ROUTE)
+    assert status == 403 and data["error"] == "unsigned", data
     status, keys = await http(agent, "GET", "/v1/keys")
     assert status == 200
     assert (await agent.health())["counters"]["admin.unauthorized"] == tries

@@ -240,3 +240,23 @@ def test_tag_subsets_pick_the_right_instances() -> None:
     assert table.clusters[("api", ("v1",))].endpoints == (
         Endpoint(LOCAL, "127.0.0.1", 1, ("v1",), 1, None),
     )
+
+
+def test_instances_the_services_config_does_not_allow_are_listed_but_not_routed() -> None:
+    members = [member(LOCAL), member("api-1", i=2), member("web-1", i=3)]
+    records = [
+        ("api-1", body(inst("api", weight=50), proxy=("127.0.0.2", 4143))),
+        ("web-1", body(inst("api", port=9000), proxy=("127.0.0.3", 4143))),  # not an api node
+        (LOCAL, body(inst("api", port=9001, weight=10_000), inst("db", weight=101))),
+    ]
+    config = [("service/api", {"nodes": ["api-*", LOCAL], "weight_max": 200})]
+    cat = build_catalog(members, records, LOCAL, config)
+    assert [(e.node, e.port) for e in cat.endpoints["api"]] == [("api-1", 8080)]
+    refused = {(i.node, i.service): i.refused for i in cat.refused}
+    assert refused == {
+        ("web-1", "api"): "node web-1 is not in service/api nodes",
+        (LOCAL, "api"): "weight 10000 is above service/api weight_max 200",
+        # no service/db entity: the default weight_max of 100 still applies
+        (LOCAL, "db"): "weight 101 is above service/db weight_max 100",
+    }
+    assert "db" not in cat.endpoints and all(not i.routable for i in cat.refused)

@@ -3,6 +3,7 @@ before anything is sent (no agent runs here; the admin address is a closed port)
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,13 @@ def test_fault_injection_is_refused_unless_the_admin_api_is_on_loopback() -> Non
          "--admin", "0.0.0.0:7947"], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 2 and "needs a loopback --admin" in done.stderr
+
+
+def test_the_operator_key_comes_from_the_environment_too(tmp_path: Path) -> None:
+    good = write(tmp_path, "g.toml", 'destinations = [{ service = "api" }]\n')
+    missing = str(tmp_path / "nope.op")
+    env = {**os.environ, "GOSSIPMESH_OPERATOR_KEY": missing, "GOSSIPMESH_AGENT": "127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-m", "gossipmesh", "config", "set", "route/web", "-f",
+                           good], capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert done.returncode == 2 and "nope.op" in done.stderr
+    assert done.stderr.count("\n") == 1

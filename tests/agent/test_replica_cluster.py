@@ -29,6 +29,7 @@ from agent_procs import (
     requires_loopback_aliases,
     wait_until,
 )
+from config_helpers import signer
 
 from gossipmesh.crypto import generate_key
 
@@ -38,6 +39,7 @@ IPS = [f"127.0.0.{i}" for i in range(2, 7)]
 KEY = generate_key()
 ROUTE_A = {"destinations": [{"service": "api", "weight": 90}, {"service": "canary", "weight": 10}]}
 ROUTE_B = {"destinations": [{"service": "api-b"}]}
+SIGNER = signer("cfg")  # the agents are a loopback playground: its operator signs
 
 
 class Cluster:
@@ -72,13 +74,12 @@ class Cluster:
         wait_until("5 agents alive everywhere", self.all_alive, SETTLE_S)
 
     def converged(self) -> dict[str, Any] | None:
-        """The one view every agent holds (entities, root hash, version vector), or None."""
+        """The one view every agent holds (entities and root hash), or None."""
         views = [self.config(a) for a in self.agents]
-        self.last_views = {a.name: (sorted(v["entities"]), v["version_vector"])
+        self.last_views = {a.name: (sorted(v["entities"]), v["root_hash"])
                            for a, v in zip(self.agents, views, strict=True)}  # fmt: skip
         same = all(
-            (v["entities"], v["root_hash"], v["version_vector"])
-            == (views[0]["entities"], views[0]["root_hash"], views[0]["version_vector"])
+            (v["entities"], v["root_hash"]) == (views[0]["entities"], views[0]["root_hash"])
             for v in views
         )
         return views[0] if same else None
@@ -108,7 +109,7 @@ def test_write_at_one_agent_becomes_readable_at_all_five(steady: Cluster) -> Non
     cluster = steady
     first, last = cluster.agents[0], cluster.agents[-1]
     start = time.monotonic()
-    assert first.client.config_put("route/web", ROUTE_A)["durable"] is True
+    assert first.client.config_put("route/web", ROUTE_A, SIGNER)["durable"] is True
 
     def at(agent: AgentProc) -> bool:
         status, body = agent.client.request("GET", "/v1/config/route/web")
@@ -164,7 +165,7 @@ def test_partitioned_groups_both_write_then_heal_to_identical_replicas(steady: C
     cluster = steady
     side_a, side_b = cluster.agents[:3], cluster.agents[3:]
     # A key every agent holds before the cut: the heal must not lose it either.
-    cluster.agents[0].client.config_put("service/before-partition", {})
+    cluster.agents[0].client.config_put("service/before-partition", {}, SIGNER)
     wait_until(
         "service/before-partition everywhere",
         lambda: all(
@@ -175,10 +176,10 @@ def test_partitioned_groups_both_write_then_heal_to_identical_replicas(steady: C
     _partition(cluster, side_a, side_b)
     try:
         # Both sides write, including the same key; every write is acknowledged (durable).
-        side_a[0].client.config_put("route/shared", ROUTE_A)
-        side_a[1].client.config_put("service/only-a", {"protocol": "tcp"})
-        side_b[0].client.config_put("route/shared", ROUTE_B)
-        side_b[1].client.config_put("service/only-b", {})
+        side_a[0].client.config_put("route/shared", ROUTE_A, SIGNER)
+        side_a[1].client.config_put("service/only-a", {"protocol": "tcp"}, SIGNER)
+        side_b[0].client.config_put("route/shared", ROUTE_B, SIGNER)
+        side_b[1].client.config_put("service/only-b", {}, SIGNER)
 
         def side_has(side: list[AgentProc], key: str) -> bool:
             return all(key in cluster.config(a)["entities"] for a in side)
@@ -233,7 +234,7 @@ def test_kill_9_right_after_an_acknowledged_write_keeps_it(steady: Cluster) -> N
     # Cut the victim off first, so after the restart the value can only come from its own disk.
     victim.client.set_faults([a.gossip for a in others])
     body = {"protocol": "tcp", "timeouts": {"connect_ms": 250}}
-    ack = victim.client.config_put("service/durable", body)
+    ack = victim.client.config_put("service/durable", body, SIGNER)
     assert ack["durable"] is True
     victim.signal(signal.SIGKILL)
     victim.wait_exit(SETTLE_S)
@@ -252,7 +253,7 @@ def test_corrupt_store_refuses_to_start_then_rebuild_resyncs(steady: Cluster) ->
     cluster = steady
     victim = cluster.agents[4]
     # A key the victim holds before its store is damaged: the rebuild must fetch it back.
-    cluster.agents[0].client.config_put("service/before-corruption", {"protocol": "tcp"})
+    cluster.agents[0].client.config_put("service/before-corruption", {"protocol": "tcp"}, SIGNER)
     wait_until(
         "service/before-corruption at the victim",
         lambda: "service/before-corruption" in cluster.config(victim)["entities"],
@@ -278,6 +279,6 @@ def test_corrupt_store_refuses_to_start_then_rebuild_resyncs(steady: Cluster) ->
     wait_until("rebuilt replica resynced", cluster.converged, SETTLE_S, 0.1)
     assert "service/before-corruption" in cluster.config(victim)["entities"]
     # A rebuilt replica writes under a new writer id: its counters cannot collide with old ones.
-    victim.client.config_put("policy/after-rebuild", {"to": "api"})
+    victim.client.config_put("policy/after-rebuild", {"to": "api"}, SIGNER)
     wait_until("post-rebuild write everywhere", cluster.converged, SETTLE_S, 0.05)
     assert "policy/after-rebuild" in cluster.config(cluster.agents[0])["entities"]

@@ -3,6 +3,7 @@ atomic apply, spread, refused remote deltas, stream kinds, fault injection route
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import msgpack
 import pytest
 import trio
 from admin_http import http
+from config_helpers import local_write, sign_entries, write
 
 from gossipmesh.agent.config_api import install_config_routes
 from gossipmesh.agent.faults import install_faults
@@ -19,7 +21,7 @@ from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.replica import TAG, ConfigReplica
 from gossipmesh.agent.runtime import Agent
 from gossipmesh.agent.settings import load_settings
-from gossipmesh.crdt.document import Context, Delta, Entry
+from gossipmesh.crdt.document import Delta, Entry
 from gossipmesh.crdt.hlc import Timestamp
 from gossipmesh.crdt.sync import encode_delta
 from gossipmesh.crypto import Keyring
@@ -99,84 +101,93 @@ async def trio3(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[list[Age
 
 async def test_put_get_spread_history_delete(trio3: list[Agent]) -> None:
     a, b, c = trio3
-    status, body = await http(a, "PUT", "/v1/config/route/web", ROUTE)
+    status, body = await write(a, {"route/web": ROUTE})
     assert status == 200, body
-    assert body["durable"] is True
+    assert body["durable"] is True and body["written"]["route/web"]["writer"] == rep(a).writer
     await wait_for(lambda: rep(c).get("route/web") == ROUTE, 3)
     status, body = await http(c, "GET", "/v1/config/route/web")
     assert status == 200 and body["value"] == ROUTE and body["conflict"] is False
     assert body["version"]["writer"] == rep(a).writer
+    assert body["version"]["signer"]["name"] == "playground" and body["void"] is None
     status, listing = await http(b, "GET", "/v1/config?prefix=route/")
     assert listing["entities"] == {"route/web": ROUTE} and listing["count"] == 1
     # An overwrite from another agent supersedes (it had seen the first write): no conflict.
     await wait_for(lambda: rep(b).get("route/web") == ROUTE, 3)
     v2 = {"destinations": [{"service": "api"}]}
-    assert (await http(b, "PUT", "/v1/config/route/web", v2))[0] == 200
+    assert (await write(b, {"route/web": v2}))[0] == 200
     await wait_for(lambda: rep(a).get("route/web") == v2, 3)
     status, hist = await http(a, "GET", "/v1/config-history/route/web")
     assert [v["current"] for v in hist["versions"]] == [True, False]
     assert hist["versions"][0]["writer"] == rep(b).writer
+    assert hist["versions"][0]["signer"]["kind"] == "operator"
     assert (await http(a, "GET", "/v1/config-conflicts"))[1]["count"] == 0
-    status, body = await http(c, "DELETE", "/v1/config/route/web")
-    assert status == 200 and body["deleted"] is True
+    status, body = await write(c, {"route/web": None})
+    assert status == 200 and "route/web" in body["written"]
     await wait_for(lambda: rep(a).get("route/web") is None, 3)
     assert (await http(a, "GET", "/v1/config/route/web"))[0] == 404
-    assert (await http(a, "DELETE", "/v1/config/route/web"))[0] == 404
+    assert (await write(a, {"route/web": None}))[1]["written"] == {}  # nothing to delete
     health = (await http(a, "GET", "/v1/health"))[1]
     assert health["counters"]["config.merged_entries"] >= 2
 
 
-async def test_bad_input_is_refused_and_nothing_written(trio3: list[Agent]) -> None:
+async def test_bad_input_is_refused_counted_and_nothing_written(trio3: list[Agent]) -> None:
     a = trio3[0]
     bad = {"destinations": [{"service": "api", "weight": "heavy"}]}
-    status, body = await http(a, "PUT", "/v1/config/route/web", bad)
+    status, body = await write(a, {"route/web": bad})
     assert status == 400 and body["error"] == "invalid"
-    assert body["detail"].startswith("route.destinations[0].weight: must be an integer")
-    status, body = await http(a, "PUT", "/v1/config/route/web", {"destinations": [], "x": 1})
-    assert status == 400 and body["detail"].startswith("route.x: unknown field")
-    status, body = await http(a, "PUT", "/v1/config/widget/web", {})
-    assert status == 400 and body["detail"].startswith("key: unknown kind 'widget'")
-    status, body = await http(a, "PUT", "/v1/config/route/web", b"{nope")
+    assert body["detail"].startswith("items.route/web: route.destinations[0].weight: must be an")
+    status, body = await write(a, {"route/web": {"destinations": [], "x": 1}})
+    assert status == 400 and body["detail"].startswith("items.route/web: route.x: unknown field")
+    status, body = await write(a, {"widget/web": {}})
+    assert status == 400 and body["detail"].startswith("items.widget/web: key: unknown kind")
+    status, body = await http(a, "POST", "/v1/config/prepare", b"{nope")
     assert status == 400 and body["error"] == "bad_json"
     big = {"to": "api", "paths": ["/" + "x" * 1000 + str(i) for i in range(100)]}
-    status, body = await http(a, "PUT", "/v1/config/policy/big", big)
+    status, body = await write(a, {"policy/big": big})
     assert status == 413 and "entity limit of 65536 bytes" in body["detail"], body
-    # apply: one bad entity among good ones refuses the whole request.
+    # One bad entity among good ones refuses the whole request.
     entities: dict[str, Any] = {f"service/s{i}": {} for i in range(10)}
     entities["route/bad"] = bad
-    status, body = await http(a, "POST", "/v1/config/apply", {"entities": entities})
+    status, body = await write(a, entities)
     assert status == 400
-    assert body["detail"].startswith("route/bad: route.destinations[0].weight:")
-    assert rep(a).items() == []
-    assert rep(a).doc.version_vector() == {}
-    status, body = await http(a, "POST", "/v1/config/apply", {"entities": {}, "x": 1})
+    assert body["detail"].startswith("items.route/bad: route.destinations[0].weight:")
+    status, body = await http(a, "POST", "/v1/config/prepare", {"items": {}, "x": 1})
     assert status == 400 and body["detail"].startswith("x: unknown field")
+    status, body = await http(a, "POST", "/v1/config/commit", {"entries": [{"key": 1}]})
+    assert status == 400 and body["detail"].startswith("entries[0].hlc: must be an object")
+    # The unsigned routes of old answer with what to do instead.
+    status, body = await http(a, "PUT", "/v1/config/route/web", ROUTE)
+    assert status == 403 and body["error"] == "unsigned" and "prepare" in body["detail"]
+    assert (await http(a, "POST", "/v1/config/apply", {"entities": {}}))[0] == 403
+    assert rep(a).items() == [] and rep(a).doc.keys() == []
+    counters = (await http(a, "GET", "/v1/health"))[1]["counters"]
+    assert counters["config.refused.invalid"] >= 6 and counters["config.refused.unsigned"] == 2
+    assert counters["config.refused.too_large"] == 1
 
 
 async def test_apply_is_one_delta(trio3: list[Agent]) -> None:
     a, _, c = trio3
     entities: dict[str, Any] = {f"service/s{i:02d}": {"protocol": "tcp"} for i in range(50)}
-    status, body = await http(a, "POST", "/v1/config/apply", {"entities": entities})
-    assert status == 200 and body["applied"] == 50
+    status, body = await write(a, entities)
+    assert status == 200 and len(body["written"]) == 51  # and the operator's cert entry
     # One delta: one counter step per key but one local write, one log row.
     assert rep(a).counters["config.local_writes"] == 1
     await wait_for(lambda: len(rep(c).items("service/")) == 50, 3)
     entities = {k: None for k in list(entities)[:10]}
-    assert (await http(a, "POST", "/v1/config/apply", {"entities": entities}))[0] == 200
+    assert (await write(a, entities))[0] == 200
     await wait_for(lambda: len(rep(c).items("service/")) == 40, 3)
 
 
 def _entry(key: str, value: Any, counter: int = 1, writer: str = "mallory@00000001") -> Entry:
     raw = None if value is None else msgpack.packb(value, use_bin_type=True)
-    return Entry(key, writer, counter, Timestamp(0, 0), (), raw)
+    return Entry(key, writer, counter, Timestamp(0, 0), (), raw, bytes(32), bytes(64))
 
 
 async def test_invalid_remote_delta_is_refused_counted_and_not_gossiped(
     trio3: list[Agent],
 ) -> None:
     a, b, c = trio3
-    bad = Delta((_entry("route/evil", {"destinations": [{"service": "x", "weight": -5}]}),),
-                Context((), (("mallory@00000001", 1),)))  # fmt: skip
+    bad = Delta((_entry("route/evil", {"destinations": [{"service": "x", "weight": -5}]}),))
     # Straight onto SWIM as b"C" user messages from b to both others; b's own replica is bypassed.
     await b.send_user_message(TAG + encode_delta(bad), 2)
     await b.send_user_message(TAG + b"\x93garbage", 2)
@@ -200,9 +211,11 @@ async def test_conflict_stays_visible_and_winner_is_deterministic(trio3: list[Ag
     a, b, c = trio3
     # Two concurrent writes (neither saw the other) straight into the documents, then spread.
     ra, rb = rep(a), rep(b)
-    ra.commit([("service/api", {"protocol": "http"})])
-    rb.doc.apply_batch([("service/api", {"protocol": "tcp"})], rb.writer, 1)  # not spread yet
-    rb.commit([("service/other", {})])  # ... now its context goes out; sync carries the rest
+    local_write(rb, [("service/other", {})])
+    local_write(ra, [("service/api", {"protocol": "http"})])
+    now = int(time.time() * 1000)
+    proposal = rb.doc.prepare([("service/api", {"protocol": "tcp"})], rb.writer, now)
+    rb.doc.commit(sign_entries(proposal), rb.writer, now)  # not spread: anti-entropy carries it
 
     async def converged() -> bool:
         roots = {rep(x).doc.root_hash for x in trio3}
@@ -232,35 +245,28 @@ async def test_fault_routes(trio3: list[Agent]) -> None:
     assert await rep(a).sync_with("b") is True
 
 
-async def test_tombstones_are_collected_only_once_every_live_member_reported(
-    trio3: list[Agent],
-) -> None:
-    a, b, c = trio3
-    rep(a).commit([("service/gone", {})])
-    rep(a).commit([("service/gone", None)])
+async def test_tombstones_are_collected_after_the_grace_period(trio3: list[Agent]) -> None:
+    a, b, _ = trio3
+    local_write(rep(a), [("service/gone", {})])
+    local_write(rep(a), [("service/gone", None)])
     await wait_for(lambda: len({rep(x).doc.root_hash for x in trio3}) == 1, 5)
-    for x in trio3:
-        core = rep(x).core
-        core.config = replace(core.config, gc_grace_ms=0)
-        core.reported.clear()  # forget every report: nothing is known stable
-    assert rep(a).collect_garbage() == []
-    assert rep(a).siblings("service/gone") != ()  # the tombstone is still held
-    for x, y in ((a, b), (a, c)):  # a hears b's and c's version vectors through two digests
-        assert await rep(x).sync_with(y.settings.name)
+    assert rep(a).collect_garbage() == []  # an hour's grace by default
+    core = rep(a).core
+    core.config = replace(core.config, gc_grace_ms=0)
     assert rep(a).collect_garbage() == ["service/gone"]
     assert rep(a).siblings("service/gone") == ()
-    # Tombstones count in the digest only through the context: still in sync with b and c.
+    # Tombstones count in the digest only through the known map: still in sync with b.
     assert rep(a).doc.root_hash == rep(b).doc.root_hash
     assert a.counters["config.tombstones_collected"] == 1
 
 
-async def test_in_sync_anti_entropy_is_a_few_hundred_bytes(trio3: list[Agent]) -> None:
+async def test_in_sync_anti_entropy_is_a_few_dozen_bytes(trio3: list[Agent]) -> None:
     a, b, _ = trio3
     entities = {f"service/s{i:03d}": {"protocol": "tcp"} for i in range(200)}
-    assert (await http(a, "POST", "/v1/config/apply", {"entities": entities}))[0] == 200
+    assert (await write(a, entities))[0] == 200
     await wait_for(lambda: rep(b).doc.root_hash == rep(a).doc.root_hash, 5)
     before = (a.counters["config.sync_bytes"], a.counters["config.sync_in_sync"])
     assert await rep(a).sync_with("b")
     sent = a.counters["config.sync_bytes"] - before[0]
     assert a.counters["config.sync_in_sync"] == before[1] + 1
-    assert sent < 300, sent  # digest + "in sync" reply, whatever the document's size
+    assert sent < 60, sent  # a 32-byte root + "in sync", whatever the document's size

@@ -101,3 +101,26 @@ def test_canonical_body_round_trips(name: str, body: dict[str, Any]) -> None:
     assert canonical == service_body(entity)
     assert validate_entity("service", name, canonical) == entity
     assert to_body(validate_entity("service", name, canonical)) == canonical
+
+
+def test_nodes_and_weight_max_say_who_may_serve() -> None:
+    from gossipmesh.config.service import allows, parse_service
+
+    svc = parse_service("api", {"nodes": ["api-*", "edge-1"], "weight_max": 50})
+    assert svc.nodes == ("api-*", "edge-1") and svc.weight_max == 50
+    assert allows(svc, "api-7", 50) is None and allows(svc, "edge-1", 1) is None
+    assert allows(svc, "web-1", 1) == "node web-1 is not in service/api nodes"
+    assert allows(svc, "api-1", 51) == "weight 51 is above service/api weight_max 50"
+    assert (
+        parse_service("any", {}).weight_max == 100
+        and allows(parse_service("any", {}), "x", 100) is None
+    )
+    for body, field in (({"nodes": ["a b"]}, "service.nodes[0]"),
+                        ({"nodes": "api-*"}, "service.nodes"),
+                        ({"weight_max": 10_001}, "service.weight_max")):  # fmt: skip
+        try:
+            parse_service("api", body)
+        except ConfigValidationError as exc:
+            assert exc.field == field
+        else:
+            raise AssertionError(f"{body} accepted")

@@ -1,22 +1,22 @@
 """Stateful: replicas on a lossy, reordering, duplicating channel, then anti-entropy.
 
 Every replica must end identical, and no acknowledged write may be lost: each one is either still
-a current entry everywhere or was replaced by a write that had seen it.
+a current entry everywhere or was replaced by a write that had seen it. Writes are signed for real,
+by two operators (replica i signs as operator i % 2), through the agent's authority.
 """
 
 from __future__ import annotations
 
 import pytest
-from crdt_helpers import snapshot
+from crdt_helpers import T0, new_doc, snapshot, write
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from test_crdt_sync import push_pull
 
 from gossipmesh.crdt import sync
-from gossipmesh.crdt.document import Document, Entry
+from gossipmesh.crdt.document import Entry
 
-T0 = 1_700_000_000_000
 N = 4
 KEYS = ["route/a", "route/b", "service/c", "policy/d"]
 
@@ -24,7 +24,7 @@ KEYS = ["route/a", "route/b", "service/c", "policy/d"]
 class Convergence(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.docs = [Document() for _ in range(N)]
+        self.docs = [new_doc() for _ in range(N)]
         self.wall_ms = T0
         self.channel: list[tuple[int, bytes]] = []  # (destination, encoded delta), in flight
         self.acked: list[Entry] = []
@@ -38,7 +38,8 @@ class Convergence(RuleBasedStateMachine):
           delete=st.booleans(), advance=st.integers(0, 50))  # fmt: skip
     def write(self, src: int, key: str, v: int, delete: bool, advance: int) -> None:
         self.wall_ms += advance
-        delta = self.docs[src].write(key, None if delete else {"v": v}, f"n{src}", self.wall_ms)
+        body = None if delete else {"v": v}
+        delta = write(self.docs[src], key, body, f"n{src}", self.wall_ms, src % 2)
         self.acked.extend(delta.entries)
         if not delta.is_empty:
             self._send(src, sync.encode(sync.DeltaMessage(delta)))
@@ -66,7 +67,7 @@ class Convergence(RuleBasedStateMachine):
     @invariant()
     def no_acked_write_lost_locally(self) -> None:
         for e in self.acked:
-            assert self.docs[int(e.writer[1:])].has_seen(e.dot)
+            assert self.docs[int(e.writer[1:])].has_seen(e.key, e.dot)
 
     def teardown(self) -> None:
         # Heal: a ring of push-pulls twice round reaches everyone.
@@ -78,7 +79,7 @@ class Convergence(RuleBasedStateMachine):
             assert snapshot(d) == first
         doc = self.docs[0]
         for e in self.acked:
-            assert doc.has_seen(e.dot)
+            assert doc.has_seen(e.key, e.dot)
             current = doc.siblings(e.key)
             assert any(c.dot == e.dot for c in current) or any(c.covers(e) for c in current)
         for key in KEYS:

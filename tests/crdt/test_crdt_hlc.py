@@ -45,3 +45,9 @@ def test_now_is_strictly_increasing(steps: list[tuple[bool, int, int]]) -> None:
         assert ts > last
         assert ts.wall_ms <= max(wall, remote_wall, last.wall_ms)
         last = ts
+
+
+def test_logical_counter_never_leaves_its_range() -> None:
+    clock = HybridClock(500)
+    clock.observe(Timestamp(1000, 2**32 - 1), 1000)
+    assert clock.now(1000) == Timestamp(1001, 0)

@@ -45,15 +45,6 @@ def test_sync_trigger_is_join_or_alive_again_in_the_agents_event_terms() -> None
             assert p.sync_on_member_change(state.value, prev) is expected, (previous, state)
 
 
-def test_gc_vector_needs_a_report_from_every_live_member() -> None:
-    own = {"a": 5, "b": 3}
-    reported = {"b": ({"a": 4, "b": 3}, 100), "c": ({"a": 5, "b": 1}, 50)}
-    assert p.gc_stable_vector(own, ["b"], reported, 1000) == {"a": 4, "b": 3}
-    assert p.gc_stable_vector(own, ["b", "c"], reported, 1000) == {"a": 4, "b": 1}
-    assert p.gc_stable_vector(own, ["b", "d"], reported, 1000) is None
-    assert p.gc_stable_vector(own, ["c"], reported, 1000, max_age_ms=500) is None
-
-
 def test_peer_choice_is_deterministic_for_a_seed() -> None:
     peers = ["n3", "n1", "n2", "n1"]
     assert p.pick_peers(peers, 2, random.Random(7)) == p.pick_peers(

@@ -99,6 +99,19 @@ def test_expired_and_not_yet_valid() -> None:
     ok(store.verify_node(node.cert_der, NOW_MS - 60_000))  # within the backdated clock skew
 
 
+def test_verify_chain_reports_the_window_without_judging_it() -> None:
+    ca = make_ca()
+    node = make_node(ca)
+    store = TrustStore("test", [ca.cert_der])
+    verdict = ok(store.verify_chain(node.cert_der, IdKind.NODE))
+    assert verdict.not_before_ms < NOW_MS < verdict.not_after_ms
+    assert reason(store.verify_node(node.cert_der, verdict.not_after_ms + 1)) is Reason.EXPIRED
+    assert reason(store.verify_chain(node.cert_der, IdKind.OPERATOR)) is Reason.WRONG_KIND
+    assert reason(TrustStore("test").verify_chain(node.cert_der, IdKind.NODE)) is (
+        Reason.UNKNOWN_ROOT
+    )
+
+
 def test_an_expired_root_ends_its_certificates() -> None:
     ca = make_ca(days=10)
     # Built by hand to outlive its root (our builder would clamp it).
