@@ -101,6 +101,9 @@ KeyOp = Literal["install", "use", "remove"]
 # The reads that need the token even on loopback (agent/admin_auth.py decides; this only tells
 # the client when to go and find a token it was not given).
 PRIVATE_READS = ("/v1/keys", "/v1/monitor")
+# What a gossip port (or a TLS listener) does to an HTTP request: close or reset, no answer.
+NOT_HTTP = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError,
+            ssl.SSLEOFError)  # fmt: skip
 
 
 class ClientError(Exception):
@@ -294,7 +297,11 @@ class AdminClient:
         try:
             data = json.loads(raw) if raw else None
         except ValueError as exc:
-            raise AgentUnreachable(f"agent at {self.address} sent a non-JSON answer") from exc
+            raise AgentUnreachable(
+                f"{self.address} sent a non-JSON answer (HTTP {resp.status}): not an admin API; "
+                f"a proxy listener? (outbound 4140 and inbound 4143 by default; the admin API is "
+                f"the agent's --admin, default {DEFAULT_AGENT})"
+            ) from exc
         return resp.status, data
 
     def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
@@ -386,6 +393,12 @@ class AdminClient:
     def _why(self, exc: BaseException) -> str:
         if isinstance(exc, ConnectionRefusedError):
             reason = "connection refused"
+        elif isinstance(exc, NOT_HTTP):
+            return (
+                f"{self.address} closed the connection without an HTTP answer: this looks like "
+                "an agent's gossip port; the admin API is on the agent's --admin address "
+                f"(default {DEFAULT_AGENT})"
+            )
         elif isinstance(exc, ssl.SSLError):
             reason = f"TLS: {exc}"
         elif isinstance(exc, socket.timeout | TimeoutError):
