@@ -57,17 +57,21 @@ def reload_agent(agent: Agent) -> bool:
 
 def take_ring(ring: Keyring, new: Keyring) -> None:
     """Make ``ring`` hold exactly ``new``'s keys with its primary, in place (the transport and
-    streams hold ``ring``). Secondaries are dropped first so a full ring still has room."""
+    streams hold ``ring``). Unwanted keys go first, so a full ring always has room."""
     wanted = new.keys()
     for key in ring.keys()[1:]:
         if key not in wanted:
             ring.remove(key)
+    old_primary = ring.primary
+    if old_primary not in wanted:  # the primary cannot be removed: hand the role on first
+        kept = ring.keys()[1:]  # every secondary left is wanted
+        if not kept:
+            ring.install(new.primary)  # the ring holds only the old primary: there is room
+        ring.use(kept[0] if kept else new.primary)
+        ring.remove(old_primary)
     for key in wanted:
         ring.install(key)
     ring.use(new.primary)
-    for key in ring.keys()[1:]:  # the old primary, now a secondary
-        if key not in wanted:
-            ring.remove(key)
 
 
 __all__ = ["reload_agent", "take_ring"]

@@ -228,8 +228,11 @@ def members(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
     admin = client(agent)
     data = run(admin.members)
     instances = run(lambda: _instances(admin))
+    me = run(admin.self_info)
     for m in data:
         m.update(render.member_services(str(m.get("name")), instances))
+        if m.get("name") == me.get("name"):  # the catalog dials its own instances directly
+            m["proxy"] = (me.get("listeners") or {}).get("inbound")
     if as_json:
         print_json(data)
     else:

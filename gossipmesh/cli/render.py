@@ -14,7 +14,8 @@ STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "br
 
 def member_services(name: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
     """What ``members`` adds to a member from the catalog (``GET /v1/services``): its services'
-    names, their tags, and its inbound proxy address (None while it publishes no instance)."""
+    names, their tags, and its inbound proxy address (None while it publishes no instance; the
+    agent's own comes from ``/v1/self``)."""
     mine = [i for i in instances if i.get("node") == name]
     inbound = sorted({str(i["inbound"]) for i in mine if i.get("inbound")})
     return {
