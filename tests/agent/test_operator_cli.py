@@ -6,6 +6,7 @@ the gossip-port hint, and SIGHUP reloading the keyring file and the node certifi
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -199,3 +200,11 @@ def test_sighup_takes_a_new_keyring_and_a_renewed_certificate(procs: Procs, tmp_
     wait_until("reload_failed logged", lambda: "reload_failed" in k.log_tail(), SETTLE_S)
     assert k.client.self_info()["node_cert"]["fingerprint"] == cert["fingerprint"]
     k.stop()
+
+
+def test_every_metric_docs_deploy_names_exists(pair: tuple[AgentProc, AgentProc]) -> None:
+    a, _ = pair
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "DEPLOY.md").read_text()
+    named = set(re.findall(r"\bgossipmesh_[a-z_]+[a-z]", docs))
+    exposed = set(re.findall(r"^# TYPE (\S+)", _metrics(a), re.M))
+    assert len(named) > 15 and named <= exposed, named - exposed
