@@ -41,6 +41,7 @@ from gossipmesh.cli.common import (
 )
 from gossipmesh.client import AdminClient, KeyOp
 from gossipmesh.errors import UsageError
+from gossipmesh.ids import Address
 
 app = typer.Typer(
     name="gossipmesh",
@@ -251,6 +252,11 @@ def join(
     agent: AgentOpt = DEFAULT_AGENT,
 ) -> None:
     """Ask the agent to join the cluster through the given addresses."""
+    for address in addresses:
+        try:
+            Address.parse(address)
+        except UsageError as exc:
+            raise typer.BadParameter(str(exc), param_hint="ADDRESSES") from exc
     admin = client(agent)
     data = run(lambda: admin.join(addresses))
     errors = data.get("errors") or {}

@@ -49,3 +49,8 @@ def test_doctor_without_an_agent_fails_saying_what_to_do() -> None:
 
 def test_doctor_with_a_bad_address_is_usage() -> None:
     assert runner.invoke(app, ["doctor", "--agent", "host:notaport"]).exit_code == 2
+
+
+def test_join_with_a_malformed_address_is_usage_before_anything_is_sent() -> None:
+    result = runner.invoke(app, ["join", "10.0.0.1:notaport", "--agent", NOWHERE])
+    assert result.exit_code == 2 and "notaport" in result.output
