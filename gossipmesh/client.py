@@ -125,6 +125,11 @@ class ConfigSigner(Protocol):
     ) -> dict[str, Any]: ...
 
 
+# What a gossip port (or a TLS listener) does to an HTTP request: close or reset, no answer.
+NOT_HTTP = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError,
+            ssl.SSLEOFError)  # fmt: skip
+
+
 class ClientError(Exception):
     """Any failure of an admin API call; ``str(exc)`` is one line for a person to read."""
 
@@ -349,7 +354,11 @@ class AdminClient:
         try:
             data = json.loads(raw) if raw else None
         except ValueError as exc:
-            raise AgentUnreachable(f"agent at {self.address} sent a non-JSON answer") from exc
+            raise AgentUnreachable(
+                f"{self.address} sent a non-JSON answer (HTTP {resp.status}): not an admin API; "
+                f"a proxy listener? (outbound 4140 and inbound 4143 by default; the admin API is "
+                f"the agent's --admin, default {DEFAULT_AGENT})"
+            ) from exc
         return resp.status, data
 
     def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
@@ -441,6 +450,12 @@ class AdminClient:
     def _why(self, exc: BaseException) -> str:
         if isinstance(exc, ConnectionRefusedError):
             reason = "connection refused"
+        elif isinstance(exc, NOT_HTTP):
+            return (
+                f"{self.address} closed the connection without an HTTP answer: this looks like "
+                "an agent's gossip port; the admin API is on the agent's --admin address "
+                f"(default {DEFAULT_AGENT})"
+            )
         elif isinstance(exc, ssl.SSLError):
             reason = f"TLS: {exc}"
         elif isinstance(exc, socket.timeout | TimeoutError):

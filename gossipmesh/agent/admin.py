@@ -3,8 +3,8 @@
 | method | path          | what |
 |--------|---------------|------|
 | GET    | /v1/members   | every member this agent knows: name, address, state, incarnation, meta (base64) |
-| GET    | /v1/self      | this agent's own member record and settings summary |
-| POST   | /v1/join      | ``{"addresses": [...]}`` push-pull with each; per-address result |
+| GET    | /v1/self      | own member record, settings summary, version, clock, limits, certificate, listeners (agent/self_info.py) |
+| POST   | /v1/join      | ``{"addresses": [...]}`` push-pull with each; per-address result and why each failed |
 | POST   | /v1/leave     | announce "left", flush, stop the agent |
 | GET    | /v1/keys      | key ids (never keys) of every live member's ring, and how many hold each |
 | POST   | /v1/keys      | ``{"op": "install"|"use"|"remove", "key": ...}`` cluster-wide, per-node results |
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 
 MAX_JOIN_ADDRESSES = 64
 MAX_NAMED = 20  # members named in a refusal; the rest are counted
+JOIN_TIMEOUT_S = 5.0  # how long POST /v1/join waits for the push-pull answers
 
 
 def install_admin_routes(agent: Agent) -> None:
     from gossipmesh.agent.events import member_json
+    from gossipmesh.agent.self_info import self_facts
 
     async def members(req: Request) -> Response:
         ms = await agent.members()
@@ -60,6 +62,7 @@ def install_admin_routes(agent: Agent) -> None:
             admin_tls=agent.admin_tls is not None,
             playground=agent.identity.playground,
         )
+        body.update(self_facts(agent, _wall_ms()))  # version, clock, limits, certificate, ports
         return JSONResponse(body)
 
     async def join(req: Request) -> Response:
@@ -77,10 +80,11 @@ def install_admin_routes(agent: Agent) -> None:
             parsed = [Address.parse(a) for a in addresses]
         except UsageError as exc:
             raise HTTPError(400, "bad_address", str(exc)) from exc
-        results = await agent.join(parsed)
+        results = await agent.join(parsed, timeout_s=JOIN_TIMEOUT_S)
         joined = sum(results.values())
         status = 200 if joined else 502
-        return JSONResponse({"joined": joined, "results": results}, status=status)
+        errors = {a: await _why_not_joined(agent, a) for a, ok in results.items() if not ok}
+        return JSONResponse({"joined": joined, "results": results, "errors": errors}, status=status)
 
     async def leave(req: Request) -> Response:
         if agent.leaving:
@@ -149,6 +153,23 @@ def install_admin_routes(agent: Agent) -> None:
     r.add("POST", "/v1/keys", keys_op)
     r.add("GET", "/v1/health", health)
     r.add("GET", "/v1/monitor", monitor)
+
+
+async def _why_not_joined(agent: Agent, text: str) -> str:
+    """One line on why a join address failed, for the operator (the join already timed out)."""
+    from gossipmesh.agent.join import resolve
+
+    address = Address.parse(text)
+    resolved = await resolve(address)
+    if resolved is None:
+        return f"cannot resolve host {address.host!r}"
+    if resolved == agent.address:
+        return "that is this agent's own gossip address"
+    return (
+        f"no answer from {resolved} within {JOIN_TIMEOUT_S:g} s: no agent listens there (TCP and "
+        "UDP), a firewall drops it, or it has another gossip key or cluster name (its log and "
+        "`gossipmesh status` there show decrypt failures)"
+    )
 
 
 def _wall_ms() -> int:

@@ -15,11 +15,17 @@ Two rules keep a rotation from splitting the mesh or leaking keys:
   answer); nothing is switched anywhere.
 - Keys never leave an agent: results name keys by ``key_id`` (a SHA-256 prefix), the agent's own
   ring included. Only a request carries a key, from the operator who already holds it.
+
+Each answer also carries the node's wall clock (``wall_ms``), so the fan-out measures every
+member's clock against this agent's as NTP does: ``clock_offset_ms`` = the peer's clock minus ours
+at the middle of the exchange, uncertain by half the round trip (``rtt_ms``). ``gossipmesh doctor``
+reads them; certificates and the log's timestamps need clocks that agree.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -36,6 +42,10 @@ if TYPE_CHECKING:
 OPS = ("list", "install", "use", "remove")
 FANOUT_TIMEOUT_S = 5.0
 FANOUT_CONCURRENCY = 16
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def apply_local(agent: Agent, op: str, key_text: str | None) -> dict[str, Any]:
@@ -60,6 +70,7 @@ def apply_local(agent: Agent, op: str, key_text: str | None) -> dict[str, Any]:
         result.update(ok=False, error=str(exc))
     result["keys"] = agent.keyring.key_ids()
     result["primary"] = result["keys"][0]
+    result["wall_ms"] = wall_ms()
     return result
 
 
@@ -102,12 +113,18 @@ async def fan_out(agent: Agent, op: str, key_text: str | None) -> dict[str, Any]
         async with limiter:
             try:
                 with trio.fail_after(FANOUT_TIMEOUT_S):
+                    sent_ms, started_s = wall_ms(), trio.current_time()
                     stream = await agent.open_stream(address, "keyop", body)
                     try:
                         reply = json.loads(await stream.receive())
                     finally:
                         await stream.aclose()
+                    rtt_ms = round((trio.current_time() - started_s) * 1000)
                 results[name] = reply if isinstance(reply, dict) else {"ok": False}
+                peer_ms = results[name].get("wall_ms")
+                if isinstance(peer_ms, int) and not isinstance(peer_ms, bool):
+                    results[name].update(clock_offset_ms=peer_ms - (sent_ms + rtt_ms // 2),
+                                         rtt_ms=rtt_ms)  # fmt: skip
             except (OSError, trio.TooSlowError, EOFError, DecodeError, ValueError) as exc:
                 results[name] = {"name": name, "ok": False, "error": f"unreachable: {exc!r}"}
             except trio.BrokenResourceError as exc:

@@ -1,5 +1,7 @@
 """``run_agent``: settings -> keyring -> Agent, with signals and exit codes.
 
+SIGHUP re-reads the keyring file and the node credentials (agent/reload.py).
+
 Exit codes: 0 after a graceful leave (SIGINT/SIGTERM or ``POST /v1/leave``); 2 for a usage error
 (bad flag or config value); 1 when the agent cannot start (unreadable key file, port in use).
 Each failure is one line on stderr.
@@ -21,6 +23,7 @@ from gossipmesh.agent.identity_store import load_or_create_identity
 from gossipmesh.agent.key_sources import build_keyring
 from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.node_identity import HOW_TO_SECURE, build_identity
+from gossipmesh.agent.reload import reload_agent
 from gossipmesh.agent.runtime import Agent
 from gossipmesh.agent.settings import load_settings
 from gossipmesh.agent.sidecar import Sidecar
@@ -117,7 +120,10 @@ def _build_sidecar(agent: Agent) -> Sidecar:
 
 
 async def _main(agent: Agent, sidecar: Sidecar | None = None) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        trio.open_signal_receiver(signal.SIGHUP) as hangups,  # reload (agent/reload.py)
+    ):
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.run)
             from gossipmesh.agent.replica import ConfigReplica
@@ -136,6 +142,12 @@ async def _main(agent: Agent, sidecar: Sidecar | None = None) -> None:
                         agent.stop()
                         return
 
+            async def on_hangup() -> None:
+                async for _ in hangups:
+                    agent.log.info("signal", signal="SIGHUP")
+                    reload_agent(agent)
+
             nursery.start_soon(on_signal)
+            nursery.start_soon(on_hangup)
             await agent.stopped.wait()
             nursery.cancel_scope.cancel()

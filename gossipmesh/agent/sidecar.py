@@ -55,6 +55,7 @@ from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.proxy.metrics import render_metrics
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import RouteTable
+from gossipmesh.version import package_version, python_version
 
 if TYPE_CHECKING:
     from gossipmesh.agent.runtime import Agent
@@ -297,6 +298,13 @@ class _AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self.s
         counters = dict(s.agent.counters)
+        build = GaugeMetricFamily(
+            "gossipmesh_build_info",
+            "Always 1; the labels say which gossipmesh and Python this agent runs",
+            labels=["version", "python"],
+        )
+        build.add_metric([package_version(), python_version()], 1)
+        yield build
         members = GaugeMetricFamily(
             "gossipmesh_agent_members", "Members this agent knows, by state", labels=["state"]
         )

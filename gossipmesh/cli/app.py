@@ -1,6 +1,10 @@
 """The ``gossipmesh`` command line. Commands are thin: parse, call the admin API, render, exit.
 
-Exit codes: 0 success; 1 the agent is unreachable or reported a failure; 2 usage error.
+Exit codes, for every command: 0 success; 1 a failure (the agent is unreachable or reported an
+error, something asked for does not exist, ``doctor`` found a problem, ``monitor``'s agent went
+away); 2 usage error (a bad flag, address or input file). Errors are one line on stderr that names
+the address and, where it can tell, the likely mistake (gossipmesh/client.py).
+Shell completion: ``gossipmesh --install-completion`` (or ``--show-completion SHELL``).
 The CLI is a client of the admin API and imports no agent internals; the one exception is
 ``gossipmesh agent``, which runs the agent itself (imported lazily, only for that command).
 """
@@ -10,11 +14,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from gossipmesh.cli import ca_cmd, common, config_cmd, demo_cmd, render, services_cmd, simulate
+from gossipmesh.cli import (
+    ca_cmd,
+    common,
+    config_cmd,
+    demo_cmd,
+    doctor_cmd,
+    render,
+    services_cmd,
+    simulate,
+)
 from gossipmesh.cli.common import (
     DEFAULT_AGENT,
     AgentOpt,
@@ -25,14 +39,15 @@ from gossipmesh.cli.common import (
     print_json,
     run,
 )
-from gossipmesh.client import KeyOp
+from gossipmesh.client import AdminClient, KeyOp
 from gossipmesh.errors import UsageError
+from gossipmesh.ids import Address
 
 app = typer.Typer(
     name="gossipmesh",
     help="gossipmesh: a decentralized service mesh (SWIM membership, no control-plane server).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion SHELL
     pretty_exceptions_enable=False,
 )
 keys_app = typer.Typer(
@@ -69,9 +84,36 @@ def credentials(
             "agent's TLS admin API.",
         ),
     ] = None,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=lambda shown: _print_version() if shown else None,
+            help="Print the installed gossipmesh version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """gossipmesh: a decentralized service mesh (SWIM membership, no control-plane server)."""
     common.credentials = common.Credentials(token_file, data_dir, ca_file)
+
+
+def _print_version() -> None:
+    from gossipmesh.version import package_version
+
+    sys.stdout.write(f"gossipmesh {package_version()}\n")
+    raise typer.Exit(0)
+
+
+@app.command()
+def version(as_json: JsonOpt = False) -> None:
+    """Print the installed gossipmesh version (from the package metadata)."""
+    from gossipmesh.version import package_version, python_version
+
+    if as_json:
+        print_json({"version": package_version(), "python": python_version()})
+    else:
+        sys.stdout.write(f"gossipmesh {package_version()} (Python {python_version()})\n")
 
 
 @app.command()
@@ -183,13 +225,25 @@ def agent(
 
 @app.command()
 def members(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """List the members the agent knows, with their state."""
+    """List the members the agent knows: state, services, tags and proxy address."""
     admin = client(agent)
     data = run(admin.members)
+    instances = run(lambda: _instances(admin))
+    me = run(admin.self_info)
+    for m in data:
+        m.update(render.member_services(str(m.get("name")), instances))
+        if m.get("name") == me.get("name"):  # the catalog dials its own instances directly
+            m["proxy"] = (me.get("listeners") or {}).get("inbound")
     if as_json:
         print_json(data)
     else:
         out.print(render.members_table(data))
+
+
+def _instances(admin: AdminClient) -> list[dict[str, Any]]:
+    """The catalog's instances; none when the agent serves no catalog (404)."""
+    status, rows = admin.request("GET", "/v1/services")
+    return rows if status == 200 and isinstance(rows, list) else []
 
 
 @app.command()
@@ -198,12 +252,19 @@ def join(
     agent: AgentOpt = DEFAULT_AGENT,
 ) -> None:
     """Ask the agent to join the cluster through the given addresses."""
+    for address in addresses:
+        try:
+            Address.parse(address)
+        except UsageError as exc:
+            raise typer.BadParameter(str(exc), param_hint="ADDRESSES") from exc
     admin = client(agent)
     data = run(lambda: admin.join(addresses))
+    errors = data.get("errors") or {}
     for address, ok in (data.get("results") or {}).items():
-        out.print(f"{address}: {'[green]joined[/]' if ok else '[red]no answer[/]'}")
+        why = escape(str(errors.get(address) or "no answer"))
+        out.print(f"{escape(address)}: {'[green]joined[/]' if ok else f'[red]{why}[/]'}")
     if not data.get("joined"):
-        raise typer.Exit(1)
+        raise typer.Exit(common.EXIT_FAIL)
 
 
 @app.command()
@@ -235,7 +296,7 @@ def status(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def monitor(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
-    """Stream member events as they happen (Ctrl-C to stop)."""
+    """Stream member events as they happen (Ctrl-C to stop; exit 1 when the agent goes away)."""
     admin = client(agent)
 
     def stream() -> None:
@@ -255,6 +316,9 @@ def monitor(agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = False) -> None:
         run(stream)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+    # The stream only ends when the agent closes it: it stopped, left or crashed.
+    common.fail(f"the agent at {admin.address} closed the event stream (it stopped or left)",
+                common.EXIT_FAIL)  # fmt: skip
 
 
 def _key_op(op: KeyOp, key: str, agent: str, as_json: bool) -> None:
@@ -321,6 +385,7 @@ def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fa
 
 
 services_cmd.install(app)
+doctor_cmd.install(app)
 config_cmd.install(app)
 demo_cmd.install(app)
 ca_cmd.install(app)

@@ -6,24 +6,39 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "bright_black"}
 
 
+def member_services(name: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``members`` adds to a member from the catalog (``GET /v1/services``): its services'
+    names, their tags, and its inbound proxy address (None while it publishes no instance; the
+    agent's own comes from ``/v1/self``)."""
+    mine = [i for i in instances if i.get("node") == name]
+    inbound = sorted({str(i["inbound"]) for i in mine if i.get("inbound")})
+    return {
+        "services": sorted({str(i.get("service")) for i in mine}),
+        "tags": sorted({str(t) for i in mine for t in i.get("tags") or []}),
+        "proxy": inbound[0] if inbound else None,
+    }
+
+
 def members_table(members: list[dict[str, Any]]) -> Table:
     table = Table(show_header=True, header_style="bold", box=None)
-    for col in ("Name", "Address", "State", "Incarnation", "Meta bytes"):
+    for col in ("Name", "Address", "State", "Inc", "Services", "Tags", "Proxy"):
         table.add_column(col)
     for m in members:
         state = str(m.get("state"))
-        meta_b64 = str(m.get("meta") or "")
         table.add_row(
-            str(m.get("name")),
-            str(m.get("address")),
+            escape(str(m.get("name"))),
+            escape(str(m.get("address"))),
             f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
             str(m.get("incarnation")),
-            str(len(meta_b64) * 3 // 4 - meta_b64.count("=")),
+            escape(",".join(m.get("services") or []) or "-"),
+            escape(",".join(m.get("tags") or []) or "-"),
+            escape(str(m.get("proxy") or "-")),
         )
     return table
 
