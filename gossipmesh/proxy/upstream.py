@@ -8,6 +8,12 @@ only carries that out: it closes what a decision evicted, opens a connection whe
 the per-service connection counts that the breaker and the metrics read. A connection to a peer
 agent's inbound listener goes through the ``Connector`` when there is one (the mTLS seam);
 everything else is a raw non-blocking socket whose deadline the watchdog enforces.
+
+A connection is pooled only when its exchange ended exactly at a message boundary on both sides
+(the request fully sent, nothing received past the response: ``ResponseReader.at_boundary``).
+Bytes that arrive on it while it idles (a late second response) make it unusable too: the event
+engine watches the connections it registered (``Engine`` closes one that becomes readable while
+idle), and any other is checked with a peek when it is taken out of the pool.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ class Registration(Protocol):
 class Upstream:
     """One upstream connection and its response parser."""
 
-    __slots__ = ("io", "reader", "key", "service", "breaker", "reused", "reg")
+    __slots__ = ("io", "reader", "key", "service", "breaker", "reused", "reg", "idle")
 
     def __init__(
         self,
@@ -66,6 +72,7 @@ class Upstream:
         self.breaker = breaker
         self.reused = False
         self.reg: Registration | None = None
+        self.idle = False  # in the pool now
 
     def __repr__(self) -> str:
         return f"<Upstream {self.key} reused={self.reused} closed={self.io.closed}>"
@@ -99,11 +106,12 @@ class Upstreams:
             self.close(old)
         if up is None:
             return None
+        up.idle = False
         io = up.io
         if type(io) is not SockIO:
             self.release(up, True, idle_ms, now_ns)
             return None
-        if check_stale and io.is_stale():
+        if (check_stale or up.reg is None) and io.is_stale():
             self.close(up)  # the peer closed it while idle
             return None
         return up
@@ -119,7 +127,8 @@ class Upstreams:
                 self.close(old)
             if up is None:
                 break
-            if check_stale and up.io.is_stale():
+            up.idle = False
+            if (check_stale or up.reg is None) and up.io.is_stale():
                 self.close(up)
                 continue
             return up
@@ -162,16 +171,23 @@ class Upstreams:
         return await self.open(*ep.inbound, connect_ms, True)
 
     def release(self, up: Upstream, reusable: bool, idle_ms: int, now_ns: int) -> None:
-        """The exchange on ``up`` ended: pool it if ``reusable``, else close it."""
-        if reusable and not up.io.closed:
+        """The exchange on ``up`` ended: pool it if ``reusable`` and it ended at a message
+        boundary, else close it."""
+        reader = up.reader
+        if reusable and not up.io.closed and reader.at_boundary():
+            reader.next_exchange()
             up.io.deadline_ns = NEVER_NS
             up.reused = True
+            up.idle = True
             for old in self.pool.checkin(up.key, up, now_ns, idle_ms * NS_PER_MS):
                 self.close(old)
         else:
             self.close(up)
 
     def close(self, up: Upstream) -> None:
+        if up.idle:
+            up.idle = False
+            self.pool.discard(up.key, up)
         if up.reg is not None:
             up.reg.forget()
             up.reg = None
