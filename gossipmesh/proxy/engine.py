@@ -207,6 +207,7 @@ class Acceptor:
 
     def on_event(self, ev: int) -> None:
         engine = self.engine
+        admit = engine.downstreams.admit
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = self.lsock.accept()
@@ -217,6 +218,10 @@ class Acceptor:
                 log.warning("accept on %s failed: %s", self.direction, e)
                 engine.nursery.start_soon(self.later)
                 return
+            refused = admit(self.direction)
+            if refused is not None:
+                Downstreams.refuse(sock, refused)
+                continue
             engine.accept(sock, addr, self.direction)
         # The edge may hold more connections: come back after a checkpoint.
         engine.nursery.start_soon(self.later)

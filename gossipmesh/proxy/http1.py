@@ -350,6 +350,10 @@ class RequestReader:
     def pending(self) -> bool:
         return self.pos < len(self.events)
 
+    def in_head(self) -> bool:
+        """A request head has begun and is not complete yet."""
+        return self._in_head
+
     def pop(self) -> object:
         ev = self.events[self.pos]
         self.pos += 1

@@ -38,6 +38,7 @@ import trio
 from gossipmesh.proxy import engine as engine_mod
 from gossipmesh.proxy.clock import NS_PER_MS, Clock, TrioClock
 from gossipmesh.proxy.deadlines import Deadlines
+from gossipmesh.proxy.descriptors import DescriptorBudget
 from gossipmesh.proxy.downstream import Downstreams
 from gossipmesh.proxy.engine import Engine
 from gossipmesh.proxy.fastpath import FastPath
@@ -77,7 +78,9 @@ class Proxy:
     ``reuse_port``: bind with SO_REUSEPORT so several processes (see ``serve_workers``) can each
     run a proxy on the same fixed ports, the kernel spreading new connections across them.
     ``clock``: where every deadline and latency reads the time (default: trio's clock of the
-    run ``serve`` runs in, so tests can use ``MockClock``).
+    run ``serve`` runs in, so tests can use ``MockClock``). ``descriptors``: the budget client and
+    upstream sockets are counted in (default: this process's, keeping
+    ``limits.reserved_descriptors`` for the rest of the agent; descriptors.py).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Proxy:
         reuse_port: bool = False,
         engine: str = "epoll",
         clock: Clock | None = None,
+        descriptors: DescriptorBudget | None = None,
     ) -> None:
         if engine not in ("epoll", "tasks"):
             raise ValueError(f"engine must be 'epoll' or 'tasks', not {engine!r}")
@@ -107,14 +111,19 @@ class Proxy:
         self.rng = rng or random.Random()
         self.limits = limits = limits or ProxyLimits()
         self.metrics = metrics = metrics or ProxyMetrics()
+        self.descriptors = budget = descriptors or DescriptorBudget.for_process(
+            limits.reserved_descriptors
+        )
+        metrics.limits = limits
+        metrics.budget = budget
         self.clock: Clock = clock or TrioClock()
         self.addresses: ProxyAddresses | None = None
         self.directory = Directory(table or RouteTable())
         self.directory.update_local_services(local_services or {})
         self.deadlines = Deadlines(self.clock)
         self.accounting = Accounting(metrics)
-        self.upstreams = Upstreams(limits, metrics, self.deadlines, connector)
-        self.downstreams = Downstreams(limits, metrics, self.deadlines)
+        self.upstreams = Upstreams(limits, metrics, self.deadlines, connector, budget)
+        self.downstreams = Downstreams(limits, metrics, self.deadlines, budget)
         self.tunnels = Tunnels(limits, self.clock, self.upstreams, self.downstreams)
         self.relay = Relay(limits, self.clock, self.upstreams, self.tunnels)
         self.forwarder = Forwarder(
@@ -251,6 +260,10 @@ class Proxy:
                 log.warning("accept on %s failed: %s", direction, e)
                 await trio.sleep(0.05)
                 continue
+            refused = self.downstreams.admit(f"tcp:{service}" if direction == TCP else direction)
+            if refused is not None:
+                Downstreams.refuse(sock, refused, http=direction != TCP)
+                continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -262,6 +275,7 @@ class Proxy:
 
 __all__ = [
     "Connector",
+    "DescriptorBudget",
     "Proxy",
     "ProxyAddresses",
     "ProxyLimits",

@@ -24,6 +24,7 @@ import trio
 
 from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, Clock
 from gossipmesh.proxy.deadlines import Deadlines
+from gossipmesh.proxy.descriptors import DescriptorBudget
 from gossipmesh.proxy.http1 import ResponseReader
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
@@ -79,7 +80,7 @@ class Upstream:
 
 
 class Upstreams:
-    __slots__ = ("limits", "metrics", "deadlines", "connector", "clock", "pool")
+    __slots__ = ("limits", "metrics", "deadlines", "connector", "clock", "pool", "budget")
 
     def __init__(
         self,
@@ -87,11 +88,13 @@ class Upstreams:
         metrics: ProxyMetrics,
         deadlines: Deadlines,
         connector: Connector | None,
+        budget: DescriptorBudget | None = None,
     ) -> None:
         self.limits = limits
         self.metrics = metrics
         self.deadlines = deadlines
         self.connector = connector
+        self.budget = budget  # counts upstream sockets; none opens past its cap
         self.clock: Clock = deadlines.clock
         self.pool: PoolDecisions[Upstream] = PoolDecisions(limits.max_idle_per_upstream)
 
@@ -149,7 +152,12 @@ class Upstreams:
         return Upstream(io, key, d.service, breaker, self.limits)
 
     async def open(self, host: str, port: int, connect_ms: int, use_connector: bool) -> IO:
-        """A new connection; through the ``Connector`` when ``use_connector`` and there is one."""
+        """A new connection; through the ``Connector`` when ``use_connector`` and there is one.
+        Raises ``Overloaded("descriptors")`` when the descriptor budget is spent (a local limit,
+        not the endpoint's failure) and ``ConnectFailed``."""
+        budget = self.budget
+        if budget is not None and not budget.may_connect():
+            raise Overloaded("descriptors")
         if use_connector and self.connector is not None:
             with trio.move_on_after(connect_ms / 1000) as cs:
                 try:
@@ -158,9 +166,9 @@ class Upstreams:
                     raise ConnectFailed(f"{host}:{port}: {e}") from None
             if cs.cancelled_caught:
                 raise ConnectFailed(f"{host}:{port}: connect timed out after {connect_ms} ms")
-            return StreamIO(stream, self.clock)
+            return StreamIO(stream, self.clock, budget)
         sock = await connect_raw(host, port, connect_ms, self.deadlines)
-        io = SockIO(sock)
+        io = SockIO(sock, budget)
         self.deadlines.add(io)
         return io
 

@@ -176,7 +176,7 @@ async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None
 async def test_engine_client_idle_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    p, addr, _ = await _direct(nursery, limits=ProxyLimits(client_idle_ms=200))
+    p, addr, _ = await _direct(nursery, limits=ProxyLimits(keepalive_idle_ms=200))
     s = await trio.open_tcp_stream(*addr)
     await s.send_all(ONE)
     await _read_until(s, lambda b: b.endswith(b"be1"))
