@@ -60,7 +60,6 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
         settings = load_settings(flags, config_file)
         log = EventLog(level=settings.log_level)
         soft, hard = raise_descriptor_limit()
-        log.info("descriptors", soft_limit=soft, hard_limit=hard)
         # Everything this process creates (keyring, token, replica.db and its -wal/-shm, peers)
         # is private from its first byte, whoever creates it (docs/SECURITY.md).
         os.umask(0o077)
@@ -83,6 +82,7 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     except OSError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    log.info("descriptors", soft_limit=soft, hard_limit=hard)
     if agent.identity.playground:
         log.warn("playground", detail="no gossip key or no node certificate: this agent only "
                  "listens on loopback and anyone on this host can join or rewrite its mesh; "

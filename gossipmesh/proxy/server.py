@@ -172,6 +172,7 @@ class Proxy:
                 "inflight": st.inflight,
                 "ewma_ms": st.ewma_ns / 1e6,
                 "ejected": float(st.ejected_until_ns > now_ns),
+                "down": float(st.down_until_ns > now_ns),
                 "ejected_until_ms": st.ejected_until_ns // NS_PER_MS,
                 "times_ejected": st.times_ejected,
                 "consecutive_failures": st.consecutive_failures,

@@ -111,7 +111,7 @@ class TcpProxy:
             except (ConnectFailed, ConnLost) as e:
                 if io is not None:
                     self.upstreams.discard(io)
-                self.accounting.record(d.states[idx], True, self.clock.now_ns(), d)
+                self.accounting.connect_failed(d.states[idx], self.clock.now_ns(), d)
                 log.debug("tcp %s: %s failed: %s", d.service, ep.key, e)
                 continue
             self.accounting.record(d.states[idx], False, self.clock.now_ns(), d)
