@@ -207,6 +207,7 @@ class Downstreams:
             if conn.head_since_ns == NO_HEAD:
                 conn.head_since_ns = now_ns
         elif conn.head_since_ns == NO_HEAD:
+            conn.reader.idle()
             conn.waiting = IDLE
             conn.io.deadline_ns = now_ns + self.keepalive_ns
             return
@@ -236,6 +237,7 @@ class Downstreams:
         self.deadlines.discard(io)
         io.owner = None
         io.close()
+        conn.reader.close()
         conn.release_buffer()
         m = self.metrics
         direction = conn.direction

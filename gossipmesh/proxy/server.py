@@ -44,6 +44,7 @@ from gossipmesh.proxy.engine import Engine
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
 from gossipmesh.proxy.limits import INBOUND, OUTBOUND, TCP, ProxyLimits
+from gossipmesh.proxy.memory import Trimmer, compact
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.pipeline import Accounting
 from gossipmesh.proxy.relay import Relay
@@ -142,6 +143,8 @@ class Proxy:
             self.directory, self.upstreams, self.tunnels, self.accounting, self.deadlines, self.rng
         )
         self.event_engine: Engine | None = None  # while ``serve`` runs the engine
+        # Memory back to the kernel after a connection storm (memory.py).
+        self.trimmer = Trimmer(self.compact_tables)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -233,18 +236,31 @@ class Proxy:
             self.upstreams.drain()
 
     async def watchdog(self) -> None:
-        """Deadlines every tick; idle pooled connections past their expiry every sweep."""
+        """Deadlines every tick; idle pooled connections past their expiry, and memory after a
+        connection storm (memory.py), every sweep."""
         limits = self.limits
         sweep_ns = limits.pool_sweep_ms * NS_PER_MS
         next_sweep_ns = self.clock.now_ns() + sweep_ns
+
+        open_now = self.metrics.open_connections
+        trimmer = self.trimmer
 
         def tick(now_ns: int) -> None:
             nonlocal next_sweep_ns
             if now_ns >= next_sweep_ns:
                 next_sweep_ns = now_ns + sweep_ns
                 self.upstreams.sweep(now_ns)
+                trimmer.tick(sum(open_now.values()), now_ns)
 
         await self.deadlines.watch(limits.watchdog_tick_ms, tick)
+
+    def compact_tables(self) -> None:
+        """Shrink the tables that held every connection of a storm (memory.py)."""
+        compact(self.deadlines.timed)
+        eng = self.event_engine
+        if eng is not None:
+            compact(eng.handlers)
+            compact(eng.conns)
 
     async def accept_loop(
         self, lsock: socket.socket, direction: str, service: str, nursery: trio.Nursery

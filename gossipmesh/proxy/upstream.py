@@ -203,6 +203,7 @@ class Upstreams:
         if type(io) is SockIO:
             self.deadlines.discard(io)
             io.owner = None
+        up.reader.close()
         if not io.closed:
             io.close()
             up.breaker.connections -= 1

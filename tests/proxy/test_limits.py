@@ -4,6 +4,8 @@ descriptor budget refused, each counted in /metrics; both engines. Time is trio'
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import trio
 import trio.testing
@@ -11,6 +13,7 @@ from proxy_helpers import Backend, Client
 
 from gossipmesh.proxy.descriptors import MIN_UPSTREAM_SHARE, DescriptorBudget
 from gossipmesh.proxy.downstream import BufferPool
+from gossipmesh.proxy.memory import MIN_DROP, Trimmer, compact
 from gossipmesh.proxy.metrics import render_metrics
 from gossipmesh.proxy.server import Proxy, ProxyLimits
 from gossipmesh.proxy.table import Endpoint, build_route_table
@@ -211,3 +214,33 @@ def test_buffer_pool_keeps_at_most_its_share() -> None:
     assert len(pool.free) == 2
     assert pool.take(16) is bufs[1]
     assert len(pool.take(32)) == 32  # another size is never handed out
+
+
+def test_memory_is_trimmed_once_a_storm_has_passed_and_not_more_often() -> None:
+    calls: list[str] = []
+    t = Trimmer(compact=lambda: calls.append("compact"), trim=lambda: calls.append("trim"))
+    s = 1_000_000_000
+    for n in (10, 500, 2000, 1500):
+        t.tick(n, 1 * s)
+    assert calls == []  # still 1,500 of a 2,000 peak open
+    t.tick(900, 2 * s)
+    assert calls == ["compact", "trim"] and t.trims == 1
+    t.tick(5000, 3 * s)
+    t.tick(0, 4 * s)  # another storm passed, but the last trim was 2 s ago
+    assert t.trims == 1 and not t.due(0, 11 * s) and t.due(0, 12 * s)
+    t.tick(0, 12 * s)
+    assert t.trims == 2 and MIN_DROP == 1000
+
+
+def test_compact_keeps_identity_and_contents() -> None:
+    d = {i: i for i in range(10_000)}
+    s = set(range(10_000))
+    for i in range(9_990):
+        del d[i]
+        s.discard(i)
+    ref_d, ref_s = d, s
+    compact(d)
+    compact(s)
+    assert d is ref_d and s is ref_s
+    assert d == {i: i for i in range(9_990, 10_000)} and s == set(range(9_990, 10_000))
+    assert sys.getsizeof(d) < 1000 and sys.getsizeof(s) < 1000
