@@ -56,7 +56,7 @@ class Registration(Protocol):
 class Upstream:
     """One upstream connection and its response parser."""
 
-    __slots__ = ("io", "reader", "key", "service", "breaker", "reused", "reg", "idle")
+    __slots__ = ("io", "reader", "key", "service", "breaker", "reused", "reg", "idle", "counted")
 
     def __init__(
         self,
@@ -74,6 +74,9 @@ class Upstream:
         self.reused = False
         self.reg: Registration | None = None
         self.idle = False  # in the pool now
+        # In the breaker's and the metrics' connection counts until ``Upstreams.close``: the
+        # watchdog may have closed the socket itself first (a timeout), so ``io.closed`` cannot say.
+        self.counted = True
 
     def __repr__(self) -> str:
         return f"<Upstream {self.key} reused={self.reused} closed={self.io.closed}>"
@@ -204,8 +207,9 @@ class Upstreams:
             self.deadlines.discard(io)
             io.owner = None
         up.reader.close()
-        if not io.closed:
-            io.close()
+        io.close()
+        if up.counted:
+            up.counted = False
             up.breaker.connections -= 1
             m = self.metrics.upstream_connections
             m[up.service] = m.get(up.service, 1) - 1

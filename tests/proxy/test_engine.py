@@ -207,6 +207,10 @@ async def test_engine_upstream_timeout_answers_504(
     assert r.status == 504 and r.headers["x-gossipmesh-error"] == "upstream_timeout"
     # Virtual time: the request deadline, within one watchdog tick; one endpoint, no retry.
     assert 0.3 <= trio.current_time() - sent <= 0.35 + 1e-6
+    # The connection the watchdog closed left the breaker's and the metrics' counts.
+    assert p.upstreams.pool.idle_count() == 0
+    assert p.directory.breakers["api"].connections == 0
+    assert p.metrics.upstream_connections["api"] == 0
     await c.aclose()
 
 
