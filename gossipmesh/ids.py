@@ -17,6 +17,7 @@ NodeName = NewType("NodeName", str)
 DEFAULT_GOSSIP_PORT = 7946
 DEFAULT_ADMIN_PORT = 7947
 MAX_NODE_NAME_BYTES = 128
+MAX_HOST_CHARS = 253  # a DNS name (RFC 1035); longer hosts cannot be resolved anyway
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -56,10 +57,14 @@ class Address:
             host, port_text = raw, ""
         if not host:
             raise UsageError(f"address {text!r}: missing host")
+        if len(host) > MAX_HOST_CHARS or any(len(label) > 63 for label in host.split(".")):
+            raise UsageError(f"address {text[:80]!r}: host longer than DNS allows")
+        if any(c.isspace() or not c.isprintable() for c in host):
+            raise UsageError(f"address {text[:80]!r}: host has whitespace or control characters")
         if port_text == "":
             port = default_port
         else:
-            if not port_text.isdigit():
+            if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
                 raise UsageError(f"address {text!r}: port {port_text!r} is not a number")
             port = int(port_text)
         if not 0 <= port <= 65535:

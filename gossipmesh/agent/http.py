@@ -5,6 +5,13 @@ Routes are a table of ``(method, path) -> handler``; a handler takes a ``Request
 Limits: request head ``MAX_HEADER_BYTES`` (431 beyond), body ``MAX_BODY_BYTES`` (413 beyond), and
 ``REQUEST_TIMEOUT_S`` to receive a whole request. Every error is JSON ``{"error", "detail"}``.
 
+A JSON body is checked as a whole before any handler sees it (``Request.json``), so a value no
+handler could use is a 400 naming its field (``retry.attempts``, ``destinations[0].weight``),
+never a 500 from deep inside one: an integer of more than ``MAX_INT_DIGITS`` digits (Python
+refuses to convert 4,301 and more), a number that is not finite (``1e999``, ``NaN``,
+``Infinity``), a string that is not Unicode text (a lone surrogate ``"\ud800"`` cannot be stored
+or sent), and nesting deeper than ``MAX_JSON_DEPTH``.
+
 A ``Guard`` (agent/admin_auth.py) sees every request before its handler and may refuse it; with an
 ``ssl_context`` every connection is TLS (a non-loopback admin address, agent/admin_tls.py).
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +36,8 @@ REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
 LINGER_S = 1.0
 LINGER_MAX_BYTES = 4 * MAX_BODY_BYTES
+MAX_INT_DIGITS = 100  # far above any count, size or time the API takes; below Python's 4,300
+MAX_JSON_DEPTH = 64
 
 
 class HTTPError(Exception):
@@ -47,19 +57,94 @@ class Request:
     body: bytes
 
     def json(self) -> Any:
-        """The body parsed as JSON (an empty body is ``{}``); 400 if it is not JSON."""
+        """The body parsed as JSON (an empty body is ``{}``); 400 if it is not JSON, or holds a
+        value no handler can use (``unusable_value``: the error names its field)."""
         if not self.body:
             return {}
         try:
-            return json.loads(self.body)
+            data = json.loads(
+                self.body,
+                parse_int=_parse_int,
+                parse_float=_parse_float,
+                parse_constant=_Unusable.not_a_number,
+            )
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HTTPError(400, "bad_json", f"request body is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise HTTPError(
+                400, "bad_value", f"body: nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
+        problem = unusable_value(data)
+        if problem is not None:
+            raise HTTPError(400, "bad_value", problem)
+        return data
 
     def json_object(self) -> dict[str, Any]:
         data = self.json()
         if not isinstance(data, dict):
             raise HTTPError(400, "bad_request", "request body must be a JSON object")
         return data
+
+
+class _Unusable:
+    """Stands in, while parsing, for a JSON value no handler can use (``reason`` says why)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    @classmethod
+    def not_a_number(cls, text: str) -> _Unusable:
+        return cls(f"{text} is not a JSON number")
+
+
+def _parse_int(text: str) -> int | _Unusable:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        return _Unusable(f"integer of {digits} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float | _Unusable:
+    value = float(text)
+    if not math.isfinite(value):
+        return _Unusable(f"number {text[:40]} is out of range")
+    return value
+
+
+def unusable_value(data: Any) -> str | None:
+    """``"FIELD: why"`` for the first value in parsed JSON ``data`` that no handler can use, else
+    None. Iterative, so a deep document cannot exhaust the stack here either."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        where = path or "body"
+        if isinstance(value, _Unusable):
+            return f"{where}: {value.reason}"
+        if isinstance(value, str):
+            if not _is_text(value):
+                return f"{where}: not valid Unicode text (a lone surrogate)"
+            continue
+        if isinstance(value, (dict, list)) and depth >= MAX_JSON_DEPTH:
+            return f"{where}: nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if not _is_text(key):
+                    return f"{where}: a key is not valid Unicode text (a lone surrogate)"
+                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            for i in range(len(value) - 1, -1, -1):
+                stack.append((value[i], f"{path}[{i}]", depth + 1))
+    return None
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ Each failure is one line on stderr.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
@@ -32,6 +33,25 @@ from gossipmesh.agent.transport import AgentStartError
 from gossipmesh.errors import StoreCorruptError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# The soft descriptor limit the agent raises itself to (when the hard limit allows): room for
+# tens of thousands of proxied connections, far below what a kernel table or memory would mind.
+MAX_DESCRIPTORS = 65536
+
+
+def raise_descriptor_limit(cap: int = MAX_DESCRIPTORS) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, at most ``cap`` (never lower it); returns
+    (soft, hard) after. The default soft limit is often 1,024: 1,100 idle connections to the
+    proxy then left the agent unable to serve its admin API (issue 13). The proxy's descriptor
+    budget is read from the result (proxy/descriptors.py)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass  # keep what we have; the budget adapts to it
+    return soft, hard
 
 
 def wall_ms() -> int:
@@ -42,6 +62,7 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     try:
         settings = load_settings(flags, config_file)
         log = EventLog(level=settings.log_level)
+        soft, hard = raise_descriptor_limit()
         # Everything this process creates (keyring, token, replica.db and its -wal/-shm, peers)
         # is private from its first byte, whoever creates it (docs/SECURITY.md).
         os.umask(0o077)
@@ -64,6 +85,7 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     except OSError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    log.info("descriptors", soft_limit=soft, hard_limit=hard)
     if agent.identity.playground:
         log.warn("playground", detail="no gossip key or no node certificate: this agent only "
                  "listens on loopback and anyone on this host can join or rewrite its mesh; "

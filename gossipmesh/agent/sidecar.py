@@ -263,6 +263,7 @@ class Sidecar:
                     "health": inst.health,
                     "member_state": inst.member_state,
                     "ejected": bool(st and st.get("ejected")),
+                    "down": bool(st and st.get("down")),
                     "routable": inst.routable,
                     "refused": inst.refused,
                     "inbound": _fmt(inst.inbound),

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gossipmesh.config.regex import Regex, RegexError, compile_regex
 from gossipmesh.errors import ConfigValidationError
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -107,14 +108,16 @@ def unique(items: Sequence[Any], path: str) -> tuple[Any, ...]:
     return tuple(items)
 
 
-def read_regex(value: object, path: str) -> re.Pattern[str]:
+def read_regex(value: object, path: str) -> Regex:
+    """A route regex, compiled by RE2 (config/regex.py): one it cannot compile (a backreference,
+    lookaround, a syntax error) is refused here, when the route is written, with RE2's reason."""
     text = read_str(value, path)
     if not text or len(text) > MAX_REGEX_CHARS:
         raise ConfigValidationError(path, f"regex must be 1-{MAX_REGEX_CHARS} characters")
     try:
-        return re.compile(text)
-    except (re.error, RecursionError, OverflowError) as e:
-        raise ConfigValidationError(path, f"invalid regex: {e}") from None
+        return compile_regex(text)
+    except RegexError as e:
+        raise ConfigValidationError(path, f"invalid regex (RE2 syntax): {e}") from None
 
 
 def read_url_path(value: object, path: str) -> str:

@@ -3,7 +3,6 @@ weighted destinations it sends them to; validation and canonical body."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from gossipmesh.config.fields import (
     reject_unknown,
     unique,
 )
+from gossipmesh.config.regex import Regex, compile_regex
 from gossipmesh.errors import ConfigValidationError
 
 
@@ -39,12 +39,12 @@ class PathMatch:
     value: str = "/"
     # Compiled once here so the router never compiles on the request path. Excluded from equality:
     # it is derived from ``value``.
-    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    regex: Regex | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Built by hand (tests, the simulator) without the compiled form: derive it.
         if self.kind == "regex" and self.regex is None:
-            object.__setattr__(self, "regex", re.compile(self.value))
+            object.__setattr__(self, "regex", compile_regex(self.value))
 
     def matches(self, path: str) -> bool:
         if self.kind == "exact":
@@ -63,11 +63,11 @@ class HeaderMatch:
     name: str
     kind: Literal["exact", "regex", "present"]
     value: str | None = None
-    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    regex: Regex | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind == "regex" and self.regex is None and self.value is not None:
-            object.__setattr__(self, "regex", re.compile(self.value))
+            object.__setattr__(self, "regex", compile_regex(self.value))
 
     def matches(self, value: str | None) -> bool:
         if value is None:

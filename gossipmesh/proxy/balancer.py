@@ -7,11 +7,14 @@ key (in-flight count, latency estimate, outlier state) that survives table swaps
 the cluster's states in table order and returns an index, or -1 when there is nothing to pick.
 Time is one instant in nanoseconds, ``now_ns``, on the proxy's clock (clock.py).
 
-Candidates. Endpoints ejected by outlier detection and endpoints already tried by this request are
-left out. Panic threshold (Envoy's): if fewer than half of the cluster is un-ejected, ejection is
-ignored and all endpoints are candidates — the detector may be wrong, and overloading the few
-survivors turns a partial outage into a total one. Endpoints already tried are only reused when
-nothing else is left.
+Candidates. Endpoints ejected by outlier detection, endpoints down (a connect to them failed in
+the last ``DOWN_NS``, here or at their agent: ``down_until_ns``) and endpoints already tried by
+this request are left out. Panic threshold (Envoy's): if fewer than half of the cluster is
+un-ejected, ejection is ignored and all endpoints are candidates — the detector may be wrong, and
+overloading the few survivors turns a partial outage into a total one. A connect failure is not
+an opinion, so down endpoints stay out while any other remains. Endpoints already tried are only
+reused when nothing else is left. ``available`` is the same test for one endpoint, which the
+route uses to let a destination with none yield its share (routing.py).
 
 Policies:
 
@@ -39,6 +42,10 @@ from hashlib import blake2b
 from random import Random
 
 DECAY_NS = 10_000_000_000  # Linkerd's default peak-EWMA decay: 10 s
+# After a failed connect an endpoint is presumed down this long: the failure detector needs
+# seconds to declare a host dead, and every request meanwhile would try it again. Short, because
+# a refused connect can also be a restart: the next request after it tries again.
+DOWN_NS = 1_000_000_000
 DEFAULT_RTT_NS = 30_000_000  # assumed latency of a never-measured endpoint: 30 ms
 VNODES_PER_WEIGHT = 100
 MAX_VNODES_PER_ENDPOINT = 10_000
@@ -55,6 +62,7 @@ class EndpointState:
         "ewma_at_ns",
         "consecutive_failures",
         "ejected_until_ns",
+        "down_until_ns",
         "times_ejected",
         "connections",
     )
@@ -67,6 +75,7 @@ class EndpointState:
         self.ewma_at_ns = 0
         self.consecutive_failures = 0
         self.ejected_until_ns = 0
+        self.down_until_ns = 0  # a connect to it failed: presumed down until then
         self.times_ejected = 0
         self.connections = 0
 
@@ -124,6 +133,11 @@ def ring_lookup(ring: Ring, key: bytes, eligible: Sequence[bool] | None = None) 
     return -1
 
 
+def available(s: EndpointState, now_ns: int) -> bool:
+    """Neither ejected nor down at ``now_ns``."""
+    return s.ejected_until_ns <= now_ns and s.down_until_ns <= now_ns
+
+
 def eligible_mask(
     states: Sequence[EndpointState], now_ns: int, tried: Sequence[int] | None
 ) -> list[bool] | None:
@@ -133,6 +147,9 @@ def eligible_mask(
     healthy = sum(mask)
     if healthy * 2 < n:  # panic: fewer than half healthy, ignore ejection
         mask = [True] * n
+    up = [m and s.down_until_ns <= now_ns for m, s in zip(mask, states, strict=True)]
+    if any(up):  # down endpoints stay out while another is left
+        mask = up
     if tried:
         with_tried = mask
         mask = list(mask)

@@ -3,24 +3,41 @@ the proxy makes itself (errors).
 
 Theory of operation
 -------------------
-A ``Downstream`` is allocated once per client connection and reused by every request on it: the
-request parser, one receive buffer for the client and, on first use, one for the upstream
-response. It is served either by the event engine (engine.py) or by a task (tasks.py), and can
-move between them; ``Downstreams.close`` is its one end either way, where its byte counts are
-added to the metrics. ``reply_error`` is the single place a proxy-generated answer (400, 431,
-502, 503, 504 ...) is sent and counted.
+A ``Downstream`` is allocated once per client connection and reused by every request on it: its
+socket and request parser. It is served either by the event engine (engine.py) or by a task
+(tasks.py), and can move between them; ``Downstreams.close`` is its one end either way, where its
+byte counts and the reason of a timeout are added to the metrics. ``reply_error`` is the single
+place a proxy-generated answer (400, 431, 502, 503, 504 ...) is sent and counted.
+
+Buffers (limits.py). ``mv``, the client receive buffer, is one buffer shared by every
+connection: whoever reads into it feeds the parser before anything else can run (no await in
+between), and the parser keeps copies. The upstream response buffer is per exchange: taken from
+a free list on first use (``upstream_buffer``) and given back when the exchange ends
+(``Downstreams.done``), so an idle keep-alive connection holds none.
+
+Deadlines while no request is complete (``await_request``): the connection's first request head
+must be whole within ``head_timeout_ms`` of the accept, any later one within that of its first
+byte (a client dribbling header bytes is closed: ``head_timeouts``); between requests a
+keep-alive connection may idle ``keepalive_idle_ms`` (then ``idle_closes``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
+from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS
 from gossipmesh.proxy.deadlines import Deadlines
+from gossipmesh.proxy.descriptors import DescriptorBudget
 from gossipmesh.proxy.errors import error_response
 from gossipmesh.proxy.http1 import END, RequestHead, RequestReader
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.sockio import ConnLost, SockIO
+
+# What a client connection is waiting for (timeouts are counted by it).
+BUSY, HEAD, IDLE = range(3)
+NO_HEAD = -1  # Downstream.head_since_ns when no request head has begun
 
 
 class Downstream:
@@ -37,32 +54,78 @@ class Downstream:
         "bytes_out",
         "bytes_in",
         "addr",
+        "buffers",
+        "waiting",
+        "head_since_ns",
     )
 
     def __init__(
-        self, io: SockIO, reader: RequestReader, mv: memoryview, addr: object, direction: str
+        self,
+        io: SockIO,
+        reader: RequestReader,
+        mv: memoryview,
+        addr: object,
+        direction: str,
+        buffers: BufferPool,
+        now_ns: int = 0,
     ) -> None:
         self.io = io
         self.reader = reader
-        self.mv = mv  # the client receive buffer
-        self.upbuf = bytearray()  # the upstream receive buffer, allocated on first use
+        self.mv = mv  # the client receive buffer (shared: see the module's docstring)
+        self.upbuf = EMPTY  # the upstream receive buffer, taken for one exchange
         self.upmv: memoryview | None = None
         self.client_ip = str(addr[0]).encode() if isinstance(addr, tuple) else b""
         self.direction = direction
         self.bytes_out = 0
         self.bytes_in = 0
         self.addr = addr
+        self.buffers = buffers
+        self.waiting = HEAD  # the first request's head, from the accept
+        self.head_since_ns = now_ns  # when the head being waited for began (NO_HEAD: none)
 
     def upstream_buffer(self, size: int) -> memoryview:
-        """The upstream receive buffer (``size`` bytes, allocated once)."""
+        """The upstream receive buffer of this exchange (``size`` bytes)."""
         upmv = self.upmv
         if upmv is None:
-            self.upbuf = bytearray(size)
+            self.upbuf = self.buffers.take(size)
             upmv = self.upmv = memoryview(self.upbuf)
         return upmv
 
+    def release_buffer(self) -> None:
+        """The exchange ended: its upstream buffer goes back to the free list."""
+        upmv = self.upmv
+        if upmv is not None:
+            self.upmv = None
+            self.buffers.give(self.upbuf)
+            self.upbuf = EMPTY
+
     def __repr__(self) -> str:
         return f"<Downstream {self.direction} from {self.addr} closed={self.io.closed}>"
+
+
+EMPTY = bytearray()
+
+
+class BufferPool:
+    """Response buffers of one size, reused between exchanges; at most ``keep`` kept idle."""
+
+    __slots__ = ("keep", "free")
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        free = self.free
+        if free:
+            buf = free.pop()
+            if len(buf) == size:
+                return buf
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        if len(self.free) < self.keep:
+            self.free.append(buf)
 
 
 def drain_buffered_body(reader: RequestReader, req: RequestHead) -> bool:
@@ -79,24 +142,94 @@ def drain_buffered_body(reader: RequestReader, req: RequestHead) -> bool:
 
 
 class Downstreams:
-    __slots__ = ("limits", "metrics", "deadlines")
+    __slots__ = (
+        "limits",
+        "metrics",
+        "deadlines",
+        "budget",
+        "mv",
+        "buffers",
+        "head_ns",
+        "keepalive_ns",
+    )
 
-    def __init__(self, limits: ProxyLimits, metrics: ProxyMetrics, deadlines: Deadlines) -> None:
+    def __init__(
+        self,
+        limits: ProxyLimits,
+        metrics: ProxyMetrics,
+        deadlines: Deadlines,
+        budget: DescriptorBudget | None = None,
+    ) -> None:
         self.limits = limits
         self.metrics = metrics
         self.deadlines = deadlines
+        self.budget = budget  # counts the client sockets (None: not counted)
+        self.mv = memoryview(bytearray(limits.recv_buffer_bytes))  # every client's reads
+        self.buffers = BufferPool(limits.max_pooled_buffers)
+        self.head_ns = limits.head_timeout_ms * NS_PER_MS
+        self.keepalive_ns = limits.keepalive_idle_ms * NS_PER_MS
+
+    def admit(self, listener: str) -> str | None:
+        """Before accepting a client on ``listener``: None to accept, else the reason to refuse
+        (counted)."""
+        reason = None
+        if self.metrics.listener_connections.get(listener, 0) >= (
+            self.limits.max_connections_per_listener
+        ):
+            reason = "listener_limit"
+        elif self.budget is not None and not self.budget.may_accept():
+            reason = "descriptors"
+        if reason is not None:
+            key = (listener, reason)
+            refused = self.metrics.refused
+            refused[key] = refused.get(key, 0) + 1
+        return reason
 
     def open(self, sock: socket.socket, addr: object, direction: str) -> Downstream:
         """An accepted connection (already non-blocking) as a ``Downstream``, counted."""
         m = self.metrics
         m.open_connections[direction] += 1
         m.connections_total[direction] += 1
+        lc = m.listener_connections
+        lc[direction] = lc.get(direction, 0) + 1
         limits = self.limits
-        io = SockIO(sock)
+        io = SockIO(sock, self.budget)
         self.deadlines.add(io)
         reader = RequestReader(limits.max_header_bytes, limits.max_header_count)
-        mv = memoryview(bytearray(limits.recv_buffer_bytes))
-        return Downstream(io, reader, mv, addr, direction)
+        now_ns = self.deadlines.clock.now_ns()
+        conn = Downstream(io, reader, self.mv, addr, direction, self.buffers, now_ns)
+        io.deadline_ns = now_ns + self.head_ns
+        return conn
+
+    def await_request(self, conn: Downstream, now_ns: int) -> None:
+        """Arm the client's deadline while no request is complete (see the module docstring)."""
+        if conn.reader.in_head():
+            if conn.head_since_ns == NO_HEAD:
+                conn.head_since_ns = now_ns
+        elif conn.head_since_ns == NO_HEAD:
+            conn.reader.idle()
+            conn.waiting = IDLE
+            conn.io.deadline_ns = now_ns + self.keepalive_ns
+            return
+        conn.waiting = HEAD
+        conn.io.deadline_ns = conn.head_since_ns + self.head_ns
+
+    @staticmethod
+    def refuse(sock: socket.socket, reason: str, http: bool = True) -> None:
+        """Close a client ``admit`` refused, telling an HTTP client why (best effort: one
+        non-blocking send, no wait)."""
+        if http:
+            _, data = error_response("overloaded", "", reason, keep_alive=False)
+            with contextlib.suppress(OSError):
+                sock.send(data)
+        sock.close()
+
+    @staticmethod
+    def started(conn: Downstream) -> None:
+        """A request head is whole: nothing is awaited of the client until its exchange asks."""
+        conn.waiting = BUSY
+        conn.head_since_ns = NO_HEAD
+        conn.io.deadline_ns = NEVER_NS
 
     def close(self, conn: Downstream) -> None:
         """The connection's end, wherever it was served (engine or task)."""
@@ -104,9 +237,15 @@ class Downstreams:
         self.deadlines.discard(io)
         io.owner = None
         io.close()
+        conn.reader.close()
+        conn.release_buffer()
         m = self.metrics
         direction = conn.direction
+        if io.timed_out and conn.waiting != BUSY:
+            counter = m.head_timeouts if conn.waiting == HEAD else m.idle_closes
+            counter[direction] = counter.get(direction, 0) + 1
         m.open_connections[direction] -= 1
+        m.listener_connections[direction] -= 1
         m.bytes_in[direction] += conn.bytes_in
         m.bytes_out[direction] += conn.bytes_out
 
@@ -151,4 +290,4 @@ class Downstreams:
         return keep
 
 
-__all__ = ["Downstream", "Downstreams", "drain_buffered_body"]
+__all__ = ["BUSY", "HEAD", "IDLE", "BufferPool", "Downstream", "Downstreams", "drain_buffered_body"]

@@ -50,8 +50,9 @@ ACCEPT_BATCH = 64
 if HAVE_EPOLL:
     MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
     LISTEN_MASK = select.EPOLLIN | select.EPOLLET
+    READ_MASK = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 else:  # pragma: no cover - the proxy falls back to the task path
-    MASK = LISTEN_MASK = 0
+    MASK = LISTEN_MASK = READ_MASK = 0
 
 
 class Engine:
@@ -132,7 +133,7 @@ class Engine:
         reg = up.reg
         if reg is None:
             fd = up.io.sock.fileno()  # type: ignore[union-attr]
-            reg = UpReg(self, fd)
+            reg = UpReg(self, fd, up)
             up.reg = reg
             self.handlers[fd] = reg.on_event
             try:
@@ -206,6 +207,7 @@ class Acceptor:
 
     def on_event(self, ev: int) -> None:
         engine = self.engine
+        admit = engine.downstreams.admit
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = self.lsock.accept()
@@ -216,6 +218,10 @@ class Acceptor:
                 log.warning("accept on %s failed: %s", self.direction, e)
                 engine.nursery.start_soon(self.later)
                 return
+            refused = admit(self.direction)
+            if refused is not None:
+                Downstreams.refuse(sock, refused)
+                continue
             engine.accept(sock, addr, self.direction)
         # The edge may hold more connections: come back after a checkpoint.
         engine.nursery.start_soon(self.later)
@@ -226,19 +232,26 @@ class Acceptor:
 
 
 class UpReg:
-    """A pooled upstream registered once; ``owner`` is the connection waiting on it, if any."""
+    """A pooled upstream registered once; ``owner`` is the connection waiting on it, if any.
 
-    __slots__ = ("engine", "fd", "owner")
+    An idle pooled connection that becomes readable received bytes nobody asked for (a response
+    past the one its exchange ended with, or the peer's FIN): it is closed at once, so no later
+    request can read them as its own answer."""
 
-    def __init__(self, engine: Engine, fd: int) -> None:
+    __slots__ = ("engine", "fd", "owner", "up")
+
+    def __init__(self, engine: Engine, fd: int, up: Upstream) -> None:
         self.engine = engine
         self.fd = fd
         self.owner: Conn | None = None
+        self.up = up
 
     def on_event(self, ev: int) -> None:
         owner = self.owner
         if owner is not None:
             owner.on_up()
+        elif ev & READ_MASK and self.up.idle:
+            self.engine.upstreams.close(self.up)
 
     def forget(self) -> None:
         self.owner = None

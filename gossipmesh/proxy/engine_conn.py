@@ -25,7 +25,7 @@ import select
 from functools import partial
 from typing import Protocol
 
-from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, Clock
+from gossipmesh.proxy.clock import NEVER_NS, Clock
 from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
@@ -44,6 +44,7 @@ EV_HUP = (
 )
 
 READ, UP, WRITE, GONE = range(4)
+started = Downstreams.started
 
 
 class Loop(Protocol):
@@ -99,7 +100,7 @@ class Conn:
 
     def wait_client(self, now_ns: int) -> None:
         self.last_ns = now_ns
-        self.conn.io.deadline_ns = now_ns + self.engine.limits.client_idle_ms * NS_PER_MS
+        self.engine.downstreams.await_request(self.conn, now_ns)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class Conn:
                     reader.pos -= 1
                     self.engine.ready.append(self)
                     return
-                conn.io.deadline_ns = NEVER_NS
+                started(conn)
                 self.fed = False
                 self.start(ev)
                 continue
@@ -247,6 +248,7 @@ class Conn:
     def reply(self, out: bytes) -> None:
         x = self.x
         assert x is not None and x.up is not None
+        self.conn.release_buffer()  # ``out`` holds its own copy
         up = x.up
         if up.reg is not None:
             up.reg.owner = None

@@ -104,14 +104,17 @@ class FastPath:
             if local is None:
                 return None
             d = directory.local_dests.get(local) or directory.local_dest(local)
-            route_name = ""
+            r = None
+            dests = None
         else:
             host = req.host
             if not host:
                 return None
             view = directory.view
-            route_name, key = route(view, host, url, req.method, req.headers, self.rng)
-            found = view.dests.get(key)
+            dests = view.dests
+            horizon_ns = self.accounting.horizon_ns
+            r, key = route(view, host, url, req.method, req.headers, self.rng, now_ns, horizon_ns)
+            found = dests.get(key)
             if found is None:
                 return None
             d = found
@@ -120,7 +123,7 @@ class FastPath:
         idx = pick_endpoint(d, self.rng, now_ns, self.accounting.horizon_ns)
         if idx < 0:
             return None
-        x = Exchange(req, now_ns, route_name, d, url, b"", idx, end_pos)
+        x = Exchange(req, now_ns, r.name if r else "", d, url, b"", idx, end_pos, r, dests)
         if self.use_connector and d.endpoints[idx].inbound is not None:
             return x
         x.up = self.upstreams.take_idle_socket(

@@ -10,7 +10,8 @@ in order (pipeline.py), each a short method here:
   (``overloaded`` answers 503 at once otherwise);
 - ``prepare``: the body, held whole if it can be (then replayable) or else streamed, and the
   fields this hop adds, built once for every try (heads.py);
-- ``next_try``: pick an endpoint, get a connection, and ``attempt`` one try (relay.py);
+- ``next_try``: pick an endpoint (a retry may cross to another destination of the route:
+  ``retry_destination``), get a connection, and ``attempt`` one try (relay.py);
 - ``answered`` accounts for a response that reached the client; ``after`` asks ``after_try``
   what any other result means: retry (free, or paid from the budget) or the error to answer.
 
@@ -44,12 +45,14 @@ from gossipmesh.proxy.pipeline import (
     DONE,
     FREE_RETRY,
     IDEMPOTENT,
+    PEER_CONNECT_FAILED,
     RETRY_STATUS,
     Accounting,
     Exchange,
     after_try,
     hash_key,
     pick_endpoint,
+    retry_destination,
     take_body,
 )
 from gossipmesh.proxy.relay import Relay, TryResult
@@ -62,14 +65,24 @@ from gossipmesh.proxy.upstream import Overloaded, Upstream, Upstreams
 class Tries:
     """The retry state of one request on the general path."""
 
-    __slots__ = ("tried", "left", "replayable", "idempotent", "deadline_ns", "fields", "detail")
+    __slots__ = (
+        "tried",
+        "left",
+        "replayable",
+        "idempotent",
+        "deadline_ns",
+        "hop",
+        "fields",
+        "detail",
+    )
 
-    def __init__(self, tried: list[int], left: int, replayable: bool, idempotent: bool) -> None:
-        self.tried = tried  # endpoint indices tried so far
+    def __init__(self, left: int, replayable: bool, idempotent: bool) -> None:
+        self.tried: list[tuple[str, str, int]] = []  # endpoint keys tried so far
         self.left = left  # retries the service still allows
         self.replayable = replayable
         self.idempotent = idempotent
         self.deadline_ns = 0  # the whole request's deadline
+        self.hop = b""  # the hop's trace and forwarding fields
         self.fields: list[bytes] = []  # the fields this hop adds, for every endpoint
         self.detail = ""  # why the last connect failed
 
@@ -127,11 +140,16 @@ class Forwarder:
         if add_host and req.host:
             req.headers = [(n, v) for n, v in req.headers if n != b"host"]
         view = self.directory.view
-        route_name, key = route(view, authority, target, req.method, req.headers, self.rng)
+        horizon_ns = self.accounting.horizon_ns
+        r, key = route(
+            view, authority, target, req.method, req.headers, self.rng, start_ns, horizon_ns
+        )
         d = view.dests.get(key)
         if d is None:
             return await reply(conn, req, "no_route", key[0], start_ns=start_ns)
-        return await self.forward(conn, Exchange(req, start_ns, route_name, d, target, add_host))
+        name = r.name if r else ""
+        x = Exchange(req, start_ns, name, d, target, add_host, route=r, dests=view.dests)
+        return await self.forward(conn, x)
 
     async def exchange_inbound(self, conn: Downstream, req: RequestHead, start_ns: int) -> bool:
         directory = self.directory
@@ -225,12 +243,19 @@ class Forwarder:
             x.rid = req.request_id or new_request_id(self.rng)
         replayable = x.body is not None and not req.upgrade
         retries = d.settings.retry_attempts if d.balancer is not None else 0
-        tries = Tries([], retries, replayable, req.method in IDEMPOTENT)
-        hop = hop_fields(req, conn.client_ip, x.rid, self.rng)
-        body_len = len(x.body) if x.body is not None else 0
-        tries.fields = forward_fields(req, hop, x.add_host, d.host_line, replayable, body_len)
+        tries = Tries(retries, replayable, req.method in IDEMPOTENT)
+        tries.hop = hop_fields(req, conn.client_ip, x.rid, self.rng)
+        self.set_fields(x, tries)
         tries.deadline_ns = x.start_ns + d.settings.request_ms * NS_PER_MS
         return tries
+
+    @staticmethod
+    def set_fields(x: Exchange, tries: Tries) -> None:
+        """The fields every try to ``x.dest`` sends (its Host line differs per destination)."""
+        body_len = len(x.body) if x.body is not None else 0
+        tries.fields = forward_fields(
+            x.req, tries.hop, x.add_host, x.dest.host_line, tries.replayable, body_len
+        )
 
     async def next_try(self, conn: Downstream, x: Exchange, tries: Tries) -> TryResult | bool:
         """Pick an endpoint (the fast path's pick first), connect, and try; a bool: answered."""
@@ -238,9 +263,16 @@ class Forwarder:
         now_ns = self.clock.now_ns()
         idx = x.idx
         if idx < 0 or tries.tried:
+            tried = tries.tried
+            if tried:
+                d = retry_destination(x, self.rng, now_ns, tried)
+                if d is not x.dest:
+                    x.dest = d
+                    self.set_fields(x, tries)
             key = hash_key(x.req, d.settings, x.rid)
             horizon_ns = self.accounting.horizon_ns
-            idx = pick_endpoint(d, self.rng, now_ns, horizon_ns, tries.tried, key)
+            skip = [i for i, st in enumerate(d.states) if st.key in tried] if tried else None
+            idx = pick_endpoint(d, self.rng, now_ns, horizon_ns, skip, key)
             if idx < 0:
                 return await self.fail(conn, x, "no_healthy_endpoint")
             x.idx = idx
@@ -251,7 +283,7 @@ class Forwarder:
         except Overloaded as e:
             return await self.overloaded(conn, x, e.limit)
         except ConnectFailed as e:
-            tries.tried.append(idx)
+            tries.tried.append(d.states[idx].key)
             tries.detail = str(e)
             return CONNECT_FAILED, 0, False
         return await self.attempt(conn, x, tries, up, head, None, None)
@@ -269,13 +301,16 @@ class Forwarder:
         """One try on ``up`` to endpoint ``x.idx``, with its deadline and in-flight count."""
         d = x.dest
         st = d.states[x.idx]
-        tries.tried.append(x.idx)
+        tries.tried.append(st.key)
         per_try_ns = self.clock.now_ns() + d.settings.per_try_ms * NS_PER_MS
         up.io.deadline_ns = min(per_try_ns, tries.deadline_ns)
+        retry_connect = tries.replayable and tries.left > 0 and d.settings.retry_on_connect_failure
         can_retry = tries.idempotent and tries.replayable and tries.left > 0
         st.inflight += 1
         try:
-            return await self.relay.try_once(conn, x, up, head, can_retry, sent_ns, prefed)
+            return await self.relay.try_once(
+                conn, x, up, head, can_retry, sent_ns, prefed, retry_connect
+            )
         finally:
             st.inflight -= 1
 
@@ -300,8 +335,11 @@ class Forwarder:
             tries.left,
             d.settings.retry_on_connect_failure,
             now_ns < tries.deadline_ns,
+            tries.replayable,
         )
-        if step.failed:
+        if outcome in (CONNECT_FAILED, PEER_CONNECT_FAILED):
+            self.accounting.connect_failed(d.states[x.idx], now_ns, d)
+        elif step.failed:
             self.accounting.record(d.states[x.idx], True, now_ns, d)
         if step.retry == FREE_RETRY:
             return None
@@ -317,6 +355,8 @@ class Forwarder:
             detail = f"upstream answered {status}"
         elif outcome == CONNECT_FAILED:
             detail = tries.detail
+        elif outcome == PEER_CONNECT_FAILED:
+            detail = "the endpoint's agent could not connect to it"
         return await self.fail(conn, x, step.reason, detail)
 
     async def overloaded(self, conn: Downstream, x: Exchange, limit: str) -> bool:

@@ -10,6 +10,15 @@ becomes a sequence of <= 64 KiB chunks that are forwarded as they arrive, never 
 Pipelined requests simply queue up as further events and are answered in order, because one task
 serves a connection sequentially.
 
+Framing is never negotiable (request smuggling). llhttp already refuses Transfer-Encoding together
+with Content-Length, duplicate or list Content-Length, unknown codings, bare CR/LF line ends and
+obs-fold. The reader adds what a proxy in front of other parsers must refuse as well, because
+another parser could read the same bytes differently (``FramingError``, 400 and close):
+Transfer-Encoding other than exactly ``chunked`` (``identity, chunked``, ``CHUNKED``), a body
+coding on an HTTP/1.0 request, more than one Host, an HTTP version other than 1.0/1.1, and a
+Connection header naming a field the proxy itself relies on (``PROTECTED``: the framing fields,
+Host, the mesh's control fields): such a token would make the next hop lose the field.
+
 Limits: at most ``max_header_count`` headers and ``max_header_bytes`` for request line plus header
 block (a header section still open after that many bytes is refused too, so one enormous header
 cannot grow llhttp's internal buffer without bound). Breaking a limit raises ``HeaderLimitError``
@@ -27,6 +36,7 @@ Content-Length body keeps its length). Upgrade/Connection are re-added only for 
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import httptools
@@ -40,6 +50,10 @@ class ParseError(Exception):
 
 class HeaderLimitError(ParseError):
     """Header block too large or too many headers (answer 431)."""
+
+
+class FramingError(ParseError):
+    """Framing another parser could read differently (request smuggling): answer 400, close."""
 
 
 # Interesting request/response header names -> slot number in the head.
@@ -78,6 +92,22 @@ _REQ_DROP = HOP_BY_HOP | {
     b"x-gossipmesh-service",
 }
 _RESP_DROP = HOP_BY_HOP
+# Fields a Connection header may never remove: the message's framing, its Host, and what the proxy
+# reads or writes itself. A request naming one is refused (FramingError); a response naming one
+# keeps it (only the proxy decides the framing toward the client).
+PROTECTED = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"x-gossipmesh-dest",
+        b"x-gossipmesh-service",
+        b"x-request-id",
+        b"traceparent",
+        b"x-forwarded-for",
+        b"expect",
+    }
+)
 
 
 class RequestHead:
@@ -171,6 +201,9 @@ def _tokens(value: bytes) -> tuple[bytes, ...]:
     return tuple(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
+NO_HEAD = RequestHead()  # a reader's head before any request began (shared, never filled)
+
+
 class RequestReader:
     """Feeds bytes to httptools and exposes the events. One per downstream connection."""
 
@@ -187,6 +220,7 @@ class RequestReader:
         "max_header_count",
         "upgrade_tail",
         "too_large",
+        "refusal",
     )
 
     def __init__(self, max_header_bytes: int = 65536, max_header_count: int = 100) -> None:
@@ -194,8 +228,10 @@ class RequestReader:
         self.pos = 0
         self.max_header_bytes = max_header_bytes
         self.max_header_count = max_header_count
-        self._parser = httptools.HttpRequestParser(self)
-        self._head = RequestHead()
+        self.refusal = ""  # why the framing was refused (FramingError), once it was
+        # Made on the first byte: a connection that never sends one costs no parser.
+        self._parser: httptools.HttpRequestParser | None = None
+        self._head = NO_HEAD
         self._count = 0
         self._bytes = 0
         self._in_head = False
@@ -233,6 +269,8 @@ class RequestReader:
         if slot is None:
             return
         if slot == H_HOST:
+            if h.host:
+                self._refuse("more than one Host field")
             h.host = value
         elif slot == H_CONN:
             h.conn_tokens += _tokens(value)
@@ -249,16 +287,31 @@ class RequestReader:
         elif slot == H_SVC:
             h.service = value
         elif slot == H_TE:
-            h.chunked = True  # llhttp refuses any other transfer coding for requests
+            # llhttp refuses unknown codings and a second field; a list, or any spelling but
+            # this one (llhttp has already cut the whitespace before it), is a coding another
+            # parser may not agree on.
+            if value != b"chunked":
+                self._refuse("Transfer-Encoding must be exactly 'chunked'")
+            h.chunked = True
             h.has_body = True
         elif slot == H_CL:
             h.has_body = value.strip() not in (b"0", b"")
 
     def on_headers_complete(self) -> None:
         p = self._parser
+        assert p is not None
         h = self._head
         h.method = p.get_method()
-        h.version = p.get_http_version()
+        h.version = version = p.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                self._refuse(f"HTTP/{version} is not HTTP/1.x")
+            if h.chunked:
+                self._refuse("Transfer-Encoding in an HTTP/1.0 request")
+        if h.conn_tokens:
+            named = PROTECTED.intersection(h.conn_tokens)
+            if named:
+                self._refuse(f"Connection names {b', '.join(sorted(named)).decode()}")
         h.keep_alive = p.should_keep_alive()
         h.upgrade = p.should_upgrade()
         self._in_head = False
@@ -270,6 +323,10 @@ class RequestReader:
     def on_message_complete(self) -> None:
         self.events.append(END)
 
+    def _refuse(self, why: str) -> None:
+        self.refusal = why
+        raise FramingError(why)
+
     # -- shell side ------------------------------------------------------------------------
 
     def feed(self, data: memoryview | bytes) -> None:
@@ -277,8 +334,11 @@ class RequestReader:
         if self.pos and self.pos >= len(self.events):
             self.events.clear()
             self.pos = 0
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             # Everything after the head belongs to the tunnel (WebSocket, CONNECT).
             offset = e.args[0] if e.args else len(data)
@@ -287,6 +347,8 @@ class RequestReader:
         except httptools.HttpParserError as e:
             if self.too_large:
                 raise HeaderLimitError(str(e)) from None
+            if self.refusal:
+                raise FramingError(self.refusal) from None
             raise ParseError(str(e) or type(e).__name__) from None
         if self._in_head:
             self._head_fed += len(data)
@@ -296,6 +358,26 @@ class RequestReader:
 
     def pending(self) -> bool:
         return self.pos < len(self.events)
+
+    def in_head(self) -> bool:
+        """A request head has begun and is not complete yet."""
+        return self._in_head
+
+    def idle(self) -> None:
+        """Nothing is buffered and no request is under way: let go of the last request's head
+        and events, so an idle keep-alive connection holds no per-request objects."""
+        if self.pos >= len(self.events) and not self._in_head:
+            self.events.clear()
+            self.pos = 0
+            self._head = NO_HEAD
+
+    def close(self) -> None:
+        """The connection ended: drop the parser. It holds this reader's callbacks, a reference
+        cycle that only the cyclic GC would free: after 10,000 connections that is megabytes
+        held until a full collection."""
+        self._parser = None
+        self.events.clear()
+        self._head = NO_HEAD
 
     def pop(self) -> object:
         ev = self.events[self.pos]
@@ -329,8 +411,9 @@ _RESP_FIELDS_RE = re.compile(
 # Public names for the proxy's fast path, which reads response heads without the parser.
 RESP_FIELDS_RE = _RESP_FIELDS_RE
 RESP_HOP_RE = _RESP_HOP_RE
-# Connection tokens that name no header (so nothing extra to strip).
-_PLAIN_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Connection tokens that name no header to strip: plain options, and the protected fields (an
+# upstream cannot make the proxy drop the Content-Length it frames the client's response with).
+_KEPT_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"}) | PROTECTED
 
 
 class ResponseReader:
@@ -340,6 +423,11 @@ class ResponseReader:
     raw bytes. Upstreams are never pipelined, so a response head always starts at the first byte
     received after the previous response ended (or right after a 1xx head): the reader copies
     bytes into ``_headbuf`` only while a head is awaited and cuts the head at the blank line.
+
+    ``at_boundary`` says whether the exchange ended exactly where its response did: a byte of
+    anything after a final response (a second response the upstream should not have sent, the
+    body of a HEAD answer) means the two sides disagree on framing, and the connection must not
+    carry another request.
     """
 
     __slots__ = (
@@ -352,6 +440,10 @@ class ResponseReader:
         "upgrade_tail",
         "max_header_bytes",
         "max_header_count",
+        "_status",
+        "_final_done",
+        "_head_tail",
+        "extra",
     )
 
     def __init__(self, max_header_bytes: int = 65536, max_header_count: int = 100) -> None:
@@ -364,15 +456,42 @@ class ResponseReader:
         self._scan = 0
         self._need_head = True
         self.upgrade_tail: bytes | None = None
+        self._status = 0  # of the head being parsed
+        self._final_done = False  # this exchange's final response ended
+        self._head_tail = 0  # bytes received past the final head in the same reads
+        self.extra = False  # bytes came after the final response: framing disagreement
 
     def reset(self) -> None:
-        """Fresh parser state: after a HEAD response (llhttp cannot be told the body is absent)."""
+        """Fresh parser state: after a HEAD response (llhttp cannot be told the body is absent).
+        Any byte already received past its head was not part of it."""
         self._parser = httptools.HttpResponseParser(self)
         self.events.clear()
         self.pos = 0
         self._headbuf = bytearray()
         self._scan = 0
         self._need_head = True
+        self._final_done = True
+        self.extra = self.extra or self._head_tail > 0
+
+    def at_boundary(self) -> bool:
+        """True if nothing was received past the end of this exchange's response."""
+        return not self.extra and not self._headbuf and self._need_head and not self.pending()
+
+    def close(self) -> None:
+        """The connection ended: drop the parser (see ``RequestReader.close``)."""
+        with contextlib.suppress(AttributeError):
+            del self._parser
+
+    def next_exchange(self) -> None:
+        """The connection carries a new request (it was at a boundary)."""
+        self.events.clear()
+        self.pos = 0
+        self._final_done = False
+        self._head_tail = 0
+
+    def on_message_begin(self) -> None:
+        if self._final_done:
+            self.extra = True
 
     def on_headers_complete(self) -> None:
         buf = self._headbuf
@@ -384,6 +503,7 @@ class ResponseReader:
             raise HeaderLimitError("upstream sent too many headers")
         p = self._parser
         h = ResponseHead(raw, p.get_status_code())
+        self._status = h.status
         h.version = p.get_http_version()
         h.keep_alive = p.should_keep_alive()
         h.upgrade = h.status == 101
@@ -409,6 +529,7 @@ class ResponseReader:
             self._scan = end + 4  # the final head follows right after an interim one
         else:
             self._need_head = False
+            self._head_tail = len(buf) - end - 4
             self._headbuf = bytearray()
             self._scan = 0
         self.events.append(h)
@@ -419,6 +540,8 @@ class ResponseReader:
     def on_message_complete(self) -> None:
         self.events.append(END)
         self._need_head = True
+        if not 100 <= self._status < 200 or self._status == 101:
+            self._final_done = True
 
     def feed(self, data: memoryview | bytes) -> None:
         if self.pos and self.pos >= len(self.events):
@@ -487,9 +610,7 @@ def build_response_head(head: ResponseHead, extra: list[bytes]) -> bytes:
     raw = head.raw
     if head.hop:
         raw = _RESP_HOP_RE.sub(b"", raw)
-    tokens = (
-        [t for t in head.conn_tokens if t not in _PLAIN_CONN_TOKENS] if head.conn_tokens else ()
-    )
+    tokens = [t for t in head.conn_tokens if t not in _KEPT_CONN_TOKENS] if head.conn_tokens else ()
     if tokens:
         named = re.compile(
             rb"\r\n(?:" + b"|".join(re.escape(t) for t in tokens) + rb")[ \t]*:[^\r\n]*",

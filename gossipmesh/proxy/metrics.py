@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -27,6 +28,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gossipmesh.proxy.descriptors import DescriptorBudget
+    from gossipmesh.proxy.limits import ProxyLimits
 
 # Seconds. Finer at the low end, where a proxy hop lives.
 LATENCY_BUCKETS_S = (
@@ -70,6 +75,15 @@ class ProxyMetrics:
         self.errors: dict[tuple[str, str], int] = {}  # (service, reason)
         self.bytes_in: dict[str, int] = {"outbound": 0, "inbound": 0, "tcp": 0}
         self.bytes_out: dict[str, int] = {"outbound": 0, "inbound": 0, "tcp": 0}
+        # Client connections open now per listener: "outbound", "inbound", "tcp:SERVICE".
+        self.listener_connections: dict[str, int] = {}
+        # (listener, reason) -> client connections refused at accept: "listener_limit" (the
+        # listener's own cap), "descriptors" (the budget's client share is used up).
+        self.refused: dict[tuple[str, str], int] = {}
+        self.head_timeouts: dict[str, int] = {}  # direction -> heads not whole in time
+        self.idle_closes: dict[str, int] = {}  # direction -> keep-alive connections idle too long
+        self.limits: ProxyLimits | None = None  # set by the proxy: exported as gauges
+        self.budget: DescriptorBudget | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -196,6 +210,60 @@ class _Collector(Collector):
         yield errs
         yield _counter("received_bytes", "Bytes received from downstream", "direction", m.bytes_in)
         yield _counter("sent_bytes", "Bytes sent to downstream", "direction", m.bytes_out)
+        yield from self._limit_families()
+
+    def _limit_families(self) -> Iterator[Metric]:
+        m = self.m
+        lc = GaugeMetricFamily(
+            "gossipmesh_proxy_listener_connections",
+            "Client connections open now, per listener",
+            labels=["listener"],
+        )
+        for name, n in list(m.listener_connections.items()):
+            lc.add_metric([name], n)
+        yield lc
+        refused = CounterMetricFamily(
+            "gossipmesh_proxy_refused_connections",
+            "Client connections refused at accept, by listener and reason",
+            labels=["listener", "reason"],
+        )
+        for (name, reason), n in list(m.refused.items()):
+            refused.add_metric([name, reason], n)
+        yield refused
+        yield _counter(
+            "head_timeouts", "Connections closed: request head not whole in time", "direction",
+            m.head_timeouts,
+        )  # fmt: skip
+        yield _counter(
+            "idle_closes", "Keep-alive connections closed after idling too long", "direction",
+            m.idle_closes,
+        )  # fmt: skip
+        if m.limits is not None:
+            g = GaugeMetricFamily(
+                "gossipmesh_proxy_limit", "The proxy's configured limits", labels=["name"]
+            )
+            for name, value in m.limits.items():
+                g.add_metric([name], value)
+            yield g
+        b = m.budget
+        if b is not None:
+            d = GaugeMetricFamily(
+                "gossipmesh_proxy_descriptors",
+                "Descriptor budget: the process limit, the agent's reserve and baseline, the "
+                "proxy's caps (all, and for accepting clients) and its sockets open now",
+                labels=["kind"],
+            )
+            for kind, value in (
+                ("limit", b.limit),
+                ("reserve", b.reserve),
+                ("baseline", b.baseline),
+                ("cap", b.cap),
+                ("client_cap", b.client_cap),
+                ("in_use", b.in_use),
+                ("peak", b.peak),
+            ):
+                d.add_metric([kind], value)
+            yield d
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

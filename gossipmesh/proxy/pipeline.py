@@ -11,7 +11,10 @@ functions here; only the byte moving differs.
    no body, or all of it already parsed (at most one receive buffer, then held). A body still
    streaming is forwarded as it arrives and never held.
 4. **Endpoint** (``pick_endpoint``): the balancer over the cluster's states, leaving out ejected
-   endpoints (while any may be) and those this request tried already.
+   and down endpoints (while any may be) and those this request tried already. A retry first
+   asks ``retry_destination``: when the current destination has no endpoint left that is
+   available and untried, the retry crosses to another destination of the same route that has
+   one (the route's weights among those), so one dead canary instance costs a retry, not a 502.
 5. **Outcome** (``after_try`` and ``Accounting``): what one try's result means. ``after_try`` is a
    table from the try's outcome, whether the request may be replayed and the tries left, to
    whether the endpoint failed, whether to retry (free: a pooled connection the peer had closed;
@@ -19,7 +22,9 @@ functions here; only the byte moving differs.
    applies it: outlier detection with the ejection horizon, budget withdrawals, their counters.
 
 Retry rules. Connect failures are retried regardless of method or body, because nothing was
-sent. Status and timeout retries need an idempotent method, a replayable body, a try left and
+sent; so is a peer agent's 502 ``upstream_connect_failure`` when the body is held (the peer could
+not reach its instance: the app never saw the request). Both mark the endpoint down for
+``DOWN_NS`` (balancer.py), which also moves the accounting's horizon. Status and timeout retries need an idempotent method, a replayable body, a try left and
 the service's retry budget. No try starts once the request's own deadline (``request_ms``, all
 tries together) has passed. Each try goes to an endpoint this request has not tried yet when
 there is one.
@@ -28,17 +33,18 @@ there is one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
 
-from gossipmesh.proxy.balancer import EndpointState
+from gossipmesh.proxy.balancer import DOWN_NS, EndpointState
 from gossipmesh.proxy.heads import header
 from gossipmesh.proxy.http1 import END, RequestHead, RequestReader
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.resilience import record_outcome
-from gossipmesh.proxy.routing import Dest
-from gossipmesh.proxy.table import ServiceSettings
+from gossipmesh.proxy.router import CompiledRoute
+from gossipmesh.proxy.routing import Dest, dest_available, split_destination
+from gossipmesh.proxy.table import ClusterKey, ServiceSettings
 from gossipmesh.proxy.upstream import Upstream
 
 log = logging.getLogger("gossipmesh.proxy")
@@ -53,6 +59,7 @@ RESET = 3  # the upstream failed before the response head
 STALE = 4  # a reused pooled connection the peer had closed, before any response byte
 ABORT = 5  # the client went away, or its streamed body broke off
 CONNECT_FAILED = 6  # no connection to the endpoint
+PEER_CONNECT_FAILED = 7  # the endpoint's agent answered 502: it could not connect to the instance
 
 NO_RETRY, FREE_RETRY, BUDGET_RETRY = range(3)
 
@@ -75,6 +82,8 @@ class Exchange:
         "rid",
         "up",
         "end_ns",
+        "route",
+        "dests",
     )
 
     def __init__(
@@ -87,10 +96,14 @@ class Exchange:
         add_host: bytes = b"",
         idx: int = -1,
         end_pos: int = 0,
+        route: CompiledRoute | None = None,
+        dests: Mapping[ClusterKey, Dest] | None = None,
     ) -> None:
         self.req = req
         self.start_ns = start_ns
         self.route_name = route_name
+        self.route = route  # the route that chose ``dest`` (None: the Host's service, inbound)
+        self.dests = dests  # the view's destinations, where a retry may cross to
         self.dest = dest
         self.target = target
         self.add_host = add_host  # a Host to send (absolute form): the client's is dropped
@@ -186,6 +199,20 @@ def pick_endpoint(
     return balancer.pick(d.states, rng, now_ns, now_ns < ejected_until_ns, tried, key)
 
 
+def retry_destination(
+    x: Exchange, rng: Random, now_ns: int, tried: Collection[tuple[str, str, int]]
+) -> Dest:
+    """Where the next try of ``x`` goes: its destination while that has an endpoint available
+    and not in ``tried`` (endpoint keys); else another destination of its route that has one,
+    drawn by the route's weights; else its destination still (nothing better is known)."""
+    d = x.dest
+    r = x.route
+    if r is None or x.dests is None or len(r.clusters) < 2 or dest_available(d, now_ns, tried):
+        return d
+    key = split_destination(r, x.dests, rng, now_ns, tried)
+    return d if key is None else x.dests[key]
+
+
 # -- outcome ---------------------------------------------------------------------------------
 
 
@@ -198,6 +225,7 @@ class AfterTry:
 
 _FAIL = {
     CONNECT_FAILED: "upstream_connect_failure",
+    PEER_CONNECT_FAILED: "upstream_connect_failure",
     RETRY_STATUS: "upstream_reset",
     TIMEOUT: "upstream_timeout",
     RESET: "upstream_reset",
@@ -211,18 +239,22 @@ def after_try(
     tries_left: int,
     retry_connect: bool,
     time_left: bool = True,
+    replayable: bool = True,
 ) -> AfterTry:
     """What a try that did not reach the client means (``outcome`` is not DONE).
 
     ``replayable_idempotent``: the method is idempotent and the body is held;
     ``tries_left``: retries the service still allows this request; ``retry_connect``: the
     service retries connect failures; ``time_left``: the request's own deadline (``request_ms``,
-    all tries together) has not passed, else no try follows."""
+    all tries together) has not passed, else no try follows; ``replayable``: the body is held
+    (a peer's connect failure consumed it: it can be sent again only if held)."""
     if outcome == STALE:
         free = replayable_idempotent and time_left
         return AfterTry(False, FREE_RETRY if free else NO_RETRY, "upstream_reset")
     if outcome == CONNECT_FAILED:
         may = retry_connect
+    elif outcome == PEER_CONNECT_FAILED:
+        may = retry_connect and replayable
     elif outcome == RETRY_STATUS:
         may = True  # only tried with a retry in hand (see relay.Relay.try_once's can_retry)
     elif outcome in (TIMEOUT, RESET):
@@ -256,6 +288,13 @@ class Accounting:
             log.info("ejected %s from %s until %d ns", st.key, d.service, st.ejected_until_ns)
             self.horizon_ns = max(self.horizon_ns, st.ejected_until_ns)
 
+    def connect_failed(self, st: EndpointState, now_ns: int, d: Dest) -> None:
+        """A connect to ``st`` failed (here, or at its agent): down for ``DOWN_NS``, and one
+        failure for the outlier detector."""
+        st.down_until_ns = now_ns + DOWN_NS
+        self.horizon_ns = max(self.horizon_ns, st.down_until_ns)
+        self.record(st, True, now_ns, d)
+
     def may_retry(self, d: Dest, now_ns: int) -> bool:
         """Withdraw one retry from the service's budget, counting either answer."""
         if d.budget.try_withdraw(now_ns):
@@ -273,6 +312,7 @@ __all__ = [
     "FREE_RETRY",
     "IDEMPOTENT",
     "NO_RETRY",
+    "PEER_CONNECT_FAILED",
     "RESET",
     "RETRY_STATUS",
     "STALE",
@@ -283,6 +323,7 @@ __all__ = [
     "after_try",
     "hash_key",
     "pick_endpoint",
+    "retry_destination",
     "take_body",
     "take_whole_body",
     "whole_body_end",

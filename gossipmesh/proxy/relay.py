@@ -37,13 +37,24 @@ from gossipmesh.proxy.http1 import (
     chunk,
 )
 from gossipmesh.proxy.limits import ProxyLimits
-from gossipmesh.proxy.pipeline import ABORT, DONE, RESET, RETRY_STATUS, STALE, TIMEOUT, Exchange
+from gossipmesh.proxy.pipeline import (
+    ABORT,
+    DONE,
+    PEER_CONNECT_FAILED,
+    RESET,
+    RETRY_STATUS,
+    STALE,
+    TIMEOUT,
+    Exchange,
+)
 from gossipmesh.proxy.sockio import IO, ConnLost
 from gossipmesh.proxy.table import ServiceSettings
 from gossipmesh.proxy.tunnels import Tunnels
 from gossipmesh.proxy.upstream import Upstream, Upstreams
 
 TryResult = tuple[int, int, bool]  # (outcome, status, the client connection may go on)
+# How a peer agent's inbound side says it could not connect to its instance (errors.py).
+PEER_CONNECT_MARK = b"\r\nx-gossipmesh-error: upstream_connect_failure"
 
 
 def drain_body(reader: Any, chunked: bool, out: list[bytes]) -> bool:
@@ -80,11 +91,14 @@ class Relay:
         can_retry: bool,
         sent_ns: int | None = None,
         prefed: memoryview | None = None,
+        retry_connect: bool = False,
     ) -> TryResult:
         """One try of ``x`` on ``up`` (its deadline already set) to endpoint ``x.idx``.
 
         ``sent_ns`` given: the request was already sent then (by the fast path), and
-        ``prefed`` holds the response bytes received for it so far, if any."""
+        ``prefed`` holds the response bytes received for it so far, if any. ``can_retry``: a
+        status the service retries on is not relayed; ``retry_connect``: nor is the endpoint's
+        agent saying it could not connect to the instance (PEER_CONNECT_FAILED)."""
         upmv = conn.upstream_buffer(self.limits.recv_buffer_bytes)
         if sent_ns is None:
             sent_ns = self.clock.now_ns()
@@ -100,6 +114,14 @@ class Relay:
         if settings.policy == "peak_ewma":
             now_ns = self.clock.now_ns()
             d.states[x.idx].observe_rtt(now_ns - sent_ns, now_ns)
+        if (
+            rh.status == 502
+            and retry_connect
+            and d.endpoints[x.idx].inbound is not None
+            and PEER_CONNECT_MARK in rh.raw
+        ):
+            self.upstreams.close(up)
+            return PEER_CONNECT_FAILED, 502, True
         if can_retry and rh.status in settings.retry_on_status:
             self.upstreams.close(up)
             return RETRY_STATUS, rh.status, True

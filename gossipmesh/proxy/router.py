@@ -19,12 +19,12 @@ itself as the service name (docs/CONFIG.md).
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from random import Random
 
+from gossipmesh.config.regex import Regex, compile_regex
 from gossipmesh.config.schema import RouteConfig
 
 PATH_EXACT, PATH_REGEX, PATH_PREFIX = 0, 1, 2
@@ -40,7 +40,7 @@ class HeaderRule:
     name: bytes  # lower-case
     kind: int
     value: str | None
-    regex: re.Pattern[str] | None
+    regex: Regex | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class CompiledRoute:
     wildcards: tuple[str, ...]  # "*.example" stored as ".example"
     path_kind: int
     path_value: str
-    path_regex: re.Pattern[str] | None
+    path_regex: Regex | None  # RE2 (config/regex.py): linear time, whatever the path
     methods: frozenset[str]
     headers: tuple[HeaderRule, ...]
     clusters: tuple[tuple[str, tuple[str, ...]], ...]  # one per destination, same order
@@ -113,13 +113,13 @@ def compile_route(cfg: RouteConfig) -> CompiledRoute:
     kind = _PATH_KINDS[cfg.path.kind]
     regex = None
     if kind == PATH_REGEX:
-        regex = cfg.path.regex if cfg.path.regex is not None else re.compile(cfg.path.value)
+        regex = cfg.path.regex if cfg.path.regex is not None else compile_regex(cfg.path.value)
     rules = []
     for h in cfg.headers:
         hk = _HDR_KINDS[h.kind]
         hre = None
         if hk == HDR_REGEX:
-            hre = h.regex if h.regex is not None else re.compile(h.value or "")
+            hre = h.regex if h.regex is not None else compile_regex(h.value or "")
         rules.append(HeaderRule(h.name.lower().encode("latin-1"), hk, h.value, hre))
     clusters = tuple((d.service, tuple(sorted(set(d.tags)))) for d in cfg.destinations)
     cum: list[int] = []

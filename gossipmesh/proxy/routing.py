@@ -7,7 +7,11 @@ engine's fast path and the task path:
 
 1. **Route** (``route``): Host, path and method (and headers, when a route matches on them) pick
    a compiled route, which picks a destination cluster by weight; no route means the cluster of
-   the service the Host names. When no route in the table matches on headers, (Host, path,
+   the service the Host names. While some endpoint may be ejected or down (``now_ns`` before the
+   accounting's horizon), the draw is among destinations that have an available endpoint
+   (``split_destination``): a split destination with none yields its share to the others and
+   takes it back when one is available again; with none available anywhere, the operator's
+   weights stand. When no route in the table matches on headers, (Host, path,
    method) decides alone and the answer is memoised per table (``View.route_cache``, bounded).
    On the inbound side, ``inbound_instance`` is the route: only an instance in this node's
    registry may be reached (never an open proxy).
@@ -22,10 +26,11 @@ is one assignment; a request keeps the view it started with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Container, Mapping, Sequence
 from random import Random
 
-from gossipmesh.proxy.balancer import Balancer, EndpointState
+from gossipmesh.proxy.balancer import Balancer, EndpointState, available
 from gossipmesh.proxy.heads import mesh_fields
 from gossipmesh.proxy.resilience import BreakerCounters, RetryBudget
 from gossipmesh.proxy.router import CompiledRoute, choose_destination, match, normalise_host
@@ -193,6 +198,40 @@ def _match(
     return found, (host, ())
 
 
+def dest_available(
+    d: Dest | None, now_ns: int, tried: Container[tuple[str, str, int]] = ()
+) -> bool:
+    """``d`` has an endpoint neither ejected, down nor in ``tried`` (endpoint keys)."""
+    if d is None:
+        return False
+    return any(available(st, now_ns) and st.key not in tried for st in d.states)
+
+
+def split_destination(
+    r: CompiledRoute,
+    dests: Mapping[ClusterKey, Dest],
+    rng: Random,
+    now_ns: int,
+    tried: Container[tuple[str, str, int]] = (),
+) -> ClusterKey | None:
+    """A weighted draw among ``r``'s destinations that have an available endpoint not in
+    ``tried``; None if no destination has one."""
+    keys: list[ClusterKey] = []
+    cum: list[int] = []
+    total = previous = 0
+    for key, upto in zip(r.clusters, r.cum_weights, strict=True):
+        weight, previous = upto - previous, upto
+        if weight > 0 and dest_available(dests.get(key), now_ns, tried):
+            total += weight
+            keys.append(key)
+            cum.append(total)
+    if not keys:
+        return None
+    if len(keys) == 1:
+        return keys[0]
+    return keys[bisect_right(cum, rng.random() * total)]
+
+
 def route(
     view: View,
     authority: bytes,
@@ -200,8 +239,11 @@ def route(
     method: bytes,
     headers: Sequence[tuple[bytes, bytes]],
     rng: Random,
-) -> tuple[str, ClusterKey]:
-    """(route name or "", destination cluster key) for a request to ``authority``/``target``.
+    now_ns: int = 0,
+    horizon_ns: int = 0,
+) -> tuple[CompiledRoute | None, ClusterKey]:
+    """(route or None, destination cluster key) for a request to ``authority``/``target``.
+    ``horizon_ns``: no endpoint is ejected or down from then on (``Accounting.horizon_ns``).
 
     The cluster may not exist (no endpoint, unknown service): the caller looks it up in
     ``view.dests``; the key's service is then the host, for the error it answers with."""
@@ -221,8 +263,12 @@ def route(
         hit = found
     r, key = hit
     if r is None:
-        return "", key
-    return r.name, choose_destination(r, rng)
+        return None, key
+    if now_ns < horizon_ns and len(r.clusters) > 1:
+        found_key = split_destination(r, view.dests, rng, now_ns)
+        if found_key is not None:
+            return r, found_key
+    return r, choose_destination(r, rng)
 
 
 def inbound_instance(
@@ -246,6 +292,8 @@ __all__ = [
     "Directory",
     "LocalInstance",
     "View",
+    "dest_available",
     "inbound_instance",
     "route",
+    "split_destination",
 ]

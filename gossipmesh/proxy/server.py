@@ -38,11 +38,13 @@ import trio
 from gossipmesh.proxy import engine as engine_mod
 from gossipmesh.proxy.clock import NS_PER_MS, Clock, TrioClock
 from gossipmesh.proxy.deadlines import Deadlines
+from gossipmesh.proxy.descriptors import DescriptorBudget
 from gossipmesh.proxy.downstream import Downstreams
 from gossipmesh.proxy.engine import Engine
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
 from gossipmesh.proxy.limits import INBOUND, OUTBOUND, TCP, ProxyLimits
+from gossipmesh.proxy.memory import Trimmer, compact
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.pipeline import Accounting
 from gossipmesh.proxy.relay import Relay
@@ -77,7 +79,9 @@ class Proxy:
     ``reuse_port``: bind with SO_REUSEPORT so several processes (see ``serve_workers``) can each
     run a proxy on the same fixed ports, the kernel spreading new connections across them.
     ``clock``: where every deadline and latency reads the time (default: trio's clock of the
-    run ``serve`` runs in, so tests can use ``MockClock``).
+    run ``serve`` runs in, so tests can use ``MockClock``). ``descriptors``: the budget client and
+    upstream sockets are counted in (default: this process's, keeping
+    ``limits.reserved_descriptors`` for the rest of the agent; descriptors.py).
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class Proxy:
         reuse_port: bool = False,
         engine: str = "epoll",
         clock: Clock | None = None,
+        descriptors: DescriptorBudget | None = None,
     ) -> None:
         if engine not in ("epoll", "tasks"):
             raise ValueError(f"engine must be 'epoll' or 'tasks', not {engine!r}")
@@ -107,14 +112,19 @@ class Proxy:
         self.rng = rng or random.Random()
         self.limits = limits = limits or ProxyLimits()
         self.metrics = metrics = metrics or ProxyMetrics()
+        self.descriptors = budget = descriptors or DescriptorBudget.for_process(
+            limits.reserved_descriptors
+        )
+        metrics.limits = limits
+        metrics.budget = budget
         self.clock: Clock = clock or TrioClock()
         self.addresses: ProxyAddresses | None = None
         self.directory = Directory(table or RouteTable())
         self.directory.update_local_services(local_services or {})
         self.deadlines = Deadlines(self.clock)
         self.accounting = Accounting(metrics)
-        self.upstreams = Upstreams(limits, metrics, self.deadlines, connector)
-        self.downstreams = Downstreams(limits, metrics, self.deadlines)
+        self.upstreams = Upstreams(limits, metrics, self.deadlines, connector, budget)
+        self.downstreams = Downstreams(limits, metrics, self.deadlines, budget)
         self.tunnels = Tunnels(limits, self.clock, self.upstreams, self.downstreams)
         self.relay = Relay(limits, self.clock, self.upstreams, self.tunnels)
         self.forwarder = Forwarder(
@@ -133,6 +143,8 @@ class Proxy:
             self.directory, self.upstreams, self.tunnels, self.accounting, self.deadlines, self.rng
         )
         self.event_engine: Engine | None = None  # while ``serve`` runs the engine
+        # Memory back to the kernel after a connection storm (memory.py).
+        self.trimmer = Trimmer(self.compact_tables)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -163,6 +175,7 @@ class Proxy:
                 "inflight": st.inflight,
                 "ewma_ms": st.ewma_ns / 1e6,
                 "ejected": float(st.ejected_until_ns > now_ns),
+                "down": float(st.down_until_ns > now_ns),
                 "ejected_until_ms": st.ejected_until_ns // NS_PER_MS,
                 "times_ejected": st.times_ejected,
                 "consecutive_failures": st.consecutive_failures,
@@ -223,18 +236,31 @@ class Proxy:
             self.upstreams.drain()
 
     async def watchdog(self) -> None:
-        """Deadlines every tick; idle pooled connections past their expiry every sweep."""
+        """Deadlines every tick; idle pooled connections past their expiry, and memory after a
+        connection storm (memory.py), every sweep."""
         limits = self.limits
         sweep_ns = limits.pool_sweep_ms * NS_PER_MS
         next_sweep_ns = self.clock.now_ns() + sweep_ns
+
+        open_now = self.metrics.open_connections
+        trimmer = self.trimmer
 
         def tick(now_ns: int) -> None:
             nonlocal next_sweep_ns
             if now_ns >= next_sweep_ns:
                 next_sweep_ns = now_ns + sweep_ns
                 self.upstreams.sweep(now_ns)
+                trimmer.tick(sum(open_now.values()), now_ns)
 
         await self.deadlines.watch(limits.watchdog_tick_ms, tick)
+
+    def compact_tables(self) -> None:
+        """Shrink the tables that held every connection of a storm (memory.py)."""
+        compact(self.deadlines.timed)
+        eng = self.event_engine
+        if eng is not None:
+            compact(eng.handlers)
+            compact(eng.conns)
 
     async def accept_loop(
         self, lsock: socket.socket, direction: str, service: str, nursery: trio.Nursery
@@ -251,6 +277,10 @@ class Proxy:
                 log.warning("accept on %s failed: %s", direction, e)
                 await trio.sleep(0.05)
                 continue
+            refused = self.downstreams.admit(f"tcp:{service}" if direction == TCP else direction)
+            if refused is not None:
+                Downstreams.refuse(sock, refused, http=direction != TCP)
+                continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -262,6 +292,7 @@ class Proxy:
 
 __all__ = [
     "Connector",
+    "DescriptorBudget",
     "Proxy",
     "ProxyAddresses",
     "ProxyLimits",

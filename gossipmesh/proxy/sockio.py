@@ -63,18 +63,30 @@ class ConnectFailed(Exception):
 # Byte movers
 
 
+class Budget(Protocol):
+    """Where open descriptors are counted (descriptors.DescriptorBudget)."""
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
 class SockIO:
-    """A non-blocking socket with try-first syscalls and a watchdog-enforced deadline."""
+    """A non-blocking socket with try-first syscalls and a watchdog-enforced deadline.
+    ``budget``: counts the descriptor from here until ``close``, whoever closes it."""
 
-    __slots__ = ("sock", "deadline_ns", "timed_out", "closed", "owner")
+    __slots__ = ("sock", "deadline_ns", "timed_out", "closed", "owner", "budget")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, budget: Budget | None = None) -> None:
         self.sock = sock
         self.deadline_ns = NEVER_NS
         self.timed_out = False
         self.closed = False
         # The event engine's connection using this socket, told when the watchdog closes it.
         self.owner: Any = None
+        self.budget = budget
+        if budget is not None:
+            budget.opened()
 
     async def recv_into(self, mv: memoryview, wait_first: bool = False) -> int:
         sock = self.sock
@@ -134,19 +146,24 @@ class SockIO:
             self.closed = True
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
+            if self.budget is not None:
+                self.budget.closed()
 
 
 class StreamIO:
     """The same interface over any ``trio.abc.Stream`` (used for ``Connector`` hops, e.g. TLS)."""
 
-    __slots__ = ("stream", "clock", "deadline_ns", "timed_out", "closed")
+    __slots__ = ("stream", "clock", "deadline_ns", "timed_out", "closed", "budget")
 
-    def __init__(self, stream: trio.abc.Stream, clock: Clock) -> None:
+    def __init__(self, stream: trio.abc.Stream, clock: Clock, budget: Budget | None = None) -> None:
         self.stream = stream
         self.clock = clock
         self.deadline_ns = NEVER_NS
         self.timed_out = False
         self.closed = False
+        self.budget = budget
+        if budget is not None:
+            budget.opened()
 
     async def recv_into(self, mv: memoryview, wait_first: bool = False) -> int:
         with trio.CancelScope(deadline=trio_deadline(self.deadline_ns, self.clock)) as cs:
@@ -187,6 +204,8 @@ class StreamIO:
             self.closed = True
             # aclose() may need to await (TLS close_notify); hand it to a system task.
             trio.lowlevel.spawn_system_task(_quietly, self.stream.aclose)
+            if self.budget is not None:
+                self.budget.closed()
 
 
 async def _quietly(fn: object) -> None:

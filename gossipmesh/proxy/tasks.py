@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, Clock
+from gossipmesh.proxy.clock import Clock
 from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
@@ -68,15 +68,17 @@ class TaskLoop:
         down = conn.io
         reader = conn.reader
         mv = conn.mv
-        idle_ns = self.limits.client_idle_ms * NS_PER_MS
         fairness = self.limits.fairness_every
-        reply_error = self.downstreams.reply_error
+        downstreams = self.downstreams
+        reply_error = downstreams.reply_error
         served = 0
         wait_first = False
         handed_back = False
         try:
             if first is not None:
-                if not await first():
+                kept = await first()
+                conn.release_buffer()
+                if not kept:
                     return
                 wait_first = True
                 if self.give_back(conn):
@@ -84,7 +86,7 @@ class TaskLoop:
                     return
             while True:
                 if not reader.pending():
-                    down.deadline_ns = self.clock.now_ns() + idle_ns
+                    downstreams.await_request(conn, self.clock.now_ns())
                     n = await down.recv_into(mv, wait_first)
                     if n == 0:
                         break
@@ -101,10 +103,11 @@ class TaskLoop:
                 ev = reader.pop()
                 if type(ev) is not RequestHead:
                     continue  # leftovers of a message whose exchange already gave up on it
-                down.deadline_ns = NEVER_NS
+                Downstreams.started(conn)
                 keep = await self.fast_exchange(conn, ev)
                 if keep is None:
                     keep = await self.forwarder.exchange(conn, ev)
+                conn.release_buffer()
                 if not keep:
                     break
                 served += 1

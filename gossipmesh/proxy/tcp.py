@@ -23,7 +23,7 @@ from gossipmesh.proxy.pipeline import Accounting, pick_endpoint
 from gossipmesh.proxy.routing import Dest, Directory
 from gossipmesh.proxy.sockio import IO, ConnectFailed, ConnLost, SockIO
 from gossipmesh.proxy.tunnels import Tunnels
-from gossipmesh.proxy.upstream import Upstreams
+from gossipmesh.proxy.upstream import Overloaded, Upstreams
 
 log = logging.getLogger("gossipmesh.proxy")
 
@@ -57,7 +57,10 @@ class TcpProxy:
         m = self.metrics
         m.open_connections[TCP] += 1
         m.connections_total[TCP] += 1
-        down = SockIO(sock)
+        listener = f"tcp:{service}"
+        lc = m.listener_connections
+        lc[listener] = lc.get(listener, 0) + 1
+        down = SockIO(sock, self.upstreams.budget)
         self.deadlines.add(down)
         up: IO | None = None
         try:
@@ -83,6 +86,7 @@ class TcpProxy:
             if up is not None:
                 self.upstreams.discard(up)
             m.open_connections[TCP] -= 1
+            lc[listener] -= 1
 
     async def connect(self, d: Dest) -> tuple[IO, bytes] | None:
         """A connection to an endpoint of ``d`` (and the bytes the peer sent past its CONNECT
@@ -102,10 +106,12 @@ class TcpProxy:
                 tail = b""
                 if ep.inbound is not None:
                     tail = await self.tunnels.mesh_connect(io, ep, settings)
+            except Overloaded:
+                return None  # the descriptor budget is spent: no endpoint's fault
             except (ConnectFailed, ConnLost) as e:
                 if io is not None:
                     self.upstreams.discard(io)
-                self.accounting.record(d.states[idx], True, self.clock.now_ns(), d)
+                self.accounting.connect_failed(d.states[idx], self.clock.now_ns(), d)
                 log.debug("tcp %s: %s failed: %s", d.service, ep.key, e)
                 continue
             self.accounting.record(d.states[idx], False, self.clock.now_ns(), d)

@@ -28,7 +28,7 @@ from gossipmesh.proxy.http1 import RequestHead, ResponseHead
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.sockio import IO, ConnectFailed, ConnLost
 from gossipmesh.proxy.table import Endpoint, ServiceSettings
-from gossipmesh.proxy.upstream import Upstream, Upstreams
+from gossipmesh.proxy.upstream import Overloaded, Upstream, Upstreams
 
 
 class Tunnels:
@@ -64,6 +64,10 @@ class Tunnels:
         except ConnectFailed as e:
             return await self.downstreams.reply_error(
                 conn, req, "upstream_connect_failure", settings.name, str(e), keep=False
+            )
+        except Overloaded as e:
+            return await self.downstreams.reply_error(
+                conn, req, "overloaded", settings.name, e.limit, keep=False
             )
         try:
             await conn.io.send_all(CONNECT_ESTABLISHED)

@@ -8,6 +8,12 @@ only carries that out: it closes what a decision evicted, opens a connection whe
 the per-service connection counts that the breaker and the metrics read. A connection to a peer
 agent's inbound listener goes through the ``Connector`` when there is one (the mTLS seam);
 everything else is a raw non-blocking socket whose deadline the watchdog enforces.
+
+A connection is pooled only when its exchange ended exactly at a message boundary on both sides
+(the request fully sent, nothing received past the response: ``ResponseReader.at_boundary``).
+Bytes that arrive on it while it idles (a late second response) make it unusable too: the event
+engine watches the connections it registered (``Engine`` closes one that becomes readable while
+idle), and any other is checked with a peek when it is taken out of the pool.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import trio
 
 from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, Clock
 from gossipmesh.proxy.deadlines import Deadlines
+from gossipmesh.proxy.descriptors import DescriptorBudget
 from gossipmesh.proxy.http1 import ResponseReader
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
@@ -49,7 +56,7 @@ class Registration(Protocol):
 class Upstream:
     """One upstream connection and its response parser."""
 
-    __slots__ = ("io", "reader", "key", "service", "breaker", "reused", "reg")
+    __slots__ = ("io", "reader", "key", "service", "breaker", "reused", "reg", "idle", "counted")
 
     def __init__(
         self,
@@ -66,13 +73,17 @@ class Upstream:
         self.breaker = breaker
         self.reused = False
         self.reg: Registration | None = None
+        self.idle = False  # in the pool now
+        # In the breaker's and the metrics' connection counts until ``Upstreams.close``: the
+        # watchdog may have closed the socket itself first (a timeout), so ``io.closed`` cannot say.
+        self.counted = True
 
     def __repr__(self) -> str:
         return f"<Upstream {self.key} reused={self.reused} closed={self.io.closed}>"
 
 
 class Upstreams:
-    __slots__ = ("limits", "metrics", "deadlines", "connector", "clock", "pool")
+    __slots__ = ("limits", "metrics", "deadlines", "connector", "clock", "pool", "budget")
 
     def __init__(
         self,
@@ -80,11 +91,13 @@ class Upstreams:
         metrics: ProxyMetrics,
         deadlines: Deadlines,
         connector: Connector | None,
+        budget: DescriptorBudget | None = None,
     ) -> None:
         self.limits = limits
         self.metrics = metrics
         self.deadlines = deadlines
         self.connector = connector
+        self.budget = budget  # counts upstream sockets; none opens past its cap
         self.clock: Clock = deadlines.clock
         self.pool: PoolDecisions[Upstream] = PoolDecisions(limits.max_idle_per_upstream)
 
@@ -99,11 +112,12 @@ class Upstreams:
             self.close(old)
         if up is None:
             return None
+        up.idle = False
         io = up.io
         if type(io) is not SockIO:
             self.release(up, True, idle_ms, now_ns)
             return None
-        if check_stale and io.is_stale():
+        if (check_stale or up.reg is None) and io.is_stale():
             self.close(up)  # the peer closed it while idle
             return None
         return up
@@ -119,7 +133,8 @@ class Upstreams:
                 self.close(old)
             if up is None:
                 break
-            if check_stale and up.io.is_stale():
+            up.idle = False
+            if (check_stale or up.reg is None) and up.io.is_stale():
                 self.close(up)
                 continue
             return up
@@ -140,7 +155,12 @@ class Upstreams:
         return Upstream(io, key, d.service, breaker, self.limits)
 
     async def open(self, host: str, port: int, connect_ms: int, use_connector: bool) -> IO:
-        """A new connection; through the ``Connector`` when ``use_connector`` and there is one."""
+        """A new connection; through the ``Connector`` when ``use_connector`` and there is one.
+        Raises ``Overloaded("descriptors")`` when the descriptor budget is spent (a local limit,
+        not the endpoint's failure) and ``ConnectFailed``."""
+        budget = self.budget
+        if budget is not None and not budget.may_connect():
+            raise Overloaded("descriptors")
         if use_connector and self.connector is not None:
             with trio.move_on_after(connect_ms / 1000) as cs:
                 try:
@@ -149,9 +169,9 @@ class Upstreams:
                     raise ConnectFailed(f"{host}:{port}: {e}") from None
             if cs.cancelled_caught:
                 raise ConnectFailed(f"{host}:{port}: connect timed out after {connect_ms} ms")
-            return StreamIO(stream, self.clock)
+            return StreamIO(stream, self.clock, budget)
         sock = await connect_raw(host, port, connect_ms, self.deadlines)
-        io = SockIO(sock)
+        io = SockIO(sock, budget)
         self.deadlines.add(io)
         return io
 
@@ -162,16 +182,23 @@ class Upstreams:
         return await self.open(*ep.inbound, connect_ms, True)
 
     def release(self, up: Upstream, reusable: bool, idle_ms: int, now_ns: int) -> None:
-        """The exchange on ``up`` ended: pool it if ``reusable``, else close it."""
-        if reusable and not up.io.closed:
+        """The exchange on ``up`` ended: pool it if ``reusable`` and it ended at a message
+        boundary, else close it."""
+        reader = up.reader
+        if reusable and not up.io.closed and reader.at_boundary():
+            reader.next_exchange()
             up.io.deadline_ns = NEVER_NS
             up.reused = True
+            up.idle = True
             for old in self.pool.checkin(up.key, up, now_ns, idle_ms * NS_PER_MS):
                 self.close(old)
         else:
             self.close(up)
 
     def close(self, up: Upstream) -> None:
+        if up.idle:
+            up.idle = False
+            self.pool.discard(up.key, up)
         if up.reg is not None:
             up.reg.forget()
             up.reg = None
@@ -179,8 +206,10 @@ class Upstreams:
         if type(io) is SockIO:
             self.deadlines.discard(io)
             io.owner = None
-        if not io.closed:
-            io.close()
+        up.reader.close()
+        io.close()
+        if up.counted:
+            up.counted = False
             up.breaker.connections -= 1
             m = self.metrics.upstream_connections
             m[up.service] = m.get(up.service, 1) - 1

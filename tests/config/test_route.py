@@ -90,6 +90,14 @@ def test_hand_built_regex_matchers_compile_themselves() -> None:
         ),
         ({"destinations": [{"service": "a"}], "path": {"regex": "("}}, "route.path.regex"),
         (
+            {"destinations": [{"service": "a"}], "path": {"regex": "/(a)\\1"}},
+            "route.path.regex",
+        ),
+        (
+            {"destinations": [{"service": "a"}], "headers": [{"name": "x", "regex": "(?=a)"}]},
+            "route.headers[0].regex",
+        ),
+        (
             {"destinations": [{"service": "a"}], "path": {"prefix": "x"}},
             "route.path.prefix",
         ),
@@ -158,3 +166,12 @@ def test_canonical_body_round_trips(name: str, body: dict[str, Any]) -> None:
     assert canonical == route_body(entity)
     assert validate_entity("route", name, canonical) == entity
     assert to_body(validate_entity("route", name, canonical)) == canonical
+
+
+def test_a_regex_re2_cannot_run_is_refused_with_its_reason() -> None:
+    with pytest.raises(ConfigValidationError) as e:
+        validate_entity(
+            "route", "r", {"destinations": [{"service": "a"}], "path": {"regex": "(?<=x)y"}}
+        )
+    assert e.value.field == "route.path.regex"
+    assert "RE2" in str(e.value) and "(?<" in str(e.value)

@@ -9,6 +9,7 @@ against someone else's). Paths:
 - ``/slow?ms=N``       → sleeps, then 200
 - ``/status/N``        → status N
 - ``/echo-headers``    → 200, body = the request headers as ``name: value`` lines
+- ``/echo/ANYTHING``   → 200, body = the request target (each request's own answer)
 - ``/ws``              → 101 on ``Upgrade``, then echoes raw bytes
 """
 
@@ -42,6 +43,7 @@ class Backend:
     requests: int = 0
     delay_s: float = 0.0
     seen_headers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+    seen_targets: list[bytes] = field(default_factory=list)
     _scope: trio.CancelScope | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -82,6 +84,7 @@ class Backend:
     ) -> None:
         self.requests += 1
         self.seen_headers.append(list(req.headers))
+        self.seen_targets.append(req.target)
         target = req.target.decode()
         path, _, query = target.partition("?")
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
@@ -137,6 +140,9 @@ class Backend:
                     await _send(conn, stream, h11.Data(data=piece))
                     sent += len(piece)
             await _send(conn, stream, h11.EndOfMessage())
+            return
+        if path.startswith("/echo/"):
+            await _respond(conn, stream, 200, req.target)
             return
         if path == "/echo-headers":
             body = b"".join(n + b": " + v + b"\n" for n, v in req.headers)

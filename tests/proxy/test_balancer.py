@@ -14,7 +14,9 @@ from gossipmesh.proxy.balancer import (
     DEFAULT_RTT_NS,
     Balancer,
     EndpointState,
+    available,
     build_ring,
+    eligible_mask,
     peak_ewma_cost,
     ring_lookup,
 )
@@ -157,3 +159,17 @@ def test_ring_hash_same_key_same_endpoint() -> None:
     second = b.pick(sts, rng, 0, True, hash_key=b"user-42")
     assert second != first
     assert b.pick(sts, rng, 0, True, hash_key=b"user-42") == second
+
+
+def test_down_endpoints_stay_out_while_another_is_left_even_in_panic():
+    sts = states(4)
+    sts[0].down_until_ns = 1000
+    for s in sts[1:]:
+        s.ejected_until_ns = 1000  # panic (1 of 4 un-ejected): ejection is ignored...
+    assert eligible_mask(sts, 10, None) == [False, True, True, True]  # ...but not "down"
+    for s in sts:
+        s.ejected_until_ns = 0
+        s.down_until_ns = 1000
+    assert eligible_mask(sts, 10, None) is None  # all down: nothing better is known
+    assert eligible_mask(sts, 1000, None) is None  # and the marks pass
+    assert available(sts[0], 1000) and not available(sts[0], 999)

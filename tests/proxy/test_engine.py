@@ -176,7 +176,7 @@ async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None
 async def test_engine_client_idle_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    p, addr, _ = await _direct(nursery, limits=ProxyLimits(client_idle_ms=200))
+    p, addr, _ = await _direct(nursery, limits=ProxyLimits(keepalive_idle_ms=200))
     s = await trio.open_tcp_stream(*addr)
     await s.send_all(ONE)
     await _read_until(s, lambda b: b.endswith(b"be1"))
@@ -207,6 +207,10 @@ async def test_engine_upstream_timeout_answers_504(
     assert r.status == 504 and r.headers["x-gossipmesh-error"] == "upstream_timeout"
     # Virtual time: the request deadline, within one watchdog tick; one endpoint, no retry.
     assert 0.3 <= trio.current_time() - sent <= 0.35 + 1e-6
+    # The connection the watchdog closed left the breaker's and the metrics' counts.
+    assert p.upstreams.pool.idle_count() == 0
+    assert p.directory.breakers["api"].connections == 0
+    assert p.metrics.upstream_connections["api"] == 0
     await c.aclose()
 
 

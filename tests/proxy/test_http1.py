@@ -6,6 +6,7 @@ import pytest
 
 from gossipmesh.proxy.http1 import (
     END,
+    FramingError,
     HeaderLimitError,
     ParseError,
     RequestHead,
@@ -146,3 +147,67 @@ def test_response_header_limits() -> None:
     rr = ResponseReader(max_header_bytes=1000)
     with pytest.raises(HeaderLimitError):
         rr.feed(b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 3000)
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        (b"Transfer-Encoding: identity, chunked\r\n", "exactly 'chunked'"),
+        (b"Transfer-Encoding: CHUNKED\r\n", "exactly 'chunked'"),
+        (b"Transfer-Encoding: chunked \r\n", "exactly 'chunked'"),
+        (b"Connection: content-length\r\nContent-Length: 3\r\n", "content-length"),
+        (b"Connection: close, Host\r\n", "Connection names host"),
+        (b"Connection: x-gossipmesh-dest\r\n", "x-gossipmesh-dest"),
+        (b"Host: other\r\n", "more than one Host"),
+    ],
+)
+def test_framing_another_parser_could_read_differently_is_refused(lines: bytes, why: str) -> None:
+    with pytest.raises(FramingError, match=why):
+        feed_all(b"POST / HTTP/1.1\r\nHost: a\r\n" + lines + b"\r\n0\r\n\r\nabc")
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"POST / HTTP/2.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked"]
+)
+def test_versions_and_http_1_0_chunked_are_refused(request_line: bytes) -> None:
+    with pytest.raises(FramingError):
+        feed_all(request_line + b"\r\nHost: a\r\n\r\n0\r\n\r\n")
+
+
+def test_plain_connection_tokens_and_tab_before_chunked_are_fine() -> None:
+    r = feed_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-custom, te\r\n"
+        b"Transfer-Encoding:\tchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    head = r.pop()
+    assert isinstance(head, RequestHead) and head.chunked
+    assert [r.pop(), r.pop()] == [b"abc", END]
+
+
+def test_response_reader_knows_whether_an_exchange_ended_at_a_boundary() -> None:
+    one = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    rr = ResponseReader()
+    rr.feed(b"HTTP/1.1 100 Continue\r\n\r\n" + one)
+    while rr.pending():
+        rr.pop()
+    assert rr.at_boundary()
+    rr.next_exchange()
+    rr.feed(one + b"HTTP/1.1 2")  # the start of a response nobody asked for
+    while rr.pending():
+        rr.pop()
+    assert not rr.at_boundary()
+    head_only = ResponseReader()
+    head_only.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # a HEAD answer's body
+    head_only.reset()
+    assert not head_only.at_boundary()
+
+
+def test_a_response_cannot_drop_its_own_content_length() -> None:
+    rr = ResponseReader()
+    rr.feed(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length, x-a\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok"
+    )
+    rh = rr.pop()
+    assert isinstance(rh, ResponseHead)
+    out = build_response_head(rh, [])
+    assert b"Content-Length: 2" in out and b"X-A" not in out

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from gossipmesh.config.schema import ServiceConfig, validate_entity
+from gossipmesh.proxy.balancer import DOWN_NS
 from gossipmesh.proxy.clock import NS_PER_MS
 from gossipmesh.proxy.http1 import RequestHead, RequestReader
 from gossipmesh.proxy.metrics import ProxyMetrics
@@ -18,15 +19,18 @@ from gossipmesh.proxy.pipeline import (
     DONE,
     FREE_RETRY,
     NO_RETRY,
+    PEER_CONNECT_FAILED,
     RESET,
     RETRY_STATUS,
     STALE,
     TIMEOUT,
     Accounting,
     AfterTry,
+    Exchange,
     after_try,
     hash_key,
     pick_endpoint,
+    retry_destination,
     take_body,
     take_whole_body,
     whole_body_end,
@@ -184,3 +188,42 @@ def test_accounting_withdraws_retries_from_the_budget_and_counts_both_answers() 
     allowed = sum(acc.may_retry(d, 0) for _ in range(20))
     assert allowed == 10  # 1/s over the 10 s window, nothing earned by requests
     assert m.retries == {"api": 10} and m.budget_exhausted == {"api": 10}
+
+
+def test_a_retry_crosses_to_another_destination_when_its_own_has_nothing_left() -> None:
+    from test_routing import canary_directory
+
+    d = canary_directory()
+    view = d.view
+    v1, v2 = view.dests[("api", ("v1",))], view.dests[("api", ("v2",))]
+    req = RequestHead()
+    r = view.table.routes[0]
+    x = Exchange(req, 0, "hello", v1, b"/", route=r, dests=view.dests)
+    rng = random.Random(1)
+    # v1's only instance just failed this request: the retry goes to v2.
+    assert retry_destination(x, rng, 10, [v1.states[0].key]) is v2
+    # Nothing tried, nothing down: it stays.
+    assert retry_destination(x, rng, 10, []) is v1
+    # v2 down too: nothing better is known, it stays on v1.
+    v2.states[0].down_until_ns = 20
+    assert retry_destination(x, rng, 10, [v1.states[0].key]) is v1
+    # Without a route (the Host's service) there is nowhere to cross to.
+    plain = Exchange(req, 0, "", v1, b"/")
+    assert retry_destination(plain, rng, 10, [v1.states[0].key]) is v1
+
+
+def test_a_connect_failure_marks_the_endpoint_down_and_moves_the_horizon() -> None:
+    t = build_route_table({}, {}, {"api": [Endpoint("n1", "10.0.0.1", 80)]})
+    d = Directory(t).view.dests[("api", ())]
+    acc = Accounting(ProxyMetrics())
+    acc.connect_failed(d.states[0], 1_000, d)
+    assert d.states[0].down_until_ns == 1_000 + DOWN_NS == acc.horizon_ns
+    assert d.states[0].consecutive_failures == 1
+
+
+def test_a_peers_connect_failure_retries_any_method_whose_body_is_held() -> None:
+    assert after_try(PEER_CONNECT_FAILED, False, 1, True) == AfterTry(
+        True, BUDGET_RETRY, "upstream_connect_failure"
+    )
+    assert after_try(PEER_CONNECT_FAILED, False, 1, True, replayable=False).retry == NO_RETRY
+    assert after_try(PEER_CONNECT_FAILED, True, 1, False).retry == NO_RETRY

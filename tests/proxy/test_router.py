@@ -192,3 +192,28 @@ def test_canary_weights_stay_when_every_destination_is_empty_or_all_are_served()
         r = _canary_table(v1_alive=alive, v2_alive=alive)
         picks = Counter(choose_destination(r, rng) for _ in range(4000))
         assert 0.86 < picks[("api", ("v1",))] / 4000 < 0.94, picks
+
+
+def test_route_regexes_run_on_re2_and_a_catastrophic_pattern_does_not_hold_the_loop():
+    import re2
+    import trio
+
+    t = table(
+        route("evil", path={"regex": "/(a+)+$"}, headers=[{"name": "x-id", "regex": "(a|aa)+$"}])
+    )
+    (compiled,) = t.routes
+    assert isinstance(compiled.path_regex, re2._Regexp)
+    assert isinstance(compiled.headers[0].regex, re2._Regexp)
+    path = "/" + "a" * 25 + "!"  # 27 characters: 5.8 s of backtracking on Python's re
+    value = "a" * 64 + "!"
+
+    def catastrophic() -> str | None:
+        return pick(t, path=path, headers=[(b"x-id", value.encode())])
+
+    async def on_a_worker_thread() -> str | None:
+        # A generous bound, not a benchmark: backtracking would take minutes to hours here.
+        with trio.fail_after(30):
+            return await trio.to_thread.run_sync(catastrophic, abandon_on_cancel=True)
+
+    assert trio.run(on_a_worker_thread) is None
+    assert pick(t, path="/aaa", headers=[(b"x-id", b"aaa")]) == "evil"

@@ -7,8 +7,21 @@ import random
 from typing import Any
 
 from gossipmesh.config.schema import RouteConfig, ServiceConfig, validate_entity
-from gossipmesh.proxy.routing import MAX_ROUTE_CACHE, Directory, inbound_instance, route
+from gossipmesh.proxy.routing import (
+    MAX_ROUTE_CACHE,
+    Directory,
+    dest_available,
+    inbound_instance,
+    route,
+    split_destination,
+)
 from gossipmesh.proxy.table import Endpoint, RouteTable, build_route_table
+
+
+def routed(*args: object) -> tuple[str, object]:
+    """``route``'s answer as (route name or "", cluster key)."""
+    r, key = route(*args)  # type: ignore[arg-type]
+    return (r.name if r is not None else ""), key
 
 
 def route_cfg(name: str, **body: Any) -> RouteConfig:
@@ -36,8 +49,8 @@ def table(*routes: RouteConfig, **services: ServiceConfig) -> RouteTable:
 def test_no_route_goes_to_the_cluster_the_host_names() -> None:
     d = Directory(table())
     rng = random.Random(1)
-    assert route(d.view, b"API:8080", b"/x?q", b"GET", [], rng) == ("", ("api", ()))
-    assert route(d.view, b"other", b"/", b"GET", [], rng) == ("", ("other", ()))
+    assert routed(d.view, b"API:8080", b"/x?q", b"GET", [], rng) == ("", ("api", ()))
+    assert routed(d.view, b"other", b"/", b"GET", [], rng) == ("", ("other", ()))
     assert ("api", ()) in d.view.dests and ("other", ()) not in d.view.dests
 
 
@@ -45,16 +58,16 @@ def test_routes_are_memoised_per_host_path_and_method_without_the_query() -> Non
     t = table(route_cfg("v1", path={"prefix": "/v1"}), route_cfg("posts", methods=["POST"]))
     d = Directory(t)
     rng = random.Random(2)
-    assert route(d.view, b"api", b"/v1/a?x=1", b"GET", [], rng) == ("v1", ("api", ()))
-    assert route(d.view, b"api", b"/v1/a?x=2", b"GET", [], rng) == ("v1", ("api", ()))
-    assert route(d.view, b"api", b"/v2", b"POST", [], rng) == ("posts", ("api", ()))
-    assert route(d.view, b"api", b"/v2", b"GET", [], rng) == ("", ("api", ()))
+    assert routed(d.view, b"api", b"/v1/a?x=1", b"GET", [], rng) == ("v1", ("api", ()))
+    assert routed(d.view, b"api", b"/v1/a?x=2", b"GET", [], rng) == ("v1", ("api", ()))
+    assert routed(d.view, b"api", b"/v2", b"POST", [], rng) == ("posts", ("api", ()))
+    assert routed(d.view, b"api", b"/v2", b"GET", [], rng) == ("", ("api", ()))
     cache = d.view.route_cache
     assert cache is not None and len(cache) == 3
     assert (b"api", b"/v1/a", b"GET") in cache
     # Bounded: a flood of distinct paths empties the memo instead of growing it.
     for i in range(MAX_ROUTE_CACHE + 10):
-        route(d.view, b"api", b"/p%d" % i, b"GET", [], rng)
+        routed(d.view, b"api", b"/p%d" % i, b"GET", [], rng)
     assert len(cache) <= MAX_ROUTE_CACHE
     # A new table starts with an empty memo.
     d.update_table(t)
@@ -66,8 +79,8 @@ def test_header_routes_are_matched_every_time_without_a_memo() -> None:
     d = Directory(t)
     rng = random.Random(3)
     assert d.view.route_cache is None
-    assert route(d.view, b"api", b"/", b"GET", [(b"x-canary", b"1")], rng)[0] == "canary"
-    assert route(d.view, b"api", b"/", b"GET", [(b"x-canary", b"0")], rng)[0] == ""
+    assert routed(d.view, b"api", b"/", b"GET", [(b"x-canary", b"1")], rng)[0] == "canary"
+    assert routed(d.view, b"api", b"/", b"GET", [(b"x-canary", b"0")], rng)[0] == ""
 
 
 def test_destination_weights_decide_the_cluster() -> None:
@@ -80,7 +93,7 @@ def test_destination_weights_decide_the_cluster() -> None:
     )
     d = Directory(table(split))
     rng = random.Random(4)
-    keys = [route(d.view, b"api", b"/", b"GET", [], rng)[1] for _ in range(2000)]
+    keys = [routed(d.view, b"api", b"/", b"GET", [], rng)[1] for _ in range(2000)]
     v2 = sum(k == ("api", ("v2",)) for k in keys)
     assert v2 + sum(k == ("api", ("v1",)) for k in keys) == 2000
     assert 100 < v2 < 300  # about 10 %
@@ -146,3 +159,63 @@ def test_local_dest_has_no_balancer_and_is_cached() -> None:
     assert d.local_dest(local) is dest
     d.update_table(RouteTable())
     assert d.local_dest(local) is not dest and d.local_dest(local).settings.name == "api"
+
+
+def canary_directory(v1: int = 80, v2: int = 20) -> Directory:
+    """Route ``hello``: v1 and v2 of service api, one instance each (the issue's scenario)."""
+    split = route_cfg(
+        "hello",
+        destinations=[
+            {"service": "api", "weight": v1, "tags": ["v1"]},
+            {"service": "api", "weight": v2, "tags": ["v2"]},
+        ],
+    )
+    eps = {
+        "api": [
+            Endpoint("n1", "10.0.0.1", 80, tags=("v1",)),
+            Endpoint("n2", "10.0.0.2", 80, tags=("v2",)),
+        ]
+    }
+    return Directory(build_route_table({}, {"hello": split}, eps))
+
+
+def test_a_split_destination_with_no_available_endpoint_yields_its_share_and_takes_it_back() -> (
+    None
+):
+    d = canary_directory()
+    v1 = d.view.dests[("api", ("v1",))]
+    rng = random.Random(5)
+    now_ns = 1_000
+    horizon_ns = 0  # nothing ejected or down: the weights decide
+    keys = [route(d.view, b"api", b"/", b"GET", [], rng, now_ns, horizon_ns)[1] for _ in range(200)]
+    assert 100 < keys.count(("api", ("v1",))) < 200
+    v1.states[0].ejected_until_ns = now_ns + 10  # ejected: v1 has nothing available
+    keys = [
+        route(d.view, b"api", b"/", b"GET", [], rng, now_ns, now_ns + 10)[1] for _ in range(200)
+    ]
+    assert set(keys) == {("api", ("v2",))}
+    v1.states[0].ejected_until_ns = 0
+    v1.states[0].down_until_ns = now_ns + 10  # a connect to it failed: the same
+    assert split_destination(d.view.table.routes[0], d.view.dests, rng, now_ns) == ("api", ("v2",))
+    # Back once the mark has passed.
+    later = [
+        route(d.view, b"api", b"/", b"GET", [], rng, now_ns + 11, now_ns + 10)[1]
+        for _ in range(200)
+    ]
+    assert 100 < later.count(("api", ("v1",))) < 200
+    # With no destination available anywhere, the operator's split stands.
+    d.view.dests[("api", ("v2",))].states[0].down_until_ns = now_ns + 10
+    keys = [
+        route(d.view, b"api", b"/", b"GET", [], rng, now_ns, now_ns + 10)[1] for _ in range(200)
+    ]
+    assert set(keys) == {("api", ("v1",)), ("api", ("v2",))}
+
+
+def test_dest_available_skips_tried_down_and_ejected_endpoints() -> None:
+    d = Directory(table()).view.dests[("api", ())]
+    a, b = d.states
+    assert dest_available(d, 5) and dest_available(d, 5, {a.key})
+    assert not dest_available(d, 5, {a.key, b.key})
+    b.down_until_ns = 6
+    assert not dest_available(d, 5, {a.key}) and dest_available(d, 6, {a.key})
+    assert not dest_available(None, 5)

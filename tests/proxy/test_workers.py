@@ -22,7 +22,9 @@ def run(i):
         p = Proxy(outbound=("127.0.0.1", port), inbound=None, reuse_port=True)
         async with trio.open_nursery() as n:
             await n.start(p.serve)
-            print("ready", i, flush=True)
+            # One write: the two workers share the pipe, and print() may write its pieces apart.
+            sys.stdout.write(f"ready {i}\n")
+            sys.stdout.flush()
     trio.run(main)
 
 sys.exit(serve_workers(2, run))
