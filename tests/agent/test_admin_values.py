@@ -1,7 +1,8 @@
 """Every malformed value in an admin API body is a 400 naming its field, never a 500.
 
 The check is generic (``http.Request.json``), so it is exercised on the endpoints that take a
-body: config writes and apply, join, keys and fault injection, on an in-process agent."""
+body: the two phases of a signed config write, join, keys and fault injection, on an in-process
+agent."""
 
 from __future__ import annotations
 
@@ -27,18 +28,23 @@ VALUES = {
 }
 # (method, path, body with {} where the value goes, the field the error must name)
 PLACES = [
-    ("PUT", "/v1/config/service/api", '{{"retry": {{"attempts": {}}}}}', "retry.attempts"),
     (
-        "PUT",
-        "/v1/config/route/r",
-        '{{"destinations": [{{"service": "a", "weight": {}}}]}}',
-        "destinations[0].weight",
+        "POST",
+        "/v1/config/prepare",
+        '{{"items": {{"service/api": {{"retry": {{"attempts": {}}}}}}}}}',
+        "items.service/api.retry.attempts",
     ),
     (
         "POST",
-        "/v1/config/apply",
-        '{{"entities": {{"route/r": {{"destinations": [{{"service": {}}}]}}}}}}',
-        "entities.route/r.destinations[0].service",
+        "/v1/config/prepare",
+        '{{"items": {{"route/r": {{"destinations": [{{"service": "a", "weight": {}}}]}}}}}}',
+        "items.route/r.destinations[0].weight",
+    ),
+    (
+        "POST",
+        "/v1/config/commit",
+        '{{"entries": [{{"key": "route/r", "counter": {}}}]}}',
+        "entries[0].counter",
     ),
     ("POST", "/v1/join", '{{"addresses": [{}]}}', "addresses[0]"),
     ("POST", "/v1/keys", '{{"op": "install", "key": {}}}', "key"),
