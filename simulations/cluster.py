@@ -20,6 +20,11 @@ core's effect contract (``gossipmesh/swim/effects.py``) asks for, exactly as the
   subjects, not a scan of N^2 pairs. The same events drive detection times and false positives.
 - ``UserMessage`` goes to the node's *attachment* (see below).
 
+Signatures are real (DESIGN-11 D3): every host's core gets a ``MembershipAuthority`` over its own
+node certificate, issued by the cluster's in-process CA (``identity.py``), and verification is
+memoised across hosts (a pure function: behaviour-neutral). ``wall_ms`` is what the certificates
+are checked against: a fixed epoch plus the virtual time.
+
 Ground truth lives here and only here: a node is UP, DOWN (crashed), LEFT, or not yet started.
 Checkers compare the ledger with the truth.
 
@@ -48,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gossipmesh.ids import Address
+from gossipmesh.swim.authority import Authority
 from gossipmesh.swim.effects import (
     MemberChanged,
     MemberReaped,
@@ -58,6 +64,7 @@ from gossipmesh.swim.effects import (
 )
 from gossipmesh.swim.member import Member, MemberState
 from simulations.engine import Engine, derive_rng
+from simulations.identity import EPOCH_MS, SimIdentities
 from simulations.network import Network
 
 # Event kinds (indices into the engine's handler table).
@@ -114,15 +121,22 @@ class Core(Protocol):
     def local_member(self) -> Member: ...
 
 
-CoreFactory = Callable[[str, Address, Any, random.Random, int, int], Core]
+CoreFactory = Callable[[str, Address, Any, random.Random, int, int, Authority], Core]
 
 
 def default_core_factory(
-    name: str, address: Address, config: Any, rng: random.Random, now_ms: int, incarnation: int
+    name: str,
+    address: Address,
+    config: Any,
+    rng: random.Random,
+    now_ms: int,
+    incarnation: int,
+    authority: Authority,
 ) -> Core:
     from gossipmesh.swim.node import SwimNode  # the real core; imported late on purpose
 
-    return SwimNode(name, address, config, rng, now_ms, incarnation=incarnation)
+    return SwimNode(name, address, config, rng, now_ms, incarnation=incarnation,
+                    authority=authority)  # fmt: skip
 
 
 class Attachment:
@@ -232,8 +246,10 @@ class Cluster:
         leave_flush_ms: int = 1_000,
         sample_ms: int = 250,
         stale_window_ms: int = 60_000,
+        identities: SimIdentities | None = None,
     ) -> None:
         self.seed = seed
+        self.identities = identities if identities is not None else SimIdentities()
         self.config = config
         self.network = network
         self.engine = Engine()
@@ -292,6 +308,10 @@ class Cluster:
         self.network.add_node()
         return node
 
+    def wall_ms(self) -> int:
+        """The wall clock certificates are checked against: the epoch plus virtual time."""
+        return EPOCH_MS + self.engine.now_ms
+
     def at(self, at_ms: int, action: Callable[..., None], *args: Any) -> None:
         """Schedule a fault or other action; it runs as an event, so it is part of the trace."""
         self.engine.schedule(at_ms, K_ACTION, action, args)
@@ -308,8 +328,9 @@ class Cluster:
         node.boots += 1
         node.generation += 1
         node.rng = derive_rng(self.seed, "node", node.name, node.boots)
+        authority = self.identities.authority(node.name, self.wall_ms)
         node.core = self.core_factory(node.name, node.address, self.config, node.rng, now,
-                                      incarnation)  # fmt: skip
+                                      incarnation, authority)  # fmt: skip
         node.incarnation_at_boot = incarnation
         node.last_incarnation = max(node.last_incarnation, incarnation)
         node.state = UP

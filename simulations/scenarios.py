@@ -330,7 +330,9 @@ def warm_start(c: Cluster) -> None:
     Timers are then re-armed at random offsets (``SwimNode.start``), so probing is not in
     lockstep and push-pulls are spread over the interval scaled for the cluster's size.
     """
+    from gossipmesh.swim.effects import SetTimer
     from gossipmesh.swim.messages import PushPull, encode_push_pull
+    from gossipmesh.swim.timers import TimerKind
 
     assert c.engine.now_ms == 0 and all(n.core is None for n in c.nodes), "warm start is t=0 only"
     n = len(c.nodes)
@@ -351,7 +353,16 @@ def warm_start(c: Cluster) -> None:
             assert node.core is not None
             seed = c.nodes[(node.idx + 1) % n].address
             node.core.join([seed], 0)  # effects dropped on purpose: the exchange is answered here
-            c.apply(node, node.core.handle_push_pull_reply(seed, payload, 0))
+            effects = node.core.handle_push_pull_reply(seed, payload, 0)
+            # The core merges a big state a chunk per turn, asking for a MERGE timer due at
+            # once for the rest; fire them here, as a runtime would, before the timers below.
+            while True:
+                merge = [e for e in effects if type(e) is SetTimer
+                         and getattr(e.timer, "kind", None) is TimerKind.MERGE]  # fmt: skip
+                c.apply(node, [e for e in effects if not any(e is m for m in merge)])
+                if not merge:
+                    break
+                effects = node.core.handle_timer(merge[0].timer, 0)
             # Re-arm the timers now that the host knows the cluster, as a long-running one
             # would have them: otherwise every host's first push-pull falls in the 30-60 s of a
             # lone boot, and at 10,000 hosts those 10,000 full-state exchanges took 947 s of a

@@ -17,11 +17,25 @@ The messages: ``Ping``/``Ack``/``Nack``/``PingReq`` drive failure detection; ``A
 ``Suspect`` and ``Dead`` (``left=True`` for a voluntary leave) are membership rumours that are
 piggybacked; ``User`` carries an application payload; ``PushPull`` is the full state sent over
 TCP (never inside a UDP packet).
+
+Membership rumours are signed (``authority.py``): an ``Alive`` carries its subject's node
+certificate and signature, a ``Suspect``/``Dead`` its accuser's signature (the subject's own for
+a leave), and each push-pull member record the subject's latest signed alive claim plus, for a
+suspect, dead or left member, the signed accusation (``member.Proof``). Signatures are exactly
+``SIGNATURE_BYTES``; certificates at most ``MAX_MEMBER_CERT_BYTES``. Probe traffic (ping, ack,
+nack, ping-req) is not signed: it asserts nothing that is kept.
+
+A certificate is ~450 bytes, so only two alive claims carrying one fit a packet. An ``Alive``
+therefore carries either the certificate (DER) or, when its sender expects the receiver to hold
+that certificate already, a ``CERT_REF_BYTES`` reference to it (``cert_ref``: SHA-256 of the
+DER); a receiver that does not hold it drops the claim (push-pull, which always carries the
+certificates, fills the gap). See ``rumours.py`` for who sends which.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +44,20 @@ import msgpack
 
 from gossipmesh.errors import DecodeError
 from gossipmesh.ids import MAX_NODE_NAME_BYTES, Address
-from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState, interned_member
+from gossipmesh.swim.member import (
+    MAX_META_BYTES,
+    Member,
+    MemberState,
+    Proof,
+    interned_member,
+)
 from gossipmesh.wire import decode_packet, decode_stream_payload, encode_stream_payload, pack
 
 MAX_COUNTER = 1 << 62
+SIGNATURE_BYTES = 64  # raw ECDSA P-256 r || s
+# A node certificate is ~450 bytes (633 with a 128-byte name); an alive claim must fit a packet.
+MAX_MEMBER_CERT_BYTES = 1024
+CERT_REF_BYTES = 32  # a reference to a certificate (no DER certificate is this short)
 MAX_HOST_BYTES = 255
 MAX_USER_PAYLOAD_BYTES = 65_507
 # Bound on entries in one push-pull state; the byte limit bounds it too.
@@ -89,10 +113,14 @@ class PingReq:
 
 @dataclass(frozen=True, slots=True)
 class Alive:
+    """The subject's own claim, with its certificate and its signature over the claim."""
+
     name: str
     incarnation: int
     address: Address
-    meta: bytes = b""
+    meta: bytes
+    cert: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +128,7 @@ class Suspect:
     name: str
     incarnation: int
     source: str  # who suspects; Lifeguard counts confirmations from distinct sources
+    signature: bytes  # the source's, over the accusation
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +136,8 @@ class Dead:
     name: str
     incarnation: int
     source: str
-    left: bool = False  # the member announced its own departure (source == name)
+    left: bool  # the member announced its own departure (source == name)
+    signature: bytes  # the source's (for a leave: the subject's own), over the accusation
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,30 +189,33 @@ def to_list(msg: AnyMessage) -> list[Any]:
         return [MsgType.PING_REQ, msg.seq, msg.target, a.host, a.port, msg.suspect_incarnation]
     if type(msg) is Alive:
         a = msg.address
-        return [MsgType.ALIVE, msg.name, msg.incarnation, a.host, a.port, msg.meta]
+        return [
+            MsgType.ALIVE, msg.name, msg.incarnation, a.host, a.port, msg.meta, msg.cert,
+            msg.signature,
+        ]  # fmt: skip
     if type(msg) is Suspect:
-        return [MsgType.SUSPECT, msg.name, msg.incarnation, msg.source]
+        return [MsgType.SUSPECT, msg.name, msg.incarnation, msg.source, msg.signature]
     if type(msg) is Dead:
-        return [MsgType.DEAD, msg.name, msg.incarnation, msg.source, msg.left]
+        return [MsgType.DEAD, msg.name, msg.incarnation, msg.source, msg.left, msg.signature]
     if type(msg) is User:
         return [MsgType.USER, msg.payload, msg.relay]
     if type(msg) is PushPull:
         return [
             MsgType.PUSH_PULL,
             msg.join,
-            [
-                [
-                    r.name,
-                    r.address.host,
-                    r.address.port,
-                    r.incarnation,
-                    _STATE_CODES[r.state],
-                    r.meta,
-                ]
-                for r in msg.members
-            ],
+            [_record_list(r) for r in msg.members],
         ]
     raise TypeError(f"not a SWIM message: {msg!r}")
+
+
+def _record_list(r: MemberRecord) -> list[Any]:
+    p = r.proof
+    if p is None:
+        raise ValueError(f"member {r.name!r} has no proof to send")
+    return [
+        r.name, r.address.host, r.address.port, r.incarnation, _STATE_CODES[r.state], r.meta,
+        p.cert, p.alive_incarnation, p.alive_signature, p.accuser, p.accusation,
+    ]  # fmt: skip
 
 
 def encode(msg: AnyMessage) -> bytes:
@@ -276,13 +309,42 @@ def _d_ping_req(r: list[Any]) -> PingReq:
     )
 
 
+def _signature(v: Any, what: str) -> bytes:
+    if type(v) is not bytes or len(v) != SIGNATURE_BYTES:
+        raise DecodeError("bad_field", f"{what}: not a {SIGNATURE_BYTES}-byte signature")
+    return v
+
+
+def _cert(v: Any, refs: bool = False) -> bytes:
+    lo = CERT_REF_BYTES if refs else CERT_REF_BYTES + 1
+    if type(v) is not bytes or not lo <= len(v) <= MAX_MEMBER_CERT_BYTES:
+        raise DecodeError("bad_field", "cert")
+    return v
+
+
+def cert_ref(cert: bytes) -> bytes:
+    """The reference an ``Alive`` may carry instead of the certificate ``cert``."""
+    return hashlib.sha256(cert).digest()
+
+
+def is_cert_ref(cert: bytes) -> bool:
+    return len(cert) == CERT_REF_BYTES
+
+
 def alive_ok(r: list[Any]) -> bool:
     """Fast, allocation-free validity check of a raw alive array (all checks inline: alive
     rumours are most of the traffic while a cluster forms). False means "use ``_d_alive`` for
     the exact verdict", which may still accept an unusually long name."""
-    if len(r) < 6:
+    if len(r) < 8:
         return False
-    return _plainly_valid(r[1], r[2], r[3], r[4], r[5])
+    cert, sig = r[6], r[7]
+    return (
+        type(cert) is bytes
+        and CERT_REF_BYTES <= len(cert) <= MAX_MEMBER_CERT_BYTES
+        and type(sig) is bytes
+        and len(sig) == SIGNATURE_BYTES
+        and _plainly_valid(r[1], r[2], r[3], r[4], r[5])
+    )
 
 
 def _plainly_valid(name: object, inc: object, host: object, port: object, meta: object) -> bool:
@@ -304,24 +366,26 @@ def _plainly_valid(name: object, inc: object, host: object, port: object, meta: 
 
 def alive_from_checked(r: list[Any]) -> Alive:
     """Build an ``Alive`` from a raw array that passed ``alive_ok``."""
-    return Alive(r[1], r[2], Address(r[3], r[4]), r[5])
+    return Alive(r[1], r[2], Address(r[3], r[4]), r[5], r[6], r[7])
 
 
 def _d_alive(r: list[Any]) -> Alive:
     if alive_ok(r):
         return alive_from_checked(r)
-    _need(r, 6)  # slow path: exact checks and a precise error
+    _need(r, 8)  # slow path: exact checks and a precise error
     return Alive(
         _name(r[1]),
         _int(r[2], "incarnation"),
         _address(r[3], r[4]),
         _bytes(r[5], "meta", MAX_META_BYTES),
+        _cert(r[6], refs=True),
+        _signature(r[7], "signature"),
     )
 
 
 def _d_suspect(r: list[Any]) -> Suspect:
-    if len(r) >= 4:
-        name, inc, src = r[1], r[2], r[3]
+    if len(r) >= 5:
+        name, inc, src, sig = r[1], r[2], r[3], r[4]
         if (
             type(name) is str
             and 0 < len(name) <= _FAST_NAME_CHARS
@@ -329,15 +393,25 @@ def _d_suspect(r: list[Any]) -> Suspect:
             and 0 <= inc <= MAX_COUNTER
             and type(src) is str
             and 0 < len(src) <= _FAST_NAME_CHARS
+            and type(sig) is bytes
+            and len(sig) == SIGNATURE_BYTES
         ):
-            return Suspect(name, inc, src)
-    _need(r, 4)
-    return Suspect(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"))
+            return Suspect(name, inc, src, sig)
+    _need(r, 5)
+    return Suspect(
+        _name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"), _signature(r[4], "signature")
+    )
 
 
 def _d_dead(r: list[Any]) -> Dead:
-    _need(r, 5)
-    return Dead(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"), _bool(r[4], "left"))
+    _need(r, 6)
+    return Dead(
+        _name(r[1]),
+        _int(r[2], "incarnation"),
+        _name(r[3], "source"),
+        _bool(r[4], "left"),
+        _signature(r[5], "signature"),
+    )
 
 
 def _d_user(r: list[Any]) -> User:
@@ -346,21 +420,36 @@ def _d_user(r: list[Any]) -> User:
 
 
 def _d_record(e: Any) -> MemberRecord:
-    if type(e) is not list or len(e) < 6:
+    if type(e) is not list or len(e) < 11:
         raise DecodeError("bad_field", "push-pull member entry")
     name, host, port, inc, code, meta = e[0], e[1], e[2], e[3], e[4], e[5]
     state = _CODE_STATES.get(code) if type(code) is int else None
     if state is None:
         raise DecodeError("bad_field", f"member state {code!r:.20}")
-    if _plainly_valid(name, inc, host, port, meta):
-        return interned_member(name, Address(host, port), inc, state, meta)
+    if not _plainly_valid(name, inc, host, port, meta):
+        name = _name(name)
+        host, port = _address(host, port).as_tuple()
+        inc = _int(inc, "incarnation")
+        meta = _bytes(meta, "meta", MAX_META_BYTES)
     return interned_member(
-        _name(name),
-        _address(host, port),
-        _int(inc, "incarnation"),
-        state,
-        _bytes(meta, "meta", MAX_META_BYTES),
+        name, Address(host, port), inc, state, meta, _d_proof(e, name, inc, state)
     )
+
+
+def _d_proof(e: list[Any], name: str, inc: int, state: MemberState) -> Proof:
+    """The record's proof, and the invariants an honest sender keeps (``member.Proof``)."""
+    cert, alive_inc = _cert(e[6]), _int(e[7], "alive_incarnation")
+    alive_sig, accuser, accusation = _signature(e[8], "alive_signature"), e[9], e[10]
+    if state is MemberState.ALIVE:
+        if alive_inc != inc or accuser != "" or accusation != b"":
+            raise DecodeError("bad_field", "alive record with an accusation")
+        return Proof(cert, alive_inc, alive_sig)
+    if not alive_inc <= inc <= alive_inc + 1:
+        raise DecodeError("bad_field", "accusation beyond the signed incarnation")
+    accuser = _name(accuser, "accuser")
+    if state is MemberState.LEFT and accuser != name:
+        raise DecodeError("bad_field", "a leave not signed by the member")
+    return Proof(cert, alive_inc, alive_sig, accuser, _signature(accusation, "accusation"))
 
 
 def _d_push_pull(r: list[Any]) -> PushPull:
@@ -438,9 +527,9 @@ def decode_packet_messages(data: bytes, max_bytes: int) -> list[Message]:
 
 def decode_packet_lazy(data: bytes, max_bytes: int) -> list[Message | list[Any]]:
     """Like ``decode_packet_messages`` (validates everything, all-or-nothing), but valid alive
-    messages stay raw arrays ``[5, name, incarnation, host, port, meta]``: the receiver usually
-    already knows that news and can skip it without building any object. Build the rest with
-    ``alive_from_checked``."""
+    messages stay raw arrays ``[5, name, incarnation, host, port, meta, cert, signature]``: the
+    receiver usually already knows that news and can skip it without building any object (or
+    checking any signature). Build the rest with ``alive_from_checked``."""
     decoders = _PACKET_BY_CODE
     out: list[Message | list[Any]] = []
     for raw in decode_packet(data, max_bytes):
