@@ -482,6 +482,7 @@ class Agent:
             m.incarnation,
             m.meta,
             wall_ms(),
+            m.proof.cert if m.proof is not None else b"",
         )
         self.events.publish(event)
 
