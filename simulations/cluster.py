@@ -230,6 +230,12 @@ class Ledger:
     incarnation_regressions: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     changes: int = 0
     reaps: int = 0
+    # Things no honest run can produce, so only an accepted forgery can (signed membership):
+    # (t, observer, subject, what) for an incarnation above what the subject itself ever
+    # signed + 1, an address that is not the subject's, or a leave it never announced ...
+    forged: list[tuple[int, int, int, str]] = field(default_factory=list)
+    # ... and (t, observer, name) for a member named by no host at all.
+    strangers: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 class Cluster:
@@ -250,6 +256,7 @@ class Cluster:
     ) -> None:
         self.seed = seed
         self.identities = identities if identities is not None else SimIdentities()
+        self.attackers: list[Any] = []  # captured hosts (simulations/captured.py), if any
         self.config = config
         self.network = network
         self.engine = Engine()
@@ -269,6 +276,7 @@ class Cluster:
         self.views: list[list[int] | None] = []
         self.n_view: list[list[int]] = [[], [], [], []]  # per state code, per subject
         self.subjects: list[SubjectRecord] = []
+        self.signed_max: list[int] = []  # per host: the highest incarnation it ever claimed
         self.ledger = Ledger()
         self.up_count = 0
         # Series sampled every sample_ms: (t, wrong views, suspect views of live subjects, up).
@@ -305,6 +313,7 @@ class Cluster:
         for counts in self.n_view:
             counts.append(0)
         self.subjects.append(SubjectRecord())
+        self.signed_max.append(0)
         self.network.add_node()
         return node
 
@@ -510,12 +519,15 @@ class Cluster:
             lag = int(lag * (0.5 + self.rng.random()))
         return self.network.latency(src, dst) + lag
 
-    def _start_push_pull(self, node: SimNode, to: Address, join: bool) -> None:
+    def _start_push_pull(
+        self, node: SimNode, to: Address, join: bool, data: bytes | None = None
+    ) -> None:
         assert node.core is not None
         now = self.engine.now_ms
         self.network.stats.streams += 1
         dst = self.by_address.get(to)
-        data = node.core.push_pull_payload(join)
+        if data is None:
+            data = node.core.push_pull_payload(join)
         ticket = (node.generation, now, data)
         if dst is None or not self.network.link_up(node.idx, dst):
             self.engine.schedule(now + self.tcp_timeout_ms, K_PP_FAIL, node.idx, to, ticket)
@@ -564,6 +576,16 @@ class Cluster:
         self.network.stats.streams_failed += 1
         self.engine.trace(K_PP_FAIL, src, self.by_address.get(to, -1), 0)
         self.apply(node, node.core.push_pull_failed(to, self.engine.now_ms))
+
+    # -- what a captured host sends besides its core's traffic (simulations/captured.py) ---------
+
+    def send_from(self, idx: int, to: Address, data: bytes) -> None:
+        """A datagram from host ``idx``'s address, through the network like any other."""
+        self._send(self.nodes[idx], to, data)
+
+    def push_pull_from(self, idx: int, to: Address, data: bytes) -> None:
+        """A push-pull request from host ``idx`` carrying ``data``; the reply goes to its core."""
+        self._start_push_pull(self.nodes[idx], to, False, data)
 
     # -- attachment plumbing -----------------------------------------------------------------
 
@@ -655,7 +677,12 @@ class Cluster:
     def _member_changed(self, observer: SimNode, member: Member, previous: object) -> None:
         s = self.by_name.get(member.name)
         o = observer.idx
-        if s is None or s == o:
+        if s is None:
+            self.ledger.strangers.append((self.engine.now_ms, o, member.name))
+            return
+        if s == o:
+            if member.incarnation > self.signed_max[o]:
+                self.signed_max[o] = member.incarnation
             return
         view = self.views[o]
         if view is None:  # a leaving node's last words do not count as a view
@@ -674,13 +701,19 @@ class Cluster:
             n_view[old & 3][s] -= 1
         view[s] = inc << 2 | code
         n_view[code][s] += 1
+        subject = self.nodes[s]
+        if inc > self.signed_max[s] + 1 or member.address != subject.address:
+            what = f"incarnation {inc} (it signed {self.signed_max[s]}) at {member.address}"
+            ledger.forged.append((self.engine.now_ms, o, s, what))
         if code == V_ALIVE:
             return
         now = self.engine.now_ms
-        subject = self.nodes[s]
         rec = self.subjects[s]
         if subject.state == UP:
-            if code == V_LEFT or now < rec.stale_until_ms or inc < subject.incarnation_at_boot:
+            if now < rec.stale_until_ms or inc < subject.incarnation_at_boot:
+                return
+            if code == V_LEFT:
+                ledger.forged.append((now, o, s, "a leave it never announced"))
                 return
             if code == V_DEAD:
                 ledger.false_dead.append((now, o, s))
