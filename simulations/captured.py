@@ -32,8 +32,9 @@ from collections import Counter
 from gossipmesh.ids import Address
 from gossipmesh.swim.authority import Accusation, AccusationKind, AliveClaim
 from gossipmesh.swim.member import Member, MemberState, Proof
-from gossipmesh.swim.messages import Alive, Dead, Message, PushPull, Suspect, encode
-from gossipmesh.swim.messages import encode_push_pull as encode_state
+from gossipmesh.swim.messages import Alive, Dead, Message, Suspect, encode
+from gossipmesh.swim.state_codec import PushPull
+from gossipmesh.swim.state_codec import encode_push_pull as encode_state
 from gossipmesh.wire import encode_packet
 from simulations.cluster import UP, Cluster
 

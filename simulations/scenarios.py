@@ -348,7 +348,7 @@ def warm_start(c: Cluster) -> None:
     lockstep and push-pulls are spread over the interval scaled for the cluster's size.
     """
     from gossipmesh.swim.effects import SetTimer
-    from gossipmesh.swim.messages import PushPull, encode_push_pull
+    from gossipmesh.swim.state_codec import PushPull, encode_push_pull
     from gossipmesh.swim.timers import TimerKind
 
     assert c.engine.now_ms == 0 and all(n.core is None for n in c.nodes), "warm start is t=0 only"

@@ -33,7 +33,9 @@ merged a chunk at a time (``merge_chunk_verifications`` checks or ``merge_chunk_
 records), the rest on a ``MERGE`` timer due at once: the runtime handles other input between
 chunks and its event loop never stalls for long. An exchange whose claims are rejected
 ``push_pull_reject_max`` times is abandoned: valid claims of members we do not know cost real
-work only as many times as the cluster has members, forged ones would cost it without end.
+work only as many times as the cluster has members, forged ones would cost it without end. Records
+are decoded as the merge reaches them (``state_codec.RecordList``): a malformed record is one
+rejection (``reject.bad_record``), not the loss of the whole state.
 """
 
 from __future__ import annotations
@@ -47,16 +49,16 @@ from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.authority import AccusationKind
 from gossipmesh.swim.effects import Effect, SetTimer, StartPushPull
 from gossipmesh.swim.member import Proof, interned_member
-from gossipmesh.swim.messages import (
-    Dead,
+from gossipmesh.swim.messages import Dead, Suspect
+from gossipmesh.swim.rumours import Rumours
+from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState, is_alive
+from gossipmesh.swim.state_codec import (
     MemberRecord,
     PushPull,
-    Suspect,
+    RecordList,
     decode_push_pull,
     encode_push_pull,
 )
-from gossipmesh.swim.rumours import Rumours
-from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState, is_alive
 from gossipmesh.swim.timers import Timer, TimerKind
 
 # memberlist's pushPullScaleThreshold: above this many members the push-pull interval grows.
@@ -76,7 +78,7 @@ class _Merge:
 
     __slots__ = ("pos", "quiet", "records", "rejected")
 
-    def __init__(self, records: tuple[MemberRecord, ...], quiet: bool) -> None:
+    def __init__(self, records: RecordList, quiet: bool) -> None:
         self.records = records
         self.quiet = quiet
         self.pos = 0  # 0..n-1: alive claims of records[pos]; n..2n-1: accusations
@@ -192,21 +194,25 @@ class StateSync:
             st.count("drop.push_pull." + exc.reason)
             return False
         st.count("push_pull.merged")
-        me = st.name
-        for r in pp.members:
-            if r.name == me:
+        records = pp.records
+        mine = records.index_of(st.name)
+        if mine is not None:
+            try:
+                r = records.get(mine)
+            except DecodeError:
+                st.reject("bad_record")
+            else:
                 st.quiet = quiet
                 try:
                     self._alive_part(r, now_ms, out)
                     self._accusation_part(r, now_ms, out)
                 finally:
                     st.quiet = False
-                break
         merges = self._merges
         if len(merges) >= st.config.merge_pending_max:
             merges.popleft()  # a newer state says at least as much about the same members
             st.count("push_pull.merge_dropped")
-        merges.append(_Merge(pp.members, quiet))
+        merges.append(_Merge(records, quiet))
         self._merge_chunk(now_ms, out)
         return True
 
@@ -243,14 +249,19 @@ class StateSync:
                     i = m.pos
                     m.pos += 1
                     looked += 1
-                    r = records[i] if i < n else records[i - n]
-                    if r.name == me:
-                        continue  # merged when the state arrived
                     rejected = st.rejections
-                    if i < n:
-                        self._alive_part(r, now_ms, out)
+                    try:
+                        r = records.get(i if i < n else i - n)
+                    except DecodeError:
+                        if i < n:  # counted once, not again in the second pass
+                            st.reject("bad_record")
                     else:
-                        self._accusation_part(r, now_ms, out)
+                        if r.name == me:
+                            continue  # merged when the state arrived
+                        if i < n:
+                            self._alive_part(r, now_ms, out)
+                        else:
+                            self._accusation_part(r, now_ms, out)
                     if st.rejections != rejected:
                         m.rejected += st.rejections - rejected
                         if m.rejected >= cfg.push_pull_reject_max:

@@ -25,7 +25,7 @@ packet can push a member past what it can refute. Our own accusations (``local=T
 here, once we know they change something.
 
 An alive claim travels with its subject's certificate when the receiver may not hold it, else
-with a 32-byte reference (``messages.cert_ref``), which keeps a refutation ~150 bytes instead of
+with a 32-byte reference (``fields.cert_ref``), which keeps a refutation ~150 bytes instead of
 ~600 (with full certificates a healed 50/50 partition took 28 s instead of 1.3 s to be whole
 again: every packet carried two refutations instead of dozens). Who sends which: a member's own
 first claim after start, and any claim of a member that was new to the relay (or came with a new
@@ -44,8 +44,9 @@ from typing import Protocol
 from gossipmesh.ids import Millis
 from gossipmesh.swim.authority import AccusationKind, AliveClaim
 from gossipmesh.swim.effects import Effect, MemberReaped, SendPacket, SetTimer
+from gossipmesh.swim.fields import cert_ref, is_cert_ref
 from gossipmesh.swim.member import Member, Proof, interned_member
-from gossipmesh.swim.messages import Alive, Dead, Suspect, cert_ref, encode, is_cert_ref
+from gossipmesh.swim.messages import Alive, Dead, Suspect, encode
 from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState
 from gossipmesh.swim.suspicion import Suspicion
 from gossipmesh.swim.timers import Timer, TimerKind

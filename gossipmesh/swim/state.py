@@ -32,9 +32,10 @@ from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
 from gossipmesh.swim.budget import SourceBudget
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.effects import Effect, MemberChanged, SendPacket
+from gossipmesh.swim.fields import cert_ref
 from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState, Proof, interned_member
 from gossipmesh.swim.membership import MemberTable
-from gossipmesh.swim.messages import Alive, Dead, Suspect, cert_ref, encode
+from gossipmesh.swim.messages import Alive, Dead, Suspect, encode
 from gossipmesh.swim.suspicion import Suspicion, suspicion_bounds_ms
 from gossipmesh.wire import PACKET_OVERHEAD_BYTES, encode_packet
 

@@ -19,8 +19,9 @@ from gossipmesh.identity import NodeCredentials, TrustStore
 from gossipmesh.identity.membership import MembershipAuthority, VerificationMemo
 from gossipmesh.ids import Address
 from gossipmesh.swim.authority import Accusation, AccusationKind, AliveClaim
-from gossipmesh.swim.messages import Alive, Dead, Message, PushPull, Suspect, User, encode
-from gossipmesh.swim.messages import encode_push_pull as encode_state
+from gossipmesh.swim.messages import Alive, Dead, Message, Suspect, User, encode
+from gossipmesh.swim.state_codec import PushPull
+from gossipmesh.swim.state_codec import encode_push_pull as encode_state
 from gossipmesh.wire import encode_packet
 
 _LEN = struct.Struct(">I")

@@ -42,7 +42,8 @@ from gossipmesh.identity import CaCredentials, NodeCredentials, fingerprint, sav
 from gossipmesh.ids import Address
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.member import MemberState, Proof
-from gossipmesh.swim.messages import MemberRecord, Ping, PushPull
+from gossipmesh.swim.messages import Ping
+from gossipmesh.swim.state_codec import MemberRecord, PushPull
 
 pytestmark = requires_loopback_aliases
 

@@ -18,18 +18,11 @@ from gossipmesh.ids import Address
 from gossipmesh.swim.authority import AliveClaim
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.effects import Effect, SetTimer
+from gossipmesh.swim.fields import cert_ref
 from gossipmesh.swim.member import Member, MemberState, Proof
-from gossipmesh.swim.messages import (
-    Alive,
-    Message,
-    Ping,
-    PushPull,
-    Suspect,
-    cert_ref,
-    encode,
-    encode_push_pull,
-)
+from gossipmesh.swim.messages import Alive, Message, Ping, Suspect, encode
 from gossipmesh.swim.node import SwimNode
+from gossipmesh.swim.state_codec import PushPull, encode_push_pull
 from gossipmesh.swim.timers import Timer, TimerKind
 from gossipmesh.wire import encode_packet
 from simulations.identity import EPOCH_MS, SimIdentities
@@ -302,3 +295,22 @@ def test_our_signed_claim_must_fit_a_packet() -> None:
     assert long.local_member().meta == b"" and long.incarnation == 0  # refused: nothing changed
     long.update_meta(b"z" * 100, 20)
     assert long.local_member().meta == b"z" * 100
+
+
+def test_a_bad_record_is_one_rejection_and_the_rest_of_the_state_is_merged() -> None:
+    from gossipmesh.swim.state_codec import record_to_list
+    from gossipmesh.wire import encode_stream_payload
+
+    node = make_node(n_peers=0)
+    good = [_member_record(f"q{i}") for i in range(2)]
+    bad = record_to_list(good[0])
+    bad[7] = bad[3] + 5  # an accusation-free alive record whose proof is for another incarnation
+    raw = [9, False, [bad, record_to_list(good[1]), "not even a list"]]
+    drain(node, node.handle_push_pull_request(M, encode_stream_payload(raw), 10)[1], 10)
+    assert node.member("q1") is not None and node.member("q0") is None
+    assert node.stats["reject.bad_record"] == 2
+
+
+def _member_record(name: str) -> Member:
+    a = alive(name, 0, addr(60))
+    return Member(name, addr(60), 0, MemberState.ALIVE, b"", Proof(a.cert, 0, a.signature))
