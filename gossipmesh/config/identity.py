@@ -73,5 +73,13 @@ class RecordKeys:
             return "untrusted_owner"
         if verdict.fingerprint != record.signer:
             return "unknown_owner"  # signed under a certificate SWIM has not shown us (yet)
-        data = record_bytes(self.cluster, record.owner, record.version, record.body, record.signer)
-        return "ok" if self.memo.signature(verdict, data, record.signature) else "bad_signature"
+        fields = (RECORD_DOMAIN, record.owner, record.version, record.body)
+        ok = self.memo.signature(
+            verdict,
+            record.signature,
+            fields,
+            lambda: record_bytes(
+                self.cluster, record.owner, record.version, record.body, record.signer
+            ),
+        )
+        return "ok" if ok else "bad_signature"

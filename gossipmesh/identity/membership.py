@@ -24,10 +24,15 @@ for itself. What a memo keeps, and when it forgets:
   ``Rejected``), forgotten when the trust roots change. Revocation and the validity window are
   checked on every use, so a revocation takes effect at the next call without re-verifying any
   chain (a 1,000-member cluster would otherwise spend ~250 ms re-verifying at each revocation);
-- the outcome of each signature check (key fingerprint, signed bytes, signature -> bool),
-  successes and failures, so a replayed forgery costs one dictionary lookup.
+- the outcome of each signature check, successes and failures, keyed by the signer's key
+  fingerprint, the signature and the claim's fields (which determine the signed bytes: the memo
+  never has to build them to answer), so a replayed forgery costs one dictionary lookup.
 
-Both are bounded LRUs. Every rejection comes back as a reason slug the core counts:
+- the verdict on each whole claim (certificate, signature and fields -> valid, or why not),
+  for the current revocations and within the certificate's validity window: a claim that many
+  members relay, or that a simulator hands to 10,000 hosts, is then one dictionary lookup.
+
+All are bounded. Every rejection comes back as a reason slug the core counts:
 ``cert.<Reason>`` for certificates, ``bad_signature`` for signatures.
 
 This is library code (no core imports): the claims are taken by shape (``AliveStatement``,
@@ -36,6 +41,7 @@ This is library code (no core imports): the claims are taken by shape (``AliveSt
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
@@ -53,6 +59,16 @@ SIGNATURE_MEMO_ENTRIES = 20_000
 # Verdicts that depend on the clock, the revocations or the name asked about: never memoised
 # here (the trust store's own memo answers them in microseconds).
 _UNSTABLE = frozenset({Reason.REVOKED, Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.WRONG_NAME})
+_TIMELESS = -(1 << 62), 1 << 62
+_UNCACHEABLE = 1, 0  # an empty window: never served from the claim memo
+ClaimVerdict = tuple[str | None, int, int]  # (reason or None, valid from ms, valid until ms)
+
+
+class Miss(enum.Enum):
+    MISS = "miss"
+
+
+MISS = Miss.MISS  # "the memo holds no verdict" (None is a verdict: valid)
 
 
 class AliveStatement(Protocol):
@@ -118,7 +134,9 @@ class VerificationMemo:
         self._cert_entries = cert_entries
         self._signature_entries = signature_entries
         self._certs: OrderedDict[bytes, VerifiedIdentity | Rejected] = OrderedDict()
-        self._signatures: OrderedDict[tuple[bytes, bytes, bytes], bool] = OrderedDict()
+        self._signatures: OrderedDict[tuple[object, ...], bool] = OrderedDict()
+        self._claims: dict[tuple[object, ...], ClaimVerdict] = {}
+        self._claims_version = trust.version
         self._version = trust.version
         self._roots = trust.root_fingerprints
         # For benchmarks and tests: real verifications (not memo hits).
@@ -159,14 +177,38 @@ class VerificationMemo:
             return Rejected(Reason.EXPIRED, f"expired at {verdict.not_after_ms} ms")
         return verdict
 
-    def signature(self, signer: VerifiedIdentity, data: bytes, signature: bytes) -> bool:
-        """Did ``signer``'s key sign ``data``?"""
-        key = (signer.fingerprint, data, signature)
+    def known_claim(self, key: tuple[object, ...], now_ms: int) -> str | None | Miss:
+        """The memoised verdict on a whole claim (``key`` determines it, for the current trust
+        store), if one is held that is valid at ``now_ms``; else ``MISS``."""
+        if self.trust.version != self._claims_version:
+            self._claims.clear()  # a revocation or a root changed: verdicts may differ
+            self._claims_version = self.trust.version
+        hit = self._claims.get(key)
+        if hit is not None and hit[1] <= now_ms <= hit[2]:
+            return hit[0]
+        return MISS
+
+    def remember_claim(self, key: tuple[object, ...], now_ms: int, verdict: ClaimVerdict) -> None:
+        if verdict[1] <= now_ms <= verdict[2]:
+            claims = self._claims
+            if len(claims) >= self._signature_entries:
+                del claims[next(iter(claims))]  # the oldest
+            claims[key] = verdict
+
+    def signature(
+        self,
+        signer: VerifiedIdentity,
+        signature: bytes,
+        fields: tuple[object, ...],
+        data: Callable[[], bytes],
+    ) -> bool:
+        """Did ``signer``'s key sign ``data()``, the bytes ``fields`` (domain first) determine?"""
+        key = (signer.fingerprint, signature, *fields)
         sigs = self._signatures
         ok = sigs.get(key)
         if ok is None:
             self.signature_checks += 1
-            ok = verify_signature(signer.public_key, data, signature)
+            ok = verify_signature(signer.public_key, data(), signature)
             sigs[key] = ok
             if len(sigs) > self._signature_entries:
                 sigs.popitem(last=False)
@@ -210,17 +252,49 @@ class MembershipAuthority:
         return "cert." + verdict.reason if isinstance(verdict, Rejected) else None
 
     def verify_alive(self, claim: AliveStatement, cert: bytes, signature: bytes) -> str | None:
-        verdict = self.memo.certificate(cert, claim.name, self.wall_ms())
-        if isinstance(verdict, Rejected):
-            return "cert." + verdict.reason
-        data = alive_bytes(self.cluster, claim, verdict.fingerprint)
-        return None if self.memo.signature(verdict, data, signature) else "bad_signature"
+        a = claim.address
+        fields = (ALIVE_DOMAIN, claim.name, claim.incarnation, a.host, a.port, claim.meta)
+        key = (cert, signature, *fields)
+        now_ms = self.wall_ms()
+        known = self.memo.known_claim(key, now_ms)
+        if known is not MISS:
+            return known
+        verdict = self._verify(
+            claim.name, cert, signature, fields, now_ms,
+            lambda fp: alive_bytes(self.cluster, claim, fp),
+        )  # fmt: skip
+        self.memo.remember_claim(key, now_ms, verdict)
+        return verdict[0]
 
     def verify_accusation(
         self, claim: AccusationStatement, cert: bytes, signature: bytes
     ) -> str | None:
-        verdict = self.memo.certificate(cert, claim.accuser, self.wall_ms())
+        fields = (ACCUSE_DOMAIN, claim.kind.value, claim.subject, claim.incarnation, claim.accuser)
+        key = (cert, signature, *fields)
+        now_ms = self.wall_ms()
+        known = self.memo.known_claim(key, now_ms)
+        if known is not MISS:
+            return known
+        verdict = self._verify(
+            claim.accuser, cert, signature, fields, now_ms,
+            lambda fp: accusation_bytes(self.cluster, claim),
+        )  # fmt: skip
+        self.memo.remember_claim(key, now_ms, verdict)
+        return verdict[0]
+
+    def _verify(
+        self,
+        signer: str,
+        cert: bytes,
+        signature: bytes,
+        fields: tuple[object, ...],
+        now_ms: int,
+        data: Callable[[bytes], bytes],
+    ) -> ClaimVerdict:
+        """Certificate for ``signer``, then signature; the verdict and the window it holds in."""
+        verdict = self.memo.certificate(cert, signer, now_ms)
         if isinstance(verdict, Rejected):
-            return "cert." + verdict.reason
-        data = accusation_bytes(self.cluster, claim)
-        return None if self.memo.signature(verdict, data, signature) else "bad_signature"
+            window = _UNCACHEABLE if verdict.reason in _UNSTABLE else _TIMELESS
+            return ("cert." + verdict.reason, *window)
+        ok = self.memo.signature(verdict, signature, fields, lambda: data(verdict.fingerprint))
+        return (None if ok else "bad_signature", verdict.not_before_ms, verdict.not_after_ms)

@@ -76,12 +76,14 @@ def push_pull_scale_ms(interval_ms: int, n: int) -> int:
 class _Merge:
     """A received state being merged: its records, how far we got, and what it cost."""
 
-    __slots__ = ("pos", "quiet", "records", "rejected")
+    __slots__ = ("accused", "pos", "quiet", "records", "rejected")
 
     def __init__(self, records: RecordList, quiet: bool) -> None:
         self.records = records
         self.quiet = quiet
-        self.pos = 0  # 0..n-1: alive claims of records[pos]; n..2n-1: accusations
+        # 0..n-1: the alive claim of records[pos]; n..: the accusation of records[accused[pos-n]]
+        self.pos = 0
+        self.accused: list[MemberRecord] = []  # records with an accusation, found by pass one
         self.rejected = 0
 
 
@@ -235,9 +237,10 @@ class StateSync:
             m = merges[0]
             records = m.records
             n = len(records)
+            accused = m.accused
             st.quiet = m.quiet
             try:
-                while m.pos < 2 * n:
+                while m.pos < n + len(accused):
                     if (
                         looked >= cfg.merge_chunk_records
                         or st.verifications - spent_from >= cfg.merge_chunk_verifications
@@ -250,18 +253,19 @@ class StateSync:
                     m.pos += 1
                     looked += 1
                     rejected = st.rejections
-                    try:
-                        r = records.get(i if i < n else i - n)
-                    except DecodeError:
-                        if i < n:  # counted once, not again in the second pass
-                            st.reject("bad_record")
+                    if i >= n:
+                        self._accusation_part(accused[i - n], now_ms, out)
                     else:
-                        if r.name == me:
-                            continue  # merged when the state arrived
-                        if i < n:
-                            self._alive_part(r, now_ms, out)
+                        try:
+                            r = records.get(i)
+                        except DecodeError:
+                            st.reject("bad_record")
                         else:
-                            self._accusation_part(r, now_ms, out)
+                            if r.name == me:
+                                continue  # merged when the state arrived
+                            self._alive_part(r, now_ms, out)
+                            if r.state is not ALIVE:
+                                accused.append(r)
                     if st.rejections != rejected:
                         m.rejected += st.rejections - rejected
                         if m.rejected >= cfg.push_pull_reject_max:

@@ -109,9 +109,11 @@ class Rumours:
             return
         self._suspicions.pop(name, None)
         if isinstance(msg, Member):
+            st.put(msg, now_ms, out)
+            if st.quiet:
+                return
             p = msg.proof
             assert p is not None
-            st.put(msg, now_ms, out)
             rumour = Alive(name, msg.incarnation, msg.address, msg.meta, p.cert, p.alive_signature)
         else:
             proof = Proof(msg.cert, msg.incarnation, msg.signature)
