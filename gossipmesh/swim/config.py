@@ -119,6 +119,10 @@ class SwimConfig:
     # verification push_pull_reject_max times is abandoned (the peer is lying). At most
     # merge_pending_max exchanges wait to be merged; a newer one replaces the oldest.
     merge_chunk_verifications: int = 32
+    # A member's claim that carries its certificate (its first after start, or one new to the
+    # relay) is gossiped with it this many times per holder, then with a 32-byte reference: by
+    # then most members hold the certificate, and two claims with certificates fill a packet.
+    certificate_transmits: int = 3
     merge_chunk_records: int = 2048
     push_pull_reject_max: int = 64
     merge_pending_max: int = 4
@@ -154,6 +158,7 @@ class SwimConfig:
         _range(self, "merge_chunk_records", 1, 10_000_000)
         _range(self, "push_pull_reject_max", 1, 1_000_000)
         _range(self, "merge_pending_max", 1, 1024)
+        _range(self, "certificate_transmits", 1, 64)
 
     @classmethod
     def lan(cls, **overrides: Any) -> SwimConfig:

@@ -149,6 +149,7 @@ class SwimNode:
         self._prober = Prober(st, self._rumours)
         self._rumours.prober = self._prober
         self._sync = StateSync(st, self._rumours)
+        self._rumours.fetcher = self._sync
         self._users = UserMessages(st)
         self._periodic: dict[TimerKind, int] = {}  # periodic timer kind -> its live token
         self.stats: dict[str, int] = st.stats

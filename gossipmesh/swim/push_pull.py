@@ -61,6 +61,11 @@ from gossipmesh.swim.state_codec import (
 )
 from gossipmesh.swim.timers import Timer, TimerKind
 
+# A member that sent us claims we could not check (certificates by reference) is asked for its
+# state at most this often; at most FETCHES_REMEMBERED members are remembered for it.
+FETCH_INTERVAL_MS = 10_000
+FETCHES_REMEMBERED = 256
+
 # memberlist's pushPullScaleThreshold: above this many members the push-pull interval grows.
 PUSH_PULL_SCALE_THRESHOLD = 32
 
@@ -98,6 +103,7 @@ class StateSync:
         self._joins: dict[Address, None] = {}  # seeds asked for a join exchange, not yet answered
         self._merges: deque[_Merge] = deque()  # states waiting to be merged, oldest first
         self._merge_token = 0  # the live MERGE timer's token (0: none armed)
+        self._fetched: dict[Address, Millis] = {}  # who we last asked for its state, when
 
     @property
     def merging(self) -> int:
@@ -142,6 +148,20 @@ class StateSync:
         target = candidates[rng.randrange(len(candidates))]
         st.count("reconnect.attempts")
         self._start(target.address, now_ms, out)
+
+    def fetch(self, to: Address, now_ms: Millis, out: list[Effect]) -> None:
+        """A member at ``to`` holds certificates we lack: exchange states with it, unless we
+        asked it within ``FETCH_INTERVAL_MS`` (bounded, so a flood of unresolvable references
+        costs at most one exchange per sender per interval, within the usual concurrency)."""
+        fetched = self._fetched
+        last = fetched.get(to)
+        if last is not None and now_ms - last < FETCH_INTERVAL_MS:
+            return
+        if last is None and len(fetched) >= FETCHES_REMEMBERED:
+            del fetched[next(iter(fetched))]
+        fetched[to] = now_ms
+        self.state.count("push_pull.fetch")
+        self._start(to, now_ms, out)
 
     def _start(self, to: Address, now_ms: Millis, out: list[Effect]) -> None:
         st = self.state

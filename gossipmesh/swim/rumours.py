@@ -29,8 +29,11 @@ with a 32-byte reference (``fields.cert_ref``), which keeps a refutation ~150 by
 ~600 (with full certificates a healed 50/50 partition took 28 s instead of 1.3 s to be whole
 again: every packet carried two refutations instead of dozens). Who sends which: a member's own
 first claim after start, and any claim of a member that was new to the relay (or came with a new
-certificate), goes out with the certificate; every other claim with the reference: whoever
-knew the member before us most likely knows its certificate too.
+certificate), goes out with the certificate for its first ``certificate_transmits`` sends per
+holder, then with the reference: by then most members hold the certificate, and whoever knew the
+member before us most likely does too. A member that gets a reference it cannot resolve (it missed
+the certificate, as many do in a mass join) asks the sender for a push-pull (``StateFetcher``, at
+most one per sender per ``FETCH_INTERVAL_MS``): its state carries every certificate.
 
 Every ``gossip_interval_ms`` the queued news goes to ``gossip_nodes`` random members, including
 members dead for less than ``gossip_to_dead_ms``, so a falsely accused member hears it and
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gossipmesh.ids import Millis
+from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.authority import AccusationKind, AliveClaim
 from gossipmesh.swim.effects import Effect, MemberReaped, SendPacket, SetTimer
 from gossipmesh.swim.fields import cert_ref, is_cert_ref
@@ -63,6 +66,13 @@ class ConfirmationProber(Protocol):
     def forget(self, name: str) -> None: ...
 
 
+class StateFetcher(Protocol):
+    """Who runs push-pulls (``push_pull.StateSync``): asked for one with a member that holds
+    certificates we lack."""
+
+    def fetch(self, to: Address, now_ms: Millis, out: list[Effect]) -> None: ...
+
+
 class Rumours:
     """Membership news for one node (see the module docstring)."""
 
@@ -71,8 +81,9 @@ class Rumours:
         self._table = state.table
         self._broadcasts = state.broadcasts
         self._suspicions = state.suspicions
-        # Set by the node once its prober exists (the prober needs us too).
+        # Set by the node once its prober and state sync exist (they need us too).
         self.prober: ConfirmationProber | None = None
+        self.fetcher: StateFetcher | None = None
 
     def on_alive(self, msg: Alive | Member, now_ms: Millis, out: list[Effect]) -> None:
         """An alive rumour: an ``Alive`` from a packet, or an ALIVE push-pull record, which is
@@ -90,7 +101,7 @@ class Rumours:
                 and (msg.address != st.address or msg.meta != st.meta)
             ):
                 if isinstance(msg, Alive) and is_cert_ref(msg.cert):
-                    resolved = self._resolve(msg, None)
+                    resolved = self._resolve(msg, None, now_ms, out)
                     if resolved is None:
                         return
                     msg = resolved
@@ -101,7 +112,7 @@ class Rumours:
         if cur is not None and msg.incarnation <= cur.incarnation:
             return  # old news (or the same news again)
         if isinstance(msg, Alive) and is_cert_ref(msg.cert):
-            resolved = self._resolve(msg, cur)
+            resolved = self._resolve(msg, cur, now_ms, out)
             if resolved is None:
                 return
             msg = resolved
@@ -121,13 +132,19 @@ class Rumours:
                    now_ms, out)  # fmt: skip
             rumour = msg
         if not st.quiet:
+            compact = Alive(name, rumour.incarnation, rumour.address, rumour.meta,
+                            cert_ref(rumour.cert), rumour.signature)  # fmt: skip
             if cur is not None and cur.proof is not None and cur.proof.cert == rumour.cert:
-                rumour = Alive(name, rumour.incarnation, rumour.address, rumour.meta,
-                               cert_ref(rumour.cert), rumour.signature)  # fmt: skip
-            self._broadcasts.queue(encode(rumour), name)
+                self._broadcasts.queue(encode(compact), name)
+            else:
+                after = st.config.certificate_transmits
+                self._broadcasts.queue(encode(rumour), name, encode(compact), after)
 
-    def _resolve(self, msg: Alive, cur: Member | None) -> Alive | None:
-        """``msg`` with the certificate its reference names, if we hold it (else rejected)."""
+    def _resolve(
+        self, msg: Alive, cur: Member | None, now_ms: Millis, out: list[Effect]
+    ) -> Alive | None:
+        """``msg`` with the certificate its reference names, if we hold it (else rejected, and
+        the sender, who holds it, asked for its state)."""
         st = self.state
         if msg.name == st.name:
             held: bytes | None = st.authority.certificate
@@ -135,6 +152,8 @@ class Rumours:
             held = cur.proof.cert if cur is not None and cur.proof is not None else None
         if held is None or cert_ref(held) != msg.cert:
             st.reject("unknown_cert")
+            if st.source is not None and self.fetcher is not None:
+                self.fetcher.fetch(st.source, now_ms, out)
             return None
         return Alive(msg.name, msg.incarnation, msg.address, msg.meta, held, msg.signature)
 

@@ -294,7 +294,10 @@ class NodeState:
         self.self_alive()
         assert self._self_alive is not None
         _, full, compact = self._self_alive
-        self.broadcasts.queue(full if with_certificate else compact, self.name)
+        if with_certificate:
+            self.broadcasts.queue(full, self.name, compact, self.config.certificate_transmits)
+        else:
+            self.broadcasts.queue(compact, self.name)
 
     def retransmit_limit(self) -> int:
         """How many times each broadcast is sent, for the live cluster size (cached per size)."""

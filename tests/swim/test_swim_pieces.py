@@ -361,3 +361,12 @@ def test_the_budget_keeps_a_bounded_number_of_sources() -> None:
         budget.take(Address(f"10.0.0.{i}", 1), 0)
     assert len(budget) == 4
     assert budget.take(first, 0)  # it was evicted, least recently used, and starts anew
+
+
+def test_an_item_with_a_later_form_switches_to_it_after_its_first_transmits() -> None:
+    q = BroadcastQueue(16)
+    q.queue(b"F" * 100, "m1", later=b"c" * 10, later_after=2)
+    assert q.get(1000, 5) == [b"F" * 100]
+    assert q.get(1000, 5) == [b"F" * 100]
+    assert q.get(1000, 5) == [b"c" * 10]  # the third and later sends use the short form
+    assert q.transmits("m1") == 3

@@ -17,7 +17,7 @@ from gossipmesh.identity.membership import MembershipAuthority, VerificationMemo
 from gossipmesh.ids import Address
 from gossipmesh.swim.authority import AliveClaim
 from gossipmesh.swim.config import SwimConfig
-from gossipmesh.swim.effects import Effect, SetTimer
+from gossipmesh.swim.effects import Effect, SetTimer, StartPushPull
 from gossipmesh.swim.fields import cert_ref
 from gossipmesh.swim.member import Member, MemberState, Proof
 from gossipmesh.swim.messages import Alive, Message, Ping, Suspect, encode
@@ -314,3 +314,14 @@ def test_a_bad_record_is_one_rejection_and_the_rest_of_the_state_is_merged() -> 
 def _member_record(name: str) -> Member:
     a = alive(name, 0, addr(60))
     return Member(name, addr(60), 0, MemberState.ALIVE, b"", Proof(a.cert, 0, a.signature))
+
+
+def test_a_reference_we_cannot_resolve_asks_its_sender_for_a_state_once_a_while() -> None:
+    node = make_node()
+    stranger = alive("z", 0, addr(30))
+    ref = Alive("z", 0, addr(30), b"", cert_ref(stranger.cert), stranger.signature)
+    out = node.handle_packet(addr(3), packet(ref), 10)
+    assert [e for e in out if isinstance(e, StartPushPull)] == [StartPushPull(addr(3), False)]
+    again = node.handle_packet(addr(3), packet(ref), 20)  # within the interval: not again
+    assert not [e for e in again if isinstance(e, StartPushPull)]
+    assert node.stats["push_pull.fetch"] == 1 and node.stats["reject.unknown_cert"] == 2
