@@ -20,7 +20,6 @@ from typing import Any
 
 import trio
 
-from gossipmesh.agent.identity_store import load_or_create_identity
 from gossipmesh.agent.key_sources import build_keyring
 from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.node_identity import HOW_TO_SECURE, build_identity
@@ -137,8 +136,7 @@ def _build_sidecar(agent: Agent) -> Sidecar:
     """Health checks, node record and proxy. Built before ``agent.run`` so its member listener,
     user-message handler and stream kind are registered before the first packet arrives. The
     config replica, when the agent has one, is the sidecar's ``ConfigSource``."""
-    identity = load_or_create_identity(agent.settings.data_dir)
-    return Sidecar(agent, agent.settings.sidecar, identity, config=getattr(agent, "config", None))
+    return Sidecar(agent, agent.settings.sidecar, config=getattr(agent, "config", None))
 
 
 async def _main(agent: Agent, sidecar: Sidecar | None = None) -> None:

@@ -50,7 +50,6 @@ from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.sidecar_config import SidecarSettings
-from gossipmesh.config.identity import NodeIdentity
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.proxy.metrics import render_metrics
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
@@ -81,7 +80,6 @@ class Sidecar:
         self,
         agent: Agent,
         settings: SidecarSettings,
-        identity: NodeIdentity,
         config: ConfigSource | None = None,
         *,
         rng: random.Random | None = None,
@@ -90,7 +88,7 @@ class Sidecar:
         self.settings = settings
         self.name = agent.settings.name
         self.rng = rng if rng is not None else random.Random(agent.rng.getrandbits(64))
-        self.records = RecordSync(agent, identity, self._records_changed)
+        self.records = RecordSync(agent, self._records_changed)
         self.checker = HealthChecker(settings.services, self._health_changed, self.rng)
         self.proxy: Proxy | None = None
         self.addresses: ProxyAddresses | None = None
@@ -155,11 +153,11 @@ class Sidecar:
                     inbound=_fmt(self.addresses.inbound),
                     tcp={s: _fmt(a) for s, a in self.addresses.tcp.items()},
                 )
-            # Keys of members the agent met before this task started (the listener was already
-            # registered, but be sure: a missed key would park records until the next meta).
+            # Certificates of members the agent met before this task started (the listener was
+            # already registered, but be sure: a missed one would park records until it spoke).
             for m in await self.agent.members():
-                if m.name != self.name and m.meta:
-                    self.records.learn(m.name, m.meta, m.address)
+                if m.name != self.name and m.proof is not None:
+                    self.records.learn(m.name, m.meta, m.address, m.proof.cert)
             await self._step()
             await nursery.start(self.records.run)
             nursery.start_soon(self._worker)
@@ -336,6 +334,15 @@ class _AgentCollector(Collector):
         for key, n in sorted(counters.items()):
             events.add_metric([key], n)
         yield events
+        membership = CounterMetricFamily(
+            "gossipmesh_agent_membership_rejected",
+            "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",
+            labels=["reason"],
+        )
+        for key, n in sorted(s.agent.core_stats.items()):
+            if key.startswith("reject."):
+                membership.add_metric([key.removeprefix("reject.")], n)
+        yield membership
         yield CounterMetricFamily(
             "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
         )
