@@ -21,6 +21,7 @@ Metrics: the ``stub_status`` page on ``RUN/status.sock`` at scrape time (``stats
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 from collections import Counter
@@ -115,8 +116,9 @@ class NginxPlane(ExternalPlane):
 
     def _render(self, table: RouteTable, routes: tuple[RouteConfig, ...]) -> str:
         s = self.settings
+        user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
         plan = Plan(layout(table, routes), s.local, s.outbound, s.inbound, str(self.run_dir),
-                    s.workers)  # fmt: skip
+                    s.workers, user)  # fmt: skip
         rendered = render(plan)
         self.left_out = rendered.left_out
         return rendered.text

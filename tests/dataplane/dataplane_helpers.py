@@ -34,6 +34,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # head and body leave in one write (no Nagle / delayed-ACK stall)
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
