@@ -45,6 +45,7 @@ from gossipmesh.dataplane.stats import nginx_metrics, parse_stub_status
 from gossipmesh.proxy.table import RouteTable
 
 RELOAD_TIMEOUT_S = 15.0
+OLD_WORKERS_WAIT_S = 1.0
 STATUS_TIMEOUT_S = 5.0
 MAX_STATUS_BYTES = 65536
 _UNIX_LISTEN = re.compile(r"^\s*listen unix:(\S+);", re.MULTILINE)
@@ -64,6 +65,13 @@ def worker_pids(master: int) -> set[int]:
 
 async def unix_http_get(path: str, target: str) -> tuple[int, bytes]:
     """A tiny HTTP/1.0 GET over a unix socket (nginx's status page)."""
+    try:
+        return await _get(path, target)
+    except trio.BrokenResourceError as exc:
+        raise OSError(f"{path}: {exc}") from exc
+
+
+async def _get(path: str, target: str) -> tuple[int, bytes]:
     with trio.fail_after(STATUS_TIMEOUT_S):
         stream = await trio.open_unix_socket(path)
         async with stream:
@@ -189,6 +197,11 @@ class NginxPlane(ExternalPlane):
         with trio.move_on_after(RELOAD_TIMEOUT_S):
             while not worker_pids(master) - before:
                 await trio.sleep(0.02)
+            # The old workers stop accepting when the master tells them to leave, just after
+            # the new ones start; give them a moment (one finishing a long request may stay).
+            with trio.move_on_after(OLD_WORKERS_WAIT_S):
+                while worker_pids(master) & before:
+                    await trio.sleep(0.02)
             self.text = text
             self.applied_version = table.version
             self.counters["dataplane.reloads"] += 1
