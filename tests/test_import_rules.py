@@ -30,6 +30,7 @@ AGENT_INTERNALS = (
     "gossipmesh.swim",
     "gossipmesh.crdt",
     "gossipmesh.proxy",
+    "gossipmesh.dataplane",
     "gossipmesh.store",
 )
 
@@ -286,6 +287,19 @@ RULES: dict[str, Check] = {
         ),  # fmt: skip
         "proxy imports no agent, swim, crdt, store, cli, demo or simulator",
     ),
+    "dataplane imports no agent, swim or crdt": forbid_modules(
+        ("gossipmesh.dataplane",),
+        (
+            "gossipmesh.agent",
+            "gossipmesh.swim",
+            "gossipmesh.crdt",
+            "gossipmesh.cli",
+            "gossipmesh.demo",
+            "gossipmesh.store",
+            "simulations",
+        ),  # fmt: skip
+        "dataplane imports no agent, swim, crdt, store, cli, demo or simulator",
+    ),
     "simulator imports no agent": forbid_modules(
         ("simulations",), ("gossipmesh.agent",), "simulator imports nothing from gossipmesh.agent"
     ),
@@ -301,10 +315,11 @@ RULES: dict[str, Check] = {
             "gossipmesh.swim",
             "gossipmesh.crdt",
             "gossipmesh.proxy",
+            "gossipmesh.dataplane",
             "gossipmesh.store",
             "gossipmesh.agent",
         ),  # fmt: skip
-        "cli, demo and client import no agent, swim, crdt, proxy or store (the admin API, "
+        "cli, demo and client import no agent, swim, crdt, proxy, dataplane or store (the admin API, "
         "through gossipmesh.client, is their way in)",
         allowed=cli_runs_the_agent_only_in_its_command,
     ),

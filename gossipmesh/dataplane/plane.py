@@ -150,7 +150,14 @@ class ExternalPlane:
                     await trio.sleep(COALESCE_S)
                     self._wake = trio.Event()
                     async with self._lock:
-                        await self._apply(*self._pending)
+                        table, routes = self._pending
+                        failures = self.counters["dataplane.apply_failures"]
+                        await self._apply(table, routes)
+                        if (
+                            self.applied_version == table.version
+                            and self.counters["dataplane.apply_failures"] == failures
+                        ):
+                            self.last_error = None  # what it runs now is what it was given
         finally:
             self._stopping = True
             with trio.CancelScope(shield=True):
@@ -245,6 +252,7 @@ class ExternalPlane:
                 try:
                     await self._restart()
                     failures = 0
+                    self.last_error = None
                 except (DataplaneStartError, OSError) as exc:
                     failures += 1
                     self.last_error = str(exc)
