@@ -41,10 +41,16 @@ non-ASCII characters) leaves its route out, listed in ``Rendered.left_out``.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
-from gossipmesh.dataplane.model import Backend, Layout, LocalInstance, tags_digest
+from gossipmesh.dataplane.model import (
+    Backend,
+    Layout,
+    LocalInstance,
+    Unexpressible,
+    printable,
+    tags_digest,
+)
 from gossipmesh.proxy.router import (
     HDR_EXACT,
     HDR_PRESENT,
@@ -61,12 +67,7 @@ WEIGHT_MAX = 256  # HAProxy's largest server weight
 RETRY_ON_STATUSES = frozenset({401, 403, 404, 408, 425, 500, 501, 502, 503, 504})
 HEALTH_CHECK_INTER_MS = 2000
 HARD_STOP_AFTER_S = 120
-_SAFE = re.compile(r"[\x20-\x7e]*")
 TEXT = "content-type 'text/plain; charset=utf-8'"
-
-
-class Unexpressible(ValueError):
-    """A value this engine's configuration cannot carry intact."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,7 @@ class Rendered:
 
 def q(value: str) -> str:
     """HAProxy strong quoting."""
-    if not _SAFE.fullmatch(value):
-        raise Unexpressible(f"{value[:40]!r} holds control or non-ASCII characters")
+    printable(value)
     return "'" + value.replace("'", "'\\''") + "'"
 
 

@@ -24,6 +24,7 @@ what ``diff.classify`` needs to tell an endpoint change from a structural one.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -33,6 +34,19 @@ from gossipmesh.proxy.table import ClusterKey, RouteTable, ServiceSettings
 
 ENGINES = ("native", "haproxy", "nginx")
 EXTERNAL_ENGINES = ("haproxy", "nginx")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+class Unexpressible(ValueError):
+    """A value an engine's configuration cannot carry intact."""
+
+
+def printable(value: str) -> str:
+    """``value`` if it is printable ASCII (what both engines' quoting carries intact), else
+    Unexpressible: a newline in a header value must never become a new directive."""
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise Unexpressible(f"{value[:40]!r} holds control or non-ASCII characters")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +164,10 @@ __all__ = [
     "Layout",
     "LocalInstance",
     "Server",
+    "Unexpressible",
     "backend_label",
     "layout",
     "local_instances",
+    "printable",
     "tags_digest",
 ]

@@ -45,7 +45,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from gossipmesh.dataplane.model import Backend, Layout, LocalInstance
+from gossipmesh.dataplane.model import Backend, Layout, LocalInstance, Unexpressible, printable
 from gossipmesh.proxy.router import HDR_EXACT, HDR_PRESENT, PATH_EXACT, PATH_PREFIX, CompiledRoute
 from gossipmesh.proxy.table import ClusterKey, ServiceSettings
 
@@ -55,11 +55,6 @@ STATUS_SOCKET = "status.sock"
 STATUS_PATH = "/status"
 NEXT_UPSTREAM_STATUSES = frozenset({500, 502, 503, 504, 403, 404, 429})
 KEEPALIVE = 32
-_SAFE = re.compile(r"[\x20-\x7e]*")
-
-
-class Unexpressible(ValueError):
-    """A value this engine's configuration cannot carry intact."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +79,7 @@ class Rendered:
 
 def s(value: str) -> str:
     """An nginx double-quoted string (no variables may appear in what we quote)."""
-    if not _SAFE.fullmatch(value):
-        raise Unexpressible(f"{value[:40]!r} holds control or non-ASCII characters")
+    printable(value)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
