@@ -29,6 +29,7 @@ from gossipmesh.agent.settings import load_settings
 from gossipmesh.agent.sidecar import Sidecar
 from gossipmesh.agent.store import secure_data_dir
 from gossipmesh.agent.transport import AgentStartError
+from gossipmesh.dataplane import DataplaneStartError, find_binary
 from gossipmesh.errors import StoreCorruptError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -60,6 +61,8 @@ def wall_ms() -> int:
 def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     try:
         settings = load_settings(flags, config_file)
+        if settings.sidecar.enabled and settings.sidecar.dataplane != "native":
+            find_binary(settings.sidecar.dataplane)  # before anything starts: one line, exit 1
         log = EventLog(level=settings.log_level)
         soft, hard = raise_descriptor_limit()
         # Everything this process creates (keyring, token, replica.db and its -wal/-shm, peers)
@@ -81,6 +84,9 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     except UsageError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DataplaneStartError as exc:  # --dataplane haproxy|nginx without its binary
+        print(f"gossipmesh agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except OSError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_FAIL

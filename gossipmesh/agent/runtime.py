@@ -40,7 +40,8 @@ Extension points (for the config replica, the proxy, health checks):
 - ``add_member_listener(fn)`` (sync, called in the owner task) or ``subscribe_members()`` (a
   bounded receive channel of ``MemberEvent``) for membership changes.
 - ``add_user_message_handler(fn)``; ``queue_broadcast(payload)``; ``send_user_message(payload, k)``.
-- ``router.add(method, path, handler)`` for admin API routes.
+- ``router.add(method, path, handler)`` for admin API routes; ``health_extensions`` (sync
+  ``fn(health)``) to add a section or a degraded reason to ``/v1/health``.
 - ``call(fn)`` to run anything else against the core, serialised with every other input.
 """
 
@@ -211,6 +212,8 @@ class Agent:
         # The config replica (``agent/replica.py``), set by the composition root; the data plane
         # reads it as a ``ConfigSource``.
         self.config: ConfigSource | None = None
+        # ``fn(health)`` may add to ``/v1/health``'s answer (the sidecar's data plane section).
+        self.health_extensions: list[Callable[[dict[str, Any]], None]] = []
         self.register_stream_handler("pushpull", self.push_pulls.serve)
         from gossipmesh.agent.admin import install_admin_routes
         from gossipmesh.agent.keyops import install_keyops
@@ -562,7 +565,10 @@ class Agent:
                 "pending_timers": len(self._timers),
             }, []
 
-        return await self.call(snapshot)
+        health: dict[str, Any] = await self.call(snapshot)
+        for extend in self.health_extensions:
+            extend(health)
+        return health
 
 
 def suspicion_bound_s(config: SwimConfig, cluster_size: int) -> float:

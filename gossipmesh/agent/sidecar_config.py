@@ -10,6 +10,10 @@ Keys (flags win over the file, as for every agent setting; see docs/CONFIG.md):
 - ``no_proxy = true`` (``--no-proxy``): run no proxy. Health checks and the node record still run
   (``gossipmesh services`` lists the instances), but the record has no inbound address, so other
   agents cannot route to this node's instances.
+- ``dataplane = "native" | "haproxy" | "nginx"`` (``--dataplane``): what carries the bytes.
+  ``native`` (the default) is gossipmesh's own proxy; ``haproxy`` and ``nginx`` make the agent
+  run and drive that proxy on the same outbound and inbound addresses (docs/DATAPLANES.md).
+  TCP ``[[listener]]``s need the native proxy.
 - ``[[service]]`` tables: this node's instances (``schema.parse_agent_services``).
 - ``[[listener]]`` tables: ``service = "db"``, ``port = 15432``, ``address = "127.0.0.1"``
   (default): a raw TCP port on which the proxy accepts connections and splices each to a healthy
@@ -29,6 +33,7 @@ from gossipmesh.ids import Address
 DEFAULT_OUTBOUND = Address("127.0.0.1", 4140)
 DEFAULT_INBOUND_PORT = 4143
 MAX_LISTENERS = 256
+DATAPLANES = ("native", "haproxy", "nginx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class SidecarSettings:
     inbound: Address | None = None  # None: the agent's bind host, DEFAULT_INBOUND_PORT
     services: tuple[LocalService, ...] = ()
     listeners: tuple[TcpListener, ...] = ()
+    dataplane: str = "native"
 
     def inbound_for(self, bind_host: str) -> Address:
         return (
@@ -79,6 +85,13 @@ def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
     except ConfigValidationError as exc:
         raise UsageError(f"agent config: {exc}") from exc
     kwargs["listeners"] = _listeners(raw.get("listener", []))
+    dataplane = raw.get("dataplane")
+    if dataplane is not None:
+        if dataplane not in DATAPLANES:
+            raise UsageError(f"dataplane must be one of {', '.join(DATAPLANES)}, not {dataplane!r}")
+        if dataplane != "native" and kwargs["listeners"]:
+            raise UsageError(f"listener: TCP listeners need --dataplane native, not {dataplane}")
+        kwargs["dataplane"] = dataplane
     return SidecarSettings(**kwargs)
 
 

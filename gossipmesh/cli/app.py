@@ -172,6 +172,12 @@ def agent(
     no_proxy: Annotated[
         bool, typer.Option("--no-proxy", help="Run no proxy (checks and records still run).")
     ] = False,
+    dataplane: Annotated[
+        str | None,
+        typer.Option(
+            help="What carries the bytes: native (default), haproxy or nginx (docs/DATAPLANES.md)."
+        ),
+    ] = None,
     rebuild_config: Annotated[
         bool,
         typer.Option(
@@ -215,6 +221,7 @@ def agent(
         "outbound": outbound,
         "inbound": inbound,
         "no_proxy": True if no_proxy else None,
+        "dataplane": dataplane,
         "rebuild_config": True if rebuild_config else None,
         "config_sync_interval_ms": config_sync_interval_ms,
         "config_gc_grace_ms": config_gc_grace_ms,

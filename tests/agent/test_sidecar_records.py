@@ -204,3 +204,16 @@ def test_sidecar_settings_from_flags_and_toml(tmp_path: Path) -> None:
         toml.write_text(text)
         with pytest.raises(UsageError, match=match):
             load_settings({}, toml)
+
+
+def test_dataplane_setting(tmp_path: Path) -> None:
+    assert load_settings({}).sidecar.dataplane == "native"
+    toml = tmp_path / "agent.toml"
+    toml.write_text('dataplane = "nginx"\n')
+    assert load_settings({}, toml).sidecar.dataplane == "nginx"
+    assert load_settings({"dataplane": "haproxy"}, toml).sidecar.dataplane == "haproxy"  # flag wins
+    with pytest.raises(UsageError, match="dataplane must be one of native, haproxy, nginx"):
+        load_settings({"dataplane": "envoy"})
+    toml.write_text("[[listener]]\nservice = 'db'\nport = 15432\n")
+    with pytest.raises(UsageError, match="TCP listeners need --dataplane native"):
+        load_settings({"dataplane": "haproxy"}, toml)
