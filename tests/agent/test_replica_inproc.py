@@ -268,5 +268,8 @@ async def test_in_sync_anti_entropy_is_a_few_dozen_bytes(trio3: list[Agent]) -> 
     before = (a.counters["config.sync_bytes"], a.counters["config.sync_in_sync"])
     assert await rep(a).sync_with("b")
     sent = a.counters["config.sync_bytes"] - before[0]
-    assert a.counters["config.sync_in_sync"] == before[1] + 1
-    assert sent < 60, sent  # a 32-byte root + "in sync", whatever the document's size
+    # The periodic syncs (every 500 ms, here and at the peers) may add exchanges of their own in
+    # the window; every one of them is between equal documents, so each must be as small.
+    exchanges = a.counters["config.sync_in_sync"] - before[1]
+    assert exchanges >= 1
+    assert sent < 60 * exchanges, (sent, exchanges)  # a 32-byte root + "in sync", any size
