@@ -51,6 +51,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, route_table
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
@@ -401,6 +402,7 @@ class _AgentCollector(Collector):
             if key.startswith("reject."):
                 membership.add_metric([key.removeprefix("reject.")], n)
         yield membership
+        yield from _port_gauges(s.agent)
         yield CounterMetricFamily(
             "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
         )
@@ -413,6 +415,37 @@ class _AgentCollector(Collector):
         for svc, eps in s.catalog.endpoints.items():
             endpoints.add_metric([svc], len(eps))
         yield endpoints
+
+
+def _port_gauges(agent: Agent) -> Iterator[Metric]:
+    """The gossip port's and the admin API's limits, and how much of each is in use."""
+    transport = agent.transport
+    limits = GaugeMetricFamily(
+        "gossipmesh_agent_limit",
+        "The gossip port's and the admin API's limits (docs/LIMITS.md)",
+        labels=["name"],
+    )
+    for name, value in transport.limits.as_dict().items():
+        limits.add_metric([name], value)
+    limits.add_metric(["admin_connections_max"], http.MAX_CONNECTIONS)
+    limits.add_metric(["admin_monitors_max"], http.MAX_MONITORS)
+    limits.add_metric(["admin_request_timeout_s"], http.REQUEST_TIMEOUT_S)
+    limits.add_metric(["admin_monitor_max_s"], http.MONITOR_MAX_S)
+    limits.add_metric(["stream_timeout_s"], transport.stream_timeout_s)
+    yield limits
+    used = GaugeMetricFamily(
+        "gossipmesh_agent_in_use",
+        "How much of each gossip port and admin API limit is in use now",
+        labels=["name"],
+    )
+    used.add_metric(["stream_unverified"], transport.unverified)
+    used.add_metric(["stream_verified"], transport.verified)
+    used.add_metric(["stream_buffered_bytes"], transport.budget.used)
+    admin = agent.admin_server
+    if admin is not None:
+        used.add_metric(["admin_connections"], admin.connections)
+        used.add_metric(["admin_monitors"], admin.monitors)
+    yield used
 
 
 def _concrete(addr: tuple[str, int]) -> tuple[str, int]:
