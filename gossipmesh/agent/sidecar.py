@@ -431,6 +431,7 @@ def _port_gauges(agent: Agent) -> Iterator[Metric]:
     limits.add_metric(["admin_monitors_max"], http.MAX_MONITORS)
     limits.add_metric(["admin_request_timeout_s"], http.REQUEST_TIMEOUT_S)
     limits.add_metric(["admin_monitor_max_s"], http.MONITOR_MAX_S)
+    limits.add_metric(["admin_send_timeout_s"], http.SEND_TIMEOUT_S)
     limits.add_metric(["stream_timeout_s"], transport.stream_timeout_s)
     yield limits
     used = GaugeMetricFamily(
