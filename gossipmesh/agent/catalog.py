@@ -237,7 +237,7 @@ def build_catalog(
     )
 
 
-def route_table(catalog: Catalog, version: int = 0) -> RouteTable:
+def route_table(catalog: Catalog, version: int = 0, wall_ms: int | None = None) -> RouteTable:
     """The proxy's frozen snapshot for ``catalog``.
 
     Every service some node registers is in the table, even with no routable instance: a request
@@ -246,4 +246,15 @@ def route_table(catalog: Catalog, version: int = 0) -> RouteTable:
     """
     endpoints: dict[str, tuple[Endpoint, ...]] = {i.service: () for i in catalog.instances}
     endpoints.update(catalog.endpoints)
-    return build_route_table(catalog.services, catalog.routes, endpoints, version)
+    return build_route_table(catalog.services, catalog.routes, endpoints, version, wall_ms)
+
+
+def next_shift_ms(catalog: Catalog, wall_ms: int) -> int | None:
+    """When the next scheduled shift step of any route begins (config/shift.py), or None."""
+    times = [
+        t
+        for r in catalog.routes.values()
+        for d in r.destinations
+        if d.shift is not None and (t := d.shift.next_change_ms(wall_ms)) is not None
+    ]
+    return min(times, default=None)

@@ -2,8 +2,18 @@
 
 Routes are a table of ``(method, path) -> handler``; a handler takes a ``Request`` and returns a
 ``JSONResponse`` or a ``StreamResponse`` (chunked, for ``/v1/monitor``), or raises ``HTTPError``.
-Limits: request head ``MAX_HEADER_BYTES`` (431 beyond), body ``MAX_BODY_BYTES`` (413 beyond), and
-``REQUEST_TIMEOUT_S`` to receive a whole request. Every error is JSON ``{"error", "detail"}``.
+Limits: request head ``MAX_HEADER_BYTES`` (431 beyond), body ``MAX_BODY_BYTES`` (413 beyond),
+``REQUEST_TIMEOUT_S`` to receive a whole request (and to wait for the next one on a kept-alive
+connection), ``SEND_TIMEOUT_S`` for each write to a client. Every error is JSON
+``{"error", "detail"}``.
+
+Slots. At most ``MAX_CONNECTIONS`` clients at once. When one more connects, the oldest connection
+that is only *waiting* for a request (slow headers, an idle keep-alive) is closed to make room
+(``admin.evicted``): an operator's command sends its request at once, so slow sockets can never
+lock the CLI out, they only push each other out. Only connections running a handler or streaming
+hold their slot; of those, at most ``MAX_MONITORS`` are ``/v1/monitor`` streams (one more is
+``503 too_many_monitors``), and each monitor ends after ``MONITOR_MAX_S`` (the client reconnects)
+or when a write to it takes longer than ``SEND_TIMEOUT_S`` (a client that stopped reading).
 
 A JSON body is checked as a whole before any handler sees it (``Request.json``), so a value no
 handler could use is a 400 naming its field (``retry.attempts``, ``destinations[0].weight``),
@@ -34,6 +44,9 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
+MAX_MONITORS = 16
+MONITOR_MAX_S = 3600.0
+SEND_TIMEOUT_S = 10.0
 LINGER_S = 1.0
 LINGER_MAX_BYTES = 4 * MAX_BODY_BYTES
 MAX_INT_DIGITS = 100  # far above any count, size or time the API takes; below Python's 4,300
@@ -215,6 +228,15 @@ def _error_body(status: int, error: str, detail: str) -> tuple[int, bytes]:
     return status, json.dumps({"error": error, "detail": detail}).encode() + b"\n"
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One client connection: whether it runs a handler (holds its slot) and what evicts it."""
+
+    scope: trio.CancelScope
+    busy: bool = False
+    monitor: bool = False
+
+
 class HTTPServer:
     def __init__(
         self,
@@ -226,9 +248,33 @@ class HTTPServer:
     ) -> None:
         self.router = router
         self._on_error = on_error
+        self.on_event: Callable[[str], None] | None = None  # told "evicted", "refused", ...
         self._guard = guard
         self._ssl = ssl_context
-        self._limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self._slots: dict[int, _Slot] = {}  # in accept order
+        self._next_id = 0
+        self.counters: dict[str, int] = {"evicted": 0, "refused": 0, "monitors_refused": 0}
+        self.monitor_path = "/v1/monitor"
+
+    @property
+    def connections(self) -> int:
+        return len(self._slots)
+
+    @property
+    def monitors(self) -> int:
+        return sum(1 for slot in self._slots.values() if slot.monitor)
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection that only waits for a request; False if all are busy."""
+        for sid, slot in self._slots.items():
+            if not slot.busy:
+                del self._slots[sid]
+                slot.scope.cancel()
+                self.counters["evicted"] += 1
+                if self.on_event is not None:
+                    self.on_event("evicted")
+                return True
+        return False
 
     async def serve(
         self,
@@ -239,32 +285,49 @@ class HTTPServer:
         await trio.serve_listeners(self.handle_connection, listeners, task_status=task_status)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
-        if self._limiter.available_tokens == 0:
+        if len(self._slots) >= MAX_CONNECTIONS and not self._make_room():
+            self.counters["refused"] += 1
+            if self.on_event is not None:
+                self.on_event("refused")
             await stream.aclose()
             return
-        async with self._limiter, stream:
-            if self._ssl is None:
-                await self._serve(stream)
-                return
-            tls = trio.SSLStream(stream, self._ssl, server_side=True, https_compatible=True)
-            try:
-                with trio.fail_after(REQUEST_TIMEOUT_S):
-                    await tls.do_handshake()
-            except (trio.BrokenResourceError, trio.TooSlowError):
-                if self._guard is not None:
-                    self._guard.tls_failed()
-                return
-            try:
-                await self._serve(tls)
-            finally:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        self._next_id += 1
+        sid = self._next_id
+        slot = self._slots[sid] = _Slot(trio.CancelScope())
+        try:
+            with slot.scope:
+                async with stream:
+                    await self._serve_connection(stream, slot)
+        finally:
+            self._slots.pop(sid, None)
+
+    async def _serve_connection(self, stream: trio.abc.Stream, slot: _Slot) -> None:
+        if self._ssl is None:
+            await self._serve(stream, slot)
+            return
+        tls = trio.SSLStream(stream, self._ssl, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            if self._guard is not None:
+                self._guard.tls_failed()
+            return
+        try:
+            await self._serve(tls, slot)
+        finally:
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError
+            ):
+                with trio.fail_after(SEND_TIMEOUT_S):
                     await tls.aclose()  # a TLS close_notify before the socket closes
 
-    async def _serve(self, stream: trio.abc.Stream) -> None:
+    async def _serve(self, stream: trio.abc.Stream, slot: _Slot) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             while True:
-                keep = await self._one_request(conn, stream)
+                slot.busy = False
+                keep = await self._one_request(conn, stream, slot)
                 if not keep or conn.our_state is not h11.DONE:
                     return
                 if conn.their_state is not h11.DONE:
@@ -272,8 +335,12 @@ class HTTPServer:
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             return
+        except trio.TooSlowError:
+            return  # a write the client did not take within SEND_TIMEOUT_S
 
-    async def _one_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> bool:
+    async def _one_request(
+        self, conn: h11.Connection, stream: trio.abc.Stream, slot: _Slot
+    ) -> bool:
         try:
             with trio.fail_after(REQUEST_TIMEOUT_S):
                 request = await self._read_request(conn, stream)
@@ -295,9 +362,17 @@ class HTTPServer:
             return False
         if request is None:
             return False
+        slot.busy = True  # from here on this connection holds its slot
         try:
             if self._guard is not None:
                 self._guard.authorize(request)  # before anything can act on the request
+            if request.path == self.monitor_path:
+                if self.monitors >= MAX_MONITORS:
+                    self.counters["monitors_refused"] += 1
+                    raise HTTPError(
+                        503, "too_many_monitors", f"at most {MAX_MONITORS} monitor streams"
+                    )
+                slot.monitor = True
             handler = self.router.resolve(request.method, request.path)
             response = await handler(request)
         except HTTPError as exc:
@@ -312,7 +387,8 @@ class HTTPServer:
             body = json.dumps(response.body).encode() + b"\n"
             await self._send_json(conn, stream, response.status, body)
             return True
-        await self._send_stream(conn, stream, response)
+        with trio.move_on_after(MONITOR_MAX_S if slot.monitor else math.inf):
+            await self._send_stream(conn, stream, response)
         return False
 
     async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
@@ -368,7 +444,8 @@ class HTTPServer:
             out += conn.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             return
-        await stream.send_all(out)
+        with trio.fail_after(SEND_TIMEOUT_S):
+            await stream.send_all(out)
 
     async def _send_raw_error(
         self, stream: trio.abc.Stream, status: int, error: str, detail: str
@@ -380,14 +457,16 @@ class HTTPServer:
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         ).encode()
-        await stream.send_all(head + body)
+        with trio.fail_after(SEND_TIMEOUT_S):
+            await stream.send_all(head + body)
 
     async def _send_stream(
         self, conn: h11.Connection, stream: trio.abc.Stream, response: StreamResponse
     ) -> None:
         headers = [("content-type", response.content_type), ("cache-control", "no-cache")]
         data = conn.send(h11.Response(status_code=response.status, headers=headers))
-        await stream.send_all(data or b"")
+        with trio.fail_after(SEND_TIMEOUT_S):
+            await stream.send_all(data or b"")
         async with trio.open_nursery() as nursery:
 
             async def watch_close() -> None:
@@ -406,8 +485,10 @@ class HTTPServer:
             try:
                 async for chunk in response.chunks:
                     if chunk:
-                        await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
-                await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                        with trio.fail_after(SEND_TIMEOUT_S):
+                            await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+                with trio.fail_after(SEND_TIMEOUT_S):
+                    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
             finally:
                 nursery.cancel_scope.cancel()
 

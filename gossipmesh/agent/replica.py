@@ -34,7 +34,9 @@ would not survive ``kill -9``. If the store fails, the exception propagates (the
 
 **Writer id and store.** ``DATA_DIR/replica.db`` keeps the deltas, a snapshot every
 ``compact_after`` rows, and the writer id ``NAME@EPOCH`` in its meta table (``make_writer`` /
-``adopt_writer``). Counters are the core's, in the agent's table: ``config.*`` in ``/v1/health``.
+``adopt_writer``). ``DATA_DIR/replica.acked`` (``ack_ledger.py``) records what this node
+acknowledged under each writer id; a store that holds less at start-up is a loss, logged, counted,
+flagged in ``/v1/health`` and recovered from peers, never a silently new node. Counters are the core's, in the agent's table: ``config.*`` in ``/v1/health``.
 
 **Signed entries.** The document's ``ConfigAuthority`` is anchored in this node's configured roots
 (``agent.identity``); every change of ``trust/`` or ``revocation/`` keys (and, once a minute, the
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from gossipmesh.agent.ack_ledger import LEDGER_FILE, AckLedger, Shortfall
 from gossipmesh.agent.timers import TimerHeap
 from gossipmesh.agent.trust_sync import TrustSync
 from gossipmesh.config.authority import ConfigAuthority
@@ -153,6 +156,9 @@ class ConfigReplica:
         self._timers_changed = trio.Event()
         self._deferred: list[OpenExchange] = []  # exchanges asked for before run() started
         self._nursery: trio.Nursery | None = None
+        self.ledger: AckLedger | None = None  # set by open() with a data dir
+        self.lost: dict[str, Shortfall] = {}  # writer -> what is still missing (recovery state)
+        agent.health_extensions.append(self._health_section)
         # The mesh's TrustStore follows the document's revocations and root statements.
         self.trust_sync = TrustSync(document, agent.identity.trust, agent.counters)
         self.trust_sync.sync(wall_ms())
@@ -204,14 +210,40 @@ class ConfigReplica:
             store_rebuilt_from = store.rebuilt_from
         if store_rebuilt_from is not None:
             agent.log.warn("config_store_rebuilt", moved_to=str(store_rebuilt_from))
+        try:
+            ledger = AckLedger.load(data_dir)
+        except ValueError as exc:
+            agent.counters["config.ledger_unreadable"] += 1
+            agent.log.error("config_ledger_unreadable", error=str(exc),
+                            detail="losses of acknowledged writes cannot be detected this once")  # fmt: skip
+            ledger = AckLedger(data_dir / LEDGER_FILE, {})
+        short = ledger.shortfalls({w: document.top(w) for w in ledger.writers})
         raw = store.get_meta(EPOCH_META)
         writer = adopt_writer(None if raw is None else raw.decode(errors="replace"), name)
+        if writer is not None and any(s.writer == writer for s in short):
+            writer = None  # its counters above what survived were used: never reuse them
         if writer is None:
             writer = make_writer(name, rng)
             store.put_meta(EPOCH_META, writer.encode())
         agent.log.info("config_loaded", writer=writer, keys=len(document.keys()),
                        bytes=document.size_bytes)  # fmt: skip
-        return cls(agent, document=document, store=store, writer=writer, **options)
+        replica = cls(agent, document=document, store=store, writer=writer, **options)
+        replica.ledger = ledger
+        if short:
+            replica.lost = {s.writer: s for s in short}
+            missing = sum(s.missing for s in short)
+            agent.counters["config.store_lost"] += 1
+            agent.counters["config.lost_writes"] += missing
+            agent.log.error(
+                "config_store_lost", path=str(path), missing=missing,
+                writers={s.writer: {"acknowledged": s.acked, "found": s.found} for s in short},
+                new_writer=writer,
+                detail="the store holds fewer writes than this node acknowledged; "
+                       "recovering them from peers (see /v1/health config_recovery)",
+            )  # fmt: skip
+        if document.top(writer):
+            ledger.acknowledge(writer, document.top(writer))  # the store ran ahead before a crash
+        return replica
 
     @property
     def doc(self) -> Document:
@@ -269,6 +301,8 @@ class ConfigReplica:
         acknowledged" above."""
         result, effects = self.core.commit(entries, _now_ms(), wall_ms())
         self._apply(effects)
+        if self.ledger is not None:
+            self.ledger.acknowledge(self.writer, self.doc.top(self.writer))
         return result
 
     def reload_roots(self, roots: Sequence[bytes]) -> None:
@@ -314,6 +348,8 @@ class ConfigReplica:
         elif event.address is not None and event.state is not None:
             self._apply(self.core.member_changed(event.name, event.address, event.state,
                                                  event.previous, _now_ms()))  # fmt: skip
+            if self.lost and event.state == "alive":
+                self._apply(self.core.sync_now(event.name))  # recovering: ask everyone
 
     # ---- run --------------------------------------------------------------------------------
 
@@ -382,6 +418,8 @@ class ConfigReplica:
                     if isinstance(rest, OpenExchange):
                         self.core.exchange_failed(rest.token, _now_ms())
                 raise
+        if self.lost and any(isinstance(e, Persist) for e in effects):
+            self._check_recovery()  # a merge persisted something: maybe what was lost
 
     def _carry_out(self, effect: Effect) -> None:
         if isinstance(effect, Persist):
@@ -419,6 +457,33 @@ class ConfigReplica:
         else:
             # SendSyncPush belongs to the exchange that asked for it (see _exchange).
             raise TypeError(f"cannot carry out {effect!r} here")
+
+    def _check_recovery(self) -> None:
+        """Count what peers handed back of the lost writes; end the recovery state when done."""
+        for writer, short in list(self.lost.items()):
+            now = min(self.doc.top(writer), short.acked)
+            if now > short.found:
+                self.counters["config.recovered_writes"] += now - short.found
+                short = self.lost[writer] = Shortfall(writer, short.acked, now)
+            if not short.missing:
+                del self.lost[writer]
+        if not self.lost:
+            self.agent.log.warn("config_store_recovered",
+                                recovered=self.counters["config.recovered_writes"])  # fmt: skip
+
+    def _health_section(self, health: dict[str, Any]) -> None:
+        if not self.lost:
+            return
+        missing = sum(s.missing for s in self.lost.values())
+        health["config_recovery"] = {
+            w: {"acknowledged": s.acked, "found": s.found, "missing": s.missing}
+            for w, s in self.lost.items()
+        }
+        health["reasons"].append(
+            f"config store lost {missing} acknowledged writes; recovering them from peers"
+        )
+        if health["status"] == "ok":
+            health["status"] = "degraded"
 
     def _notify(self, keys: frozenset[str]) -> None:
         for fn in list(self._listeners):

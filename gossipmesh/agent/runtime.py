@@ -81,6 +81,7 @@ from gossipmesh.agent.push_pull import PushPullStreams
 from gossipmesh.agent.settings import AgentSettings
 from gossipmesh.agent.status import degraded_reasons
 from gossipmesh.agent.store import DataDir
+from gossipmesh.agent.stream_limits import StreamLimits
 from gossipmesh.agent.streams import SealedStream
 from gossipmesh.agent.timers import TimerHeap
 from gossipmesh.agent.transport import AgentStartError, StreamHandler, Transport, bind
@@ -178,6 +179,7 @@ class Agent:
         self.rng = random.Random(seed)
         self.counters: Counter[str] = Counter()
         self.router = Router()
+        self.admin_server: HTTPServer | None = None  # set once serving (gauges for /metrics)
         # Streams time out as a whole, after the core's push-pull timeout.
         self.stream_timeout_s = cfg.push_pull_timeout_ms / 1000
         self.transport = Transport(
@@ -185,7 +187,7 @@ class Agent:
             settings.cluster,
             self.counters,
             max_packet_bytes=cfg.packet_size_bytes + SEAL_OVERHEAD,
-            max_frame_bytes=cfg.push_pull_max_bytes + SEAL_OVERHEAD,
+            limits=StreamLimits.for_push_pull(cfg.push_pull_max_bytes, SEAL_OVERHEAD),
             stream_timeout_s=self.stream_timeout_s,
         )
         # Messages no installed key opens: logged once per address per minute (health reports).
@@ -329,6 +331,8 @@ class Agent:
                     nursery.start_soon(self.transport.serve_streams, bound.gossip_listeners)
                     admin = HTTPServer(self.router, on_error=self._admin_error,
                                        guard=self.admin_auth, ssl_context=self.admin_tls)  # fmt: skip
+                    admin.on_event = self._admin_event
+                    self.admin_server = admin
                     await nursery.start(admin.serve, bound.admin_listeners)
                     nursery.start_soon(self._peers_saver)
                     nursery.start_soon(watch_trust, self)
@@ -533,6 +537,9 @@ class Agent:
     def save_keyring(self) -> None:
         if self.keyring_path is not None:
             save_keyring_file(self.keyring_path, self.keyring)
+
+    def _admin_event(self, event: str) -> None:
+        self.counters[f"admin.{event}"] += 1
 
     def _admin_error(self, path: str, error: str) -> None:
         self.counters["admin.errors"] += 1

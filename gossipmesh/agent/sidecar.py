@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,10 +52,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gossipmesh.agent.catalog import Catalog, build_catalog, route_table
+from gossipmesh.agent import http
+from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.records_sync import RecordSync
+from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.dataplane import (
@@ -110,6 +113,11 @@ class Sidecar:
         self.catalog = Catalog()
         self.rebuilds = 0
         self.publishes = 0
+        # Scheduled shifts (config/shift.py) are evaluated against this wall clock, in ms.
+        self.wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+        self.next_shift_ms: int | None = None  # the next step of any route's shift
+        self.shift_rebuilds = 0
+        self.table_wall_ms: int | None = None  # the time the current table's shifts were read
         self._config: ConfigSource | None = None
         self._publish_due = True
         self._rebuild_due = True
@@ -123,6 +131,7 @@ class Sidecar:
         agent.router.add("GET", "/v1/services", self._services_route)
         agent.router.add("GET", "/metrics", self._metrics_route)
         agent.health_extensions.append(self._health_section)
+        install_shift_status(self)
 
     def attach_config(self, source: ConfigSource) -> None:
         """Route with ``source``'s ``service/`` and ``route/`` entities from now on."""
@@ -234,7 +243,16 @@ class Sidecar:
     async def _worker(self) -> None:
         assert self._wake is not None
         while True:
-            await self._wake.wait()
+            due = self.next_shift_ms
+            if due is None:
+                await self._wake.wait()
+            else:
+                # A scheduled shift's next step: rebuild the table then, with no write needed.
+                with trio.move_on_after(max(0.0, (due - self.wall_ms()) / 1000)):
+                    await self._wake.wait()
+                if not self._wake.is_set():
+                    self.shift_rebuilds += 1
+                    self._mark(rebuild=True)
             # Let the burst finish: everything marked in the next DEBOUNCE_S rides this pass.
             await trio.sleep(DEBOUNCE_S)
             self._wake = trio.Event()
@@ -294,10 +312,13 @@ class Sidecar:
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
         self._members_by_state = counts
+        now_ms = self.table_wall_ms = self.wall_ms()
+        self.next_shift_ms = next_shift_ms(catalog, now_ms)
         if self.proxy is not None:
-            self.proxy.update_table(route_table(catalog, self.rebuilds))
+            self.proxy.update_table(route_table(catalog, self.rebuilds, now_ms))
         if self.external is not None:
-            self.external.update(route_table(catalog, self.rebuilds), catalog.routes.values())
+            self.external.update(route_table(catalog, self.rebuilds, now_ms),
+                                 catalog.routes.values())  # fmt: skip
 
     # ---- admin routes -----------------------------------------------------------------------
 
@@ -402,6 +423,7 @@ class _AgentCollector(Collector):
             if key.startswith("reject."):
                 membership.add_metric([key.removeprefix("reject.")], n)
         yield membership
+        yield from _port_gauges(s.agent)
         yield CounterMetricFamily(
             "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
         )
@@ -426,6 +448,38 @@ class _AgentCollector(Collector):
         for (svc, state), n in sorted(by_health.items()):
             health.add_metric([svc, state], n)
         yield health
+
+
+def _port_gauges(agent: Agent) -> Iterator[Metric]:
+    """The gossip port's and the admin API's limits, and how much of each is in use."""
+    transport = agent.transport
+    limits = GaugeMetricFamily(
+        "gossipmesh_agent_limit",
+        "The gossip port's and the admin API's limits (docs/LIMITS.md)",
+        labels=["name"],
+    )
+    for name, value in transport.limits.as_dict().items():
+        limits.add_metric([name], value)
+    limits.add_metric(["admin_connections_max"], http.MAX_CONNECTIONS)
+    limits.add_metric(["admin_monitors_max"], http.MAX_MONITORS)
+    limits.add_metric(["admin_request_timeout_s"], http.REQUEST_TIMEOUT_S)
+    limits.add_metric(["admin_monitor_max_s"], http.MONITOR_MAX_S)
+    limits.add_metric(["admin_send_timeout_s"], http.SEND_TIMEOUT_S)
+    limits.add_metric(["stream_timeout_s"], transport.stream_timeout_s)
+    yield limits
+    used = GaugeMetricFamily(
+        "gossipmesh_agent_in_use",
+        "How much of each gossip port and admin API limit is in use now",
+        labels=["name"],
+    )
+    used.add_metric(["stream_unverified"], transport.unverified)
+    used.add_metric(["stream_verified"], transport.verified)
+    used.add_metric(["stream_buffered_bytes"], transport.budget.used)
+    admin = agent.admin_server
+    if admin is not None:
+        used.add_metric(["admin_connections"], admin.connections)
+        used.add_metric(["admin_monitors"], admin.monitors)
+    yield used
 
 
 def _concrete(addr: tuple[str, int]) -> tuple[str, int]:

@@ -2,8 +2,9 @@
 
 A frame on the wire is ``length (4 bytes, big-endian) | sealed bytes``; the sealed bytes open with
 the keyring under the stream associated data (cluster name + "stream"). Lengths are bounded
-(``MAX_FRAME_BYTES``), so a peer cannot make us buffer without limit, and every read runs under the
-caller's timeout.
+(``max_frame_bytes``, the agent's ``stream_limits.FRAME_MAX_BYTES``), so a peer cannot make us
+buffer without limit; an inbound stream also takes each frame's bytes from the port's shared
+``ByteBudget`` before reading them, and every read runs under the caller's timeout.
 
 The first frame of every stream opens with its kind: ``len (1 byte) | kind (ascii) | body``. The
 agent's listener looks the kind up in its handler registry ("pushpull", "keyop", and whatever later
@@ -16,10 +17,11 @@ import struct
 
 import trio
 
+from gossipmesh.agent.stream_limits import ByteBudget
 from gossipmesh.crypto import Keyring
 from gossipmesh.errors import DecodeError
 
-MAX_FRAME_BYTES = 16 * 1024 * 1024  # default; the agent passes the core's push_pull_max_bytes
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # default; the agent passes StreamLimits.frame_max_bytes
 MAX_KIND_BYTES = 32
 _LEN = struct.Struct(">I")
 
@@ -53,8 +55,10 @@ class SealedStream:
         keyring: Keyring,
         aad: bytes,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._stream = stream
+        self._budget = budget
         self._max = max_frame_bytes
         self._keyring = keyring
         self._aad = aad
@@ -72,8 +76,15 @@ class SealedStream:
         (length,) = _LEN.unpack(header)
         if length > self._max:
             raise DecodeError("oversize", f"frame header says {length} bytes")
-        sealed = await self._read_exactly(length)
-        return self._keyring.open(sealed, self._aad)
+        budget = self._budget
+        if budget is None:
+            return self._keyring.open(await self._read_exactly(length), self._aad)
+        if not budget.take(length):
+            raise DecodeError("buffer_full", f"no room to buffer a frame of {length} bytes")
+        try:
+            return self._keyring.open(await self._read_exactly(length), self._aad)
+        finally:
+            budget.give(length)
 
     async def _read_exactly(self, n: int) -> bytes:
         while len(self._buf) < n:

@@ -12,8 +12,12 @@ anything the fault injector blocks, anything that fails to open, and anything th
 queue has no room for: a flood costs CPU but never memory, and SWIM tolerates the loss.
 
 TCP: a stream's frames are sealed likewise (``streams.py``). The first frame names a stream kind;
-the handler registered for it owns the stream. At most ``MAX_INBOUND_STREAMS`` inbound streams are
-served at once, and each must finish within ``stream_timeout_s``; a stream that breaks a rule, or
+the handler registered for it owns the stream. The port's limits (``stream_limits.py``, where the
+numbers are derived) keep a flood from locking members out: at most ``unverified_max`` streams
+wait for a first frame that opens, and one more closes the oldest of them; at most
+``verified_max`` are served past it, the last ``reserved_for_priority`` of those only for joins and
+key operations; frames are capped and their bytes come from one ``ByteBudget``. The first frame
+must arrive, and the handler finish, within ``stream_timeout_s``. A stream that breaks a rule, or
 whose handler's input made the core raise (``CoreError``), is closed and counted under
 ``dropped.stream_*``.
 
@@ -30,13 +34,13 @@ from dataclasses import dataclass
 import trio
 
 from gossipmesh.agent.settings import AgentSettings
+from gossipmesh.agent.stream_limits import PRIORITY_KINDS, ByteBudget, StreamLimits
 from gossipmesh.agent.streams import SealedStream, decode_first, encode_first
 from gossipmesh.crypto import Keyring
 from gossipmesh.errors import CoreError, DecodeError, GossipmeshError
 from gossipmesh.ids import Address
 
 MAX_UDP_BYTES = 65536  # receive buffer; datagrams over the configured packet size are dropped
-MAX_INBOUND_STREAMS = 32  # concurrent inbound TCP streams; more are closed at once and counted
 
 StreamHandler = Callable[[SealedStream, Address, bytes], Awaitable[None]]
 
@@ -113,13 +117,15 @@ class Transport:
         counters: Counter[str],
         *,
         max_packet_bytes: int,
-        max_frame_bytes: int,
+        limits: StreamLimits,
         stream_timeout_s: float,
     ) -> None:
         self.keyring = keyring
         self.counters = counters
         self.max_packet_bytes = max_packet_bytes  # sealed: the core's packet size plus overhead
-        self.max_frame_bytes = max_frame_bytes
+        self.limits = limits
+        self.max_frame_bytes = limits.frame_max_bytes
+        self.budget = ByteBudget(limits.buffer_max_bytes)
         self.stream_timeout_s = stream_timeout_s
         self.udp_aad = b"gossipmesh/udp/" + cluster.encode()
         self.stream_aad = b"gossipmesh/stream/" + cluster.encode()
@@ -128,7 +134,11 @@ class Transport:
         self.on_open_failure: Callable[[Address, str, str], None] | None = None
         self.udp: trio.socket.SocketType | None = None  # set once bound
         self._handlers: dict[str, StreamHandler] = {}
-        self._inbound = trio.CapacityLimiter(MAX_INBOUND_STREAMS)
+        # Streams still waiting for a first frame that opens, oldest first, each with the cancel
+        # scope that evicts it; and how many are served past that point.
+        self._unverified: dict[int, trio.CancelScope] = {}
+        self._next_id = 0
+        self.verified = 0
 
     # ---- UDP ---------------------------------------------------------------------------------
 
@@ -195,28 +205,54 @@ class Transport:
     async def serve_streams(self, listeners: list[trio.SocketListener]) -> None:
         await trio.serve_listeners(self._handle_stream, listeners)
 
+    @property
+    def unverified(self) -> int:
+        return len(self._unverified)
+
     async def _handle_stream(self, tcp: trio.SocketStream) -> None:
         counters = self.counters
-        if self._inbound.available_tokens == 0:
-            counters["dropped.stream_limit"] += 1
-            await tcp.aclose()
-            return
-        async with self._inbound, tcp:
+        if len(self._unverified) >= self.limits.unverified_max:
+            # Close the oldest waiting stream, never the newcomer: a member sends its first
+            # frame at once, so slow sockets only ever push each other out.
+            oldest = next(iter(self._unverified))
+            self._unverified.pop(oldest).cancel()
+            counters["dropped.stream_evicted"] += 1
+        self._next_id += 1
+        sid = self._next_id
+        scope = trio.CancelScope()
+        self._unverified[sid] = scope
+        verified = False
+        async with tcp:
             try:
-                host, port = tcp.socket.getpeername()[:2]
-            except OSError:
-                return
-            src = Address(host, port)
-            if self.filter is not None and self.filter(Address(host, 0)):
-                counters["faults.tcp_in"] += 1
-                return
-            stream = SealedStream(tcp, self.keyring, self.stream_aad, self.max_frame_bytes)
-            try:
+                try:
+                    host, port = tcp.socket.getpeername()[:2]
+                except OSError:
+                    return
+                src = Address(host, port)
+                if self.filter is not None and self.filter(Address(host, 0)):
+                    counters["faults.tcp_in"] += 1
+                    return
+                stream = SealedStream(
+                    tcp, self.keyring, self.stream_aad, self.max_frame_bytes, self.budget
+                )
                 with trio.fail_after(self.stream_timeout_s):
-                    kind, body = decode_first(await stream.receive())
+                    with scope:
+                        first = await stream.receive()
+                    if scope.cancelled_caught:
+                        return  # evicted (counted by the evictor)
+                    self._unverified.pop(sid, None)
+                    kind, body = decode_first(first)
                     handler = self._handlers.get(kind)
                     if handler is None:
                         raise DecodeError("stream_kind", f"unknown stream kind {kind!r}")
+                    room = self.limits.verified_max - self.verified
+                    if kind not in PRIORITY_KINDS:
+                        room -= self.limits.reserved_for_priority
+                    if room <= 0:
+                        counters["dropped.stream_limit"] += 1
+                        return
+                    self.verified += 1
+                    verified = True
                     counters[f"stream.{kind}"] += 1
                     await handler(stream, src, body)
             except DecodeError as exc:
@@ -231,3 +267,7 @@ class Transport:
                 # The core raised on what the handler fed it: a bug, logged with its traceback
                 # and counted where the agent calls the core. Close this stream, serve the next.
                 counters["dropped.stream_core_error"] += 1
+            finally:
+                self._unverified.pop(sid, None)
+                if verified:
+                    self.verified -= 1

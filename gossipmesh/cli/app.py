@@ -27,6 +27,7 @@ from gossipmesh.cli import (
     doctor_cmd,
     render,
     services_cmd,
+    shift_cmd,
     simulate,
 )
 from gossipmesh.cli.common import (
@@ -394,6 +395,7 @@ def keys_remove(key: str, agent: AgentOpt = DEFAULT_AGENT, as_json: JsonOpt = Fa
 services_cmd.install(app)
 doctor_cmd.install(app)
 config_cmd.install(app)
+shift_cmd.install(app)
 demo_cmd.install(app)
 ca_cmd.install(app)
 simulate.register(app)

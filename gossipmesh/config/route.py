@@ -28,6 +28,7 @@ from gossipmesh.config.fields import (
     unique,
 )
 from gossipmesh.config.regex import Regex, compile_regex
+from gossipmesh.config.shift import Shift, read_shift, shift_body
 from gossipmesh.errors import ConfigValidationError
 
 
@@ -85,6 +86,13 @@ class Destination:
     service: str
     weight: int = 1
     tags: tuple[str, ...] = ()
+    shift: Shift | None = None  # the weight follows this schedule instead (config/shift.py)
+
+    def weight_at(self, wall_ms: int | None) -> int:
+        """The weight in force at ``wall_ms`` (``weight`` without a shift or without a time)."""
+        if self.shift is None or wall_ms is None:
+            return self.weight
+        return self.shift.weight_at(wall_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +147,13 @@ def read_header_match(value: object, path: str) -> HeaderMatch:
 
 def read_destination(value: object, path: str) -> Destination:
     body = read_mapping(value, path)
-    reject_unknown(body, ("service", "weight", "tags"), path)
+    reject_unknown(body, ("service", "weight", "tags", "shift"), path)
     if "service" not in body:
         raise ConfigValidationError(f"{path}.service", "required")
     tags = read_list(body.get("tags", []), f"{path}.tags")
+    shift = read_shift(body["shift"], f"{path}.shift", MAX_WEIGHT) if "shift" in body else None
     return Destination(
+        shift=shift,
         service=read_name(body["service"], f"{path}.service"),
         weight=read_int(body.get("weight", 1), f"{path}.weight", 0, MAX_WEIGHT),
         tags=unique(
@@ -175,9 +185,20 @@ def parse_route(name: str, body: Mapping[str, Any]) -> RouteConfig:
     if not dests_raw:
         raise ConfigValidationError(f"{p}.destinations", "at least one destination is required")
     dests = tuple(read_destination(d, f"{p}.destinations[{i}]") for i, d in enumerate(dests_raw))
-    # All-zero weights would make the route match and then have nowhere to send the request.
-    if sum(d.weight for d in dests) == 0:
-        raise ConfigValidationError(f"{p}.destinations", "at least one weight must be above 0")
+    # All-zero weights would make the route match and then have nowhere to send the request;
+    # with shifts, at no step of any of them.
+    times: list[int | None] = [None]
+    for d in dests:
+        if d.shift is not None:
+            times += d.shift.change_points()
+    if len(times) > 1:
+        times = times[1:]
+    for t in times:
+        if sum(d.weight_at(t) for d in dests) == 0:
+            when = "" if t is None else f" (all weights are 0 at {t} ms)"
+            raise ConfigValidationError(
+                f"{p}.destinations", f"at least one weight must be above 0{when}"
+            )
     return RouteConfig(
         name=name,
         hosts=hosts,
@@ -202,9 +223,13 @@ def route_body(entity: RouteConfig) -> dict[str, Any]:
         "path": {entity.path.kind: entity.path.value},
         "methods": list(entity.methods),
         "headers": headers,
-        "destinations": [
-            {"service": d.service, "weight": d.weight, "tags": list(d.tags)}
-            for d in entity.destinations
-        ],
+        "destinations": [_destination_body(d) for d in entity.destinations],
         "priority": entity.priority,
     }
+
+
+def _destination_body(d: Destination) -> dict[str, Any]:
+    body: dict[str, Any] = {"service": d.service, "weight": d.weight, "tags": list(d.tags)}
+    if d.shift is not None:
+        body["shift"] = shift_body(d.shift)
+    return body

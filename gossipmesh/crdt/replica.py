@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gossipmesh.crdt import replication as policy
+from gossipmesh.crdt.digest import BUCKETS
 from gossipmesh.crdt.document import Document, WriterExhaustedError
 from gossipmesh.crdt.effects import (
     Changed,
@@ -71,6 +72,7 @@ from gossipmesh.crdt.effects import (
 )
 from gossipmesh.crdt.entries import Delta, Entry, MergeResult
 from gossipmesh.crdt.sync import (
+    MAX_SYNC_BATCH_BYTES,
     DeltaMessage,
     Digest,
     SyncPush,
@@ -161,6 +163,7 @@ class _PendingSync:
     framed_bytes: int
     received_bytes: int = 0
     pushed_bytes: int = 0
+    truncated: bool = False  # our push left differing buckets for another exchange
 
 
 class ReplicaCore:
@@ -451,7 +454,7 @@ class ReplicaCore:
             self._count(f"refused.decode_{exc.reason}")
             return []
         pending.received_bytes = len(reply)
-        push = on_reply(self.doc, msg)
+        push = on_reply(self.doc, msg, start=self.rng.getrandbits(8) % BUCKETS)
         if push is None:
             self._syncs.pop(token, None)
             self._count("sync_in_sync")
@@ -459,6 +462,7 @@ class ReplicaCore:
             return [SyncDone(token, True, pending.sent_bytes, pending.framed_bytes, len(reply), 0)]
         data = encode(push)
         pending.pushed_bytes = len(data)
+        pending.truncated = push.truncated
         return [SendSyncPush(token, pending.to, data)]
 
     def sync_push_reply(
@@ -477,8 +481,15 @@ class ReplicaCore:
             self._count("sync_failed")
             self._count(f"refused.decode_{exc.reason}")
             return []
-        out = self._after_merge(on_delta(self.doc, msg, wall_ms), token.peer)
+        result = on_delta(self.doc, msg, wall_ms)
+        out = self._after_merge(result, token.peer)
         self._count("sync_repaired")
+        # A leg cut short left differences for another exchange: have it at once, as long as
+        # each one makes progress (a difference that cannot converge waits for the timer).
+        cut = pending.truncated or len(reply) >= MAX_SYNC_BATCH_BYTES // 2
+        if cut and result.accepted > 0:
+            self._count("sync_continued")
+            out += self._start_sync(token.peer)
         total = pending.sent_bytes + pending.received_bytes + pending.pushed_bytes + len(reply)
         self._count("sync_bytes", total)
         out.append(SyncDone(token, False, pending.sent_bytes, pending.framed_bytes,

@@ -33,6 +33,14 @@ Wire format (msgpack arrays; every message starts ``[VERSION, TYPE, ...]``)::
     DeltaMessage = [2, 4, [entry, ...]]
     Snapshot     = [2, 5, [entry, ...], known]
 
+**Bounded legs.** Legs 3 and 4 carry at most about ``MAX_SYNC_BATCH_BYTES`` of entries and known
+maps (estimated per entry, before encoding), so one exchange fits a stream frame far below the
+document's 16 MiB bound (the agent's frame cap, ``agent/stream_limits.py``): A pushes the differing
+buckets in order until the budget is spent (always at least one), B answers with what A lacks
+there, authority entries (``trust/``, ``cert/``, ``revocation/``) first, until the budget is spent.
+The rest is left for another exchange; the initiator starts one at once when a leg was cut short
+(``SyncPush.truncated`` on its side, a reply that filled half the budget on B's).
+
 ``decode`` validates everything (types, ranges, sizes, ordering) and raises
 ``DecodeError(reason)`` and nothing else, whatever the input bytes.
 """
@@ -48,6 +56,7 @@ import msgpack
 from gossipmesh.crdt.digest import BUCKETS
 from gossipmesh.crdt.document import Document
 from gossipmesh.crdt.entries import (
+    AUTHORITY_PREFIXES,
     FINGERPRINT_BYTES,
     MAX_CONTEXT_WRITERS,
     MAX_COUNTER,
@@ -67,6 +76,11 @@ from gossipmesh.errors import DecodeError
 VERSION = 2
 T_DIGEST, T_REPLY, T_PUSH, T_DELTA, T_SNAPSHOT = 1, 2, 3, 4, 5
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # a full 16 MiB document plus its framing, with headroom
+# What legs 3 and 4 of one exchange carry at most (estimated, see ``entry_cost``): 32 entities of
+# the largest size, or thousands of ordinary ones; a bigger difference takes more exchanges.
+MAX_SYNC_BATCH_BYTES = 2 * 1024 * 1024
+ENTRY_OVERHEAD_BYTES = 128  # counter, HLC, signer, signature and msgpack headers of one entry
+PAIR_BYTES = 16  # one (writer, counter) pair beyond its writer's name
 MAX_ENTRIES = 1_000_000
 ROOT_BYTES = 32
 BUCKET_HASH_BYTES = 8
@@ -90,6 +104,7 @@ class SyncPush:
     buckets: tuple[int, ...]
     known: KnownMaps
     entries: tuple[Entry, ...]
+    truncated: bool = False  # not on the wire: A left differing buckets for another exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +138,18 @@ def respond(doc: Document, digest: Digest) -> SyncReply:
     return SyncReply(False, buckets)
 
 
-def on_reply(doc: Document, reply: SyncReply) -> SyncPush | None:
-    """Leg 3 (initiator A): our side of the buckets that differ; None when in sync."""
+def entry_cost(e: Entry) -> int:
+    """An upper estimate of one entry's encoded bytes (what the leg budget counts)."""
+    pairs = sum(len(w) + PAIR_BYTES for w, _ in e.context)
+    return ENTRY_OVERHEAD_BYTES + len(e.key) + len(e.writer) + len(e.value or b"") + pairs
+
+
+def on_reply(
+    doc: Document, reply: SyncReply, max_bytes: int = MAX_SYNC_BATCH_BYTES, start: int = 0
+) -> SyncPush | None:
+    """Leg 3 (initiator A): our side of the buckets that differ, from bucket ``start`` on (and
+    around), as many of them as fit ``max_bytes`` (at least one); None when in sync. A random
+    ``start`` keeps a bucket that cannot converge from starving the others."""
     if reply.in_sync:
         return None
     theirs = dict(reply.buckets)
@@ -132,16 +157,44 @@ def on_reply(doc: Document, reply: SyncReply) -> SyncPush | None:
     differ = sorted(b for b in set(theirs) | set(mine) if theirs.get(b) != mine.get(b))
     if not differ:
         differ = list(range(BUCKETS))  # roots differ but no bucket seems to: compare them all
-    keys = doc.keys_in(differ)
-    known = tuple((k, tuple(sorted(doc.known(k).items()))) for k in keys)
-    return SyncPush(tuple(differ), known, tuple(doc.entries_of(keys)))
+    differ = [b for b in differ if b >= start] + [b for b in differ if b < start]
+    chosen: list[int] = []
+    known: list[tuple[str, tuple[tuple[str, int], ...]]] = []
+    entries: list[Entry] = []
+    spent = 0
+    for bucket in differ:
+        keys = doc.keys_in([bucket])
+        b_known = [(k, tuple(sorted(doc.known(k).items()))) for k in keys]
+        b_entries = doc.entries_of(keys)
+        cost = sum(entry_cost(e) for e in b_entries)
+        cost += sum(len(k) + sum(len(w) + PAIR_BYTES for w, _ in p) for k, p in b_known)
+        if chosen and spent + cost > max_bytes:
+            break
+        chosen.append(bucket)
+        known += b_known
+        entries += b_entries
+        spent += cost
+    truncated = len(chosen) < len(differ)
+    return SyncPush(tuple(sorted(chosen)), tuple(known), tuple(entries), truncated)
 
 
-def on_push(doc: Document, push: SyncPush, wall_ms: int) -> tuple[MergeResult, DeltaMessage]:
-    """Leg 4 (responder B): merge A's entries, answer with ours that A lacks."""
+def on_push(
+    doc: Document, push: SyncPush, wall_ms: int, max_bytes: int = MAX_SYNC_BATCH_BYTES
+) -> tuple[MergeResult, DeltaMessage]:
+    """Leg 4 (responder B): merge A's entries, answer with ours that A lacks, authority entries
+    first, as many as fit ``max_bytes`` (at least one)."""
     result = doc.merge(Delta(push.entries), wall_ms)
     remote: Mapping[str, Mapping[str, int]] = {k: dict(pairs) for k, pairs in push.known}
-    back = doc.missing_for(doc.keys_in(push.buckets), remote)
+    missing = doc.missing_for(doc.keys_in(push.buckets), remote)
+    missing.sort(key=lambda e: not e.key.startswith(AUTHORITY_PREFIXES))  # stable: keeps order
+    back: list[Entry] = []
+    spent = 0
+    for e in missing:
+        cost = entry_cost(e)
+        if back and spent + cost > max_bytes:
+            break
+        back.append(e)
+        spent += cost
     return result, DeltaMessage(Delta(tuple(back)))
 
 

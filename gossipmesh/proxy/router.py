@@ -107,7 +107,9 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-def compile_route(cfg: RouteConfig) -> CompiledRoute:
+def compile_route(cfg: RouteConfig, wall_ms: int | None = None) -> CompiledRoute:
+    """``wall_ms``: the time a destination's scheduled shift is evaluated at (config/shift.py);
+    None uses the plain weights."""
     hosts = {h.lower() for h in cfg.hosts if not h.startswith("*.")}
     wildcards = tuple(sorted(h.lower()[1:] for h in cfg.hosts if h.startswith("*.")))
     kind = _PATH_KINDS[cfg.path.kind]
@@ -125,7 +127,7 @@ def compile_route(cfg: RouteConfig) -> CompiledRoute:
     cum: list[int] = []
     total = 0
     for d in cfg.destinations:
-        total += d.weight
+        total += d.weight_at(wall_ms)
         cum.append(total)
     prefix_len = len(cfg.path.value) if kind == PATH_PREFIX else 0
     sort_key = (

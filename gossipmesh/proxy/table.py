@@ -188,6 +188,7 @@ def build_route_table(
     routes: Mapping[str, RouteConfig],
     endpoints: Mapping[str, Sequence[Endpoint]],
     version: int = 0,
+    wall_ms: int | None = None,
 ) -> RouteTable:
     """Pure: the snapshot for these settings, routes and (already health-filtered) endpoints.
 
@@ -199,7 +200,7 @@ def build_route_table(
     }
     for name in endpoints:
         settings.setdefault(name, ServiceSettings(name=name))
-    compiled = [compile_route(r) for r in routes.values()]
+    compiled = [compile_route(r, wall_ms) for r in routes.values()]
     for cr in compiled:
         for svc in cr.services:
             settings.setdefault(svc, ServiceSettings(name=svc))
