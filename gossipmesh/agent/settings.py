@@ -47,6 +47,8 @@ _KEYS = {
     "no_proxy",
     "service",
     "listener",
+    "inbound_plaintext",
+    "workload_lifetime_ms",
 }
 
 

@@ -263,8 +263,8 @@ class TrustStore:
             self._carried[key] = node_der
             if len(self._carried) > self._memo_entries:
                 self._carried.popitem(last=False)
-        if node_der is None:
-            return Rejected(Reason.BAD_ISSUER, "the workload carries no node certificate")
+        if node_der is None:  # not a workload (WRONG_KIND), or one that carries no issuer
+            return self.verify(der, IdKind.WORKLOAD, now_ms, name=service)
         return self.verify_workload(der, node_der, now_ms, service=service)
 
     def verify(
