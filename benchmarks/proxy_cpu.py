@@ -137,7 +137,7 @@ class Result:
         )
 
 
-def _pin(cpu: int | None) -> list[str]:
+def pin(cpu: int | None) -> list[str]:
     if cpu is None or shutil.which("taskset") is None or (os.cpu_count() or 1) <= cpu:
         return []
     return ["taskset", "-c", str(cpu)]
@@ -192,7 +192,7 @@ def launched(argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]
             proc.wait(5)
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Every descendant pid (nginx workers, SO_REUSEPORT proxy workers)."""
     out = []
     with contextlib.suppress(OSError):
@@ -200,7 +200,7 @@ def _children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 for c in f.read().split():
                     out.append(int(c))
-                    out.extend(_children(int(c)))
+                    out.extend(children(int(c)))
     return out
 
 
@@ -221,7 +221,7 @@ def cpu_split(pids: list[int]) -> tuple[float, float]:
 
 def wrk_load(port: int, conns: int, seconds: float, cpu: int | None) -> int:
     argv = [
-        *_pin(cpu),
+        *pin(cpu),
         "wrk",
         "-t1",
         f"-c{conns}",
@@ -317,7 +317,7 @@ def run_gossipmesh(
     if source is not None:
         env = {**os.environ, "PYTHONPATH": os.path.abspath(source)}
     argv = [
-        *_pin(args.proxy_cpu if workers == 1 else None),
+        *pin(args.proxy_cpu if workers == 1 else None),
         sys.executable,
         "-c",
         PROXY_CODE,
@@ -334,7 +334,7 @@ def run_gossipmesh(
             line = proc.stdout.readline().strip()
             if line != b"ready":
                 raise SystemExit(f"proxy did not start: {line!r}")
-        pids = [proc.pid, *_children(proc.pid)]
+        pids = [proc.pid, *children(proc.pid)]
         hops = 2 if leg == "mesh" else 1
         label = "gossipmesh" if workers == 1 else f"gm x{workers}"
         if source is not None:
@@ -356,13 +356,13 @@ def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
         for i, (listen, to) in enumerate(chain):
             conf = nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
             proc = stack.enter_context(
-                launched([*_pin(args.proxy_cpu), "nginx", "-c", conf, "-p", workdir])
+                launched([*pin(args.proxy_cpu), "nginx", "-c", conf, "-p", workdir])
             )
             wait_port(listen)
             deadline = time.monotonic() + STARTUP_S
-            while not _children(proc.pid) and time.monotonic() < deadline:
+            while not children(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)  # the master listens before it forks its worker
-            workers = _children(proc.pid)
+            workers = children(proc.pid)
             if not workers:
                 raise SystemExit("nginx started no worker")
             pids.append(proc.pid)
@@ -400,7 +400,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as wd:
         conf = nginx_conf(wd, "backend", backend_server)
-        with launched([*_pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
+        with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
             wait_port(BACKEND_PORT)
             for leg in args.legs:
                 per: dict[str, list[float]] = {}

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from gossipmesh.ids import Address
+from gossipmesh.swim.authority import Authority
 from gossipmesh.swim.node import SwimNode
 from simulations.scenarios import Hooks, Options, run
 
@@ -27,9 +28,17 @@ def probe_load(nodes: int, seed: int = 1) -> dict[str, Any]:
     cores: list[SwimNode] = []
 
     def factory(
-        name: str, address: Address, config: Any, rng: random.Random, now_ms: int, incarnation: int
+        name: str,
+        address: Address,
+        config: Any,
+        rng: random.Random,
+        now_ms: int,
+        incarnation: int,
+        authority: Authority,
     ) -> SwimNode:
-        node = SwimNode(name, address, config, rng, now_ms, incarnation=incarnation)
+        node = SwimNode(
+            name, address, config, rng, now_ms, incarnation=incarnation, authority=authority
+        )
         cores.append(node)
         return node
 

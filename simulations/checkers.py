@@ -20,6 +20,10 @@ compares them at the end of a run, after the faults have stopped and a settle wi
   ``member(name)`` is the state its effects told us. A mismatch means the core changed state
   without saying so (a missing ``MemberChanged``), which would starve the catalog.
 - **packet limit**: no datagram exceeded the configured packet size.
+- **forgeries refused** (signed membership, DESIGN-11 D3): no observer ever believed a subject
+  at an incarnation above what the subject itself signed + 1, at an address that is not its own,
+  as having left when it never did, or a member that does not exist. An honest run cannot
+  produce any of these; a captured host (``captured.py``) tries all of them.
 
 A failed check says what it saw (with a few examples); the CLI turns it into a non-zero exit plus
 the seed and the command that reproduces it.
@@ -153,6 +157,23 @@ def packet_limit(c: Cluster) -> CheckResult:
     return CheckResult("packet-limit", True, f"every datagram <= {limit} bytes")
 
 
+def forgeries_refused(c: Cluster) -> CheckResult:
+    forged, strangers = c.ledger.forged, c.ledger.strangers
+    if forged or strangers:
+        ex = [f"t={t / 1000:.3f}s {c.nodes[o].name} believed {c.nodes[s].name}: {what}"
+              for t, o, s, what in forged[:_EXAMPLES]]  # fmt: skip
+        ex += [f"t={t / 1000:.3f}s {c.nodes[o].name} added {name!r}, who does not exist"
+               for t, o, name in strangers[:_EXAMPLES]]  # fmt: skip
+        return CheckResult(
+            "forgeries-refused", False,
+            f"{len(forged)} forged claims and {len(strangers)} invented members believed; "
+            + _join(ex),
+        )  # fmt: skip
+    rejected = sum(getattr(n.core, "stats", {}).get("reject", 0) for n in c.nodes if n.core)
+    return CheckResult("forgeries-refused", True,
+                       f"nothing forged believed; {rejected} claims refused by live hosts")  # fmt: skip
+
+
 def standard(c: Cluster, *, no_false_dead: bool = False) -> list[CheckResult]:
     """The checks every scenario runs at the end of a run."""
     return [
@@ -162,6 +183,7 @@ def standard(c: Cluster, *, no_false_dead: bool = False) -> list[CheckResult]:
         monotone_incarnations(c),
         ledger_matches_core(c),
         packet_limit(c),
+        forgeries_refused(c),
     ]
 
 

@@ -91,6 +91,16 @@ def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser
                    help="partition: seconds before healing")  # fmt: skip
     s.add_argument("--asymmetric", action="store_true", help="partition: cut a->b only")
     s.add_argument("--flaps", type=int, default=0, help="partition: flapping links during hold")
+    s.add_argument("--captured", type=int, default=0,
+                   help="any SWIM scenario: hosts whose key an attacker holds; they forge "
+                   "membership from --fault-at for --attack-for seconds")  # fmt: skip
+    s.add_argument(
+        "--attack-for",
+        type=float,
+        dest="attack_s",
+        default=30.0,
+        help="seconds the captured hosts attack (default 30)",
+    )
     s.add_argument("--churn-rate", type=float, default=0.5, help="churn: events per second")
     s.add_argument("--churn-for", type=float, dest="churn_s", default=60.0,
                    help="churn: seconds of churn")  # fmt: skip

@@ -20,6 +20,11 @@ core's effect contract (``gossipmesh/swim/effects.py``) asks for, exactly as the
   subjects, not a scan of N^2 pairs. The same events drive detection times and false positives.
 - ``UserMessage`` goes to the node's *attachment* (see below).
 
+Signatures are real (DESIGN-11 D3): every host's core gets a ``MembershipAuthority`` over its own
+node certificate, issued by the cluster's in-process CA (``identity.py``), and verification is
+memoised across hosts (a pure function: behaviour-neutral). ``wall_ms`` is what the certificates
+are checked against: a fixed epoch plus the virtual time.
+
 Ground truth lives here and only here: a node is UP, DOWN (crashed), LEFT, or not yet started.
 Checkers compare the ledger with the truth.
 
@@ -48,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gossipmesh.ids import Address
+from gossipmesh.swim.authority import Authority
 from gossipmesh.swim.effects import (
     MemberChanged,
     MemberReaped,
@@ -58,6 +64,7 @@ from gossipmesh.swim.effects import (
 )
 from gossipmesh.swim.member import Member, MemberState
 from simulations.engine import Engine, derive_rng
+from simulations.identity import EPOCH_MS, SimIdentities
 from simulations.network import Network
 
 # Event kinds (indices into the engine's handler table).
@@ -114,15 +121,22 @@ class Core(Protocol):
     def local_member(self) -> Member: ...
 
 
-CoreFactory = Callable[[str, Address, Any, random.Random, int, int], Core]
+CoreFactory = Callable[[str, Address, Any, random.Random, int, int, Authority], Core]
 
 
 def default_core_factory(
-    name: str, address: Address, config: Any, rng: random.Random, now_ms: int, incarnation: int
+    name: str,
+    address: Address,
+    config: Any,
+    rng: random.Random,
+    now_ms: int,
+    incarnation: int,
+    authority: Authority,
 ) -> Core:
     from gossipmesh.swim.node import SwimNode  # the real core; imported late on purpose
 
-    return SwimNode(name, address, config, rng, now_ms, incarnation=incarnation)
+    return SwimNode(name, address, config, rng, now_ms, incarnation=incarnation,
+                    authority=authority)  # fmt: skip
 
 
 class Attachment:
@@ -216,6 +230,12 @@ class Ledger:
     incarnation_regressions: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     changes: int = 0
     reaps: int = 0
+    # Things no honest run can produce, so only an accepted forgery can (signed membership):
+    # (t, observer, subject, what) for an incarnation above what the subject itself ever
+    # signed + 1, an address that is not the subject's, or a leave it never announced ...
+    forged: list[tuple[int, int, int, str]] = field(default_factory=list)
+    # ... and (t, observer, name) for a member named by no host at all.
+    strangers: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 class Cluster:
@@ -232,8 +252,11 @@ class Cluster:
         leave_flush_ms: int = 1_000,
         sample_ms: int = 250,
         stale_window_ms: int = 60_000,
+        identities: SimIdentities | None = None,
     ) -> None:
         self.seed = seed
+        self.identities = identities if identities is not None else SimIdentities()
+        self.attackers: list[Any] = []  # captured hosts (simulations/captured.py), if any
         self.config = config
         self.network = network
         self.engine = Engine()
@@ -253,6 +276,7 @@ class Cluster:
         self.views: list[list[int] | None] = []
         self.n_view: list[list[int]] = [[], [], [], []]  # per state code, per subject
         self.subjects: list[SubjectRecord] = []
+        self.signed_max: list[int] = []  # per host: the highest incarnation it ever claimed
         self.ledger = Ledger()
         self.up_count = 0
         # Series sampled every sample_ms: (t, wrong views, suspect views of live subjects, up).
@@ -289,8 +313,13 @@ class Cluster:
         for counts in self.n_view:
             counts.append(0)
         self.subjects.append(SubjectRecord())
+        self.signed_max.append(0)
         self.network.add_node()
         return node
+
+    def wall_ms(self) -> int:
+        """The wall clock certificates are checked against: the epoch plus virtual time."""
+        return EPOCH_MS + self.engine.now_ms
 
     def at(self, at_ms: int, action: Callable[..., None], *args: Any) -> None:
         """Schedule a fault or other action; it runs as an event, so it is part of the trace."""
@@ -308,8 +337,9 @@ class Cluster:
         node.boots += 1
         node.generation += 1
         node.rng = derive_rng(self.seed, "node", node.name, node.boots)
+        authority = self.identities.authority(node.name, self.wall_ms)
         node.core = self.core_factory(node.name, node.address, self.config, node.rng, now,
-                                      incarnation)  # fmt: skip
+                                      incarnation, authority)  # fmt: skip
         node.incarnation_at_boot = incarnation
         node.last_incarnation = max(node.last_incarnation, incarnation)
         node.state = UP
@@ -489,12 +519,15 @@ class Cluster:
             lag = int(lag * (0.5 + self.rng.random()))
         return self.network.latency(src, dst) + lag
 
-    def _start_push_pull(self, node: SimNode, to: Address, join: bool) -> None:
+    def _start_push_pull(
+        self, node: SimNode, to: Address, join: bool, data: bytes | None = None
+    ) -> None:
         assert node.core is not None
         now = self.engine.now_ms
         self.network.stats.streams += 1
         dst = self.by_address.get(to)
-        data = node.core.push_pull_payload(join)
+        if data is None:
+            data = node.core.push_pull_payload(join)
         ticket = (node.generation, now, data)
         if dst is None or not self.network.link_up(node.idx, dst):
             self.engine.schedule(now + self.tcp_timeout_ms, K_PP_FAIL, node.idx, to, ticket)
@@ -543,6 +576,16 @@ class Cluster:
         self.network.stats.streams_failed += 1
         self.engine.trace(K_PP_FAIL, src, self.by_address.get(to, -1), 0)
         self.apply(node, node.core.push_pull_failed(to, self.engine.now_ms))
+
+    # -- what a captured host sends besides its core's traffic (simulations/captured.py) ---------
+
+    def send_from(self, idx: int, to: Address, data: bytes) -> None:
+        """A datagram from host ``idx``'s address, through the network like any other."""
+        self._send(self.nodes[idx], to, data)
+
+    def push_pull_from(self, idx: int, to: Address, data: bytes) -> None:
+        """A push-pull request from host ``idx`` carrying ``data``; the reply goes to its core."""
+        self._start_push_pull(self.nodes[idx], to, False, data)
 
     # -- attachment plumbing -----------------------------------------------------------------
 
@@ -634,7 +677,12 @@ class Cluster:
     def _member_changed(self, observer: SimNode, member: Member, previous: object) -> None:
         s = self.by_name.get(member.name)
         o = observer.idx
-        if s is None or s == o:
+        if s is None:
+            self.ledger.strangers.append((self.engine.now_ms, o, member.name))
+            return
+        if s == o:
+            if member.incarnation > self.signed_max[o]:
+                self.signed_max[o] = member.incarnation
             return
         view = self.views[o]
         if view is None:  # a leaving node's last words do not count as a view
@@ -653,13 +701,19 @@ class Cluster:
             n_view[old & 3][s] -= 1
         view[s] = inc << 2 | code
         n_view[code][s] += 1
+        subject = self.nodes[s]
+        if inc > self.signed_max[s] + 1 or member.address != subject.address:
+            what = f"incarnation {inc} (it signed {self.signed_max[s]}) at {member.address}"
+            ledger.forged.append((self.engine.now_ms, o, s, what))
         if code == V_ALIVE:
             return
         now = self.engine.now_ms
-        subject = self.nodes[s]
         rec = self.subjects[s]
         if subject.state == UP:
-            if code == V_LEFT or now < rec.stale_until_ms or inc < subject.incarnation_at_boot:
+            if now < rec.stale_until_ms or inc < subject.incarnation_at_boot:
+                return
+            if code == V_LEFT:
+                ledger.forged.append((now, o, s, "a leave it never announced"))
                 return
             if code == V_DEAD:
                 ledger.false_dead.append((now, o, s))

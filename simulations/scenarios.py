@@ -64,6 +64,7 @@ FLAG_NAMES = {
     "settle_s": "settle",
     "hold_s": "hold",
     "churn_s": "churn_for",
+    "attack_s": "attack_for",
 }
 
 ProgressFn = Callable[[str, int, int], None]  # (label, done_ms, total_ms)
@@ -101,6 +102,9 @@ class Options:
     churn_rate: float = 0.5
     churn_s: float = 60.0
     flaps: int = 0
+    # captured hosts forging membership from fault_at for attack_s (simulations/captured.py)
+    captured: int = 0
+    attack_s: float = 30.0
     # bootstrap: False = warm start (converged membership at t=0); True = the join storm
     cold_start: bool = False
     # config scenarios (simulations/config_scenarios.py)
@@ -137,6 +141,10 @@ class Options:
             raise ValueError(f"--split must be half or one, got {self.split!r}")
         if self.hold_s <= 0:
             raise ValueError("--hold must be positive")
+        if not 0 <= self.captured <= self.nodes - 2:
+            raise ValueError(f"--captured must be in 0..{self.nodes - 2}, got {self.captured}")
+        if self.attack_s <= 0:
+            raise ValueError("--attack-for must be positive")
         if self.churn_rate < 0:
             raise ValueError("--churn-rate must be >= 0")
         if self.latency_ms is not None and self.latency_ms < 0:
@@ -316,7 +324,16 @@ def _open(
         loss=opts.loss if loss is None else loss,
     )
     plan = FaultPlan(c)
-    return c, plan, _bootstrap(c, opts, hooks, label)
+    t0 = _bootstrap(c, opts, hooks, label)
+    if opts.captured:
+        from simulations import captured
+
+        start = t0 + int(opts.fault_at_s * 1000)
+        rng = derive_rng(opts.seed, "captured")
+        c.attackers = captured.install(
+            c, opts.captured, rng, start, start + int(opts.attack_s * 1000)
+        )
+    return c, plan, t0
 
 
 def warm_start(c: Cluster) -> None:
@@ -330,7 +347,9 @@ def warm_start(c: Cluster) -> None:
     Timers are then re-armed at random offsets (``SwimNode.start``), so probing is not in
     lockstep and push-pulls are spread over the interval scaled for the cluster's size.
     """
-    from gossipmesh.swim.messages import PushPull, encode_push_pull
+    from gossipmesh.swim.effects import SetTimer
+    from gossipmesh.swim.state_codec import PushPull, encode_push_pull
+    from gossipmesh.swim.timers import TimerKind
 
     assert c.engine.now_ms == 0 and all(n.core is None for n in c.nodes), "warm start is t=0 only"
     n = len(c.nodes)
@@ -351,7 +370,16 @@ def warm_start(c: Cluster) -> None:
             assert node.core is not None
             seed = c.nodes[(node.idx + 1) % n].address
             node.core.join([seed], 0)  # effects dropped on purpose: the exchange is answered here
-            c.apply(node, node.core.handle_push_pull_reply(seed, payload, 0))
+            effects = node.core.handle_push_pull_reply(seed, payload, 0)
+            # The core merges a big state a chunk per turn, asking for a MERGE timer due at
+            # once for the rest; fire them here, as a runtime would, before the timers below.
+            while True:
+                merge = [e for e in effects if type(e) is SetTimer
+                         and getattr(e.timer, "kind", None) is TimerKind.MERGE]  # fmt: skip
+                c.apply(node, [e for e in effects if not any(e is m for m in merge)])
+                if not merge:
+                    break
+                effects = node.core.handle_timer(merge[0].timer, 0)
             # Re-arm the timers now that the host knows the cluster, as a long-running one
             # would have them: otherwise every host's first push-pull falls in the 30-60 s of a
             # lone boot, and at 10,000 hosts those 10,000 full-state exchanges took 947 s of a
@@ -386,6 +414,17 @@ def _settle_ms(c: Cluster) -> int:
     scale = max(1.0, math.log10(n))
     susp_max = cfg.suspicion_mult * scale * cfg.probe_interval_ms * cfg.suspicion_max_timeout_mult
     return int(susp_max + 20 * cfg.probe_interval_ms)
+
+
+def _rejections(c: Cluster) -> dict[str, int]:
+    """Membership claims refused by the hosts still running, by reason (signed membership)."""
+    total: dict[str, int] = {}
+    for node in c.nodes:
+        stats = getattr(node.core, "stats", None) or {}
+        for key, n in stats.items():
+            if key.startswith("reject.") and n:
+                total[key[7:]] = total.get(key[7:], 0) + n
+    return dict(sorted(total.items()))
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:
@@ -467,6 +506,8 @@ def _finish(
         "false_dead": len(c.ledger.false_dead),
         "false_dead_subjects": len({s for _, _, s in c.ledger.false_dead}),
         "false_suspect": c.ledger.false_suspect,
+        "membership_rejected": _rejections(c),
+        "forged_sent": sum(sum(a.sent.values()) for a in c.attackers),
         "member_changes": c.ledger.changes,
         "first_suspect_s": _summary(first_suspect),
         "first_dead_s": _summary(first_dead),

@@ -30,6 +30,7 @@ AGENT_INTERNALS = (
     "gossipmesh.swim",
     "gossipmesh.crdt",
     "gossipmesh.proxy",
+    "gossipmesh.dataplane",
     "gossipmesh.store",
 )
 
@@ -259,6 +260,18 @@ CLOCK = ("time", "datetime")
 IO = ("socket", "ssl", "selectors", "select", "os", "pathlib", "shutil", "tempfile", "sqlite3",
       "cryptography")  # fmt: skip
 
+# The data planes (the native proxy and the external ones) are handed a RouteTable: they need
+# none of the agent, its cores, its store or the operators' side.
+NOT_FOR_DATA_PLANES = (
+    "gossipmesh.agent",
+    "gossipmesh.swim",
+    "gossipmesh.crdt",
+    "gossipmesh.cli",
+    "gossipmesh.demo",
+    "gossipmesh.store",
+    "simulations",
+)
+
 RULES: dict[str, Check] = {
     "cores import no runtime": forbid_stdlib(
         CORES + CORE_MAY_IMPORT, RUNTIME, "cores import no runtime (trio, asyncio, threading ...)"
@@ -275,16 +288,13 @@ RULES: dict[str, Check] = {
     "cores import only ids, errors, wire from gossipmesh": cores_use_only_allowed_gossipmesh_modules,
     "proxy imports no agent, swim or crdt": forbid_modules(
         ("gossipmesh.proxy",),
-        (
-            "gossipmesh.agent",
-            "gossipmesh.swim",
-            "gossipmesh.crdt",
-            "gossipmesh.cli",
-            "gossipmesh.demo",
-            "gossipmesh.store",
-            "simulations",
-        ),  # fmt: skip
+        NOT_FOR_DATA_PLANES,
         "proxy imports no agent, swim, crdt, store, cli, demo or simulator",
+    ),
+    "dataplane imports no agent, swim or crdt": forbid_modules(
+        ("gossipmesh.dataplane",),
+        NOT_FOR_DATA_PLANES,
+        "dataplane imports no agent, swim, crdt, store, cli, demo or simulator",
     ),
     "simulator imports no agent": forbid_modules(
         ("simulations",), ("gossipmesh.agent",), "simulator imports nothing from gossipmesh.agent"
@@ -301,10 +311,11 @@ RULES: dict[str, Check] = {
             "gossipmesh.swim",
             "gossipmesh.crdt",
             "gossipmesh.proxy",
+            "gossipmesh.dataplane",
             "gossipmesh.store",
             "gossipmesh.agent",
         ),  # fmt: skip
-        "cli, demo and client import no agent, swim, crdt, proxy or store (the admin API, "
+        "cli, demo and client import no agent, swim, crdt, proxy, dataplane or store (the admin API, "
         "through gossipmesh.client, is their way in)",
         allowed=cli_runs_the_agent_only_in_its_command,
     ),

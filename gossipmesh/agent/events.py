@@ -41,6 +41,9 @@ class MemberEvent:
     incarnation: int | None
     meta: bytes
     ts_ms: int  # wall clock, milliseconds since the epoch (for humans and logs)
+    # The member's node certificate (DER) its signed claims came with; b"" for a reap. Not in
+    # the JSON: listeners (node records) verify with it.
+    cert: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,6 @@ from typing import Any
 
 import trio
 
-from gossipmesh.agent.identity_store import load_or_create_identity
 from gossipmesh.agent.key_sources import build_keyring
 from gossipmesh.agent.log import EventLog
 from gossipmesh.agent.node_identity import HOW_TO_SECURE, build_identity
@@ -30,6 +29,7 @@ from gossipmesh.agent.settings import load_settings
 from gossipmesh.agent.sidecar import Sidecar
 from gossipmesh.agent.store import secure_data_dir
 from gossipmesh.agent.transport import AgentStartError
+from gossipmesh.dataplane import DataplaneStartError, find_binary
 from gossipmesh.errors import StoreCorruptError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -61,6 +61,8 @@ def wall_ms() -> int:
 def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     try:
         settings = load_settings(flags, config_file)
+        if settings.sidecar.enabled and settings.sidecar.dataplane != "native":
+            find_binary(settings.sidecar.dataplane)  # before anything starts: one line, exit 1
         log = EventLog(level=settings.log_level)
         soft, hard = raise_descriptor_limit()
         # Everything this process creates (keyring, token, replica.db and its -wal/-shm, peers)
@@ -82,6 +84,9 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     except UsageError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DataplaneStartError as exc:  # --dataplane haproxy|nginx without its binary
+        print(f"gossipmesh agent: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except OSError as exc:
         print(f"gossipmesh agent: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -137,8 +142,7 @@ def _build_sidecar(agent: Agent) -> Sidecar:
     """Health checks, node record and proxy. Built before ``agent.run`` so its member listener,
     user-message handler and stream kind are registered before the first packet arrives. The
     config replica, when the agent has one, is the sidecar's ``ConfigSource``."""
-    identity = load_or_create_identity(agent.settings.data_dir)
-    return Sidecar(agent, agent.settings.sidecar, identity, config=getattr(agent, "config", None))
+    return Sidecar(agent, agent.settings.sidecar, config=getattr(agent, "config", None))
 
 
 async def _main(agent: Agent, sidecar: Sidecar | None = None) -> None:

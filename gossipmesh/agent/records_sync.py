@@ -1,20 +1,22 @@
-"""Spreading node-owned records: keys from SWIM metadata, gossip for speed, push-pull for repair.
+"""Spreading node-owned records: keys from SWIM certificates, gossip for speed, push-pull for repair.
 
 Theory of operation
 -------------------
 Each agent writes exactly one record, its own (``gossipmesh.crdt.records``): its service
-instances, their health and its inbound proxy address, signed with its Ed25519 key under a
-version taken from the wall clock. Everyone else only stores the highest version per owner that
-verifies, so there is nothing to merge and no conflict to resolve; what this module does is get
-every record everywhere, quickly and for sure.
+instances, their health and its inbound proxy address, signed with its node key (the key of its
+node certificate, ``agent.identity``) under a version taken from the wall clock. Everyone else
+only stores the highest version per owner that verifies, so there is nothing to merge and no
+conflict to resolve; what this module does is get every record everywhere, quickly and for sure.
 
-Keys. A receiver verifies against the owner's public key, which the owner puts in its SWIM
-metadata (``pk``, with its proxy addresses and current record version ``rv``; msgpack, well under
-SWIM's 512-byte limit). Metadata travels with membership, so a member listener feeds
-``TrustedKeys``. Trust therefore rests on the cluster keyring that seals all gossip: anyone who
-can speak for a member name in SWIM can also publish its key (the same trust SWIM already gives).
-A newer incarnation may carry a new key (a node restarted without its data dir); it replaces the
-old one.
+Keys. A receiver verifies against the owner's node certificate as SWIM holds it: every member
+snapshot carries the certificate its signed alive claim came with (DESIGN-11 D3), so a member
+listener feeds ``RecordKeys``. Nobody can speak for another node in SWIM, so nobody can publish a
+key for it either: a forged record names a certificate that is not the owner's, or carries a
+signature the owner's key did not make, and is refused (the attack of issue 11, a forged alive
+plus a record with the attacker's proxy address, fails at both steps). A member that comes back
+with a new certificate (re-issued) brings it in its new alive claim; records signed under it wait
+for it (``unknown_owner``) and are taken then. The owner's SWIM metadata carries its proxy
+addresses and current record version ``rv`` (msgpack, well under SWIM's 512-byte limit), no key.
 
 Spread, fast path. On every change the owner gossips ``b"R" + record``: piggybacked on SWIM
 messages (``queue_broadcast``: transmit-limited, re-gossiped by first receivers) and sent directly
@@ -31,9 +33,9 @@ in sync after one round trip. A sync is also run promptly, out of turn, with a m
 joined or came back (join, heal) and with one whose metadata advertises a record version newer than
 ours (``rv``): metadata spreads with membership, so it tells us what we are missing.
 
-Ordering. A record can arrive before its owner's metadata (gossip races membership). Such a record
-is ``unknown_owner``: it is kept in a small bounded pending set (newest version per owner, oldest
-evicted past ``MAX_PENDING``) and offered again when that owner's key arrives.
+Ordering. A record can arrive before its owner's certificate (gossip races membership). Such a
+record is ``unknown_owner``: it is kept in a small bounded pending set (newest version per owner,
+oldest evicted past ``MAX_PENDING``) and offered again when that owner's certificate arrives.
 
 Reaping. When SWIM reaps a member (gone for good), its record is dropped; ``RecordTable`` keeps a
 version floor so a late copy still in gossip cannot resurrect it. Until then a dead node's record
@@ -47,7 +49,6 @@ tasks of one process: no locks.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
-from gossipmesh.config.identity import KEY_BYTES, NodeIdentity, TrustedKeys
+from gossipmesh.agent.events import wall_ms
+from gossipmesh.config.identity import RecordKeys, RecordSigner
 from gossipmesh.crdt.records import (
     RecordBody,
     RecordTable,
@@ -65,7 +67,8 @@ from gossipmesh.crdt.records import (
     make_record,
     next_version,
 )
-from gossipmesh.errors import DecodeError, LimitExceededError, UsageError
+from gossipmesh.errors import DecodeError, LimitExceededError
+from gossipmesh.identity.membership import VerificationMemo
 from gossipmesh.ids import Address
 from gossipmesh.swim.member import MemberState
 
@@ -90,9 +93,8 @@ MAX_META_KEYS = 16
 
 @dataclass(frozen=True, slots=True)
 class NodeMeta:
-    """What a node says about itself in SWIM metadata."""
+    """What a node says about itself in SWIM metadata (its key is in its certificate)."""
 
-    public_key: bytes
     inbound: tuple[str, int] | None = None
     outbound: tuple[str, int] | None = None
     record_version: int = 0
@@ -101,7 +103,6 @@ class NodeMeta:
 def encode_meta(meta: NodeMeta) -> bytes:
     return msgpack.packb(
         {
-            "pk": meta.public_key,
             "in": None if meta.inbound is None else list(meta.inbound),
             "out": None if meta.outbound is None else list(meta.outbound),
             "rv": meta.record_version,
@@ -112,20 +113,17 @@ def encode_meta(meta: NodeMeta) -> bytes:
 
 def decode_meta(data: bytes) -> NodeMeta:
     """Strict: ``DecodeError`` for anything that is not our metadata. Unknown keys are allowed
-    (a newer agent may add some); missing optional ones default."""
+    (a newer agent may add some, an older one sent ``pk``); missing optional ones default."""
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
     except Exception as e:
         raise DecodeError("meta_msgpack", type(e).__name__) from None
     if not isinstance(raw, dict) or len(raw) > MAX_META_KEYS:
         raise DecodeError("meta_malformed", "not a map")
-    pk = raw.get("pk")
-    if not isinstance(pk, bytes) or len(pk) != KEY_BYTES:
-        raise DecodeError("meta_malformed", "pk")
     rv = raw.get("rv", 0)
     if isinstance(rv, bool) or not isinstance(rv, int) or not 0 <= rv < 2**63:
         raise DecodeError("meta_malformed", "rv")
-    return NodeMeta(pk, _hostport(raw.get("in"), "in"), _hostport(raw.get("out"), "out"), rv)
+    return NodeMeta(_hostport(raw.get("in"), "in"), _hostport(raw.get("out"), "out"), rv)
 
 
 def _hostport(value: Any, what: str) -> tuple[str, int] | None:
@@ -181,10 +179,6 @@ def _record_list(value: Any) -> list[bytes]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class RecordSync:
     """Owns the node's ``RecordTable`` and keeps it converged with every other agent's.
 
@@ -194,18 +188,20 @@ class RecordSync:
     changed, so the caller can rebuild its catalog.
     """
 
-    def __init__(self, agent: Agent, identity: NodeIdentity, on_change: Callable[[], None]) -> None:
+    def __init__(self, agent: Agent, on_change: Callable[[], None]) -> None:
         self.agent = agent
         self.name = agent.settings.name
-        self.identity = identity
-        self.trusted = TrustedKeys({self.name: identity.public_bytes()})
-        self.table = RecordTable(self.trusted.verify)
+        credentials = agent.identity.credentials
+        self.sign = RecordSigner(credentials)
+        self.keys = RecordKeys(credentials.cluster, VerificationMemo(agent.identity.trust), wall_ms)
+        self.keys.learn(self.name, credentials.cert_der)
+        self.table = RecordTable(self.keys.verify)
         self._on_change = on_change
         self._pending: dict[str, SignedRecord] = {}
         self._wanted: dict[str, Address] = {}  # member name -> gossip address, insertion order
         self._wanted_event: trio.Event | None = None
         self._version = 0
-        self._meta = NodeMeta(identity.public_bytes())
+        self._meta = NodeMeta()
         agent.add_member_listener(self._on_member)
         agent.add_user_message_handler(self._on_user_message)
         agent.register_stream_handler(SYNC_KIND, self._serve_sync)
@@ -227,10 +223,10 @@ class RecordSync:
         outbound: tuple[str, int] | None = None,
     ) -> SignedRecord:
         """Sign ``body`` under the next version, store it, advertise it in metadata, gossip it."""
-        self._version = next_version(self._version, _wall_ms())
-        record = make_record(self.name, self._version, body, self.identity.sign)
+        self._version = next_version(self._version, wall_ms())
+        record = make_record(self.name, self._version, body, self.sign)
         self._accept(record)
-        self._meta = NodeMeta(self.identity.public_bytes(), inbound, outbound, self._version)
+        self._meta = NodeMeta(inbound, outbound, self._version)
         meta = encode_meta(self._meta)
         await self.agent.call(lambda node, now: (None, node.update_meta(meta, now)))
         payload = RECORD_TAG + encode_record(record)
@@ -288,14 +284,14 @@ class RecordSync:
         if name == self.name:
             return
         if event.kind == "reap":
-            self.trusted.remove(name)
+            self.keys.forget(name)
             self._pending.pop(name, None)
             self._wanted.pop(name, None)
             if self.table.reap(name):
                 self._on_change()
             return
-        if event.meta:
-            self.learn(name, event.meta, event.address)
+        if event.cert or event.meta:
+            self.learn(name, event.meta, event.address, event.cert)
         if event.kind == "join" and event.address is not None:
             # A new or returning member (a heal looks like this too): exchange records now
             # rather than at the next periodic sync.
@@ -303,21 +299,20 @@ class RecordSync:
         # Its state changed (suspect, dead, alive): the catalog's view of its instances changes.
         self._on_change()
 
-    def learn(self, name: str, meta_bytes: bytes, address: Address | None) -> None:
-        """Take a member's key (and record-version hint) from its metadata."""
+    def learn(self, name: str, meta_bytes: bytes, address: Address | None, cert: bytes) -> None:
+        """Take a member's certificate (from SWIM, which checked it) and the record-version hint
+        in its metadata."""
+        if cert and self.keys.learn(name, cert):
+            parked = self._pending.pop(name, None)
+            if parked is not None:
+                self._accept(parked)
+        if not meta_bytes:
+            return
         try:
             meta = decode_meta(meta_bytes)
         except DecodeError as exc:
             self._count(f"meta_invalid.{exc.reason}")
             return
-        try:
-            self.trusted.add(name, meta.public_key)
-        except UsageError:
-            self._count("meta_invalid.pk")
-            return
-        parked = self._pending.pop(name, None)
-        if parked is not None:
-            self._accept(parked)
         held = self.table.get(name)
         if address is not None and meta.record_version > (held.version if held else 0):
             self._want(name, address)

@@ -40,7 +40,8 @@ Extension points (for the config replica, the proxy, health checks):
 - ``add_member_listener(fn)`` (sync, called in the owner task) or ``subscribe_members()`` (a
   bounded receive channel of ``MemberEvent``) for membership changes.
 - ``add_user_message_handler(fn)``; ``queue_broadcast(payload)``; ``send_user_message(payload, k)``.
-- ``router.add(method, path, handler)`` for admin API routes.
+- ``router.add(method, path, handler)`` for admin API routes; ``health_extensions`` (sync
+  ``fn(health)``) to add a section or a degraded reason to ``/v1/health``.
 - ``call(fn)`` to run anything else against the core, serialised with every other input.
 """
 
@@ -74,6 +75,7 @@ from gossipmesh.agent.events import (
 from gossipmesh.agent.http import HTTPServer, Router
 from gossipmesh.agent.join import Joiner
 from gossipmesh.agent.log import EventLog
+from gossipmesh.agent.membership_auth import build_authority, watch_trust
 from gossipmesh.agent.node_identity import AgentIdentity, build_identity
 from gossipmesh.agent.push_pull import PushPullStreams
 from gossipmesh.agent.settings import AgentSettings
@@ -107,6 +109,8 @@ INPUT_QUEUE_DEPTH = 1024  # inputs waiting for the owner; UDP beyond this is dro
 LEAVE_FLUSH_S = 1.0
 LEAVE_NOTIFY_MAX = 16  # members told directly (push-pull) that we leave; gossip tells the rest
 PEERS_SAVE_INTERVAL_S = 1.0
+# A saved incarnation at or above this is refused at boot (the core's limit is 2**62).
+MAX_BOOT_INCARNATION = 1 << 61
 
 
 CoreCall = Callable[[SwimNode, Millis], tuple[T, list[Effect]]]
@@ -208,6 +212,8 @@ class Agent:
         # The config replica (``agent/replica.py``), set by the composition root; the data plane
         # reads it as a ``ConfigSource``.
         self.config: ConfigSource | None = None
+        # ``fn(health)`` may add to ``/v1/health``'s answer (the sidecar's data plane section).
+        self.health_extensions: list[Callable[[dict[str, Any]], None]] = []
         self.register_stream_handler("pushpull", self.push_pulls.serve)
         from gossipmesh.agent.admin import install_admin_routes
         from gossipmesh.agent.keyops import install_keyops
@@ -301,6 +307,7 @@ class Agent:
             self.rng,
             now_ms(),
             incarnation=incarnation,
+            authority=build_authority(self.identity),
         )
         self.log.info(
             "agent_start",
@@ -324,6 +331,7 @@ class Agent:
                                        guard=self.admin_auth, ssl_context=self.admin_tls)  # fmt: skip
                     await nursery.start(admin.serve, bound.admin_listeners)
                     nursery.start_soon(self._peers_saver)
+                    nursery.start_soon(watch_trust, self)
                     nursery.start_soon(self.joiner.auto_join)
                     task_status.started(self)
                     await self._stopped.wait()
@@ -333,6 +341,11 @@ class Agent:
                 self.events.close()
                 self.admin_auth.close()
                 self.log.info("agent_stop", member=self.settings.name)
+
+    @property
+    def core_stats(self) -> dict[str, int]:
+        """The SWIM core's counters (a live view; read it in the owner's trio thread)."""
+        return self._node.stats if self._node is not None else {}
 
     @property
     def stopped(self) -> trio.Event:
@@ -380,10 +393,19 @@ class Agent:
         return min(cap_s, max(0.2, 3 * gossip_ms / 1000))
 
     def _boot_incarnation(self) -> int:
-        if self.store is not None:
-            return self.store.boot_incarnation()
         # No data dir: seconds since 2023 still rise from boot to boot (barring clock resets).
-        return max(1, int(time.time()) - 1_672_531_200)
+        # A boot that starts below what a previous life signed learns that from its own signed
+        # claims in the join push-pull and refutes above it (the core's on_alive).
+        by_clock = max(1, int(time.time()) - 1_672_531_200)
+        if self.store is None:
+            return by_clock
+        incarnation = self.store.boot_incarnation()
+        if incarnation >= MAX_BOOT_INCARNATION:
+            # Only an unsigned rumour of old could have pushed us this high (issue 11: one
+            # Suspect at 2**62 made a node unable to restart); start afresh from the clock.
+            self.log.warn("incarnation_reset", saved=incarnation, incarnation=by_clock)
+            return by_clock
+        return incarnation
 
     # ---- the owner task ---------------------------------------------------------------------
 
@@ -484,6 +506,7 @@ class Agent:
             m.incarnation,
             m.meta,
             wall_ms(),
+            m.proof.cert if m.proof is not None else b"",
         )
         self.events.publish(event)
 
@@ -542,7 +565,10 @@ class Agent:
                 "pending_timers": len(self._timers),
             }, []
 
-        return await self.call(snapshot)
+        health: dict[str, Any] = await self.call(snapshot)
+        for extend in self.health_extensions:
+            extend(health)
+        return health
 
 
 def suspicion_bound_s(config: SwimConfig, cluster_size: int) -> float:

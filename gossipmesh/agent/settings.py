@@ -45,6 +45,7 @@ _KEYS = {
     "outbound",
     "inbound",
     "no_proxy",
+    "dataplane",
     "service",
     "listener",
     "inbound_plaintext",

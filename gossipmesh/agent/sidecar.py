@@ -35,6 +35,11 @@ The config document arrives through a small protocol (``ConfigSource``: ``items(
 source, there are no routes and no ``service/`` settings: ``Host`` names the service and the
 documented defaults apply.
 
+With ``dataplane = "haproxy" | "nginx"`` the native proxy's listeners are not started: an
+``ExternalPlane`` (gossipmesh/dataplane/) runs that proxy on the same outbound and inbound
+addresses, is given every rebuilt table instead, adds its counters to ``/metrics`` and a
+``dataplane`` section to ``/v1/health``, and is stopped with the sidecar.
+
 Admin routes: ``GET /v1/services`` (the catalog, with each endpoint's ejection state from the
 proxy) and ``GET /metrics`` (Prometheus text: the proxy's counters plus agent gauges, all read from
 plain structures at scrape time).
@@ -43,6 +48,7 @@ plain structures at scrape time).
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,8 +64,15 @@ from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
 from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.sidecar_config import SidecarSettings
 from gossipmesh.agent.workloads import Workloads
-from gossipmesh.config.identity import NodeIdentity
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
+from gossipmesh.dataplane import (
+    DataplaneStartError,
+    ExternalPlane,
+    PlaneSettings,
+    find_binary,
+    open_plane,
+)
+from gossipmesh.dataplane.model import local_instances
 from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.metrics import render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
@@ -91,7 +104,6 @@ class Sidecar:
         self,
         agent: Agent,
         settings: SidecarSettings,
-        identity: NodeIdentity,
         config: ConfigSource | None = None,
         *,
         rng: random.Random | None = None,
@@ -100,11 +112,11 @@ class Sidecar:
         self.settings = settings
         self.name = agent.settings.name
         self.rng = rng if rng is not None else random.Random(agent.rng.getrandbits(64))
-        self.records = RecordSync(agent, identity, self._records_changed)
+        self.records = RecordSync(agent, self._records_changed)
         self.checker = HealthChecker(settings.services, self._health_changed, self.rng)
         self.authority = MeshAuthority(lambda: agent.identity)
         self.workloads: Workloads | None = None
-        if settings.enabled:
+        if settings.enabled and settings.dataplane == "native":
             self.workloads = Workloads(
                 lambda: agent.identity,
                 [svc.name for svc in settings.services],
@@ -114,6 +126,7 @@ class Sidecar:
                 agent.log.info,
             )
         self.proxy: Proxy | None = None
+        self.external: ExternalPlane | None = None
         self.addresses: ProxyAddresses | None = None
         self.catalog = Catalog()
         self.rebuilds = 0
@@ -130,6 +143,7 @@ class Sidecar:
             self.attach_config(config)
         agent.router.add("GET", "/v1/services", self._services_route)
         agent.router.add("GET", "/metrics", self._metrics_route)
+        agent.health_extensions.append(self._health_section)
 
     def attach_config(self, source: ConfigSource) -> None:
         """Route with ``source``'s ``service/`` and ``route/`` entities from now on."""
@@ -166,7 +180,9 @@ class Sidecar:
         self._wake = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.checker.run)
-            if self.settings.enabled:
+            if self.settings.enabled and self.settings.dataplane != "native":
+                await self._start_external(nursery)
+            elif self.settings.enabled:
                 self.proxy = self._make_proxy()
                 try:
                     self.addresses = await nursery.start(self.proxy.serve)
@@ -192,15 +208,56 @@ class Sidecar:
                     )
                 if self.workloads is not None:
                     nursery.start_soon(self.workloads.run)
-            # Keys of members the agent met before this task started (the listener was already
-            # registered, but be sure: a missed key would park records until the next meta).
+            # Certificates of members the agent met before this task started (the listener was
+            # already registered, but be sure: a missed one would park records until it spoke).
             for m in await self.agent.members():
-                if m.name != self.name and m.meta:
-                    self.records.learn(m.name, m.meta, m.address)
+                if m.name != self.name and m.proof is not None:
+                    self.records.learn(m.name, m.meta, m.address, m.proof.cert)
             await self._step()
             await nursery.start(self.records.run)
             nursery.start_soon(self._worker)
             task_status.started(self)
+
+    async def _start_external(self, nursery: trio.Nursery) -> None:
+        from gossipmesh.agent.transport import AgentStartError
+
+        s = self.settings
+        outbound = _concrete(s.outbound.as_tuple())
+        inbound = _concrete(s.inbound_for(self.agent.settings.bind.host).as_tuple())
+        local: dict[str, list[tuple[str, int]]] = {}
+        for svc in s.services:
+            local.setdefault(svc.name, []).append((svc.address, svc.port))
+        try:
+            plane = open_plane(
+                PlaneSettings(s.dataplane, find_binary(s.dataplane), outbound, inbound,
+                              local_instances(local), self.agent.settings.data_dir),
+                self.agent.log, self.agent.counters,
+            )  # fmt: skip
+            self.external = await nursery.start(plane.run)
+        except DataplaneStartError as exc:
+            raise AgentStartError(str(exc)) from exc
+        self.addresses = ProxyAddresses(outbound, inbound)
+        self.agent.log.info("proxy_start", dataplane=s.dataplane, outbound=_fmt(outbound),
+                            inbound=_fmt(inbound), mtls=False)  # fmt: skip
+        self.agent.log.warn(
+            "inbound_plaintext",
+            detail=f"the {s.dataplane} data plane carries the mesh hop in plaintext: no mTLS, no "
+            "workload identities, no policies enforced at the inbound (docs/SECURITY.md)",
+        )
+
+    def _health_section(self, health: dict[str, Any]) -> None:
+        if self.external is None:
+            return
+        section = health["dataplane"] = self.external.status()
+        problem = None
+        if not section["running"]:
+            problem = f"the {section['engine']} data plane is not running"
+        elif section["last_error"]:
+            problem = f"{section['engine']} refused the last change: {section['last_error']}"
+        if problem is not None:
+            health.setdefault("reasons", []).append(problem[:500])
+            if health.get("status") == "ok":
+                health["status"] = "degraded"
 
     def _make_proxy(self) -> Proxy:
         s = self.settings
@@ -298,6 +355,8 @@ class Sidecar:
             self.proxy.update_table(route_table(catalog, self.rebuilds))
             defaults = {n: svc.default_policy for n, svc in catalog.services.items()}
             self.proxy.update_policies(Policies(catalog.policies.values(), defaults))
+        if self.external is not None:
+            self.external.update(route_table(catalog, self.rebuilds), catalog.routes.values())
 
     # ---- admin routes -----------------------------------------------------------------------
 
@@ -337,6 +396,8 @@ class Sidecar:
         body = generate_latest(self.registry)
         if self.proxy is not None:
             body = render_metrics(self.proxy.metrics) + body
+        if self.external is not None:
+            body = await self.external.metrics() + body
 
         async def one_chunk() -> Any:
             yield body
@@ -390,6 +451,15 @@ class _AgentCollector(Collector):
         for key, n in sorted(counters.items()):
             events.add_metric([key], n)
         yield events
+        membership = CounterMetricFamily(
+            "gossipmesh_agent_membership_rejected",
+            "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",
+            labels=["reason"],
+        )
+        for key, n in sorted(s.agent.core_stats.items()):
+            if key.startswith("reject."):
+                membership.add_metric([key.removeprefix("reject.")], n)
+        yield membership
         yield CounterMetricFamily(
             "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
         )
@@ -402,6 +472,18 @@ class _AgentCollector(Collector):
         for svc, eps in s.catalog.endpoints.items():
             endpoints.add_metric([svc], len(eps))
         yield endpoints
+
+
+def _concrete(addr: tuple[str, int]) -> tuple[str, int]:
+    """``addr`` with port 0 replaced by a port free now (an external proxy cannot tell us which
+    port it picked; the race with another process is the price of asking for port 0)."""
+    host, port = addr
+    if port != 0:
+        return addr
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return (host, sock.getsockname()[1])
 
 
 def _fmt(addr: tuple[str, int] | None) -> str | None:

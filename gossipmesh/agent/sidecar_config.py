@@ -10,6 +10,10 @@ Keys (flags win over the file, as for every agent setting; see docs/CONFIG.md):
 - ``no_proxy = true`` (``--no-proxy``): run no proxy. Health checks and the node record still run
   (``gossipmesh services`` lists the instances), but the record has no inbound address, so other
   agents cannot route to this node's instances.
+- ``dataplane = "native" | "haproxy" | "nginx"`` (``--dataplane``): what carries the bytes.
+  ``native`` (the default) is gossipmesh's own proxy; ``haproxy`` and ``nginx`` make the agent
+  run and drive that proxy on the same outbound and inbound addresses (docs/DATAPLANES.md).
+  TCP ``[[listener]]``s need the native proxy.
 - ``[[service]]`` tables: this node's instances (``schema.parse_agent_services``); ``outbound =
   "HOST:PORT"`` in one gives that service its own outbound listener, whose requests present the
   service's identity on the mesh hop (agent/workloads.py).
@@ -38,6 +42,7 @@ DEFAULT_INBOUND_PORT = 4143
 MAX_LISTENERS = 256
 DAY_MS = 24 * 3600 * 1000
 MIN_WORKLOAD_LIFETIME_MS = 10_000  # identity.MIN_WORKLOAD_LIFETIME_MS
+DATAPLANES = ("native", "haproxy", "nginx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class SidecarSettings:
     listeners: tuple[TcpListener, ...] = ()
     inbound_plaintext: bool = False  # migration only (docs/SECURITY.md)
     workload_lifetime_ms: int = DAY_MS
+    dataplane: str = "native"
 
     def outbound_services(self) -> dict[str, Address]:
         """Per-service outbound listeners (``[[service]] outbound``), service -> address."""
@@ -116,6 +122,20 @@ def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
         raise UsageError(f"agent config: {exc}") from exc
     kwargs["listeners"] = _listeners(raw.get("listener", []))
     _check_outbound_services(kwargs["services"])
+    dataplane = raw.get("dataplane")
+    if dataplane is not None:
+        if dataplane not in DATAPLANES:
+            raise UsageError(f"dataplane must be one of {', '.join(DATAPLANES)}, not {dataplane!r}")
+        if dataplane != "native" and kwargs["listeners"]:
+            raise UsageError(f"listener: TCP listeners need --dataplane native, not {dataplane}")
+        if dataplane != "native" and not kwargs.get("inbound_plaintext"):
+            # HAProxy and nginx carry the mesh hop in plaintext (no workload identities, no
+            # authorization at the inbound): only as an explicit migration choice.
+            raise UsageError(
+                f"dataplane {dataplane}: the mesh hop would be plaintext (no mTLS, no policies); "
+                "use --dataplane native, or add --inbound-plaintext to accept that (docs/SECURITY.md)"
+            )
+        kwargs["dataplane"] = dataplane
     return SidecarSettings(**kwargs)
 
 

@@ -184,6 +184,12 @@ def agent(
         int | None,
         typer.Option(help="Workload certificate lifetime in ms (default 24 h, renewed at half)."),
     ] = None,
+    dataplane: Annotated[
+        str | None,
+        typer.Option(
+            help="What carries the bytes: native (default), haproxy or nginx (docs/DATAPLANES.md)."
+        ),
+    ] = None,
     rebuild_config: Annotated[
         bool,
         typer.Option(
@@ -229,6 +235,7 @@ def agent(
         "no_proxy": True if no_proxy else None,
         "inbound_plaintext": True if inbound_plaintext else None,
         "workload_lifetime_ms": workload_lifetime_ms,
+        "dataplane": dataplane,
         "rebuild_config": True if rebuild_config else None,
         "config_sync_interval_ms": config_sync_interval_ms,
         "config_gc_grace_ms": config_gc_grace_ms,

@@ -77,6 +77,28 @@ def status(console: Console, health: dict[str, Any]) -> None:
     console.print(
         "dropped: " + (" ".join(f"{k}={v}" for k, v in dropped.items()) if dropped else "none")
     )
+    plane = health.get("dataplane")
+    if isinstance(plane, dict):
+        dataplane(console, plane)
+
+
+def dataplane(console: Console, plane: dict[str, Any]) -> None:
+    """An external data plane's state, and what it cannot do (docs/DATAPLANES.md)."""
+    worker = plane.get("worker_pid") or plane.get("worker_pids")
+    console.print(
+        f"dataplane: {plane.get('engine')} pid={plane.get('pid')} worker={worker} "
+        f"running={plane.get('running')} reloads={plane.get('reloads')} "
+        f"runtime_ops={plane.get('runtime_ops')} apply_failures={plane.get('apply_failures')} "
+        f"restarts={plane.get('restarts')}"
+    )
+    if plane.get("last_error"):
+        console.print(f"[red]dataplane error: {escape(str(plane['last_error']))}[/]")
+    for item in plane.get("left_out") or []:
+        console.print(f"[yellow]left out of the {plane.get('engine')} config: {escape(item)}[/]")
+    for item in plane.get("skipped_endpoints") or []:
+        console.print(f"[yellow]endpoint not used (same dest in one backend): {escape(item)}[/]")
+    for item in plane.get("unsupported") or []:
+        console.print(f"[dim]not supported by {plane.get('engine')}: {escape(item)}[/]")
 
 
 def event_line(event: dict[str, Any]) -> str:

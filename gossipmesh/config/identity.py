@@ -1,84 +1,85 @@
-"""Node identity: the Ed25519 key pair that signs a node's own records.
+"""Node-owned records signed with node certificates: the signer and the verifier the record core takes.
 
-The crdt core takes ``sign``/``verify`` callables so it never imports cryptography; this module is
-where they come from. Pure: key bytes in, callables out. The agent reads and writes the key file
-(``private_bytes()`` is the raw 32-byte seed; keep it mode 0600) and learns peers' public keys
-from wherever the deployment distributes them (member metadata, a keys directory) and calls
-``TrustedKeys.add``.
+The record core (``gossipmesh.crdt.records``) takes ``sign``/``verify`` callables so it never
+imports cryptography; this module is where they come from. A node signs its record with the key
+of its node certificate (the key its SWIM claims are signed with, DESIGN-11 D3); a receiver
+checks it against the certificate SWIM gave it for that owner (``RecordKeys.learn``, fed by
+member events), which must be valid now for exactly that node name. There is no other key to
+trust: the Ed25519 key that used to travel in SWIM metadata, and ``DATA_DIR/node.key``, are gone.
+Pure: credentials, a verification memo and a wall clock in; callables out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+from gossipmesh.crdt.records import SignedRecord, VerifyOutcome
+from gossipmesh.identity import NodeCredentials, Rejected, canonical, fingerprint
+from gossipmesh.identity.membership import VerificationMemo
 
-from gossipmesh.crdt.records import VerifyOutcome
-from gossipmesh.errors import UsageError
-
-KEY_BYTES = 32
+RECORD_DOMAIN = b"gossipmesh/record/v1"
+MAX_OWNERS = 65_536  # certificates held, one per member (SWIM bounds the members)
 
 
-class NodeIdentity:
-    """A node's signing key."""
-
-    __slots__ = ("_key",)
-
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self._key = key
-
-    @classmethod
-    def generate(cls) -> NodeIdentity:
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_private_bytes(cls, data: bytes) -> NodeIdentity:
-        if len(data) != KEY_BYTES:
-            raise UsageError(f"node key must be {KEY_BYTES} bytes, got {len(data)}")
-        return cls(Ed25519PrivateKey.from_private_bytes(data))
-
-    def private_bytes(self) -> bytes:
-        return self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-
-    def public_bytes(self) -> bytes:
-        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data)
+def record_bytes(cluster: str, owner: str, version: int, body: bytes, signer: bytes) -> bytes:
+    """The exact bytes a record's signature covers."""
+    return canonical(RECORD_DOMAIN, cluster, owner, version, body, signer)
 
 
-class TrustedKeys:
-    """owner name → Ed25519 public key; ``verify`` is the callable ``RecordTable`` takes."""
+class RecordSigner:
+    """Signs this node's own record with its node key (a ``records.Signer``)."""
 
-    def __init__(self, keys: Mapping[str, bytes] | None = None) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
-        for owner, key in (keys or {}).items():
-            self.add(owner, key)
+    def __init__(self, credentials: NodeCredentials) -> None:
+        self.credentials = credentials
+        self.fingerprint = fingerprint(credentials.cert_der)
 
-    def add(self, owner: str, public_key: bytes) -> None:
-        if len(public_key) != KEY_BYTES:
-            raise UsageError(f"{owner}: public key must be {KEY_BYTES} bytes")
-        self._keys[owner] = Ed25519PublicKey.from_public_bytes(public_key)
+    def __call__(self, owner: str, version: int, body: bytes) -> tuple[bytes, bytes]:
+        if owner != self.credentials.name:
+            raise ValueError(f"{self.credentials.name} cannot sign a record of {owner!r}")
+        data = record_bytes(self.credentials.cluster, owner, version, body, self.fingerprint)
+        return self.fingerprint, self.credentials.signer.sign(data)
 
-    def remove(self, owner: str) -> None:
-        self._keys.pop(owner, None)
+
+class RecordKeys:
+    """owner name -> its node certificate, as SWIM gave it; ``verify`` is a ``records.Verifier``."""
+
+    def __init__(self, cluster: str, memo: VerificationMemo, wall_ms: Callable[[], int]) -> None:
+        self.cluster = cluster
+        self.memo = memo
+        self.wall_ms = wall_ms
+        self._certs: dict[str, bytes] = {}
+
+    def learn(self, owner: str, cert: bytes) -> bool:
+        """Hold ``cert`` for ``owner`` (the member's certificate, from SWIM); True if new."""
+        if self._certs.get(owner) == cert:
+            return False
+        if owner not in self._certs and len(self._certs) >= MAX_OWNERS:
+            self._certs.pop(next(iter(self._certs)))
+        self._certs[owner] = cert
+        return True
+
+    def forget(self, owner: str) -> None:
+        self._certs.pop(owner, None)
 
     def __contains__(self, owner: object) -> bool:
-        return owner in self._keys
+        return owner in self._certs
 
-    def verify(self, owner: str, data: bytes, signature: bytes) -> VerifyOutcome:
-        key = self._keys.get(owner)
-        if key is None:
+    def verify(self, record: SignedRecord) -> VerifyOutcome:
+        cert = self._certs.get(record.owner)
+        if cert is None:
             return "unknown_owner"
-        try:
-            key.verify(signature, data)
-        except (InvalidSignature, ValueError):
-            return "bad_signature"
-        return "ok"
+        verdict = self.memo.certificate(cert, record.owner, self.wall_ms())
+        if isinstance(verdict, Rejected):
+            return "untrusted_owner"
+        if verdict.fingerprint != record.signer:
+            return "unknown_owner"  # signed under a certificate SWIM has not shown us (yet)
+        fields = (RECORD_DOMAIN, record.owner, record.version, record.body)
+        ok = self.memo.signature(
+            verdict,
+            record.signature,
+            fields,
+            lambda: record_bytes(
+                self.cluster, record.owner, record.version, record.body, record.signer
+            ),
+        )
+        return "ok" if ok else "bad_signature"

@@ -5,25 +5,30 @@ Theory of operation
 Unlike the shared document, a record has exactly one writer, its owner, so it never conflicts:
 the owner bumps ``version`` on every change and everyone keeps the highest version they have seen
 (last writer wins, by version, per owner). What has to be defended is authorship: a record is
-signed by the owner's Ed25519 key over a canonical byte string, and a receiver keeps it only if the
-signature verifies against the key it knows for that owner. Signing and verifying are injected
-callables (``gossipmesh.config.identity`` provides them) so this core stays free of crypto imports.
+signed with the key of the owner's node certificate (the one its SWIM claims are signed with,
+DESIGN-11 D3), names that certificate by fingerprint (``signer``), and a receiver keeps it only if
+the signature verifies against the certificate SWIM gave it for that owner, valid now for exactly
+that node name. Signing and verifying are injected callables (``gossipmesh.config.identity``
+provides them) so this core stays free of crypto imports.
 
 ``RecordTable.offer`` returns an outcome instead of raising, because each case is counted:
 ``accepted``, ``duplicate`` (same version, already held), ``stale`` (lower version),
-``unknown_owner``, ``bad_signature``, ``reaped`` (the owner was reaped and this is not newer than
-what we had). When SWIM reaps a member the runtime calls ``reap(owner)``: its record goes, and a
+``unknown_owner`` (no certificate for the owner yet, or not the one the record names: the caller
+parks it until SWIM brings it), ``untrusted_owner`` (its certificate is revoked or expired),
+``bad_signature``, ``reaped`` (the owner was reaped and this is not newer than what we had). When SWIM reaps a member the runtime calls ``reap(owner)``: its record goes, and a
 floor remembers its version so a late copy circulating in gossip cannot bring it back. The owner
 itself picks versions from the wall clock (``next_version``), so a restarted agent that has lost
 its counter still publishes above everything it published before.
 
 Wire format of a record (msgpack)::
 
-    [owner, version, body (bin: msgpack of the body below), signature (bin, 64 bytes)]
+    [owner, version, body (bin: msgpack of the body below), signature (bin, 64 bytes),
+     signer (bin, 32 bytes: the owner's node certificate fingerprint)]
     body = {"services": [[name, address, port, [tag, ...], weight, health], ...],
             "proxy": [host, port] | nil}
 
-The signature covers ``msgpack([b"gossipmesh.record.v1", owner, version, body])``.
+The signature (raw ECDSA P-256 ``r || s``) covers ``canonical(b"gossipmesh/record/v1", cluster,
+owner, version, body, signer)`` (``gossipmesh.config.identity.record_bytes``).
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ from gossipmesh.errors import DecodeError
 
 Health = Literal["passing", "warning", "critical", "unknown"]
 HEALTH_STATES = ("passing", "warning", "critical", "unknown")
-VerifyOutcome = Literal["ok", "unknown_owner", "bad_signature"]
-Signer = Callable[[bytes], bytes]
-Verifier = Callable[[str, bytes, bytes], VerifyOutcome]
-Outcome = Literal["accepted", "duplicate", "stale", "unknown_owner", "bad_signature", "reaped"]
+VerifyOutcome = Literal["ok", "unknown_owner", "untrusted_owner", "bad_signature"]
+Outcome = Literal[
+    "accepted", "duplicate", "stale", "unknown_owner", "untrusted_owner", "bad_signature", "reaped"
+]
 
-SIGNING_DOMAIN = b"gossipmesh.record.v1"
 MAX_RECORD_BYTES = 64 * 1024
+SIGNATURE_BYTES = 64
+SIGNER_BYTES = 32  # a certificate fingerprint (SHA-256 of its to-be-signed part)
 MAX_SERVICES = 256
 MAX_REAPED_FLOORS = 10_000
 
@@ -71,13 +77,15 @@ class SignedRecord:
     version: int
     body: bytes  # encoded RecordBody, kept verbatim: the signature covers these bytes
     signature: bytes
+    signer: bytes  # fingerprint of the owner's node certificate whose key signed it
 
     def decoded(self) -> RecordBody:
         return decode_body(self.body)
 
 
-def signing_bytes(owner: str, version: int, body: bytes) -> bytes:
-    return msgpack.packb([SIGNING_DOMAIN, owner, version, body], use_bin_type=True)
+# (owner, version, body) -> (signer fingerprint, signature), by the owner's node key.
+Signer = Callable[[str, int, bytes], tuple[bytes, bytes]]
+Verifier = Callable[[SignedRecord], VerifyOutcome]
 
 
 def encode_body(body: RecordBody) -> bytes:
@@ -94,7 +102,8 @@ def encode_body(body: RecordBody) -> bytes:
 
 def make_record(owner: str, version: int, body: RecordBody, sign: Signer) -> SignedRecord:
     data = encode_body(body)
-    return SignedRecord(owner, version, data, sign(signing_bytes(owner, version, data)))
+    signer, signature = sign(owner, version, data)
+    return SignedRecord(owner, version, data, signature, signer)
 
 
 def next_version(previous: int, wall_ms: int) -> int:
@@ -132,9 +141,7 @@ class RecordTable:
         if floor is not None and record.version <= floor:
             return self._done("reaped", False)
         # Verify last: signature checks are the expensive part, and stale copies are common.
-        outcome = self._verify(
-            record.owner, signing_bytes(record.owner, record.version, record.body), record.signature
-        )
+        outcome = self._verify(record)
         if outcome != "ok":
             return self._done(outcome, False)
         try:
@@ -180,7 +187,8 @@ class RecordTable:
 
 def encode_record(record: SignedRecord) -> bytes:
     return msgpack.packb(
-        [record.owner, record.version, record.body, record.signature], use_bin_type=True
+        [record.owner, record.version, record.body, record.signature, record.signer],
+        use_bin_type=True,
     )
 
 
@@ -195,16 +203,20 @@ def _unpack(data: bytes) -> Any:
 
 def decode_record(data: bytes) -> SignedRecord:
     raw = _unpack(data)
-    if not isinstance(raw, list) or len(raw) != 4:
+    if not isinstance(raw, list) or len(raw) != 5:
         raise DecodeError("malformed", "record")
-    owner, version, body, signature = raw
+    owner, version, body, signature, signer = raw
     if not isinstance(owner, str) or not 1 <= len(owner.encode()) <= 128:
         raise DecodeError("malformed", "record.owner")
     if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
         raise DecodeError("malformed", "record.version")
-    if not isinstance(body, bytes) or not isinstance(signature, bytes) or len(signature) > 512:
+    if not isinstance(body, bytes):
         raise DecodeError("malformed", "record.body")
-    return SignedRecord(owner, version, body, signature)
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise DecodeError("malformed", "record.signature")
+    if not isinstance(signer, bytes) or len(signer) != SIGNER_BYTES:
+        raise DecodeError("malformed", "record.signer")
+    return SignedRecord(owner, version, body, signature, signer)
 
 
 def decode_body(data: bytes) -> RecordBody:

@@ -81,8 +81,12 @@ def build_summary(
     before = [s for s in samples if shift_at is None or s.t_s < shift_at]
     after = [s for s in samples if after_from is not None and s.t_s >= after_from]
     slow_ok = [s for s in samples if s.slow and s.ok]
-    slow = {"requests": len(slow_ok), "v1": sum(1 for s in slow_ok if s.version == "v1"),
+    slow: dict[str, Any] = {"requests": len(slow_ok), "v1": sum(1 for s in slow_ok if s.version == "v1"),
             "v2": sum(1 for s in slow_ok if s.version == "v2")}  # fmt: skip
+    if slow["v2"]:
+        # Which instance broke the pin, and when: what a reader needs to chase it.
+        slow["off_route"] = [{"at_s": _r(s.t_s), "api": s.api}
+                             for s in slow_ok if s.version != "v1"][:5]  # fmt: skip
     partition = dict(results.get("partition", {}))
     heal = results.get("heal", {})
     if heal:

@@ -167,8 +167,10 @@ class Handshakes:
         except HandshakeFailed as e:
             self.metrics.count(self.metrics.tls_handshakes, OUTBOUND, e.reason)
             self.drop(io)
-            if mtls.plaintext_inbound and "WRONG_VERSION_NUMBER" in str(e):
-                # The peer answered a ClientHello in plaintext: an agent not yet upgraded.
+            if mtls.plaintext_inbound and not_tls(e):
+                # The peer answered a ClientHello in plaintext, or hung up on it: an agent not
+                # yet upgraded, or an external data plane (migration only: an on-path attacker
+                # can force this downgrade, which is why the switch is loud).
                 mtls.plaintext_peers[(host, port)] = clock.now_ns() + PLAINTEXT_PEER_NS
                 return self.plain(await connect_raw(host, port, connect_ms, self.deadlines), budget)
             raise ConnectFailed(f"{host}:{port}: TLS handshake failed: {e}") from None
@@ -196,6 +198,17 @@ class Handshakes:
         self.deadlines.discard(io)
         with contextlib.suppress(OSError):
             io.close()
+
+
+def not_tls(e: HandshakeFailed) -> bool:
+    """The handshake failed because the peer does not speak TLS (not because a certificate was
+    refused): a plaintext answer, or the connection ended."""
+    text = str(e)
+    return (
+        "CERTIFICATE" not in text.upper()
+        and ("WRONG_VERSION_NUMBER" in text or "EOF" in text.upper() or e.reason != "tls_error")
+        and e.reason != "timeout"
+    )
 
 
 __all__ = ["Handshakes"]

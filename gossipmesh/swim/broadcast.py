@@ -43,11 +43,13 @@ def retransmit_limit(retransmit_mult: int, n: int) -> int:
 
 
 class _Item:
-    __slots__ = ("data", "key", "live", "transmits")
+    __slots__ = ("data", "key", "later", "later_after", "live", "transmits")
 
-    def __init__(self, key: object, data: bytes) -> None:
+    def __init__(self, key: object, data: bytes, later: bytes | None, later_after: int) -> None:
         self.key = key
         self.data = data
+        self.later = later  # a shorter form to send once ``later_after`` transmits are done
+        self.later_after = later_after
         self.transmits = 0
         self.live = True  # False once replaced, pruned or sent `limit` times
 
@@ -68,15 +70,18 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._index)
 
-    def queue(self, data: bytes, key: object = None) -> None:
-        """Queue ``data``; an item with the same ``key`` (a member name) is replaced."""
+    def queue(
+        self, data: bytes, key: object = None, later: bytes | None = None, later_after: int = 0
+    ) -> None:
+        """Queue ``data``; an item with the same ``key`` (a member name) is replaced. With
+        ``later``, the item is sent as ``data`` ``later_after`` times, then as ``later``."""
         if key is None:
             self._next_id += 1
             key = ("user", self._next_id)
         old = self._index.get(key)
         if old is not None:
             old.live = False
-        item = _Item(key, data)
+        item = _Item(key, data, later, later_after)
         self._index[key] = item
         self._buckets[0].append(item)
         self._entries += 1
@@ -135,6 +140,7 @@ class BroadcastQueue:
                 entries += len(skipped)
             if remaining < MIN_MESSAGE_BYTES or scanned >= SCAN_LIMIT:
                 break
+        out = [item.data for item in picked]  # before any item switches to its ``later`` form
         buckets = self._buckets
         index = self._index
         for item in picked:
@@ -147,6 +153,8 @@ class BroadcastQueue:
                 continue
             t = item.transmits + 1
             item.transmits = t
+            if item.later is not None and t >= item.later_after:
+                item.data, item.later = item.later, None
             if t >= limit:
                 item.live = False
                 del index[item.key]
@@ -156,7 +164,7 @@ class BroadcastQueue:
             buckets[t].append(item)
             entries += 1
         self._entries = entries
-        return [item.data for item in picked]
+        return out
 
     def has_key(self, key: object) -> bool:
         return key in self._index

@@ -104,6 +104,28 @@ class SwimConfig:
     user_dedupe_max: int = 4096
     # Bounded memory: ping-reqs we relay at once on behalf of others; more are dropped.
     indirect_pending_max: int = 1024
+    # Verification work that gossip from one source address may cost us (each new claim's
+    # signature or certificate check is one token): a token bucket refilled at
+    # verify_rate_per_s up to verify_burst; claims beyond it are dropped and counted
+    # (reject.rate_limited). An honest member relays each piece of news once, so the default is
+    # far above what a forming 1,000-node cluster sends from one source. At most
+    # verify_sources_max buckets are kept (least recently used go first).
+    verify_rate_per_s: int = 200
+    verify_burst: int = 1000
+    verify_sources_max: int = 1024
+    # A push-pull is merged a chunk per turn of the runtime's owner task, so one big state never
+    # stalls it: at most merge_chunk_verifications claims verified (or merge_chunk_records
+    # records looked at) per turn, the rest on a timer due at once. An exchange whose claims fail
+    # verification push_pull_reject_max times is abandoned (the peer is lying). At most
+    # merge_pending_max exchanges wait to be merged; a newer one replaces the oldest.
+    merge_chunk_verifications: int = 32
+    # A member's claim that carries its certificate (its first after start, or one new to the
+    # relay) is gossiped with it this many times per holder, then with a 32-byte reference: by
+    # then most members hold the certificate, and two claims with certificates fill a packet.
+    certificate_transmits: int = 3
+    merge_chunk_records: int = 2048
+    push_pull_reject_max: int = 64
+    merge_pending_max: int = 4
 
     def __post_init__(self) -> None:
         _range(self, "probe_interval_ms", 10, 600_000)
@@ -129,6 +151,14 @@ class SwimConfig:
         _range(self, "broadcast_queue_max", 16, 1_000_000)
         _range(self, "user_dedupe_max", 16, 1_000_000)
         _range(self, "indirect_pending_max", 1, 1_000_000)
+        _range(self, "verify_rate_per_s", 1, 1_000_000)
+        _range(self, "verify_burst", 1, 1_000_000)
+        _range(self, "verify_sources_max", 1, 1_000_000)
+        _range(self, "merge_chunk_verifications", 1, 1_000_000)
+        _range(self, "merge_chunk_records", 1, 10_000_000)
+        _range(self, "push_pull_reject_max", 1, 1_000_000)
+        _range(self, "merge_pending_max", 1, 1024)
+        _range(self, "certificate_transmits", 1, 64)
 
     @classmethod
     def lan(cls, **overrides: Any) -> SwimConfig:

@@ -10,13 +10,24 @@ range, because bytes from the network are hostile: anything wrong raises ``Decod
 nothing else. Trailing array items are ignored so a later minor revision can append fields
 without a version bump; a missing field is an error.
 
-Integers that the core does arithmetic on (incarnations, sequence numbers) are capped at
-``MAX_COUNTER`` (2**62) so ``incarnation + 1`` can never overflow msgpack's 64-bit encoding.
 
 The messages: ``Ping``/``Ack``/``Nack``/``PingReq`` drive failure detection; ``Alive``,
 ``Suspect`` and ``Dead`` (``left=True`` for a voluntary leave) are membership rumours that are
-piggybacked; ``User`` carries an application payload; ``PushPull`` is the full state sent over
-TCP (never inside a UDP packet).
+piggybacked; ``User`` carries an application payload. The full state sent over TCP (push-pull)
+has its own codec, ``state_codec.py``; field validators are in ``fields.py``.
+
+Membership rumours are signed (``authority.py``): an ``Alive`` carries its subject's node
+certificate and signature, a ``Suspect``/``Dead`` its accuser's signature (the subject's own for
+a leave), and each push-pull member record the subject's latest signed alive claim plus, for a
+suspect, dead or left member, the signed accusation (``member.Proof``). Signatures are exactly
+``SIGNATURE_BYTES``; certificates at most ``MAX_MEMBER_CERT_BYTES``. Probe traffic (ping, ack,
+nack, ping-req) is not signed: it asserts nothing that is kept.
+
+A certificate is ~450 bytes, so only two alive claims carrying one fit a packet. An ``Alive``
+therefore carries either the certificate (DER) or, when its sender expects the receiver to hold
+that certificate already, a ``CERT_REF_BYTES`` reference to it (``cert_ref``: SHA-256 of the
+DER); a receiver that does not hold it drops the claim (push-pull, which always carries the
+certificates, fills the gap). See ``rumours.py`` for who sends which.
 """
 
 from __future__ import annotations
@@ -29,15 +40,27 @@ from typing import Any
 import msgpack
 
 from gossipmesh.errors import DecodeError
-from gossipmesh.ids import MAX_NODE_NAME_BYTES, Address
-from gossipmesh.swim.member import MAX_META_BYTES, Member, MemberState, interned_member
-from gossipmesh.wire import decode_packet, decode_stream_payload, encode_stream_payload, pack
+from gossipmesh.ids import Address
+from gossipmesh.swim.fields import (
+    CERT_REF_BYTES,
+    FAST_NAME_CHARS,
+    MAX_COUNTER,
+    MAX_MEMBER_CERT_BYTES,
+    SIGNATURE_BYTES,
+    address_field,
+    bool_field,
+    bytes_field,
+    cert_field,
+    int_field,
+    name_field,
+    opt_int_field,
+    plainly_valid,
+    signature_field,
+)
+from gossipmesh.swim.member import MAX_META_BYTES
+from gossipmesh.wire import decode_packet, pack
 
-MAX_COUNTER = 1 << 62
-MAX_HOST_BYTES = 255
 MAX_USER_PAYLOAD_BYTES = 65_507
-# Bound on entries in one push-pull state; the byte limit bounds it too.
-MAX_PUSH_PULL_MEMBERS = 1_000_000
 
 
 class MsgType(enum.IntEnum):
@@ -89,10 +112,14 @@ class PingReq:
 
 @dataclass(frozen=True, slots=True)
 class Alive:
+    """The subject's own claim, with its certificate and its signature over the claim."""
+
     name: str
     incarnation: int
     address: Address
-    meta: bytes = b""
+    meta: bytes
+    cert: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +127,7 @@ class Suspect:
     name: str
     incarnation: int
     source: str  # who suspects; Lifeguard counts confirmations from distinct sources
+    signature: bytes  # the source's, over the accusation
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +135,8 @@ class Dead:
     name: str
     incarnation: int
     source: str
-    left: bool = False  # the member announced its own departure (source == name)
+    left: bool  # the member announced its own departure (source == name)
+    signature: bytes  # the source's (for a leave: the subject's own), over the accusation
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,33 +147,12 @@ class User:
     relay: bool = True
 
 
-# One member's state inside a push-pull exchange is exactly a member snapshot, so a node sends its
-# table's own snapshots and a receiver can keep the (interned) ones it decodes.
-MemberRecord = Member
-
-
-@dataclass(frozen=True, slots=True)
-class PushPull:
-    join: bool
-    members: tuple[MemberRecord, ...]
-
-
 Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | User
-AnyMessage = Message | PushPull
-
-_STATE_CODES = {
-    MemberState.ALIVE: 0,
-    MemberState.SUSPECT: 1,
-    MemberState.DEAD: 2,
-    MemberState.LEFT: 3,
-}
-_CODE_STATES = {code: state for state, code in _STATE_CODES.items()}
-
 
 # --- encoding ------------------------------------------------------------------------------------
 
 
-def to_list(msg: AnyMessage) -> list[Any]:
+def to_list(msg: Message) -> list[Any]:
     """The positional msgpack form of a message."""
     if type(msg) is Ping:
         if msg.source is None:
@@ -159,88 +167,25 @@ def to_list(msg: AnyMessage) -> list[Any]:
         return [MsgType.PING_REQ, msg.seq, msg.target, a.host, a.port, msg.suspect_incarnation]
     if type(msg) is Alive:
         a = msg.address
-        return [MsgType.ALIVE, msg.name, msg.incarnation, a.host, a.port, msg.meta]
+        return [
+            MsgType.ALIVE, msg.name, msg.incarnation, a.host, a.port, msg.meta, msg.cert,
+            msg.signature,
+        ]  # fmt: skip
     if type(msg) is Suspect:
-        return [MsgType.SUSPECT, msg.name, msg.incarnation, msg.source]
+        return [MsgType.SUSPECT, msg.name, msg.incarnation, msg.source, msg.signature]
     if type(msg) is Dead:
-        return [MsgType.DEAD, msg.name, msg.incarnation, msg.source, msg.left]
+        return [MsgType.DEAD, msg.name, msg.incarnation, msg.source, msg.left, msg.signature]
     if type(msg) is User:
         return [MsgType.USER, msg.payload, msg.relay]
-    if type(msg) is PushPull:
-        return [
-            MsgType.PUSH_PULL,
-            msg.join,
-            [
-                [
-                    r.name,
-                    r.address.host,
-                    r.address.port,
-                    r.incarnation,
-                    _STATE_CODES[r.state],
-                    r.meta,
-                ]
-                for r in msg.members
-            ],
-        ]
     raise TypeError(f"not a SWIM message: {msg!r}")
 
 
-def encode(msg: AnyMessage) -> bytes:
+def encode(msg: Message) -> bytes:
     """Pack one message (not a packet: see ``gossipmesh.wire.encode_packet``)."""
     return pack(to_list(msg))
 
 
-def encode_push_pull(msg: PushPull) -> bytes:
-    """A versioned stream payload holding the push-pull state."""
-    return encode_stream_payload(to_list(msg))
-
-
 # --- decoding ------------------------------------------------------------------------------------
-
-# Strings this short (in characters) are within the byte limits whatever their encoding (a code
-# point is at most 4 UTF-8 bytes), so the fast paths need not encode them to check.
-_FAST_NAME_CHARS = MAX_NODE_NAME_BYTES // 4
-_FAST_HOST_CHARS = MAX_HOST_BYTES // 4
-
-
-def _int(v: Any, what: str, lo: int = 0, hi: int = MAX_COUNTER) -> int:
-    # bool is a subclass of int; a hostile True must not pass as 1.
-    if type(v) is not int or not lo <= v <= hi:
-        raise DecodeError("bad_field", f"{what}: {v!r:.40}")
-    return v
-
-
-def _opt_int(v: Any, what: str) -> int | None:
-    return None if v is None else _int(v, what)
-
-
-def _str(v: Any, what: str, max_bytes: int, min_len: int = 1) -> str:
-    if type(v) is not str or len(v) < min_len or len(v) > max_bytes:
-        raise DecodeError("bad_field", f"{what}: {v!r:.40}")
-    # len() counts characters; only long-ish strings can exceed the byte limit when encoded.
-    if len(v) * 4 > max_bytes and len(v.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise DecodeError("bad_field", f"{what}: too long")
-    return v
-
-
-def _name(v: Any, what: str = "name") -> str:
-    return _str(v, what, MAX_NODE_NAME_BYTES)
-
-
-def _bytes(v: Any, what: str, max_bytes: int) -> bytes:
-    if type(v) is not bytes or len(v) > max_bytes:
-        raise DecodeError("bad_field", f"{what}: {type(v).__name__}")
-    return v
-
-
-def _bool(v: Any, what: str) -> bool:
-    if type(v) is not bool:
-        raise DecodeError("bad_field", f"{what}: {v!r:.40}")
-    return v
-
-
-def _address(host: Any, port: Any) -> Address:
-    return Address(_str(host, "host", MAX_HOST_BYTES), _int(port, "port", 0, 65535))
 
 
 def _need(raw: list[Any], n: int) -> None:
@@ -250,29 +195,32 @@ def _need(raw: list[Any], n: int) -> None:
 
 def _d_ping(r: list[Any]) -> Ping:
     _need(r, 4)
-    source = _name(r[4], "source") if len(r) > 4 and r[4] is not None else None
+    source = name_field(r[4], "source") if len(r) > 4 and r[4] is not None else None
     return Ping(
-        _int(r[1], "seq"), _name(r[2], "target"), _opt_int(r[3], "suspect_incarnation"), source
+        int_field(r[1], "seq"),
+        name_field(r[2], "target"),
+        opt_int_field(r[3], "suspect_incarnation"),
+        source,
     )
 
 
 def _d_ack(r: list[Any]) -> Ack:
     _need(r, 2)
-    return Ack(_int(r[1], "seq"))
+    return Ack(int_field(r[1], "seq"))
 
 
 def _d_nack(r: list[Any]) -> Nack:
     _need(r, 2)
-    return Nack(_int(r[1], "seq"))
+    return Nack(int_field(r[1], "seq"))
 
 
 def _d_ping_req(r: list[Any]) -> PingReq:
     _need(r, 6)
     return PingReq(
-        _int(r[1], "seq"),
-        _name(r[2], "target"),
-        _address(r[3], r[4]),
-        _opt_int(r[5], "suspect_incarnation"),
+        int_field(r[1], "seq"),
+        name_field(r[2], "target"),
+        address_field(r[3], r[4]),
+        opt_int_field(r[5], "suspect_incarnation"),
     )
 
 
@@ -280,96 +228,74 @@ def alive_ok(r: list[Any]) -> bool:
     """Fast, allocation-free validity check of a raw alive array (all checks inline: alive
     rumours are most of the traffic while a cluster forms). False means "use ``_d_alive`` for
     the exact verdict", which may still accept an unusually long name."""
-    if len(r) < 6:
+    if len(r) < 8:
         return False
-    return _plainly_valid(r[1], r[2], r[3], r[4], r[5])
-
-
-def _plainly_valid(name: object, inc: object, host: object, port: object, meta: object) -> bool:
-    """The cheap check shared by every member-carrying decoder: a member that passes it is
-    certainly valid; one that fails goes through the full, exact validation."""
+    cert, sig = r[6], r[7]
     return (
-        type(name) is str
-        and 0 < len(name) <= _FAST_NAME_CHARS
-        and type(inc) is int
-        and 0 <= inc <= MAX_COUNTER
-        and type(host) is str
-        and 0 < len(host) <= _FAST_HOST_CHARS
-        and type(port) is int
-        and 0 <= port <= 65535
-        and type(meta) is bytes
-        and len(meta) <= MAX_META_BYTES
+        type(cert) is bytes
+        and CERT_REF_BYTES <= len(cert) <= MAX_MEMBER_CERT_BYTES
+        and type(sig) is bytes
+        and len(sig) == SIGNATURE_BYTES
+        and plainly_valid(r[1], r[2], r[3], r[4], r[5])
     )
 
 
 def alive_from_checked(r: list[Any]) -> Alive:
     """Build an ``Alive`` from a raw array that passed ``alive_ok``."""
-    return Alive(r[1], r[2], Address(r[3], r[4]), r[5])
+    return Alive(r[1], r[2], Address(r[3], r[4]), r[5], r[6], r[7])
 
 
 def _d_alive(r: list[Any]) -> Alive:
     if alive_ok(r):
         return alive_from_checked(r)
-    _need(r, 6)  # slow path: exact checks and a precise error
+    _need(r, 8)  # slow path: exact checks and a precise error
     return Alive(
-        _name(r[1]),
-        _int(r[2], "incarnation"),
-        _address(r[3], r[4]),
-        _bytes(r[5], "meta", MAX_META_BYTES),
+        name_field(r[1]),
+        int_field(r[2], "incarnation"),
+        address_field(r[3], r[4]),
+        bytes_field(r[5], "meta", MAX_META_BYTES),
+        cert_field(r[6], refs=True),
+        signature_field(r[7], "signature"),
     )
 
 
 def _d_suspect(r: list[Any]) -> Suspect:
-    if len(r) >= 4:
-        name, inc, src = r[1], r[2], r[3]
+    if len(r) >= 5:
+        name, inc, src, sig = r[1], r[2], r[3], r[4]
         if (
             type(name) is str
-            and 0 < len(name) <= _FAST_NAME_CHARS
+            and 0 < len(name) <= FAST_NAME_CHARS
             and type(inc) is int
             and 0 <= inc <= MAX_COUNTER
             and type(src) is str
-            and 0 < len(src) <= _FAST_NAME_CHARS
+            and 0 < len(src) <= FAST_NAME_CHARS
+            and type(sig) is bytes
+            and len(sig) == SIGNATURE_BYTES
         ):
-            return Suspect(name, inc, src)
-    _need(r, 4)
-    return Suspect(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"))
+            return Suspect(name, inc, src, sig)
+    _need(r, 5)
+    return Suspect(
+        name_field(r[1]),
+        int_field(r[2], "incarnation"),
+        name_field(r[3], "source"),
+        signature_field(r[4], "signature"),
+    )
 
 
 def _d_dead(r: list[Any]) -> Dead:
-    _need(r, 5)
-    return Dead(_name(r[1]), _int(r[2], "incarnation"), _name(r[3], "source"), _bool(r[4], "left"))
+    _need(r, 6)
+    return Dead(
+        name_field(r[1]),
+        int_field(r[2], "incarnation"),
+        name_field(r[3], "source"),
+        bool_field(r[4], "left"),
+        signature_field(r[5], "signature"),
+    )
 
 
 def _d_user(r: list[Any]) -> User:
     _need(r, 3)
-    return User(_bytes(r[1], "payload", MAX_USER_PAYLOAD_BYTES), _bool(r[2], "relay"))
-
-
-def _d_record(e: Any) -> MemberRecord:
-    if type(e) is not list or len(e) < 6:
-        raise DecodeError("bad_field", "push-pull member entry")
-    name, host, port, inc, code, meta = e[0], e[1], e[2], e[3], e[4], e[5]
-    state = _CODE_STATES.get(code) if type(code) is int else None
-    if state is None:
-        raise DecodeError("bad_field", f"member state {code!r:.20}")
-    if _plainly_valid(name, inc, host, port, meta):
-        return interned_member(name, Address(host, port), inc, state, meta)
-    return interned_member(
-        _name(name),
-        _address(host, port),
-        _int(inc, "incarnation"),
-        state,
-        _bytes(meta, "meta", MAX_META_BYTES),
-    )
-
-
-def _d_push_pull(r: list[Any]) -> PushPull:
-    _need(r, 3)
-    join = _bool(r[1], "join")
-    entries = r[2]
-    if type(entries) is not list or len(entries) > MAX_PUSH_PULL_MEMBERS:
-        raise DecodeError("bad_field", "push-pull members")
-    return PushPull(join, tuple(_d_record(e) for e in entries))
+    return User(bytes_field(r[1], "payload", MAX_USER_PAYLOAD_BYTES), bool_field(r[2], "relay"))
 
 
 _PACKET_DECODERS: dict[MsgType, Callable[[list[Any]], Message]] = {
@@ -382,33 +308,25 @@ _PACKET_DECODERS: dict[MsgType, Callable[[list[Any]], Message]] = {
     MsgType.DEAD: _d_dead,
     MsgType.USER: _d_user,
 }
-_ALL_DECODERS: dict[MsgType, Callable[[list[Any]], AnyMessage]] = {
-    **_PACKET_DECODERS,
-    MsgType.PUSH_PULL: _d_push_pull,
-}
 # Plain-int keys so a lookup with a decoded int never goes through IntEnum hashing.
 _ALIVE_CODE = int(MsgType.ALIVE)
 _PACKET_BY_CODE: dict[int, Callable[[list[Any]], Message]] = {
     int(k): v for k, v in _PACKET_DECODERS.items()
 }
-_ALL_BY_CODE: dict[int, Callable[[list[Any]], AnyMessage]] = {
-    int(k): v for k, v in _ALL_DECODERS.items()
-}
 
 
-def from_list(raw: Any, *, allow_push_pull: bool = True) -> AnyMessage:
+def from_list(raw: Any) -> Message:
     """Validate one raw message array and build its dataclass; ``DecodeError`` if anything is off."""
     if type(raw) is not list or not raw:
         raise DecodeError("bad_message", "message is not a non-empty array")
     code = raw[0]
-    table = _ALL_BY_CODE if allow_push_pull else _PACKET_BY_CODE
-    decoder = table.get(code) if type(code) is int else None
+    decoder = _PACKET_BY_CODE.get(code) if type(code) is int else None
     if decoder is None:
         raise DecodeError("unknown_type", f"message type {code!r:.20}")
     return decoder(raw)
 
 
-def decode(data: bytes) -> AnyMessage:
+def decode(data: bytes) -> Message:
     """Unpack and validate one message packed by ``encode``."""
     try:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
@@ -438,9 +356,9 @@ def decode_packet_messages(data: bytes, max_bytes: int) -> list[Message]:
 
 def decode_packet_lazy(data: bytes, max_bytes: int) -> list[Message | list[Any]]:
     """Like ``decode_packet_messages`` (validates everything, all-or-nothing), but valid alive
-    messages stay raw arrays ``[5, name, incarnation, host, port, meta]``: the receiver usually
-    already knows that news and can skip it without building any object. Build the rest with
-    ``alive_from_checked``."""
+    messages stay raw arrays ``[5, name, incarnation, host, port, meta, cert, signature]``: the
+    receiver usually already knows that news and can skip it without building any object (or
+    checking any signature). Build the rest with ``alive_from_checked``."""
     decoders = _PACKET_BY_CODE
     out: list[Message | list[Any]] = []
     for raw in decode_packet(data, max_bytes):
@@ -455,27 +373,3 @@ def decode_packet_lazy(data: bytes, max_bytes: int) -> list[Message | list[Any]]
             raise DecodeError("unknown_type", f"message type {code!r:.20}")
         out.append(decoder(raw))
     return out
-
-
-def decode_push_pull(data: bytes, max_bytes: int) -> PushPull:
-    last = _last_push_pull
-    if last is not None and last[1] == max_bytes and last[0] == data:
-        return last[2]
-    raw = decode_stream_payload(data, max_bytes)
-    msg = from_list(raw)
-    if type(msg) is not PushPull:
-        raise DecodeError("unexpected_type", "stream payload is not a push-pull state")
-    _remember_push_pull(data, max_bytes, msg)
-    return msg
-
-
-# The last push-pull decoded, because one payload is often decoded many times in a row: a seed's
-# state handed to every host of a simulated cluster (10,000 decodes of 10,000 members each), or
-# one host answering a burst of joins. The result is immutable, so sharing it is safe; a
-# different payload costs one failed length-or-bytes comparison.
-_last_push_pull: tuple[bytes, int, PushPull] | None = None
-
-
-def _remember_push_pull(data: bytes, max_bytes: int, msg: PushPull) -> None:
-    global _last_push_pull
-    _last_push_pull = (data, max_bytes, msg)

@@ -58,6 +58,16 @@ refutes with a higher incarnation and the news spreads in both halves. A restart
 a higher initial incarnation (a per-boot epoch), which revives it everywhere. Dead and left
 members are forgotten after ``dead_reap_ms``.
 
+Signed membership (DESIGN-11 D3, ``authority.py``): every claim that changes a member -- alive,
+suspect, dead, left -- is signed by whoever makes it and checked by an injected ``Authority``
+before it is believed; a member is added only with a certificate valid for exactly its name, and
+an accusation can name an incarnation at most one above what its subject signed. Checking costs
+CPU, so old news is recognised from the incarnation before any check, gossip from one source
+address may cost only so many checks per second (``budget.py``), and a push-pull state is merged
+in chunks (``push_pull.py``). ``revalidate`` re-checks every member's certificate (the runtime
+calls it when revocations change and now and then for expiry): a member whose certificate was
+revoked or expired is declared dead here, and its claims are refused from then on.
+
 Stale inputs are harmless: timers carry tokens and incarnations (``timers.py``) and are
 re-checked; a packet that fails to decode is dropped whole, counted in ``stats`` under
 ``drop.decode.<reason>``, and changes nothing. Every queue and cache has a bound.
@@ -73,8 +83,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from gossipmesh.errors import DecodeError, UsageError
+from gossipmesh.errors import DecodeError, LimitExceededError, UsageError
 from gossipmesh.ids import MAX_NODE_NAME_BYTES, Address, Millis
+from gossipmesh.swim.authority import Authority
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.effects import Effect, MemberChanged, SetTimer
 from gossipmesh.swim.member import Member, interned_member
@@ -94,10 +105,15 @@ from gossipmesh.swim.messages import (
 )
 from gossipmesh.swim.probe import Prober
 from gossipmesh.swim.push_pull import StateSync, push_pull_scale_ms
-from gossipmesh.swim.rumours import Rumours
-from gossipmesh.swim.state import LEFT, NodeState, check_meta, is_live
+from gossipmesh.swim.rumours import Rumours, accused
+from gossipmesh.swim.state import ALIVE, DEAD, LEFT, NodeState, check_meta, is_live
 from gossipmesh.swim.timers import Timer, TimerKind
 from gossipmesh.swim.user_messages import UserMessages
+from gossipmesh.wire import PACKET_OVERHEAD_BYTES
+
+# Room left beside our own alive claim in a packet, for the message it rides on (a ping or an
+# ack with its verdict is well under this).
+CLAIM_HEADROOM_BYTES = 160
 
 # The periodic timers, which the node re-arms itself; only the latest of each kind is live.
 _PERIODIC = (TimerKind.PROBE, TimerKind.GOSSIP, TimerKind.PUSH_PULL, TimerKind.RECONNECT)
@@ -115,6 +131,8 @@ class SwimNode:
         now_ms: Millis,
         meta: bytes = b"",
         incarnation: int = 0,
+        *,
+        authority: Authority,
     ) -> None:
         if not name or len(name.encode("utf-8")) > MAX_NODE_NAME_BYTES:
             raise UsageError(f"node name must be 1..{MAX_NODE_NAME_BYTES} bytes")
@@ -124,12 +142,14 @@ class SwimNode:
         self.name = name
         self.address = address
         self.config = config
-        st = self._state = NodeState(name, address, config, rng, meta, incarnation)
+        st = self._state = NodeState(name, address, config, rng, meta, incarnation, authority)
+        self._check_claim_fits()
         self._table = st.table
         self._rumours = Rumours(st)
         self._prober = Prober(st, self._rumours)
         self._rumours.prober = self._prober
         self._sync = StateSync(st, self._rumours)
+        self._rumours.fetcher = self._sync
         self._users = UserMessages(st)
         self._periodic: dict[TimerKind, int] = {}  # periodic timer kind -> its live token
         self.stats: dict[str, int] = st.stats
@@ -168,6 +188,11 @@ class SwimNode:
     def leaving(self) -> bool:
         return self._state.leaving
 
+    @property
+    def merging(self) -> int:
+        """Push-pull records received and not merged yet (merged a chunk per turn)."""
+        return self._sync.merging
+
     # --- commands ---------------------------------------------------------------------------------
 
     def start(self, now_ms: Millis) -> list[Effect]:
@@ -191,7 +216,7 @@ class SwimNode:
                 now_ms + cfg.reconnect_interval_ms + rng.randrange(cfg.reconnect_interval_ms),
                 out,
             )
-        self._state.queue_self_alive()
+        self._state.queue_self_alive(with_certificate=True)
         return out
 
     def join(self, seeds: Sequence[Address], now_ms: Millis) -> list[Effect]:
@@ -206,8 +231,9 @@ class SwimNode:
         if st.leaving:
             return out
         st.leaving = True
-        st.put(interned_member(st.name, st.address, st.incarnation, LEFT, st.meta), now_ms, out)
-        data = encode(Dead(st.name, st.incarnation, st.name, True))
+        dead = st.sign_dead(st.name, st.incarnation, left=True)
+        st.put(st.self_snapshot(LEFT, dead.signature), now_ms, out)
+        data = encode(dead)
         st.broadcasts.queue(data, st.name)
         fanout = max(self.config.gossip_nodes, self.config.indirect_checks, 1)
         for m in self._table.random_members(fanout, is_live):
@@ -219,11 +245,56 @@ class SwimNode:
         check_meta(meta)
         st = self._state
         out: list[Effect] = []
+        old_meta = st.meta
         st.meta = meta
+        try:
+            self._check_claim_fits()
+        except LimitExceededError:
+            st.meta = old_meta
+            raise
         st.incarnation += 1
         me = self.local_member()
-        st.put(interned_member(st.name, st.address, st.incarnation, me.state, meta), now_ms, out)
+        if me.state is LEFT:
+            dead = st.sign_dead(st.name, st.incarnation, left=True)
+            st.put(st.self_snapshot(LEFT, dead.signature), now_ms, out)
+        else:
+            st.put(st.self_snapshot(ALIVE), now_ms, out)
         st.queue_self_alive()
+        return out
+
+    def _check_claim_fits(self) -> None:
+        """Our signed alive claim (certificate and all) must ride a packet beside a ping."""
+        st = self._state
+        size = len(encode(st.self_alive()))
+        room = self.config.packet_size_bytes - PACKET_OVERHEAD_BYTES - CLAIM_HEADROOM_BYTES
+        if size > room:
+            raise LimitExceededError(
+                f"our signed alive claim is {size} bytes (certificate, name, address and "
+                f"metadata); a {self.config.packet_size_bytes}-byte packet has room for {room}"
+            )
+
+    def revalidate(self, now_ms: Millis) -> list[Effect]:
+        """Re-check every member's certificate now (revocations changed, or time passed): a live
+        member whose certificate is no longer valid is declared dead here (signed by us and
+        gossiped), so it leaves every route at once; its own claims are refused from now on, so
+        it cannot come back with this certificate. Counted as ``invalidated.<reason>``."""
+        st = self._state
+        out: list[Effect] = []
+        check = st.authority.check_certificate
+        for m in list(self._table.values()):
+            if m.name == st.name or not is_live(m) or m.proof is None:
+                continue
+            reason = check(m.name, m.proof.cert)
+            if reason is None:
+                continue
+            st.count("invalidated." + reason)
+            dead = st.sign_dead(m.name, m.incarnation)
+            self._rumours.forget_suspicion(m.name)
+            proof = accused(m, st.name, dead.signature)
+            st.put(interned_member(m.name, m.address, m.incarnation, DEAD, m.meta, proof),
+                   now_ms, out)  # fmt: skip
+            st.broadcasts.queue(encode(dead), m.name)
+            self._rumours.arm_reap(m.name, m.incarnation, now_ms, out)
         return out
 
     def queue_broadcast(self, payload: bytes, now_ms: Millis) -> None:
@@ -251,16 +322,21 @@ class SwimNode:
             return out
         get = self._table.get
         on_alive = self._rumours.on_alive
-        for msg in msgs:
-            if type(msg) is list:
-                # A validated raw alive. Old news (the bulk of gossip while a cluster
-                # forms) is skipped before any object is built.
-                cur = get(msg[1])
-                if cur is not None and msg[2] <= cur.incarnation and msg[1] != self.name:
-                    continue
-                on_alive(alive_from_checked(msg), now_ms, out)
-            else:
-                self._dispatch(src, msg, now_ms, out)  # type: ignore[arg-type]
+        st = self._state
+        st.source = src  # checking the claims in this packet is paid from its sender's budget
+        try:
+            for msg in msgs:
+                if type(msg) is list:
+                    # A validated raw alive. Old news (the bulk of gossip while a cluster
+                    # forms) is skipped before any object is built or signature checked.
+                    cur = get(msg[1])
+                    if cur is not None and msg[2] <= cur.incarnation and msg[1] != self.name:
+                        continue
+                    on_alive(alive_from_checked(msg), now_ms, out)
+                else:
+                    self._dispatch(src, msg, now_ms, out)  # type: ignore[arg-type]
+        finally:
+            st.source = None
         return out
 
     def _dispatch(self, src: Address, msg: Message, now_ms: Millis, out: list[Effect]) -> None:
@@ -294,6 +370,8 @@ class SwimNode:
         cfg = self.config
         if kind is TimerKind.REAP:
             self._rumours.reap(timer, now_ms, out)
+        elif kind is TimerKind.MERGE:
+            self._sync.on_merge_timer(timer, now_ms, out)
         elif kind not in _PERIODIC:  # a probe's, a relay's or a suspicion's (``probe.py``)
             self._prober.on_timer(timer, now_ms, out)
         elif self._periodic.get(kind) != timer.token:

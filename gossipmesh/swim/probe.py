@@ -88,10 +88,12 @@ class Prober:
             st.count("drop.ping.wrong_target")
             return
         if msg.suspect_incarnation is not None and not st.leaving:
-            # Lifeguard buddy system: the prober holds us suspect. Refute now, in the ack.
+            # Lifeguard buddy system: the prober holds us suspect. Refute now, in the ack. A
+            # ping is not signed, so its number is believed only up to one above our own (as
+            # far as any checked accusation can go): no ping can push us out of range.
             if msg.suspect_incarnation >= st.incarnation:
                 st.count("refutes.buddy")
-                self.rumours.refute(msg.suspect_incarnation, now_ms, out)
+                self.rumours.refute(min(msg.suspect_incarnation, st.incarnation + 1), now_ms, out)
             else:
                 # Already refuted, but the prober has not heard: make sure it rides the ack.
                 st.queue_self_alive()
@@ -267,7 +269,7 @@ class Prober:
         if cur is None or cur.state is DEAD or cur.state is LEFT:
             return
         me = self.state.name
-        self.rumours.on_suspect(Suspect(p.target, p.incarnation, me), now_ms, out)
+        self.rumours.on_suspect(Suspect(p.target, p.incarnation, me, b""), now_ms, out, local=True)
         # A last-word probe (or any probe ending after our deadline) that fails settles it.
         s = self._suspicions.get(p.target)
         cur = self._table.get(p.target)
@@ -278,7 +280,9 @@ class Prober:
             and cur.incarnation == p.incarnation
             and now_ms >= s.deadline_ms
         ):
-            self.rumours.on_dead(Dead(cur.name, cur.incarnation, me), now_ms, out)
+            self.rumours.on_dead(
+                Dead(cur.name, cur.incarnation, me, False, b""), now_ms, out, local=True
+            )
 
     # --- confirmation and last-word probes --------------------------------------------------------
 
@@ -382,4 +386,6 @@ class Prober:
             s.final_probed = True
             if self._start_confirm_probe(m, True, now_ms, out):
                 return
-        self.rumours.on_dead(Dead(m.name, m.incarnation, st.name), now_ms, out)
+        self.rumours.on_dead(
+            Dead(m.name, m.incarnation, st.name, False, b""), now_ms, out, local=True
+        )

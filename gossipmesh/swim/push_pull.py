@@ -20,26 +20,51 @@ Merging goes through ``rumours.py`` like any other news, except that a remote SU
 becomes our SUSPECT: one member's mistaken view must not kill a member here, and the accused
 still gets its chance to refute. At most ``push_pull_concurrency_max`` outgoing exchanges are
 pending; one the runtime never reported expires after twice the push-pull timeout.
+
+Every record carries its proof (``member.Proof``): the subject's own signed alive claim, and the
+signed accusation behind a suspect, dead or left state. A merge makes two passes over the
+records: first the alive claims (a member is added only on its own signed word; a newer claim
+updates it), then the accusations, checked against the accusers the first pass may just have
+taught us; a remote suspicion or death we believe becomes our own suspicion, signed by us. The
+record about ourselves is merged at once, so a refutation it calls for is in our answer.
+
+Merging costs a signature check per new claim, so a big state (a join into 10,000 members) is
+merged a chunk at a time (``merge_chunk_verifications`` checks or ``merge_chunk_records``
+records), the rest on a ``MERGE`` timer due at once: the runtime handles other input between
+chunks and its event loop never stalls for long. An exchange whose claims are rejected
+``push_pull_reject_max`` times is abandoned: valid claims of members we do not know cost real
+work only as many times as the cluster has members, forged ones would cost it without end. Records
+are decoded as the merge reaches them (``state_codec.RecordList``): a malformed record is one
+rejection (``reject.bad_record``), not the loss of the whole state.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 
 from gossipmesh.errors import DecodeError
 from gossipmesh.ids import Address, Millis
-from gossipmesh.swim.effects import Effect, StartPushPull
-from gossipmesh.swim.messages import (
-    Alive,
-    Dead,
+from gossipmesh.swim.authority import AccusationKind
+from gossipmesh.swim.effects import Effect, SetTimer, StartPushPull
+from gossipmesh.swim.member import Proof, interned_member
+from gossipmesh.swim.messages import Dead, Suspect
+from gossipmesh.swim.rumours import Rumours
+from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState, is_alive
+from gossipmesh.swim.state_codec import (
+    MemberRecord,
     PushPull,
-    Suspect,
+    RecordList,
     decode_push_pull,
     encode_push_pull,
 )
-from gossipmesh.swim.rumours import Rumours
-from gossipmesh.swim.state import ALIVE, DEAD, LEFT, NodeState, is_alive
+from gossipmesh.swim.timers import Timer, TimerKind
+
+# A member that sent us claims we could not check (certificates by reference) is asked for its
+# state at most this often; at most FETCHES_REMEMBERED members are remembered for it.
+FETCH_INTERVAL_MS = 10_000
+FETCHES_REMEMBERED = 256
 
 # memberlist's pushPullScaleThreshold: above this many members the push-pull interval grows.
 PUSH_PULL_SCALE_THRESHOLD = 32
@@ -53,6 +78,20 @@ def push_pull_scale_ms(interval_ms: int, n: int) -> int:
     return multiplier * interval_ms
 
 
+class _Merge:
+    """A received state being merged: its records, how far we got, and what it cost."""
+
+    __slots__ = ("accused", "pos", "quiet", "records", "rejected")
+
+    def __init__(self, records: RecordList, quiet: bool) -> None:
+        self.records = records
+        self.quiet = quiet
+        # 0..n-1: the alive claim of records[pos]; n..: the accusation of records[accused[pos-n]]
+        self.pos = 0
+        self.accused: list[MemberRecord] = []  # records with an accusation, found by pass one
+        self.rejected = 0
+
+
 class StateSync:
     """Push-pull for one node (see the module docstring)."""
 
@@ -62,6 +101,14 @@ class StateSync:
         self._table = state.table
         self._pending: dict[Address, Millis] = {}  # outgoing periodic/reconnect, started at
         self._joins: dict[Address, None] = {}  # seeds asked for a join exchange, not yet answered
+        self._merges: deque[_Merge] = deque()  # states waiting to be merged, oldest first
+        self._merge_token = 0  # the live MERGE timer's token (0: none armed)
+        self._fetched: dict[Address, Millis] = {}  # who we last asked for its state, when
+
+    @property
+    def merging(self) -> int:
+        """Records still to be merged (pending states), for runtimes and tests."""
+        return sum(len(m.records) - min(m.pos, len(m.records)) for m in self._merges)
 
     def join(self, seeds: Sequence[Address]) -> list[Effect]:
         """Ask each seed for a full state exchange; the runtime retries if all fail."""
@@ -102,6 +149,20 @@ class StateSync:
         st.count("reconnect.attempts")
         self._start(target.address, now_ms, out)
 
+    def fetch(self, to: Address, now_ms: Millis, out: list[Effect]) -> None:
+        """A member at ``to`` holds certificates we lack: exchange states with it, unless we
+        asked it within ``FETCH_INTERVAL_MS`` (bounded, so a flood of unresolvable references
+        costs at most one exchange per sender per interval, within the usual concurrency)."""
+        fetched = self._fetched
+        last = fetched.get(to)
+        if last is not None and now_ms - last < FETCH_INTERVAL_MS:
+            return
+        if last is None and len(fetched) >= FETCHES_REMEMBERED:
+            del fetched[next(iter(fetched))]
+        fetched[to] = now_ms
+        self.state.count("push_pull.fetch")
+        self._start(to, now_ms, out)
+
     def _start(self, to: Address, now_ms: Millis, out: list[Effect]) -> None:
         st = self.state
         pending = self._pending
@@ -126,23 +187,18 @@ class StateSync:
     ) -> tuple[bytes, list[Effect]]:
         """Merge a peer's state and answer with ours; ``b""`` for a bad request."""
         out: list[Effect] = []
-        if not self._merge(data, now_ms, out):
+        if not self._merge(data, False, now_ms, out):
             return b"", out
         self.state.count("push_pull.served")
-        # Built after the merge so a refutation it triggered is already in our answer.
+        # Built after the record about us was merged, so a refutation it called for is in it.
         return self.payload(False), out
 
     def handle_reply(self, src: Address, data: bytes, now_ms: Millis) -> list[Effect]:
         self._pending.pop(src, None)
         out: list[Effect] = []
-        st = self.state
         # A join reply is merged quietly (see the module docstring); ``queue_self_alive``
         # ignores quiet, so refutations about ourselves are still gossiped.
-        st.quiet = self._joins.pop(src, 0) is None
-        try:
-            self._merge(data, now_ms, out)
-        finally:
-            st.quiet = False
+        self._merge(data, self._joins.pop(src, 0) is None, now_ms, out)
         return out
 
     def failed(self, to: Address) -> list[Effect]:
@@ -151,7 +207,8 @@ class StateSync:
         self.state.count("push_pull.failed")
         return []
 
-    def _merge(self, data: bytes, now_ms: Millis, out: list[Effect]) -> bool:
+    def _merge(self, data: bytes, quiet: bool, now_ms: Millis, out: list[Effect]) -> bool:
+        """Decode a peer's state, merge what it says about us now, queue the rest."""
         st = self.state
         try:
             pp = decode_push_pull(data, st.config.push_pull_max_bytes)
@@ -159,18 +216,135 @@ class StateSync:
             st.count("drop.push_pull." + exc.reason)
             return False
         st.count("push_pull.merged")
-        rumours = self.rumours
-        me = st.name
-        for r in pp.members:
-            state = r.state
-            if state is ALIVE:
-                rumours.on_alive(r, now_ms, out)
-            elif state is LEFT:
-                rumours.on_dead(Dead(r.name, r.incarnation, r.name, True), now_ms, out)
+        records = pp.records
+        mine = records.index_of(st.name)
+        if mine is not None:
+            try:
+                r = records.get(mine)
+            except DecodeError:
+                st.reject("bad_record")
             else:
-                # A remote SUSPECT or DEAD becomes our SUSPECT: their view alone must not
-                # kill a member here, and the accused still gets its chance to refute.
-                if r.name not in self._table and r.name != me:
-                    rumours.on_alive(Alive(r.name, r.incarnation, r.address, r.meta), now_ms, out)
-                rumours.on_suspect(Suspect(r.name, r.incarnation, me), now_ms, out)
+                st.quiet = quiet
+                try:
+                    self._alive_part(r, now_ms, out)
+                    self._accusation_part(r, now_ms, out)
+                finally:
+                    st.quiet = False
+        merges = self._merges
+        if len(merges) >= st.config.merge_pending_max:
+            merges.popleft()  # a newer state says at least as much about the same members
+            st.count("push_pull.merge_dropped")
+        merges.append(_Merge(records, quiet))
+        self._merge_chunk(now_ms, out)
         return True
+
+    def on_merge_timer(self, timer: Timer, now_ms: Millis, out: list[Effect]) -> None:
+        if timer.token != self._merge_token:
+            self.state.count("timers.stale")
+            return
+        self._merge_token = 0
+        self._merge_chunk(now_ms, out)
+
+    def _merge_chunk(self, now_ms: Millis, out: list[Effect]) -> None:
+        """Merge records until this turn's budget is spent; arm a MERGE timer for the rest."""
+        st = self.state
+        cfg = st.config
+        me = st.name
+        spent_from = st.verifications
+        looked = 0
+        merges = self._merges
+        while merges:
+            m = merges[0]
+            records = m.records
+            n = len(records)
+            accused = m.accused
+            st.quiet = m.quiet
+            try:
+                while m.pos < n + len(accused):
+                    if (
+                        looked >= cfg.merge_chunk_records
+                        or st.verifications - spent_from >= cfg.merge_chunk_verifications
+                    ):
+                        if not self._merge_token:
+                            self._merge_token = st.next_token()
+                            out.append(SetTimer(Timer(TimerKind.MERGE, self._merge_token), now_ms))
+                        return
+                    i = m.pos
+                    m.pos += 1
+                    looked += 1
+                    rejected = st.rejections
+                    if i >= n:
+                        self._accusation_part(accused[i - n], now_ms, out)
+                    else:
+                        try:
+                            r = records.get(i)
+                        except DecodeError:
+                            st.reject("bad_record")
+                        else:
+                            if r.name == me:
+                                continue  # merged when the state arrived
+                            self._alive_part(r, now_ms, out)
+                            if r.state is not ALIVE:
+                                accused.append(r)
+                    if st.rejections != rejected:
+                        m.rejected += st.rejections - rejected
+                        if m.rejected >= cfg.push_pull_reject_max:
+                            st.count("push_pull.abandoned")
+                            break
+            finally:
+                st.quiet = False
+            merges.popleft()
+
+    def _alive_part(self, r: MemberRecord, now_ms: Millis, out: list[Effect]) -> None:
+        """The subject's own signed claim in a record: adds or updates it if it is news."""
+        if r.state is ALIVE:
+            self.rumours.on_alive(r, now_ms, out)
+            return
+        p = r.proof
+        assert p is not None  # decoded records always carry one
+        cur = self._table.get(r.name)
+        if r.name != self.state.name and (
+            (cur is None and r.state is LEFT)  # a stranger who left: nothing to learn
+            or (cur is not None and p.alive_incarnation <= cur.incarnation)  # old news
+        ):
+            return
+        claim = interned_member(
+            r.name, r.address, p.alive_incarnation, ALIVE, r.meta,
+            Proof(p.cert, p.alive_incarnation, p.alive_signature),
+        )  # fmt: skip
+        self.rumours.on_alive(claim, now_ms, out)
+
+    def _accusation_part(self, r: MemberRecord, now_ms: Millis, out: list[Effect]) -> None:
+        """The accusation in a SUSPECT, DEAD or LEFT record, if we believe it."""
+        state = r.state
+        if state is ALIVE:
+            return
+        p = r.proof
+        assert p is not None
+        st = self.state
+        rumours = self.rumours
+        name, inc = r.name, r.incarnation
+        if state is LEFT:
+            rumours.on_dead(Dead(name, inc, name, True, p.accusation), now_ms, out)
+            return
+        if name == st.name:  # an accusation of us, checked and refuted as if gossiped
+            if not st.leaving and inc >= st.incarnation and p.accuser not in self._table:
+                # Its accuser's own record is further on in this state (a join into a cluster
+                # we do not know yet): refute as we would a buddy ping, at most one above us.
+                st.count("refutes.unchecked")
+                rumours.refute(min(inc, st.incarnation + 1), now_ms, out)
+                return
+            if state is SUSPECT:
+                rumours.on_suspect(Suspect(name, inc, p.accuser, p.accusation), now_ms, out)
+            else:
+                rumours.on_dead(Dead(name, inc, p.accuser, False, p.accusation), now_ms, out)
+            return
+        # A remote SUSPECT or DEAD becomes our SUSPECT: their view alone must not kill a member
+        # here, and the accused still gets its chance to refute. We check their accusation
+        # only if ours would change something.
+        cur = self._table.get(name)
+        if cur is None or not rumours.suspicion_would_count(cur, inc, st.name):
+            return
+        kind = AccusationKind.SUSPECT if state is SUSPECT else AccusationKind.DEAD
+        if st.check_accusation(kind, cur, inc, p.accuser, p.accusation, now_ms):
+            rumours.on_suspect(Suspect(name, inc, st.name, b""), now_ms, out, local=True)

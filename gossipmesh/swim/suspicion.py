@@ -85,6 +85,10 @@ class Suspicion:
         # The node's last-word probe at the deadline was started (see probe.py).
         self.final_probed = False
 
+    def would_confirm(self, source: str) -> bool:
+        """Would ``confirm(source)`` count? (Checked before paying for a signature check.)"""
+        return self.confirmations < self.k and source not in self.confirmed_by
+
     def confirm(self, source: str) -> bool:
         """Count a confirmation from ``source``; True if it was new (and the deadline moved)."""
         if self.confirmations >= self.k or source in self.confirmed_by:

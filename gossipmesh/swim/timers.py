@@ -26,6 +26,7 @@ class TimerKind(enum.Enum):
     PUSH_PULL = "push_pull"  # periodic: full state exchange with one random member
     RECONNECT = "reconnect"  # periodic: try to reach a member held dead (partition healing)
     REAP = "reap"  # a dead or left member may be forgotten
+    MERGE = "merge"  # merge the next chunk of a push-pull state (due at once)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,8 @@ def body(*services: ServiceInstance, proxy: tuple[str, int] | None = None) -> Re
     return RecordBody(tuple(services), proxy)
 
 
-def fake_sign(data: bytes) -> bytes:
-    return b"\0" * 64
+def fake_sign(owner: str, version: int, body: bytes) -> tuple[bytes, bytes]:
+    return b"\0" * 32, b"\0" * 64  # (signer fingerprint, signature): the catalog never checks
 
 
 ROUTE_API = {"destinations": [{"service": "api"}]}
@@ -141,7 +141,7 @@ def test_invalid_entities_are_skipped_and_reported() -> None:
 def test_signed_records_decode_and_higher_version_wins() -> None:
     old = make_record("b", 1, body(inst(port=1), proxy=("127.0.0.2", 4143)), fake_sign)
     new = make_record("b", 2, body(inst(port=2), proxy=("127.0.0.2", 4143)), fake_sign)
-    junk = SignedRecord("c", 5, b"\xc1 not msgpack", b"\0" * 64)
+    junk = SignedRecord("c", 5, b"\xc1 not msgpack", b"\0" * 64, b"\0" * 32)
     cat = build_catalog([member("b"), member("c")], [new, junk, old], LOCAL, [])
     assert [e.port for e in cat.endpoints["api"]] == [2]
     assert [x.key for x in cat.invalid] == ["record/c"]

@@ -8,10 +8,12 @@ from pathlib import Path
 import trio
 from test_agent import make_agent
 
+from gossipmesh.agent.events import wall_ms
 from gossipmesh.agent.records_sync import SYNC_KIND, RecordSync
 from gossipmesh.agent.runtime import Agent
-from gossipmesh.config.identity import NodeIdentity
+from gossipmesh.config.identity import RecordSigner
 from gossipmesh.crdt.records import RecordBody, ServiceInstance, make_record
+from gossipmesh.identity import NodeCredentials, playground_root
 
 
 def body(port: int) -> RecordBody:
@@ -19,7 +21,6 @@ def body(port: int) -> RecordBody:
 
 
 async def test_one_sync_moves_records_both_ways(nursery: trio.Nursery, tmp_path: Path) -> None:
-    ids = {"a": NodeIdentity.generate(), "b": NodeIdentity.generate()}
     agents: dict[str, Agent] = {}
     syncs: dict[str, RecordSync] = {}
     changes = {"a": 0, "b": 0}
@@ -29,18 +30,18 @@ async def test_one_sync_moves_records_both_ways(nursery: trio.Nursery, tmp_path:
         def bump(n: str = name) -> None:
             changes[n] += 1
 
-        syncs[name] = RecordSync(agent, ids[name], bump)
+        syncs[name] = RecordSync(agent, bump)
         agents[name] = await nursery.start(agent.run)
     a, b = agents["a"], agents["b"]
-    # Keys normally come from SWIM metadata; these agents never meet, so hand them over.
-    syncs["a"].trusted.add("b", ids["b"].public_bytes())
-    syncs["b"].trusted.add("a", ids["a"].public_bytes())
+    # Certificates normally come from SWIM; these agents never meet, so hand them over.
+    syncs["a"].keys.learn("b", b.identity.credentials.cert_der)
+    syncs["b"].keys.learn("a", a.identity.credentials.cert_der)
     rec_a = await syncs["a"].publish(body(1))
     rec_b = await syncs["b"].publish(body(2))
-    # A third node's record that b holds and a has no key for: a parks it.
-    third = NodeIdentity.generate()
-    syncs["b"].trusted.add("c", third.public_bytes())
-    syncs["b"]._accept(make_record("c", 3, body(3), third.sign))
+    # A third node's record that b holds and a has no certificate for: a parks it.
+    third = NodeCredentials.issue(playground_root(a.settings.cluster), "c", now_ms=wall_ms())
+    syncs["b"].keys.learn("c", third.cert_der)
+    syncs["b"]._accept(make_record("c", 3, body(3), RecordSigner(third)))
     assert syncs["a"].table.get("b") is None
 
     assert b.address is not None

@@ -301,7 +301,8 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     assert shifted["tolerance"] == round(split_tolerance(0.50, shifted["requests"]), 4) <= 0.16
     assert abs(first["v2_share"] - 0.10) <= first["tolerance"], first
     assert abs(shifted["v2_share"] - 0.50) <= shifted["tolerance"], shifted
-    assert summary["path_route"]["v2"] == 0 and summary["path_route"]["v1"] > 0
+    assert summary["path_route"]["v2"] == 0, summary["path_route"]
+    assert summary["path_route"]["v1"] > 0
 
     kill = summary["kill"]
     assert kill["node"] == "n2" and kill["alive_before"] is True

@@ -97,3 +97,27 @@ def test_cli_prints_the_traceback_seed_and_command_when_a_core_raises(
     assert "planted bug: ping-req" in out
     assert "seed=3" in out
     assert "python -m simulations crash --nodes 20 --seed 3 --kill 2" in out
+
+
+@pytest.fixture
+def believes_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every core's authority accepts every claim: signed membership switched off."""
+    from gossipmesh.identity.membership import MembershipAuthority
+
+    for method in ("verify_alive", "verify_accusation"):
+        monkeypatch.setattr(MembershipAuthority, method, lambda self, *a: None)
+    monkeypatch.setattr(MembershipAuthority, "check_certificate", lambda self, *a: None)
+
+
+def test_captured_hosts_forge_nothing_that_the_real_core_believes() -> None:
+    res = run(Options("crash", nodes=30, seed=1, kill=1, captured=2, attack_s=20))
+    assert res.ok, [c for r in res.runs for c in r.checks if not c.ok]
+    metrics = res.runs[0].metrics
+    assert metrics["forged_sent"] > 0
+    assert metrics["membership_rejected"]["cert.wrong_name"] > 0
+    assert metrics["membership_rejected"]["incarnation_bound"] > 0
+
+
+def test_a_core_that_believes_anything_fails_the_forgery_check(believes_anything: None) -> None:
+    res = run(Options("crash", nodes=30, seed=1, kill=1, captured=2, attack_s=20))
+    assert "forgeries-refused" in _failed(res)

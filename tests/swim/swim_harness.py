@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from swim_auth import authority
+
 from gossipmesh.ids import Address
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.effects import (
@@ -80,7 +82,14 @@ class World:
         addr = self.address_of(name) if name in self.nodes else Address(f"10.0.0.{index}", 7946)
         rng = random.Random(f"{self.seed}:{name}:{self._epoch.get(name, 0)}")
         node = SwimNode(
-            name, addr, config or self.config, rng, self.now_ms, meta=meta, incarnation=incarnation
+            name,
+            addr,
+            config or self.config,
+            rng,
+            self.now_ms,
+            meta=meta,
+            incarnation=incarnation,
+            authority=authority(name),
         )
         self.nodes[name] = node
         self._by_addr[addr] = name

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from swim_auth import suspect
 from swim_harness import World
 
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.effects import MemberChanged
 from gossipmesh.swim.member import MemberState
-from gossipmesh.swim.messages import Ping, Suspect, decode_packet_messages, encode
+from gossipmesh.swim.messages import Ping, decode_packet_messages, encode
 from gossipmesh.swim.suspicion import suspicion_bounds_ms
 from gossipmesh.wire import encode_packet
 
@@ -60,7 +61,7 @@ def first_message(data: bytes) -> object:
 def test_false_suspicion_of_a_live_node_is_refuted() -> None:
     w = World()
     w.cluster(6)
-    inject(w, "n1", Suspect("n4", 0, "n1"))
+    inject(w, "n1", suspect("n4", 0, "n1"))
     assert w.state("n1", "n4") is SUSPECT
     w.run_until_true(w.all_alive, limit_ms=5_000, check_every_ms=10)
     assert w.nodes["n4"].stats["refutes"] == 1
@@ -89,7 +90,7 @@ def test_buddy_system_suspect_refutes_on_the_probe_itself() -> None:
     w.drop_packet = lambda s, d, data: (
         s == "n1" and (d != "n2" or not isinstance(first_message(data), Ping))
     )
-    inject(w, "n1", Suspect("n2", 0, "n1"))
+    inject(w, "n1", suspect("n2", 0, "n1"))
     target = w.nodes["n2"]
     w.run_until_true(lambda: target.stats["refutes"] > 0, limit_ms=10_000, check_every_ms=10)
     assert target.stats["refutes.buddy"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from swim_auth import alive, authority, dead, shapes, suspect
 
 from gossipmesh.errors import LimitExceededError
 from gossipmesh.ids import Address
@@ -21,7 +22,6 @@ from gossipmesh.swim.member import MAX_META_BYTES, MemberState
 from gossipmesh.swim.messages import (
     Ack,
     Alive,
-    Dead,
     Message,
     Nack,
     Ping,
@@ -61,10 +61,12 @@ def timers(effects: list[Effect], kind: TimerKind) -> list[SetTimer]:
 
 
 def make_node(n_peers: int = 4, config: SwimConfig | None = None) -> SwimNode:
-    node = SwimNode("a", A, config or SwimConfig.lan(), random.Random(7), 0)
+    node = SwimNode(
+        "a", A, config or SwimConfig.lan(), random.Random(7), 0, authority=authority("a")
+    )
     node.start(0)
     for i in range(n_peers):
-        node.handle_packet(addr(i + 2), packet(Alive(f"p{i}", 0, addr(i + 2), b"")), 0)
+        node.handle_packet(addr(i + 2), packet(alive(f"p{i}", 0, addr(i + 2))), 0)
     return node
 
 
@@ -189,7 +191,7 @@ def test_buddy_ping_to_a_suspect_is_refuted_in_the_ack() -> None:
     ((to, msgs),) = sent(eff)
     assert to == addr(2)
     assert msgs[0] == Ack(5)
-    assert Alive("a", 1, A, b"") in msgs  # the refutation rides the ack
+    assert ("alive", "a", 1, A, b"") in shapes(msgs)  # the refutation rides the ack
     assert node.incarnation == 1
     assert node.stats["refutes"] == 1
     assert node.health_score == 1  # having to refute is a hint that we are slow
@@ -197,17 +199,17 @@ def test_buddy_ping_to_a_suspect_is_refuted_in_the_ack() -> None:
 
 def test_an_ack_to_a_member_we_suspect_or_hold_dead_tells_it_so() -> None:
     node = make_node()
-    node.handle_packet(addr(3), packet(Suspect("p0", 0, "p1")), 0)
+    node.handle_packet(addr(3), packet(suspect("p0", 0, "p1")), 0)
     assert node.member("p0").state is MemberState.SUSPECT  # type: ignore[union-attr]
     eff = node.handle_packet(addr(2), packet(Ping(7, "a", None, "p0")), 10)
     ((to, msgs),) = sent(eff)
     assert to == addr(2)
-    assert msgs[0] == Ack(7) and Suspect("p0", 0, "a") in msgs
+    assert msgs[0] == Ack(7) and ("suspect", "p0", 0, "a") in shapes(msgs)
     assert node.stats["suspicions.told"] == 1
     # One we hold dead is told so (it refutes and comes back, however long ago it died).
-    node.handle_packet(addr(3), packet(Dead("p1", 0, "p3")), 20)
+    node.handle_packet(addr(3), packet(dead("p1", 0, "p3")), 20)
     ((_, msgs),) = sent(node.handle_packet(addr(3), packet(Ping(8, "a", None, "p1")), 30))
-    assert msgs[0] == Ack(8) and Dead("p1", 0, "a") in msgs
+    assert msgs[0] == Ack(8) and ("dead", "p1", 0, "a", False) in shapes(msgs)
     assert node.stats["deaths.told"] == 1
     # A prober we do not suspect, or one that does not name itself, gets a plain ack.
     for ping in (Ping(8, "a", None, "p2"), Ping(9, "a")):
@@ -217,43 +219,43 @@ def test_an_ack_to_a_member_we_suspect_or_hold_dead_tells_it_so() -> None:
 
 def test_suspect_rumour_about_self_is_refuted_with_higher_incarnation() -> None:
     node = make_node()
-    node.handle_packet(addr(2), packet(Suspect("a", 4, "p0")), 0)
-    assert node.incarnation == 5
-    node.handle_packet(addr(2), packet(Dead("a", 7, "p0")), 0)
-    assert node.incarnation == 8
+    node.handle_packet(addr(2), packet(suspect("a", 1, "p0")), 0)
+    assert node.incarnation == 2
+    node.handle_packet(addr(2), packet(dead("a", 3, "p0")), 0)
+    assert node.incarnation == 4
     assert node.local_member().state is MemberState.ALIVE
-    node.handle_packet(addr(2), packet(Suspect("a", 3, "p0")), 0)  # old news: ignored
-    assert node.incarnation == 8
+    node.handle_packet(addr(2), packet(suspect("a", 3, "p0")), 0)  # old news: ignored
+    assert node.incarnation == 4
 
 
 def test_a_stale_accusation_about_self_gossips_our_incarnation_again() -> None:
     node = make_node()
-    node.handle_packet(addr(2), packet(Suspect("a", 4, "p0")), 0)
-    assert node.incarnation == 5
+    node.handle_packet(addr(2), packet(suspect("a", 1, "p0")), 0)
+    assert node.incarnation == 2
     while len(node._state.broadcasts):  # the refutation was spent, say into a partition
         node._state.broadcasts.get(10_000, 1)
     score = node.health_score
-    node.handle_packet(addr(3), packet(Dead("a", 4, "p1")), 0)  # someone never heard it
-    assert node.incarnation == 5  # nothing new to out-bid ...
+    node.handle_packet(addr(3), packet(dead("a", 1, "p1")), 0)  # someone never heard it
+    assert node.incarnation == 2  # nothing new to out-bid ...
     assert node.health_score == score  # ... and no fresh evidence against us
     assert node.stats["refutes.reasserted"] == 1
     eff, _, _ = start_probe(node)
     carried = [m for _, msgs in sent(eff) for m in msgs if isinstance(m, Alive)]
-    assert Alive("a", 5, A, b"") in carried  # ... but the refutation travels again
+    assert ("alive", "a", 2, A, b"") in shapes(carried)  # ... but the refutation travels again
 
 
 def test_confirmations_shrink_the_suspicion_deadline() -> None:
     # memberlist's numbers: n = 10 live: min 4 s, max 24 s, k = 2, no confirmation probes.
     node = make_node(n_peers=9, config=SwimConfig.memberlist("lan"))
-    eff = node.handle_packet(addr(2), packet(Suspect("p5", 0, "p0")), 1000)
+    eff = node.handle_packet(addr(2), packet(suspect("p5", 0, "p0")), 1000)
     (st,) = timers(eff, TimerKind.SUSPICION)
     assert st.at_ms == 1000 + 24_000
-    eff = node.handle_packet(addr(3), packet(Suspect("p5", 0, "p0")), 2000)  # same accuser again
+    eff = node.handle_packet(addr(3), packet(suspect("p5", 0, "p0")), 2000)  # same accuser again
     assert timers(eff, TimerKind.SUSPICION) == []
-    eff = node.handle_packet(addr(3), packet(Suspect("p5", 0, "p1")), 2000)
+    eff = node.handle_packet(addr(3), packet(suspect("p5", 0, "p1")), 2000)
     (st1,) = timers(eff, TimerKind.SUSPICION)
     assert st1.at_ms == 1000 + 11_381  # 24 - log(2)/log(3) * 20 s, floored to the ms
-    eff = node.handle_packet(addr(4), packet(Suspect("p5", 0, "p2")), 3000)
+    eff = node.handle_packet(addr(4), packet(suspect("p5", 0, "p2")), 3000)
     (st2,) = timers(eff, TimerKind.SUSPICION)
     assert st2.at_ms == 1000 + 4_000
     # An early firing of the long timer (a runtime may be early-ish) does not kill yet...
@@ -268,32 +270,33 @@ def test_confirmations_shrink_the_suspicion_deadline() -> None:
 
 def test_alive_with_higher_incarnation_clears_suspicion_and_revives_dead() -> None:
     node = make_node()
-    eff = node.handle_packet(addr(2), packet(Suspect("p1", 0, "p0")), 0)
+    eff = node.handle_packet(addr(2), packet(suspect("p1", 0, "p0")), 0)
     (st,) = timers(eff, TimerKind.SUSPICION)
-    node.handle_packet(addr(3), packet(Alive("p1", 1, addr(3), b"")), 10)
+    node.handle_packet(addr(3), packet(alive("p1", 1, addr(3))), 10)
     assert node.member("p1").state is MemberState.ALIVE  # type: ignore[union-attr]
     assert node.handle_timer(st.timer, st.at_ms) == []  # stale: the suspicion is gone
-    node.handle_packet(addr(3), packet(Dead("p1", 1, "p0")), 20)
+    node.handle_packet(addr(3), packet(dead("p1", 1, "p0")), 20)
     assert node.member("p1").state is MemberState.DEAD  # type: ignore[union-attr]
-    node.handle_packet(addr(3), packet(Alive("p1", 1, addr(3), b"")), 30)  # same incarnation: no
+    node.handle_packet(addr(3), packet(alive("p1", 1, addr(3))), 30)  # same incarnation: no
     assert node.member("p1").state is MemberState.DEAD  # type: ignore[union-attr]
-    node.handle_packet(addr(3), packet(Alive("p1", 1000, addr(3), b"")), 40)  # new boot epoch
+    node.handle_packet(addr(3), packet(alive("p1", 1000, addr(3))), 40)  # new boot epoch
     m = node.member("p1")
     assert m is not None and m.state is MemberState.ALIVE and m.incarnation == 1000
 
 
 def test_left_needs_the_member_itself() -> None:
     node = make_node()
-    node.handle_packet(addr(2), packet(Dead("p0", 0, "p0", left=True)), 0)
-    node.handle_packet(addr(2), packet(Dead("p1", 0, "p0", left=True)), 0)  # not its own word
+    node.handle_packet(addr(2), packet(dead("p0", 0, "p0", left=True)), 0)
+    node.handle_packet(addr(2), packet(dead("p1", 0, "p0", left=True)), 0)  # not its own word
     assert node.member("p0").state is MemberState.LEFT  # type: ignore[union-attr]
-    assert node.member("p1").state is MemberState.DEAD  # type: ignore[union-attr]
+    assert node.member("p1").state is MemberState.ALIVE  # type: ignore[union-attr]
+    assert node.stats["reject.leave_not_own"] == 1
 
 
 def test_reap_timer_forgets_after_dead_reap_ms() -> None:
     cfg = SwimConfig.lan(dead_reap_ms=60_000, reconnect_timeout_ms=30_000)
     node = make_node(config=cfg)
-    eff = node.handle_packet(addr(2), packet(Dead("p0", 0, "p1")), 100)
+    eff = node.handle_packet(addr(2), packet(dead("p0", 0, "p1")), 100)
     (st,) = timers(eff, TimerKind.REAP)
     assert st.at_ms == 60_100
     out = node.handle_timer(st.timer, st.at_ms)
@@ -367,16 +370,18 @@ def test_send_user_message_goes_direct_and_oversize_is_refused() -> None:
 
 
 def test_join_starts_push_pull_per_seed() -> None:
-    node = SwimNode("a", A, SwimConfig.lan(), random.Random(1), 0)
+    node = SwimNode("a", A, SwimConfig.lan(), random.Random(1), 0, authority=authority("a"))
     out = node.join([addr(2), A, addr(3)], 0)
     assert out == [StartPushPull(addr(2), True), StartPushPull(addr(3), True)]
 
 
 def test_push_pull_merges_remote_dead_as_suspect_and_refutes_about_self() -> None:
     node = make_node()
-    other = SwimNode("p0", addr(2), SwimConfig.lan(), random.Random(2), 0)
-    other.handle_packet(A, packet(Alive("p1", 0, addr(3), b""), Alive("a", 0, A, b"")), 0)
-    other.handle_packet(A, packet(Dead("p1", 0, "x"), Dead("a", 0, "x")), 0)
+    other = SwimNode(
+        "p0", addr(2), SwimConfig.lan(), random.Random(2), 0, authority=authority("p0")
+    )
+    other.handle_packet(A, packet(alive("p1", 0, addr(3)), alive("a", 0, A)), 0)
+    other.handle_packet(A, packet(dead("p1", 0, "a"), dead("a", 0, "p1")), 0)
     reply, _ = other.handle_push_pull_request(A, node.push_pull_payload(False), 10)
     node.handle_push_pull_reply(addr(2), reply, 10)
     assert node.member("p1").state is MemberState.SUSPECT  # type: ignore[union-attr]
@@ -401,10 +406,10 @@ def test_leave_announces_left_and_stops_probing() -> None:
     out = node.leave(0)
     assert node.local_member().state is MemberState.LEFT
     dsts = sent(out)
-    assert dsts and all(Dead("a", 0, "a", True) in msgs for _, msgs in dsts)
+    assert dsts and all(("dead", "a", 0, "a", True) in shapes(msgs) for _, msgs in dsts)
     eff = node.handle_timer(probe_timer(node).timer, 1000)
     assert not [m for _, msgs in sent(eff) for m in msgs if isinstance(m, Ping)]
-    node.handle_packet(addr(2), packet(Suspect("a", 0, "p0")), 0)
+    node.handle_packet(addr(2), packet(suspect("a", 0, "p0")), 0)
     assert node.incarnation == 0  # a leaving node does not fight rumours
 
 

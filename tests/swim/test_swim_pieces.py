@@ -11,6 +11,7 @@ from gossipmesh.errors import UsageError
 from gossipmesh.ids import Address
 from gossipmesh.swim.awareness import Awareness
 from gossipmesh.swim.broadcast import BroadcastQueue, retransmit_limit
+from gossipmesh.swim.budget import SourceBudget
 from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.member import Member, MemberState, interned_member
 from gossipmesh.swim.membership import MemberTable
@@ -337,3 +338,35 @@ def test_config_rejects_nonsense(bad: dict[str, object]) -> None:
 def test_unknown_preset_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         SwimConfig.preset("moon")
+
+
+# --- verification budget ------------------------------------------------------------------------
+
+
+def test_each_source_has_its_own_token_bucket_refilled_with_time() -> None:
+    a, b = Address("10.0.0.1", 1), Address("10.0.0.2", 1)
+    budget = SourceBudget(rate_per_s=10, burst=3, max_sources=8)
+    assert [budget.take(a, 0) for _ in range(4)] == [True, True, True, False]
+    assert budget.take(b, 0)  # another source is not affected
+    assert not budget.take(a, 50)  # half a token after 50 ms at 10/s
+    assert budget.take(a, 100)  # one token after 100 ms
+    assert [budget.take(a, 10_000) for _ in range(4)] == [True, True, True, False]  # capped
+
+
+def test_the_budget_keeps_a_bounded_number_of_sources() -> None:
+    budget = SourceBudget(rate_per_s=1, burst=1, max_sources=4)
+    first = Address("10.0.0.1", 1)
+    assert budget.take(first, 0) and not budget.take(first, 0)
+    for i in range(2, 7):
+        budget.take(Address(f"10.0.0.{i}", 1), 0)
+    assert len(budget) == 4
+    assert budget.take(first, 0)  # it was evicted, least recently used, and starts anew
+
+
+def test_an_item_with_a_later_form_switches_to_it_after_its_first_transmits() -> None:
+    q = BroadcastQueue(16)
+    q.queue(b"F" * 100, "m1", later=b"c" * 10, later_after=2)
+    assert q.get(1000, 5) == [b"F" * 100]
+    assert q.get(1000, 5) == [b"F" * 100]
+    assert q.get(1000, 5) == [b"c" * 10]  # the third and later sends use the short form
+    assert q.transmits("m1") == 3

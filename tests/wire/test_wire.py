@@ -12,29 +12,31 @@ from hypothesis import strategies as st
 from gossipmesh.errors import DecodeError
 from gossipmesh.ids import MAX_NODE_NAME_BYTES, Address
 from gossipmesh.swim.config import SwimConfig
-from gossipmesh.swim.member import MAX_META_BYTES, MemberState
-from gossipmesh.swim.messages import (
+from gossipmesh.swim.fields import (
+    CERT_REF_BYTES,
     MAX_COUNTER,
+    MAX_MEMBER_CERT_BYTES,
+    SIGNATURE_BYTES,
+)
+from gossipmesh.swim.member import MAX_META_BYTES, MemberState, Proof
+from gossipmesh.swim.messages import (
     Ack,
     Alive,
     Dead,
-    MemberRecord,
     Message,
     Nack,
     Ping,
     PingReq,
-    PushPull,
     Suspect,
     User,
     alive_from_checked,
     decode,
     decode_packet_lazy,
     decode_packet_messages,
-    decode_push_pull,
     encode,
-    encode_push_pull,
 )
 from gossipmesh.swim.node import SwimNode
+from gossipmesh.swim.state_codec import MemberRecord, PushPull, decode_push_pull, encode_push_pull
 from gossipmesh.wire import (
     PACKET_OVERHEAD_BYTES,
     FrameDecoder,
@@ -44,6 +46,9 @@ from gossipmesh.wire import (
     encode_packet,
     packet_size,
 )
+from simulations.identity import EPOCH_MS, SimIdentities
+
+IDS = SimIdentities("wire-test")
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,21 +60,38 @@ names = st.text(min_size=1, max_size=MAX_NODE_NAME_BYTES // 4) | st.text(
 addresses = st.builds(Address, st.text(min_size=1, max_size=40), st.integers(0, 65535))
 metas = st.binary(max_size=MAX_META_BYTES)
 opt_inc = st.none() | counters
+certs = st.binary(min_size=CERT_REF_BYTES + 1, max_size=MAX_MEMBER_CERT_BYTES)
+alive_certs = certs | st.binary(min_size=CERT_REF_BYTES, max_size=CERT_REF_BYTES)  # or a ref
+sigs = st.binary(min_size=SIGNATURE_BYTES, max_size=SIGNATURE_BYTES)
 
 messages = st.one_of(
     st.builds(Ping, counters, names, opt_inc, st.none() | names),
     st.builds(Ack, counters),
     st.builds(Nack, counters),
     st.builds(PingReq, counters, names, addresses, opt_inc),
-    st.builds(Alive, names, counters, addresses, metas),
-    st.builds(Suspect, names, counters, names),
-    st.builds(Dead, names, counters, names, st.booleans()),
+    st.builds(Alive, names, counters, addresses, metas, alive_certs, sigs),
+    st.builds(Suspect, names, counters, names, sigs),
+    st.builds(Dead, names, counters, names, st.booleans(), sigs),
     st.builds(User, st.binary(max_size=1000), st.booleans()),
 )
-records = st.builds(
-    MemberRecord, names, addresses, counters, st.sampled_from(list(MemberState)), metas
-)
-push_pulls = st.builds(PushPull, st.booleans(), st.lists(records, max_size=8).map(tuple))
+
+
+@st.composite
+def records(draw: st.DrawFn) -> MemberRecord:
+    """A member record whose proof keeps the invariants an honest sender keeps."""
+    name, inc = draw(names), draw(counters)
+    state = draw(st.sampled_from(list(MemberState)))
+    cert, sig = draw(certs), draw(sigs)
+    if state is MemberState.ALIVE:
+        proof = Proof(cert, inc, sig)
+    else:
+        alive_inc = draw(st.sampled_from([inc, max(0, inc - 1)]))
+        accuser = name if state is MemberState.LEFT else draw(names)
+        proof = Proof(cert, alive_inc, sig, accuser, draw(sigs))
+    return MemberRecord(name, draw(addresses), inc, state, draw(metas), proof)
+
+
+push_pulls = st.builds(PushPull, st.booleans(), st.lists(records(), max_size=8).map(tuple))
 
 
 @FAST
@@ -101,12 +123,13 @@ def test_lazy_decode_agrees_with_full_decode(msgs: list[object]) -> None:
 @FAST
 @given(push_pulls)
 def test_push_pull_round_trips(pp: PushPull) -> None:
-    assert decode_push_pull(encode_push_pull(pp), 1 << 24) == pp
+    got = decode_push_pull(encode_push_pull(pp), 1 << 24)
+    assert got.join == pp.join and tuple(got.records) == pp.members
 
 
 def test_packet_builder_stays_within_limit() -> None:
     b = PacketBuilder(1400)
-    part = encode(Alive("node-x", 3, Address("10.1.2.3", 7946), b"m" * 100))
+    part = encode(Alive("node-x", 3, Address("10.1.2.3", 7946), b"m" * 100, b"c" * 450, b"s" * 64))
     while b.add(part):
         pass
     data = b.build()
@@ -171,10 +194,15 @@ def test_decode_only_raises_decode_error() -> None:
 
 
 def _node() -> SwimNode:
-    node = SwimNode("me", Address("10.0.0.1", 7946), SwimConfig.lan(), random.Random(1), 0)
+    auth = IDS.authority("me", lambda: EPOCH_MS)
+    node = SwimNode(
+        "me", Address("10.0.0.1", 7946), SwimConfig.lan(), random.Random(1), 0, authority=auth
+    )
     node.start(0)
-    peers = [Alive(f"p{i}", 0, Address(f"10.0.0.{i + 2}", 7946), b"") for i in range(4)]
-    node.handle_packet(Address("10.0.0.2", 7946), encode_packet([encode(m) for m in peers]), 0)
+    for i in range(4):
+        alive = IDS.alive(f"p{i}", 0, Address(f"10.0.0.{i + 2}", 7946))
+        node.handle_packet(Address("10.0.0.2", 7946), encode_packet([encode(alive)]), 0)
+    assert len(node.members()) == 5
     return node
 
 
@@ -198,9 +226,9 @@ def test_random_bytes_give_only_decode_error_and_a_counted_drop(data: bytes) -> 
 def _valid_packet() -> bytes:
     msgs: list[Message] = [
         Ping(12, "me", None),
-        Alive("p9", 4, Address("10.0.0.99", 7946), b"meta"),
-        Suspect("p1", 0, "p2"),
-        Dead("p3", 0, "p3", True),
+        IDS.alive("p9", 4, Address("10.0.0.99", 7946), b"meta"),
+        IDS.suspect("p1", 0, "p2"),
+        IDS.dead("p3", 0, "p3", True),
         User(b"payload", True),
     ]
     return encode_packet([encode(m) for m in msgs])
