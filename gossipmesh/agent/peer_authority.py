@@ -48,10 +48,17 @@ class MeshAuthority:
         self.clock = clock
         self.hosts: Mapping[str, frozenset[str]] = {}  # node -> services it may serve
         self.hosts_generation = 0
+        self.trust_seen = identity().trust
+        self.stores = 0
 
     @property
     def version(self) -> int:
-        return self.identity().trust.version + (self.hosts_generation << 32)
+        trust = self.identity().trust
+        if trust is not self.trust_seen:
+            # A reload made a new store, whose own counter may equal the old one's.
+            self.trust_seen = trust
+            self.stores += 1
+        return trust.version + (self.hosts_generation << 32) + (self.stores << 48)
 
     def wall_ms(self) -> int:
         return self.clock()
