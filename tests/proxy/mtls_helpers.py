@@ -154,6 +154,7 @@ async def start_mtls_mesh(
     relay: bool = False,
     a_services: Sequence[str] = ("web",),
     hosts: Mapping[str, set[str]] = HOSTS,
+    b_plaintext: bool = False,
     **a_kw: object,
 ) -> MtlsMesh:
     wall = Wall()
@@ -169,7 +170,11 @@ async def start_mtls_mesh(
         outbound=None,
         inbound=("127.0.0.1", 0),
         local_services={svc: [(be.host, be.port) for be in bes] for svc, bes in started.items()},
-        mtls=MeshTls(pki.credentials("n2", list(started)), pki.authority("n2", hosts)),
+        mtls=MeshTls(
+            pki.credentials("n2", list(started)),
+            pki.authority("n2", hosts),
+            plaintext_inbound=b_plaintext,
+        ),
     )
     b_addr = await nursery.start(b.serve)
     a = Proxy(

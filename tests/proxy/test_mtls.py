@@ -285,3 +285,27 @@ async def test_alpn_says_what_a_connection_carries(nursery: trio.Nursery) -> Non
     req = b"GET /name HTTP/1.1\r\nHost: api\r\n\r\n"
     out = await in_thread(tls_exchange, mesh.inbound, own, roots, "api", req, "gossipmesh-tunnel/1")
     assert out.startswith(b"HTTP/1.1 400") and mesh.backends["api"][0].requests == 0
+
+
+async def test_migration_mode_lets_plaintext_in_as_an_anonymous_caller_and_counts_it(
+    nursery: trio.Nursery,
+) -> None:
+    mesh = await start_mtls_mesh(nursery, b_plaintext=True)
+    assert mesh.b.metrics.plaintext_enabled == 1 and mesh.a.metrics.plaintext_enabled == 0
+    be = mesh.backends["api"][0]
+    dest = f"{be.host}:{be.port}"
+    req = f"GET /name HTTP/1.1\r\nHost: api\r\nx-gossipmesh-dest: {dest}\r\n\r\n".encode()
+    out = await raw_exchange(mesh.inbound, req)
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"be1")
+    assert mesh.b.metrics.plaintext == {"inbound_accepted": 1}
+    # Members still cross with mTLS; a policy naming callers never matches an anonymous one.
+    c = await Client.open(mesh.outbound)
+    assert (await c.request("GET", "/name", "api")).status == 200
+    assert mesh.b.metrics.tls_handshakes == {(INBOUND, "ok"): 1}
+    mesh.b.update_policies(
+        Policies([policy("web-only", {"to": "api", "from": ["web"]})], {"api": "deny"})
+    )
+    assert (await c.request("GET", "/name", "api")).status == 200
+    out = await raw_exchange(mesh.inbound, req)
+    assert out.startswith(b"HTTP/1.1 403") and b"an unauthenticated caller" in out
+    await c.aclose()
