@@ -112,9 +112,9 @@ async def test_a_route_change_reloads_seamlessly_and_a_refused_config_keeps_serv
             load.bodies,
             load.errors,
         )
-        # A regex HAProxy's PCRE cannot compile (Python accepts \u escapes): refused, counted,
-        # and the running configuration keeps serving.
-        bad = {"hosts": ["bad.example"], "path": {"regex": "/\\u0061"},
+        # A regex HAProxy's PCRE cannot compile (RE2 takes \x{100}; PCRE outside UTF mode does
+        # not): refused, counted, and the running configuration keeps serving.
+        bad = {"hosts": ["bad.example"], "path": {"regex": "/\\x{100}"},
                "destinations": [{"service": "web"}]}  # fmt: skip
         plane.update(*table(endpoints, {"shop": route, "bad": bad}, version=3))
         with trio.fail_after(SETTLE_S):

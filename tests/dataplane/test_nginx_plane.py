@@ -64,7 +64,7 @@ async def test_changes_are_tested_reloaded_and_a_refused_file_is_never_applied(
         await applied_or_refused(plane, 3)
         assert plane.counters["dataplane.reloads"] == 1
         live = (tmp_path / "dataplane-nginx" / CONFIG_FILE).read_text()
-        bad = {"hosts": ["bad.example"], "path": {"regex": "/\\u0061"},
+        bad = {"hosts": ["bad.example"], "path": {"regex": "/\\x{100}"},
                "destinations": [{"service": "web"}]}  # fmt: skip
         plane.update(*table({"web": eps(port_of(b1))}, {"bad": bad}, version=4))
         await applied_or_refused(plane, 4)
