@@ -253,7 +253,9 @@ def test_policies_by_caller_method_and_path_apply_live(mesh: Mesh) -> None:
 def test_renewal_under_steady_traffic_fails_no_request(mesh: Mesh) -> None:
     def renewals() -> int:
         logs = (a.log_path.read_text() for a in mesh.agents.values())
-        return sum(text.count('"event":"workload_certificates","reason":"renewal"') for text in logs)
+        return sum(
+            text.count('"event":"workload_certificates","reason":"renewal"') for text in logs
+        )
 
     before = renewals()
     statuses: Counter[int] = Counter()
