@@ -309,3 +309,25 @@ async def test_migration_mode_lets_plaintext_in_as_an_anonymous_caller_and_count
     out = await raw_exchange(mesh.inbound, req)
     assert out.startswith(b"HTTP/1.1 403") and b"an unauthenticated caller" in out
     await c.aclose()
+
+
+async def test_a_services_own_outbound_listener_presents_that_service(
+    nursery: trio.Nursery,
+) -> None:
+    hosts = {"n1": {"web", "admin"}, "n2": {"api"}}
+    mesh = await start_mtls_mesh(
+        nursery, a_services=("web", "admin"), hosts=hosts,
+        outbound_listeners={"admin": ("127.0.0.1", 0)},
+    )  # fmt: skip
+    mesh.b.update_policies(
+        Policies([policy("no-admin", {"to": "api", "action": "deny", "from": ["admin"]})])
+    )
+    shared = await Client.open(mesh.outbound)  # two local services: the node's own identity
+    own = await Client.open(mesh.a_addr.services["admin"])
+    assert (await shared.request("GET", "/name", "api")).status == 200
+    r = await own.request("GET", "/name", "api")
+    assert r.status == 403 and b"spiffe://mesh/svc/admin" in r.body
+    await shared.aclose()
+    await own.aclose()
+    # One pooled connection per presented identity.
+    assert mesh.a.metrics.tls_handshakes == {(OUTBOUND, "ok"): 2}
