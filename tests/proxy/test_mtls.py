@@ -5,6 +5,7 @@ app -> A outbound (n1, web) -> [recording relay] -> B inbound (n2, api) -> h11 b
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from functools import partial
 from typing import Any
@@ -331,3 +332,15 @@ async def test_a_services_own_outbound_listener_presents_that_service(
     await own.aclose()
     # One pooled connection per presented identity.
     assert mesh.a.metrics.tls_handshakes == {(OUTBOUND, "ok"): 2}
+
+
+async def test_large_bodies_cross_the_encrypted_hop_both_ways(nursery: trio.Nursery) -> None:
+    mesh = await start_mtls_mesh(nursery)
+    c = await Client.open(mesh.outbound)
+    n = 3 * 1024 * 1024  # many TLS records, and writes the socket cannot take at once
+    r = await c.request("GET", f"/big?n={n}", "api")
+    assert r.status == 200 and len(r.body) == n
+    body = bytes(range(256)) * (n // 256)
+    r = await c.request("POST", "/upload", "api", body=body)
+    assert r.status == 200 and r.body == f"{hashlib.sha256(body).hexdigest()} {n}".encode()
+    await c.aclose()
