@@ -165,6 +165,9 @@ async def _why_not_joined(agent: Agent, text: str) -> str:
         return f"cannot resolve host {address.host!r}"
     if resolved == agent.address:
         return "that is this agent's own gossip address"
+    why = agent.push_pulls.last_failure(resolved)
+    if why is not None:
+        return why
     return (
         f"no answer from {resolved} within {JOIN_TIMEOUT_S:g} s: no agent listens there (TCP and "
         "UDP), a firewall drops it, or it has another gossip key or cluster name (its log and "

@@ -60,6 +60,7 @@ from gossipmesh.swim.member import Member, MemberState
 # What ``member_state`` says for an owner SWIM does not (or no longer) know.
 UNKNOWN_MEMBER = "unknown"
 ROUTABLE_STATES = frozenset({MemberState.ALIVE, MemberState.SUSPECT})
+ROUTABLE_STATE_VALUES = frozenset(s.value for s in ROUTABLE_STATES)
 
 RecordInput = SignedRecord | tuple[str, RecordBody]
 
@@ -79,6 +80,16 @@ class CatalogInstance:
     inbound: tuple[str, int] | None  # how the proxy reaches it; None: directly
     routable: bool  # the instance is in ``Catalog.endpoints``
     refused: str | None = None  # why the service's config does not allow it (nodes, weight_max)
+
+    @property
+    def current_health(self) -> Health:
+        """``health`` as the mesh should read it now: what the owner's record says while its node
+        is alive or suspect, ``critical`` once it is dead, left or unknown. A dead node cannot
+        vouch for its instances, and its last record still says what it saw before it died
+        (Consul's serfHealth check fails a dead node's services the same way)."""
+        if self.member_state in ROUTABLE_STATE_VALUES:
+            return self.health
+        return "critical"
 
     @property
     def sort_key(self) -> tuple[str, str, str, int]:

@@ -77,8 +77,9 @@ class DecryptWatch:
         if now_s - peer.logged_s >= LOG_INTERVAL_S and self._line_budget(now_s):
             self._log.warn("decrypt_failed", address=key, reason=reason,
                            suppressed=peer.suppressed - 1,
-                           detail="no installed key opens its messages: a member left behind "
-                           "by a key rotation, or not one of ours")  # fmt: skip
+                           detail="no installed key opens its messages: another gossip key or "
+                           "cluster name, a member left behind by a key rotation, or not "
+                           "one of ours")  # fmt: skip
             peer.logged_s, peer.suppressed = now_s, 0
 
     def _line_budget(self, now_s: float) -> bool:

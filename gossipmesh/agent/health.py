@@ -9,7 +9,7 @@ matter how large the mesh is, and over loopback rather than across the network.
 
 The decision is a pure state machine, ``CheckState``: it counts consecutive successes and
 failures and flips its status only when a count reaches its threshold (``healthy_threshold``
-successes to become ``passing``, ``unhealthy_threshold`` failures to become ``failing``). One lost
+successes to become ``passing``, ``unhealthy_threshold`` failures to become ``critical``). One lost
 probe therefore does not drop an instance out of every proxy's table, and one lucky probe does not
 put a broken instance back in. The initial status is ``unknown``: an instance that has not yet
 proven itself gets no traffic (the catalog routes only ``passing``), which is what a restarting
@@ -30,6 +30,11 @@ status line is read (2xx and 3xx pass, as in Consul). No HTTP client library is 
 
 Instances without a check are ``passing`` from the start, as Consul treats a service with no
 check: the operator asked for no verification, so membership alone decides.
+
+One health vocabulary everywhere: ``passing``, ``warning``, ``critical``, ``unknown`` (Consul's),
+in the ``health_change`` log line, node records, ``/v1/services``, ``gossipmesh services`` and the
+``gossipmesh_agent_instances`` metric. Records already used it, and operators coming from Consul
+read it without a glossary; a checker never says ``warning`` (it has no such result).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import trio
 from gossipmesh.config.schema import HealthCheck, LocalService
 from gossipmesh.crdt.records import Health
 
-Status = Literal["passing", "failing", "unknown"]
+Status = Literal["passing", "critical", "unknown"]
 
 # Upper bound on one probe (connect + request + status line), whatever timeout_ms says.
 MAX_PROBE_MS = 5000
@@ -67,12 +72,8 @@ def instance_key(service: LocalService) -> str:
 
 
 def record_health(status: Status) -> Health:
-    """The node-record vocabulary for a check status (records say ``critical`` for failing)."""
-    if status == "passing":
-        return "passing"
-    if status == "failing":
-        return "critical"
-    return "unknown"
+    """The node-record health for a check status (the same words: see the module doc)."""
+    return status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class CheckState:
             self.successes = 0
             self.failures = min(self.failures + 1, self.unhealthy_threshold)
             if self.failures >= self.unhealthy_threshold:
-                self.status = "failing"
+                self.status = "critical"
         return self.status != before
 
     def __repr__(self) -> str:

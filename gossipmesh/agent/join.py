@@ -96,9 +96,21 @@ class Joiner:
             if len(alive) > 1:
                 agent.log.info("joined", via="peer contacted us", source=source)
                 return
-            agent.log.warn("join_retry", seeds=[str(s) for s in seeds], attempt=attempt, in_s=delay)
+            agent.log.warn("join_retry", seeds=[str(s) for s in seeds], attempt=attempt, in_s=delay,
+                           reasons=await self.reasons(seeds))  # fmt: skip
             await trio.sleep(delay)
             delay = min(cap, delay * 2)
+
+    async def reasons(self, seeds: Sequence[Address]) -> dict[str, str]:
+        """Why each seed did not answer, as far as this side can tell."""
+        out: dict[str, str] = {}
+        for seed in seeds:
+            resolved = await resolve(seed)
+            if resolved is None:
+                out[str(seed)] = f"cannot resolve host {seed.host!r}"
+            else:
+                out[str(seed)] = self._push_pulls.last_failure(resolved) or "no answer"
+        return out
 
     async def settle_sync(self) -> None:
         """One more push-pull with a random member shortly after joining.

@@ -14,7 +14,11 @@ ours, or with ``b""`` for a request it rejected, which closes the stream without
 
 A join (``Joiner``, ``join.py``) waits for the outcome of its exchanges through
 ``add_join_waiter``; a graceful leave hands our "left" record to a few members directly with
-``notify_leave``, which merges it as left on their side.
+``notify_leave``, which merges it as left on their side. Why the latest exchange with a join target
+failed (``failure_reason``: refused, timed out, closed unanswered, an answer that does not open)
+is kept for it, so the joiner's ``join_retry`` line and ``gossipmesh join`` can say it: a peer
+with another gossip key or cluster name closes our stream without a word (it logs
+``decrypt_failed`` at its end), which is otherwise indistinguishable from silence.
 """
 
 from __future__ import annotations
@@ -32,6 +36,32 @@ if TYPE_CHECKING:
     from gossipmesh.agent.runtime import Agent
 
 JoinWaiter = Callable[[bool], None]
+MAX_FAILURE_REASONS = 256  # join targets whose latest failure is remembered (oldest forgotten)
+
+KEY_OR_CLUSTER = "another gossip key or cluster name (its log says decrypt_failed)"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line on why a push-pull exchange failed, for the operator."""
+    cause = exc.__cause__
+    if type(exc) is OSError and not exc.strerror and cause is not None:
+        # trio.open_tcp_stream: "all attempts to connect failed", the attempts' errors as cause.
+        attempts = cause.exceptions if isinstance(cause, BaseExceptionGroup) else (cause,)
+        if attempts:
+            return failure_reason(attempts[0])
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: no agent listens on that gossip port"
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out: nothing answered (a firewall, or no agent there)"
+    if isinstance(exc, EOFError):
+        return f"it closed the stream without answering: {KEY_OR_CLUSTER}, or it refused us"
+    if isinstance(exc, DecodeError) and exc.reason == "decrypt":
+        return f"its answer does not open with our keys: {KEY_OR_CLUSTER}"
+    if isinstance(exc, DecodeError):
+        return f"bad answer ({exc.reason})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
 
 
 class PushPullStreams:
@@ -42,6 +72,7 @@ class PushPullStreams:
         self._in_flight = 0
         self._max = agent.swim_config.push_pull_concurrency_max
         self._join_waiters: dict[Address, list[JoinWaiter]] = {}
+        self._failures: dict[Address, str] = {}  # join targets only; see the module doc
         self.nursery: trio.Nursery | None = None  # where exchanges run; set while the agent runs
 
     @property
@@ -52,6 +83,10 @@ class PushPullStreams:
     def add_join_waiter(self, to: Address, waiter: JoinWaiter) -> None:
         """``waiter(ok)`` runs once the next join exchange with ``to`` is over."""
         self._join_waiters.setdefault(to, []).append(waiter)
+
+    def last_failure(self, to: Address) -> str | None:
+        """Why the latest join exchange with ``to`` failed (None: it answered, or never tried)."""
+        return self._failures.get(to)
 
     async def serve(self, stream: SealedStream, src: Address, body: bytes) -> None:
         """The ``pushpull`` stream handler."""
@@ -91,6 +126,11 @@ class PushPullStreams:
         ) as exc:
             agent.counters["push_pull.failed"] += 1
             agent.log.debug("push_pull_failed", peer=str(to), error=repr(exc))
+            if join:
+                self._failures.pop(to, None)
+                if len(self._failures) >= MAX_FAILURE_REASONS:
+                    del self._failures[next(iter(self._failures))]
+                self._failures[to] = failure_reason(exc)
         finally:
             self._in_flight -= 1
         await self._done(to, join, reply)
@@ -108,6 +148,8 @@ class PushPullStreams:
         except CoreError:
             pass  # the agent logged and counted the core's bug; the exchange is over either way
         if join:
+            if reply is not None:
+                self._failures.pop(to, None)
             for waiter in self._join_waiters.pop(to, []):
                 waiter(reply is not None)
 

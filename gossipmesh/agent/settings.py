@@ -21,7 +21,8 @@ PROFILES = ("lan", "wan", "local")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
 # The keys a TOML file (and the flag dict) may hold; hyphens and underscores are both accepted.
-_KEYS = {
+# examples/agent.toml shows every one (tests/test_examples.py checks it).
+SETTING_KEYS = {
     "name",
     "bind",
     "advertise",
@@ -98,7 +99,7 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None = None) -> 
             raw["encrypt_origin"] = "flag"
     for key, value in flags.items():
         norm = key.replace("-", "_")
-        if norm not in _KEYS:
+        if norm not in SETTING_KEYS:
             raise UsageError(f"unknown setting {key!r}")
         if value is None or (norm == "join" and not value):
             continue
@@ -116,7 +117,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         norm = key.replace("-", "_")
-        if norm not in _KEYS:
+        if norm not in SETTING_KEYS:
             raise UsageError(f"config file {path}: unknown setting {key!r}")
         out[norm] = value
     return out

@@ -373,7 +373,8 @@ class Sidecar:
                     "port": inst.port,
                     "tags": list(inst.tags),
                     "weight": inst.weight,
-                    "health": inst.health,
+                    "health": inst.current_health,
+                    "reported_health": inst.health,
                     "member_state": inst.member_state,
                     "ejected": bool(st and st.get("ejected")),
                     "down": bool(st and st.get("down")),
@@ -472,6 +473,18 @@ class _AgentCollector(Collector):
         for svc, eps in s.catalog.endpoints.items():
             endpoints.add_metric([svc], len(eps))
         yield endpoints
+        health = GaugeMetricFamily(
+            "gossipmesh_agent_instances",
+            "Service instances in the catalog by health (passing, warning, critical, unknown)",
+            labels=["service", "health"],
+        )
+        by_health: dict[tuple[str, str], int] = {}
+        for inst in s.catalog.instances:
+            pair = (inst.service, str(inst.current_health))
+            by_health[pair] = by_health.get(pair, 0) + 1
+        for (svc, state), n in sorted(by_health.items()):
+            health.add_metric([svc, state], n)
+        yield health
 
 
 def _concrete(addr: tuple[str, int]) -> tuple[str, int]:

@@ -2,7 +2,7 @@
 
 | command                                   | admin API |
 |-------------------------------------------|-----------|
-| ``config get [PREFIX] [--json]``          | GET /v1/config?prefix= |
+| ``config get [PREFIX] [--exact] [--json]``| GET /v1/config?prefix= |
 | ``config set KIND/NAME -f FILE|-``        | POST /v1/config/prepare, sign, /commit |
 | ``config delete KIND/NAME``               | the same, for a deletion |
 | ``config apply -f FILE``                  | the same, many keys as one atomic delta |
@@ -28,7 +28,8 @@ in any of these shapes (mixable)::
 Every file is parsed and validated (``gossipmesh.config.schema``, the same rules the agents
 apply) before anything is sent: a bad file is one line naming the file and the field, exit 2, and
 nothing is written. The agent validates again; its 400/403/413 answers also exit 2. Exit 1: the
-agent is unreachable or failed, or proposed something this side refuses to sign.
+agent is unreachable or failed, proposed something this side refuses to sign, or the key asked for
+is not there (``config get --exact``, ``config delete``, ``config history``).
 
 **Every write is signed here**, by the operator key in ``--operator-key FILE`` (or
 ``$GOSSIPMESH_OPERATOR_KEY``; made by ``gossipmesh ca issue-operator``): the agent proposes the
@@ -69,7 +70,7 @@ from gossipmesh.errors import ConfigValidationError, UsageError
 
 T = TypeVar("T")
 MAX_FILE_BYTES = 1024 * 1024  # the admin API's body limit: a larger file could never be applied
-USAGE_STATUSES = (400, 403, 404, 413)
+USAGE_STATUSES = (400, 403, 413)  # 404 (not there) is a failure, exit 1
 
 config_app = typer.Typer(
     help="Read and edit the replicated mesh configuration (any agent accepts writes).",
@@ -198,12 +199,21 @@ def entities_from(data: Mapping[str, Any], label: str) -> dict[str, dict[str, An
     return out
 
 
+def only_key(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A ``GET /v1/config?prefix=`` answer cut down to ``key`` itself."""
+    cut = dict(data)
+    for part in ("entities", "void"):
+        found = data.get(part) or {}
+        cut[part] = {key: found[key]} if key in found else {}
+    return cut
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers of the commands
 
 
 def _run(fn: Callable[[], T]) -> T:
-    """``common.run`` (the one error boundary), where an input the agent refused (400/404/413)
+    """``common.run`` (the one error boundary), where an input the agent refused (400/403/413)
     is a usage error too."""
     return run(fn, USAGE_STATUSES)
 
@@ -307,12 +317,24 @@ def _compact(value: Any, width: int = 100) -> str:
 @config_app.command("get")
 def get(
     prefix: Annotated[str, typer.Argument(help="Key prefix, e.g. route/ or route/web.")] = "",
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact", help="PREFIX is one KIND/NAME: show only that key; exit 1 if it is not set."
+        ),
+    ] = False,
     agent: AgentOpt = DEFAULT_AGENT,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the effective entities (the winner of any conflict) under PREFIX."""
+    """List the effective entities (the winner of any conflict) under PREFIX (or one key)."""
+    if exact:
+        _run(lambda: check_key(prefix))
     admin = client(agent)
     data = _run(lambda: admin.config(prefix))
+    if exact:  # the API filters by prefix: route/hello would bring route/hello2 along
+        data = only_key(data, prefix)
+        if not data["entities"] and not data["void"]:
+            fail(f"{prefix}: not set", EXIT_FAIL)
     if as_json:
         print_json(data)
         return
@@ -356,8 +378,9 @@ def delete(
     """Delete one entity (a signed tombstone every agent learns)."""
     _run(lambda: check_key(key))
     admin = client(agent)
-    if _run(lambda: admin.config(key)).get("entities", {}).get(key) is None:
-        _run(lambda: admin.config_get(key))  # 404 "not set" (or a void key: deleting is fine)
+    present = only_key(_run(lambda: admin.config(key)), key)
+    if not present["entities"] and not present["void"]:  # a void key may be deleted
+        fail(f"{key}: not set, nothing to delete", EXIT_FAIL)
     signed_write(admin, operator_key, {key: None})
     out.print(f"{key}: deleted")
 

@@ -42,7 +42,13 @@ def demo(
         bool, typer.Option("--no-tui", help="Print progress lines instead of the live dashboard.")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
+        bool,
+        typer.Option(
+            "--json", help="Print the summary as one JSON object on stdout; stderr only errors."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="With --json: progress lines on stderr too.")
     ] = False,
     first_ip: Annotated[
         str, typer.Option(envvar="GOSSIPMESH_DEMO_FIRST_IP", hidden=True)
@@ -56,7 +62,9 @@ def demo(
         plan = make_plan(nodes, duration, first_ip=first_ip)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="GOSSIPMESH_DEMO_FIRST_IP") from exc
-    raise typer.Exit(run_demo(plan, tui=not no_tui and not as_json, as_json=as_json))
+    raise typer.Exit(
+        run_demo(plan, tui=not no_tui and not as_json, as_json=as_json, verbose=verbose)
+    )
 
 
 def install(app: typer.Typer) -> None:

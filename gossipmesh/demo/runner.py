@@ -15,7 +15,7 @@ reports what was measured; during teardown both are ignored, because teardown is
 must finish to leave nothing behind.
 
 Output: the dashboard (TUI) or progress lines, then the summary. With ``--json`` stdout carries
-exactly one JSON object and progress goes to stderr.
+exactly one JSON object and stderr only errors (progress lines too with ``verbose``).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def run_demo(
     as_json: bool,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    verbose: bool = False,
 ) -> int:
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -97,6 +98,8 @@ def run_demo(
     if tui and not out.is_terminal:
         tui = False  # piped: print lines, not a screen
     progress = stderr_progress(stderr) if as_json or not tui else _console_progress(out)
+    if as_json and not verbose:  # for scripts: stderr says only what went wrong
+        progress = _quiet
     run = _Run(plan, tui, as_json, out, progress)
     try:
         with _sigterm_as_interrupt():
@@ -114,6 +117,10 @@ def run_demo(
     else:
         render(out, summary)
     return code
+
+
+def _quiet(line: str) -> None:
+    """Progress nobody asked for (``--json`` without ``--verbose``)."""
 
 
 def _console_progress(console: Console) -> Any:

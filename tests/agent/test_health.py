@@ -49,20 +49,20 @@ def test_failures_flip_only_at_the_threshold_and_a_success_resets_the_count() ->
         ("passing", False),  # the count restarts here
         ("passing", False),
         ("passing", False),
-        ("failing", True),
+        ("critical", True),
     ]
-    assert feed(state, "-") == [("failing", False)]
+    assert feed(state, "-") == [("critical", False)]
 
 
 def test_recovery_needs_healthy_threshold_successes_in_a_row() -> None:
     state = CheckState(healthy_threshold=3, unhealthy_threshold=1)
-    assert feed(state, "-") == [("failing", True)]
+    assert feed(state, "-") == [("critical", True)]
     assert feed(state, "++-+++") == [
-        ("failing", False),
-        ("failing", False),
-        ("failing", False),
-        ("failing", False),
-        ("failing", False),
+        ("critical", False),
+        ("critical", False),
+        ("critical", False),
+        ("critical", False),
+        ("critical", False),
         ("passing", True),
     ]
 
@@ -71,7 +71,7 @@ def test_unknown_stays_until_a_threshold_is_reached() -> None:
     state = CheckState(healthy_threshold=2, unhealthy_threshold=2)
     assert feed(state, "-+-+") == [("unknown", False)] * 4
     assert feed(state, "-") == [("unknown", False)]
-    assert feed(state, "-") == [("failing", True)]
+    assert feed(state, "-") == [("critical", True)]
 
 
 def test_counters_are_capped() -> None:
@@ -94,7 +94,7 @@ def test_thresholds_below_one_are_refused() -> None:
 def test_for_check_and_vocabulary() -> None:
     state = CheckState.for_check(HealthCheck("tcp", healthy_threshold=4, unhealthy_threshold=5))
     assert (state.healthy_threshold, state.unhealthy_threshold) == (4, 5)
-    assert [record_health(s) for s in ("passing", "failing", "unknown")] == [
+    assert [record_health(s) for s in ("passing", "critical", "unknown")] == [
         "passing",
         "critical",
         "unknown",
@@ -156,7 +156,7 @@ async def test_loop_reports_flips_only_and_honours_interval(
         await trio.sleep(8.5 * 1.1)  # enough for 8 probes even with maximal jitter
         nursery.cancel_scope.cancel()
     key = "api@127.0.0.1:8080"
-    assert changes == [(key, "passing"), (key, "failing"), (key, "passing")]
+    assert changes == [(key, "passing"), (key, "critical"), (key, "passing")]
     assert checker.statuses() == {key: "passing"}
     gaps = [b - a for a, b in zip(script.times_s, script.times_s[1:], strict=False)]
     assert len(gaps) >= 7
@@ -176,7 +176,7 @@ async def test_a_hanging_probe_times_out_as_a_failure(
         await nursery.start(checker.run)
         await trio.sleep(3.5)
         nursery.cancel_scope.cancel()
-    assert changes == ["passing", "failing"]
+    assert changes == ["passing", "critical"]
     assert checker.last_result["api@127.0.0.1:8080"].reason == "timeout after 300 ms"
 
 
@@ -205,7 +205,7 @@ async def test_services_without_a_check_pass_and_run_stays_up(
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     assert changes == ["b@127.0.0.1:2"]
-    assert checker.statuses() == {"a@127.0.0.1:1": "passing", "b@127.0.0.1:2": "failing"}
+    assert checker.statuses() == {"a@127.0.0.1:1": "passing", "b@127.0.0.1:2": "critical"}
 
     only_unchecked = HealthChecker([svc_with(None)], lambda k, s: None)
     with trio.move_on_after(5) as scope:
@@ -355,7 +355,7 @@ async def test_checker_follows_a_backend_that_breaks_and_recovers(backend: Backe
             await nursery.start(checker.run)
             assert await next_change_for(api) == "passing"
             backend.mode = 500
-            assert await next_change_for(api) == "failing"
+            assert await next_change_for(api) == "critical"
             backend.mode = "hang"  # timeouts keep it failing: no flip back
             with trio.move_on_after(0.3):
                 pytest.fail(f"flipped to {await next_change_for(api)} while timing out")
@@ -364,4 +364,4 @@ async def test_checker_follows_a_backend_that_breaks_and_recovers(backend: Backe
             nursery.cancel_scope.cancel()
     statuses = checker.statuses()
     assert statuses[api] == "passing"
-    assert [s for k, s in statuses.items() if k.startswith("db@")] == ["failing"]
+    assert [s for k, s in statuses.items() if k.startswith("db@")] == ["critical"]

@@ -261,7 +261,9 @@ def assert_nothing_left(summary: dict[str, Any], tmp: Path) -> None:
 @needs_loopback
 def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     skip_if_ports_busy()
-    proc, err = start_demo(demo_tmp, "--nodes", "3", "--duration", "20", "--no-tui", "--json")
+    proc, err = start_demo(
+        demo_tmp, "--nodes", "3", "--duration", "20", "--no-tui", "--json", "--verbose"
+    )
     try:
         err.wait_for("starting traffic", timeout_s=SETUP_DEADLINE_S)
         # A second demo while this one runs: one clear line, exit 1, nothing started.
@@ -328,7 +330,9 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
 @needs_loopback
 def test_ctrl_c_stops_everything_and_still_reports(demo_tmp: Path) -> None:
     skip_if_ports_busy()
-    proc, err = start_demo(demo_tmp, "--nodes", "3", "--duration", "60", "--no-tui", "--json")
+    proc, err = start_demo(
+        demo_tmp, "--nodes", "3", "--duration", "60", "--no-tui", "--json", "--verbose"
+    )
     try:
         err.wait_for("starting traffic", timeout_s=SETUP_DEADLINE_S)
         time.sleep(1.0)  # some traffic
