@@ -11,13 +11,15 @@ from functools import partial
 from typing import Any
 
 import trio
-from mtls_helpers import DAY_MS, Pki, Wall, start_mtls_mesh, tls_exchange
-from proxy_helpers import Client, raw_exchange, service
+from mtls_helpers import DAY_MS, HOSTS, Pki, Wall, start_mtls_mesh, tls_exchange
+from proxy_helpers import Backend, Client, raw_exchange, service
 
 from gossipmesh.config.schema import PolicyConfig, validate_entity
 from gossipmesh.identity import fingerprint
 from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.limits import INBOUND, OUTBOUND
+from gossipmesh.proxy.mtls import MeshTls
+from gossipmesh.proxy.server import Proxy
 from gossipmesh.proxy.table import Endpoint, build_route_table
 
 
@@ -344,3 +346,33 @@ async def test_large_bodies_cross_the_encrypted_hop_both_ways(nursery: trio.Nurs
     r = await c.request("POST", "/upload", "api", body=body)
     assert r.status == 200 and r.body == f"{hashlib.sha256(body).hexdigest()} {n}".encode()
     await c.aclose()
+
+
+async def test_an_upgraded_outbound_reaches_a_plaintext_inbound_only_in_migration_mode(
+    nursery: trio.Nursery,
+) -> None:
+    be = Backend("old")
+    await nursery.start(be.run)
+    old = Proxy(
+        outbound=None, inbound=("127.0.0.1", 0), local_services={"api": [(be.host, be.port)]}
+    )
+    old_addr = await nursery.start(old.serve)  # an agent not yet upgraded: plaintext inbound
+    pki = Pki(Wall())
+    table = build_route_table({}, {}, {"api": [Endpoint("n2", be.host, be.port,
+                                                        inbound=old_addr.inbound)]})  # fmt: skip
+    old.update_table(table)
+    for migrating in (False, True):
+        a = Proxy(outbound=("127.0.0.1", 0), inbound=None, mtls=MeshTls(
+            pki.credentials("n1", ["web"]), pki.authority("n1", HOSTS),
+            plaintext_inbound=migrating))  # fmt: skip
+        a_addr = await nursery.start(a.serve)
+        a.update_table(table)
+        c = await Client.open(a_addr.outbound)
+        r = await c.request("GET", "/name", "api")
+        await c.aclose()
+        if migrating:
+            assert (r.status, r.body) == (200, b"old")
+            assert a.metrics.plaintext == {"outbound_fallback": 1}
+        else:
+            assert r.status in (502, 503) and a.metrics.plaintext == {}
+    assert be.requests == 1
