@@ -49,6 +49,8 @@ SETTING_KEYS = {
     "dataplane",
     "service",
     "listener",
+    "inbound_plaintext",
+    "workload_lifetime_ms",
 }
 
 

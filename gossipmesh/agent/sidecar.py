@@ -20,6 +20,12 @@ where nothing may block, so they only set a flag and wake one worker task. The w
 member events and records at once) costs one rebuild, not dozens. Publishing goes first so the
 rebuild that follows already sees our own new record.
 
+mTLS and authorization (issue 12; docs/SECURITY.md): ``Workloads`` issues and renews a
+certificate per local service under the node key and hands them to the proxy's ``MeshTls``;
+``MeshAuthority`` judges the certificates peers present against ``agent.identity.trust`` and the
+catalog's "node N hosts service S" facts, which every rebuild refreshes, together with the
+policies (``Policies`` from ``policy/`` entities and each ``service/`` ``default_policy``).
+
 Inbound requests are forwarded only to this node's own instances (``update_local_services``),
 all of them regardless of health: the caller's agent already chose the endpoint from the catalog,
 and refusing a request the checker has not yet caught up with would only turn a 200 into a 502.
@@ -43,7 +49,6 @@ from __future__ import annotations
 
 import random
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,9 +61,11 @@ from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
+from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
 from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.agent.workloads import Workloads
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.dataplane import (
     DataplaneStartError,
@@ -68,7 +75,9 @@ from gossipmesh.dataplane import (
     open_plane,
 )
 from gossipmesh.dataplane.model import local_instances
+from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.metrics import render_metrics
+from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import RouteTable
 from gossipmesh.version import package_version, python_version
@@ -107,6 +116,17 @@ class Sidecar:
         self.rng = rng if rng is not None else random.Random(agent.rng.getrandbits(64))
         self.records = RecordSync(agent, self._records_changed)
         self.checker = HealthChecker(settings.services, self._health_changed, self.rng)
+        self.authority = MeshAuthority(lambda: agent.identity)
+        self.workloads: Workloads | None = None
+        if settings.enabled and settings.dataplane == "native":
+            self.workloads = Workloads(
+                lambda: agent.identity,
+                [svc.name for svc in settings.services],
+                settings.workload_lifetime_ms,
+                wall_ms,
+                self._credentials_changed,
+                agent.log.info,
+            )
         self.proxy: Proxy | None = None
         self.external: ExternalPlane | None = None
         self.addresses: ProxyAddresses | None = None
@@ -114,7 +134,7 @@ class Sidecar:
         self.rebuilds = 0
         self.publishes = 0
         # Scheduled shifts (config/shift.py) are evaluated against this wall clock, in ms.
-        self.wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+        self.wall_ms: Callable[[], int] = wall_ms
         self.next_shift_ms: int | None = None  # the next step of any route's shift
         self.shift_rebuilds = 0
         self.table_wall_ms: int | None = None  # the time the current table's shifts were read
@@ -154,6 +174,10 @@ class Sidecar:
     def _records_changed(self) -> None:
         self._mark(rebuild=True)
 
+    def _credentials_changed(self, credentials: MeshCredentials) -> None:
+        if self.proxy is not None and self.proxy.mtls is not None:
+            self.proxy.update_credentials(credentials)
+
     # ---- run --------------------------------------------------------------------------------
 
     async def run(
@@ -179,7 +203,19 @@ class Sidecar:
                     outbound=_fmt(self.addresses.outbound),
                     inbound=_fmt(self.addresses.inbound),
                     tcp={s: _fmt(a) for s, a in self.addresses.tcp.items()},
+                    outbound_services={s: _fmt(a) for s, a in self.addresses.services.items()},
+                    mtls=True,
                 )
+                if self.settings.inbound_plaintext:
+                    self.agent.log.warn(
+                        "inbound_plaintext",
+                        detail="MIGRATION ONLY: the inbound listener also takes plaintext from "
+                        "unauthenticated callers (no identity, policies see an anonymous caller), "
+                        "and peers that do not speak TLS are reached in plaintext; remove "
+                        "inbound_plaintext once every agent runs with mTLS (docs/SECURITY.md)",
+                    )
+                if self.workloads is not None:
+                    nursery.start_soon(self.workloads.run)
             # Certificates of members the agent met before this task started (the listener was
             # already registered, but be sure: a missed one would park records until it spoke).
             for m in await self.agent.members():
@@ -210,7 +246,12 @@ class Sidecar:
             raise AgentStartError(str(exc)) from exc
         self.addresses = ProxyAddresses(outbound, inbound)
         self.agent.log.info("proxy_start", dataplane=s.dataplane, outbound=_fmt(outbound),
-                            inbound=_fmt(inbound))  # fmt: skip
+                            inbound=_fmt(inbound), mtls=False)  # fmt: skip
+        self.agent.log.warn(
+            "inbound_plaintext",
+            detail=f"the {s.dataplane} data plane carries the mesh hop in plaintext: no mTLS, no "
+            "workload identities, no policies enforced at the inbound (docs/SECURITY.md)",
+        )
 
     def _health_section(self, health: dict[str, Any]) -> None:
         if self.external is None:
@@ -231,6 +272,13 @@ class Sidecar:
         local: dict[str, list[tuple[str, int]]] = {}
         for svc in s.services:
             local.setdefault(svc.name, []).append((svc.address, svc.port))
+        assert self.workloads is not None
+        mtls = MeshTls(
+            self.workloads.current.credentials,
+            self.authority,
+            plaintext_inbound=s.inbound_plaintext,
+        )
+        log = self.agent.log
         return Proxy(
             RouteTable(),
             outbound=s.outbound.as_tuple(),
@@ -238,6 +286,9 @@ class Sidecar:
             local_services=local,
             tcp_listeners={t.service: (t.address, t.port) for t in s.listeners},
             rng=random.Random(self.rng.getrandbits(64)),
+            mtls=mtls,
+            outbound_listeners={n: a.as_tuple() for n, a in s.outbound_services().items()},
+            audit=lambda event, fields: log.warn(event, **fields),
         )
 
     async def _worker(self) -> None:
@@ -308,6 +359,11 @@ class Sidecar:
         self.agent.counters["catalog.refused_instances"] = len(catalog.refused)
         self.catalog = catalog
         self.rebuilds += 1
+        hosts: dict[str, set[str]] = {}
+        for inst in catalog.instances:
+            if inst.refused is None:
+                hosts.setdefault(inst.node, set()).add(inst.service)
+        self.authority.update_hosts({n: frozenset(v) for n, v in hosts.items()})
         counts: dict[str, int] = {}
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
@@ -316,6 +372,8 @@ class Sidecar:
         self.next_shift_ms = next_shift_ms(catalog, now_ms)
         if self.proxy is not None:
             self.proxy.update_table(route_table(catalog, self.rebuilds, now_ms))
+            defaults = {n: svc.default_policy for n, svc in catalog.services.items()}
+            self.proxy.update_policies(Policies(catalog.policies.values(), defaults))
         if self.external is not None:
             self.external.update(route_table(catalog, self.rebuilds, now_ms),
                                  catalog.routes.values())  # fmt: skip

@@ -14,7 +14,14 @@ Keys (flags win over the file, as for every agent setting; see docs/CONFIG.md):
   ``native`` (the default) is gossipmesh's own proxy; ``haproxy`` and ``nginx`` make the agent
   run and drive that proxy on the same outbound and inbound addresses (docs/DATAPLANES.md).
   TCP ``[[listener]]``s need the native proxy.
-- ``[[service]]`` tables: this node's instances (``schema.parse_agent_services``).
+- ``[[service]]`` tables: this node's instances (``schema.parse_agent_services``); ``outbound =
+  "HOST:PORT"`` in one gives that service its own outbound listener, whose requests present the
+  service's identity on the mesh hop (agent/workloads.py).
+- ``inbound_plaintext = true`` (``--inbound-plaintext``): migration only. The inbound listener
+  also takes plaintext (anonymous callers) and the outbound side reaches an agent that does not
+  speak TLS yet in plaintext. Logged as a warning at start, counted in ``/metrics``.
+- ``workload_lifetime_ms`` (``--workload-lifetime-ms``): how long a workload certificate is
+  valid (default 24 h; renewed at half of it). From 10 s, for tests of renewal.
 - ``[[listener]]`` tables: ``service = "db"``, ``port = 15432``, ``address = "127.0.0.1"``
   (default): a raw TCP port on which the proxy accepts connections and splices each to a healthy
   instance of ``service``, for protocols that are not HTTP. One listener per service.
@@ -33,6 +40,8 @@ from gossipmesh.ids import Address
 DEFAULT_OUTBOUND = Address("127.0.0.1", 4140)
 DEFAULT_INBOUND_PORT = 4143
 MAX_LISTENERS = 256
+DAY_MS = 24 * 3600 * 1000
+MIN_WORKLOAD_LIFETIME_MS = 10_000  # identity.MIN_WORKLOAD_LIFETIME_MS
 DATAPLANES = ("native", "haproxy", "nginx")
 
 
@@ -50,7 +59,17 @@ class SidecarSettings:
     inbound: Address | None = None  # None: the agent's bind host, DEFAULT_INBOUND_PORT
     services: tuple[LocalService, ...] = ()
     listeners: tuple[TcpListener, ...] = ()
+    inbound_plaintext: bool = False  # migration only (docs/SECURITY.md)
+    workload_lifetime_ms: int = DAY_MS
     dataplane: str = "native"
+
+    def outbound_services(self) -> dict[str, Address]:
+        """Per-service outbound listeners (``[[service]] outbound``), service -> address."""
+        out: dict[str, Address] = {}
+        for svc in self.services:
+            if svc.outbound is not None:
+                out[svc.name] = Address.parse(svc.outbound, default_port=DEFAULT_OUTBOUND.port)
+        return out
 
     def inbound_for(self, bind_host: str) -> Address:
         return (
@@ -80,19 +99,59 @@ def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
         if not isinstance(no_proxy, bool):
             raise UsageError("no_proxy must be true or false")
         kwargs["enabled"] = not no_proxy
+    plaintext = raw.get("inbound_plaintext")
+    if plaintext is not None:
+        if not isinstance(plaintext, bool):
+            raise UsageError("inbound_plaintext must be true or false")
+        kwargs["inbound_plaintext"] = plaintext
+    lifetime = raw.get("workload_lifetime_ms")
+    if lifetime is not None:
+        if (
+            isinstance(lifetime, bool)
+            or not isinstance(lifetime, int)
+            or not MIN_WORKLOAD_LIFETIME_MS <= lifetime <= 366 * DAY_MS
+        ):
+            raise UsageError(
+                f"workload_lifetime_ms must be an integer of milliseconds in "
+                f"{MIN_WORKLOAD_LIFETIME_MS}-{366 * DAY_MS}"
+            )
+        kwargs["workload_lifetime_ms"] = lifetime
     try:
         kwargs["services"] = parse_agent_services({"service": raw.get("service", [])})
     except ConfigValidationError as exc:
         raise UsageError(f"agent config: {exc}") from exc
     kwargs["listeners"] = _listeners(raw.get("listener", []))
+    _check_outbound_services(kwargs["services"])
     dataplane = raw.get("dataplane")
     if dataplane is not None:
         if dataplane not in DATAPLANES:
             raise UsageError(f"dataplane must be one of {', '.join(DATAPLANES)}, not {dataplane!r}")
         if dataplane != "native" and kwargs["listeners"]:
             raise UsageError(f"listener: TCP listeners need --dataplane native, not {dataplane}")
+        if dataplane != "native" and not kwargs.get("inbound_plaintext"):
+            # HAProxy and nginx carry the mesh hop in plaintext (no workload identities, no
+            # authorization at the inbound): only as an explicit migration choice.
+            raise UsageError(
+                f"dataplane {dataplane}: the mesh hop would be plaintext (no mTLS, no policies); "
+                "use --dataplane native, or add --inbound-plaintext to accept that (docs/SECURITY.md)"
+            )
         kwargs["dataplane"] = dataplane
     return SidecarSettings(**kwargs)
+
+
+def _check_outbound_services(services: tuple[LocalService, ...]) -> None:
+    seen: dict[str, str] = {}
+    for i, svc in enumerate(services):
+        if svc.outbound is None:
+            continue
+        try:
+            Address.parse(svc.outbound, default_port=DEFAULT_OUTBOUND.port)
+        except UsageError as exc:
+            raise UsageError(f"service[{i}].outbound: {exc}") from exc
+        if seen.setdefault(svc.name, svc.outbound) != svc.outbound:
+            raise UsageError(
+                f"service[{i}].outbound: {svc.name!r} already has outbound {seen[svc.name]!r}"
+            )
 
 
 def _listeners(value: object) -> tuple[TcpListener, ...]:

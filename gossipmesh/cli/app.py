@@ -173,6 +173,18 @@ def agent(
     no_proxy: Annotated[
         bool, typer.Option("--no-proxy", help="Run no proxy (checks and records still run).")
     ] = False,
+    inbound_plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--inbound-plaintext",
+            help="MIGRATION ONLY: the inbound listener also takes plaintext, unauthenticated "
+            "callers (docs/SECURITY.md).",
+        ),
+    ] = False,
+    workload_lifetime_ms: Annotated[
+        int | None,
+        typer.Option(help="Workload certificate lifetime in ms (default 24 h, renewed at half)."),
+    ] = None,
     dataplane: Annotated[
         str | None,
         typer.Option(
@@ -222,6 +234,8 @@ def agent(
         "outbound": outbound,
         "inbound": inbound,
         "no_proxy": True if no_proxy else None,
+        "inbound_plaintext": True if inbound_plaintext else None,
+        "workload_lifetime_ms": workload_lifetime_ms,
         "dataplane": dataplane,
         "rebuild_config": True if rebuild_config else None,
         "config_sync_interval_ms": config_sync_interval_ms,

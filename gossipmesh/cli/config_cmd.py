@@ -263,6 +263,35 @@ def report_voided(data: Mapping[str, Any]) -> None:
                   f"{', '.join(voided)}; re-apply what should stay")  # fmt: skip
 
 
+def policy_warnings(items: Mapping[str, dict[str, Any] | None], known: set[str]) -> list[str]:
+    """Policies in ``items`` that name a service nothing defines or runs (``known``): written
+    all the same (the service may come later), but likely a typo that protects nothing."""
+    lines: list[str] = []
+    for key, body in items.items():
+        if body is None or not key.startswith("policy/"):
+            continue
+        to = body.get("to")
+        if isinstance(to, str) and to not in known:
+            lines.append(f"{key}: service {to!r} is unknown (no service/{to}, no instance)")
+        for caller in body.get("from") or ():
+            if isinstance(caller, str) and "://" not in caller and caller not in known:
+                lines.append(f"{key}: caller service {caller!r} is unknown")
+    return lines
+
+
+def report_policy_warnings(admin: AdminClient, items: Mapping[str, dict[str, Any] | None]) -> None:
+    if not any(k.startswith("policy/") and v is not None for k, v in items.items()):
+        return
+    try:
+        known = {k.partition("/")[2] for k in (admin.config("service/").get("entities") or {})}
+        known |= {str(row.get("service")) for row in admin.services()}
+    except Exception:  # noqa: BLE001 - a warning must not turn a written change into a failure
+        return
+    known |= {k.partition("/")[2] for k, v in items.items() if k.startswith("service/") and v}
+    for line in policy_warnings(items, known):
+        out.print(f"[yellow]warning[/]: {line}")
+
+
 def _when(hlc: Mapping[str, Any]) -> str:
     ms = int(hlc.get("wall_ms") or 0)
     text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
@@ -333,9 +362,11 @@ def set_(
     """Write one entity from a JSON or TOML file (or - for stdin), signed."""
     label = "stdin" if file == "-" else file
     body = _run(lambda: check_entity(label, check_key(key), read_document(file)))
-    data = signed_write(client(agent), operator_key, {key: body})
+    admin = client(agent)
+    data = signed_write(admin, operator_key, {key: body})
     out.print(f"{key}: written")
     report_voided(data)
+    report_policy_warnings(admin, {key: body})
 
 
 @config_app.command("delete")
@@ -364,13 +395,15 @@ def apply(
     """Write many entities (and deletions) from one file as a single atomic, signed change."""
     label = "stdin" if file == "-" else file
     entities = _run(lambda: entities_from(read_document(file), label))
-    data = signed_write(client(agent), operator_key, entities)
+    admin = client(agent)
+    data = signed_write(admin, operator_key, entities)
     if as_json:
         print_json(data)
         return
     deleted = sum(1 for v in entities.values() if v is None)
     out.print(f"applied {len(entities) - deleted} entities, {deleted} deletions (one change)")
     report_voided(data)
+    report_policy_warnings(admin, entities)
 
 
 @config_app.command("history")

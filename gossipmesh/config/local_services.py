@@ -50,6 +50,9 @@ class LocalService:
     tags: tuple[str, ...] = ()
     weight: int = 1
     check: HealthCheck | None = None
+    # "HOST:PORT" of an outbound listener whose requests present this service's identity on
+    # the mesh hop (agent/workloads.py); None: the agent's shared outbound listener.
+    outbound: str | None = None
 
 
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -142,7 +145,7 @@ def parse_agent_services(toml_dict: Mapping[str, Any]) -> tuple[LocalService, ..
     for i, raw in enumerate(tables):
         p = f"service[{i}]"
         body = read_mapping(raw, p)
-        reject_unknown(body, ("name", "port", "address", "tags", "weight", "check"), p)
+        reject_unknown(body, ("name", "port", "address", "tags", "weight", "check", "outbound"), p)
         for req in ("name", "port"):
             if req not in body:
                 raise ConfigValidationError(f"{p}.{req}", "required")
@@ -157,6 +160,7 @@ def parse_agent_services(toml_dict: Mapping[str, Any]) -> tuple[LocalService, ..
             ),
             weight=read_int(body.get("weight", 1), f"{p}.weight", 0, MAX_WEIGHT),
             check=read_check(body["check"], f"{p}.check") if "check" in body else None,
+            outbound=read_str(body["outbound"], f"{p}.outbound") if "outbound" in body else None,
         )
         ident = (svc.address, svc.port)
         if ident in seen:

@@ -5,7 +5,10 @@ validation and canonical body.
 ``nodes`` lists the node names (or ``fnmatch`` patterns such as ``api-*``) allowed to register
 instances of the service; empty means any node. ``weight_max`` caps an instance's weight (default
 100). The catalog ignores, counts and shows instances that break either (``agent/catalog.py``):
-a node can only take the traffic the operators let it take."""
+a node can only take the traffic the operators let it take.
+
+``default_policy`` (``allow``, the default, or ``deny``) is what the destination's inbound proxy
+answers a caller that no ``policy/`` entity denies or allows (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
@@ -86,6 +89,8 @@ class ServiceConfig:
     outlier_detection: OutlierDetection = OutlierDetection()
     nodes: tuple[str, ...] = ()  # node names or fnmatch patterns; empty: any node
     weight_max: int = DEFAULT_WEIGHT_MAX
+    # A caller no policy/ entity matches is allowed or denied (issue 12).
+    default_policy: Literal["allow", "deny"] = "allow"
 
     kind: Literal["service"] = field(default="service", init=False)
 
@@ -95,9 +100,12 @@ def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
     reject_unknown(
         body,
         ("protocol", "load_balancer", "timeouts", "retry", "circuit_breaker", "outlier_detection",
-         "nodes", "weight_max"),
+         "nodes", "weight_max", "default_policy"),
         p,
     )  # fmt: skip
+    default_policy = read_choice(
+        body.get("default_policy", "allow"), f"{p}.default_policy", ("allow", "deny")
+    )
     patterns = read_list(body.get("nodes", []), f"{p}.nodes")
     nodes = unique([read_pattern(n, f"{p}.nodes[{i}]", NODE_PATTERN_RE,
                                  "node name or pattern (1-128 of [A-Za-z0-9._-] and *?[]!)")
@@ -239,6 +247,7 @@ def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
         outlier_detection=outlier,
         nodes=nodes,
         weight_max=weight_max,
+        default_policy=default_policy,
     )
 
 
@@ -256,6 +265,7 @@ def service_body(entity: ServiceConfig) -> dict[str, Any]:
     return {
         "nodes": list(entity.nodes),
         "weight_max": entity.weight_max,
+        "default_policy": entity.default_policy,
         "protocol": entity.protocol,
         "load_balancer": {
             "policy": entity.load_balancer.policy,

@@ -19,7 +19,8 @@ Signatures (``signing.py``)
 Certificates (``certs.py``, ``profile.py``)
     ``issue_root(signer, trust_domain, *, now_ms, days=3650)``, ``issue_node(ca, name,
     public_key, *, now_ms, days=365)``, ``issue_operator(...)`` (same), ``issue_workload(node,
-    service, public_key, *, now_ms, lifetime_ms=24 h)``: each returns DER. ``parse_certificate(der)
+    service, public_key, *, now_ms, lifetime_ms=24 h, carry_issuer=False)``: each returns DER
+    (``carry_issuer``: the workload embeds its node certificate, ``carried_issuer(cert)``). ``parse_certificate(der)
     -> CertInfo`` (spiffe_id, fingerprint, validity in ms, issuer, ...), ``fingerprint(der) -> 32
     bytes``: SHA-256 of the to-be-signed part (not of the whole DER, see profile.py).
     ``Reason``: the rejection slugs. ``MAX_CERT_BYTES = 16 KiB``.
@@ -40,7 +41,8 @@ Verification (``truststore.py``)
     ``set_revoked(fps)`` (bool: changed), ``is_revoked(fp)``, ``roots``, ``root_fingerprints``,
     ``version`` (bumped on every change); ``verify_node(der, now_ms, *, name=None)``,
     ``verify_operator(der, now_ms, *, name=None)``, ``verify_workload(der, node_der, now_ms, *,
-    service=None)``, and ``verify_chain(der, kind, *, name=None)`` (no clock: the window is
+    service=None)``, ``verify_carried_workload(der, now_ms, *, service=None)`` (a workload that
+    carries its node certificate: what a TLS peer presents), and ``verify_chain(der, kind, *, name=None)`` (no clock: the window is
     returned, not checked) return a ``VerifiedIdentity`` (spiffe_id, fingerprint, not_before_ms,
     not_after_ms, public_key, node; ``.name``, ``.kind``) or a ``Rejected(reason, detail)``;
     they never raise on hostile input. Memoised per store version (successes and failures); the
@@ -55,11 +57,14 @@ Playground (``playground.py``, INSECURE: anyone can derive these keys)
 from __future__ import annotations
 
 from gossipmesh.identity.certs import (
+    CARRIED_ISSUER_OID,
     CLOCK_SKEW_MS,
+    MIN_WORKLOAD_LIFETIME_MS,
     NODE_DAYS,
     OPERATOR_DAYS,
     ROOT_DAYS,
     WORKLOAD_LIFETIME_MS,
+    carried_issuer,
     issue_node,
     issue_operator,
     issue_root,
@@ -103,7 +108,9 @@ from gossipmesh.identity.spiffe import IdKind, SpiffeId, validate_name, validate
 from gossipmesh.identity.truststore import Rejected, TrustStore, Verdict, VerifiedIdentity
 
 __all__ = [
+    "CARRIED_ISSUER_OID",
     "CLOCK_SKEW_MS",
+    "MIN_WORKLOAD_LIFETIME_MS",
     "MAX_CERT_BYTES",
     "NODE_DAYS",
     "OPERATOR_DAYS",
@@ -127,6 +134,7 @@ __all__ = [
     "Verdict",
     "VerifiedIdentity",
     "canonical",
+    "carried_issuer",
     "fingerprint",
     "issue_node",
     "issue_operator",

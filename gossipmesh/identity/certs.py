@@ -56,6 +56,14 @@ WORKLOAD_LIFETIME_MS = DAY_MS
 MAX_DAYS = 100 * 366
 CLOCK_SKEW_MS = 5 * 60 * 1000
 MAX_CN_CHARS = 64
+MIN_WORKLOAD_LIFETIME_MS = 10_000  # short lives are for tests of renewal; 24 h is the default
+# A private extension (an OID under 2.25, the UUID arc, needs no registration) in which a
+# workload certificate carries the DER of the node certificate that issued it. A TLS peer sends
+# its chain, but Python before 3.13 shows only the leaf of it; the carried issuer lets the
+# verifier check root -> node -> workload with the library (TrustStore.verify_workload) and know
+# which node vouches for the service. It is not trusted by itself: the chain check proves that
+# this very node certificate signed the leaf. Non-critical, so other TLS stacks ignore it.
+CARRIED_ISSUER_OID = x509.ObjectIdentifier("2.25.151925340811457452622540431735290917183")
 
 
 class Issuer(Protocol):
@@ -118,13 +126,17 @@ def issue_workload(
     *,
     now_ms: int,
     lifetime_ms: int = WORKLOAD_LIFETIME_MS,
+    carry_issuer: bool = False,
 ) -> bytes:
-    """A workload certificate (DER) for ``service``, signed by a node's key (issue 12)."""
+    """A workload certificate (DER) for ``service``, signed by a node's key (issue 12).
+    ``carry_issuer``: embed the node certificate (``CARRIED_ISSUER_OID``, ``carried_issuer``)."""
     issuer = _issuer_info(node, IdKind.NODE)
-    if not 60_000 <= lifetime_ms <= MAX_DAYS * DAY_MS:
+    if not MIN_WORKLOAD_LIFETIME_MS <= lifetime_ms <= MAX_DAYS * DAY_MS:
         raise UsageError(
-            f"workload lifetime must be 1 minute to {MAX_DAYS} days, got {lifetime_ms} ms"
+            f"workload lifetime must be {MIN_WORKLOAD_LIFETIME_MS // 1000} s to {MAX_DAYS} days,"
+            f" got {lifetime_ms} ms"
         )
+    extra = (x509.UnrecognizedExtension(CARRIED_ISSUER_OID, node.cert_der),) if carry_issuer else ()
     return build_certificate(
         spiffe_id=SpiffeId.workload(issuer.spiffe_id.trust_domain, service),
         public_key=public_key,
@@ -132,7 +144,19 @@ def issue_workload(
         issuer=issuer,
         not_before_ms=now_ms - CLOCK_SKEW_MS,
         not_after_ms=now_ms + lifetime_ms,
+        extensions=extra,
     )
+
+
+def carried_issuer(cert: x509.Certificate) -> bytes | None:
+    """The node certificate a workload certificate carries (``issue_workload(carry_issuer=
+    True)``), unverified; None when it carries none."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(CARRIED_ISSUER_OID).value
+    except x509.ExtensionNotFound:
+        return None
+    assert isinstance(ext, x509.UnrecognizedExtension)
+    return ext.value
 
 
 def build_certificate(
@@ -145,6 +169,7 @@ def build_certificate(
     not_after_ms: int,
     serial: int | None = None,
     deterministic: bool = False,
+    extensions: tuple[x509.ExtensionType, ...] = (),
 ) -> bytes:
     """The one builder behind the ``issue_*`` functions and the playground.
 
@@ -183,6 +208,8 @@ def build_certificate(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key), critical=False
         )
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=False)
     key, algorithm = issuer_signer.private_key, hashes.SHA256()
     if deterministic:
         try:

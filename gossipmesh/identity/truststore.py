@@ -54,6 +54,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from gossipmesh.identity.certs import carried_issuer
 from gossipmesh.identity.credentials import CredentialError
 from gossipmesh.identity.profile import (
     FINGERPRINT_BYTES,
@@ -130,6 +131,9 @@ class TrustStore:
         self._revoked: set[bytes] = set()
         self._store: Store | None = None
         self._memo: OrderedDict[bytes, Verdict] = OrderedDict()
+        # leaf hash -> the node certificate it carries (a pure function of the bytes: never
+        # cleared), so a peer's repeated handshakes parse its certificate once.
+        self._carried: OrderedDict[bytes, bytes | None] = OrderedDict()
         self.version = 0
         # Counters for /metrics and for tests: memo hits, full checks (misses), and how often
         # the library's chain verifier really ran (a subset of the misses).
@@ -239,6 +243,29 @@ class TrustStore:
         service: X.509 name constraints cannot restrict a URI path.
         """
         return self.verify(der, IdKind.WORKLOAD, now_ms, name=service, intermediate=node_der)
+
+    def verify_carried_workload(
+        self, der: bytes, now_ms: int, *, service: str | None = None
+    ) -> Verdict:
+        """A workload leaf that carries the node certificate which issued it
+        (``issue_workload(carry_issuer=True)``): what a TLS peer shows (issue 12)."""
+        if type(der) is not bytes or len(der) > MAX_CERT_BYTES:
+            return Rejected(Reason.TOO_LARGE if type(der) is bytes else Reason.BAD_CERTIFICATE)
+        key = hashlib.sha256(der).digest()
+        if key in self._carried:
+            node_der = self._carried[key]
+            self._carried.move_to_end(key)
+        else:
+            try:
+                node_der = carried_issuer(x509.load_der_x509_certificate(der))
+            except (ValueError, TypeError):
+                return Rejected(Reason.BAD_CERTIFICATE, "not a valid certificate")
+            self._carried[key] = node_der
+            if len(self._carried) > self._memo_entries:
+                self._carried.popitem(last=False)
+        if node_der is None:  # not a workload (WRONG_KIND), or one that carries no issuer
+            return self.verify(der, IdKind.WORKLOAD, now_ms, name=service)
+        return self.verify_workload(der, node_der, now_ms, service=service)
 
     def verify(
         self,

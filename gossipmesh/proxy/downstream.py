@@ -33,7 +33,9 @@ from gossipmesh.proxy.errors import error_response
 from gossipmesh.proxy.http1 import END, RequestHead, RequestReader
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
+from gossipmesh.proxy.peers import Peer
 from gossipmesh.proxy.sockio import ConnLost, SockIO
+from gossipmesh.proxy.tls import TlsIO
 
 # What a client connection is waiting for (timeouts are counted by it).
 BUSY, HEAD, IDLE = range(3)
@@ -57,6 +59,9 @@ class Downstream:
         "buffers",
         "waiting",
         "head_since_ns",
+        "peer",
+        "tunnel",
+        "caller",
     )
 
     def __init__(
@@ -82,6 +87,13 @@ class Downstream:
         self.buffers = buffers
         self.waiting = HEAD  # the first request's head, from the accept
         self.head_since_ns = now_ns  # when the head being waited for began (NO_HEAD: none)
+        # The mesh hop (inbound, mTLS): the identity the caller proved (None: plaintext, or not
+        # an inbound connection), and whether ALPN said it carries a TCP tunnel (a CONNECT).
+        self.peer: Peer | None = None
+        self.tunnel = False
+        # Outbound: the local service whose identity this connection's requests present on the
+        # mesh hop ("" = the default; the listener it came in on decides).
+        self.caller = ""
 
     def upstream_buffer(self, size: int) -> memoryview:
         """The upstream receive buffer of this exchange (``size`` bytes)."""
@@ -185,15 +197,18 @@ class Downstreams:
             refused[key] = refused.get(key, 0) + 1
         return reason
 
-    def open(self, sock: socket.socket, addr: object, direction: str) -> Downstream:
-        """An accepted connection (already non-blocking) as a ``Downstream``, counted."""
+    def open(
+        self, sock: socket.socket, addr: object, direction: str, tls: bool = False
+    ) -> Downstream:
+        """An accepted connection (already non-blocking) as a ``Downstream``, counted. ``tls``:
+        ``sock`` is a ``TlsSocket`` (its handshake still to come)."""
         m = self.metrics
         m.open_connections[direction] += 1
         m.connections_total[direction] += 1
         lc = m.listener_connections
         lc[direction] = lc.get(direction, 0) + 1
         limits = self.limits
-        io = SockIO(sock, self.budget)
+        io = TlsIO(sock, self.budget) if tls else SockIO(sock, self.budget)  # type: ignore[arg-type]
         self.deadlines.add(io)
         reader = RequestReader(limits.max_header_bytes, limits.max_header_count)
         now_ns = self.deadlines.clock.now_ns()

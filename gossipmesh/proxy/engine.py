@@ -31,7 +31,7 @@ import contextlib
 import logging
 import select
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -40,6 +40,7 @@ from gossipmesh.proxy.engine_conn import READ, Conn
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
 from gossipmesh.proxy.tasks import First, TaskLoop
+from gossipmesh.proxy.tls import TlsIO
 from gossipmesh.proxy.upstream import Upstream, Upstreams
 
 log = logging.getLogger("gossipmesh.proxy")
@@ -99,16 +100,25 @@ class Engine:
 
     # -- registration ----------------------------------------------------------------------
 
-    def add_listener(self, lsock: socket.socket, direction: str) -> None:
-        acc = Acceptor(self, lsock, direction)
+    def add_listener(
+        self,
+        lsock: socket.socket,
+        direction: str,
+        caller: str = "",
+        handshake: Handshake | None = None,
+    ) -> None:
+        """Accept on ``lsock``; ``caller``: the identity its requests present on the mesh hop;
+        ``handshake``: a task that takes each accepted socket over (mTLS, handshakes.py)."""
+        acc = Acceptor(self, lsock, direction, caller, handshake)
         self.handlers[lsock.fileno()] = acc.on_event
         self.ep.register(lsock.fileno(), LISTEN_MASK)
 
-    def accept(self, sock: socket.socket, addr: object, direction: str) -> None:
+    def accept(self, sock: socket.socket, addr: object, direction: str, caller: str = "") -> None:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = self.downstreams.open(sock, addr, direction)
+        conn.caller = caller
         try:
             self.adopt(conn)
         except (OSError, ValueError):
@@ -124,6 +134,8 @@ class Engine:
         # Registering reports the current readiness: bytes already there raise the first event.
         self.ep.register(fd, MASK)
         c.wait_client(self.clock.now_ns())
+        if c.tls and c.sock.pending():  # type: ignore[attr-defined]
+            self.ready.append(c)  # plaintext inside OpenSSL raises no event: run it next turn
 
     def hand_over(self, conn: Downstream, first: First) -> None:
         """The task path takes ``conn`` over, starting with ``first()``."""
@@ -197,13 +209,25 @@ class Engine:
             ep.close()
 
 
-class Acceptor:
-    __slots__ = ("engine", "lsock", "direction")
+Handshake = Callable[[socket.socket, object], Awaitable[None]]
 
-    def __init__(self, engine: Engine, lsock: socket.socket, direction: str) -> None:
+
+class Acceptor:
+    __slots__ = ("engine", "lsock", "direction", "caller", "handshake")
+
+    def __init__(
+        self,
+        engine: Engine,
+        lsock: socket.socket,
+        direction: str,
+        caller: str = "",
+        handshake: Handshake | None = None,
+    ) -> None:
         self.engine = engine
         self.lsock = lsock
         self.direction = direction
+        self.caller = caller
+        self.handshake = handshake
 
     def on_event(self, ev: int) -> None:
         engine = self.engine
@@ -220,9 +244,15 @@ class Acceptor:
                 return
             refused = admit(self.direction)
             if refused is not None:
-                Downstreams.refuse(sock, refused)
+                Downstreams.refuse(sock, refused, http=self.handshake is None)
                 continue
-            engine.accept(sock, addr, self.direction)
+            if self.handshake is not None:
+                sock.setblocking(False)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                engine.nursery.start_soon(self.handshake, sock, addr)
+                continue
+            engine.accept(sock, addr, self.direction, self.caller)
         # The edge may hold more connections: come back after a checkpoint.
         engine.nursery.start_soon(self.later)
 
@@ -250,7 +280,11 @@ class UpReg:
         owner = self.owner
         if owner is not None:
             owner.on_up()
-        elif ev & READ_MASK and self.up.idle:
+        elif (
+            ev & READ_MASK
+            and self.up.idle
+            and (type(self.up.io) is not TlsIO or self.up.io.is_stale())
+        ):
             self.engine.upstreams.close(self.up)
 
     def forget(self) -> None:

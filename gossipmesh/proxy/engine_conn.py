@@ -34,6 +34,7 @@ from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.pipeline import Exchange
 from gossipmesh.proxy.sockio import ConnLost, SockIO
 from gossipmesh.proxy.tasks import First
+from gossipmesh.proxy.tls import TlsIO
 from gossipmesh.proxy.upstream import Registration, Upstream, Upstreams
 
 EV_OUT = getattr(select, "EPOLLOUT", 0)
@@ -82,6 +83,8 @@ class Conn:
         "x",
         "n",
         "out",
+        "tls",
+        "full",
     )
 
     def __init__(self, engine: Loop, conn: Downstream) -> None:
@@ -97,6 +100,11 @@ class Conn:
         self.x: Exchange | None = None  # the exchange waiting for its upstream
         self.n = 0  # response bytes received for it so far
         self.out: memoryview | None = None  # response bytes the client socket did not take yet
+        # A TLS socket is read until it would block: a short read proves nothing there, as
+        # OpenSSL returns one record at a time (tls.py). ``full``: a read this long may have
+        # left bytes behind.
+        self.tls = type(conn.io) is TlsIO
+        self.full = 0 if self.tls else len(conn.mv)
 
     def wait_client(self, now_ns: int) -> None:
         self.last_ns = now_ns
@@ -150,7 +158,7 @@ class Conn:
             if n == 0:
                 self.close()
                 return
-            self.more = n == len(mv) or self.hup
+            self.more = n >= self.full or self.hup
             self.fed = True
             conn.bytes_in += n
             try:

@@ -14,6 +14,7 @@ one-line text body naming the service and the reason. Mapping, as docs/CONFIG.md
 | ``bad_request`` | 400 | the request could not be parsed |
 | ``headers_too_large`` | 431 | header block over the size or count limit |
 | ``forbidden_destination`` | 403 | inbound: the destination is not a local instance |
+| ``forbidden_by_policy`` | 403 | inbound: a ``policy/`` (or the service's default) denies the caller |
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ STATUS_FOR_REASON = {
     "bad_request": 400,
     "headers_too_large": 431,
     "forbidden_destination": 403,
+    "forbidden_by_policy": 403,
     "unsupported": 501,
 }
 
@@ -52,6 +54,7 @@ _TEXT = {
     "bad_request": "malformed request",
     "headers_too_large": "request headers too large",
     "forbidden_destination": "destination is not a local instance",
+    "forbidden_by_policy": "denied",
     "unsupported": "unsupported request",
 }
 

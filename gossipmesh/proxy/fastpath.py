@@ -9,8 +9,9 @@ that is neither 1xx/204/304 nor one the service retries on. For those, three pla
 await) carry the whole exchange, and both the event engine (engine.py) and the task path
 (tasks.py) drive them; they only differ in how they wait for the bytes:
 
-- ``plan``: the pipeline's route, destination and endpoint (routing.py, pipeline.py) and the
-  pooled connection, before a byte moves. None: not the fast shape (``Forwarder.exchange``
+- ``plan``: the pipeline's route, destination and endpoint (routing.py, pipeline.py), on the
+  inbound side the caller's authorization (authz.py), and the pooled connection, before a byte
+  moves. None: not the fast shape (``Forwarder.exchange``
   serves it); ``x.up`` None: picked, but the general path must connect (``Forwarder.general``).
 - ``commit``: the request head (heads.py), the body taken off the reader, the in-flight counts
   and the try's deadline.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from random import Random
 
+from gossipmesh.proxy.authz import plain_path
 from gossipmesh.proxy.clock import NS_PER_MS, Clock
 from gossipmesh.proxy.downstream import Downstream
 from gossipmesh.proxy.heads import (
@@ -48,7 +50,7 @@ from gossipmesh.proxy.pipeline import (
     whole_body_end,
 )
 from gossipmesh.proxy.routing import Directory, inbound_instance, route
-from gossipmesh.proxy.upstream import Upstreams
+from gossipmesh.proxy.upstream import PoolKey, Upstreams
 
 
 class FastPath:
@@ -101,8 +103,15 @@ class FastPath:
         directory = self.directory
         if conn.direction == INBOUND:
             local = inbound_instance(directory.local, req.dest, req.host)
-            if local is None:
+            if local is None or conn.tunnel:
                 return None
+            sp = directory.policies.get(local[0])
+            if sp is not None:
+                # Authorization (authz.py): a denial, or a path to normalise, is answered by
+                # the general path, which says why.
+                path = plain_path(url)
+                if path is None or sp.decide(conn.peer, req.method, path) is not None:
+                    return None
             d = directory.local_dests.get(local) or directory.local_dest(local)
             r = None
             dests = None
@@ -126,8 +135,11 @@ class FastPath:
         x = Exchange(req, now_ns, r.name if r else "", d, url, b"", idx, end_pos, r, dests)
         if self.use_connector and d.endpoints[idx].inbound is not None:
             return x
+        pk: PoolKey = d.pool_keys[idx]
+        if conn.caller:
+            pk = (*pk, conn.caller)
         x.up = self.upstreams.take_idle_socket(
-            d.pool_keys[idx], now_ns, req.method not in IDEMPOTENT, d.settings.idle_ms
+            pk, now_ns, req.method not in IDEMPOTENT, d.settings.idle_ms
         )
         return x
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from random import Random
 
+from gossipmesh.proxy.audit import Audit
+from gossipmesh.proxy.authz import Denied, normalise_path
 from gossipmesh.proxy.clock import NS_PER_MS, Clock
 from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.fastpath import FastPath
@@ -98,6 +100,7 @@ class Forwarder:
         "metrics",
         "rng",
         "clock",
+        "audit",
     )
 
     def __init__(
@@ -120,6 +123,7 @@ class Forwarder:
         self.metrics: ProxyMetrics = accounting.metrics
         self.rng = rng
         self.clock = clock
+        self.audit = Audit()  # the Proxy gives its own (the agent's structured log)
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -164,12 +168,54 @@ class Forwarder:
                 start_ns=start_ns,
             )
         d = directory.local_dest(local)
-        if req.method == b"CONNECT":
+        connect = req.method == b"CONNECT"
+        if conn.peer is not None and connect != conn.tunnel:
+            # ALPN says what the connection carries: requests, or one TCP tunnel.
+            detail = "a CONNECT needs ALPN " if connect else "a request needs ALPN "
+            return await self.downstreams.reply_error(
+                conn, req, "bad_request", d.service, detail + ("tunnel" if connect else "http"),
+                keep=False, start_ns=start_ns,
+            )  # fmt: skip
+        url = req.url if req.url[:1] == b"/" else b"/"
+        sp = directory.policies.get(d.service)
+        if sp is not None:
+            path = b""
+            if connect:
+                denied = sp.decide(conn.peer, None, path)
+            else:
+                if sp.uses_paths:
+                    normal = normalise_path(url)
+                    if normal is None:
+                        detail = "ambiguous path (an encoded / or \\, or a bad escape)"
+                        return await self.downstreams.reply_error(
+                            conn, req, "bad_request", d.service, detail, start_ns=start_ns
+                        )
+                    path, url = normal
+                denied = sp.decide(conn.peer, req.method, path)
+            if denied is not None:
+                return await self.deny(conn, req, d.service, denied, start_ns)
+        if connect:
             return await self.tunnels.inbound_connect(conn, req, d.settings, d.endpoints[0])
-        url = req.url
-        return await self.forward(
-            conn, Exchange(req, start_ns, "", d, url if url[:1] == b"/" else b"/")
+        return await self.forward(conn, Exchange(req, start_ns, "", d, url))
+
+    async def deny(
+        self, conn: Downstream, req: RequestHead, service: str, denied: Denied, start_ns: int
+    ) -> bool:
+        """403 naming the policy; counted per policy and logged (bounded: audit.py)."""
+        self.metrics.count(self.metrics.denied, service, denied.policy)
+        peer = conn.peer
+        self.audit(
+            "request_denied",
+            service=service,
+            policy=denied.policy,
+            caller=peer.spiffe if peer is not None else "",
+            method=req.method.decode("latin-1"),
+            target=req.url[:200].decode("latin-1"),
         )
+        return await self.downstreams.reply_error(
+            conn, req, "forbidden_by_policy", service, denied.detail, start_ns=start_ns,
+            extra=((b"x-gossipmesh-policy", denied.policy.encode()),),
+        )  # fmt: skip
 
     async def general(self, conn: Downstream, x: Exchange) -> bool:
         """The fast path picked ``x.idx`` but the general path must connect (nothing sent)."""
@@ -279,7 +325,7 @@ class Forwarder:
         head = request_head(x.req, x.target, tries.fields, d.mesh_lines[idx])
         check_stale = not (tries.replayable and tries.idempotent)
         try:
-            up = await self.upstreams.acquire(d, idx, now_ns, check_stale)
+            up = await self.upstreams.acquire(d, idx, now_ns, check_stale, conn.caller)
         except Overloaded as e:
             return await self.overloaded(conn, x, e.limit)
         except ConnectFailed as e:

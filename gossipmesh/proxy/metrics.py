@@ -82,6 +82,15 @@ class ProxyMetrics:
         self.refused: dict[tuple[str, str], int] = {}
         self.head_timeouts: dict[str, int] = {}  # direction -> heads not whole in time
         self.idle_closes: dict[str, int] = {}  # direction -> keep-alive connections idle too long
+        # The mesh hop (issue 12): handshakes by (direction, outcome), peers refused by
+        # (direction, reason), live connections closed by revalidation by reason, requests
+        # denied by (service, policy), and the migration switch and what went through it.
+        self.tls_handshakes: dict[tuple[str, str], int] = {}
+        self.tls_rejected: dict[tuple[str, str], int] = {}
+        self.tls_closed: dict[str, int] = {}
+        self.denied: dict[tuple[str, str], int] = {}
+        self.plaintext_enabled = 0
+        self.plaintext: dict[str, int] = {}  # "inbound_accepted", "outbound_fallback"
         self.limits: ProxyLimits | None = None  # set by the proxy: exported as gauges
         self.budget: DescriptorBudget | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -113,6 +122,10 @@ class ProxyMetrics:
     def breaker_trip(self, service: str, limit: str) -> None:
         key = (service, limit)
         self.breaker_trips[key] = self.breaker_trips.get(key, 0) + 1
+
+    def count(self, counter: dict[tuple[str, str], int], a: str, b: str) -> None:
+        key = (a, b)
+        counter[key] = counter.get(key, 0) + 1
 
     # -- export ---------------------------------------------------------------------------
 
@@ -211,6 +224,35 @@ class _Collector(Collector):
         yield _counter("received_bytes", "Bytes received from downstream", "direction", m.bytes_in)
         yield _counter("sent_bytes", "Bytes sent to downstream", "direction", m.bytes_out)
         yield from self._limit_families()
+        yield from self._mesh_families()
+
+    def _mesh_families(self) -> Iterator[Metric]:
+        m = self.m
+        for name, doc, labels, values in (
+            ("tls_handshakes", "TLS handshakes of the mesh hop, by outcome",
+             ["direction", "outcome"], m.tls_handshakes),
+            ("tls_rejected", "Mesh peers refused after a TLS handshake, by reason",
+             ["direction", "reason"], m.tls_rejected),
+            ("denied", "Requests and TCP connections denied at the inbound, by policy",
+             ["service", "policy"], m.denied),
+        ):  # fmt: skip
+            c = CounterMetricFamily(f"gossipmesh_proxy_{name}", doc, labels=labels)
+            for key, n in list(values.items()):
+                c.add_metric(list(key), n)
+            yield c
+        yield _counter(
+            "tls_closed", "Live mesh connections closed: peer revoked, expired, no longer hosting",
+            "reason", m.tls_closed,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "gossipmesh_proxy_inbound_plaintext",
+            "1 while the inbound listener also takes plaintext (--inbound-plaintext, migration)",
+            value=m.plaintext_enabled,
+        )
+        yield _counter(
+            "plaintext_connections", "Mesh connections without TLS (migration only), by kind",
+            "kind", m.plaintext,
+        )  # fmt: skip
 
     def _limit_families(self) -> Iterator[Metric]:
         m = self.m

@@ -20,7 +20,8 @@ engine's fast path and the task path:
    gathered once per table (``View``) so a request does one dict lookup instead of a dozen.
 
 ``Directory`` owns what outlives a table: endpoint states (in-flight, latency, ejection), the
-retry budget and breaker counters of each service, and the local instances. Swapping the table
+retry budget and breaker counters of each service, the local instances and who may call them
+(``policies``, authz.py). Swapping the table
 is one assignment; a request keeps the view it started with.
 """
 
@@ -30,6 +31,7 @@ from bisect import bisect_right
 from collections.abc import Container, Mapping, Sequence
 from random import Random
 
+from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.balancer import Balancer, EndpointState, available
 from gossipmesh.proxy.heads import mesh_fields
 from gossipmesh.proxy.resilience import BreakerCounters, RetryBudget
@@ -130,7 +132,7 @@ class View:
 class Directory:
     """What outlives a table: endpoint states, budgets and breakers per service, local instances."""
 
-    __slots__ = ("states", "budgets", "breakers", "view", "local", "local_dests")
+    __slots__ = ("states", "budgets", "breakers", "view", "local", "local_dests", "policies")
 
     def __init__(self, table: RouteTable) -> None:
         self.states: dict[tuple[str, str, int], EndpointState] = {}
@@ -139,6 +141,8 @@ class Directory:
         self.local: dict[bytes, LocalInstance] = {}  # b"address:port" -> instance
         self.local_dests: dict[LocalInstance, Dest] = {}
         self.view = View(table, self)
+        # Who may call the local services (authz.py), swapped whole on every config change.
+        self.policies = Policies()
 
     def update_table(self, table: RouteTable) -> None:
         """Atomic swap: requests already running keep the view they started with."""

@@ -17,9 +17,16 @@ is no epoll), and builds the parts, one job each:
 Mesh hop. The outbound side sends a request for a remote endpoint to the peer agent's inbound
 listener with ``x-gossipmesh-dest: ADDRESS:PORT`` (and ``x-gossipmesh-service``). The inbound side
 forwards only to destinations listed in its local service registry: it is never an open proxy.
-TCP services cross the hop as ``CONNECT ADDRESS:PORT`` to the inbound listener. The hop to a peer
-goes through ``Connector`` when one is given (``connect(host, port) -> trio.abc.Stream``; the seam
-where mTLS drops in); without one, the raw-socket fast path is used.
+TCP services cross the hop as ``CONNECT ADDRESS:PORT`` to the inbound listener.
+
+mTLS (``mtls``: a ``MeshTls``, mtls.py): the inbound listener then speaks TLS 1.3 only and
+requires a client certificate; each accepted connection is handshaken and its caller judged on a
+task (handshakes.py) and only then served by the engine; the outbound side dials peers with TLS
+presenting the calling service's identity (``outbound_listeners``: a listener per local service
+whose requests present that service's identity; the plain outbound listener presents the
+default one). ``PeerWatch`` (peers.py) closes connections whose peer is revoked or expired; the
+destination's inbound authorizes every request (``update_policies``, authz.py). Without ``mtls``
+the hop is plaintext: through the ``Connector`` when one is given, else raw sockets.
 
 Time comes from one ``Clock`` (clock.py; default: trio's), in integer nanoseconds.
 """
@@ -36,16 +43,21 @@ from dataclasses import dataclass, field
 import trio
 
 from gossipmesh.proxy import engine as engine_mod
+from gossipmesh.proxy.audit import Audit, Sink
+from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.clock import NS_PER_MS, Clock, TrioClock
 from gossipmesh.proxy.deadlines import Deadlines
 from gossipmesh.proxy.descriptors import DescriptorBudget
-from gossipmesh.proxy.downstream import Downstreams
+from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.engine import Engine
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
+from gossipmesh.proxy.handshakes import Handshakes
 from gossipmesh.proxy.limits import INBOUND, OUTBOUND, TCP, ProxyLimits
 from gossipmesh.proxy.memory import Trimmer, compact
 from gossipmesh.proxy.metrics import ProxyMetrics
+from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
+from gossipmesh.proxy.peers import PeerWatch
 from gossipmesh.proxy.pipeline import Accounting
 from gossipmesh.proxy.relay import Relay
 from gossipmesh.proxy.routing import Directory
@@ -67,6 +79,8 @@ class ProxyAddresses:
     outbound: tuple[str, int] | None
     inbound: tuple[str, int] | None
     tcp: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # Per-service outbound listeners: service -> where its requests enter the mesh.
+    services: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class Proxy:
@@ -100,6 +114,9 @@ class Proxy:
         engine: str = "epoll",
         clock: Clock | None = None,
         descriptors: DescriptorBudget | None = None,
+        mtls: MeshTls | None = None,
+        outbound_listeners: Mapping[str, tuple[str, int]] | None = None,
+        audit: Sink | None = None,
     ) -> None:
         if engine not in ("epoll", "tasks"):
             raise ValueError(f"engine must be 'epoll' or 'tasks', not {engine!r}")
@@ -107,6 +124,7 @@ class Proxy:
         self.outbound_addr = outbound
         self.inbound_addr = inbound
         self.tcp_listeners = dict(tcp_listeners or {})
+        self.outbound_listeners = dict(outbound_listeners or {})
         self.reuse_port = reuse_port
         self.connector = connector
         self.rng = rng or random.Random()
@@ -142,6 +160,19 @@ class Proxy:
         self.tcp = TcpProxy(
             self.directory, self.upstreams, self.tunnels, self.accounting, self.deadlines, self.rng
         )
+        self.audit = Audit(audit)
+        self.forwarder.audit = self.audit
+        self.mtls = mtls
+        self.watch: PeerWatch | None = None
+        self.handshakes: Handshakes | None = None
+        if mtls is not None:
+            self.watch = PeerWatch(mtls.authority, metrics)
+            self.handshakes = Handshakes(
+                mtls, self.watch, self.downstreams, self.deadlines, metrics, self.serve_accepted,
+                self.audit,
+            )  # fmt: skip
+            self.upstreams.handshakes = self.handshakes
+            metrics.plaintext_enabled = int(mtls.plaintext_inbound)
         self.event_engine: Engine | None = None  # while ``serve`` runs the engine
         # Memory back to the kernel after a connection storm (memory.py).
         self.trimmer = Trimmer(self.compact_tables)
@@ -158,6 +189,33 @@ class Proxy:
 
     def update_local_services(self, services: Mapping[str, Sequence[tuple[str, int]]]) -> None:
         self.directory.update_local_services(services)
+
+    def update_policies(self, policies: Policies) -> None:
+        """Who may call the local services, from the next request on (authz.py)."""
+        self.directory.policies = policies
+
+    def update_credentials(self, credentials: MeshCredentials) -> None:
+        """New identities (renewal, reload, roots): new handshakes use them; pooled connections
+        made with the old ones are not reused (open exchanges finish on them)."""
+        assert self.mtls is not None and self.watch is not None
+        self.mtls.update(credentials)
+        try:
+            now_ns = self.clock.now_ns()
+        except RuntimeError:
+            return  # not serving: no connection to retire
+        self.watch.retire_all(now_ns)
+
+    async def serve_accepted(self, conn: Downstream) -> None:
+        """An inbound connection whose handshake and caller passed: the engine serves it (or,
+        without one, this task does)."""
+        adopt = self.tasks.adopt
+        if adopt is None:
+            await self.tasks.serve(conn)
+            return
+        try:
+            adopt(conn)
+        except (OSError, ValueError):
+            self.downstreams.close(conn)
 
     @property
     def fast_served(self) -> int:
@@ -197,6 +255,11 @@ class Proxy:
                 s = listen_socket(*self.outbound_addr, self.reuse_port)
                 listeners.append((s, OUTBOUND, ""))
                 out_addr = s.getsockname()[:2]
+            services_bound: dict[str, tuple[str, int]] = {}
+            for service, (host, port) in self.outbound_listeners.items():
+                s = listen_socket(host, port, self.reuse_port)
+                listeners.append((s, OUTBOUND, service))  # its requests present ``service``
+                services_bound[service] = s.getsockname()[:2]
             if self.inbound_addr is not None:
                 s = listen_socket(*self.inbound_addr, self.reuse_port)
                 listeners.append((s, INBOUND, ""))
@@ -206,7 +269,7 @@ class Proxy:
                 s = listen_socket(host, port, self.reuse_port)
                 listeners.append((s, TCP, service))
                 tcp_bound[service] = s.getsockname()[:2]
-            self.addresses = ProxyAddresses(out_addr, in_addr, tcp_bound)
+            self.addresses = ProxyAddresses(out_addr, in_addr, tcp_bound, services_bound)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.watchdog)
                 eng = None
@@ -223,7 +286,9 @@ class Proxy:
                     nursery.start_soon(eng.run)
                 for lsock, direction, service in listeners:
                     if eng is not None and direction != TCP:
-                        eng.add_listener(lsock, direction)
+                        hs = self.handshakes
+                        accept = hs.accept if hs is not None and direction == INBOUND else None
+                        eng.add_listener(lsock, direction, service, accept)
                     else:
                         nursery.start_soon(self.accept_loop, lsock, direction, service, nursery)
                 task_status.started(self.addresses)
@@ -245,12 +310,16 @@ class Proxy:
         open_now = self.metrics.open_connections
         trimmer = self.trimmer
 
+        watch = self.watch
+
         def tick(now_ns: int) -> None:
             nonlocal next_sweep_ns
             if now_ns >= next_sweep_ns:
                 next_sweep_ns = now_ns + sweep_ns
                 self.upstreams.sweep(now_ns)
                 trimmer.tick(sum(open_now.values()), now_ns)
+                if watch is not None:
+                    watch.sweep()  # revoked and expired peers lose their connections
 
         await self.deadlines.watch(limits.watchdog_tick_ms, tick)
 
@@ -279,15 +348,20 @@ class Proxy:
                 continue
             refused = self.downstreams.admit(f"tcp:{service}" if direction == TCP else direction)
             if refused is not None:
-                Downstreams.refuse(sock, refused, http=direction != TCP)
+                http = direction == OUTBOUND or (direction == INBOUND and self.mtls is None)
+                Downstreams.refuse(sock, refused, http=http)
                 continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if direction == TCP:
                 nursery.start_soon(self.tcp.serve, sock, addr, service)
+            elif direction == INBOUND and self.handshakes is not None:
+                nursery.start_soon(self.handshakes.accept, sock, addr)
             else:
-                nursery.start_soon(self.tasks.serve, self.downstreams.open(sock, addr, direction))
+                conn = self.downstreams.open(sock, addr, direction)
+                conn.caller = service
+                nursery.start_soon(self.tasks.serve, conn)
 
 
 __all__ = [

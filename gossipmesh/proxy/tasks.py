@@ -29,6 +29,7 @@ from gossipmesh.proxy.forward import Forwarder
 from gossipmesh.proxy.http1 import HeaderLimitError, ParseError, RequestHead
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.sockio import ConnLost, wait_readable
+from gossipmesh.proxy.tls import TlsIO
 
 log = logging.getLogger("gossipmesh.proxy")
 
@@ -149,7 +150,8 @@ class TaskLoop:
             return await forwarder.send_failed(conn, x)
         upmv = conn.upstream_buffer(self.limits.recv_buffer_bytes)
         try:
-            await wait_readable(usock)
+            if type(io) is not TlsIO or not usock.pending():  # type: ignore[union-attr]
+                await wait_readable(usock)
             n = usock.recv_into(upmv)
         except (OSError, trio.ClosedResourceError, ValueError):
             n = -1  # BlockingIOError included: Relay.response_head waits again
@@ -160,7 +162,8 @@ class TaskLoop:
                 # the rest while it fits the buffer. A failure resumes with what arrived.
                 try:
                     while n < out:
-                        await wait_readable(usock)
+                        if type(io) is not TlsIO or not usock.pending():  # type: ignore[union-attr]
+                            await wait_readable(usock)
                         got = usock.recv_into(upmv[n:])
                         if got == 0:
                             break

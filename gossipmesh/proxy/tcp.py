@@ -102,7 +102,7 @@ class TcpProxy:
             ep = d.endpoints[idx]
             io: IO | None = None
             try:
-                io = await self.upstreams.open_endpoint(ep, settings.connect_ms)
+                io = await self.upstreams.open_endpoint(ep, settings.connect_ms, d.service)
                 tail = b""
                 if ep.inbound is not None:
                     tail = await self.tunnels.mesh_connect(io, ep, settings)

@@ -18,7 +18,7 @@ idle), and any other is checked with a peek when it is taken out of the pool.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -33,8 +33,21 @@ from gossipmesh.proxy.resilience import BreakerCounters
 from gossipmesh.proxy.routing import Dest
 from gossipmesh.proxy.sockio import IO, ConnectFailed, Connector, SockIO, StreamIO, connect_raw
 from gossipmesh.proxy.table import Endpoint
+from gossipmesh.proxy.tls import TlsIO
 
-PoolKey = tuple[str, str, int]  # (service, host, port) a connection goes to
+if TYPE_CHECKING:
+    from gossipmesh.proxy.handshakes import Handshakes
+
+MeshHop = tuple[str, str, str, bool]  # (service, node, caller, tunnel) of a hop to a peer agent
+
+# (service, host, port) a connection goes to; a fourth item names the local service whose
+# identity it presents when that is not the default (Downstream.caller).
+PoolKey = tuple[str, str, int] | tuple[str, str, int, str]
+
+
+def pool_key(d: Dest, idx: int, caller: str) -> PoolKey:
+    key = d.pool_keys[idx]
+    return (*key, caller) if caller else key
 
 
 class Overloaded(Exception):
@@ -83,7 +96,16 @@ class Upstream:
 
 
 class Upstreams:
-    __slots__ = ("limits", "metrics", "deadlines", "connector", "clock", "pool", "budget")
+    __slots__ = (
+        "limits",
+        "metrics",
+        "deadlines",
+        "connector",
+        "clock",
+        "pool",
+        "budget",
+        "handshakes",
+    )
 
     def __init__(
         self,
@@ -100,6 +122,8 @@ class Upstreams:
         self.budget = budget  # counts upstream sockets; none opens past its cap
         self.clock: Clock = deadlines.clock
         self.pool: PoolDecisions[Upstream] = PoolDecisions(limits.max_idle_per_upstream)
+        # mTLS on the mesh hop (handshakes.py); None: plaintext (or the Connector) between agents.
+        self.handshakes: Handshakes | None = None
 
     def take_idle_socket(
         self, key: PoolKey, now_ns: int, check_stale: bool, idle_ms: int
@@ -115,17 +139,23 @@ class Upstreams:
         up.idle = False
         io = up.io
         if type(io) is not SockIO:
-            self.release(up, True, idle_ms, now_ns)
-            return None
+            if type(io) is not TlsIO:
+                self.release(up, True, idle_ms, now_ns)
+                return None
+            if io.retire_ns <= now_ns:
+                self.close(up)  # a certificate on it is past the middle of its life (peers.py)
+                return None
         if (check_stale or up.reg is None) and io.is_stale():
             self.close(up)  # the peer closed it while idle
             return None
         return up
 
-    async def acquire(self, d: Dest, idx: int, now_ns: int, check_stale: bool) -> Upstream:
+    async def acquire(
+        self, d: Dest, idx: int, now_ns: int, check_stale: bool, caller: str = ""
+    ) -> Upstream:
         """A connection to endpoint ``idx`` of ``d``: an idle one, else a new one.
         Raises ``Overloaded`` or ``ConnectFailed``."""
-        key = d.pool_keys[idx]
+        key = pool_key(d, idx, caller)
         pool = self.pool
         while True:
             up, expired = pool.checkout(key, now_ns)
@@ -134,7 +164,10 @@ class Upstreams:
             if up is None:
                 break
             up.idle = False
-            if (check_stale or up.reg is None) and up.io.is_stale():
+            io = up.io
+            if (type(io) is TlsIO and io.retire_ns <= now_ns) or (
+                (check_stale or up.reg is None) and io.is_stale()
+            ):
                 self.close(up)
                 continue
             return up
@@ -146,7 +179,8 @@ class Upstreams:
         ep = d.endpoints[idx]
         breaker.pending += 1
         try:
-            io = await self.open(key[1], key[2], settings.connect_ms, ep.inbound is not None)
+            hop = None if ep.inbound is None else (d.service, ep.node, caller, False)
+            io = await self.open(key[1], key[2], settings.connect_ms, hop is not None, hop)
         finally:
             breaker.pending -= 1
         breaker.connections += 1
@@ -154,13 +188,23 @@ class Upstreams:
         m[d.service] = m.get(d.service, 0) + 1
         return Upstream(io, key, d.service, breaker, self.limits)
 
-    async def open(self, host: str, port: int, connect_ms: int, use_connector: bool) -> IO:
-        """A new connection; through the ``Connector`` when ``use_connector`` and there is one.
-        Raises ``Overloaded("descriptors")`` when the descriptor budget is spent (a local limit,
-        not the endpoint's failure) and ``ConnectFailed``."""
+    async def open(
+        self,
+        host: str,
+        port: int,
+        connect_ms: int,
+        use_connector: bool,
+        hop: MeshHop | None = None,
+    ) -> IO:
+        """A new connection; to a peer agent's inbound (``hop``: service, node, caller, tunnel)
+        with mTLS when the proxy has it, else through the ``Connector`` when ``use_connector``
+        and there is one. Raises ``Overloaded("descriptors")`` when the descriptor budget is
+        spent (a local limit, not the endpoint's failure) and ``ConnectFailed``."""
         budget = self.budget
         if budget is not None and not budget.may_connect():
             raise Overloaded("descriptors")
+        if hop is not None and self.handshakes is not None:
+            return await self.handshakes.connect(host, port, connect_ms, budget, *hop)
         if use_connector and self.connector is not None:
             with trio.move_on_after(connect_ms / 1000) as cs:
                 try:
@@ -175,11 +219,14 @@ class Upstreams:
         self.deadlines.add(io)
         return io
 
-    async def open_endpoint(self, ep: Endpoint, connect_ms: int) -> IO:
-        """A new connection to ``ep``: its agent's inbound listener, or the instance itself."""
+    async def open_endpoint(
+        self, ep: Endpoint, connect_ms: int, service: str = "", caller: str = ""
+    ) -> IO:
+        """A new connection to ``ep`` of ``service``: its agent's inbound listener (a TCP
+        tunnel), or the instance itself."""
         if ep.inbound is None:
             return await self.open(ep.address, ep.port, connect_ms, False)
-        return await self.open(*ep.inbound, connect_ms, True)
+        return await self.open(*ep.inbound, connect_ms, True, (service, ep.node, caller, True))
 
     def release(self, up: Upstream, reusable: bool, idle_ms: int, now_ns: int) -> None:
         """The exchange on ``up`` ended: pool it if ``reusable`` and it ended at a message
@@ -203,7 +250,7 @@ class Upstreams:
             up.reg.forget()
             up.reg = None
         io = up.io
-        if type(io) is SockIO:
+        if isinstance(io, SockIO):
             self.deadlines.discard(io)
             io.owner = None
         up.reader.close()
@@ -216,7 +263,7 @@ class Upstreams:
 
     def discard(self, io: IO) -> None:
         """Close a connection that never became an ``Upstream`` (tunnels)."""
-        if type(io) is SockIO:
+        if isinstance(io, SockIO):
             self.deadlines.discard(io)
         io.close()
 

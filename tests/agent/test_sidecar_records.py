@@ -209,11 +209,15 @@ def test_sidecar_settings_from_flags_and_toml(tmp_path: Path) -> None:
 def test_dataplane_setting(tmp_path: Path) -> None:
     assert load_settings({}).sidecar.dataplane == "native"
     toml = tmp_path / "agent.toml"
+    # HAProxy and nginx carry the mesh hop in plaintext: only with the migration switch.
     toml.write_text('dataplane = "nginx"\n')
+    with pytest.raises(UsageError, match="plaintext.*--inbound-plaintext"):
+        load_settings({}, toml)
+    toml.write_text('dataplane = "nginx"\ninbound_plaintext = true\n')
     assert load_settings({}, toml).sidecar.dataplane == "nginx"
     assert load_settings({"dataplane": "haproxy"}, toml).sidecar.dataplane == "haproxy"  # flag wins
     with pytest.raises(UsageError, match="dataplane must be one of native, haproxy, nginx"):
         load_settings({"dataplane": "envoy"})
     toml.write_text("[[listener]]\nservice = 'db'\nport = 15432\n")
     with pytest.raises(UsageError, match="TCP listeners need --dataplane native"):
-        load_settings({"dataplane": "haproxy"}, toml)
+        load_settings({"dataplane": "haproxy", "inbound_plaintext": True}, toml)

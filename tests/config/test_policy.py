@@ -55,3 +55,15 @@ def test_canonical_body_round_trips(name: str, body: dict[str, Any]) -> None:
     assert canonical == policy_body(entity)
     assert validate_entity("policy", name, canonical) == entity
     assert to_body(validate_entity("policy", name, canonical)) == canonical
+
+
+def test_from_takes_service_names_and_the_spiffe_ids_of_services_and_nodes() -> None:
+    body = {"to": "api", "from": ["web", "spiffe://mesh/svc/web", "spiffe://mesh/node/n1"]}
+    p = validate_entity("policy", "p", body)
+    assert isinstance(p, PolicyConfig)
+    assert p.from_services == ("web", "spiffe://mesh/svc/web", "spiffe://mesh/node/n1")
+    assert validate_entity("policy", "p", to_body(p)) == p
+    for bad in ("spiffe://mesh/operator/alice", "spiffe://mesh", "spiffe://mesh/svc/"):
+        with pytest.raises(ConfigValidationError) as err:
+            validate_entity("policy", "p", {"to": "api", "from": [bad]})
+        assert err.value.field == "policy.from[0]"

@@ -124,3 +124,13 @@ def test_nodes_and_weight_max_say_who_may_serve() -> None:
             assert exc.field == field
         else:
             raise AssertionError(f"{body} accepted")
+
+
+def test_default_policy_is_allow_unless_set_to_deny() -> None:
+    assert validate_entity("service", "api", {}).default_policy == "allow"  # type: ignore[union-attr]
+    s = validate_entity("service", "api", {"default_policy": "deny"})
+    assert s.default_policy == "deny"  # type: ignore[union-attr]
+    assert to_body(s)["default_policy"] == "deny"
+    with pytest.raises(ConfigValidationError) as err:
+        validate_entity("service", "api", {"default_policy": "maybe"})
+    assert err.value.field == "service.default_policy"

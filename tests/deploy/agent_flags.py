@@ -12,7 +12,7 @@ from gossipmesh.agent.settings import AgentSettings, load_settings
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 REPEATABLE = {"join"}
-SWITCHES = {"no_proxy", "rebuild_config", "enable_fault_injection"}
+SWITCHES = {"no_proxy", "rebuild_config", "enable_fault_injection", "inbound_plaintext"}
 
 
 def parse_flags(args: list[str]) -> tuple[dict[str, Any], Path | None]:

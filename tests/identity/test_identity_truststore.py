@@ -444,3 +444,27 @@ def test_mutated_certificates_never_raise_and_never_verify() -> None:
         if bytes(mutated) != der:
             assert isinstance(verdict, Rejected) or verdict.fingerprint == fingerprint(der)
     assert isinstance(store.verify_node(der[:-10], NOW_MS), Rejected)
+
+
+def test_a_workload_that_carries_its_node_certificate_verifies_from_the_leaf_alone() -> None:
+    ca = make_ca("mesh")
+    node = make_node(ca, "n1")
+    other = make_node(ca, "n2")
+    store = TrustStore("mesh", roots=[ca.cert_der])
+    key = Signer.generate().public_key
+    carried = issue_workload(node, "api", key, now_ms=NOW_MS, carry_issuer=True)
+    got = ok(store.verify_carried_workload(carried, NOW_MS, service="api"))
+    assert got.node is not None and got.node.name == "n1"
+    bare = issue_workload(node, "api", key, now_ms=NOW_MS)
+    assert reason(store.verify_carried_workload(bare, NOW_MS)) is Reason.BAD_ISSUER
+    assert reason(store.verify_carried_workload(b"junk", NOW_MS)) is Reason.BAD_CERTIFICATE
+    # A leaf cannot borrow another node's certificate: the chain check proves who signed it.
+    forged = issue_workload(other, "api", key, now_ms=NOW_MS, carry_issuer=True)
+    forged_node = ok(store.verify_carried_workload(forged, NOW_MS)).node
+    assert forged_node is not None and forged_node.name == "n2"
+    store.revoke(fingerprint(node.cert_der))
+    assert reason(store.verify_carried_workload(carried, NOW_MS)) is Reason.REVOKED
+    assert reason(store.verify_carried_workload(carried, NOW_MS + 2 * 86_400_000)) in (
+        Reason.REVOKED,
+        Reason.EXPIRED,
+    )
