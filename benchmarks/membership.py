@@ -12,6 +12,11 @@ at N members (and at ``--rss-members``).
 
     python benchmarks/membership.py --agents 20 --kills 5 --rss-members 100
 
+gossipmesh runs secured by default (since issue 11): a CA made in the temp dir, a node certificate
+per agent (``--tls-dir``) and a gossip key (``--encrypt-file``), so every alive claim and
+accusation is signed and checked against a real certificate chain; ``--playground`` runs it as a
+loopback playground instead (the same signatures, under self-issued certificates).
+
 Every process started here is stopped on the way out; only loopback addresses are used.
 """
 
@@ -29,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -81,8 +87,31 @@ def _serf_failed(line: str, member: str) -> bool:
     return "EventMemberFailed" in line and f" {member} " in f"{line} "
 
 
+GM_CLUSTER = "bench"
+SECURE_DIR = "pki"  # in the workdir: the CA, one node dir per agent, the gossip key
+
+
+def make_secure(workdir: str, n: int) -> None:
+    """What an operator does before a secured cluster starts (``gossipmesh ca init``, ``ca
+    issue-node`` per node, ``keygen``), through the same library calls, into ``workdir/pki``."""
+    from gossipmesh.crypto import generate_key
+    from gossipmesh.identity import CaCredentials, NodeCredentials, save_ca, save_node
+    from gossipmesh.identity.files import KEY_MODE, write_atomic
+
+    root = os.path.join(workdir, SECURE_DIR)
+    now_ms = int(time.time() * 1000)
+    ca = CaCredentials.generate(GM_CLUSTER, now_ms=now_ms)
+    save_ca(Path(root, "ca"), ca)
+    for i in range(n):
+        node_dir = Path(root, f"n{i}")
+        if not node_dir.exists():
+            save_node(node_dir, NodeCredentials.issue(ca, f"n{i}", now_ms=now_ms))
+    write_atomic(Path(root, "gossip.key"), (generate_key() + "\n").encode(), KEY_MODE)
+
+
 def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
     data_dir = os.path.join(workdir, f"gm{i}")
+    secure = os.path.join(workdir, SECURE_DIR)
     argv = [
         sys.executable,
         "-m",
@@ -100,6 +129,9 @@ def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
         "--profile",
         "lan",
     ]
+    if os.path.isdir(secure):  # node certificates and a gossip key, not a loopback playground
+        argv += ["--cluster", GM_CLUSTER, "--tls-dir", os.path.join(secure, f"n{i}"),
+                 "--encrypt-file", os.path.join(secure, "gossip.key")]  # fmt: skip
     if i != 0:
         argv += ["--join", f"{loopback(0)}:{GOSSIP_PORT}"]
     return argv
@@ -239,6 +271,13 @@ def main() -> int:
     parser.add_argument(
         "--skip-detection", action="store_true", help="only the idle-RSS runs (--rss-members)"
     )
+    parser.add_argument(
+        "--playground",
+        action="store_true",
+        help="gossipmesh without node certificates or gossip key (its loopback playground: claims "
+        "still signed, with self-issued certificates); default: a CA, a node certificate per "
+        "agent and a gossip key, made in the temp dir",
+    )
     args = parser.parse_args()
     if args.agents < 3 or args.agents > 250 or args.kills < 1 or args.kills > 50:
         parser.error("--agents must be 3-250 and --kills 1-50")
@@ -250,6 +289,8 @@ def main() -> int:
     for key in args.only or ["serf", "gossipmesh"]:
         system = SYSTEMS[key]
         with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as workdir:
+            if key == "gossipmesh" and not args.playground:
+                make_secure(workdir, max([args.agents, *args.rss_members]))
             if not args.skip_detection:
                 print(f"{system.label}: {args.agents} agents, {args.kills} kills", flush=True)
                 runs.append(run_detection(system, args.agents, args.kills, workdir))

@@ -6,7 +6,9 @@ Not a test; no network, no files. Three parts:
 1. CPU per gossip message, through ``MembershipAuthority`` as the agent uses it (µs of process
    CPU, median of ``--rounds`` rounds of ``--n``): signing our alive claim and an accusation;
    verifying a claim whose certificate is already known (the common case), a claim with a new
-   certificate (a join), and a replayed forgery (memoised failure).
+   certificate (a join), the same claim seen again (memo hit), and a replayed forgery (memoised
+   failure); and a node-owned record through ``RecordSigner``/``RecordKeys`` (sign; verify with
+   a cold certificate, a known one, and a memo hit).
 2. Bytes: each membership message and one push-pull member record, encoded without and with
    signatures (the pre-issue-11 encodings are rebuilt here from their field lists), and how many
    fit a 1,400-byte packet.
@@ -32,6 +34,8 @@ from typing import Any
 
 import msgpack
 
+from gossipmesh.config.identity import RecordKeys, RecordSigner
+from gossipmesh.crdt.records import RecordBody, ServiceInstance, encode_record, make_record
 from gossipmesh.identity import TrustStore
 from gossipmesh.identity.membership import MembershipAuthority, VerificationMemo
 from gossipmesh.ids import Address
@@ -83,14 +87,19 @@ def cpu(n: int, rounds: int) -> list[tuple[str, float]]:
     replay = fresh_checker()
     counter = iter(range(10**9))
 
+    news = [(AliveClaim(f"new-{i}", 0, ADDR, META), ids.credentials(f"new-{i}").cert_der)
+            for i in range(n * rounds)]  # fmt: skip
+
     def verify_new(i: int) -> object:
-        name = f"new-{next(counter)}"
-        auth = ids.authority(name, lambda: EPOCH_MS)
-        claim = AliveClaim(name, 0, ADDR, META)
-        return cold.verify_alive(claim, auth.certificate, b"\x01" * 64)
+        claim, cert = news[next(counter)]  # a certificate never seen: chain, then signature
+        return cold.verify_alive(claim, cert, b"\x01" * 64)
 
     forged = AliveClaim("node-a", 0, ADDR, META)
     replay.verify_alive(forged, a.certificate, b"\x02" * 64)
+    # The same claim again (a rumour heard from a second peer): the whole verdict is memoised.
+    seen = fresh_checker()
+    seen.verify_alive(alive[0], a.certificate, sigs[0])
+    seen.verify_accusation(acc[0], a.certificate, acc_sigs[0])
     return [
         ("sign our alive claim", per_op_us(lambda i: a.sign_alive(alive[i]), n, rounds)),
         ("sign an accusation", per_op_us(lambda i: a.sign_accusation(acc[i]), n, rounds)),
@@ -101,8 +110,59 @@ def cpu(n: int, rounds: int) -> list[tuple[str, float]]:
                    rounds)),
         ("verify alive claim, new certificate (chain + signature)",
          per_op_us(verify_new, n // 4, rounds)),
+        ("verify alive claim, seen before (memo hit)",
+         per_op_us(lambda i: seen.verify_alive(alive[0], a.certificate, sigs[0]), n, rounds)),
+        ("verify accusation, seen before (memo hit)",
+         per_op_us(lambda i: seen.verify_accusation(acc[0], a.certificate, acc_sigs[0]), n,
+                   rounds)),
         ("replayed forgery (memoised failure)",
          per_op_us(lambda i: replay.verify_alive(forged, a.certificate, b"\x02" * 64), n, rounds)),
+        *record_cpu(ids, n, rounds),
+    ]  # fmt: skip
+
+
+RECORD_BODY = RecordBody(
+    tuple(ServiceInstance(name, "10.1.2.3", 8080 + i, ("v1",), 1, "passing")
+          for i, name in enumerate(("web", "api", "db"))),
+    ("10.1.2.3", 4143),
+)  # fmt: skip
+
+
+def record_cpu(ids: SimIdentities, n: int, rounds: int) -> list[tuple[str, float]]:
+    """A node-owned record (three instances and a proxy address), through ``RecordSigner`` and
+    ``RecordKeys`` as the agent uses them: cold certificate, known certificate, memo hit."""
+    owner = "node-a"
+    sign = RecordSigner(ids.credentials(owner))
+    records = [make_record(owner, i + 1, RECORD_BODY, sign) for i in range(n)]
+    cert = ids.credentials(owner).cert_der
+
+    def keys(signature_entries: int = 20_000) -> RecordKeys:
+        trust = TrustStore(CLUSTER, roots=[ids.root_der])
+        memo = VerificationMemo(trust, signature_entries=signature_entries)
+        k = RecordKeys(CLUSTER, memo, lambda: EPOCH_MS)
+        k.learn(owner, cert)
+        return k
+
+    known = keys(signature_entries=1)
+    known.verify(records[0])  # the certificate chain, once
+    seen = keys()
+    seen.verify(records[0])
+
+    fresh = [keys() for _ in range(n // 4 * rounds)]  # each with an empty memo: chain + signature
+    counter = iter(range(10**9))
+
+    def cold(i: int) -> object:
+        return fresh[next(counter)].verify(records[i])
+
+    return [
+        ("sign a node record", per_op_us(lambda i: make_record(owner, i + 1, RECORD_BODY, sign),
+                                         n, rounds)),
+        ("verify node record, certificate known",
+         per_op_us(lambda i: known.verify(records[i]), n, rounds)),
+        ("verify node record, cold certificate (chain + signature)",
+         per_op_us(cold, n // 4, rounds)),
+        ("verify node record, seen before (memo hit)",
+         per_op_us(lambda i: seen.verify(records[0]), n, rounds)),
     ]  # fmt: skip
 
 
@@ -120,6 +180,7 @@ def sizes() -> list[tuple[str, int, int]]:
     old_dead = msgpack.packb([7, name, 17, accuser, False])
     old_leave = msgpack.packb([7, name, 17, name, True])
     cert = alive.cert
+    record = make_record(name, 1_767_225_600_123, RECORD_BODY, RecordSigner(ids.credentials(name)))
     alive_rec = Member(name, ADDR, 17, MemberState.ALIVE, META, Proof(cert, 17, alive.signature))
     dead_rec = Member(name, ADDR, 17, MemberState.DEAD, META,
                       Proof(cert, 17, alive.signature, accuser, dead.signature))  # fmt: skip
@@ -135,6 +196,8 @@ def sizes() -> list[tuple[str, int, int]]:
          old_rec, len(encode_push_pull(PushPull(False, (alive_rec,)))) - one),
         ("push-pull record, dead",
          old_rec, len(encode_push_pull(PushPull(False, (dead_rec,)))) - one),
+        ("node record, 3 instances (unsigned)", len(msgpack.packb(
+            [record.owner, record.version, record.body])), len(encode_record(record))),
     ]  # fmt: skip
 
 

@@ -54,7 +54,8 @@ def demo(
         str, typer.Option(envvar="GOSSIPMESH_DEMO_FIRST_IP", hidden=True)
     ] = FIRST_IP,
 ) -> None:
-    """Run a local mesh with sample services, traffic and scripted failures (Ctrl-C stops it)."""
+    """Run a local mesh (its own CA, node certificates and operator key) with sample services,
+    traffic and scripted failures (Ctrl-C stops it)."""
     from gossipmesh.demo.plan import make_plan
     from gossipmesh.demo.runner import run_demo
 

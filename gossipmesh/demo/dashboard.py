@@ -71,7 +71,7 @@ def header(plan: Plan, t_s: float) -> Text:
     n = len(plan.nodes)
     text = Text()
     text.append("gossipmesh demo", style="bold")
-    text.append(f"  {n} agents on {plan.nodes[0].ip}-{plan.nodes[-1].ip}, encrypted gossip, no control plane"
+    text.append(f"  {n} agents on {plan.nodes[0].ip}-{plan.nodes[-1].ip}, encrypted gossip, node certificates from its own CA, no control plane"
                 f"  t = {min(t_s, plan.duration_s):.1f} / {plan.duration_s:g} s\n")  # fmt: skip
     text.append("profile local: ", style="bold yellow")
     text.append("probe every 1 s with a 200 ms timeout, so failures are found in seconds "

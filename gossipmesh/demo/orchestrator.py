@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from gossipmesh.client import AdminClient, AgentUnreachable
+from gossipmesh.client import AdminClient, AgentUnreachable, ConfigSigner
+from gossipmesh.demo.pki import DemoPki, make_pki
 from gossipmesh.demo.plan import CLUSTER, PROFILE, Instance, Node, Plan
 
 T = TypeVar("T")
@@ -176,6 +177,9 @@ class Orchestrator:
     progress: Callable[[str], None]
     root: Path = field(init=False)
     key: str = field(init=False, default="")
+    pki: DemoPki | None = field(init=False, default=None)
+    # What each agent said about its own certificate (GET /v1/self "node_cert") once it was up.
+    node_certs: dict[str, dict[str, Any]] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
     _closed: bool = False
 
@@ -211,6 +215,9 @@ class Orchestrator:
         with os.fdopen(fd, "w") as f:
             f.write(self.key + "\n")
         self.progress(f"temp dir {self.root}; fresh AES-256 key in {key_file.name}")
+        self.pki = pki = make_pki(self.root, self.plan)
+        self.progress(f"CA {pki.root_fingerprint[:16]} in ca/: {len(pki.node_dirs)} node "
+                      f"certificates, operator key {pki.operator_file.name}")  # fmt: skip
         for node in self.plan.nodes:
             for inst in node.instances:
                 self._spawn(inst.name, node.name, "app", self._app_argv(node, inst))
@@ -222,7 +229,8 @@ class Orchestrator:
                     "--bind", node.gossip, "--admin", node.admin,
                     "--outbound", node.outbound, "--inbound", node.inbound,
                     "--data-dir", str(self.data_dir(node)), "--config", str(toml),
-                    "--encrypt-file", str(key_file), "--cluster", CLUSTER, "--profile", PROFILE,
+                    "--encrypt-file", str(key_file), "--tls-dir", str(pki.node_dirs[node.name]),
+                    "--cluster", CLUSTER, "--profile", PROFILE,
                     "--enable-fault-injection", "--log-level", "warn"]  # fmt: skip
             if node is not seed:
                 argv += ["--join", seed.gossip]  # retried with backoff until the seed answers
@@ -234,13 +242,20 @@ class Orchestrator:
                 f"{node.name} admin API", functools.partial(self._ready, node), START_TIMEOUT_S
             )
         self.wait("every agent to see every member alive", self._all_alive, START_TIMEOUT_S)
-        self.progress("mesh joined: every agent lists every member alive")
+        self.progress("mesh joined: every agent lists every member alive, each with its own "
+                      "node certificate")  # fmt: skip
 
     def _app_argv(self, node: Node, inst: Instance) -> list[str]:
         return [sys.executable, "-m", "gossipmesh.demo.apps", "--role", inst.role,
                 "--instance", inst.name, "--version", inst.version,
                 "--listen", f"{inst.ip}:{inst.port}", "--sidecar", node.outbound,
                 "--run-dir", str(self.root)]  # fmt: skip
+
+    def signer(self) -> ConfigSigner:
+        """The demo operator's signer: every config write of the demo is signed with it."""
+        if self.pki is None:
+            raise DemoError("no operator key before the demo's CA is made (start() makes it)")
+        return self.pki.signer()
 
     def client(self, node: Node, timeout_s: float = 3.0) -> AdminClient:
         """The node's admin API, with the token its agent keeps in its data dir."""
@@ -258,7 +273,16 @@ class Orchestrator:
             raise DemoError(
                 f"agent {node.name} exited with {child.proc.returncode}:\n{child.log_tail()}"
             )
-        return self.client(node).request("GET", "/v1/self")[0] == 200
+        status, facts = self.client(node).request("GET", "/v1/self")
+        if status != 200:
+            return False
+        cert = facts.get("node_cert") or {}
+        if cert.get("playground") is not False or self.pki is None:
+            raise DemoError(f"agent {node.name} does not run with the demo's node certificate "
+                            f"({cert.get('spiffe_id')}, playground {cert.get('playground')})")  # fmt: skip
+        self.node_certs[node.name] = {k: cert.get(k) for k in ("spiffe_id", "fingerprint",
+                                                               "playground")}  # fmt: skip
+        return True
 
     def _all_alive(self) -> bool:
         want = {n.name for n in self.plan.nodes}

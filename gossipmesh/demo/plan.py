@@ -36,23 +36,12 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from gossipmesh.client import ConfigSigner
-
 MIN_NODES, MAX_NODES, DEFAULT_NODES = 3, 20, 5
 MIN_DURATION_S, MAX_DURATION_S, DEFAULT_DURATION_S = 20.0, 3600.0, 60.0
 GOSSIP_PORT, ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT = 7946, 7947, 4140, 4143
 APP_PORTS = {"web": 8081, "api": 8082, "db": 8083}
 PROFILE = "local"  # memberlist's DefaultLocalConfig timing: failures found in seconds
 CLUSTER = "gossipmesh-demo"
-
-
-def demo_signer() -> ConfigSigner:
-    """Who signs the demo's config writes: its agents are a loopback playground, so the
-    playground operator of the demo cluster (anyone can derive it; never use it elsewhere)."""
-    from gossipmesh.config.signing import ProposalSigner
-    from gossipmesh.identity import playground_operator
-
-    return ProposalSigner.for_operator(playground_operator(CLUSTER))
 
 
 # Node 1's address; node K is this plus K-1. Movable (GOSSIPMESH_DEMO_FIRST_IP) for machines where

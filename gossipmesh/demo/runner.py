@@ -42,7 +42,6 @@ from gossipmesh.demo.plan import (
     SLOW_SHARE,
     Plan,
     canary_route,
-    demo_signer,
     sample_config,
 )
 from gossipmesh.demo.script import Event, EventLog, Script
@@ -178,7 +177,7 @@ class _Run:
         orch.start()
         entry = orch.client(plan.writer, timeout_s=10)
         config = sample_config()
-        entry.config_apply(config, demo_signer())
+        entry.config_apply(config, orch.signer())
         self.progress(f"applied {len(config)} config entities through {plan.writer.name}: "
                       "api 90/10 v1/v2, /api/slow pinned to v1, retries and timeouts")  # fmt: skip
         orch.wait("the config on every agent", lambda: self._config_everywhere(orch),
@@ -283,6 +282,9 @@ class _Run:
         members_at_start: dict[str, dict[str, str]],
     ) -> dict[str, Any]:
         totals = view.snapshot().totals
+        security: dict[str, Any] = {}
+        if orch.pki is not None:
+            security = {**orch.pki.describe(), "agents": dict(orch.node_certs)}
         proxy = {
             "retries": {k: v for k, v in sorted(totals.retries.items())},
             "ejections": {k: v for k, v in sorted(totals.ejections.items())},
@@ -298,4 +300,5 @@ class _Run:
             False,
             str(orch.root),
             orch.pids,
+            security,
         )

@@ -47,7 +47,6 @@ from gossipmesh.demo.plan import (
     Node,
     Plan,
     canary_route,
-    demo_signer,
 )
 
 POLL_MEMBERS_S = 0.1
@@ -202,7 +201,7 @@ class Script:
         """Write through the partitioned node: it accepts (durably), nobody else can see it yet."""
         victim = self.plan.partition_target
         key, body = CUT_OFF_WRITE
-        self._admin(victim).config_put(key, body, demo_signer())
+        self._admin(victim).config_put(key, body, self.orch.signer())
         self.results["partition"]["write_during_partition"] = key
         self.log.add(f"{victim.name}, cut off, accepts a config write ({key}); the others cannot "
                      "see it yet", "magenta")  # fmt: skip
@@ -266,7 +265,7 @@ class Script:
         writer = self.plan.shift_writer
         body = canary_route(*CANARY_AFTER)
         sent = self.clock()
-        self._admin(writer).config_put(CANARY_ROUTE, body, demo_signer())
+        self._admin(writer).config_put(CANARY_ROUTE, body, self.orch.signer())
         at = self.clock()
         res = self.results["shift"] = {
             "key": CANARY_ROUTE, "written_via": writer.name, "first_written_via":

@@ -72,6 +72,7 @@ def build_summary(
     interrupted: bool,
     temp_dir: str,
     pids: list[int],
+    security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     total = summarize(samples, span_s)
     shift = results.get("shift", {})
@@ -111,6 +112,7 @@ def build_summary(
         "interrupted": interrupted,
         "profile": "local",
         "layout": {n.name: [i.label for i in n.instances] for n in plan.nodes},
+        "security": security or {},
         "members_at_start": members_at_start[plan.entry.name] if members_at_start else {},
         "all_alive_at_start": all_alive,
         "requests": {
@@ -147,6 +149,11 @@ def render(console: Console, s: dict[str, Any]) -> None:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("nodes", f"{s['nodes']} agents, profile local, {s['traffic_s']} s of traffic")
+    sec = s.get("security") or {}
+    if sec:
+        t.add_row("secured", f"CA {sec['root_fingerprint'][:16]}, {sec['node_certificates']} node "
+                  f"certs, operator key {sec['operator']} (signs every config write), "
+                  "encrypted gossip")  # fmt: skip
     t.add_row("requests", f"{req['total']} ({req['rate_per_s']}/s), {req['ok']} ok, "
               f"success rate {_pct(rate)}")  # fmt: skip
     t.add_row("latency", f"p50 {_ms(req['p50_ms'])}, p99 {_ms(req['p99_ms'])}, "

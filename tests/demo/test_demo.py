@@ -40,7 +40,16 @@ from gossipmesh.demo.orchestrator import (
     network_namespace,
     preflight,
 )
-from gossipmesh.demo.plan import FIRST_IP, MAX_NODES, MIN_NODES, layout, make_plan, sample_config
+from gossipmesh.demo.pki import make_pki
+from gossipmesh.demo.plan import (
+    CLUSTER,
+    FIRST_IP,
+    MAX_NODES,
+    MIN_NODES,
+    layout,
+    make_plan,
+    sample_config,
+)
 from gossipmesh.demo.summary import split_tolerance
 
 FIRST = os.environ.get("GOSSIPMESH_DEMO_FIRST_IP", FIRST_IP)
@@ -48,6 +57,20 @@ FIRST = os.environ.get("GOSSIPMESH_DEMO_FIRST_IP", FIRST_IP)
 # demo's own setup timeouts fire first and say what was slow.
 SETUP_DEADLINE_S = 120.0
 DEMO = [sys.executable, "-m", "gossipmesh", "demo"]
+
+
+class _AnyHex:
+    """Equal to any 64-character lowercase hex string (a SHA-256 fingerprint)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and len(other) == 64 and all(c in "0123456789abcdef"
+                                                                   for c in other)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return "<64 hex digits>"
+
+
+ANY_HEX = _AnyHex()
 
 
 def loopback_ok() -> bool:
@@ -110,6 +133,31 @@ def test_sample_config_and_agent_tomls_are_valid() -> None:
     for node in layout(5):
         services = parse_agent_services(tomllib.loads(node.agent_toml()))
         assert [(s.name, s.port) for s in services] == [(i.role, i.port) for i in node.instances]
+
+
+def test_demo_pki_is_what_ca_init_and_issue_make(tmp_path: Path) -> None:
+    """One root, a node directory per node that an agent accepts as --tls-dir (its certificate
+    chains to the root under its own name), and an operator whose signer the agents will trust."""
+    import time
+
+    from gossipmesh.identity import TrustStore, VerifiedIdentity, load_ca, load_node, load_operator
+
+    plan = make_plan(4, 20)
+    pki = make_pki(tmp_path, plan)
+    now_ms = int(time.time() * 1000)
+    ca = load_ca(pki.ca_dir)
+    trust = TrustStore(CLUSTER, roots=[ca.cert_der])
+    assert set(pki.node_dirs) == {"n1", "n2", "n3", "n4"}
+    for name, node_dir in pki.node_dirs.items():
+        node = load_node(node_dir)  # refuses a key file others can read
+        assert node.roots == (ca.cert_der,)
+        verdict = trust.verify_node(node.cert_der, now_ms, name=name)
+        assert isinstance(verdict, VerifiedIdentity), verdict
+    operator = load_operator(pki.operator_file)
+    assert isinstance(trust.verify_operator(operator.cert_der, now_ms), VerifiedIdentity)
+    assert pki.describe()["node_certificates"] == 4
+    assert getattr(pki.signer(), "cluster", None) == CLUSTER
+    assert (pki.operator_file.stat().st_mode & 0o777) == 0o600
 
 
 def test_lock_refuses_a_second_holder_and_is_removed_on_release(tmp_path: Path) -> None:
@@ -289,6 +337,15 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     print("\n" + json.dumps({k: v for k, v in summary.items() if k != "events"}, indent=1))
 
     assert summary["nodes"] == 3 and summary["interrupted"] is False
+    # Secured like a real cluster: each agent runs with its node certificate from the demo's CA
+    # (as its own /v1/self says), not as a loopback playground.
+    sec = summary["security"]
+    assert sec["node_certificates"] == 3 and len(sec["root_fingerprint"]) == 64, sec
+    assert sec["agents"] == {
+        name: {"spiffe_id": f"spiffe://{CLUSTER}/node/{name}", "fingerprint": ANY_HEX,
+               "playground": False}
+        for name in ("n1", "n2", "n3")
+    }, sec  # fmt: skip
     assert summary["all_alive_at_start"] is True
     assert summary["members_at_start"] == {"n1": "alive", "n2": "alive", "n3": "alive"}
 
