@@ -352,6 +352,16 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     req = summary["requests"]
     assert req["total"] >= 20 * 40  # ~60/s offered for 20 s
     assert req["success_rate"] >= 0.99, req
+    assert "403" not in req["by_status"], req  # the refused /admin requests are counted apart
+
+    # The deny policy bites: every /admin request (~5 %) is a 403 from api's inbound naming it,
+    # passed through by web (not a 502 retried), and api's inbound proxies counted the denials.
+    policy = summary["policy"]
+    assert policy["policy"] == "api-admin"
+    assert policy["requests"] > 0 and policy["denied"] == policy["requests"], policy
+    assert policy["other"] == 0 and policy["by_status"] == {"403": policy["requests"]}, policy
+    assert policy["denied_at_inbound"] >= 1, policy
+    assert any("mTLS between sidecars" in e["text"] for e in summary["events"])
 
     canary = summary["canary"]
     first, shifted = canary["before"], canary["after"]
