@@ -151,6 +151,12 @@ def policy_block(admin: list[Sample], proxy: dict[str, dict[str, float]]) -> dic
     """The deny policy biting: /admin requests, those refused by a 403 naming it, the rest."""
     denied = sum(1 for s in admin if s.status == 403 and s.policy == ADMIN_POLICY)
     statuses = summarize(admin, 1.0).statuses
+    # An /admin request that got through: which api instance answered it (on web's own node,
+    # the outbound proxy reaches the instance directly and no inbound checks the policy).
+    answered_by: dict[str, int] = {}
+    for s in admin:
+        if s.ok:
+            answered_by[s.api] = answered_by.get(s.api, 0) + 1
     return {
         "policy": ADMIN_POLICY,
         "path": "/admin -> /api/admin",
@@ -158,6 +164,7 @@ def policy_block(admin: list[Sample], proxy: dict[str, dict[str, float]]) -> dic
         "denied": denied,
         "other": len(admin) - denied,
         "by_status": statuses,
+        "answered_by": dict(sorted(answered_by.items())),
         # What api's inbound proxies counted (gossipmesh_proxy_denied_total), as last scraped.
         "denied_at_inbound": proxy.get("denied", {}).get(f"api {ADMIN_POLICY}", 0.0),
     }
