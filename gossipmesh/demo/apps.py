@@ -16,10 +16,12 @@ served it and, for ``web``, the ``api`` version and instance behind it; that is 
 driver observes the canary split from outside.
 
 Paths: ``GET /health`` (200, for the agents' checks); ``db``: ``GET /db/query``; ``api``:
-``GET /api/items`` and ``GET /api/slow`` (sleeps ``SLOW_S`` first; the demo's path route pins it
-to v1); ``web``: ``GET /`` (calls ``/api/items``) and ``GET /slow`` (calls ``/api/slow``). An
-upstream failure becomes ``502`` with the upstream's status in the body, so the caller's sidecar
-can retry it on another endpoint (``retry.on_status``).
+``GET /api/items``, ``GET /api/slow`` (sleeps ``SLOW_S`` first; the demo's path route pins it
+to v1) and ``GET /api/admin`` (the demo's deny policy keeps callers out); ``web``: ``GET /``
+(calls ``/api/items``), ``GET /slow`` (calls ``/api/slow``) and ``GET /admin`` (calls
+``/api/admin``). An upstream failure becomes ``502`` with the upstream's status in the body, so
+the caller's sidecar can retry it on another endpoint (``retry.on_status``); a sidecar's 403
+naming a policy (``x-gossipmesh-policy``) stays a 403, with the policy in the body.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ UPSTREAM_TIMEOUT_S = 5.0  # above the sidecar's own request timeout: the mesh an
 # Each role's one upstream and the path it calls for each of its own paths.
 UPSTREAM = {"web": "api", "api": "db"}
 CALLS = {
-    "web": {"/": "/api/items", "/slow": "/api/slow"},
-    "api": {"/api/items": "/db/query", "/api/slow": "/db/query"},
+    "web": {"/": "/api/items", "/slow": "/api/slow", "/admin": "/api/admin"},
+    "api": {"/api/items": "/db/query", "/api/slow": "/db/query", "/api/admin": "/db/query"},
 }
+POLICY_HEADER = "x-gossipmesh-policy"  # names the policy on a sidecar's 403
 
 
 class _Upstream(threading.local):
@@ -89,7 +92,12 @@ class App:
                 body = json.loads(raw) if raw else {}
             except ValueError:
                 body = {"raw": raw[:200].decode(errors="replace")}
-            return resp.status, body if isinstance(body, dict) else {"raw": body}
+            if not isinstance(body, dict):
+                body = {"raw": body}
+            policy = resp.getheader(POLICY_HEADER)
+            if resp.status == 403 and policy:
+                body["policy"] = policy[:100]
+            return resp.status, body
         raise AssertionError("unreachable")
 
     def handle(self, path: str, request_id: str) -> tuple[int, dict[str, Any]]:
@@ -106,6 +114,13 @@ class App:
         if path == "/api/slow":
             time.sleep(SLOW_S)
         status, body = self.call(upstream_path, request_id)
+        if status == 403 and "policy" in body:
+            # A policy's answer, final: a 502 would make the caller's sidecar retry it.
+            return 403, {
+                "error": f"{UPSTREAM[self.role]} denied by policy",
+                "policy": body["policy"],
+                self.role: self.instance,
+            }
         if status != 200:
             return 502, {
                 "error": f"{UPSTREAM[self.role]} failed",

@@ -7,7 +7,9 @@ samples, the event log, what the script has done so far): it reads nothing and c
 so the main thread can rebuild the whole screen on every tick under ``rich.live.Live`` without
 locks beyond the snapshot copies. Panels: members (the entry agent's view, with how many agents
 agree), per-service traffic (the driver's end-to-end numbers for the app, the proxies' counters
-for each service), the canary (configured weights vs what the app observed), and the event log.
+for each service), the canary (configured weights vs what the app observed), the deny policy
+(the driver's /admin requests since the start and how many a 403 naming it refused: they are not
+in the driver's success figures), and the event log.
 
 ``render`` returns a ``Dashboard``, which picks its layout when rich draws it, from the terminal's
 size: the full layout (panels side by side) from ``WIDE_COLUMNS`` columns and ``TALL_LINES``
@@ -28,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gossipmesh.demo.observe import Snapshot
-from gossipmesh.demo.plan import CANARY_AFTER, CANARY_BEFORE, Node, Plan
+from gossipmesh.demo.plan import ADMIN_POLICY, CANARY_AFTER, CANARY_BEFORE, Node, Plan
 from gossipmesh.demo.script import Event
 from gossipmesh.demo.traffic import Sample, split, summarize
 
@@ -55,6 +57,8 @@ class Frame:
     killed: frozenset[str]
     partitioned: frozenset[str]
     shifted: bool  # the entry agent routes with the 50/50 route
+    admin_requests: int = 0  # the driver's /admin requests since the start
+    admin_denied: int = 0  # ... answered 403 naming ADMIN_POLICY
 
 
 def _fmt_s(x: float | None) -> str:
@@ -120,7 +124,7 @@ def services_table(f: Frame, compact: bool = False) -> Table:
         heads = ("service", "req/s", "ok", "p50", "p99", "retries Σ", "eject Σ")
     for col in heads:
         t.add_column(col, justify="right" if col != "service" else "left", no_wrap=True)
-    window = [s for s in f.recent if s.t_s >= f.t_s - WINDOW_S]
+    window = [s for s in f.recent if s.t_s >= f.t_s - WINDOW_S and not s.admin]
     w = summarize(window, min(WINDOW_S, max(f.t_s, 1e-9)))
     t.add_row(
         "[bold]app → web[/]" + ("" if compact else " (driver)"),
@@ -159,6 +163,17 @@ def _canary(f: Frame) -> tuple[str, str, str]:
     return f"{weights[0]} / {weights[1]}", observed, f"{len(slow) - v2} / {v2}"
 
 
+def policy_text(f: Frame) -> Text:
+    """One line: the deny policy biting (or not)."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"policy {ADMIN_POLICY}: ", style="bold")
+    bites = f.admin_requests > 0 and f.admin_denied == f.admin_requests
+    text.append(f"/admin denied {f.admin_denied} of {f.admin_requests}",
+                style="green" if bites else "yellow")  # fmt: skip
+    text.append(" (403 at api's inbound)")
+    return text
+
+
 def canary_panel(f: Frame) -> Table:
     configured, observed, slow = _canary(f)
     t = Table(title="canary (api v1 / v2)", title_justify="left", box=None, show_header=False)
@@ -190,7 +205,8 @@ def full(f: Frame) -> RenderableType:
     top.add_column(ratio=3)
     top.add_column(ratio=2)
     top.add_row(members_table(f), canary_panel(f))
-    return Group(header(f.plan, f.t_s), Panel(top), Panel(services_table(f)), events_panel(f))
+    traffic = Group(services_table(f), policy_text(f))
+    return Group(header(f.plan, f.t_s), Panel(top), Panel(traffic), events_panel(f))
 
 
 def compact(f: Frame, height: int) -> RenderableType:
@@ -215,12 +231,13 @@ def compact(f: Frame, height: int) -> RenderableType:
     traffic = services_table(f, compact=True)
     notes = Text(f"{AGREE_NOTE} (of {f.plan.entry.name}'s view)", style="bright_black",
                  no_wrap=True, overflow="ellipsis")  # fmt: skip
-    # header 1, members 1 + nodes, notes 1, canary 1, traffic 1 + 1 + services + caption 1,
-    # events title 1, and one spare line so the live display never scrolls.
-    used = 1 + (1 + len(f.plan.nodes)) + 1 + 1 + (2 + len(f.snapshot.services) + 1) + 1 + 1
+    # header 1, members 1 + nodes, notes 1, canary 1, policy 1, traffic 1 + 1 + services +
+    # caption 1, events title 1, and one spare line so the live display never scrolls.
+    used = 1 + (1 + len(f.plan.nodes)) + 1 + 1 + 1 + (2 + len(f.snapshot.services) + 1) + 1 + 1
     lines = max(COMPACT_MIN_EVENTS, height - used)
     title = Text(f"events (last {lines})", style="bold")
-    return Group(head, members, notes, canary, traffic, title, events_text(f, lines))
+    return Group(head, members, notes, canary, policy_text(f), traffic, title,
+                 events_text(f, lines))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

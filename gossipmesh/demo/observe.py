@@ -11,7 +11,8 @@ requests, retries and ejections still happened, so totals never go backwards.
 From ``/metrics`` it reads only the proxy's counters (Prometheus text, parsed by one regex):
 requests by service and status class, retries, ejections, and the latency histogram, all on the
 ``outbound`` side, where each request is counted once, at the caller's sidecar (driver -> web at
-n1, web -> api at n1, api -> db at each api node). Rates and the per-service p50/p99 come from
+n1, web -> api at n1, api -> db at each api node); and the policy denials, counted at the
+destination's inbound by service and policy. Rates and the per-service p50/p99 come from
 the difference between now and the sample ``RATE_WINDOW_S`` ago; histogram quantiles are bucket
 upper bounds (the proxy's buckets are 0.5 ms to 10 s), so they read "at most".
 """
@@ -47,12 +48,14 @@ class Counters:
     retries: dict[str, float] = field(default_factory=dict)
     ejections: dict[str, float] = field(default_factory=dict)
     buckets: dict[tuple[str, float], float] = field(default_factory=dict)  # (service, le): cum
+    denied: dict[tuple[str, str], float] = field(default_factory=dict)  # (service, policy)
 
     def add(self, other: Counters) -> None:
         _merge(self.requests, other.requests)
         _merge(self.retries, other.retries)
         _merge(self.ejections, other.ejections)
         _merge(self.buckets, other.buckets)
+        _merge(self.denied, other.denied)
 
 
 def _merge(mine: dict[K, float], theirs: dict[K, float]) -> None:
@@ -80,6 +83,9 @@ def parse_metrics(text: str) -> Counters:
             c.retries[service] = c.retries.get(service, 0.0) + value
         elif name == "gossipmesh_proxy_ejections_total":
             c.ejections[service] = c.ejections.get(service, 0.0) + value
+        elif name == "gossipmesh_proxy_denied_total":  # inbound side: at the destination
+            key2 = (service, labels.get("policy", ""))
+            c.denied[key2] = c.denied.get(key2, 0.0) + value
         elif (
             name == "gossipmesh_proxy_request_duration_seconds_bucket"
             and labels.get("direction") == "outbound"

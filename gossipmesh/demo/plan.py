@@ -57,10 +57,15 @@ CANARY_ROUTE = "route/api-canary"
 CANARY_BEFORE = (90, 10)  # v1, v2 weights
 CANARY_AFTER = (50, 50)
 # Written through the partitioned node while it is cut off: after the heal, every agent must
-# have it (the replicas converge). A policy is validated but not enforced, so it changes nothing
-# on the request path.
+# have it (the replicas converge). Policies are enforced at the destination's inbound, but this
+# one allows web to call api, and api's default_policy is allow already: it changes nothing on
+# the request path.
 CUT_OFF_WRITE = ("policy/api-callers", {"action": "allow", "to": "api", "from": ["web"]})
 SLOW_SHARE = 0.1  # share of driver requests that take the path-routed /slow (pinned to v1)
+# A deny policy that bites: web's /admin calls api's /api/admin, which api's inbound refuses
+# (403 naming the policy) whoever calls. ADMIN_SHARE of driver requests go there.
+ADMIN_POLICY = "api-admin"
+ADMIN_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +250,8 @@ def sample_config() -> dict[str, dict[str, Any]]:
     Timeouts nest: each caller's per-try timeout outlasts its callee's whole request budget, so
     a retry happens at the hop that saw the failure, not twice over. ``on_status`` includes 500
     for api, whose answers are the app's own; connect failures are retried for every service
-    (the default), which is what carries traffic across the killed node.
+    (the default), which is what carries traffic across the killed node. ``policy/api-admin``
+    denies ``/api/admin`` at api's inbound: a 403 is no retry status, so it reaches the driver.
     """
     detector = {"consecutive_failures": 3, "base_ejection_ms": 5000, "max_ejection_ms": 30000}
     return {
@@ -271,4 +277,5 @@ def sample_config() -> dict[str, dict[str, Any]]:
             "path": {"prefix": "/api/slow"},
             "destinations": [{"service": "api", "tags": ["v1"]}],
         },
+        f"policy/{ADMIN_POLICY}": {"action": "deny", "to": "api", "paths": ["/api/admin"]},
     }

@@ -38,6 +38,8 @@ from gossipmesh.demo import dashboard
 from gossipmesh.demo.observe import MeshView
 from gossipmesh.demo.orchestrator import DemoError, Orchestrator, demo_resources, stderr_progress
 from gossipmesh.demo.plan import (
+    ADMIN_POLICY,
+    ADMIN_SHARE,
     CANARY_ROUTE,
     SLOW_SHARE,
     Plan,
@@ -179,7 +181,8 @@ class _Run:
         config = sample_config()
         entry.config_apply(config, orch.signer())
         self.progress(f"applied {len(config)} config entities through {plan.writer.name}: "
-                      "api 90/10 v1/v2, /api/slow pinned to v1, retries and timeouts")  # fmt: skip
+                      f"api 90/10 v1/v2, /api/slow pinned to v1, policy/{ADMIN_POLICY} denying "
+                      "/api/admin, retries and timeouts")  # fmt: skip
         orch.wait("the config on every agent", lambda: self._config_everywhere(orch),
                   SETUP_TIMEOUT_S)  # fmt: skip
         orch.wait("every instance healthy and routable on every agent",
@@ -189,7 +192,7 @@ class _Run:
 
         host, _, port = plan.entry.outbound.rpartition(":")
         driver = Driver((host, int(port)), plan.rate_per_s, plan.workers, SLOW_SHARE,
-                        plan.duration_s)  # fmt: skip
+                        plan.duration_s, admin_share=ADMIN_SHARE)  # fmt: skip
         log = EventLog(driver.now_s, self._on_event)
         script = Script(plan, orch, driver.now_s, log)
         view = MeshView(plan.nodes, lambda n: n.name not in script.killed)
@@ -197,8 +200,11 @@ class _Run:
         view.start()
         driver.start()
         script.start()
+        # mTLS: every agent has --tls-dir and none --inbound-plaintext (orchestrator.py).
         log.add(f"traffic: {plan.rate_per_s:g} req/s from {plan.workers} workers into web "
-                f"through {plan.entry.name}'s sidecar ({plan.entry.outbound})")  # fmt: skip
+                f"through {plan.entry.name}'s sidecar ({plan.entry.outbound}), mTLS between "
+                f"sidecars; {ADMIN_SHARE:.0%} to /admin, which policy/{ADMIN_POLICY} denies at "
+                "api's inbound")  # fmt: skip
         try:
             self._play(driver, script, view, log)
             self.progress("traffic done; waiting for pending measurements")
@@ -232,18 +238,28 @@ class _Run:
             recent.append(s)
         recent.reverse()
         shift = script.results.get("shift", {})
+        total = total_ok = admin = denied = 0
+        for s in samples:
+            if s.admin:
+                admin += 1
+                denied += s.status == 403 and s.policy == ADMIN_POLICY
+            else:
+                total += 1
+                total_ok += s.ok
         return dashboard.render(
             dashboard.Frame(
                 plan=self.plan,
                 t_s=now,
                 snapshot=view.snapshot(),
                 recent=recent,
-                total=len(samples),
-                total_ok=sum(1 for s in samples if s.ok),
+                total=total,
+                total_ok=total_ok,
                 events=log.events(),
                 killed=frozenset(script.killed),
                 partitioned=frozenset(script.partitioned),
                 shifted=shift.get("seen_at_entry_s") is not None,
+                admin_requests=admin,
+                admin_denied=denied,
             )
         )
 
@@ -288,6 +304,7 @@ class _Run:
         proxy = {
             "retries": {k: v for k, v in sorted(totals.retries.items())},
             "ejections": {k: v for k, v in sorted(totals.ejections.items())},
+            "denied": {f"{svc} {pol}": v for (svc, pol), v in sorted(totals.denied.items())},
         }
         return build_summary(
             self.plan,

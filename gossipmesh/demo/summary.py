@@ -6,7 +6,10 @@ The summary is computed once, after traffic stopped and the watchers finished, f
 sources of truth: the driver's samples (what the application saw: every request, its status,
 latency and the api version behind it), the script's measurements (what the agents said, and
 when) and the proxies' counters (retries, ejections). The same dict is printed as JSON and as
-text, so the two can never disagree. ``cleanup`` is filled in after the processes are stopped and
+text, so the two can never disagree. Requests to ``/admin`` are meant to be refused (the demo's
+deny policy): they are reported in their own ``policy`` block and left out of every other figure
+(``requests``, the split, the kill window), so a 403 there is a success of the policy, not a
+failure of the mesh. ``cleanup`` is filled in after the processes are stopped and
 the temp dir removed, by the code that did it.
 
 The canary split is a weighted random draw per request, so the v2 share is judged against the
@@ -24,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gossipmesh.demo.plan import CANARY_AFTER, CANARY_BEFORE, Plan
+from gossipmesh.demo.plan import ADMIN_POLICY, CANARY_AFTER, CANARY_BEFORE, Plan
 from gossipmesh.demo.traffic import Sample, split, summarize
 
 SPLIT_SIGMAS = 4.5
@@ -74,6 +77,8 @@ def build_summary(
     pids: list[int],
     security: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    admin = [s for s in samples if s.admin]
+    samples = [s for s in samples if not s.admin]
     total = summarize(samples, span_s)
     shift = results.get("shift", {})
     kill = results.get("kill", {})
@@ -131,6 +136,7 @@ def build_summary(
             "after": _split_block(after, CANARY_AFTER) if after_from is not None else None,
         },
         "path_route": {"path": "/slow -> /api/slow", "pinned_to": "v1", **slow},
+        "policy": policy_block(admin, proxy),
         "partition": partition,
         "config_change": {**shift},
         "kill": {**kill, "requests_until_detected": kill_window},
@@ -138,6 +144,29 @@ def build_summary(
         "events": events,
         "temp_dir": temp_dir,
         "pids": pids,
+    }
+
+
+def policy_block(admin: list[Sample], proxy: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The deny policy biting: /admin requests, those refused by a 403 naming it, the rest."""
+    denied = sum(1 for s in admin if s.status == 403 and s.policy == ADMIN_POLICY)
+    statuses = summarize(admin, 1.0).statuses
+    # An /admin request that got through: which api instance answered it (on web's own node,
+    # the outbound proxy reaches the instance directly and no inbound checks the policy).
+    answered_by: dict[str, int] = {}
+    for s in admin:
+        if s.ok:
+            answered_by[s.api] = answered_by.get(s.api, 0) + 1
+    return {
+        "policy": ADMIN_POLICY,
+        "path": "/admin -> /api/admin",
+        "requests": len(admin),
+        "denied": denied,
+        "other": len(admin) - denied,
+        "by_status": statuses,
+        "answered_by": dict(sorted(answered_by.items())),
+        # What api's inbound proxies counted (gossipmesh_proxy_denied_total), as last scraped.
+        "denied_at_inbound": proxy.get("denied", {}).get(f"api {ADMIN_POLICY}", 0.0),
     }
 
 
@@ -169,6 +198,10 @@ def render(console: Console, s: dict[str, Any]) -> None:
                   f"{w['v1']}/{w['v2']}; {ok} ±{b['tolerance'] * 100:.0f} pts)")  # fmt: skip
     pr = s["path_route"]
     t.add_row("path route", f"/slow: v1 {pr['v1']}, v2 {pr['v2']} (pinned to v1)")
+    po = s.get("policy") or {}
+    if po:
+        t.add_row("policy", f"{po['policy']}: /admin denied {po['denied']} of {po['requests']} "
+                  f"(403 at api's inbound; {po['denied_at_inbound']:g} counted there)")  # fmt: skip
     p = s["partition"]
     if p:
         t.add_row("partition", f"{p.get('node')}: suspect after {_sec(p.get('suspect_after_s'))}, "

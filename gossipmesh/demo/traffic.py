@@ -13,7 +13,9 @@ Each answer is one ``Sample``: when it was sent (seconds since the driver starte
 status (0: no HTTP answer at all), and from ``web``'s JSON the ``api`` version and instance that
 served it. That is the ground truth for the success rate and for the observed canary split,
 measured from outside the mesh. A share of requests (``SLOW_SHARE``) go to ``/slow``, which the
-path route pins to v1; they are kept out of the canary split and reported on their own.
+path route pins to v1; they are kept out of the canary split and reported on their own. Another
+share (``ADMIN_SHARE``) go to ``/admin``, which the demo's deny policy refuses: those samples are
+marked ``admin`` (with the policy a 403 names) and kept out of every success figure.
 
 Samples live in a list bounded by ``MAX_SAMPLES`` (a 1-hour demo at 60 req/s is 216 000); past
 it, new samples are counted but not kept.
@@ -42,6 +44,8 @@ class Sample:
     version: str  # "v1", "v2" or "" (failed)
     api: str  # the api instance that answered
     slow: bool
+    admin: bool = False  # a request to /admin, which the demo's deny policy refuses
+    policy: str = ""  # the policy a 403 named
 
     @property
     def ok(self) -> bool:
@@ -87,8 +91,9 @@ def summarize(samples: Iterable[Sample], span_s: float) -> Window:
 
 
 def split(samples: Iterable[Sample]) -> dict[str, int]:
-    """Successful canary-routed answers by api version (the path-routed /slow excluded)."""
-    c = Counter(s.version for s in samples if s.ok and not s.slow)
+    """Successful canary-routed answers by api version (the path-routed /slow and /admin
+    excluded)."""
+    c = Counter(s.version for s in samples if s.ok and not s.slow and not s.admin)
     return {"v1": c.get("v1", 0), "v2": c.get("v2", 0)}
 
 
@@ -101,12 +106,14 @@ class Driver:
         slow_share: float,
         deadline_s: float,
         seed: int | None = None,
+        admin_share: float = 0.0,
     ) -> None:
         assert rate_per_s > 0 and workers > 0
         self.target = target
         self.rate_per_s = rate_per_s
         self.workers = workers
         self.slow_share = slow_share
+        self.admin_share = admin_share
         self.deadline_s = deadline_s  # seconds after start() at which every worker stops
         self.samples: list[Sample] = []
         self.dropped = 0  # samples past MAX_SAMPLES (counted, not kept)
@@ -145,10 +152,13 @@ class Driver:
                     self._stop.wait(min(next_s - now, self.deadline_s - now))
                     continue
                 next_s = max(next_s + interval_s, now)  # skip missed slots: never burst
-                slow = rng.random() < self.slow_share
+                draw = rng.random()
+                slow = draw < self.slow_share
+                admin = not slow and draw < self.slow_share + self.admin_share
                 if conn is None:
                     conn = http.client.HTTPConnection(*self.target, timeout=REQUEST_TIMEOUT_S)
-                sample, keep = self._one(conn, "/slow" if slow else "/", slow)
+                path = "/slow" if slow else "/admin" if admin else "/"
+                sample, keep = self._one(conn, path, slow, admin)
                 if not keep:
                     conn.close()
                     conn = None
@@ -160,9 +170,11 @@ class Driver:
             if conn is not None:
                 conn.close()
 
-    def _one(self, conn: http.client.HTTPConnection, path: str, slow: bool) -> tuple[Sample, bool]:
+    def _one(
+        self, conn: http.client.HTTPConnection, path: str, slow: bool, admin: bool
+    ) -> tuple[Sample, bool]:
         t0 = self.now_s()
-        status, version, api, keep = 0, "", "", False
+        status, version, api, policy, keep = 0, "", "", "", False
         try:
             conn.request("GET", path, headers={"Host": "web"})
             resp = conn.getresponse()
@@ -172,6 +184,10 @@ class Driver:
             if status == 200:
                 body = json.loads(raw)
                 version, api = str(body.get("version") or ""), str(body.get("api") or "")
+            elif status == 403:
+                body = json.loads(raw)
+                policy = str(body.get("policy") or "")[:100] if isinstance(body, dict) else ""
         except (OSError, http.client.HTTPException, ValueError):
             keep = False
-        return Sample(t0, (self.now_s() - t0) * 1000, status, version, api, slow), keep
+        latency_ms = (self.now_s() - t0) * 1000
+        return Sample(t0, latency_ms, status, version, api, slow, admin, policy), keep

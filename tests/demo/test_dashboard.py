@@ -26,12 +26,14 @@ def frame(nodes: int = 5, events: int = 30) -> dashboard.Frame:
     )
     recent = [Sample(50 + i / 60, 3.0, 200, "v1" if i % 10 else "v2", "api@n2", i % 7 == 0)
               for i in range(600)]  # fmt: skip
+    # /admin requests the policy refused: shown on their own line, not as driver failures.
+    recent += [Sample(55 + i / 10, 2.0, 403, "", "", False, True, "api-admin") for i in range(30)]
     log = [Event(float(i), f"scripted event number {i} with a long description " * 2, "")
            for i in range(events)]  # fmt: skip
     return dashboard.Frame(plan=plan, t_s=60.0, snapshot=Snapshot(members, services, Counters()),
                            recent=recent, total=3600, total_ok=3598, events=log,
                            killed=frozenset({names[-1]}), partitioned=frozenset(),
-                           shifted=False)  # fmt: skip
+                           shifted=False, admin_requests=180, admin_denied=180)  # fmt: skip
 
 
 def draw(f: dashboard.Frame, width: int, height: int) -> list[str]:
@@ -50,6 +52,8 @@ def test_fits_80x24(nodes: int) -> None:
     assert "scripted event number 29" in text  # the newest events are shown
     assert "retries Σ" in text and "totals since start" in text
     assert "agree: running agents that see the member in that state" in text
+    assert "policy api-admin: /admin denied 180 of 180 (403 at api's inbound)" in text
+    assert "100.0%" in text  # the driver's success: the refused /admin requests are not in it
     for node in frame(nodes).plan.nodes:
         assert node.name in text
 
@@ -60,4 +64,6 @@ def test_full_layout_on_a_large_terminal() -> None:
     assert "rate, success, latency over the last 5 s" in text
     assert "ejections Σ" in text and "totals since start" in text
     assert "members (as n1 sees them)" in text
+    assert "policy api-admin: /admin denied 180 of 180 (403 at api's inbound)" in text
+    assert "100.0%" in text
     assert max(len(line) for line in lines) <= 140
