@@ -25,9 +25,10 @@ An instance is an *endpoint* (eligible for traffic) when all of these hold:
   endpoints on it would let one slow prober empty a service. DEAD, LEFT and unknown nodes are out.
   The local node is always routable to itself: it is evidently running, and its own instances are
   reached directly rather than through gossip-derived state;
-- it can be reached: local instances are dialled directly (``Endpoint.inbound = None``); remote
-  ones through their agent's inbound listener, so a remote record with no ``proxy`` address
-  yields no endpoint (dialling its ``address:port`` here would reach the wrong host);
+- it can be reached: remote instances through their agent's inbound listener, so a remote record
+  with no ``proxy`` address yields no endpoint (dialling its ``address:port`` here would reach
+  the wrong host); local ones through this agent's own inbound when the native proxy enforces
+  policies there (``local_via_inbound``), else directly (``Endpoint.inbound = None``);
 - the operators allow it: its node matches the service's ``nodes`` (names or fnmatch patterns;
   none listed: any node) and its weight is at most ``weight_max`` (100 by default, also for a
   service with no ``service/`` entity). A node signs its own record, so it can claim any
@@ -132,8 +133,13 @@ def build_catalog(
     records: Iterable[RecordInput],
     local_node: str,
     config_items: Iterable[tuple[str, Any]],
+    local_via_inbound: bool = False,
 ) -> Catalog:
     """Pure: join members, node records and config entities into the proxy's view.
+
+    ``local_via_inbound``: this node's own instances are reached through its own inbound
+    listener (its record's ``proxy``) like everyone else's, so the destination's authorization
+    is checked for every request, a neighbour's included; else they are dialled directly.
 
     ``records`` holds ``SignedRecord``s (as ``RecordTable.records()`` yields them, already
     verified) or ``(owner, RecordBody)`` pairs; ``config_items`` is ``Document.items()``.
@@ -186,7 +192,9 @@ def build_catalog(
         is_local = owner == local_node
         member_state = state.value if state is not None else UNKNOWN_MEMBER
         node_up = is_local or state in ROUTABLE_STATES
-        inbound = None if is_local else body.proxy
+        # A local call through this node's own inbound pays one more loopback hop, and in
+        # exchange meets the same policies as a remote one (one enforcement point).
+        inbound = body.proxy if not is_local or local_via_inbound else None
         reachable = is_local or inbound is not None
         seen: set[tuple[str, str, int]] = set()
         for inst in body.services:

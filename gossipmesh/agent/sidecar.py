@@ -354,7 +354,10 @@ class Sidecar:
     async def _rebuild(self) -> None:
         members = await self.agent.members()
         items: list[tuple[str, Any]] = list(self._config.items()) if self._config else []
-        catalog = build_catalog(members, self.records.table.records(), self.name, items)
+        # With the native proxy, a neighbour's call also meets the destination's inbound policies.
+        via_inbound = self.proxy is not None
+        catalog = build_catalog(members, self.records.table.records(), self.name, items,
+                                local_via_inbound=via_inbound)  # fmt: skip
         # A gauge: how many registered instances the services' config refuses right now.
         self.agent.counters["catalog.refused_instances"] = len(catalog.refused)
         self.catalog = catalog

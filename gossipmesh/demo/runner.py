@@ -58,12 +58,15 @@ EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (and SIGHUP: the terminal went away) stop the demo like Ctrl-C does."""
+    """SIGTERM (and SIGHUP: the terminal went away) stop the demo like Ctrl-C does, and Ctrl-C
+    itself does even when the demo was started with SIGINT ignored (a non-interactive shell's
+    background job inherits that, and Python then installs no handler of its own)."""
 
     def raise_interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    old = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, raise_interrupt) for s in sigs}
     try:
         yield
     finally:

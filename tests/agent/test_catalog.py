@@ -260,3 +260,18 @@ def test_instances_the_services_config_does_not_allow_are_listed_but_not_routed(
         (LOCAL, "db"): "weight 101 is above service/db weight_max 100",
     }
     assert "db" not in cat.endpoints and all(not i.routable for i in cat.refused)
+
+
+def test_local_instances_through_own_inbound_when_policies_are_enforced_there() -> None:
+    # The native proxy enforces policies at the destination's inbound: a neighbour's call must
+    # pass there too, or a deny policy would not apply to callers on the same node.
+    members = [member(LOCAL), member("b", i=2)]
+    records = [
+        (LOCAL, body(inst(port=8080), proxy=("127.0.0.1", 4143))),
+        ("b", body(inst(port=8080), proxy=("127.0.0.2", 4143))),
+    ]
+    eps = build_catalog(members, records, LOCAL, [], local_via_inbound=True).endpoints["api"]
+    assert {e.node: e.inbound for e in eps} == {
+        LOCAL: ("127.0.0.1", 4143),
+        "b": ("127.0.0.2", 4143),
+    }

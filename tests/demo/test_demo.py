@@ -354,18 +354,13 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     assert req["success_rate"] >= 0.99, req
     assert "403" not in req["by_status"], req  # the refused /admin requests are counted apart
 
-    # The deny policy bites: an /admin request (~5 %) that crosses to another node's api gets a
-    # 403 from that api's inbound naming it, passed through by web (not a 502 retried), and the
-    # inbound proxies count it. Known gap (proxy, issue 12): web's sidecar reaches n1's own api
-    # directly, with no inbound and so no policy check; those are the only ones let through.
-    # Once same-node calls are checked, this becomes denied == requests.
+    # The deny policy bites on every /admin request (~5 %): a 403 from api's inbound naming it,
+    # n1's own api included (a neighbour's call goes through its inbound too), passed through
+    # by web (not a 502 retried), and counted by the inbound proxies.
     policy = summary["policy"]
     assert policy["policy"] == "api-admin"
-    assert policy["requests"] > 0 and policy["denied"] > 0, policy
-    answered = policy["answered_by"]
-    assert set(answered) <= {"n1-api-v1"}, policy
-    assert policy["by_status"] == {k: v for k, v in (("200", sum(answered.values())),
-                                                     ("403", policy["denied"])) if v}, policy  # fmt: skip
+    assert policy["requests"] > 0 and policy["denied"] == policy["requests"], policy
+    assert policy["answered_by"] == {} and policy["by_status"] == {"403": policy["denied"]}, policy
     assert policy["denied_at_inbound"] >= 1, policy
     assert any("mTLS between sidecars" in e["text"] for e in summary["events"])
 
