@@ -160,6 +160,29 @@ def test_demo_pki_is_what_ca_init_and_issue_make(tmp_path: Path) -> None:
     assert (pki.operator_file.stat().st_mode & 0o777) == 0o600
 
 
+def test_summary_says_the_mesh_is_secured_only_when_it_is() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gossipmesh.demo.summary import build_summary, render
+
+    plan = make_plan(3, 20)
+    proxy: dict[str, dict[str, float]] = {"retries": {}, "ejections": {}}
+    security = {"root_fingerprint": "ab" * 32, "node_certificates": 3, "operator": "demo-op"}
+    for given, line in ((security, "CA abababababababab, 3 node certs, operator key demo-op"),
+                        (None, None)):  # fmt: skip
+        summary = build_summary(plan, [], 20.0, {}, {}, proxy, [], False, "/tmp/x", [], given)
+        assert summary["security"] == (given or {})
+        out = io.StringIO()
+        render(Console(file=out, width=200), summary)
+        text = out.getvalue()
+        if line is None:
+            assert "secured" not in text
+        else:
+            assert "secured" in text and line in text, text
+
+
 def test_lock_refuses_a_second_holder_and_is_removed_on_release(tmp_path: Path) -> None:
     path = tmp_path / "demo.lock"
     first = DemoLock(path)
