@@ -53,9 +53,10 @@ FIRST_IP = "127.0.0.2"
 # When each event fires, as a fraction of --duration (see the module docstring for the order).
 # A 20 s run: partition at 1.2 s, write at 4.4 s, heal at 7.2 s (6 s cut off: enough to be
 # declared dead), shift at 9.6 s, kill at 12 s (8 s left to detect it and show the failover),
-# and at 14.4 s the scheduled shift to 100 % v2, whose steps fill the rest (schedule.py).
+# and at 15 s the scheduled shift to 100 % v2, whose steps fill the rest (schedule.py): late
+# enough to leave the 50/50 split ~5 s (~250 canary requests) to be judged by.
 AT_PARTITION, AT_CUT_OFF_WRITE, AT_HEAL, AT_SHIFT, AT_KILL = 0.06, 0.22, 0.36, 0.48, 0.60
-AT_SCHEDULE = 0.72
+AT_SCHEDULE = 0.75
 
 CANARY_ROUTE = "route/api-canary"
 CANARY_BEFORE = (90, 10)  # v1, v2 weights

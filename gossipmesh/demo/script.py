@@ -309,20 +309,6 @@ class Script:
 
         self._spawn(watch_shift, "watch-shift")
 
-    # ---- the scheduled shift ---------------------------------------------------------------
-
-    def scheduled_shift(self) -> None:
-        """Write the canary's schedule once; from here on every agent moves it by its own clock."""
-        writer = self.plan.shift_writer
-        sched = plan_schedule(self.clock(), int(time.time() * 1000), self.plan.duration_s)
-        self._admin(writer).config_put(CANARY_ROUTE, sched.route(), self.orch.signer())
-        self.results["scheduled_shift"] = {"key": CANARY_ROUTE, "written_via": writer.name,
-                                           **sched.describe()}  # fmt: skip
-        self.schedule = sched
-        self.log.add(f"SCHEDULED SHIFT: v2 {CANARY_AFTER[1]} -> {SCHEDULE_TO[1]} % in "
-                     f"{sched.steps} steps over {sched.end_s - sched.start_s:.1f} s, every agent "
-                     f"follows its own clock (written once, through {writer.name})", "bold cyan")  # fmt: skip
-
     # ---- the kill ---------------------------------------------------------------------------
 
     def kill(self) -> None:
@@ -357,3 +343,17 @@ class Script:
                 self._stop.wait(POLL_MEMBERS_S)
 
         self._spawn(watch_kill, "watch-kill")
+
+    # ---- the scheduled shift ---------------------------------------------------------------
+
+    def scheduled_shift(self) -> None:
+        """Write the canary's schedule once; from here on every agent moves it by its own clock."""
+        writer = self.plan.shift_writer
+        sched = plan_schedule(self.clock(), int(time.time() * 1000), self.plan.duration_s)
+        self._admin(writer).config_put(CANARY_ROUTE, sched.route(), self.orch.signer())
+        self.results["scheduled_shift"] = {"key": CANARY_ROUTE, "written_via": writer.name,
+                                           **sched.describe()}  # fmt: skip
+        self.schedule = sched
+        self.log.add(f"SCHEDULED SHIFT: v2 {CANARY_AFTER[1]} -> {SCHEDULE_TO[1]} % in "
+                     f"{sched.steps} steps over {sched.end_s - sched.start_s:.1f} s, every agent "
+                     f"follows its own clock (written once, through {writer.name})", "bold cyan")  # fmt: skip
