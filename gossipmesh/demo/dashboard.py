@@ -7,7 +7,9 @@ samples, the event log, what the script has done so far): it reads nothing and c
 so the main thread can rebuild the whole screen on every tick under ``rich.live.Live`` without
 locks beyond the snapshot copies. Panels: members (the entry agent's view, with how many agents
 agree), per-service traffic (the driver's end-to-end numbers for the app, the proxies' counters
-for each service), the canary (configured weights vs what the app observed), the deny policy
+for each service), the canary (configured weights vs what the app observed; once the scheduled
+shift is written, the weights of the step in force and the split observed since it began), the
+deny policy
 (the driver's /admin requests since the start and how many a 403 naming it refused: they are not
 in the driver's success figures), and the event log.
 
@@ -31,6 +33,7 @@ from rich.text import Text
 
 from gossipmesh.demo.observe import Snapshot
 from gossipmesh.demo.plan import ADMIN_POLICY, CANARY_AFTER, CANARY_BEFORE, Node, Plan
+from gossipmesh.demo.schedule import Schedule
 from gossipmesh.demo.script import Event
 from gossipmesh.demo.traffic import Sample, split, summarize
 
@@ -59,6 +62,8 @@ class Frame:
     shifted: bool  # the entry agent routes with the 50/50 route
     admin_requests: int = 0  # the driver's /admin requests since the start
     admin_denied: int = 0  # ... answered 403 naming ADMIN_POLICY
+    schedule: Schedule | None = None  # the scheduled shift, once written
+    step_split: dict[str, int] | None = None  # split() of the samples since its step began
 
 
 def _fmt_s(x: float | None) -> str:
@@ -155,12 +160,26 @@ def services_table(f: Frame, compact: bool = False) -> Table:
 def _canary(f: Frame) -> tuple[str, str, str]:
     """(configured, observed over SPLIT_WINDOW_S, /api/slow answers by v1 / v2)."""
     weights = CANARY_AFTER if f.shifted else CANARY_BEFORE
+    if f.schedule is not None:
+        weights = f.schedule.weights(f.schedule.step_at(f.t_s))
     counts = split(f.recent)
     n = counts["v1"] + counts["v2"]
     observed = f"{counts['v1'] / n * 100:.0f} / {counts['v2'] / n * 100:.0f}  (n={n})" if n else "-"
     slow = [s for s in f.recent if s.slow and s.ok]
     v2 = sum(1 for s in slow if s.version == "v2")
     return f"{weights[0]} / {weights[1]}", observed, f"{len(slow) - v2} / {v2}"
+
+
+def scheduled(f: Frame) -> tuple[str, str] | None:
+    """(the step in force, "v2 set X %, seen Y % (n=N)" since it began); None before the write."""
+    if f.schedule is None:
+        return None
+    k = f.schedule.step_at(f.t_s)
+    v1, v2 = f.schedule.weights(k)
+    counts = f.step_split or {"v1": 0, "v2": 0}
+    n = counts["v1"] + counts["v2"]
+    seen = f"{counts['v2'] / n * 100:.0f} %" if n else "-"
+    return f"{k}/{f.schedule.steps}", f"v2 set {v2 * 100 // (v1 + v2)} %, seen {seen} (n={n})"
 
 
 def policy_text(f: Frame) -> Text:
@@ -182,6 +201,10 @@ def canary_panel(f: Frame) -> Table:
     t.add_row("configured", configured)
     t.add_row(f"observed, {SPLIT_WINDOW_S:g} s", observed)
     t.add_row("/api/slow (v1 only)", slow)
+    sched = scheduled(f)
+    if sched is not None:
+        t.add_row(f"scheduled, step {sched[0]}", sched[1])
+        t.caption, t.caption_justify = "each agent steps on its own clock", "left"
     return t
 
 
@@ -231,13 +254,21 @@ def compact(f: Frame, height: int) -> RenderableType:
     traffic = services_table(f, compact=True)
     notes = Text(f"{AGREE_NOTE} (of {f.plan.entry.name}'s view)", style="bright_black",
                  no_wrap=True, overflow="ellipsis")  # fmt: skip
-    # header 1, members 1 + nodes, notes 1, canary 1, policy 1, traffic 1 + 1 + services +
-    # caption 1, events title 1, and one spare line so the live display never scrolls.
-    used = 1 + (1 + len(f.plan.nodes)) + 1 + 1 + 1 + (2 + len(f.snapshot.services) + 1) + 1 + 1
+    sched = scheduled(f)
+    step = Text(no_wrap=True, overflow="ellipsis")
+    if sched is not None:
+        step.append("scheduled shift (own clocks) ", style="bold")
+        step.append(f"step {sched[0]}: {sched[1]} in this step")
+    # header 1, members 1 + nodes, notes 1, canary 1 (+ 1 scheduled), policy 1, traffic 1 + 1 +
+    # services + caption 1, events title 1, and one spare line so the live display never scrolls.
+    used = 1 + (1 + len(f.plan.nodes)) + 1 + 1 + (sched is not None) + 1
+    used += (2 + len(f.snapshot.services) + 1) + 1 + 1
     lines = max(COMPACT_MIN_EVENTS, height - used)
     title = Text(f"events (last {lines})", style="bold")
-    return Group(head, members, notes, canary, policy_text(f), traffic, title,
-                 events_text(f, lines))  # fmt: skip
+    parts: list[RenderableType] = [head, members, notes, canary]
+    if sched is not None:
+        parts.append(step)
+    return Group(*parts, policy_text(f), traffic, title, events_text(f, lines))
 
 
 @dataclass(frozen=True, slots=True)

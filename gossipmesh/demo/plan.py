@@ -27,7 +27,9 @@ node away (both directions), write a config entity through it while it is cut of
 the one that applied the first config, then SIGKILL n2 (an api-v1 host; its own apps die with
 it, like a host crash). The partition comes before the kill because with 3 nodes the only node
 whose loss leaves every destination non-empty is n2; after the kill only n1 and n3 are left, and
-cutting them apart would empty a destination on one side or the other.
+cutting them apart would empty a destination on one side or the other. Last, a scheduled shift
+(schedule.py) takes the canary from 50 to 100 % v2 in steps over the rest of the run, written
+once; every agent follows it on its own clock.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ FIRST_IP = "127.0.0.2"
 
 # When each event fires, as a fraction of --duration (see the module docstring for the order).
 # A 20 s run: partition at 1.2 s, write at 4.4 s, heal at 7.2 s (6 s cut off: enough to be
-# declared dead), shift at 9.6 s, kill at 12 s (8 s left to detect it and show the failover).
+# declared dead), shift at 9.6 s, kill at 12 s (8 s left to detect it and show the failover),
+# and at 15 s the scheduled shift to 100 % v2, whose steps fill the rest (schedule.py): late
+# enough to leave the 50/50 split ~5 s (~250 canary requests) to be judged by.
 AT_PARTITION, AT_CUT_OFF_WRITE, AT_HEAL, AT_SHIFT, AT_KILL = 0.06, 0.22, 0.36, 0.48, 0.60
+AT_SCHEDULE = 0.75
 
 CANARY_ROUTE = "route/api-canary"
 CANARY_BEFORE = (90, 10)  # v1, v2 weights

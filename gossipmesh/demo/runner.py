@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import takewhile
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -48,7 +49,7 @@ from gossipmesh.demo.plan import (
 )
 from gossipmesh.demo.script import Event, EventLog, Script
 from gossipmesh.demo.summary import build_summary, render
-from gossipmesh.demo.traffic import Driver
+from gossipmesh.demo.traffic import Driver, split
 
 SETUP_TIMEOUT_S = 45.0
 SETTLE_S = 20.0
@@ -241,6 +242,11 @@ class _Run:
             recent.append(s)
         recent.reverse()
         shift = script.results.get("shift", {})
+        sched = script.schedule
+        step_split = None
+        if sched is not None:
+            since = sched.step_start_s(sched.step_at(now))
+            step_split = split(takewhile(lambda s: s.t_s >= since, reversed(samples)))
         total = total_ok = admin = denied = 0
         for s in samples:
             if s.admin:
@@ -263,6 +269,8 @@ class _Run:
                 shifted=shift.get("seen_at_entry_s") is not None,
                 admin_requests=admin,
                 admin_denied=denied,
+                schedule=sched,
+                step_split=step_split,
             )
         )
 

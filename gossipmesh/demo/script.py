@@ -22,7 +22,9 @@ accurate to about one poll):
   the new route (``propagation_s``), and separately until the entry node has it (the observed split "after"
   counts from there);
 - kill: until some other agent lists the node suspect, and until all others list it dead
-  (``detection_s``).
+  (``detection_s``);
+- scheduled shift (schedule.py): nothing to wait for, it is written once and every agent follows
+  its own clock; the summary judges the observed split step by step.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from gossipmesh.demo.plan import (
     AT_HEAL,
     AT_KILL,
     AT_PARTITION,
+    AT_SCHEDULE,
     AT_SHIFT,
     CANARY_AFTER,
     CANARY_ROUTE,
@@ -48,6 +51,7 @@ from gossipmesh.demo.plan import (
     Plan,
     canary_route,
 )
+from gossipmesh.demo.schedule import SCHEDULE_TO, Schedule, plan_schedule
 
 POLL_MEMBERS_S = 0.1
 POLL_CONFIG_S = 0.05
@@ -95,6 +99,7 @@ class Script:
         self.results: dict[str, dict[str, Any]] = {}
         self.partitioned: set[str] = set()
         self.killed: set[str] = set()
+        self.schedule: Schedule | None = None  # set once the scheduled shift is written
         self._stop = threading.Event()
         self._healed = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -143,7 +148,7 @@ class Script:
         d = self.plan.duration_s
         for at, act in ((AT_PARTITION, self.partition), (AT_CUT_OFF_WRITE, self.cut_off_write),
                         (AT_HEAL, self.heal), (AT_SHIFT, self.shift),
-                        (AT_KILL, self.kill)):  # fmt: skip
+                        (AT_KILL, self.kill), (AT_SCHEDULE, self.scheduled_shift)):  # fmt: skip
             if not self._sleep_until(at * d):
                 return
             try:
@@ -338,3 +343,17 @@ class Script:
                 self._stop.wait(POLL_MEMBERS_S)
 
         self._spawn(watch_kill, "watch-kill")
+
+    # ---- the scheduled shift ---------------------------------------------------------------
+
+    def scheduled_shift(self) -> None:
+        """Write the canary's schedule once; from here on every agent moves it by its own clock."""
+        writer = self.plan.shift_writer
+        sched = plan_schedule(self.clock(), int(time.time() * 1000), self.plan.duration_s)
+        self._admin(writer).config_put(CANARY_ROUTE, sched.route(), self.orch.signer())
+        self.results["scheduled_shift"] = {"key": CANARY_ROUTE, "written_via": writer.name,
+                                           **sched.describe()}  # fmt: skip
+        self.schedule = sched
+        self.log.add(f"SCHEDULED SHIFT: v2 {CANARY_AFTER[1]} -> {SCHEDULE_TO[1]} % in "
+                     f"{sched.steps} steps over {sched.end_s - sched.start_s:.1f} s, every agent "
+                     f"follows its own clock (written once, through {writer.name})", "bold cyan")  # fmt: skip

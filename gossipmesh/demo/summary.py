@@ -17,6 +17,10 @@ configured weight with a tolerance of ``SPLIT_SIGMAS`` binomial standard deviati
 of requests seen (never under ``SPLIT_TOLERANCE_MIN``): a failure then means a wrong split, not
 bad luck (one run in ~150,000). A fixed +-8 points was 2.3 sigmas for a 50 % share over 200
 requests, and failed about one run in 40.
+
+The split "after" (50/50) ends where the scheduled shift starts; ``scheduled_shift`` then judges
+each step of it (schedule.py) the same way, over the requests sent while that step was in force
+(the last step until traffic stopped).
 """
 
 from __future__ import annotations
@@ -85,7 +89,9 @@ def build_summary(
     shift_at = shift.get("at_s")
     after_from = shift.get("seen_at_entry_s")
     before = [s for s in samples if shift_at is None or s.t_s < shift_at]
-    after = [s for s in samples if after_from is not None and s.t_s >= after_from]
+    sched = results.get("scheduled_shift")
+    after_to = sched["start_s"] if sched else float("inf")
+    after = [s for s in samples if after_from is not None and after_from <= s.t_s < after_to]
     slow_ok = [s for s in samples if s.slow and s.ok]
     slow: dict[str, Any] = {"requests": len(slow_ok), "v1": sum(1 for s in slow_ok if s.version == "v1"),
             "v2": sum(1 for s in slow_ok if s.version == "v2")}  # fmt: skip
@@ -135,6 +141,7 @@ def build_summary(
             "before": _split_block(before, CANARY_BEFORE),
             "after": _split_block(after, CANARY_AFTER) if after_from is not None else None,
         },
+        "scheduled_shift": scheduled_block(sched, samples, span_s) if sched else None,
         "path_route": {"path": "/slow -> /api/slow", "pinned_to": "v1", **slow},
         "policy": policy_block(admin, proxy),
         "partition": partition,
@@ -145,6 +152,18 @@ def build_summary(
         "temp_dir": temp_dir,
         "pids": pids,
     }
+
+
+def scheduled_block(sched: dict[str, Any], samples: list[Sample], end_s: float) -> dict[str, Any]:
+    """The scheduled shift as written, and per step the expected and the observed v2 share."""
+    steps = []
+    for k, weights in enumerate(sched["weights"]):
+        lo = sched["start_s"] + k * sched["step_s"]
+        hi = lo + sched["step_s"] if k < sched["steps"] else max(end_s, lo)
+        block = _split_block([s for s in samples if lo <= s.t_s < hi], (weights[0], weights[1]))
+        steps.append({"step": k, "from_s": _r(lo, 3), "to_s": _r(hi, 3),
+                      "expected_v2_share": _r(weights[1] / sum(weights), 4), **block})  # fmt: skip
+    return {**{k: v for k, v in sched.items() if k != "weights"}, "per_step": steps}
 
 
 def policy_block(admin: list[Sample], proxy: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -196,6 +215,12 @@ def render(console: Console, s: dict[str, Any]) -> None:
         ok = "[green]within[/]" if b["within_tolerance"] else "[red]outside[/]"
         t.add_row(label, f"v1/v2 = {b['v1']}/{b['v2']} (v2 {_pct(b['v2_share'])}; set "
                   f"{w['v1']}/{w['v2']}; {ok} ±{b['tolerance'] * 100:.0f} pts)")  # fmt: skip
+    sc = s.get("scheduled_shift")
+    if sc:
+        seen = ", ".join(f"{_whole(p['expected_v2_share'])}→{_whole(p['v2_share'])}"
+                         f" (n={p['requests']})" for p in sc["per_step"])  # fmt: skip
+        t.add_row("scheduled shift", f"v2 by step, set→seen %: {seen}; steps of "
+                  f"{sc['step_s']:.1f} s from t={sc['start_s']:.1f} s")  # fmt: skip
     pr = s["path_route"]
     t.add_row("path route", f"/slow: v1 {pr['v1']}, v2 {pr['v2']} (pinned to v1)")
     po = s.get("policy") or {}
@@ -238,6 +263,10 @@ def _kv(d: dict[str, float]) -> str:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def _whole(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.0f}"
 
 
 def _ms(x: float | None) -> str:

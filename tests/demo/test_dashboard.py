@@ -11,11 +11,12 @@ from rich.console import Console
 from gossipmesh.demo import dashboard
 from gossipmesh.demo.observe import Counters, ServiceRow, Snapshot
 from gossipmesh.demo.plan import make_plan
+from gossipmesh.demo.schedule import plan_schedule
 from gossipmesh.demo.script import Event
 from gossipmesh.demo.traffic import Sample
 
 
-def frame(nodes: int = 5, events: int = 30) -> dashboard.Frame:
+def frame(nodes: int = 5, events: int = 30, scheduled: bool = False) -> dashboard.Frame:
     plan = make_plan(nodes, 60)
     names = [n.name for n in plan.nodes]
     view = {n: "alive" for n in names}
@@ -33,7 +34,10 @@ def frame(nodes: int = 5, events: int = 30) -> dashboard.Frame:
     return dashboard.Frame(plan=plan, t_s=60.0, snapshot=Snapshot(members, services, Counters()),
                            recent=recent, total=3600, total_ok=3598, events=log,
                            killed=frozenset({names[-1]}), partitioned=frozenset(),
-                           shifted=False, admin_requests=180, admin_denied=180)  # fmt: skip
+                           shifted=False, admin_requests=180, admin_denied=180,
+                           # t=60 in a schedule from t=43.2 to a run end at 70: step 3 of 4 (13/87)
+                           schedule=plan_schedule(43.2, 10**12, 70.0) if scheduled else None,
+                           step_split={"v1": 5, "v2": 35} if scheduled else None)  # fmt: skip
 
 
 def draw(f: dashboard.Frame, width: int, height: int) -> list[str]:
@@ -43,9 +47,10 @@ def draw(f: dashboard.Frame, width: int, height: int) -> list[str]:
     return out.getvalue().rstrip("\n").split("\n")
 
 
+@pytest.mark.parametrize("scheduled", [False, True])
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_fits_80x24(nodes: int) -> None:
-    lines = draw(frame(nodes), 80, 24)
+def test_fits_80x24(nodes: int, scheduled: bool) -> None:
+    lines = draw(frame(nodes, scheduled=scheduled), 80, 24)
     assert len(lines) <= 23, "\n".join(lines)  # one spare line: the live display never scrolls
     assert max(len(line) for line in lines) <= 80
     text = "\n".join(lines)
@@ -56,14 +61,20 @@ def test_fits_80x24(nodes: int) -> None:
     assert "100.0%" in text  # the driver's success: the refused /admin requests are not in it
     for node in frame(nodes).plan.nodes:
         assert node.name in text
+    # The scheduled shift: the step in force, its v2 weight and the v2 share seen since it began.
+    shown = "scheduled shift (own clocks) step 3/4: v2 set 87 %, seen 88 % (n=40) in this" in text
+    assert shown is scheduled, text
+    assert ("set 13/87" in text) is scheduled, text
 
 
 def test_full_layout_on_a_large_terminal() -> None:
-    lines = draw(frame(), 140, 50)
+    lines = draw(frame(scheduled=True), 140, 50)
     text = "\n".join(lines)
     assert "rate, success, latency over the last 5 s" in text
     assert "ejections Σ" in text and "totals since start" in text
     assert "members (as n1 sees them)" in text
     assert "policy api-admin: /admin denied 180 of 180 (403 at api's inbound)" in text
     assert "100.0%" in text
+    assert "scheduled, step 3/4" in text and "v2 set 87 %, seen 88 % (n=40)" in text
+    assert "each agent steps on its own clock" in text
     assert max(len(line) for line in lines) <= 140

@@ -394,6 +394,17 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     assert shifted["tolerance"] == round(split_tolerance(0.50, shifted["requests"]), 4) <= 0.16
     assert abs(first["v2_share"] - 0.10) <= first["tolerance"], first
     assert abs(shifted["v2_share"] - 0.50) <= shifted["tolerance"], shifted
+    # The scheduled shift (written once at 0.75 of the run; 50/50 -> 0/100 v1/v2 in 4 steps, each
+    # agent on its own clock): "after" above ends where it starts, and in its last step (100 %
+    # v2, 1 s, ~50 canary requests) the share is far above 50 %: beyond a 50/50 split's own
+    # tolerance and at least 75 %.
+    sched = summary["scheduled_shift"]
+    assert sched["written_via"] == "n3" and sched["steps"] == 4, sched
+    assert [p["expected_v2_share"] for p in sched["per_step"]] == [0.5, 0.62, 0.75, 0.87, 1.0]
+    last = sched["per_step"][-1]
+    assert last["requests"] >= 25, sched
+    assert last["v2_share"] >= 0.75, sched
+    assert last["v2_share"] - 0.5 > split_tolerance(0.5, last["requests"]), sched
     assert summary["path_route"]["v2"] == 0, summary["path_route"]
     assert summary["path_route"]["v1"] > 0
 
