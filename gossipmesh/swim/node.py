@@ -364,7 +364,7 @@ class SwimNode:
         elif t is User:
             self._users.on_user(src, msg, out)  # type: ignore[arg-type]
         elif t is Want:
-            self._rumours.on_want(src, msg, now_ms, out)  # type: ignore[arg-type]
+            self._rumours.wants.answer(src, msg, now_ms, out)  # type: ignore[arg-type]
 
     # --- timers -----------------------------------------------------------------------------------
 
