@@ -408,3 +408,26 @@ def test_a_refutation_at_the_accused_incarnation_raises_the_bound() -> None:
     p0 = node.member("p0")
     assert p0 is not None and (p0.state, p0.incarnation) == (MemberState.DEAD, 2)
     assert node.stats.get("reject.incarnation_bound", 0) == 0
+
+
+def test_a_refutation_unqueues_the_confirmations_it_made_stale() -> None:
+    """Confirmations are queued under their accuser, so the refutation does not replace them:
+    it must unqueue them, else each goes on being sent (~90 bytes) as old news to everyone."""
+    node = make_node()
+    node.handle_packet(addr(3), packet(suspect("p0", 0, "p1")), 10)
+    node.handle_packet(addr(4), packet(suspect("p0", 0, "p2")), 20)
+    queue = node._state.broadcasts
+    assert node.stats["confirmations"] == 1 and queue.has_key(("p0", "p2"))
+    node.handle_packet(addr(2), packet(alive("p0", 1, addr(2))), 30)
+    assert not queue.has_key(("p0", "p2"))
+    assert state(node, "p0") is MemberState.ALIVE
+
+
+def test_with_a_fixed_suspicion_timeout_confirmations_are_counted_but_not_regossiped() -> None:
+    # Lifeguard off (min = max timeout): a confirmation moves no deadline anywhere, so it is not
+    # worth its bytes (slow-nodes at 300 nodes: 44 false DEAD with them, 4 without; 3 unsigned).
+    node = make_node(config=SwimConfig.lan(suspicion_max_timeout_mult=1))
+    node.handle_packet(addr(3), packet(suspect("p0", 0, "p1")), 10)
+    node.handle_packet(addr(4), packet(suspect("p0", 0, "p2")), 20)
+    assert node.stats["confirmations"] == 1
+    assert not node._state.broadcasts.has_key(("p0", "p2"))
