@@ -166,6 +166,13 @@ class BroadcastQueue:
         self._entries = entries
         return out
 
+    def drop(self, key: object) -> None:
+        """Forget the item queued under ``key``, if any (news made stale by newer news that is
+        not keyed the same)."""
+        item = self._index.pop(key, None)
+        if item is not None:
+            item.live = False
+
     def has_key(self, key: object) -> bool:
         return key in self._index
 

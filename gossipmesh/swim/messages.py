@@ -73,6 +73,7 @@ class MsgType(enum.IntEnum):
     DEAD = 7
     USER = 8
     PUSH_PULL = 9
+    WANT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,18 @@ class Dead:
 
 
 @dataclass(frozen=True, slots=True)
+class Want:
+    """Please send me ``name``'s own signed alive claim, if yours is newer than ``incarnation``
+    (with its certificate when ``cert``): asked of a sender whose news about ``name`` we could not
+    check -- a certificate reference we cannot resolve, or an accusation above the incarnation
+    bound because we missed the subject's refutations (``rumours.py``)."""
+
+    name: str
+    incarnation: int
+    cert: bool
+
+
+@dataclass(frozen=True, slots=True)
 class User:
     """An application payload. ``relay`` payloads are re-gossiped by each first receiver."""
 
@@ -147,7 +160,7 @@ class User:
     relay: bool = True
 
 
-Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | User
+Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | User | Want
 
 # --- encoding ------------------------------------------------------------------------------------
 
@@ -177,6 +190,8 @@ def to_list(msg: Message) -> list[Any]:
         return [MsgType.DEAD, msg.name, msg.incarnation, msg.source, msg.left, msg.signature]
     if type(msg) is User:
         return [MsgType.USER, msg.payload, msg.relay]
+    if type(msg) is Want:
+        return [MsgType.WANT, msg.name, msg.incarnation, msg.cert]
     raise TypeError(f"not a SWIM message: {msg!r}")
 
 
@@ -298,6 +313,11 @@ def _d_user(r: list[Any]) -> User:
     return User(bytes_field(r[1], "payload", MAX_USER_PAYLOAD_BYTES), bool_field(r[2], "relay"))
 
 
+def _d_want(r: list[Any]) -> Want:
+    _need(r, 4)
+    return Want(name_field(r[1]), int_field(r[2], "incarnation"), bool_field(r[3], "cert"))
+
+
 _PACKET_DECODERS: dict[MsgType, Callable[[list[Any]], Message]] = {
     MsgType.PING: _d_ping,
     MsgType.ACK: _d_ack,
@@ -307,6 +327,7 @@ _PACKET_DECODERS: dict[MsgType, Callable[[list[Any]], Message]] = {
     MsgType.SUSPECT: _d_suspect,
     MsgType.DEAD: _d_dead,
     MsgType.USER: _d_user,
+    MsgType.WANT: _d_want,
 }
 # Plain-int keys so a lookup with a decoded int never goes through IntEnum hashing.
 _ALIVE_CODE = int(MsgType.ALIVE)

@@ -99,13 +99,14 @@ from gossipmesh.swim.messages import (
     PingReq,
     Suspect,
     User,
+    Want,
     alive_from_checked,
     decode_packet_lazy,
     encode,
 )
 from gossipmesh.swim.probe import Prober
 from gossipmesh.swim.push_pull import StateSync, push_pull_scale_ms
-from gossipmesh.swim.rumours import Rumours, accused
+from gossipmesh.swim.rumours import Rumours, accused, proof_behind
 from gossipmesh.swim.state import ALIVE, DEAD, LEFT, NodeState, check_meta, is_live
 from gossipmesh.swim.timers import Timer, TimerKind
 from gossipmesh.swim.user_messages import UserMessages
@@ -330,7 +331,12 @@ class SwimNode:
                     # A validated raw alive. Old news (the bulk of gossip while a cluster
                     # forms) is skipped before any object is built or signature checked.
                     cur = get(msg[1])
-                    if cur is not None and msg[2] <= cur.incarnation and msg[1] != self.name:
+                    if (
+                        cur is not None
+                        and msg[2] <= cur.incarnation
+                        and msg[1] != self.name
+                        and (msg[2] < cur.incarnation or not proof_behind(cur))
+                    ):
                         continue
                     on_alive(alive_from_checked(msg), now_ms, out)
                 else:
@@ -357,6 +363,8 @@ class SwimNode:
             self._prober.on_nack(msg)  # type: ignore[arg-type]
         elif t is User:
             self._users.on_user(src, msg, out)  # type: ignore[arg-type]
+        elif t is Want:
+            self._rumours.wants.answer(src, msg, now_ms, out)  # type: ignore[arg-type]
 
     # --- timers -----------------------------------------------------------------------------------
 

@@ -112,6 +112,7 @@ class NodeState:
         "suspicions",
         "table",
         "verifications",
+        "want_budget",
     )
 
     def __init__(
@@ -138,6 +139,10 @@ class NodeState:
         # our own timers), whose budget pays for checking the claims in it.
         self.source: Address | None = None
         self.budget = SourceBudget(
+            config.verify_rate_per_s, config.verify_burst, config.verify_sources_max
+        )
+        # What answering others' ``Want``s may cost each source (bytes we send, no crypto).
+        self.want_budget = SourceBudget(
             config.verify_rate_per_s, config.verify_burst, config.verify_sources_max
         )
         self.rejections = 0

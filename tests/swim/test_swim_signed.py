@@ -17,10 +17,18 @@ from gossipmesh.identity.membership import MembershipAuthority, VerificationMemo
 from gossipmesh.ids import Address
 from gossipmesh.swim.authority import AliveClaim
 from gossipmesh.swim.config import SwimConfig
-from gossipmesh.swim.effects import Effect, SetTimer, StartPushPull
+from gossipmesh.swim.effects import Effect, SendPacket, SetTimer, StartPushPull
 from gossipmesh.swim.fields import cert_ref
 from gossipmesh.swim.member import Member, MemberState, Proof
-from gossipmesh.swim.messages import Alive, Message, Ping, Suspect, encode
+from gossipmesh.swim.messages import (
+    Alive,
+    Message,
+    Ping,
+    Suspect,
+    Want,
+    decode_packet_messages,
+    encode,
+)
 from gossipmesh.swim.node import SwimNode
 from gossipmesh.swim.state_codec import PushPull, encode_push_pull
 from gossipmesh.swim.timers import Timer, TimerKind
@@ -316,6 +324,15 @@ def _member_record(name: str) -> Member:
     return Member(name, addr(60), 0, MemberState.ALIVE, b"", Proof(a.cert, 0, a.signature))
 
 
+def sent(out: list[Effect], to: Address | None = None) -> list[Message]:
+    """Every message in the packets of ``out`` (to ``to`` only, if given)."""
+    msgs: list[Message] = []
+    for e in out:
+        if isinstance(e, SendPacket) and (to is None or e.to == to):
+            msgs += decode_packet_messages(e.data, 65_507)
+    return msgs
+
+
 def test_a_reference_we_cannot_resolve_asks_its_sender_for_a_state_once_a_while() -> None:
     node = make_node()
     stranger = alive("z", 0, addr(30))
@@ -325,3 +342,92 @@ def test_a_reference_we_cannot_resolve_asks_its_sender_for_a_state_once_a_while(
     again = node.handle_packet(addr(3), packet(ref), 20)  # within the interval: not again
     assert not [e for e in again if isinstance(e, StartPushPull)]
     assert node.stats["push_pull.fetch"] == 1 and node.stats["reject.unknown_cert"] == 2
+
+
+def test_a_known_members_new_certificate_is_asked_of_the_sender_once_a_while() -> None:
+    node = make_node()
+    renewed = Alive("p0", 1, addr(2), b"", cert_ref(b"a certificate we never saw"), bytes(64))
+    out = node.handle_packet(addr(3), packet(renewed), 10)
+    # One small Want of that claim with its certificate, not a push-pull of the whole state.
+    assert not [e for e in out if isinstance(e, StartPushPull)]
+    assert [m for m in sent(out, addr(3)) if isinstance(m, Want)] == [Want("p0", 1, True)]
+    again = node.handle_packet(addr(3), packet(renewed), 20)  # within the interval: not again
+    assert not [m for m in sent(again) if isinstance(m, Want)]
+    assert node.stats["wants.sent"] == 1 and node.stats["reject.unknown_cert"] == 2
+    # The sender answers with the claim it holds, certificate included.
+    holder = make_node(name="b")
+    claim = alive("p0", 1, addr(2))
+    holder.handle_packet(addr(2), packet(claim), 0)
+    answer = holder.handle_packet(A, packet(Want("p0", 1, True)), 30)
+    replies = [m for m in sent(answer, A) if isinstance(m, Alive) and m.name == "p0"]
+    assert replies[0] == claim  # (the same news may ride along again as gossip)
+
+
+def test_an_accusation_above_the_bound_is_replayed_once_the_missed_refutation_is_fetched() -> None:
+    """We missed p0's refutations (alive 1, 2); p1 suspected it at 2. Refused by the bound, but
+    we ask the sender for p0's newer claim, and then believe the accusation after all."""
+    node = make_node()
+    out = node.handle_packet(addr(3), packet(suspect("p0", 2, "p1")), 10)
+    assert state(node, "p0") is MemberState.ALIVE
+    assert node.stats["reject.incarnation_bound"] == 1
+    assert [m for m in sent(out, addr(3)) if isinstance(m, Want)] == [Want("p0", 0, False)]
+    # The sender answers the Want with p0's claim at 2 (certificate by reference).
+    holder = make_node(name="b")
+    holder.handle_packet(addr(2), packet(alive("p0", 2, addr(2))), 0)
+    answer = holder.handle_packet(A, packet(Want("p0", 0, False)), 20)
+    reply = [m for m in sent(answer, A) if isinstance(m, Alive) and m.name == "p0"][0]
+    assert reply.incarnation == 2 and reply.cert == cert_ref(alive("p0", 2, addr(2)).cert)
+    node.handle_packet(addr(3), packet(reply), 30)
+    p0 = node.member("p0")
+    assert p0 is not None and (p0.state, p0.incarnation) == (MemberState.SUSPECT, 2)
+    assert node.stats["accusations.replayed"] == 1
+
+
+def test_a_forged_accusation_above_the_bound_stays_refused_after_a_want() -> None:
+    """A captured node's accusation at 2**40 is kept and a Want sent, but no claim of p0's
+    can ever make it pass: p0 never signed anything near it."""
+    node = make_node()
+    node.handle_packet(M, packet(suspect("p0", 1 << 40, "m")), 10)
+    node.handle_packet(addr(2), packet(alive("p0", 1, addr(2))), 20)
+    p0 = node.member("p0")
+    assert p0 is not None and (p0.state, p0.incarnation) == (MemberState.ALIVE, 1)
+    assert node.stats["reject.incarnation_bound"] == 2  # refused, and refused again on replay
+
+
+def test_a_refutation_at_the_accused_incarnation_raises_the_bound() -> None:
+    """We took p1's suspicion of p0 at 1 before p0's claim at 1 that p1 had seen: that claim is
+    not news (suspect wins at equal incarnation) but is kept as proof, so a later honest
+    accusation at 2 is believed."""
+    node = make_node()
+    node.handle_packet(addr(3), packet(suspect("p0", 1, "p1")), 10)
+    node.handle_packet(addr(2), packet(alive("p0", 1, addr(2))), 20)
+    p0 = node.member("p0")
+    assert p0 is not None and p0.state is MemberState.SUSPECT and p0.proof is not None
+    assert p0.proof.alive_incarnation == 1
+    node.handle_packet(addr(4), packet(dead("p0", 2, "p2")), 30)
+    p0 = node.member("p0")
+    assert p0 is not None and (p0.state, p0.incarnation) == (MemberState.DEAD, 2)
+    assert node.stats.get("reject.incarnation_bound", 0) == 0
+
+
+def test_a_refutation_unqueues_the_confirmations_it_made_stale() -> None:
+    """Confirmations are queued under their accuser, so the refutation does not replace them:
+    it must unqueue them, else each goes on being sent (~90 bytes) as old news to everyone."""
+    node = make_node()
+    node.handle_packet(addr(3), packet(suspect("p0", 0, "p1")), 10)
+    node.handle_packet(addr(4), packet(suspect("p0", 0, "p2")), 20)
+    queue = node._state.broadcasts
+    assert node.stats["confirmations"] == 1 and queue.has_key(("p0", "p2"))
+    node.handle_packet(addr(2), packet(alive("p0", 1, addr(2))), 30)
+    assert not queue.has_key(("p0", "p2"))
+    assert state(node, "p0") is MemberState.ALIVE
+
+
+def test_with_a_fixed_suspicion_timeout_confirmations_are_counted_but_not_regossiped() -> None:
+    # Lifeguard off (min = max timeout): a confirmation moves no deadline anywhere, so it is not
+    # worth its bytes (slow-nodes at 300 nodes: 44 false DEAD with them, 4 without; 3 unsigned).
+    node = make_node(config=SwimConfig.lan(suspicion_max_timeout_mult=1))
+    node.handle_packet(addr(3), packet(suspect("p0", 0, "p1")), 10)
+    node.handle_packet(addr(4), packet(suspect("p0", 0, "p2")), 20)
+    assert node.stats["confirmations"] == 1
+    assert not node._state.broadcasts.has_key(("p0", "p2"))
