@@ -98,6 +98,12 @@ class PacketBuilder:
         return encode_packet(self._parts)
 
 
+# What msgpack's unpacker raises on bytes it cannot read (truncated, trailing, malformed, over a
+# limit, a map key of the wrong type, too deep): every decoder of untrusted bytes catches exactly
+# these, so anything else (a bug of ours) surfaces instead of being counted as bad input.
+BAD_BYTES: tuple[type[Exception], ...] = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def _unpack(view: memoryview) -> Any:
     try:
         return msgpack.unpackb(view, raw=False, use_list=True, strict_map_key=True)
@@ -108,7 +114,7 @@ def _unpack(view: memoryview) -> Any:
         if "incomplete" in text:
             raise DecodeError("truncated", text[:80]) from None
         raise DecodeError("malformed", text[:80]) from None
-    except Exception as exc:  # the C unpacker raises a handful of types; all mean "bad bytes"
+    except BAD_BYTES as exc:
         raise DecodeError("malformed", f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
 

@@ -90,6 +90,8 @@ from gossipmesh.crdt.proposals import (
     check_commit,
     propose,
 )
+from gossipmesh.errors import UsageError
+from gossipmesh.wire import BAD_BYTES
 
 
 class Document:
@@ -365,12 +367,12 @@ class Document:
             return "document_size"
         try:
             value = unpack_value(entry.value)
-        except Exception:
+        except BAD_BYTES:
             return "value_encoding"
         if self.validator is not None:
             try:
                 self.validator(entry.key, value)
-            except Exception:
+            except UsageError:  # what a validator raises for a bad value; anything else is a bug
                 return "invalid"
         return None
 

@@ -34,6 +34,7 @@ from gossipmesh.crdt.hlc import MAX_LOGICAL, Timestamp
 from gossipmesh.errors import UsageError
 
 Dot = tuple[str, int]
+# Raises UsageError (config's ConfigValidationError) for a bad value; anything else is a bug.
 Validator = Callable[[str, Mapping[str, Any]], None]
 
 MAX_ENTITY_BYTES = 64 * 1024

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import msgpack
 
 from gossipmesh.errors import DecodeError
+from gossipmesh.wire import BAD_BYTES
 
 Health = Literal["passing", "warning", "critical", "unknown"]
 HEALTH_STATES = ("passing", "warning", "critical", "unknown")
@@ -197,7 +198,7 @@ def _unpack(data: bytes) -> Any:
         raise DecodeError("record_size")
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
-    except Exception as e:
+    except BAD_BYTES as e:
         raise DecodeError("msgpack", type(e).__name__) from None
 
 

@@ -72,6 +72,7 @@ from gossipmesh.crdt.entries import (
 )
 from gossipmesh.crdt.hlc import Timestamp
 from gossipmesh.errors import DecodeError
+from gossipmesh.wire import BAD_BYTES
 
 VERSION = 2
 T_DIGEST, T_REPLY, T_PUSH, T_DELTA, T_SNAPSHOT = 1, 2, 3, 4, 5
@@ -300,7 +301,7 @@ def decode(data: bytes) -> Message:
             max_map_len=0,  # the protocol has no maps; values travel as opaque bytes
             max_ext_len=0,
         )
-    except Exception as e:  # msgpack raises a zoo of types on bad input; all mean the same
+    except BAD_BYTES as e:
         raise DecodeError("msgpack", type(e).__name__) from None
     try:
         return _message(raw)

@@ -8,9 +8,10 @@ second go out, and the next line that does says how many were left out.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
+
+from gossipmesh.proxy.clock import NS_PER_S, Clock, MonotonicClock
 
 log = logging.getLogger("gossipmesh.proxy")
 
@@ -22,17 +23,21 @@ def _stdlib(event: str, fields: dict[str, Any]) -> None:
 
 
 class Audit:
-    __slots__ = ("sink", "per_s", "second", "sent", "suppressed")
+    __slots__ = ("sink", "per_s", "clock", "second", "sent", "suppressed")
 
-    def __init__(self, sink: Sink | None = None, per_s: int = 10) -> None:
+    def __init__(
+        self, sink: Sink | None = None, per_s: int = 10, clock: Clock | None = None
+    ) -> None:
         self.sink = sink or _stdlib
+        # The proxy's one clock (a test's mock clock moves the rate window).
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.per_s = per_s
         self.second = 0
         self.sent = 0
         self.suppressed = 0
 
     def __call__(self, event: str, **fields: Any) -> None:
-        second = int(time.monotonic())
+        second = self.clock.now_ns() // NS_PER_S
         if second != self.second:
             self.second = second
             self.sent = 0

@@ -160,7 +160,7 @@ class Proxy:
         self.tcp = TcpProxy(
             self.directory, self.upstreams, self.tunnels, self.accounting, self.deadlines, self.rng
         )
-        self.audit = Audit(audit)
+        self.audit = Audit(audit, clock=self.clock)
         self.forwarder.audit = self.audit
         self.mtls = mtls
         self.watch: PeerWatch | None = None

@@ -58,7 +58,7 @@ from gossipmesh.swim.fields import (
     signature_field,
 )
 from gossipmesh.swim.member import MAX_META_BYTES
-from gossipmesh.wire import decode_packet, pack
+from gossipmesh.wire import BAD_BYTES, decode_packet, pack
 
 MAX_USER_PAYLOAD_BYTES = 65_507
 
@@ -351,7 +351,7 @@ def decode(data: bytes) -> Message:
     """Unpack and validate one message packed by ``encode``."""
     try:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except Exception as exc:
+    except BAD_BYTES as exc:
         raise DecodeError("malformed", f"{type(exc).__name__}") from None
     return from_list(raw)
 

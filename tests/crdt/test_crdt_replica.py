@@ -54,7 +54,7 @@ def addr(name: str) -> Address:
 
 def no_bad(key: str, value: Mapping[str, Any]) -> None:
     if "bad" in value:
-        raise ValueError("bad value")
+        raise UsageError("bad value")  # the Validator contract (crdt/entries.py)
 
 
 def core(name: str = "a", seed: int = 1, **config: Any) -> ReplicaCore:
@@ -147,7 +147,7 @@ def test_pushes_beyond_the_concurrency_limit_are_skipped_and_counted() -> None:
 
 def test_a_refused_commit_changes_nothing_and_asks_for_nothing() -> None:
     a = core("a")
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):  # the validator's error
         commit(a, [("service/x", {"bad": 1})], 0, WALL)
     assert a.doc.top(a.writer) == 0 and a.counters["config.local_writes"] == 0
     delta, effects = commit(a, [("service/absent", None)], 0, WALL)  # deleting nothing
