@@ -35,7 +35,7 @@ from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.peers import Peer
 from gossipmesh.proxy.sockio import ConnLost, SockIO
-from gossipmesh.proxy.tls import TlsIO
+from gossipmesh.proxy.tls import TlsIO, TlsSocket
 
 # What a client connection is waiting for (timeouts are counted by it).
 BUSY, HEAD, IDLE = range(3)
@@ -197,24 +197,34 @@ class Downstreams:
             refused[key] = refused.get(key, 0) + 1
         return reason
 
-    def open(
-        self, sock: socket.socket, addr: object, direction: str, tls: bool = False
-    ) -> Downstream:
-        """An accepted connection (already non-blocking) as a ``Downstream``, counted. ``tls``:
-        ``sock`` is a ``TlsSocket`` (its handshake still to come)."""
+    def open(self, sock: socket.socket, addr: object, direction: str) -> Downstream:
+        """An accepted connection (already non-blocking) as a ``Downstream``, counted; an
+        inbound mTLS one becomes TLS with ``to_tls`` once its client spoke."""
         m = self.metrics
         m.open_connections[direction] += 1
         m.connections_total[direction] += 1
         lc = m.listener_connections
         lc[direction] = lc.get(direction, 0) + 1
         limits = self.limits
-        io = TlsIO(sock, self.budget) if tls else SockIO(sock, self.budget)  # type: ignore[arg-type]
+        io = SockIO(sock, self.budget)
         self.deadlines.add(io)
         reader = RequestReader(limits.max_header_bytes, limits.max_header_count)
         now_ns = self.deadlines.clock.now_ns()
         conn = Downstream(io, reader, self.mv, addr, direction, self.buffers, now_ns)
         io.deadline_ns = now_ns + self.head_ns
         return conn
+
+    def to_tls(self, conn: Downstream, tsock: TlsSocket) -> TlsIO:
+        """``conn``'s socket, now wrapped by ``tsock`` (its handshake still to come), as its io:
+        the same descriptor (counted once) and the same deadline."""
+        old = conn.io
+        self.deadlines.discard(old)
+        io = TlsIO(tsock)
+        io.budget = old.budget  # the descriptor is the one ``old`` counted; its close releases it
+        io.deadline_ns = old.deadline_ns
+        self.deadlines.add(io)
+        conn.io = io
+        return io
 
     def await_request(self, conn: Downstream, now_ns: int) -> None:
         """Arm the client's deadline while no request is complete (see the module docstring)."""

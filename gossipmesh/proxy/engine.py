@@ -52,8 +52,9 @@ if HAVE_EPOLL:
     MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
     LISTEN_MASK = select.EPOLLIN | select.EPOLLET
     READ_MASK = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+    READ_WAIT = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 else:  # pragma: no cover - the proxy falls back to the task path
-    MASK = LISTEN_MASK = READ_MASK = 0
+    MASK = LISTEN_MASK = READ_MASK = READ_WAIT = 0
 
 
 class Engine:
@@ -108,7 +109,8 @@ class Engine:
         handshake: Handshake | None = None,
     ) -> None:
         """Accept on ``lsock``; ``caller``: the identity its requests present on the mesh hop;
-        ``handshake``: a task that takes each accepted socket over (mTLS, handshakes.py)."""
+        ``handshake``: a task that takes each accepted connection over once it has sent its
+        first byte (mTLS, handshakes.py: ``Handshakes.greet``)."""
         acc = Acceptor(self, lsock, direction, caller, handshake)
         self.handlers[lsock.fileno()] = acc.on_event
         self.ep.register(lsock.fileno(), LISTEN_MASK)
@@ -122,6 +124,26 @@ class Engine:
         try:
             self.adopt(conn)
         except (OSError, ValueError):
+            self.downstreams.close(conn)
+
+    def greet(
+        self, sock: socket.socket, addr: object, direction: str, handshake: Handshake
+    ) -> None:
+        """Count ``sock`` and wait for its first byte here, without a task (a bare connection
+        then costs a few small objects, not a task and its frames); ``handshake`` takes it over
+        then. Its head deadline runs from now."""
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = self.downstreams.open(sock, addr, direction)
+        g = Greeting(self, conn, handshake)
+        try:
+            self.handlers[g.fd] = g.on_event
+            conn.io.owner = g
+            self.ep.register(g.fd, READ_WAIT)  # a byte already there raises the first event
+        except (OSError, ValueError):
+            self.handlers.pop(g.fd, None)
+            conn.io.owner = None
             self.downstreams.close(conn)
 
     def adopt(self, conn: Downstream) -> None:
@@ -206,10 +228,14 @@ class Engine:
         finally:
             for conn in list(self.conns):
                 conn.close()
+            for h in list(handlers.values()):
+                greeting = getattr(h, "__self__", None)
+                if isinstance(greeting, Greeting):
+                    self.downstreams.close(greeting.conn)
             ep.close()
 
 
-Handshake = Callable[[socket.socket, object], Awaitable[None]]
+Handshake = Callable[[Downstream], Awaitable[None]]
 
 
 class Acceptor:
@@ -247,10 +273,7 @@ class Acceptor:
                 Downstreams.refuse(sock, refused, http=self.handshake is None)
                 continue
             if self.handshake is not None:
-                sock.setblocking(False)
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                engine.nursery.start_soon(self.handshake, sock, addr)
+                engine.greet(sock, addr, self.direction, self.handshake)
                 continue
             engine.accept(sock, addr, self.direction, self.caller)
         # The edge may hold more connections: come back after a checkpoint.
@@ -259,6 +282,29 @@ class Acceptor:
     async def later(self) -> None:
         await trio.lowlevel.checkpoint()
         self.on_event(0)
+
+
+class Greeting:
+    """An accepted connection that has not spoken yet: registered for readability only."""
+
+    __slots__ = ("engine", "conn", "fd", "handshake")
+
+    def __init__(self, engine: Engine, conn: Downstream, handshake: Handshake) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.fd = conn.io.sock.fileno()
+        self.handshake = handshake
+
+    def on_event(self, ev: int) -> None:
+        """A byte (or the end) arrived: the handshake's task takes the connection over."""
+        self.engine.forget(self.fd, self)
+        self.conn.io.owner = None
+        self.engine.nursery.start_soon(self.handshake, self.conn)
+
+    def on_timeout(self, io: object) -> None:
+        """Silent until its head deadline: the watchdog closed it."""
+        self.engine.forget(self.fd, self)
+        self.engine.downstreams.close(self.conn)
 
 
 class UpReg:

@@ -287,8 +287,8 @@ class Proxy:
                 for lsock, direction, service in listeners:
                     if eng is not None and direction != TCP:
                         hs = self.handshakes
-                        accept = hs.accept if hs is not None and direction == INBOUND else None
-                        eng.add_listener(lsock, direction, service, accept)
+                        greet = hs.greet if hs is not None and direction == INBOUND else None
+                        eng.add_listener(lsock, direction, service, greet)
                     else:
                         nursery.start_soon(self.accept_loop, lsock, direction, service, nursery)
                 task_status.started(self.addresses)

@@ -28,6 +28,7 @@ from gossipmesh.identity import (
     issue_workload,
 )
 from gossipmesh.identity.files import private_key_pem
+from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.mtls import Credential, MeshCredentials, MeshTls, make_context, sni_name
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import Endpoint, build_route_table
@@ -155,6 +156,7 @@ async def start_mtls_mesh(
     a_services: Sequence[str] = ("web",),
     hosts: Mapping[str, set[str]] = HOSTS,
     b_plaintext: bool = False,
+    b_limits: ProxyLimits | None = None,
     **a_kw: object,
 ) -> MtlsMesh:
     wall = Wall()
@@ -175,6 +177,7 @@ async def start_mtls_mesh(
             pki.authority("n2", hosts),
             plaintext_inbound=b_plaintext,
         ),
+        limits=b_limits,
     )
     b_addr = await nursery.start(b.serve)
     a = Proxy(

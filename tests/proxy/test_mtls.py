@@ -17,7 +17,7 @@ from proxy_helpers import Backend, Client, raw_exchange, service
 from gossipmesh.config.schema import PolicyConfig, validate_entity
 from gossipmesh.identity import fingerprint
 from gossipmesh.proxy.authz import Policies
-from gossipmesh.proxy.limits import INBOUND, OUTBOUND
+from gossipmesh.proxy.limits import INBOUND, OUTBOUND, ProxyLimits
 from gossipmesh.proxy.mtls import MeshTls
 from gossipmesh.proxy.server import Proxy
 from gossipmesh.proxy.table import Endpoint, build_route_table
@@ -376,3 +376,36 @@ async def test_an_upgraded_outbound_reaches_a_plaintext_inbound_only_in_migratio
         else:
             assert r.status in (502, 503) and a.metrics.plaintext == {}
     assert be.requests == 1
+
+
+def tasks_running(prefix: str) -> int:
+    """Trio tasks alive now whose coroutine's qualified name starts with ``prefix``."""
+    count = 0
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        count += task.coro.cr_code.co_qualname.startswith(prefix)  # type: ignore[attr-defined]
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return count
+
+
+async def test_silent_inbound_connections_hold_no_task_and_close_at_the_head_deadline(
+    nursery: trio.Nursery,
+) -> None:
+    # A port scan or slow clients: connections that never send a byte. The engine counts them
+    # and waits for their first byte without a task or OpenSSL state (issue 13: 5,000 of them
+    # took an agent from 68 to 309 MiB), and the head deadline closes them, counted.
+    mesh = await start_mtls_mesh(nursery, b_limits=ProxyLimits(head_timeout_ms=1500))
+    silent = [await trio.open_tcp_stream(*mesh.inbound) for _ in range(50)]
+    c = await Client.open(mesh.outbound)
+    assert (await c.request("GET", "/name", "api")).body == b"be1"  # the hop still works
+    await c.aclose()
+    await wait_for("all counted", lambda: mesh.b.metrics.listener_connections[INBOUND] >= 51)
+    assert tasks_running("Handshakes.") <= 1  # at most the live hop's, none per silent one
+    for s in silent:
+        with trio.fail_after(5):
+            assert await s.receive_some(100) == b""  # closed by the agent, nothing said
+        await s.aclose()
+    await wait_for("counted", lambda: mesh.b.metrics.head_timeouts.get(INBOUND) == 50)
+    assert (INBOUND, "timeout") not in mesh.b.metrics.tls_handshakes  # no handshake was begun
