@@ -29,6 +29,13 @@ serve its other config than sit down:
   missing, and flagged, until the operator looks (``--rebuild-config`` does not clear it: the
   ledger is the evidence).
 
+When the ledger is gone together with the store (a wiped data dir), the node cannot know what it
+acknowledged; but a node that starts with neither is only new if no peer holds writes made under
+its name before. The replica watches what anti-entropy hands over for writer ids ``NAME@…`` other
+than its own: each is an ``error`` line ``config_previous_writer``, counted
+(``config.previous_writers``), listed in ``/v1/health`` (``config_previous_writers``) and taken
+into the ledger, so a later loss of those writes is caught like any other.
+
 Writes are counted by dots: a writer's counters go up by one per entry, so ``acked - found`` is
 how many of its entries (at least) this store lacks.
 """

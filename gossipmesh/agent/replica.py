@@ -76,7 +76,14 @@ from gossipmesh.crdt.effects import (
     SetTimer,
     SyncDone,
 )
-from gossipmesh.crdt.replica import TAG, ReplicaConfig, ReplicaCore, adopt_writer, make_writer
+from gossipmesh.crdt.replica import (
+    TAG,
+    ReplicaConfig,
+    ReplicaCore,
+    adopt_writer,
+    make_writer,
+    writes_as,
+)
 from gossipmesh.crdt.sync import encode_delta
 from gossipmesh.errors import DecodeError, LimitExceededError, StoreCorruptError
 from gossipmesh.ids import Address
@@ -158,6 +165,10 @@ class ConfigReplica:
         self._nursery: trio.Nursery | None = None
         self.ledger: AckLedger | None = None  # set by open() with a data dir
         self.lost: dict[str, Shortfall] = {}  # writer -> what is still missing (recovery state)
+        # Started with no store and no ledger, as a new node: writer ids of this node's name from
+        # an earlier life, found in what peers hand over, with their top counter. None: the
+        # store was not new (its own ledger speaks for it).
+        self.previous: dict[str, int] | None = None
         agent.health_extensions.append(self._health_section)
         # The mesh's TrustStore follows the document's revocations and root statements.
         self.trust_sync = TrustSync(document, agent.identity.trust, agent.counters)
@@ -229,6 +240,8 @@ class ConfigReplica:
                        bytes=document.size_bytes)  # fmt: skip
         replica = cls(agent, document=document, store=store, writer=writer, **options)
         replica.ledger = ledger
+        if not ledger.writers and not document.writers() and store_rebuilt_from is None:
+            replica.previous = {}  # new by its own evidence: peers may know better
         if short:
             replica.lost = {s.writer: s for s in short}
             missing = sum(s.missing for s in short)
@@ -418,8 +431,11 @@ class ConfigReplica:
                     if isinstance(rest, OpenExchange):
                         self.core.exchange_failed(rest.token, _now_ms())
                 raise
-        if self.lost and any(isinstance(e, Persist) for e in effects):
-            self._check_recovery()  # a merge persisted something: maybe what was lost
+        if any(isinstance(e, Persist) for e in effects):
+            if self.lost:
+                self._check_recovery()  # a merge persisted something: maybe what was lost
+            if self.previous is not None:
+                self._check_previous_life()
 
     def _carry_out(self, effect: Effect) -> None:
         if isinstance(effect, Persist):
@@ -471,7 +487,38 @@ class ConfigReplica:
             self.agent.log.warn("config_store_recovered",
                                 recovered=self.counters["config.recovered_writes"])  # fmt: skip
 
+    def _check_previous_life(self) -> None:
+        """A node that started with an empty data dir (no store, no ledger) is only new if no
+        peer holds writes made under its name before. If one does, its data dir was lost (or a
+        new host took an old name): said loudly, counted, shown in /v1/health, and the ledger
+        takes those writes over so that a later loss of them is detected like any other. The
+        writes themselves come back with anti-entropy; any no peer received are gone, and
+        without the old ledger nobody can say how many."""
+        previous = self.previous
+        assert previous is not None
+        name = self.agent.settings.name
+        for writer in self.doc.writers():
+            if writer == self.writer or not writes_as(writer, name):
+                continue
+            top = self.doc.top(writer)
+            if previous.get(writer, 0) >= top:
+                continue
+            if writer not in previous:
+                self.counters["config.previous_writers"] += 1
+                self.agent.log.error(
+                    "config_previous_writer", writer=writer, entries=top, own_writer=self.writer,
+                    detail="this node started with an empty data dir, but peers hold writes made "
+                           "under its name before: its data dir was lost, or an old name was "
+                           "reused; they are restored from peers, writes no peer received are "
+                           "gone",
+                )  # fmt: skip
+            previous[writer] = top
+            if self.ledger is not None:
+                self.ledger.acknowledge(writer, top)
+
     def _health_section(self, health: dict[str, Any]) -> None:
+        if self.previous:
+            health["config_previous_writers"] = dict(self.previous)
         if not self.lost:
             return
         missing = sum(s.missing for s in self.lost.values())

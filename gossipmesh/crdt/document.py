@@ -197,6 +197,10 @@ class Document:
     def top(self, writer: str) -> int:
         return self._top.get(writer, 0)
 
+    def writers(self) -> list[str]:
+        """Every writer id this document holds an entry of (or held one, before a collection)."""
+        return list(self._top)
+
     @property
     def policy(self) -> Policy:
         return self._policy

@@ -147,13 +147,18 @@ def make_writer(name: str, rng: policy.Rng) -> str:
     return f"{short}@{rng.getrandbits(32):08x}"
 
 
+def writes_as(writer: str, name: str) -> bool:
+    """``writer`` is a writer id of the node called ``name`` (of this life or an earlier one)."""
+    short = name.encode()[:MAX_WRITER_NAME_BYTES].decode(errors="ignore") or "node"
+    return writer.startswith(short + "@")
+
+
 def adopt_writer(stored: str | None, name: str) -> str | None:
     """The writer id a store holds, if it is this node's; None means "make a new one". A store
     carried over to a renamed node starts a new writer rather than speak for the old one."""
     if stored is None:
         return None
-    short = name.encode()[:MAX_WRITER_NAME_BYTES].decode(errors="ignore")
-    return stored if stored.startswith(short + "@") else None
+    return stored if writes_as(stored, name) else None
 
 
 @dataclass(slots=True)
@@ -584,5 +589,6 @@ __all__ = [
     "adopt_writer",
     "frame",
     "make_writer",
+    "writes_as",
     "unframe",
 ]

@@ -126,3 +126,31 @@ def test_a_corrupt_write_ahead_log_is_a_loss_recovered_from_peers(
         f.seek(size // 2)
         f.write(os.urandom(size - size // 2))
     restart_and_recover(a, keys, lost_before)
+
+
+def test_a_wiped_config_store_and_ledger_are_not_taken_for_a_new_node(
+    pair: tuple[AgentProc, AgentProc],
+) -> None:
+    # The data dir's config files gone together (a wiped disk, a new volume): the node cannot
+    # know what it acknowledged, but the writes its peers hold under its name tell that it is
+    # not new. Said loudly, counted, shown in /v1/health; the writes come back from peers.
+    a, b = running(pair)
+    keys = write_many(a, b, "wiped")
+    before = len(log_events(a, "config_previous_writer"))
+    a.stop()  # SIGKILL
+    for name in ("replica.db", "replica.db-wal", "replica.db-shm", "replica.acked"):
+        (a.data_dir / name).unlink(missing_ok=True)
+    a.start()
+    wait_until("a got its writes back", lambda: all(
+        k in a.client.config("route/")["entities"] for k in keys), SETTLE_S)  # fmt: skip
+    wait_until("a said it", lambda: len(log_events(a, "config_previous_writer")) > before,
+               SETTLE_S)  # fmt: skip
+    said = log_events(a, "config_previous_writer")[-1]
+    assert str(said["writer"]).startswith("a@") and said["writer"] != said["own_writer"]
+    health = a.client.health()
+    assert health["counters"]["config.previous_writers"] >= 1
+    assert said["writer"] in health["config_previous_writers"]
+    # The ledger took them over: the next loss of those writes is detected like any other.
+    ledger = json.loads((a.data_dir / "replica.acked").read_text())
+    assert said["writer"] in ledger["writers"]
+    assert not log_events(b, "config_previous_writer")  # b's store is its own
