@@ -342,7 +342,7 @@ def test_the_reader_sees_every_module_and_imports_inside_functions() -> None:
     found = sources()
     assert {"gossipmesh.swim.node", "gossipmesh.crdt.document", "gossipmesh.cli.app",
             "gossipmesh.client", "simulations.cluster"} <= set(found)  # fmt: skip
-    lazy = [i for i in found["gossipmesh.cli.app"].imports if i.module == "gossipmesh.agent.main"]
+    lazy = [i for i in found["gossipmesh.cli.app"].imports if i.module == "gossipmesh.agent.launch"]
     assert [(i.function, i.type_checking) for i in lazy] == [("agent", False)]
     typed = [i for i in found["gossipmesh.agent.join"].imports if i.type_checking]
     assert typed and all(i.function is None for i in typed)

@@ -214,7 +214,8 @@ def agent(
     seed: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the gossipmesh agent in the foreground (SIGINT/SIGTERM leave gracefully)."""
-    from gossipmesh.agent.main import run_agent  # the one place the CLI runs agent code
+    # The one place the CLI runs agent code: it becomes the agent process (agent/launch.py).
+    from gossipmesh.agent.launch import exec_agent
 
     flags = {
         "name": name,
@@ -242,7 +243,7 @@ def agent(
         "config_gc_grace_ms": config_gc_grace_ms,
         "enable_fault_injection": True if enable_fault_injection else None,
     }
-    raise typer.Exit(run_agent(flags, config))
+    exec_agent(flags, config)
 
 
 @app.command()
