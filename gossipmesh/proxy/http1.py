@@ -36,7 +36,6 @@ Content-Length body keeps its length). Upgrade/Connection are re-added only for 
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import httptools
@@ -194,7 +193,7 @@ class ResponseHead:
         return f"<ResponseHead {self.status}>"
 
 
-def _tokens(value: bytes) -> tuple[bytes, ...]:
+def header_tokens(value: bytes) -> tuple[bytes, ...]:
     if b"," not in value:
         t = value.strip().lower()
         return (t,) if t else ()
@@ -273,7 +272,7 @@ class RequestReader:
                 self._refuse("more than one Host field")
             h.host = value
         elif slot == H_CONN:
-            h.conn_tokens += _tokens(value)
+            h.conn_tokens += header_tokens(value)
         elif slot == H_EXPECT:
             h.expect_continue = value.strip().lower() == b"100-continue"
         elif slot == H_RID:
@@ -396,192 +395,21 @@ class RequestReader:
         return False
 
 
-_RESP_HOP_RE = re.compile(
+RESP_HOP_RE = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade)"
     rb"[ \t]*:[^\r\n]*",
     re.IGNORECASE,
 )
 # Every response field the proxy acts on, in one pass: framing, and whether any hop-by-hop line
 # is there to cut (most upstreams send at least ``Connection: keep-alive``; some send none).
-_RESP_FIELDS_RE = re.compile(
+RESP_FIELDS_RE = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
     rb"|upgrade)[ \t]*:[ \t]*([^\r\n]*)",
     re.IGNORECASE,
 )
-# Public names for the proxy's fast path, which reads response heads without the parser.
-RESP_FIELDS_RE = _RESP_FIELDS_RE
-RESP_HOP_RE = _RESP_HOP_RE
 # Connection tokens that name no header to strip: plain options, and the protected fields (an
 # upstream cannot make the proxy drop the Content-Length it frames the client's response with).
-_KEPT_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"}) | PROTECTED
-
-
-class ResponseReader:
-    """Parses one upstream connection's responses into events.
-
-    httptools does the framing (where the body and the message end); the head is taken from the
-    raw bytes. Upstreams are never pipelined, so a response head always starts at the first byte
-    received after the previous response ended (or right after a 1xx head): the reader copies
-    bytes into ``_headbuf`` only while a head is awaited and cuts the head at the blank line.
-
-    ``at_boundary`` says whether the exchange ended exactly where its response did: a byte of
-    anything after a final response (a second response the upstream should not have sent, the
-    body of a HEAD answer) means the two sides disagree on framing, and the connection must not
-    carry another request.
-    """
-
-    __slots__ = (
-        "events",
-        "pos",
-        "_parser",
-        "_headbuf",
-        "_scan",
-        "_need_head",
-        "upgrade_tail",
-        "max_header_bytes",
-        "max_header_count",
-        "_status",
-        "_final_done",
-        "_head_tail",
-        "extra",
-    )
-
-    def __init__(self, max_header_bytes: int = 65536, max_header_count: int = 100) -> None:
-        self.events: list[object] = []
-        self.pos = 0
-        self.max_header_bytes = max_header_bytes
-        self.max_header_count = max_header_count
-        self._parser = httptools.HttpResponseParser(self)
-        self._headbuf = bytearray()
-        self._scan = 0
-        self._need_head = True
-        self.upgrade_tail: bytes | None = None
-        self._status = 0  # of the head being parsed
-        self._final_done = False  # this exchange's final response ended
-        self._head_tail = 0  # bytes received past the final head in the same reads
-        self.extra = False  # bytes came after the final response: framing disagreement
-
-    def reset(self) -> None:
-        """Fresh parser state: after a HEAD response (llhttp cannot be told the body is absent).
-        Any byte already received past its head was not part of it."""
-        self._parser = httptools.HttpResponseParser(self)
-        self.events.clear()
-        self.pos = 0
-        self._headbuf = bytearray()
-        self._scan = 0
-        self._need_head = True
-        self._final_done = True
-        self.extra = self.extra or self._head_tail > 0
-
-    def at_boundary(self) -> bool:
-        """True if nothing was received past the end of this exchange's response."""
-        return not self.extra and not self._headbuf and self._need_head and not self.pending()
-
-    def close(self) -> None:
-        """The connection ended: drop the parser (see ``RequestReader.close``)."""
-        with contextlib.suppress(AttributeError):
-            del self._parser
-
-    def next_exchange(self) -> None:
-        """The connection carries a new request (it was at a boundary)."""
-        self.events.clear()
-        self.pos = 0
-        self._final_done = False
-        self._head_tail = 0
-
-    def on_message_begin(self) -> None:
-        if self._final_done:
-            self.extra = True
-
-    def on_headers_complete(self) -> None:
-        buf = self._headbuf
-        end = buf.find(b"\r\n\r\n", self._scan)
-        if end < 0:
-            raise ParseError("response head not at a message boundary")
-        raw = bytes(buf[self._scan : end])
-        if raw.count(b"\r\n") > self.max_header_count:
-            raise HeaderLimitError("upstream sent too many headers")
-        p = self._parser
-        h = ResponseHead(raw, p.get_status_code())
-        self._status = h.status
-        h.version = p.get_http_version()
-        h.keep_alive = p.should_keep_alive()
-        h.upgrade = h.status == 101
-        hop = False
-        cl = None
-        tokens: tuple[bytes, ...] = ()
-        for name, value in _RESP_FIELDS_RE.findall(raw):
-            name = name.lower()
-            if name == b"content-length":
-                if cl is None:
-                    cl = value.rstrip(b" \t")
-                continue
-            hop = True
-            if name == b"connection":
-                tokens += _tokens(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                h.chunked = True
-        if cl is not None and cl.isdigit():  # llhttp already refused a malformed length
-            h.content_length = int(cl)
-        h.conn_tokens = tokens
-        h.hop = hop
-        if 100 <= h.status < 200 and h.status != 101:
-            self._scan = end + 4  # the final head follows right after an interim one
-        else:
-            self._need_head = False
-            self._head_tail = len(buf) - end - 4
-            self._headbuf = bytearray()
-            self._scan = 0
-        self.events.append(h)
-
-    def on_body(self, body: bytes) -> None:
-        self.events.append(body)
-
-    def on_message_complete(self) -> None:
-        self.events.append(END)
-        self._need_head = True
-        if not 100 <= self._status < 200 or self._status == 101:
-            self._final_done = True
-
-    def feed(self, data: memoryview | bytes) -> None:
-        if self.pos and self.pos >= len(self.events):
-            self.events.clear()
-            self.pos = 0
-        if self._need_head:
-            self._headbuf += data
-            if len(self._headbuf) - self._scan > self.max_header_bytes + 1024 and (
-                self._headbuf.find(b"\r\n\r\n", self._scan) < 0
-            ):
-                raise HeaderLimitError("upstream header section too large")
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            offset = e.args[0] if e.args else len(data)
-            self.upgrade_tail = bytes(data[offset:])
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__ or e.__cause__
-            if isinstance(cause, ParseError):
-                raise cause from None
-            raise ParseError(str(e) or type(e).__name__) from None
-        except httptools.HttpParserError as e:
-            raise ParseError(str(e) or type(e).__name__) from None
-
-    def pending(self) -> bool:
-        return self.pos < len(self.events)
-
-    def mid_message(self) -> bool:
-        """True once any byte of a response has arrived (events of an earlier, finished
-        response that are still in the list do not count)."""
-        return bool(self._headbuf) or not self._need_head or self.pending()
-
-    def pop(self) -> object:
-        ev = self.events[self.pos]
-        self.pos += 1
-        return ev
-
-
-# ---------------------------------------------------------------------------------------------
-# Building heads for the next hop
+KEPT_CONN_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"}) | PROTECTED
 
 
 def build_request_head(
@@ -609,8 +437,8 @@ def build_response_head(head: ResponseHead, extra: list[bytes]) -> bytes:
     """Status line (as HTTP/1.1) and the upstream's header lines minus hop-by-hop ones."""
     raw = head.raw
     if head.hop:
-        raw = _RESP_HOP_RE.sub(b"", raw)
-    tokens = [t for t in head.conn_tokens if t not in _KEPT_CONN_TOKENS] if head.conn_tokens else ()
+        raw = RESP_HOP_RE.sub(b"", raw)
+    tokens = [t for t in head.conn_tokens if t not in KEPT_CONN_TOKENS] if head.conn_tokens else ()
     if tokens:
         named = re.compile(
             rb"\r\n(?:" + b"|".join(re.escape(t) for t in tokens) + rb")[ \t]*:[^\r\n]*",

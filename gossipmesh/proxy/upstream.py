@@ -25,7 +25,7 @@ import trio
 from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, Clock
 from gossipmesh.proxy.deadlines import Deadlines
 from gossipmesh.proxy.descriptors import DescriptorBudget
-from gossipmesh.proxy.http1 import ResponseReader
+from gossipmesh.proxy.http1_response import ResponseReader
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.pool import PoolDecisions

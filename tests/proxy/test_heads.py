@@ -22,7 +22,8 @@ from gossipmesh.proxy.heads import (
     response_framing,
     upgrade_reply_head,
 )
-from gossipmesh.proxy.http1 import RequestHead, RequestReader, ResponseHead, ResponseReader
+from gossipmesh.proxy.http1 import RequestHead, RequestReader, ResponseHead
+from gossipmesh.proxy.http1_response import ResponseReader
 
 MESH = b"x-gossipmesh-dest: 10.0.0.2:8080\r\nx-gossipmesh-service: api\r\n"
 

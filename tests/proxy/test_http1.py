@@ -12,10 +12,10 @@ from gossipmesh.proxy.http1 import (
     RequestHead,
     RequestReader,
     ResponseHead,
-    ResponseReader,
     build_request_head,
     build_response_head,
 )
+from gossipmesh.proxy.http1_response import ResponseReader
 
 
 def feed_all(data: bytes, **kw: int) -> RequestReader:
