@@ -509,7 +509,7 @@ class Document:
     def _version(self, e: Entry, current: bool) -> Version:
         try:
             value = e.decoded()
-        except Exception:
+        except BAD_BYTES:  # bytes that are not a mapping: the history shows no value
             value = None
         return Version(e.writer, e.counter, e.hlc, value, current, e.suspect, e.signer,
                        self.void_reason(e))  # fmt: skip
