@@ -1,0 +1,224 @@
+"""The chaos harness's checkers: pure functions of the schedule and what the workload recorded.
+
+1. writes: every acknowledged write is on every agent with its value, and all replicas have the
+   same root hash, within ``CONVERGE_BOUND_S`` after the last heal (or the last write, if later);
+2. membership: every agent sees every host alive within ``CONVERGE_BOUND_S`` after the last heal;
+3. no false dead: an observer O's view of S turning alive/suspect -> dead is explained only by a
+   fault that separates O and S (a partition between them, either of them isolated, killed or
+   paused) that began before and ended at most ``DEAD_GRACE_S`` before it; clock jumps and packet
+   loss explain nothing;
+4. requests: success >= 99.9 % of the idempotent requests whose own host's agent was running
+   (a request into a killed or paused sidecar has nowhere to go; those are counted apart), while
+   an upstream app is SIGKILLed every 30 s and the nemesis plays the rest;
+5. resources: each agent process's RSS and open FDs grow <= 10 % from the end of its warm-up to
+   its last sample (process lifetimes shorter than warm-up + ``MIN_JUDGED_S`` are not judged).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from chaos_nemesis import Schedule
+from chaos_workload import Records
+
+CONVERGE_BOUND_S = 30.0
+DEAD_GRACE_S = 20.0
+SUCCESS_MIN = 0.999
+GROWTH_MAX = 0.10
+MIN_JUDGED_S = 30.0
+ORIGIN_GRACE_S = 3.0  # after an origin's agent is back, before its requests count again
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Figures:
+    writes_acked: int = 0
+    writes_tried: int = 0
+    writes_found: int = 0  # acknowledged writes present with their value on every agent
+    requests: int = 0
+    requests_ok: int = 0
+    judged: int = 0
+    judged_ok: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    heals: list[tuple[str, float, float | None, float | None]] = field(default_factory=list)  # fault, heal s, members s, writes s
+    final_converged_s: float | None = None
+    final_whole_s: float | None = None
+    false_dead: list[str] = field(default_factory=list)
+    excused_dead: int = 0
+    growth: list[tuple[int, int, float, float, float]] = field(default_factory=list)  # host, pid, span s, rss, fds
+    reads: int = 0
+    reads_ok: int = 0
+
+
+def _origin_down(sched: Schedule, host: int, t: float) -> str | None:
+    for f in sched.faults:
+        if f.kind in ("kill", "kill-wipe", "pause") and host in f.hosts:
+            if f.start_s <= t <= f.end_s + ORIGIN_GRACE_S:
+                return f.kind
+    return None
+
+
+def check_requests(sched: Schedule, rec: Records, fig: Figures) -> Check:
+    for t, host, ok, why in rec.requests:
+        fig.requests += 1
+        fig.requests_ok += ok
+        down = _origin_down(sched, host, t)
+        if down is not None:
+            fig.excluded[down] = fig.excluded.get(down, 0) + 1
+            continue
+        fig.judged += 1
+        fig.judged_ok += ok
+        if not ok:
+            kind = why.split(":")[0][:60]
+            fig.failures[kind] = fig.failures.get(kind, 0) + 1
+    rate = fig.judged_ok / fig.judged if fig.judged else 0.0
+    return Check(
+        "requests",
+        fig.judged > 0 and rate >= SUCCESS_MIN,
+        f"{fig.judged_ok}/{fig.judged} = {rate:.4%} (>= {SUCCESS_MIN:.1%}) of requests whose own "
+        f"agent ran; all {fig.requests_ok}/{fig.requests}; failures {fig.failures or 'none'}",
+    )
+
+
+def whole_after(rec: Records, n: int, after: float) -> float | None:
+    """First time >= ``after`` from which every observer's latest view (since ``after``) has all
+    ``n`` hosts alive."""
+    latest: dict[int, bool] = {}
+    for t, obs, _pid, view in rec.views:
+        if t < after:
+            continue
+        latest[obs] = len(view) == n and all(s == "alive" for s in view.values())
+        if len(latest) == n and all(latest.values()):
+            return t
+    return None
+
+
+def _writes_present_after(rec: Records, n: int, after: float, keys: dict[str, int]) -> float | None:
+    """First time >= ``after`` at which every observer's latest config has all ``keys``."""
+    latest: dict[int, bool] = {}
+    for t, obs, _root, have in rec.configs:
+        if t < after:
+            continue
+        latest[obs] = all(have.get(k) == v for k, v in keys.items())
+        if len(latest) == n and all(latest.values()):
+            return t
+    return None
+
+
+def acked_before(rec: Records, t: float) -> dict[str, int]:
+    return {w[2]: w[3] for w in rec.writes if w[4] and w[0] <= t}
+
+
+def convergence(sched: Schedule, rec: Records, fig: Figures) -> None:
+    for f in sched.faults:
+        whole = whole_after(rec, sched.hosts, f.end_s)
+        present = _writes_present_after(rec, sched.hosts, f.end_s, acked_before(rec, f.end_s))
+        fig.heals.append((f.describe(), f.end_s,
+                          None if whole is None else whole - f.end_s,
+                          None if present is None else present - f.end_s))  # fmt: skip
+
+
+def check_false_dead(sched: Schedule, rec: Records, fig: Figures) -> Check:
+    last: dict[tuple[int, str], tuple[int, str]] = {}  # (observer, subject) -> (pid, state)
+    for t, obs, pid, view in rec.views:
+        for name, state in view.items():
+            prev = last.get((obs, name))
+            last[(obs, name)] = (pid, state)
+            if state != "dead" or prev is None or prev[0] != pid or prev[1] not in ("alive", "suspect"):
+                continue
+            subj = int(name[1:]) if name[1:].isdigit() else -1
+            excused = any(
+                f.separates(obs, subj) and f.start_s <= t <= f.end_s + DEAD_GRACE_S
+                for f in sched.faults
+            )
+            if excused:
+                fig.excused_dead += 1
+            else:
+                fig.false_dead.append(f"h{obs} declared {name} dead at {t:.1f} s")
+    return Check(
+        "no false dead",
+        not fig.false_dead,
+        f"{fig.excused_dead} dead declarations explained by a fault; unexplained: "
+        f"{fig.false_dead or 'none'}",
+    )
+
+
+def check_writes(rec: Records, final: dict[int, tuple[str, dict[str, int]]], n: int,
+                 converged_s: float | None, since_s: float, fig: Figures) -> Check:  # fmt: skip
+    acked = {w[2]: w[3] for w in rec.writes if w[4]}
+    fig.writes_tried = len(rec.writes)
+    fig.writes_acked = len(acked)
+    fig.writes_found = sum(
+        1 for k, v in acked.items() if len(final) == n and all(have.get(k) == v for _r, have in final.values())
+    )
+    roots = {root for root, _have in final.values()}
+    fig.final_converged_s = None if converged_s is None else converged_s - since_s
+    ok = (
+        len(final) == n
+        and fig.writes_found == fig.writes_acked
+        and len(roots) == 1
+        and fig.final_converged_s is not None
+        and fig.final_converged_s <= CONVERGE_BOUND_S
+    )
+    missing = sorted(set(acked) - {k for k in acked if all(h.get(k) == acked[k] for _r, h in final.values())})
+    return Check(
+        "writes",
+        ok,
+        f"{fig.writes_found}/{fig.writes_acked} acknowledged writes on all {len(final)}/{n} agents "
+        f"({fig.writes_tried} tried); {len(roots)} distinct root hash(es); converged "
+        f"{'never' if fig.final_converged_s is None else f'{fig.final_converged_s:.1f} s'} after "
+        f"the last heal or write (bound {CONVERGE_BOUND_S:.0f} s)"
+        + (f"; missing {missing[:10]}" if missing else ""),
+    )
+
+
+def check_membership(fig: Figures, whole_s: float | None) -> Check:
+    fig.final_whole_s = whole_s
+    ok = whole_s is not None and whole_s <= CONVERGE_BOUND_S
+    return Check(
+        "membership",
+        ok,
+        f"every agent saw all hosts alive {'never' if whole_s is None else f'{whole_s:.1f} s'} "
+        f"after the last heal (bound {CONVERGE_BOUND_S:.0f} s)",
+    )
+
+
+def check_resources(rec: Records, warmup_s: float, fig: Figures) -> Check:
+    series: dict[tuple[int, int], list[tuple[float, int, int]]] = {}
+    for t, host, pid, rss, fds in rec.samples:
+        series.setdefault((host, pid), []).append((t, rss, fds))
+    bad = []
+    for (host, pid), rows in sorted(series.items()):
+        start = rows[0][0] + warmup_s
+        after = [r for r in rows if r[0] >= start]
+        if len(after) < 4 or after[-1][0] - after[0][0] < MIN_JUDGED_S:
+            continue
+        base, end = after[:3], after[-3:]
+        rss0, rss1 = statistics.mean(r[1] for r in base), statistics.mean(r[1] for r in end)
+        fd0, fd1 = statistics.mean(r[2] for r in base), statistics.mean(r[2] for r in end)
+        g_rss, g_fd = rss1 / rss0 - 1, fd1 / fd0 - 1
+        fig.growth.append((host, pid, after[-1][0] - after[0][0], g_rss, g_fd))
+        if g_rss > GROWTH_MAX or g_fd > GROWTH_MAX:
+            bad.append(f"h{host} pid {pid}: RSS {g_rss:+.1%}, FDs {g_fd:+.1%}")
+    judged = len(fig.growth)
+    return Check(
+        "resources",
+        judged > 0 and not bad,
+        f"{judged} agent lifetimes judged after {warmup_s:.0f} s warm-up; worst RSS "
+        f"{max((g[3] for g in fig.growth), default=0):+.1%}, worst FDs "
+        f"{max((g[4] for g in fig.growth), default=0):+.1%} (<= {GROWTH_MAX:+.0%})"
+        + (f"; over: {bad}" if bad else ""),
+    )
+
+
+def check_reads(rec: Records, fig: Figures) -> None:
+    fig.reads = len(rec.reads)
+    fig.reads_ok = sum(1 for r in rec.reads if r[2])

@@ -1,0 +1,173 @@
+"""The chaos harness's report: ``chaos-<hosts>h-<duration>s-seed<seed>.md`` and a PNG timeline
+next to it (faults as bands; request success rate; membership size; config convergence)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chaos_check import CONVERGE_BOUND_S
+from chaos_nemesis import PARTITIONS
+
+if TYPE_CHECKING:
+    from chaos import ChaosResult
+
+BUCKET_S = 5.0
+COLOURS = {"isolate": "tab:red", "halves": "tab:orange", "minority": "tab:olive",
+           "bridge": "tab:purple", "kill": "black", "kill-wipe": "tab:brown",
+           "pause": "tab:blue", "clock": "tab:cyan", "loss": "tab:pink"}  # fmt: skip
+
+
+def _fmt(s: float | None) -> str:
+    return "never" if s is None else f"{s:.1f} s"
+
+
+def write_png(result: ChaosResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec, sched = result.workload.rec, result.schedule
+    n = sched.hosts
+    fig, axes = plt.subplots(5, 1, figsize=(12, 12), sharex=True)
+    ax = axes[0]
+    for f in sched.faults:
+        rows = f.hosts if f.kind not in PARTITIONS or f.kind == "isolate" else (*f.hosts, *f.other)
+        for h in rows:
+            ax.barh(h, f.end_s - f.start_s, left=f.start_s, color=COLOURS[f.kind], alpha=0.7)
+        ax.text(f.start_s, n + 0.6, f.kind, fontsize=7, rotation=30)
+    for k in sched.upstream_kills:
+        ax.barh(k.host, k.back_s - k.at_s, left=k.at_s, color="grey", alpha=0.35, height=0.3)
+    ax.set_yticks(range(1, n + 1), [f"h{i}" for i in range(1, n + 1)])
+    ax.set_ylim(0.4, n + 1.4)
+    ax.set_title("faults (bands; grey: app SIGKILLed), seed %d" % sched.seed)
+
+    def bands(a: plt.Axes) -> None:
+        for f in sched.faults:
+            a.axvspan(f.start_s, f.end_s, color=COLOURS[f.kind], alpha=0.12)
+
+    buckets: dict[int, list[bool]] = defaultdict(list)
+    for t, _h, ok, _why in rec.requests:
+        buckets[int(t // BUCKET_S)].append(ok)
+    xs = sorted(buckets)
+    ax = axes[1]
+    bands(ax)
+    ax.plot([x * BUCKET_S for x in xs], [100 * sum(buckets[x]) / len(buckets[x]) for x in xs], lw=1)
+    ax.set_ylabel("success %")
+    ax.set_ylim(min(90.0, min((100 * sum(b) / len(b) for b in buckets.values()), default=90)) - 1, 100.5)
+    ax.set_title(f"requests through the sidecars, all hosts ({BUCKET_S:.0f} s buckets)")
+
+    ax = axes[2]
+    bands(ax)
+    per_obs: dict[int, tuple[list[float], list[int]]] = defaultdict(lambda: ([], []))
+    for t, obs, _pid, view in rec.views:
+        per_obs[obs][0].append(t)
+        per_obs[obs][1].append(sum(1 for s in view.values() if s == "alive"))
+    for obs, (ts, alive) in sorted(per_obs.items()):
+        ax.step(ts, alive, where="post", lw=1, label=f"h{obs}")
+    ax.set_ylabel("alive seen")
+    ax.set_ylim(0, n + 0.5)
+    ax.legend(fontsize=7, ncol=n, loc="lower left")
+    ax.set_title("membership: members each agent sees alive")
+
+    ax = axes[3]
+    bands(ax)
+    acked = sorted((w[0], w[2], w[3]) for w in rec.writes if w[4])
+    per_obs2: dict[int, tuple[list[float], list[int]]] = defaultdict(lambda: ([], []))
+    for t, obs, _root, have in rec.configs:
+        due = [(k, v) for (ta, k, v) in acked if ta <= t - 0.0]
+        missing = sum(1 for k, v in due if have.get(k) != v)
+        per_obs2[obs][0].append(t)
+        per_obs2[obs][1].append(missing)
+    for obs, (ts, miss) in sorted(per_obs2.items()):
+        ax.step(ts, miss, where="post", lw=1, label=f"h{obs}")
+    ax.set_ylabel("acked writes missing")
+    ax.legend(fontsize=7, ncol=n, loc="upper left")
+    ax.set_title("config convergence: acknowledged writes an agent does not have yet")
+
+    ax = axes[4]
+    series: dict[tuple[int, int], tuple[list[float], list[float], list[int]]] = defaultdict(lambda: ([], [], []))
+    for t, host, pid, rss, fds in rec.samples:
+        series[(host, pid)][0].append(t)
+        series[(host, pid)][1].append(rss / 1024)
+        series[(host, pid)][2].append(fds)
+    for (host, _pid), (ts, rss_mib, fds) in sorted(series.items()):
+        ax.plot(ts, rss_mib, lw=1, color=f"C{host - 1}")
+    ax2 = ax.twinx()
+    for (host, _pid), (ts, rss_mib, fds) in sorted(series.items()):
+        ax2.plot(ts, fds, lw=0.8, ls="--", color=f"C{host - 1}")
+    ax.set_ylabel("RSS MiB (solid)")
+    ax2.set_ylabel("open FDs (dashed)")
+    ax.set_xlabel("seconds")
+    ax.set_title("agents' RSS and open FDs (one colour per host; a restart starts a new line)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: str) -> Path:
+    sched, fig = result.schedule, result.figures
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"chaos-{sched.hosts}h-{sched.duration_s:g}s-seed{sched.seed}"
+    png = out_dir / f"{stem}.png"
+    write_png(result, png)
+    judged_rate = fig.judged_ok / fig.judged if fig.judged else 0.0
+    lines = [
+        f"# Chaos run: {sched.hosts} hosts, {sched.duration_s:g} s, seed {sched.seed}",
+        "",
+        f"Command: `{command}`  ",
+        f"Result: **{'PASS' if result.ok else 'FAIL'}**  ",
+        f"Run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{platform.machine()} Linux {platform.release()}, Python {platform.python_version()}.",
+        "",
+        f"![timeline]({png.name})",
+        "",
+        "## Checks",
+        "",
+        *[f"- {'PASS' if c.ok else 'FAIL'} **{c.name}**: {c.detail}" for c in result.checks],
+        "",
+        "## Figures",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| config writes tried / acknowledged / found on every agent | {fig.writes_tried} / {fig.writes_acked} / {fig.writes_found} |",
+        f"| requests (all) / succeeded | {fig.requests} / {fig.requests_ok} ({fig.requests_ok / max(1, fig.requests):.3%}) |",
+        f"| requests judged (own agent running) / succeeded | {fig.judged} / {fig.judged_ok} ({judged_rate:.3%}) |",
+        f"| requests not judged (origin's agent killed or paused) | {fig.excluded or 'none'} |",
+        f"| failures among judged | {fig.failures or 'none'} |",
+        f"| replicas identical and complete after the last heal or write | {_fmt(fig.final_converged_s)} (bound {CONVERGE_BOUND_S:.0f} s) |",
+        f"| membership whole after the last heal | {_fmt(fig.final_whole_s)} (bound {CONVERGE_BOUND_S:.0f} s) |",
+        f"| dead declarations explained by a fault / unexplained | {fig.excused_dead} / {len(fig.false_dead)} |",
+        f"| operator reads (CLI `config get`) / ok | {fig.reads} / {fig.reads_ok} |",
+        "",
+        "## Convergence after each heal",
+        "",
+        "Seconds from the heal until every agent sees every host alive, and until every agent has "
+        "every write acknowledged before the heal (observers poll members every 1 s, config every 2 s).",
+        "",
+        "| fault | healed at | membership whole | writes everywhere |",
+        "|---|---|---|---|",
+        *[f"| {d} | {h:.1f} s | {_fmt(m)} | {_fmt(w)} |" for d, h, m, w in fig.heals],
+        "",
+        "## Agent RSS and open FDs",
+        "",
+        "Growth from the end of each agent process's warm-up to its last sample.",
+        "",
+        "| host | pid | judged span | RSS growth | FD growth |",
+        "|---|---|---|---|---|",
+        *[f"| h{h} | {pid} | {span:.0f} s | {r:+.1%} | {f:+.1%} |" for h, pid, span, r, f in fig.growth],
+        "",
+        "## Nemesis log",
+        "",
+        "```",
+        *log,
+        "```",
+        "",
+    ]
+    path = out_dir / f"{stem}.md"
+    path.write_text("\n".join(lines))
+    return path
