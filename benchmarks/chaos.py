@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shlex
 import shutil
 import signal
@@ -37,7 +38,6 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaos_check import (  # noqa: E402 - after the path set-up above
-    CONVERGE_BOUND_S,
     Check,
     Figures,
     acked_before,
@@ -50,7 +50,6 @@ from chaos_check import (  # noqa: E402 - after the path set-up above
     convergence,
 )
 from chaos_cluster import (  # noqa: E402
-    CLUSTER,
     ECHO_SERVICE,
     GOSSIP_PORT,
     SERVICE,
@@ -59,16 +58,18 @@ from chaos_cluster import (  # noqa: E402
     make_pki,
     write_config,
 )
-from chaos_net import ChaosNet, ChaosUnavailable, require_rights, sweep_stale  # noqa: E402
 from chaos_nemesis import Fault, Schedule, make_schedule  # noqa: E402
-from chaos_workload import Workload  # noqa: E402
+from chaos_net import ChaosNet, ChaosUnavailable, require_rights, sweep_stale  # noqa: E402
+from chaos_workload import Records, Workload  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTLE_S = 90.0  # bound on the initial join and on the final convergence wait
 
 
 def replay_command(hosts: int, duration_s: float, seed: int) -> str:
-    return f"sudo python benchmarks/chaos.py --hosts {hosts} --duration {duration_s:g} --seed {seed}"
+    return (
+        f"sudo python benchmarks/chaos.py --hosts {hosts} --duration {duration_s:g} --seed {seed}"
+    )
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ChaosResult:
     schedule: Schedule
     checks: list[Check]
     figures: Figures
-    workload: Workload
+    records: Records
     report: Path | None
 
     @property
@@ -188,7 +189,9 @@ def _play(sched: Schedule, nemesis: Nemesis, t0: float, log: list[str]) -> None:
         time.sleep(rest)
 
 
-def _wait_final(wl: Workload, n: int) -> tuple[dict[int, tuple[str, dict[str, int]]], float | None, float | None]:
+def _wait_final(
+    wl: Workload, n: int
+) -> tuple[dict[int, tuple[str, dict[str, int]]], float | None, float | None]:
     """After the load stops: poll until every replica is identical and holds every acknowledged
     write, and every agent sees every host alive (bounded by SETTLE_S)."""
     acked = acked_before(wl.rec, float("inf"))
@@ -197,15 +200,18 @@ def _wait_final(wl: Workload, n: int) -> tuple[dict[int, tuple[str, dict[str, in
     final: dict[int, tuple[str, dict[str, int]]] = {}
     while time.monotonic() < deadline and (converged is None or whole is None):
         final = wl.snapshot_configs()
-        if converged is None and len(final) == n and len({r for r, _h in final.values()}) == 1 and all(
-            have.get(k) == v for _r, have in final.values() for k, v in acked.items()
+        if (
+            converged is None
+            and len(final) == n
+            and len({r for r, _h in final.values()}) == 1
+            and all(have.get(k) == v for _r, have in final.values() for k, v in acked.items())
         ):
             converged = wl.now()
         if whole is None:
             views = []
             for hp in wl.hosts:
                 try:
-                    views.append(hp.in_ns(lambda hp=hp: hp.client(3.0).members(), timeout_s=8))  # type: ignore[misc]
+                    views.append(hp.members())
                 except Exception:  # noqa: BLE001 - not whole yet
                     views.append([])
             if all(len(v) == n and all(m["state"] == "alive" for m in v) for v in views):
@@ -215,14 +221,17 @@ def _wait_final(wl: Workload, n: int) -> tuple[dict[int, tuple[str, dict[str, in
 
 
 def run(hosts: int = 5, duration_s: float = 600.0, seed: int = 1, out_dir: Path | None = None,
-        rate_per_host: float = 4.0, progress: bool = False) -> ChaosResult:  # fmt: skip
+        rate_per_host: float = 4.0, progress: bool = False,
+        dump: Path | None = None) -> ChaosResult:  # fmt: skip
     """One chaos run; raises ChaosUnavailable without the rights. Removes all it creates."""
     require_rights()
     sweep_stale()
     sched = make_schedule(seed, hosts, duration_s)
     libfaketime = ensure_faketime()
     if libfaketime is None:
-        raise ChaosUnavailable("libfaketime not found and could not be installed (apt-get install faketime)")
+        raise ChaosUnavailable(
+            "libfaketime not found and could not be installed (apt-get install faketime)"
+        )
     root = Path(tempfile.mkdtemp(prefix=f"gm-{os.getpid()}-chaos-"))
     net = ChaosNet(hosts)
     procs: list[HostProcs] = []
@@ -230,6 +239,7 @@ def run(hosts: int = 5, duration_s: float = 600.0, seed: int = 1, out_dir: Path 
     log: list[str] = []
     old_term = None
     if threading.current_thread() is threading.main_thread():
+
         def on_term(signum: int, frame: FrameType | None) -> None:
             raise SystemExit(128 + signum)
 
@@ -264,25 +274,13 @@ def run(hosts: int = 5, duration_s: float = 600.0, seed: int = 1, out_dir: Path 
         log.append(f"{wl.now():7.1f} s  load stopped")
         final, converged, whole = _wait_final(wl, hosts)
         wl.stop()
-        fig = Figures()
-        since = max(sched.last_heal_s, max((w[0] for w in wl.rec.writes), default=0.0))
-        convergence(sched, wl.rec, fig)
-        checks = [
-            check_writes(wl.rec, final, hosts, converged, since, fig),
-            check_membership(fig, _whole_since(wl, sched, whole)),
-            check_false_dead(sched, wl.rec, fig),
-            check_requests(sched, wl.rec, fig),
-            check_resources(wl.rec, _warmup_s(duration_s), fig),
-        ]
-        check_reads(wl.rec, fig)
-        result = ChaosResult(sched, checks, fig, wl, None)
-        if out_dir is not None:
-            from chaos_report import write_report
-
-            result.report = write_report(result, out_dir, log, replay_command(hosts, duration_s, seed))
+        run = Run(sched, wl.rec, final, converged, whole, log)
+        if dump is not None:
+            with open(dump, "wb") as out:
+                pickle.dump(run, out)
         if progress:
             print("\n".join(log), file=sys.stderr)
-        return result
+        return judge(run, out_dir)
     finally:
         if wl is not None:
             wl.stop()
@@ -294,12 +292,47 @@ def run(hosts: int = 5, duration_s: float = 600.0, seed: int = 1, out_dir: Path 
             signal.signal(signal.SIGTERM, old_term)
 
 
-def _whole_since(wl: Workload, sched: Schedule, final_whole: float | None) -> float | None:
+@dataclass
+class Run:
+    """What a run recorded: enough to judge it again (``--from-dump``)."""
+
+    schedule: Schedule
+    records: Records
+    final: dict[int, tuple[str, dict[str, int]]]
+    converged: float | None  # when the replicas were found identical and complete after the run
+    whole: float | None  # when every agent saw every host alive after the run
+    log: list[str]
+
+
+def judge(run: Run, out_dir: Path | None) -> ChaosResult:
+    """The checkers on a run's records, and its report when ``out_dir`` is given."""
+    sched, rec = run.schedule, run.records
+    fig = Figures()
+    since = max(sched.last_heal_s, max((w[0] for w in rec.writes), default=0.0))
+    convergence(sched, rec, fig)
+    checks = [
+        check_writes(rec, run.final, sched.hosts, run.converged, since, fig),
+        check_membership(fig, _whole_since(rec, sched, run.whole)),
+        check_false_dead(sched, rec, fig),
+        check_requests(sched, rec, fig),
+        check_resources(rec, _warmup_s(sched.duration_s), sched.duration_s, fig),
+    ]
+    check_reads(rec, fig)
+    result = ChaosResult(sched, checks, fig, rec, None)
+    if out_dir is not None:
+        from chaos_report import write_report
+
+        command = replay_command(sched.hosts, sched.duration_s, sched.seed)
+        result.report = write_report(result, out_dir, run.log, command)
+    return result
+
+
+def _whole_since(rec: Records, sched: Schedule, final_whole: float | None) -> float | None:
     """Seconds from the last heal until every agent saw every host alive: from the observers'
     records if it happened during the run, else from the final wait."""
     from chaos_check import whole_after
 
-    during = whole_after(wl.rec, sched.hosts, sched.last_heal_s)
+    during = whole_after(rec, sched.hosts, sched.last_heal_s)
     at = during if during is not None else final_whole
     return None if at is None else at - sched.last_heal_s
 
@@ -314,7 +347,7 @@ def _wait_whole(procs: list[HostProcs], n: int) -> None:
         try:
             if all(
                 len(v) == n and all(m["state"] == "alive" for m in v)
-                for v in (hp.in_ns(lambda hp=hp: hp.client(3.0).members(), timeout_s=8) for hp in procs)  # type: ignore[misc]
+                for v in (hp.members() for hp in procs)
             ):
                 return
         except Exception:  # noqa: BLE001 - not whole yet
@@ -327,15 +360,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=5)
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of load and faults")
-    ap.add_argument("--seed", type=int, default=1, help="the master seed of the nemesis and workload")
+    ap.add_argument(
+        "--seed", type=int, default=1, help="the master seed of the nemesis and workload"
+    )
     ap.add_argument("--rate", type=float, default=4.0, help="requests per second from each host")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the report and PNG go")
+    ap.add_argument("--dump", type=Path, help="also pickle what the run recorded to this file")
+    ap.add_argument("--from-dump", type=Path, help="judge (and report) a dumped run again; no run")
     args = ap.parse_args(argv)
+    if args.from_dump is not None:
+        with open(args.from_dump, "rb") as f:
+            again = judge(pickle.load(f), args.out)  # noqa: S301 - our own file
+        print(again.summary())
+        return 0 if again.ok else 1
     if args.duration < 30:
         ap.error("--duration: at least 30 s")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        result = run(args.hosts, args.duration, args.seed, args.out, args.rate, progress=True)
+        result = run(
+            args.hosts, args.duration, args.seed, args.out, args.rate, progress=True, dump=args.dump
+        )
     except ChaosUnavailable as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2

@@ -69,7 +69,9 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def popen_in(ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def popen_in(
+    ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             ["ip", "netns", "exec", ns, *argv],
@@ -135,6 +137,14 @@ class HostProcs:
 
     def in_ns(self, fn: Callable[[], T], timeout_s: float = 30.0) -> T:
         return self.pool.submit(fn).result(timeout=timeout_s)
+
+    def members(self, timeout_s: float = 3.0) -> list[dict[str, Any]]:
+        """The agent's member list (``/v1/members``), from any thread."""
+        return self.in_ns(lambda: self.client(timeout_s).members(), timeout_s=timeout_s + 5)
+
+    def config(self, prefix: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The agent's config under ``prefix`` (``/v1/config``), from any thread."""
+        return self.in_ns(lambda: self.client(timeout_s).config(prefix), timeout_s=timeout_s + 5)
 
     # ---- the app ----------------------------------------------------------------------------
 
@@ -260,4 +270,6 @@ def write_config(hp: HostProcs, items: dict[str, dict[str, Any] | None], signer:
                  timeout_s: float = 10.0) -> dict[str, Any]:  # fmt: skip
     """A signed config write through ``hp``'s agent (prepare, sign, commit: what ``gossipmesh
     config apply`` does); returns the agent's acknowledgement."""
-    return hp.in_ns(lambda: hp.client(timeout_s).config_apply(items, signer), timeout_s=timeout_s + 5)
+    return hp.in_ns(
+        lambda: hp.client(timeout_s).config_apply(items, signer), timeout_s=timeout_s + 5
+    )

@@ -111,7 +111,9 @@ def make_schedule(seed: int, hosts: int, duration_s: float) -> Schedule:
         fault: Fault
         if kind == "halves":
             half = hosts // 2
-            fault = Fault(kind, t, t + length, tuple(sorted(order[:half])), tuple(sorted(order[half:])))
+            fault = Fault(
+                kind, t, t + length, tuple(sorted(order[:half])), tuple(sorted(order[half:]))
+            )
         elif kind == "minority":
             k = rng.randint(1, max(1, (hosts - 1) // 2))
             fault = Fault(kind, t, t + length, tuple(sorted(order[:k])), tuple(sorted(order[k:])))

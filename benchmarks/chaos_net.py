@@ -156,14 +156,39 @@ class ChaosNet:
             ip("-n", br, "link", "add", bridge, "type", "bridge")
             # Forward at once: the default 15 s of listening/learning on a newly enslaved port
             # would be a partition of its own after every heal.
-            ip("-n", br, "link", "set", bridge, "type", "bridge", "forward_delay", "0", "stp_state", "0")
+            ip(
+                "-n",
+                br,
+                "link",
+                "set",
+                bridge,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+                "stp_state",
+                "0",
+            )
             ip("-n", br, "link", "set", bridge, "up")
         for h in self.hosts:
             self._add_ns(h.ns)
             ip("-n", h.ns, "link", "set", "lo", "up")
             for side, dev in (("a", "eth0"), ("b", "eth1")):
                 port = f"{side}{h.index}"
-                ip("-n", br, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", h.ns)
+                ip(
+                    "-n",
+                    br,
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    dev,
+                    "netns",
+                    h.ns,
+                )
             ip("-n", br, "link", "set", f"a{h.index}", "master", "br0", "up")
             ip("-n", h.ns, "addr", "add", f"{h.ip}/24", "dev", "eth0")
             ip("-n", h.ns, "link", "set", "eth0", "up")

@@ -31,7 +31,7 @@ def write_png(result: ChaosResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rec, sched = result.workload.rec, result.schedule
+    rec, sched = result.records, result.schedule
     n = sched.hosts
     fig, axes = plt.subplots(5, 1, figsize=(12, 12), sharex=True)
     ax = axes[0]
@@ -44,7 +44,7 @@ def write_png(result: ChaosResult, path: Path) -> None:
         ax.barh(k.host, k.back_s - k.at_s, left=k.at_s, color="grey", alpha=0.35, height=0.3)
     ax.set_yticks(range(1, n + 1), [f"h{i}" for i in range(1, n + 1)])
     ax.set_ylim(0.4, n + 1.4)
-    ax.set_title("faults (bands; grey: app SIGKILLed), seed %d" % sched.seed)
+    ax.set_title(f"faults (bands; grey: app SIGKILLed), seed {sched.seed}")
 
     def bands(a: plt.Axes) -> None:
         for f in sched.faults:
@@ -58,7 +58,9 @@ def write_png(result: ChaosResult, path: Path) -> None:
     bands(ax)
     ax.plot([x * BUCKET_S for x in xs], [100 * sum(buckets[x]) / len(buckets[x]) for x in xs], lw=1)
     ax.set_ylabel("success %")
-    ax.set_ylim(min(90.0, min((100 * sum(b) / len(b) for b in buckets.values()), default=90)) - 1, 100.5)
+    ax.set_ylim(
+        min(90.0, min((100 * sum(b) / len(b) for b in buckets.values()), default=90)) - 1, 100.5
+    )
     ax.set_title(f"requests through the sidecars, all hosts ({BUCKET_S:.0f} s buckets)")
 
     ax = axes[2]
@@ -90,16 +92,18 @@ def write_png(result: ChaosResult, path: Path) -> None:
     ax.set_title("config convergence: acknowledged writes an agent does not have yet")
 
     ax = axes[4]
-    series: dict[tuple[int, int], tuple[list[float], list[float], list[int]]] = defaultdict(lambda: ([], [], []))
+    series: dict[tuple[int, int], tuple[list[float], list[float], list[int]]] = defaultdict(
+        lambda: ([], [], [])
+    )
     for t, host, pid, rss, fds in rec.samples:
         series[(host, pid)][0].append(t)
         series[(host, pid)][1].append(rss / 1024)
         series[(host, pid)][2].append(fds)
-    for (host, _pid), (ts, rss_mib, fds) in sorted(series.items()):
+    for (host, _pid), (ts, rss_mib, _fds) in sorted(series.items()):
         ax.plot(ts, rss_mib, lw=1, color=f"C{host - 1}")
     ax2 = ax.twinx()
-    for (host, _pid), (ts, rss_mib, fds) in sorted(series.items()):
-        ax2.plot(ts, fds, lw=0.8, ls="--", color=f"C{host - 1}")
+    for (host, _pid), (ts, _rss, fd_counts) in sorted(series.items()):
+        ax2.plot(ts, fd_counts, lw=0.8, ls="--", color=f"C{host - 1}")
     ax.set_ylabel("RSS MiB (solid)")
     ax2.set_ylabel("open FDs (dashed)")
     ax.set_xlabel("seconds")
@@ -144,6 +148,11 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         f"| dead declarations explained by a fault / unexplained | {fig.excused_dead} / {len(fig.false_dead)} |",
         f"| operator reads (CLI `config get`) / ok | {fig.reads} / {fig.reads_ok} |",
         "",
+        *(
+            ["Failed judged requests (first 20):", "", *[f"- {x}" for x in fig.failed], ""]
+            if fig.failed
+            else []
+        ),
         "## Convergence after each heal",
         "",
         "Seconds from the heal until every agent sees every host alive, and until every agent has "
@@ -159,7 +168,10 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         "",
         "| host | pid | judged span | RSS growth | FD growth |",
         "|---|---|---|---|---|",
-        *[f"| h{h} | {pid} | {span:.0f} s | {r:+.1%} | {f:+.1%} |" for h, pid, span, r, f in fig.growth],
+        *[
+            f"| h{h} | {pid} | {span:.0f} s | {r:+.1%} | {f:+.1%} |"
+            for h, pid, span, r, f in fig.growth
+        ],
         "",
         "## Nemesis log",
         "",

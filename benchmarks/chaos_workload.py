@@ -36,12 +36,30 @@ WRITE_PREFIX = "service/cw-"
 @dataclass
 class Records:
     requests: list[tuple[float, int, bool, str]] = field(default_factory=list)  # t, host, ok, why
-    writes: list[tuple[float, int, str, int, bool, str]] = field(default_factory=list)  # t, host, key, value, acked, why
-    views: list[tuple[float, int, int, dict[str, str]]] = field(default_factory=list)  # t, observer, pid, name->state
-    configs: list[tuple[float, int, str, dict[str, int]]] = field(default_factory=list)  # t, observer, root, key->value
-    samples: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # t, host, pid, rss KiB, fds
-    reads: list[tuple[float, int, bool, str]] = field(default_factory=list)  # t, host, ok, output/why
+    writes: list[tuple[float, int, str, int, bool, str]] = field(
+        default_factory=list
+    )  # t, host, key, value, acked, why
+    views: list[tuple[float, int, int, dict[str, str]]] = field(
+        default_factory=list
+    )  # t, observer, pid, name->state
+    configs: list[tuple[float, int, str, dict[str, int]]] = field(
+        default_factory=list
+    )  # t, observer, root, key->value
+    samples: list[tuple[float, int, int, int, int]] = field(
+        default_factory=list
+    )  # t, host, pid, rss KiB, fds
+    reads: list[tuple[float, int, bool, str]] = field(
+        default_factory=list
+    )  # t, host, ok, output/why
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
 
     def add(self, name: str, row: Any) -> None:
         with self.lock:
@@ -140,7 +158,10 @@ class Workload:
                 write_config(hp, {key: {"weight_max": value}}, self.signer, timeout_s=8.0)
                 self.rec.add("writes", (t, hp.host.index, key, value, True, ""))
             except Exception as exc:  # noqa: BLE001 - an unacknowledged write: no promise
-                self.rec.add("writes", (t, hp.host.index, key, value, False, f"{type(exc).__name__}: {exc}"[:120]))
+                self.rec.add(
+                    "writes",
+                    (t, hp.host.index, key, value, False, f"{type(exc).__name__}: {exc}"[:120]),
+                )
 
     def last_acked(self) -> str | None:
         with self.rec.lock:
@@ -198,7 +219,7 @@ class Workload:
         out: dict[int, tuple[str, dict[str, int]]] = {}
         for hp in self.hosts:
             try:
-                data = hp.in_ns(lambda hp=hp: hp.client(5.0).config(WRITE_PREFIX), timeout_s=10)  # type: ignore[misc]
+                data = hp.config(WRITE_PREFIX)
                 out[hp.host.index] = (str(data.get("root_hash")),
                                       {k: int(v.get("weight_max", -1)) for k, v in data["entities"].items()})  # fmt: skip
             except Exception:  # noqa: BLE001 - reported as missing
