@@ -222,7 +222,7 @@ def _wait_final(
 
 def run(hosts: int = 5, duration_s: float = 600.0, seed: int = 1, out_dir: Path | None = None,
         rate_per_host: float = 4.0, progress: bool = False,
-        dump: Path | None = None) -> ChaosResult:  # fmt: skip
+        dump: Path | None = None, logs: Path | None = None) -> ChaosResult:  # fmt: skip
     """One chaos run; raises ChaosUnavailable without the rights. Removes all it creates."""
     require_rights()
     sweep_stale()
@@ -287,6 +287,8 @@ def run(hosts: int = 5, duration_s: float = 600.0, seed: int = 1, out_dir: Path 
         for hp in procs:
             hp.stop()
         net.destroy()
+        if logs is not None:
+            _keep_logs(root, logs)
         shutil.rmtree(root, ignore_errors=True)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
@@ -337,6 +339,13 @@ def _whole_since(rec: Records, sched: Schedule, final_whole: float | None) -> fl
     return None if at is None else at - sched.last_heal_s
 
 
+def _keep_logs(root: Path, logs: Path) -> None:
+    """Copy every host's agent and app log out of the run's temp dir before it goes."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in root.glob("h*/*.log"):
+        shutil.copy(log, logs / f"{log.parent.name}-{log.name}")
+
+
 def _warmup_s(duration_s: float) -> float:
     return max(15.0, 0.1 * duration_s)
 
@@ -366,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=4.0, help="requests per second from each host")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the report and PNG go")
     ap.add_argument("--dump", type=Path, help="also pickle what the run recorded to this file")
+    ap.add_argument("--logs", type=Path, help="keep the agents' and apps' logs in this directory")
     ap.add_argument("--from-dump", type=Path, help="judge (and report) a dumped run again; no run")
     args = ap.parse_args(argv)
     if args.from_dump is not None:
