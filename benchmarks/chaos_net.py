@@ -33,11 +33,14 @@ import contextlib
 import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 SUBNET = "10.213.0"
 PREFIX_RE = re.compile(r"^gm-(\d+)-")
@@ -109,8 +112,14 @@ def _kill_netns_pids(ns: str) -> None:
 
 def sweep_stale() -> list[str]:
     """Remove namespaces ``gm-<pid>-*`` whose pid is dead (a run killed before its clean-up),
-    after killing whatever still runs in them. Returns the names removed."""
+    after killing whatever still runs in them, and such runs' temp dirs
+    (``$TMPDIR/gm-<pid>-chaos-*``). Returns the names removed."""
     removed = []
+    for tmp in Path(tempfile.gettempdir()).glob("gm-*-chaos-*"):
+        m = PREFIX_RE.match(tmp.name)
+        if m and tmp.is_dir() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(str(tmp))
     for line in ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         m = PREFIX_RE.match(name)
