@@ -317,7 +317,7 @@ def judge(run: Run, out_dir: Path | None) -> ChaosResult:
         check_membership(fig, _whole_since(rec, sched, run.whole)),
         check_false_dead(sched, rec, fig),
         check_requests(sched, rec, fig),
-        check_resources(rec, _warmup_s(sched.duration_s), sched.duration_s, fig),
+        check_resources(sched, rec, _warmup_s(sched.duration_s), fig),
     ]
     check_reads(rec, fig)
     result = ChaosResult(sched, checks, fig, rec, None)

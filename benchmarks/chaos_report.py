@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chaos_check import CONVERGE_BOUND_S
+from chaos_check import CONVERGE_BOUND_S, origin_down
 from chaos_nemesis import PARTITIONS
 
 if TYPE_CHECKING:
@@ -56,7 +56,17 @@ def write_png(result: ChaosResult, path: Path) -> None:
     xs = sorted(buckets)
     ax = axes[1]
     bands(ax)
-    ax.plot([x * BUCKET_S for x in xs], [100 * sum(buckets[x]) / len(buckets[x]) for x in xs], lw=1)
+    ax.plot([x * BUCKET_S for x in xs], [100 * sum(buckets[x]) / len(buckets[x]) for x in xs], lw=1,
+            label="all")  # fmt: skip
+    judged: dict[int, list[bool]] = defaultdict(list)
+    down = origin_down(sched, rec)
+    for t, h, ok, _why in rec.requests:
+        if not any(dh == h and a <= t <= b for dh, a, b, _k in down):
+            judged[int(t // BUCKET_S)].append(ok)
+    js = sorted(judged)
+    ax.plot([x * BUCKET_S for x in js], [100 * sum(judged[x]) / len(judged[x]) for x in js], lw=1,
+            label="own agent running (judged)")  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_ylabel("success %")
     ax.set_ylim(
         min(90.0, min((100 * sum(b) / len(b) for b in buckets.values()), default=90)) - 1, 100.5
@@ -164,13 +174,16 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         "",
         "## Agent RSS and open FDs",
         "",
-        "Growth from the end of each agent process's warm-up to its last sample.",
+        "Growth from the first to the second half of each agent process's lifetime after warm-up "
+        "(samples every 5 s; medians of each half; lifetimes under 120 s after warm-up not "
+        "judged). Open FDs follow the mesh's state (pending connections to cut-off peers), so "
+        "the floor (fewest open in each half) is shown too.",
         "",
-        "| host | pid | judged span | RSS growth | FD growth |",
-        "|---|---|---|---|---|",
+        "| host | pid | judged span | RSS growth | FD growth | FD floor growth |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| h{h} | {pid} | {span:.0f} s | {r:+.1%} | {f:+.1%} |"
-            for h, pid, span, r, f in fig.growth
+            f"| h{h} | {pid} | {span:.0f} s | {r:+.1%} | {f:+.1%} | {fm:+.1%} |"
+            for h, pid, span, r, f, fm in fig.growth
         ],
         "",
         "## Nemesis log",

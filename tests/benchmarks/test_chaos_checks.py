@@ -49,8 +49,8 @@ def test_separates() -> None:
     assert not Fault("loss", 0, 10, (4,), value=0.3).separates(4, 1)
 
 
-def sched(*faults: Fault, hosts: int = 3) -> Schedule:
-    return Schedule(1, hosts, 100.0, 5.0, 15.0, faults, ())
+def sched(*faults: Fault, hosts: int = 3, duration_s: float = 200.0) -> Schedule:
+    return Schedule(1, hosts, duration_s, 5.0, 15.0, faults, ())
 
 
 def test_a_dead_declaration_is_excused_only_by_a_fault_that_separates_the_pair() -> None:
@@ -115,7 +115,25 @@ def test_resources_flag_growth_over_ten_percent() -> None:
     rec.samples += [(float(t), 1, 100, 50_000, 30) for t in range(0, 200, 5)]
     rec.samples += [(float(t), 2, 200, 50_000 + 100 * t, 30) for t in range(0, 200, 5)]
     fig = Figures()
-    check = check_resources(rec, 20.0, 200.0, fig)
+    check = check_resources(sched(), rec, 20.0, fig)
     assert (
         not check.ok and "h2 pid 200" in check.detail and "h1" not in check.detail.split("over:")[1]
     )
+
+
+def test_resources_judge_medians_not_spikes() -> None:
+    rec = Records()
+    # Descriptors pile up now and then (pending connects to cut-off peers) and go back: no leak.
+    rec.samples += [(float(t), 1, 100, 50_000, 60 if t % 20 == 0 else 30) for t in range(0, 300, 5)]
+    assert check_resources(sched(duration_s=300.0), rec, 20.0, Figures()).ok
+    # One more held for good every 20 s: a leak.
+    rec.samples += [(float(t), 2, 200, 50_000, 30 + t // 20) for t in range(0, 300, 5)]
+    check = check_resources(sched(duration_s=300.0), rec, 20.0, Figures())
+    assert not check.ok and "h2 pid 200" in check.detail and "h1 pid" not in check.detail
+
+
+def test_short_lifetimes_are_not_judged() -> None:
+    rec = Records()
+    rec.samples += [(float(t), 1, 100, 50_000 + 1000 * t, 30) for t in range(0, 60, 5)]
+    check = check_resources(sched(duration_s=60.0), rec, 15.0, Figures())
+    assert check.ok and "too short" in check.detail
