@@ -54,6 +54,7 @@ class Figures:
     heals: list[tuple[str, float, float | None, float | None]] = field(
         default_factory=list
     )  # fault, heal s, members s, writes s
+    gaps: list[float] = field(default_factory=list)  # per heal: seconds until the next fault
     final_converged_s: float | None = None
     final_whole_s: float | None = None
     false_dead: list[str] = field(default_factory=list)
@@ -141,12 +142,17 @@ def acked_before(rec: Records, t: float) -> dict[str, int]:
 
 
 def convergence(sched: Schedule, rec: Records, fig: Figures) -> None:
-    for f in sched.faults:
+    """Per heal: seconds until membership was whole and every write acknowledged before the heal
+    was everywhere, or None if that did not happen before the next fault began (or the run's
+    final wait ended; ``fig.gaps`` has the time there was)."""
+    for i, f in enumerate(sched.faults):
+        nxt = sched.faults[i + 1].start_s if i + 1 < len(sched.faults) else float("inf")
         whole = whole_after(rec, sched.hosts, f.end_s)
         present = _writes_present_after(rec, sched.hosts, f.end_s, acked_before(rec, f.end_s))
         fig.heals.append((f.describe(), f.end_s,
-                          None if whole is None else whole - f.end_s,
-                          None if present is None else present - f.end_s))  # fmt: skip
+                          None if whole is None or whole > nxt else whole - f.end_s,
+                          None if present is None or present > nxt else present - f.end_s))  # fmt: skip
+        fig.gaps.append(nxt - f.end_s)
 
 
 def check_false_dead(sched: Schedule, rec: Records, fig: Figures) -> Check:

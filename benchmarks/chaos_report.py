@@ -21,8 +21,10 @@ COLOURS = {"isolate": "tab:red", "halves": "tab:orange", "minority": "tab:olive"
            "pause": "tab:blue", "clock": "tab:cyan", "loss": "tab:pink"}  # fmt: skip
 
 
-def _fmt(s: float | None) -> str:
-    return "never" if s is None else f"{s:.1f} s"
+def _fmt(s: float | None, gap: float | None = None) -> str:
+    if s is None:
+        return "never" if gap is None else f"not within the {gap:.1f} s before the next fault"
+    return f"{s:.1f} s"
 
 
 def write_png(result: ChaosResult, path: Path) -> None:
@@ -166,11 +168,16 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         "## Convergence after each heal",
         "",
         "Seconds from the heal until every agent sees every host alive, and until every agent has "
-        "every write acknowledged before the heal (observers poll members every 1 s, config every 2 s).",
+        "every write acknowledged before the heal (observers poll members every 1 s, config every 2 s). "
+        "The next fault begins 5-10 s after a heal; a heal that had not converged by then is "
+        "marked so (the measure would be the next fault's).",
         "",
         "| fault | healed at | membership whole | writes everywhere |",
         "|---|---|---|---|",
-        *[f"| {d} | {h:.1f} s | {_fmt(m)} | {_fmt(w)} |" for d, h, m, w in fig.heals],
+        *[
+            f"| {d} | {h:.1f} s | {_fmt(m, gap)} | {_fmt(w, gap)} |"
+            for (d, h, m, w), gap in zip(fig.heals, fig.gaps, strict=True)
+        ],
         "",
         "## Agent RSS and open FDs",
         "",
