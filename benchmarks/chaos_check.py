@@ -29,6 +29,7 @@ SUCCESS_MIN = 0.999
 GROWTH_MAX = 0.10
 MIN_JUDGED_S = 120.0
 ORIGIN_GRACE_S = 3.0
+IN_FLIGHT_S = 1.0  # how long a request is taken to be in flight when its end was not recorded
 CALM_GRACE_S = 10.0  # after a fault heals, before a resource sample counts as calm  # after an origin's agent is back, before its requests count again
 
 
@@ -89,10 +90,14 @@ def origin_down(sched: Schedule, rec: Records) -> list[tuple[int, float, float, 
 
 def check_requests(sched: Schedule, rec: Records, fig: Figures) -> Check:
     down = origin_down(sched, rec)
-    for t, host, ok, why in rec.requests:
+    for row in rec.requests:
+        t, host, ok, why = row[:4]
+        done = row[4] if len(row) > 4 else t + IN_FLIGHT_S
         fig.requests += 1
         fig.requests_ok += ok
-        kind = next((k for h, a, b, k in down if h == host and a <= t <= b), None)
+        # In flight at any moment of the window: one whose own sidecar is SIGKILLed under it
+        # has nowhere to go either.
+        kind = next((k for h, a, b, k in down if h == host and t <= b and done >= a), None)
         if kind is not None:
             fig.excluded[kind] = fig.excluded.get(kind, 0) + 1
             continue

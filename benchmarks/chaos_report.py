@@ -53,7 +53,7 @@ def write_png(result: ChaosResult, path: Path) -> None:
             a.axvspan(f.start_s, f.end_s, color=COLOURS[f.kind], alpha=0.12)
 
     buckets: dict[int, list[bool]] = defaultdict(list)
-    for t, _h, ok, _why in rec.requests:
+    for t, _h, ok, *_rest in rec.requests:
         buckets[int(t // BUCKET_S)].append(ok)
     xs = sorted(buckets)
     ax = axes[1]
@@ -62,7 +62,7 @@ def write_png(result: ChaosResult, path: Path) -> None:
             label="all")  # fmt: skip
     judged: dict[int, list[bool]] = defaultdict(list)
     down = origin_down(sched, rec)
-    for t, h, ok, _why in rec.requests:
+    for t, h, ok, *_rest in rec.requests:
         if not any(dh == h and a <= t <= b for dh, a, b, _k in down):
             judged[int(t // BUCKET_S)].append(ok)
     js = sorted(judged)

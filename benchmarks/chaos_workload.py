@@ -35,7 +35,8 @@ WRITE_PREFIX = "service/cw-"
 
 @dataclass
 class Records:
-    requests: list[tuple[float, int, bool, str]] = field(default_factory=list)  # t, host, ok, why
+    # t (its slot), host, ok, why, t done (dumps made before it was recorded have 4 fields)
+    requests: list[tuple[Any, ...]] = field(default_factory=list)
     writes: list[tuple[float, int, str, int, bool, str]] = field(
         default_factory=list
     )  # t, host, key, value, acked, why
@@ -129,7 +130,7 @@ class Workload:
                     conn.close()
             except Exception as exc:  # noqa: BLE001 - every failure is a recorded result
                 ok, why = False, f"{type(exc).__name__}: {exc}"[:120]
-            self.rec.add("requests", (t, i, ok, why))
+            self.rec.add("requests", (t, i, ok, why, self.now()))
             inflight.release()
 
         period = 1.0 / self.rate
@@ -141,7 +142,7 @@ class Workload:
             if inflight.acquire(blocking=False):
                 pool.submit(one, slot)
             else:
-                self.rec.add("requests", (slot, i, False, "backlog"))
+                self.rec.add("requests", (slot, i, False, "backlog", slot))
             slot += period
         pool.shutdown(wait=True, cancel_futures=False)
 

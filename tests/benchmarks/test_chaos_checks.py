@@ -77,15 +77,25 @@ def test_a_restarted_observer_learning_old_deaths_is_not_a_declaration() -> None
 def test_requests_from_a_host_whose_own_agent_is_down_are_not_judged() -> None:
     rec = Records()
     rec.views += [(1.0, 1, 100, {}), (25.0, 1, 101, {})]  # h1's agent back (new pid) at 25 s
-    rec.requests += [(t / 4, 2, True, "") for t in range(4000)]
-    rec.requests += [(12.0, 1, False, "ConnectionRefusedError: x"), (29.0, 1, False, "backlog")]
+    rec.requests += [(t / 4, 2, True, "", t / 4 + 0.01) for t in range(4000)]
+    rec.requests += [(12.0, 1, False, "ConnectionRefusedError: x", 12.01)]
+    rec.requests += [(29.0, 1, False, "backlog", 29.0)]
     s = sched(Fault("kill", 10.0, 20.0, (1,)))
     fig = Figures()
     check = check_requests(s, rec, fig)
     assert fig.excluded == {"kill": 1} and fig.judged == 4001 and fig.judged_ok == 4000
     assert check.ok  # 4000/4001 >= 99.9 %
-    rec.requests += [(30.0, 1, False, "timeout")] * 5
+    rec.requests += [(30.0, 1, False, "timeout", 40.0)] * 5
     assert not check_requests(s, rec, Figures()).ok
+
+
+def test_a_request_in_flight_when_its_own_agent_is_killed_is_not_judged() -> None:
+    rec = Records()
+    rec.requests += [(9.9, 1, False, "RemoteDisconnected: closed", 10.05), (9.0, 1, True, "", 9.01)]
+    s = sched(Fault("kill", 10.0, 20.0, (1,)))
+    fig = Figures()
+    check_requests(s, rec, fig)
+    assert fig.excluded == {"kill": 1} and fig.judged == 1 and fig.judged_ok == 1
 
 
 def test_writes_must_all_be_found_with_one_root_hash_within_the_bound() -> None:
