@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -134,7 +135,7 @@ class Nemesis:
             self.hp(f.hosts[0]).set_clock_offset(f.value)
         elif f.kind == "loss":
             hp = self.hp(f.hosts[0])
-            hp.in_ns(lambda: hp.client(5.0).set_faults([], loss=f.value), timeout_s=15)
+            self._admin(f, lambda: hp.client(10.0).set_faults([], loss=f.value), hp)
 
     def heal(self, f: Fault) -> None:
         if f.kind in ("isolate", "halves", "minority", "bridge"):
@@ -147,10 +148,18 @@ class Nemesis:
             self.hp(f.hosts[0]).set_clock_offset(0)
         elif f.kind == "loss":
             hp = self.hp(f.hosts[0])
+            self._admin(f, lambda: hp.client(10.0).clear_faults(), hp)
+
+    def _admin(self, f: Fault, call: Callable[[], object], hp: HostProcs) -> None:
+        """An admin call of the nemesis (loss on, loss off): tried three times; a failure is
+        logged (it shows in the report) and the run goes on."""
+        for attempt in range(3):
             try:
-                hp.in_ns(lambda: hp.client(5.0).clear_faults(), timeout_s=15)
+                hp.in_ns(call, timeout_s=20)
+                return
             except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
-                self.log.append(f"loss heal on h{f.hosts[0]} failed: {exc}")
+                self.log.append(f"{f.describe()}: admin call to h{f.hosts[0]} failed "
+                                f"(attempt {attempt + 1}): {exc}")  # fmt: skip
 
 
 def _play(sched: Schedule, nemesis: Nemesis, t0: float, log: list[str]) -> None:
