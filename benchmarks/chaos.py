@@ -385,13 +385,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the report and PNG go")
     ap.add_argument("--dump", type=Path, help="also pickle what the run recorded to this file")
     ap.add_argument("--logs", type=Path, help="keep the agents' and apps' logs in this directory")
-    ap.add_argument("--from-dump", type=Path, help="judge (and report) a dumped run again; no run")
+    ap.add_argument("--from-dump", type=Path, nargs="+",
+                    help="judge (and report) dumped runs again; no run")  # fmt: skip
+    ap.add_argument("--summary", action="store_true",
+                    help="with --from-dump: print BENCHMARKS.md's tables for those runs")  # fmt: skip
     args = ap.parse_args(argv)
     if args.from_dump is not None:
-        with open(args.from_dump, "rb") as f:
-            again = judge(pickle.load(f), args.out)  # noqa: S301 - our own file
-        print(again.summary())
-        return 0 if again.ok else 1
+        results = []
+        for path in args.from_dump:
+            with open(path, "rb") as f:
+                results.append(judge(pickle.load(f), args.out))  # noqa: S301 - our own file
+            print(results[-1].summary())
+        if args.summary:
+            from chaos_report import summarize
+
+            print(summarize(results))
+        return 0 if all(r.ok for r in results) else 1
     if args.duration < 30:
         ap.error("--duration: at least 30 s")
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -203,3 +203,47 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
     path = out_dir / f"{stem}.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def summarize(results: list[ChaosResult]) -> str:
+    """Markdown for BENCHMARKS.md: one row per run, then convergence after heals by fault kind."""
+    import statistics
+
+    rows = [
+        "| seed | result | writes acked / found everywhere | requests judged: ok / all | all requests: ok / all "
+        "| replicas identical after the last heal or write | membership whole after the last heal "
+        "| dead declarations (explained / not) | worst RSS / FD growth |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_kind: dict[str, tuple[list[float], list[float], int]] = defaultdict(lambda: ([], [], 0))
+    for r in results:
+        f = r.figures
+        rows.append(
+            f"| {r.schedule.seed} | {'PASS' if r.ok else 'FAIL'} | {f.writes_acked} / {f.writes_found} "
+            f"| {f.judged_ok} / {f.judged} ({f.judged_ok / max(1, f.judged):.3%}) "
+            f"| {f.requests_ok} / {f.requests} ({f.requests_ok / max(1, f.requests):.2%}) "
+            f"| {_fmt(f.final_converged_s)} | {_fmt(f.final_whole_s)} "
+            f"| {f.excused_dead} / {len(f.false_dead)} "
+            f"| {max((g[3] for g in f.growth), default=0):+.1%} / {max((g[4] for g in f.growth), default=0):+.1%} |"
+        )
+        for (_desc, _h, m, w), fault in zip(f.heals, r.schedule.faults, strict=True):
+            members, writes, unsettled = by_kind[fault.kind]
+            if m is not None:
+                members.append(m)
+            if w is not None:
+                writes.append(w)
+            by_kind[fault.kind] = (members, writes, unsettled + (m is None or w is None))
+    rows += [
+        "",
+        "| fault | heals | membership whole: median / max | writes everywhere: median / max | not converged before the next fault |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in sorted(by_kind):
+        members, writes, unsettled = by_kind[kind]
+        n = sum(1 for r in results for f in r.schedule.faults if f.kind == kind)
+
+        def mm(xs: list[float]) -> str:
+            return f"{statistics.median(xs):.1f} / {max(xs):.1f} s" if xs else "-"
+
+        rows.append(f"| {kind} | {n} | {mm(members)} | {mm(writes)} | {unsettled} |")
+    return "\n".join(rows)
