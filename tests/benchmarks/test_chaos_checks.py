@@ -122,10 +122,10 @@ def test_membership_is_whole_when_every_observer_sees_everyone_alive() -> None:
 
 def test_resources_flag_growth_over_ten_percent() -> None:
     rec = Records()
-    rec.samples += [(float(t), 1, 100, 50_000, 30) for t in range(0, 200, 5)]
-    rec.samples += [(float(t), 2, 200, 50_000 + 100 * t, 30) for t in range(0, 200, 5)]
+    rec.samples += [(float(t), 1, 100, 50_000, 30) for t in range(0, 400, 5)]
+    rec.samples += [(float(t), 2, 200, 50_000 + 100 * t, 30) for t in range(0, 400, 5)]
     fig = Figures()
-    check = check_resources(sched(), rec, 20.0, fig)
+    check = check_resources(sched(duration_s=400.0), rec, 20.0, fig)
     assert (
         not check.ok and "h2 pid 200" in check.detail and "h1" not in check.detail.split("over:")[1]
     )
@@ -134,16 +134,21 @@ def test_resources_flag_growth_over_ten_percent() -> None:
 def test_resources_judge_medians_not_spikes() -> None:
     rec = Records()
     # Descriptors pile up now and then (pending connects to cut-off peers) and go back: no leak.
-    rec.samples += [(float(t), 1, 100, 50_000, 60 if t % 20 == 0 else 30) for t in range(0, 300, 5)]
-    assert check_resources(sched(duration_s=300.0), rec, 20.0, Figures()).ok
+    rec.samples += [(float(t), 1, 100, 50_000, 60 if t % 20 == 0 else 30) for t in range(0, 400, 5)]
+    assert check_resources(sched(duration_s=400.0), rec, 20.0, Figures()).ok
     # One more held for good every 20 s: a leak.
-    rec.samples += [(float(t), 2, 200, 50_000, 30 + t // 20) for t in range(0, 300, 5)]
-    check = check_resources(sched(duration_s=300.0), rec, 20.0, Figures())
+    rec.samples += [(float(t), 2, 200, 50_000, 30 + t // 20) for t in range(0, 400, 5)]
+    check = check_resources(sched(duration_s=400.0), rec, 20.0, Figures())
     assert not check.ok and "h2 pid 200" in check.detail and "h1 pid" not in check.detail
 
 
-def test_short_lifetimes_are_not_judged() -> None:
+def test_short_lifetimes_are_reported_not_judged() -> None:
     rec = Records()
     rec.samples += [(float(t), 1, 100, 50_000 + 1000 * t, 30) for t in range(0, 60, 5)]
     check = check_resources(sched(duration_s=60.0), rec, 15.0, Figures())
     assert check.ok and "too short" in check.detail
+    rec.samples += [(float(t), 2, 200, 50_000, 30 if t < 150 else 40) for t in range(0, 200, 5)]
+    rec.samples += [(float(t), 3, 300, 50_000, 30) for t in range(0, 400, 5)]
+    fig = Figures()
+    assert check_resources(sched(duration_s=400.0), rec, 20.0, fig).ok
+    assert [(g[0], g[6]) for g in fig.growth] == [(1, False), (2, False), (3, True)]
