@@ -91,7 +91,8 @@ class Schedule:
 
 
 def make_schedule(seed: int, hosts: int, duration_s: float) -> Schedule:
-    rng = random.Random(f"gossipmesh-chaos/{seed}/{hosts}/{duration_s}")
+    # float(): `--duration 600` (a float) and run(duration_s=600) draw the same schedule.
+    rng = random.Random(f"gossipmesh-chaos/{seed}/{hosts}/{float(duration_s)}")
     warmup_s = min(15.0, 0.1 * duration_s)
     calm_tail_s = max(15.0, min(60.0, 0.1 * duration_s))
     ids = list(range(1, hosts + 1))

@@ -137,7 +137,7 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         "",
         f"Command: `{command}`  ",
         f"Result: **{'PASS' if result.ok else 'FAIL'}**  ",
-        f"Run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"Report written at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{platform.machine()} Linux {platform.release()}, Python {platform.python_version()}.",
         "",
         f"![timeline]({png.name})",
@@ -182,12 +182,12 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         "## Agent RSS and open FDs",
         "",
         "Growth from the first to the second half of each agent process's lifetime after warm-up "
-        "(samples every 5 s; medians of each half). Lifetimes under 240 s after warm-up are "
-        "shown, not judged: after a pause or a partition open FDs stay up by 10-25 until the "
-        "pooled connections' idle expiry (60 s) and come back. The floor (fewest open in each "
-        "half) is shown too.",
+        "(samples every 5 s): RSS by the medians of the halves, open FDs by their lower quartiles: "
+        "after a pause or a partition open FDs stay up by 8-25 for about a minute (pooled "
+        "connections' idle expiry) and come back, a leak raises the lower quartile too; the FD "
+        "medians are shown as well. Lifetimes under 240 s after warm-up are shown, not judged.",
         "",
-        "| host | pid | span after warm-up | judged | RSS growth | FD growth | FD floor growth |",
+        "| host | pid | span after warm-up | judged | RSS growth (medians) | FD growth (lower quartiles) | FD growth (medians) |",
         "|---|---|---|---|---|---|---|",
         *[
             f"| h{h} | {pid} | {span:.0f} s | {'yes' if j else 'no (short)'} | {r:+.1%} | {f:+.1%} | {fm:+.1%} |"

@@ -15,7 +15,7 @@ import chaos
 import pytest
 from chaos_net import ChaosUnavailable, require_rights, sweep_stale
 
-SEED = 4  # plays halves and kill-wipe in 60 s, and kills two upstreams
+SEED = 4  # plays a pause and a kill-wipe in 60 s, and kills two upstreams
 
 
 def rights() -> str | None:
