@@ -405,9 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--duration: at least 30 s")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        result = run(
-            args.hosts, args.duration, args.seed, args.out, args.rate, progress=True, dump=args.dump
-        )
+        result = run(args.hosts, args.duration, args.seed, args.out, args.rate, progress=True,
+                     dump=args.dump, logs=args.logs)  # fmt: skip
     except ChaosUnavailable as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return 2
