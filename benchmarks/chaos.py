@@ -42,6 +42,7 @@ from chaos_check import (  # noqa: E402 - after the path set-up above
     Check,
     Figures,
     acked_before,
+    admin_latency,
     check_false_dead,
     check_membership,
     check_reads,
@@ -329,6 +330,7 @@ def judge(run: Run, out_dir: Path | None) -> ChaosResult:
         check_resources(sched, rec, _warmup_s(sched.duration_s), fig),
     ]
     check_reads(rec, fig)
+    admin_latency(sched, rec, fig)
     result = ChaosResult(sched, checks, fig, rec, None)
     if out_dir is not None:
         from chaos_report import write_report

@@ -67,6 +67,8 @@ class Figures:
     growth: list[tuple[int, int, float, float, float, float, bool]] = field(default_factory=list)
     reads: int = 0
     reads_ok: int = 0
+    admin_ms: tuple[float, float, float, int] | None = None  # p50, p99, max, answers
+    admin_timeouts: int = 0  # no answer within 2 s, from an agent neither paused nor killed
 
 
 def origin_down(sched: Schedule, rec: Records) -> list[tuple[int, float, float, str]]:
@@ -286,3 +288,25 @@ def check_resources(sched: Schedule, rec: Records, warmup_s: float, fig: Figures
 def check_reads(rec: Records, fig: Figures) -> None:
     fig.reads = len(rec.reads)
     fig.reads_ok = sum(1 for r in rec.reads if r[2])
+
+
+def admin_latency(sched: Schedule, rec: Records, fig: Figures) -> None:
+    """How long the agents' admin API took to answer the observers (a stalled event loop shows
+    here), leaving out an agent's own pause, kill and restart."""
+    down = origin_down(sched, rec)
+    times = []
+    for t, host, took, answered in rec.admin:
+        if any(h == host and a <= t <= b for h, a, b, _k in down):
+            continue
+        if answered:
+            times.append(took)
+        else:
+            fig.admin_timeouts += 1
+    if times:
+        q = statistics.quantiles(times, n=100) if len(times) > 1 else [times[0]] * 99
+        fig.admin_ms = (
+            1000 * statistics.median(times),
+            1000 * q[98],
+            1000 * max(times),
+            len(times),
+        )

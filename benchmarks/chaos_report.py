@@ -159,6 +159,15 @@ def write_report(result: ChaosResult, out_dir: Path, log: list[str], command: st
         f"| membership whole after the last heal | {_fmt(fig.final_whole_s)} (bound {CONVERGE_BOUND_S:.0f} s) |",
         f"| dead declarations explained by a fault / unexplained | {fig.excused_dead} / {len(fig.false_dead)} |",
         f"| operator reads (CLI `config get`) / ok | {fig.reads} / {fig.reads_ok} |",
+        "| admin API answer (`GET /v1/members`, 1/s per agent, its own pause/kill left out): "
+        "p50 / p99 / max, no answer in 2 s | "
+        + (
+            "not recorded"
+            if fig.admin_ms is None
+            else f"{fig.admin_ms[0]:.0f} / {fig.admin_ms[1]:.0f} / {fig.admin_ms[2]:.0f} ms of "
+            f"{fig.admin_ms[3]}, {fig.admin_timeouts}"
+        )  # fmt: skip
+        + " |",
         "",
         *(
             ["Failed judged requests (first 20):", "", *[f"- {x}" for x in fig.failed], ""]

@@ -52,6 +52,8 @@ class Records:
     reads: list[tuple[float, int, bool, str]] = field(
         default_factory=list
     )  # t, host, ok, output/why
+    # t asked, host, seconds to answer, answered: the observers' GET /v1/members (timeout 2 s)
+    admin: list[tuple[float, int, float, bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -60,7 +62,7 @@ class Records:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, lock=threading.Lock())
+        self.__dict__.update({"admin": []}, **state, lock=threading.Lock())
 
     def add(self, name: str, row: Any) -> None:
         with self.lock:
@@ -195,16 +197,18 @@ class Workload:
             pid = hp.agent_pid
             if pid is None:
                 continue
+            asked = self.now()
             try:
                 client = hp.client(2.0)
                 members = {m["name"]: m["state"] for m in client.members()}
+                self.rec.add("admin", (asked, i, self.now() - asked, True))
                 self.rec.add("views", (self.now(), i, pid, members))
                 if tick % 2 == 0:
                     data = client.config(WRITE_PREFIX)
                     keys = {k: int(v.get("weight_max", -1)) for k, v in data["entities"].items()}
                     self.rec.add("configs", (self.now(), i, str(data.get("root_hash")), keys))
             except Exception:  # noqa: BLE001 - a paused or restarting agent does not answer
-                pass
+                self.rec.add("admin", (asked, i, self.now() - asked, False))
             tick += 1
 
     def _samples(self) -> None:
