@@ -1,6 +1,6 @@
 """Real hosts, real faults: gossipmesh agents in Linux network namespaces under a seeded nemesis.
 
-    sudo python benchmarks/chaos.py --hosts 5 --duration 600 --seed 1
+    python benchmarks/chaos.py --hosts 5 --duration 600 --seed 1      # as root
 
 N hosts are network namespaces on a bridge in a namespace of its own (``chaos_net.py``: the test
 subnet 10.213.0.0/24 exists only between them; the root network stack gets no address on it).
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import shlex
 import shutil
 import signal
 import sys
@@ -69,9 +68,7 @@ SETTLE_S = 90.0  # bound on the initial join and on the final convergence wait
 
 
 def replay_command(hosts: int, duration_s: float, seed: int) -> str:
-    return (
-        f"sudo python benchmarks/chaos.py --hosts {hosts} --duration {duration_s:g} --seed {seed}"
-    )
+    return f"python benchmarks/chaos.py --hosts {hosts} --duration {duration_s:g} --seed {seed} (as root)"
 
 
 @dataclass
@@ -420,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {result.report}")
     if not result.ok:
         print(f"chaos: FAILED with seed {args.seed}; replay with: "
-              f"{shlex.join(['sudo', 'python', 'benchmarks/chaos.py', '--hosts', str(args.hosts), '--duration', f'{args.duration:g}', '--seed', str(args.seed)])}")  # fmt: skip
+              f"{replay_command(args.hosts, args.duration, args.seed)}")  # fmt: skip
         return 1
     return 0
 
