@@ -322,9 +322,13 @@ class AdminClient:
         data: dict[str, Any] = self.call("GET", "/v1/faults")
         return data
 
-    def set_faults(self, drop: list[str]) -> dict[str, Any]:
-        """Drop all traffic to and from the gossip addresses ``drop`` (``HOST:PORT``)."""
-        data: dict[str, Any] = self.call("POST", "/v1/faults", {"drop": drop})
+    def set_faults(self, drop: list[str], loss: float | None = None) -> dict[str, Any]:
+        """Drop all traffic to and from the gossip addresses ``drop`` (``HOST:PORT``), and lose
+        the share ``loss`` (0-1) of all gossip datagrams in and out."""
+        body: dict[str, Any] = {"drop": drop}
+        if loss is not None:
+            body["loss"] = loss
+        data: dict[str, Any] = self.call("POST", "/v1/faults", body)
         return data
 
     def clear_faults(self) -> dict[str, Any]:

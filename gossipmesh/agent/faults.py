@@ -10,8 +10,8 @@ caller cut the node off), the admin API gains:
 | method | path       | what |
 |--------|------------|------|
 | GET    | /v1/faults | the addresses currently dropped |
-| POST   | /v1/faults | ``{"drop": ["HOST:PORT", ...]}``: replace the set of dropped gossip addresses |
-| DELETE | /v1/faults | drop nothing any more |
+| POST   | /v1/faults | ``{"drop": ["HOST:PORT", ...], "loss": 0.2}``: replace the set of dropped gossip addresses and the share of datagrams lost (``loss`` optional, 0 by default) |
+| DELETE | /v1/faults | drop nothing any more, lose nothing |
 
 Without the flag the routes do not exist (404). The runtime consults one predicate,
 ``agent.transport_filter(address) -> bool``, on every path: outgoing and incoming UDP (matched on
@@ -21,10 +21,17 @@ so it is matched on the host alone (the runtime passes port 0): on a shared mach
 agent its own loopback IP, as the tests do. Both directions are cut, so two groups that each drop
 the other are fully partitioned even though each side only configured its own half. Every drop is
 counted under ``faults.*`` in ``/v1/health``.
+
+``loss`` is packet loss where the kernel offers none (no ``netem`` in a container, and the chaos
+harness, ``benchmarks/chaos.py``, runs agents in network namespaces whose only fault tools are
+links): each gossip datagram in or out, to or from anyone, is dropped with that probability
+(counted under ``faults.udp_lost``). TCP streams are not affected: lost segments on a real network
+delay a stream, they do not refuse it.
 """
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 from gossipmesh.agent.http import HTTPError, JSONResponse, Request, Response
@@ -38,22 +45,36 @@ MAX_DROPPED = 1024
 
 
 class FaultInjector:
-    """The set of gossip addresses this agent pretends it cannot reach (nor hear from)."""
+    """The set of gossip addresses this agent pretends it cannot reach (nor hear from), and the
+    share of its datagrams it loses."""
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random | None = None) -> None:
         self._dropped: frozenset[Address] = frozenset()
         self._hosts: frozenset[str] = frozenset()
+        self._loss = 0.0
+        self._rng = rng if rng is not None else random.Random()
 
     @property
     def dropped(self) -> frozenset[Address]:
         return self._dropped
 
-    def set(self, addresses: frozenset[Address]) -> None:
+    @property
+    def loss(self) -> float:
+        return self._loss
+
+    def set(self, addresses: frozenset[Address], loss: float = 0.0) -> None:
+        if not 0.0 <= loss <= 1.0:
+            raise ValueError(f"loss {loss} is not in [0, 1]")
         self._dropped = addresses
         self._hosts = frozenset(a.host for a in addresses)
+        self._loss = loss
 
     def clear(self) -> None:
         self.set(frozenset())
+
+    def loses(self) -> bool:
+        """True: lose this datagram (one draw per datagram, in or out)."""
+        return self._loss > 0.0 and self._rng.random() < self._loss
 
     def blocks(self, address: Address) -> bool:
         """True: drop traffic to/from ``address``. Port 0 means "any port on this host" (incoming
@@ -67,11 +88,13 @@ class FaultInjector:
 
 def install_faults(agent: Agent) -> FaultInjector:
     """Register the routes and hook the injector into the agent's transports."""
-    injector = FaultInjector()
+    injector = FaultInjector(random.Random(agent.rng.getrandbits(64)))
     agent.transport_filter = injector.blocks
+    agent.transport.loss = injector.loses
 
     def view() -> JSONResponse:
-        return JSONResponse({"drop": sorted(str(a) for a in injector.dropped)})
+        return JSONResponse({"drop": sorted(str(a) for a in injector.dropped),
+                             "loss": injector.loss})  # fmt: skip
 
     async def get(req: Request) -> Response:
         return view()
@@ -83,12 +106,15 @@ def install_faults(agent: Agent) -> FaultInjector:
             raise HTTPError(400, "bad_request", '"drop" must be a list of "HOST:PORT" strings')
         if len(drop) > MAX_DROPPED:
             raise HTTPError(400, "bad_request", f"at most {MAX_DROPPED} addresses")
+        loss = data.get("loss", 0)
+        if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 1:
+            raise HTTPError(400, "bad_request", '"loss" must be a number from 0 to 1')
         try:
             addresses = frozenset(Address.parse(a) for a in drop)
         except UsageError as exc:
             raise HTTPError(400, "bad_address", str(exc)) from exc
-        injector.set(addresses)
-        agent.log.warn("faults_set", drop=sorted(str(a) for a in addresses))
+        injector.set(addresses, float(loss))
+        agent.log.warn("faults_set", drop=sorted(str(a) for a in addresses), loss=float(loss))
         return view()
 
     async def delete(req: Request) -> Response:

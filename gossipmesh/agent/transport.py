@@ -22,7 +22,8 @@ whose handler's input made the core raise (``CoreError``), is closed and counted
 ``dropped.stream_*``.
 
 ``filter`` (set through ``Agent.transport_filter`` by ``faults.py``) drops traffic to or from an
-address on every path; ``None``, the default, costs one attribute check per packet.
+address on every path; ``None``, the default, costs one attribute check per packet. ``loss``
+(also from ``faults.py``) loses a share of the datagrams, in and out; TCP streams are not touched.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Transport:
         self.udp_aad = b"gossipmesh/udp/" + cluster.encode()
         self.stream_aad = b"gossipmesh/stream/" + cluster.encode()
         self.filter: Callable[[Address], bool] | None = None
+        self.loss: Callable[[], bool] | None = None  # True: lose this datagram
         # Told (address, "udp"|"tcp", reason) about every message no installed key opens.
         self.on_open_failure: Callable[[Address, str, str], None] | None = None
         self.udp: trio.socket.SocketType | None = None  # set once bound
@@ -146,6 +148,9 @@ class Transport:
         assert self.udp is not None
         if self.filter is not None and self.filter(to):
             self.counters["faults.udp_out"] += 1
+            return
+        if self.loss is not None and self.loss():
+            self.counters["faults.udp_lost"] += 1
             return
         try:
             await self.udp.sendto(self.keyring.seal(data, self.udp_aad), to.as_tuple())
@@ -171,6 +176,9 @@ class Transport:
                 continue
             if self.filter is not None and self.filter(Address(*addr[:2])):
                 counters["faults.udp_in"] += 1
+                continue
+            if self.loss is not None and self.loss():
+                counters["faults.udp_lost"] += 1
                 continue
             try:
                 data = self.keyring.open(sealed, self.udp_aad)
