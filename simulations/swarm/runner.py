@@ -92,6 +92,7 @@ class Outcome:
     simulated_ms: int
     events: int
     wall_s: float
+    trace: str  # the engine's trace hash: the same plan and seed give the same one
 
     @property
     def ok(self) -> bool:
@@ -167,7 +168,7 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
         verdict.failures if verdict is not None else (), error, bound,
         None if settled is None else settled - (T0_MS + max(plan.last_fault_ms, 1_000)),
         tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
-        round(time.perf_counter() - wall, 3),
+        round(time.perf_counter() - wall, 3), c.engine.trace_hash(),
     )  # fmt: skip
 
 

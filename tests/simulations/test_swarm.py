@@ -1,0 +1,189 @@
+"""The fault swarm: plans that replay, invariants that can fail, shrinking, and 200 seeds.
+
+Broken cores are patched in with ``monkeypatch`` on the classes the agent instantiates, and run
+with one process (``jobs=1``: a patch does not reach a worker process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gossipmesh.crdt.document import Document
+from gossipmesh.crdt.entries import Delta, MergeResult
+from gossipmesh.swim.probe import Prober
+from gossipmesh.swim.rumours import ALIVE, Rumours
+from simulations.cli import main
+from simulations.swarm.generate import generate
+from simulations.swarm.plan import Fault, FaultKind, SwarmPlan, format_plan, parse_plan
+from simulations.swarm.pool import run_seeds
+from simulations.swarm.runner import Outcome, run_plan
+from simulations.swarm.shrink import shrink, signature
+
+SMALL = (4, 7)  # node counts of the seeds run in the default suite
+
+
+def _first_failure(seeds: int = 200) -> Outcome:
+    for out in run_seeds(range(1, seeds + 1), *SMALL, jobs=1):
+        if not out.ok:
+            return out
+    raise AssertionError(f"no seed of {seeds} caught the broken core")
+
+
+# ---- plans --------------------------------------------------------------------------------------
+
+
+def test_a_plan_prints_as_one_command_and_parses_back_exactly() -> None:
+    for seed in range(1, 60):
+        plan = generate(seed, 20, 200)
+        assert generate(seed, 20, 200) == plan  # one seed, one plan
+        assert parse_plan(plan.seed, plan.nodes, format_plan(plan)) == plan
+        assert plan.command().startswith(f"python -m simulations swarm --seed {seed} ")
+
+
+def test_bad_plans_are_refused_with_the_token_named() -> None:
+    with pytest.raises(ValueError, match="bogus@1"):
+        parse_plan(1, 10, "crash@100:1 bogus@1")
+    with pytest.raises(ValueError, match="host >= --nodes"):
+        parse_plan(1, 3, "crash@100:7")
+    with pytest.raises(ValueError, match="KIND@AT"):
+        parse_plan(1, 3, "crash@soon")
+
+
+def test_the_generator_draws_every_fault_kind() -> None:
+    seen = {f.kind for seed in range(1, 301) for f in generate(seed, 20, 200).faults}
+    assert seen == set(FaultKind)
+    skews = [f.value for s in range(1, 301) for f in generate(s, 20, 200).faults
+             if f.kind is FaultKind.SKEW]  # fmt: skip
+    assert any(abs(v) < 500 for v in skews) and any(abs(v) > 500 for v in skews)
+
+
+def test_same_plan_same_trace() -> None:
+    plan = generate(7, *SMALL)
+    assert run_plan(plan).trace == run_plan(plan).trace
+
+
+def test_a_paused_host_answers_nothing_until_it_wakes_then_everything_settles() -> None:
+    plan = SwarmPlan(3, 5, (Fault(1_000, FaultKind.PAUSE, 12_000, (2,)),
+                            Fault(2_000, FaultKind.WRITE, 0, (2,), 1)))  # fmt: skip
+    out = run_plan(plan)
+    assert out.ok, out.failures
+    assert dict(out.counts)["pause"] == 1 and dict(out.counts)["write"] == 1
+
+
+# ---- 200 seeds of the real cores ---------------------------------------------------------------
+
+
+def test_two_hundred_seeds_of_the_real_cores_pass_every_invariant() -> None:
+    bad = [(o.seed, o.failures, o.error) for o in run_seeds(range(1, 201), *SMALL, jobs=2)
+           if not o.ok]  # fmt: skip
+    assert bad == [], [generate(s, *SMALL).command() for s, _, _ in bad]
+
+
+# ---- broken cores are caught -------------------------------------------------------------------
+
+
+def test_a_replica_that_loses_a_write_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merge that drops the last entry of a delta but records it as integrated."""
+    real = Document.merge
+
+    def broken(self: Document, delta: Delta, wall_ms: int, **kw: Any) -> MergeResult:
+        if len(delta.entries) > 1:
+            last = delta.entries[-1]
+            delta = Delta(delta.entries[:-1])
+            self.restore_known({last.key: {last.writer: last.counter}})
+        return real(self, delta, wall_ms, **kw)
+
+    monkeypatch.setattr(Document, "merge", broken)
+    out = _first_failure()
+    assert signature(out) & {"config-no-lost-write", "config-identical"}, out.failures
+
+
+def test_a_refutation_that_does_not_raise_the_incarnation_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refute(self: Rumours, accused_incarnation: int, now_ms: int, out: list[Any]) -> None:
+        st = self.state
+        st.count("refutes")
+        st.incarnation = max(st.incarnation, accused_incarnation)  # the bug: no + 1
+        st.put(st.self_snapshot(ALIVE), now_ms, out)
+        st.queue_self_alive()
+
+    monkeypatch.setattr(Rumours, "refute", refute)
+    out = _first_failure()
+    assert signature(out) & {"accuracy", "convergence"}, out.failures
+
+
+def test_an_exception_in_a_handler_fails_the_seed_with_its_replay(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def on_ping_req(self: Prober, *args: Any) -> None:
+        raise RuntimeError("ping-req handler bug")
+
+    monkeypatch.setattr(Prober, "on_ping_req", on_ping_req)
+    out = _first_failure()
+    assert out.error is not None and "ping-req handler bug" in out.error
+    # ... and it shrinks to a smaller plan that fails the same way, replayed by one command.
+    plan = generate(out.seed, *SMALL)
+    res = shrink(plan, out, run_plan, max_runs=40)
+    assert signature(res.outcome) == signature(out)
+    assert len(res.plan.faults) <= len(plan.faults) and res.plan.nodes <= plan.nodes
+    assert len(res.plan.faults) < len(plan.faults) or res.plan.nodes < plan.nodes
+    replay = res.plan.command()
+    assert replay.startswith("python -m simulations swarm ")
+    args = replay.split(" ", 4)[4]
+    seed, nodes, text = _replay_args(args)
+    assert parse_plan(seed, nodes, text) == res.plan
+    assert main(["swarm", "--seed", str(seed), "--nodes", str(nodes), "--plan", text]) == 1
+    assert "ping-req handler bug" in capsys.readouterr().out
+
+
+def _replay_args(args: str) -> tuple[int, int, str]:
+    # "--seed S --nodes N --plan 'TEXT'"
+    head, _, text = args.partition(" --plan ")
+    parts = head.split()
+    return int(parts[1]), int(parts[3]), text.strip("'")
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+def test_cli_runs_seeds_and_replays_a_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["swarm", "--seeds", "2", "--nodes", "4..5", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "seeds: **2**, failed: **0**" in text and "seeds/s" in text
+    assert main(["swarm", "--seed", "3", "--nodes", "5", "--plan",
+                 "crash@2000:1 write@3000:2=1 partition_one@4000+5000:3"]) == 0  # fmt: skip
+    assert "PASS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["swarm", "--nodes", "2..5"],
+        ["swarm", "--nodes", "ten"],
+        ["swarm", "--seed", "1", "--nodes", "5", "--plan", "nonsense"],
+        ["swarm", "--seed", "1", "--nodes", "5..9", "--plan", "crash@1:1"],
+        ["swarm", "--seeds", "0"],
+    ],
+)
+def test_cli_refuses_bad_options_with_exit_2(argv: list[str]) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    assert code == 2
+
+
+def test_gossipmesh_simulate_swarm_is_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    plan = "write@2000:1=2 partition_oneway@3000+4000:0"
+    done = subprocess.run([sys.executable, "-m", "gossipmesh", "simulate", "swarm", "--seed", "2",
+                           "--nodes", "4", "--plan", plan],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"gossipmesh simulate swarm --seed 2 --nodes 4 --plan '{plan}'" in done.stdout
+    assert "PASS" in done.stdout
