@@ -155,7 +155,8 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
         verdict = judge(c, ledger, w.memory)
         if not verdict.settled_ok:  # too slow, or wrong? Look again at three times the bound.
             later = _settle(c, c.engine.now_ms, heal + 3 * bound, since=settled)
-            verdict = verdict.classified(judge(c, ledger, w.memory), later, bound)
+            after = None if later is None else later - heal
+            verdict = verdict.classified(judge(c, ledger, w.memory), after, bound)
     except Exception:
         error = traceback.format_exc()
     finally:
@@ -166,7 +167,7 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
     return Outcome(
         plan.seed, plan.nodes, format_plan(plan),
         verdict.failures if verdict is not None else (), error, bound,
-        None if settled is None else settled - (T0_MS + max(plan.last_fault_ms, 1_000)),
+        None if settled is None else settled - (T0_MS + max(plan.last_fault_ms, 1_000)),  # at the bound
         tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
         round(time.perf_counter() - wall, 3), c.engine.trace_hash(),
     )  # fmt: skip

@@ -187,3 +187,19 @@ def test_gossipmesh_simulate_swarm_is_the_same_command() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"gossipmesh simulate swarm --seed 2 --nodes 4 --plan '{plan}'" in done.stdout
     assert "PASS" in done.stdout
+
+
+def test_a_settled_property_late_is_too_slow_and_one_never_reached_is_wrong() -> None:
+    from simulations.checkers import CheckResult
+    from simulations.swarm.invariants import Verdict
+
+    ok, bad = CheckResult("convergence", True, "whole"), CheckResult("convergence", False, "x")
+    acc_bad = CheckResult("accuracy", False, "node-00001 suspect")
+    at_bound = Verdict((bad, acc_bad), ())
+    later = Verdict((ok, acc_bad), ())
+    v = at_bound.classified(later, 150_000, 100_000)
+    (conv, acc) = v.settled
+    assert not conv.ok and conv.detail.startswith("too slow: not settled 100s after the heal")
+    assert "everything settled 150s after the heal" in conv.detail
+    assert not acc.ok and acc.detail.startswith("wrong: still at 300s after the heal")
+    assert {n for n, _ in v.failures} == {"convergence", "accuracy"}
