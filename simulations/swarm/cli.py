@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Two modes, one exit-code contract (0 every seed passed, 1 a seed failed, 2 bad options):
 
-- **swarm**: ``--seeds N [--first-seed S] --nodes LO..HI [--jobs J]`` runs seeds S..S+N-1
-  (each: ``generate`` -> ``run_plan``), prints a line per failure as it happens, then shrinks
+- **swarm**: ``--seeds N [--first-seed S] --nodes LO..HI [--jobs J] [--max-wall SECONDS]``
+  runs seeds S..S+N-1 (each: ``generate`` -> ``run_plan``; with ``--max-wall`` only the first
+  ones that fit in that time, and the report says how many), prints a line per failure as it happens, then shrinks
   each failure (``--shrink-max`` of them, first ones first) and prints the command that
   replays the shrunk plan, and a summary: seeds per second, faults carried out by kind, the
   settle bound and the settle times seen. ``--markdown FILE`` writes that as a report.
@@ -55,6 +56,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_nodes, default=(20, 200), metavar="LO..HI",
                    help="cluster size, drawn per seed (default 20..200)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--max-wall", type=float, dest="max_wall_s", default=None, metavar="SECONDS",
+                   help="start no seed after this many wall seconds; the report counts the "
+                   "seeds that ran (1..N in order)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="replay: the seed of --plan")
     p.add_argument("--plan", default=None, help="replay exactly this plan (with --seed, --nodes N)")
     p.add_argument("--shrink-max", type=int, default=3,
@@ -109,8 +113,14 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
     seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
     start = time.perf_counter()
     outcomes: list[Outcome] = []
-    for out in run_seeds(seeds, lo, hi, ns.jobs):
+    runs = run_seeds(seeds, lo, hi, ns.jobs)
+    for out in runs:
         outcomes.append(out)
+        if ns.max_wall_s is not None and time.perf_counter() - start > ns.max_wall_s:
+            print(f"--max-wall {ns.max_wall_s:g}s reached after {len(outcomes)} seeds",
+                  file=sys.stderr)  # fmt: skip
+            runs.close()  # stops the pool (the seeds in flight are not counted)
+            break
         if not out.ok:
             plan = generate(out.seed, lo, hi)
             what = out.error.strip().splitlines()[-1] if out.error else \

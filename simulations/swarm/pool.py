@@ -13,7 +13,7 @@ patch a core with ``monkeypatch`` need (a patch does not reach a worker started 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 
 from simulations.swarm.generate import generate
 from simulations.swarm.runner import Outcome, run_plan
@@ -33,7 +33,7 @@ def run_seeds(
     nodes_max: int,
     jobs: int = 1,
     run: Callable[[int, int, int], Outcome] = run_seed,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     work = [(s, nodes_min, nodes_max) for s in seeds]
     if jobs <= 1:
         for args in work:
