@@ -198,10 +198,12 @@ def to_markdown(
         f"settled (every view whole, every document identical, from then on) p50 "
         f"{s['settled_s_p50']} s, p99 {s['settled_s_p99']} s, max {s['settled_s_max']} s",
         "",
+        f"- messages forged or replayed by captured hosts: {s['faults'].get('forged_sent', 0):,}",
+        "",
         "| fault (carried out) | count |",
         "|---|---:|",
     ]
-    lines += [f"| {k} | {v:,} |" for k, v in s["faults"].items()]
+    lines += [f"| {k} | {v:,} |" for k, v in s["faults"].items() if k != "forged_sent"]
     failed = [o for o in outcomes if not o.ok]
     if failed:
         lines += ["", "## Failures", ""]
