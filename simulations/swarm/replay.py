@@ -32,7 +32,7 @@ RECORD_MAX = 256
 class RecordingCore:
     """A core, forwarded as is, that remembers the packets it was handed (see above)."""
 
-    def __init__(self, core: Any, now_ms: int) -> None:
+    def __init__(self, core: Any) -> None:
         self.inner = core
         self.recorded: deque[tuple[int, bytes]] = deque(maxlen=RECORD_MAX)
 

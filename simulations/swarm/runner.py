@@ -35,7 +35,6 @@ import gc
 import math
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,19 +117,19 @@ def build(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> tuple[Clu
     network = Network(derive_rng(plan.seed, "network"), PROFILE_LATENCY["lan"],
                       max_packet_bytes=config.packet_size_bytes)  # fmt: skip
     ledger = ConfigLedger()
-    captured = {f.hosts[0] for f in plan.faults if f.kind is K.CAPTURED}
     inner = core_factory or default_core_factory
-    names = {f"node-{i:05d}" for i in captured}
+    recorded: set[str] = set()  # the captured hosts' names, filled in once the hosts exist
 
     def factory(name: str, *args: Any) -> Any:
         core = inner(name, *args)
-        return RecordingCore(core, args[3]) if name in names else core
+        return RecordingCore(core) if name in recorded else core
 
     c = Cluster(plan.seed, config, network, core_factory=factory,
                 attachment_factory=attachment_factory(ledger, ReplicaSettings()),
                 tcp_timeout_ms=config.push_pull_timeout_ms)  # fmt: skip
     for _ in range(plan.nodes):
         c.add_node()
+    recorded.update(c.nodes[f.hosts[0]].name for f in plan.faults if f.kind is K.CAPTURED)
     return c, ledger
 
 
@@ -335,6 +334,3 @@ def _heal_everything(w: _World) -> None:
         c.set_slow(node.idx, 0, 0)
     for idx in list(w.skews):
         _unskew(w, idx)
-
-
-RunFn = Callable[[SwarmPlan], Outcome]
