@@ -64,6 +64,26 @@ def test_same_plan_same_trace() -> None:
     assert run_plan(plan).trace == run_plan(plan).trace
 
 
+def test_a_paused_host_handles_nothing_until_it_wakes() -> None:
+    from simulations.scenarios import warm_start
+    from simulations.swarm.runner import build
+
+    c, _ = build(SwarmPlan(1, 4, ()))
+    warm_start(c)
+    c.run_until(2_000)
+    core = c.nodes[1].core
+    assert core is not None
+    seen = dict(core.stats)  # type: ignore[attr-defined]
+    c.pause(1, 6_000)
+    c.run_until(5_900)
+    assert core.stats["packets.in"] == seen["packets.in"]  # type: ignore[attr-defined]
+    assert core.stats["probes"] == seen["probes"]  # type: ignore[attr-defined]
+    c.run_until(6_000)  # it wakes: everything that waited is handled, in order
+    assert core.stats["packets.in"] > seen["packets.in"] + 5  # type: ignore[attr-defined]
+    c.run_until(60_000)
+    assert c.view_errors()[0] == 0
+
+
 def test_a_paused_host_answers_nothing_until_it_wakes_then_everything_settles() -> None:
     plan = SwarmPlan(3, 5, (Fault(1_000, FaultKind.PAUSE, 12_000, (2,)),
                             Fault(2_000, FaultKind.WRITE, 0, (2,), 1)))  # fmt: skip
