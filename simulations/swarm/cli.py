@@ -174,7 +174,15 @@ def summarize(
         "settled_s_p50": settled[len(settled) // 2] / 1000 if settled else None,
         "settled_s_p99": settled[int(0.99 * (len(settled) - 1))] / 1000 if settled else None,
         "settled_s_max": settled[-1] / 1000 if settled else None,
+        "slowest": _slowest(outcomes),
     }
+
+
+def _slowest(outcomes: list[Outcome], k: int = 3) -> str:
+    """The ``k`` seeds that took longest to settle after the heal, to trace first."""
+    timed = [(o.settled_ms, o.seed) for o in outcomes if o.settled_ms is not None]
+    timed.sort(key=lambda t: (-t[0], t[1]))
+    return ", ".join(f"seed {seed} ({ms / 1000:.0f} s)" for ms, seed in timed[:k]) or "-"
 
 
 def to_markdown(
@@ -198,6 +206,7 @@ def to_markdown(
         f"settled (every view whole, every document identical, from then on) p50 "
         f"{s['settled_s_p50']} s, p99 {s['settled_s_p99']} s, max {s['settled_s_max']} s",
         "",
+        f"- slowest to settle: {s['slowest']}",
         f"- messages forged or replayed by captured hosts: {s['faults'].get('forged_sent', 0):,}",
         "",
         "| fault (carried out) | count |",
