@@ -25,7 +25,7 @@ skew; attacks have stopped), and the run goes on for the settle window ``settle_
 ``invariants.judge`` checks the safety properties (which had to hold all along) and the
 settled ones. If a settled property does not hold at the bound, the run continues to three
 times the bound to tell "too slow" (it settles later; still a failure, the bound is the
-promise) from "wrong" (it never does). A core that raises stops the run (``EngineFailed``):
+promise) from "wrong" (it never does). A core that raises stops the run (``EventFailed``):
 the seed fails with the traceback.
 """
 
