@@ -159,6 +159,16 @@ def test_an_exception_in_a_handler_fails_the_seed_with_its_replay(
     assert "ping-req handler bug" in capsys.readouterr().out
 
 
+def test_a_table_over_its_bound_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broadcast queue that (as far as the core says) grows past ``broadcast_queue_max``."""
+    from gossipmesh.swim.node import SwimNode
+
+    monkeypatch.setattr(SwimNode, "broadcast_queue_len", property(lambda self: 1 << 20))
+    out = run_plan(generate(1, *SMALL))
+    assert signature(out) == {"bounded-memory"}
+    assert "broadcast_queue 1048576 > 4096" in dict(out.failures)["bounded-memory"]
+
+
 def _replay_args(args: str) -> tuple[int, int, str]:
     # "--seed S --nodes N --plan 'TEXT'"
     head, _, text = args.partition(" --plan ")
