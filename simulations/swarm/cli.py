@@ -101,7 +101,7 @@ def _print_outcome(out: Outcome) -> None:
     settled = "never" if out.settled_ms is None else f"{out.settled_ms / 1000:.0f}s"
     print(f"seed {out.seed}: {out.nodes} nodes, {out.simulated_ms / 1000:.0f}s simulated, "
           f"settled {settled} after the heal (bound {out.settle_bound_ms / 1000:.0f}s), "
-          f"{'PASS' if out.ok else 'FAIL'}")  # fmt: skip
+          f"trace {out.trace[:16]}, {'PASS' if out.ok else 'FAIL'}")  # fmt: skip
     for name, detail in out.failures:
         print(f"  FAIL {name}: {detail}")
     if out.error is not None:

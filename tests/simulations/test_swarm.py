@@ -64,6 +64,23 @@ def test_same_plan_same_trace() -> None:
     assert run_plan(plan).trace == run_plan(plan).trace
 
 
+def test_a_replay_in_a_new_process_runs_the_same_trace() -> None:
+    """Regression: the config PKI was made with random keys per process, and a certificate's DER
+    length varies with its ECDSA signature, so a seed replayed elsewhere ran another trace."""
+    import subprocess
+    import sys
+
+    plan = "write@2000:1=2 bounce@3000+4000:2 write@8000:3=2"
+    traces = set()
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-m", "simulations", "swarm", "--seed", "4",
+                               "--nodes", "5", "--plan", plan],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        traces.add(done.stdout.split("trace ")[1].split(",")[0])
+    assert len(traces) == 1
+
+
 def test_a_paused_host_handles_nothing_until_it_wakes() -> None:
     from simulations.scenarios import warm_start
     from simulations.swarm.runner import build
