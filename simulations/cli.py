@@ -47,7 +47,8 @@ def build_parser(prog: str = "python -m simulations") -> argparse.ArgumentParser
         description="Deterministic simulations of the real gossipmesh SWIM and config cores.",
     )
     p.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO",
-                   help="one of: " + ", ".join(SCENARIOS))  # fmt: skip
+                   help="one of: " + ", ".join(SCENARIOS)
+                   + " (and `swarm`: random fault plans, see `swarm -h`)")  # fmt: skip
     g = p.add_argument_group("common")
     g.add_argument("--nodes", type=int, default=100, help="cluster size (default 100)")
     g.add_argument("--seed", type=int, default=1, help="master seed (default 1)")
@@ -123,6 +124,11 @@ def options_from_args(ns: argparse.Namespace) -> Options:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["swarm"]:  # the fault swarm has options of its own (simulations/swarm/)
+        from simulations.swarm.cli import main as swarm_main
+
+        return swarm_main(argv[1:], prog)
     parser = build_parser(prog)
     ns = parser.parse_args(argv)
     opts = options_from_args(ns)

@@ -31,7 +31,9 @@ Checkers compare the ledger with the truth.
 Slow nodes model a CPU-starved process: every inbound packet and push-pull leg is handed to the
 core ``packet_lag_ms`` (±50 % jitter) late and every timer ``timer_lag_ms`` late. The node acts on
 stale input, its acks leave late and its own probes see acks "too late" - the situation Lifeguard
-was designed for.
+was designed for. A *paused* host (``pause``: a GC pause, SIGSTOP, a stalled VM) handles nothing
+until it wakes: every packet, stream leg and timer due meanwhile is put back, in order, to the
+moment it resumes.
 
 Extension hook for a second core (the config CRDT)
 -------------------------------------------------
@@ -186,6 +188,7 @@ class SimNode:
     boots: int = 0
     packet_lag_ms: int = 0
     timer_lag_ms: int = 0
+    paused_until_ms: int = 0  # a frozen process: its inputs and timers wait until then
     sent: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
@@ -257,6 +260,7 @@ class Cluster:
         self.seed = seed
         self.identities = identities if identities is not None else SimIdentities()
         self.attackers: list[Any] = []  # captured hosts (simulations/captured.py), if any
+        self.paused = False  # any host ever paused: only then do handlers look (``pause``)
         self.config = config
         self.network = network
         self.engine = Engine()
@@ -336,6 +340,7 @@ class Cluster:
         incarnation = node.last_incarnation + 1 if restart and with_data else 0
         node.boots += 1
         node.generation += 1
+        node.paused_until_ms = 0  # a new process is not the frozen one
         node.rng = derive_rng(self.seed, "node", node.name, node.boots)
         authority = self.identities.authority(node.name, self.wall_ms)
         node.core = self.core_factory(node.name, node.address, self.config, node.rng, now,
@@ -392,6 +397,21 @@ class Cluster:
             self._remember_incarnation(node)
             node.core = None
             node.generation += 1
+
+    def pause(self, idx: int, until_ms: int) -> None:
+        """Freeze host ``idx`` until ``until_ms`` (a GC pause, SIGSTOP, a stalled VM): every
+        packet, stream leg and timer due meanwhile waits, in order, and is handled when it wakes."""
+        node = self.nodes[idx]
+        node.paused_until_ms = max(node.paused_until_ms, until_ms)
+        self.paused = True
+
+    def _deferred(self, idx: int, kind: int, a: Any, b: Any, c: Any) -> bool:
+        """True when host ``idx`` is paused: the event is put back for when it wakes."""
+        until = self.nodes[idx].paused_until_ms
+        if until <= self.engine.now_ms:
+            return False
+        self.engine.schedule(until, kind, a, b, c)
+        return True
 
     def set_slow(self, idx: int, packet_lag_ms: int, timer_lag_ms: int) -> None:
         node = self.nodes[idx]
@@ -489,6 +509,8 @@ class Cluster:
             self.engine.schedule(now + net.latency(src, dst) + lag, K_PACKET, dst, src, data)
 
     def _on_packet(self, dst: int, src: int, data: bytes) -> None:
+        if self.paused and self._deferred(dst, K_PACKET, dst, src, data):
+            return
         node = self.nodes[dst]
         net_stats = self.network.stats
         if node.core is None:
@@ -502,6 +524,8 @@ class Cluster:
             self.apply(node, effects)
 
     def _on_timer(self, idx: int, generation: int, timer: object) -> None:
+        if self.paused and self._deferred(idx, K_TIMER, idx, generation, timer):
+            return
         node = self.nodes[idx]
         if node.generation != generation or node.core is None:
             return
@@ -536,6 +560,8 @@ class Cluster:
                              ticket)  # fmt: skip
 
     def _on_pp_request(self, src: int, dst: int, ticket: tuple[int, int, bytes]) -> None:
+        if self.paused and self._deferred(dst, K_PP_REQUEST, src, dst, ticket):
+            return
         engine = self.engine
         peer = self.nodes[dst]
         initiator = self.nodes[src]
@@ -555,6 +581,8 @@ class Cluster:
                         (ticket[0], started, reply))  # fmt: skip
 
     def _on_pp_reply(self, src: int, dst: int, ticket: tuple[int, int, bytes]) -> None:
+        if self.paused and self._deferred(src, K_PP_REPLY, src, dst, ticket):
+            return
         node = self.nodes[src]
         generation, started, reply = ticket
         if node.generation != generation or node.core is None:
@@ -570,6 +598,8 @@ class Cluster:
         self.apply(node, node.core.handle_push_pull_reply(peer_addr, reply, engine.now_ms))
 
     def _on_pp_fail(self, src: int, to: Address, ticket: tuple[int, int, bytes]) -> None:
+        if self.paused and self._deferred(src, K_PP_FAIL, src, to, ticket):
+            return
         node = self.nodes[src]
         if node.generation != ticket[0] or node.core is None:
             return
@@ -600,6 +630,8 @@ class Cluster:
                              ticket)  # fmt: skip
 
     def _on_ex_request(self, src: int, dst: int, ticket: tuple[int, int, bytes, object]) -> None:
+        if self.paused and self._deferred(dst, K_EX_REQUEST, src, dst, ticket):
+            return
         engine = self.engine
         peer = self.nodes[dst]
         generation, started, data, token = ticket
@@ -613,6 +645,8 @@ class Cluster:
                         (generation, started, reply, token))  # fmt: skip
 
     def _on_ex_reply(self, src: int, dst: int, ticket: tuple[int, int, bytes, object]) -> None:
+        if self.paused and self._deferred(src, K_EX_REPLY, src, dst, ticket):
+            return
         node = self.nodes[src]
         generation, started, reply, token = ticket
         if node.generation != generation or node.attachment is None:
@@ -625,12 +659,16 @@ class Cluster:
         node.attachment.on_exchange_reply(node, token, reply, now)
 
     def _on_ex_fail(self, src: int, dst: int, ticket: tuple[int, int, bytes, object]) -> None:
+        if self.paused and self._deferred(src, K_EX_FAIL, src, dst, ticket):
+            return
         node = self.nodes[src]
         if node.generation != ticket[0] or node.attachment is None:
             return
         node.attachment.on_exchange_failed(node, ticket[3], self.engine.now_ms)
 
     def _on_att_timer(self, idx: int, generation: int, token: object) -> None:
+        if self.paused and self._deferred(idx, K_ATT_TIMER, idx, generation, token):
+            return
         node = self.nodes[idx]
         if node.generation != generation or node.attachment is None:
             return

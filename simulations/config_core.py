@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -82,12 +83,22 @@ from gossipmesh.crdt.effects import (
 )
 from gossipmesh.crdt.replica import ReplicaConfig, ReplicaCore, frame, make_writer, unframe
 from gossipmesh.errors import LimitExceededError
-from gossipmesh.identity import CaCredentials, OperatorCredentials, fingerprint
+from gossipmesh.identity import (
+    CaCredentials,
+    OperatorCredentials,
+    SpiffeId,
+    fingerprint,
+    parse_certificate,
+)
+from gossipmesh.identity.certs import build_certificate
+from gossipmesh.identity.playground import derive_signer
 from gossipmesh.ids import Address
 from gossipmesh.swim.member import Member, MemberState
 from simulations.checkers import CheckResult
 from simulations.cluster import UP, Attachment, Cluster, SimNode
 
+PKI_ROOT_LABEL = b"gossipmesh simulator config root/"
+PKI_OPERATOR_LABEL = b"gossipmesh simulator operator/"
 EPOCH_MS = 1_790_000_000_000  # virtual t=0 as a wall clock (late 2026), so HLCs look real
 CLUSTER = "sim"
 OPERATORS = 2
@@ -101,14 +112,33 @@ Watched = tuple[str, Dot]  # (key, dot): a dot names an entry within its key
 
 class SimPki:
     """One CA and ``OPERATORS`` operators, real P-256, made once per process; the authority
-    every simulated host's document uses, with one signature memo."""
+    every simulated host's document uses, with one signature memo.
+
+    Keys are derived from fixed labels and certificates signed deterministically (RFC 6979), as
+    ``identities.py`` does for the hosts: a certificate's DER length varies with its ECDSA
+    signature (70-72 bytes), and the operators' certificates travel in ``cert/`` entries, so
+    random keys made config messages a byte longer or shorter in each process and a seed
+    replayed in a new process ran a different trace."""
 
     def __init__(self) -> None:
-        self.root = CaCredentials.generate(CLUSTER, now_ms=EPOCH_MS - 86_400_000, days=3650)
-        self.operators = [
-            OperatorCredentials.issue(self.root, f"op{i}", now_ms=EPOCH_MS - 86_400_000)
-            for i in range(OPERATORS)
-        ]
+        root_signer = derive_signer(PKI_ROOT_LABEL, CLUSTER)
+        not_before, not_after = EPOCH_MS - 86_400_000, EPOCH_MS + 3650 * 86_400_000
+        root_der = build_certificate(
+            spiffe_id=SpiffeId.root(CLUSTER), public_key=root_signer.public_key,
+            issuer_signer=root_signer, issuer=None, not_before_ms=not_before,
+            not_after_ms=not_after, serial=_pki_serial("root"), deterministic=True,
+        )  # fmt: skip
+        self.root = CaCredentials.from_parts(root_signer, root_der)
+        root_info = parse_certificate(root_der)
+        self.operators = []
+        for i in range(OPERATORS):
+            signer = derive_signer(PKI_OPERATOR_LABEL, f"{CLUSTER}/op{i}")
+            der = build_certificate(
+                spiffe_id=SpiffeId.operator(CLUSTER, f"op{i}"), public_key=signer.public_key,
+                issuer_signer=root_signer, issuer=root_info, not_before_ms=not_before,
+                not_after_ms=not_after, serial=_pki_serial(f"op{i}"), deterministic=True,
+            )  # fmt: skip
+            self.operators.append(OperatorCredentials.from_parts(signer, der, (root_der,)))
         self.fingerprints = [fingerprint(op.cert_der) for op in self.operators]
         self.authority = ConfigAuthority(CLUSTER, [self.root.cert_der], SignatureMemo())
 
@@ -121,6 +151,11 @@ class SimPki:
         unsigned = replace(entry, signer=fp)
         message = entry_bytes(CLUSTER, *unsigned.signed_fields())
         return unsigned.signed(fp, self.operators[op].signer.sign(message))
+
+
+def _pki_serial(what: str) -> int:
+    digest = hashlib.sha256(b"gossipmesh simulator config serial/" + what.encode()).digest()
+    return (int.from_bytes(digest[:19], "big") >> 1) + 1  # positive, at most 19 bytes
 
 
 @functools.cache
