@@ -59,6 +59,7 @@ from prometheus_client.registry import Collector
 
 from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
+from gossipmesh.agent.config_metrics import config_families
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
@@ -475,6 +476,7 @@ class _AgentCollector(Collector):
         for key, n in sorted(counters.items()):
             events.add_metric([key], n)
         yield events
+        yield from config_families(counters)
         membership = CounterMetricFamily(
             "gossipmesh_agent_membership_rejected",
             "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",
