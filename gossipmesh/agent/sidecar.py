@@ -66,6 +66,7 @@ from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
 from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.dataplane import (
@@ -153,6 +154,7 @@ class Sidecar:
         agent.router.add("GET", "/metrics", self._metrics_route)
         agent.health_extensions.append(self._health_section)
         install_shift_status(self)
+        self.traffic = install_traffic_stats(self)
 
     def attach_config(self, source: ConfigSource) -> None:
         """Route with ``source``'s ``service/`` and ``route/`` entities from now on."""
@@ -225,6 +227,7 @@ class Sidecar:
             await self._step()
             await nursery.start(self.records.run)
             nursery.start_soon(self._worker)
+            nursery.start_soon(self.traffic.run)
             task_status.started(self)
 
     async def _start_external(self, nursery: trio.Nursery) -> None:
