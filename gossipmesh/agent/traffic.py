@@ -57,7 +57,7 @@ class TrafficRing:
         self.metrics = metrics
         self.clock = clock
         self.ring: deque[Snapshot] = deque(maxlen=KEEP)
-        self.started_s = clock()
+        self.started_s: float | None = None  # set by ``run`` (the clock needs the trio loop)
 
     def snapshot(self) -> Snapshot:
         m = self.metrics()
@@ -70,6 +70,7 @@ class TrafficRing:
         self.ring.append(self.snapshot())
 
     async def run(self) -> None:
+        self.started_s = self.clock()
         while True:
             self.take()
             await trio.sleep(EVERY_S)
@@ -85,7 +86,7 @@ class TrafficRing:
                 break
         if base is None:  # younger than the window: all there is
             young = self.ring and self.ring[0][0] < now_s
-            base = self.ring[0] if young else (self.started_s, {}, {})
+            base = self.ring[0] if young else (self.started_s or now_s, {}, {})
         span = max(now_s - base[0], 1e-3)
         d_req = {k: n - base[1].get(k, 0) for k, n in requests.items() if n > base[1].get(k, 0)}
         d_lat = {}

@@ -48,6 +48,10 @@ def _ms(x: Any) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _bad(message: str) -> None:
+    raise InputProblem(message)
+
+
 def _check_window(window: float) -> None:
     if not 1 <= window <= 60:
         raise InputProblem(f"--window {window:g}: give 1 to 60 seconds")
@@ -103,7 +107,7 @@ def stat_cmd(
 ) -> None:
     """Success rate, rps and p50/p95/p99 per service and destination subset, and each route's
     configured split next to the observed one, over every alive agent."""
-    _check_window(window)
+    run(lambda: _check_window(window))
     admin = client(agent)
     data = run(lambda: admin.stats(window, service))
     if as_json:
@@ -139,9 +143,9 @@ def top_cmd(
 ) -> None:
     """A live view of the busiest paths (route, destination subset, endpoint node) over every
     alive agent; with --json one JSON object per round."""
-    _check_window(window)
+    run(lambda: _check_window(window))
     if interval <= 0 or limit < 1 or iterations < 0:
-        raise InputProblem("--interval must be > 0, --limit >= 1, --iterations >= 0")
+        run(lambda: _bad("--interval must be > 0, --limit >= 1, --iterations >= 0"))
     rounds = 1 if once else iterations
     admin = client(agent)
     direction = "inbound" if inbound else "outbound"
