@@ -7,7 +7,8 @@ Each agent keeps a small ring of snapshots of its proxy's counters (agent/traffi
 for a window of W seconds, answers with the *difference* between now and the snapshot W seconds
 ago (a ``NodeWindow``, JSON): per (direction, service, route, destination, node) the requests and
 how many succeeded, per (direction, service, destination) the latency histogram's bucket counts,
-and the routes' configured weights as its table holds them. Differences of counters add up, so
+requests denied at its inbound per (service, policy), and the routes' configured weights as its
+table holds them. Differences of counters add up, so
 the cluster's view is the sum over agents (``merge``): rates add (each agent's requests over its
 own window), histograms add bucket by bucket, and percentiles are read from the summed histogram
 (``quantile``: linear within the bucket, as Prometheus' ``histogram_quantile``, so they are
@@ -71,7 +72,8 @@ def _count(v: Any) -> int | None:
 def parse_node(data: Any) -> tuple[dict[str, Any], int]:
     """One agent's window checked field by field: (the usable part, rows skipped)."""
     bad = 0
-    out: dict[str, Any] = {"counts": [], "latency": [], "routes": [], "window_s": 0.0}
+    out: dict[str, Any] = {"counts": [], "latency": [], "routes": [], "denied": [],
+                           "window_s": 0.0}  # fmt: skip
     if not isinstance(data, Mapping):
         return out, 1
     w = data.get("window_s")
@@ -100,6 +102,14 @@ def parse_node(data: Any) -> tuple[dict[str, Any], int]:
             buckets = [_count(x) for x in row[3][:MAX_BUCKETS]]
             if None not in texts and None not in buckets:
                 out["latency"].append((*texts, buckets))
+                continue
+        bad += 1
+    rows = data.get("denied")
+    for row in rows[:MAX_ROWS] if isinstance(rows, list) else ():
+        if isinstance(row, list) and len(row) == 3:
+            svc, policy, n = _str(row[0]), _str(row[1]), _count(row[2])
+            if svc is not None and policy is not None and n is not None:
+                out["denied"].append((svc, policy, n))
                 continue
         bad += 1
     routes = data.get("routes")
@@ -150,6 +160,7 @@ def merge(nodes: Mapping[str, Any], service: str | None = None) -> dict[str, Any
     svc_h: dict[tuple[str, str], list[int]] = {}
     dst_h: dict[tuple[str, str, str], list[int]] = {}
     configured: dict[str, list[tuple[str, int]]] = {}
+    denied: dict[tuple[str, str], int] = {}
     answered: list[str] = []
     unreachable: list[str] = []
     windows: list[float] = []
@@ -182,6 +193,9 @@ def merge(nodes: Mapping[str, Any], service: str | None = None) -> dict[str, Any
                 continue
             _add(svc_h.setdefault((direction, svc), []), buckets)
             _add(dst_h.setdefault((direction, svc, dest), []), buckets)
+        for svc, policy, n in node["denied"]:
+            if service is None or svc == service:
+                denied[(svc, policy)] = denied.get((svc, policy), 0) + n
         for route, dests in node["routes"]:
             configured.setdefault(route, dests)  # the first answer (this agent's own) wins
     services = [
@@ -238,6 +252,10 @@ def merge(nodes: Mapping[str, Any], service: str | None = None) -> dict[str, Any
         "destinations": destinations,
         "routes": routes,
         "paths": paths,
+        "denied": [
+            {"service": s, "policy": p, "requests": n}
+            for (s, p), n in sorted(denied.items(), key=lambda kv: -kv[1])
+        ][:MAX_ROWS],
     }
 
 

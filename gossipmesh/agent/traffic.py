@@ -47,7 +47,10 @@ DEFAULT_WINDOW_S = 10.0
 FANOUT_TIMEOUT_S = 3.0
 BOUNDS_MS = [round(b * 1000, 3) for b in LATENCY_BUCKETS_S]
 
-Snapshot = tuple[float, dict[RequestKey, int], dict[LatencyKey, list[int]]]
+# (time, requests, latency histograms, denials by (service, policy))
+Snapshot = tuple[
+    float, dict[RequestKey, int], dict[LatencyKey, list[int]], dict[tuple[str, str], int]
+]
 
 
 class TrafficRing:
@@ -63,8 +66,9 @@ class TrafficRing:
         m = self.metrics()
         now = self.clock()
         if m is None:
-            return (now, {}, {})
-        return (now, dict(m.requests), {k: list(v) for k, v in list(m.latency.items())})
+            return (now, {}, {}, {})
+        latency = {k: list(v) for k, v in list(m.latency.items())}
+        return (now, dict(m.requests), latency, dict(m.denied))
 
     def take(self) -> None:
         self.ring.append(self.snapshot())
@@ -76,8 +80,8 @@ class TrafficRing:
             await trio.sleep(EVERY_S)
 
     def window(self, window_s: float) -> Snapshot:
-        """(seconds covered, request deltas, histogram deltas) over the last ``window_s``."""
-        now_s, requests, latency = self.snapshot()
+        """(seconds covered, request, histogram and denial deltas) over the last ``window_s``."""
+        now_s, requests, latency, denied = self.snapshot()
         base: Snapshot | None = None
         for snap in self.ring:  # oldest first: keep the newest one old enough
             if now_s - snap[0] >= window_s - EVERY_S / 2:
@@ -86,7 +90,7 @@ class TrafficRing:
                 break
         if base is None:  # younger than the window: all there is
             young = self.ring and self.ring[0][0] < now_s
-            base = self.ring[0] if young else (self.started_s or now_s, {}, {})
+            base = self.ring[0] if young else (self.started_s or now_s, {}, {}, {})
         span = max(now_s - base[0], 1e-3)
         d_req = {k: n - base[1].get(k, 0) for k, n in requests.items() if n > base[1].get(k, 0)}
         d_lat = {}
@@ -95,12 +99,13 @@ class TrafficRing:
             diff = counts if old is None else [a - b for a, b in zip(counts, old, strict=True)]
             if any(diff):
                 d_lat[k] = diff
-        return span, d_req, d_lat
+        d_den = {k: n - base[3].get(k, 0) for k, n in denied.items() if n > base[3].get(k, 0)}
+        return span, d_req, d_lat, d_den
 
 
 def node_window(sidecar: Sidecar, ring: TrafficRing, window_s: float) -> dict[str, Any]:
     """This agent's ``NodeWindow`` (traffic_stats.py): deltas over ``window_s``, busiest first."""
-    span, requests, latency = ring.window(window_s)
+    span, requests, latency, denied = ring.window(window_s)
     grouped: dict[tuple[str, str, str, str, str], list[int]] = {}
     for (svc, route, dest, node, status, direction), n in requests.items():
         acc = grouped.setdefault((direction, svc, route, dest, node), [0, 0])
@@ -130,6 +135,7 @@ def node_window(sidecar: Sidecar, ring: TrafficRing, window_s: float) -> dict[st
         "counts": counts[:MAX_ROWS],
         "latency": lat[:MAX_ROWS],
         "routes": routes[:MAX_ROWS],
+        "denied": [[svc, policy, n] for (svc, policy), n in sorted(denied.items())][:MAX_ROWS],
         "truncated": max(0, len(counts) - MAX_ROWS) + max(0, len(lat) - MAX_ROWS),
     }
 
