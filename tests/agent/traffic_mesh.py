@@ -2,7 +2,7 @@
 
 Three agent processes on 127.0.0.2-4: a1 runs no service (the app calls through its outbound
 listener), a2 runs ``web`` tagged ``v1`` and a3 ``web`` tagged ``v2``; the route ``web-canary``
-sends 80 % to v1 and 20 % to v2. Backends answer their name, so the test knows exactly which
+sends 80 % to v1 and 20 % to v2; the policy ``web-admin`` denies ``/admin``. Backends answer their name, so the test knows exactly which
 subset served each request. Every process is stopped by the owner of ``Procs`` / ``close``.
 """
 
@@ -24,6 +24,7 @@ ROUTE = {
         {"service": "web", "weight": 20, "tags": ["v2"]},
     ],
 }
+POLICY = {"action": "deny", "to": "web", "paths": ["/admin"]}  # denied at a2's and a3's inbound
 BACKEND = r"""
 import http.server, sys
 name, port = sys.argv[1], int(sys.argv[2])
@@ -88,6 +89,8 @@ class CanaryMesh:
         self.sent: dict[tuple[str, int, bytes], int] = {}  # (Host, status, body) -> requests
         self.route_file = root / "route.json"
         self.route_file.write_text(json.dumps(ROUTE))
+        self.policy_file = root / "policy.json"
+        self.policy_file.write_text(json.dumps(POLICY))
 
     def start(self) -> CanaryMesh:
         for agent in self.agents.values():
@@ -95,6 +98,9 @@ class CanaryMesh:
         wait_until("three alive members everywhere", self._joined, SETTLE_S, 0.2)
         out = cli("config", "set", "route/web-canary", "-f", str(self.route_file),
                   "--agent", self.agents["a1"].admin)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        out = cli("config", "set", "policy/web-admin", "-f", str(self.policy_file),
+                  "--agent", self.agents["a2"].admin)  # fmt: skip
         assert out.returncode == 0, out.stderr
         wait_until("a1 routes web to both subsets", self._both_subsets, SETTLE_S, 0.1)
         return self
@@ -139,4 +145,4 @@ def traffic(mesh: CanaryMesh, n: int) -> dict[bytes, int]:
     return seen
 
 
-__all__ = ["IPS", "ROUTE", "CanaryMesh", "Path", "cli", "traffic"]
+__all__ = ["IPS", "POLICY", "ROUTE", "CanaryMesh", "Path", "cli", "traffic"]
