@@ -137,9 +137,7 @@ class View:
             balancer = Balancer(s.policy, [e.weight for e in cluster.endpoints], cluster.ring)
             budget = directory.budget(s)
             breaker = directory.breaker(cluster.service)
-            self.dests[key] = Dest(
-                s, cluster.endpoints, sts, balancer, (), budget, breaker, key[1]
-            )
+            self.dests[key] = Dest(s, cluster.endpoints, sts, balancer, (), budget, breaker, key[1])
         for key, d in self.dests.items():
             d.peers = peers.get(key[0], ())
 
