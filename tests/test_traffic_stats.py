@@ -34,7 +34,11 @@ def test_two_agents_add_up_and_the_split_is_shown_next_to_its_weights() -> None:
                 ["outbound", "api", "api@v2", [0, 0, 30, 0]]], 10.0, routes)  # fmt: skip
     b = window([["outbound", "api", "canary", "api@v1", "n2", 10, 10]],
                [["outbound", "api", "api@v1", [10, 0, 0, 0]]], 5.0, routes)  # fmt: skip
+    a["denied"] = [["api", "deny-admin", 4]]
+    b["denied"] = [["api", "deny-admin", 1], ["web", "internal-only", 2]]
     m = merge({"n1": a, "n4": b, "n5": {"ok": False, "error": "unreachable"}})
+    assert m["denied"] == [{"service": "api", "policy": "deny-admin", "requests": 5},
+                           {"service": "web", "policy": "internal-only", "requests": 2}]  # fmt: skip
     assert m["nodes"] == ["n1", "n4"] and m["unreachable"] == ["n5"] and m["bad_rows"] == 0
     api = next(s for s in m["services"] if s["service"] == "api")
     assert api["requests"] == 110 and api["success_rate"] == round(107 / 110, 4)
