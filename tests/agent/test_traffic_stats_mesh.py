@@ -55,16 +55,16 @@ def test_stats_from_another_agent_match_what_the_backends_served(mesh: CanaryMes
 def test_stat_and_top_commands(mesh: CanaryMesh) -> None:
     traffic(mesh, 50)
     admin = mesh.agents["a2"].admin
-    out = cli("stat", "web", "--window", "5", "--json", "--agent", admin)
+    out = cli("stat", "web", "--window", "60", "--json", "--agent", admin)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert {s["service"] for s in data["services"]} == {"web"}
     assert data["routes"][0]["route"] == "web-canary"
-    shown = cli("stat", "--window", "5", "--agent", admin)
+    shown = cli("stat", "--window", "60", "--agent", admin)
     assert shown.returncode == 0, shown.stderr
     for text in ("web@v1", "web@v2", "web-canary", "80.0%", "20.0%", "P99 ms"):
         assert text in shown.stdout, shown.stdout
-    top = cli("top", "--once", "--json", "--window", "5", "--agent", admin)
+    top = cli("top", "--once", "--json", "--window", "60", "--agent", admin)
     assert top.returncode == 0, top.stderr
     paths = json.loads(top.stdout)["paths"]
     assert paths and paths[0]["route"] == "web-canary" and paths[0]["destination"] == "web@v1"
