@@ -13,7 +13,8 @@ most (the proxy caps its label sets), once a second, off the request path.
 with the routes' weights as its table holds them. ``GET /v1/stats`` asks every alive member for
 theirs over the gossip port (stream kind ``trafficstat``, body: the window in seconds; member
 admin APIs are loopback-only, the same way as ``keyop`` and ``shiftstat``) and answers the merge,
-the per-node answers' status included. Query: ``window_s`` (1..``MAX_WINDOW_S``, default
+the per-node answers' status included (at most ``FANOUT_CONCURRENCY`` streams at a time; an
+answer is reused for ``REUSE_S``, so several dashboards and ``top`` cost one fan-out). Query: ``window_s`` (1..``MAX_WINDOW_S``, default
 ``DEFAULT_WINDOW_S``), ``service``, ``scope=local`` (this agent alone). Read-only, so on a
 loopback admin address it needs no token, like ``/metrics``.
 """
@@ -45,6 +46,8 @@ MAX_WINDOW_S = 60
 KEEP = MAX_WINDOW_S + 2
 DEFAULT_WINDOW_S = 10.0
 FANOUT_TIMEOUT_S = 3.0
+FANOUT_CONCURRENCY = 16
+REUSE_S = 1.0  # a cluster-wide answer is reused this long (the snapshots are a second apart)
 BOUNDS_MS = [round(b * 1000, 3) for b in LATENCY_BUCKETS_S]
 
 # (time, requests, latency histograms, denials by (service, policy))
@@ -174,21 +177,28 @@ def install_traffic_stats(sidecar: Sidecar) -> TrafficRing:
 
         async def one(name: str, address: Address) -> None:
             try:
-                with trio.fail_after(FANOUT_TIMEOUT_S):
-                    stream = await agent.open_stream(address, KIND, repr(w).encode())
-                    try:
-                        reply = json.loads(await stream.receive())
-                    finally:
-                        await stream.aclose()
+                async with limiter:
+                    reply = await ask(address)
                 nodes[name] = reply if isinstance(reply, dict) else {"ok": False}
             except (OSError, trio.TooSlowError, EOFError, DecodeError, ValueError,
                     trio.BrokenResourceError) as exc:  # fmt: skip
                 nodes[name] = {"ok": False, "error": f"unreachable: {exc!r}"}
 
+        async def ask(address: Address) -> Any:
+            with trio.fail_after(FANOUT_TIMEOUT_S):
+                stream = await agent.open_stream(address, KIND, repr(w).encode())
+                try:
+                    return json.loads(await stream.receive())
+                finally:
+                    await stream.aclose()
+
+        limiter = trio.CapacityLimiter(FANOUT_CONCURRENCY)
         async with trio.open_nursery() as nursery:
             for m in peers:
                 nursery.start_soon(one, m.name, m.address)
         return nodes
+
+    answers: dict[float, tuple[float, dict[str, Any]]] = {}  # window -> (when, nodes' answers)
 
     async def stats(req: Request) -> Response:
         w = _window_param(req)
@@ -199,7 +209,16 @@ def install_traffic_stats(sidecar: Sidecar) -> TrafficRing:
         if scope == "local":
             nodes: dict[str, Any] = {sidecar.name: node_window(sidecar, ring, w)}
         else:
-            nodes = await fan_out(w)
+            # Dashboards, `top` and `stat` polling at once share one fan-out a second.
+            now = trio.current_time()
+            cached = answers.get(w)
+            if cached is not None and now - cached[0] < REUSE_S:
+                nodes = cached[1]
+            else:
+                nodes = await fan_out(w)
+                if len(answers) >= MAX_WINDOW_S:
+                    answers.clear()
+                answers[w] = (trio.current_time(), nodes)
         body = merge(nodes, service)
         body.update(scope=scope, agent=sidecar.name, requested_window_s=w,
                     errors={n: str(v.get("error", "no answer"))[:200] for n, v in nodes.items()

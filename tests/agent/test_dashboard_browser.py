@@ -154,3 +154,19 @@ def test_the_page_matches_the_admin_api_while_traffic_flows_and_an_agent_dies(
         shot = os.environ.get("GOSSIPMESH_SCREENSHOT") or str(tmp_path / "dashboard.png")
         assert browser.save_screenshot(shot)
     assert Path(shot).stat().st_size > 10_000
+
+
+def test_a_token_in_the_fragment_moves_to_session_storage(
+    mesh: CanaryMesh, browser: webdriver.Chrome
+) -> None:
+    a1 = mesh.agents["a1"]
+    browser.get(f"http://{a1.admin}/ui/#token=s3cret%2Btoken")
+    wait_until("the fragment gone", lambda: browser.execute_script("return location.hash") == "",
+               WAIT_S, 0.1)  # fmt: skip
+    assert browser.current_url == f"http://{a1.admin}/ui/"
+    stored = browser.execute_script("return sessionStorage.getItem('gossipmesh.admin-token')")
+    assert stored == "s3cret+token"
+    # On a loopback admin address the reads need no token: a wrong one is never asked for.
+    fresh(browser)
+    assert browser.find_element(By.ID, "login").get_attribute("hidden") is not None
+    browser.execute_script("sessionStorage.clear()")

@@ -10,14 +10,17 @@ const WINDOW_S = 10; // the traffic window, as `gossipmesh stat` by default
 const HISTORY_KEYS = 30; // keys whose history is shown (routes, services, policies first)
 const HISTORY_PER_KEY = 3;
 
-// A token given as /ui/#token=... moves to this tab's sessionStorage and out of the address bar.
-(function takeToken() {
+// A token given as /ui/#token=... moves to this tab's sessionStorage and out of the address bar,
+// at load and when the fragment changes in an open tab.
+function takeToken() {
   const m = location.hash.match(/(?:^#|&)token=([^&]+)/);
   if (m) {
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     history.replaceState(null, "", location.pathname + location.search);
   }
-})();
+}
+takeToken();
+window.addEventListener("hashchange", takeToken);
 
 class Unauthorized extends Error {}
 
