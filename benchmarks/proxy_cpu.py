@@ -88,7 +88,8 @@ def proxies(worker):
 def report(ps):
     reqs = {}
     for p in ps:
-        for (svc, rt, status, direction), n in p.metrics.requests.items():
+        for key, n in p.metrics.requests.items():  # (svc, route, [dest, node,] status, dir)
+            svc, rt, status, direction = key[0], key[1], key[-2], key[-1]
             k = f"{direction}:{svc}:{rt or '-'}:{status}"
             reqs[k] = reqs.get(k, 0) + n
     return " ".join(f"{k}={n}" for k, n in sorted(reqs.items()))

@@ -60,6 +60,7 @@ Endpoints
 | ``config_history(key)``             | GET /v1/config-history/KIND/NAME              |
 | ``config_conflicts()``              | GET /v1/config-conflicts                      |
 | ``faults()``, ``set_faults(drop)``, ``clear_faults()`` | GET, POST, DELETE /v1/faults |
+| ``stats(window_s, service, scope)`` | GET /v1/stats (traffic over the last seconds) |
 
 Config writes are signed by an operator (docs/SECURITY.md, "Signed configuration"): the agent
 proposes the exact entries (``prepare``), a ``ConfigSigner`` checks and signs them on this side,
@@ -317,6 +318,17 @@ class AdminClient:
         return data
 
     # ---- fault injection (agents started with --enable-fault-injection) ---------------------
+
+    def stats(
+        self, window_s: float = 10.0, service: str | None = None, scope: str = "cluster"
+    ) -> dict[str, Any]:
+        """Success rate, rps and latency percentiles over the last ``window_s`` seconds, merged
+        over every alive agent (``scope="local"``: this agent alone); gossipmesh/traffic_stats.py
+        describes the shape."""
+        query = f"?window_s={window_s:g}&scope={quote(scope)}"
+        if service:
+            query += f"&service={quote(service)}"
+        return self.call("GET", "/v1/stats" + query)
 
     def faults(self) -> dict[str, Any]:
         data: dict[str, Any] = self.call("GET", "/v1/faults")

@@ -10,6 +10,7 @@
 | POST   | /v1/keys      | ``{"op": "install"|"use"|"remove", "key": ...}`` cluster-wide, per-node results |
 | GET    | /v1/health    | status, member counts by state, counters including drops by reason |
 | GET    | /v1/monitor   | member events as JSON lines, chunked, as they happen |
+| GET    | /ui/          | the read-only web dashboard (agent/dashboard.py) |
 
 Later subsystems add their own routes with ``agent.router.add(method, path, handler)``.
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from gossipmesh.agent.dashboard import install_dashboard
 from gossipmesh.agent.http import HTTPError, JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.keyops import OPS, fan_out, members_lacking
 from gossipmesh.errors import UsageError
@@ -153,6 +155,7 @@ def install_admin_routes(agent: Agent) -> None:
     r.add("POST", "/v1/keys", keys_op)
     r.add("GET", "/v1/health", health)
     r.add("GET", "/v1/monitor", monitor)
+    install_dashboard(agent)
 
 
 async def _why_not_joined(agent: Agent, text: str) -> str:

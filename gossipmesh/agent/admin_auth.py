@@ -17,6 +17,9 @@ Which requests need it (``needs_token``):
   can see them with ``ss`` and ``ps`` anyway, and monitoring needs no secret.
 - on a non-loopback (TLS) address: every request, reads included. From the network, topology,
   config and counters are information an attacker should not get for free.
+- never: ``GET`` of the dashboard's static files (``/ui/``, agent/dashboard.py). They are the
+  package's own HTML, JS and CSS, the same for every agent, and hold no data; the page then calls
+  the API with the token the operator gives it, under the rules above.
 
 A request that needs the token and lacks it (or carries a wrong one) is answered 401 with the
 API's one-line JSON error, counted as ``admin.unauthorized`` (``/v1/health`` and ``/metrics``),
@@ -50,6 +53,7 @@ from gossipmesh.ids import Address
 # Reads that hand out something an operator-only caller may see (key ids, the live event stream).
 PRIVATE_READS = frozenset({"/v1/keys", "/v1/monitor"})
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+STATIC_PREFIX = "/ui/"  # the dashboard's static files: the package's own, no data
 UNAUTHORIZED_DETAIL = (
     "this request needs 'Authorization: Bearer TOKEN' with the agent's admin token "
     f"(DATA_DIR/{TOKEN_FILE} on its host; the CLI reads it itself, or give --token-file FILE "
@@ -106,6 +110,8 @@ class AdminAuth:
             self._temp_dir = None
 
     def needs_token(self, method: str, path: str) -> bool:
+        if method in SAFE_METHODS and (path == "/ui" or path.startswith(STATIC_PREFIX)):
+            return False
         if not self.loopback:
             return True
         return method not in SAFE_METHODS or path in PRIVATE_READS

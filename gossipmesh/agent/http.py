@@ -173,6 +173,7 @@ class StreamResponse:
     chunks: AsyncIterator[bytes]
     content_type: str = "application/x-ndjson"
     status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (the dashboard's CSP)
 
 
 Response = JSONResponse | StreamResponse
@@ -463,7 +464,8 @@ class HTTPServer:
     async def _send_stream(
         self, conn: h11.Connection, stream: trio.abc.Stream, response: StreamResponse
     ) -> None:
-        headers = [("content-type", response.content_type), ("cache-control", "no-cache")]
+        headers = [("content-type", response.content_type), ("cache-control", "no-cache"),
+                   *response.headers]  # fmt: skip
         data = conn.send(h11.Response(status_code=response.status, headers=headers))
         with trio.fail_after(SEND_TIMEOUT_S):
             await stream.send_all(data or b"")

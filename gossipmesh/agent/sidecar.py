@@ -59,12 +59,14 @@ from prometheus_client.registry import Collector
 
 from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
+from gossipmesh.agent.config_metrics import config_families
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
 from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.dataplane import (
@@ -152,6 +154,7 @@ class Sidecar:
         agent.router.add("GET", "/metrics", self._metrics_route)
         agent.health_extensions.append(self._health_section)
         install_shift_status(self)
+        self.traffic = install_traffic_stats(self)
 
     def attach_config(self, source: ConfigSource) -> None:
         """Route with ``source``'s ``service/`` and ``route/`` entities from now on."""
@@ -224,6 +227,7 @@ class Sidecar:
             await self._step()
             await nursery.start(self.records.run)
             nursery.start_soon(self._worker)
+            nursery.start_soon(self.traffic.run)
             task_status.started(self)
 
     async def _start_external(self, nursery: trio.Nursery) -> None:
@@ -475,6 +479,7 @@ class _AgentCollector(Collector):
         for key, n in sorted(counters.items()):
             events.add_metric([key], n)
         yield events
+        yield from config_families(counters)
         membership = CounterMetricFamily(
             "gossipmesh_agent_membership_rejected",
             "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",

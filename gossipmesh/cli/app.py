@@ -29,6 +29,7 @@ from gossipmesh.cli import (
     services_cmd,
     shift_cmd,
     simulate,
+    stat_cmd,
 )
 from gossipmesh.cli.common import (
     DEFAULT_AGENT,
@@ -411,6 +412,7 @@ services_cmd.install(app)
 doctor_cmd.install(app)
 config_cmd.install(app)
 shift_cmd.install(app)
+stat_cmd.install(app)
 demo_cmd.install(app)
 ca_cmd.install(app)
 simulate.register(app)

@@ -3,7 +3,7 @@
 HAProxy's ``show stat`` has per-backend response classes, retries and redispatches, current
 sessions and per-server down transitions; they fill a ``ProxyMetrics`` the way the native proxy
 fills its own, so ``/metrics`` keeps its family names and labels (``route`` is empty: HAProxy
-counts per backend, not per route). Generated answers (404 ``no_route``, 403, the backends' 503s)
+counts per backend, not per route; ``destination`` is the backend's cluster, ``node`` empty). Generated answers (404 ``no_route``, 403, the backends' 503s)
 are counted with the responses, not under ``gossipmesh_proxy_errors``.
 
 nginx's open-source build has only ``stub_status``: connections (open, accepted) and a request
@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from gossipmesh.dataplane.haproxy_config import backend_name, local_backend_name
 from gossipmesh.dataplane.model import Layout, LocalInstance
 from gossipmesh.proxy.metrics import ProxyMetrics, render_metrics
+from gossipmesh.proxy.routing import dest_label
 
 _CLASSES = (("hrsp_1xx", 100), ("hrsp_2xx", 200), ("hrsp_3xx", 300), ("hrsp_4xx", 400),
             ("hrsp_5xx", 500))  # fmt: skip
@@ -37,11 +38,11 @@ def haproxy_metrics(
     rows: Sequence[Mapping[str, str]], layout: Layout, local: Sequence[LocalInstance]
 ) -> bytes:
     """Prometheus text from ``show stat`` rows (``haproxy_api.parse_stat_csv``)."""
-    owners: dict[str, tuple[str, str]] = {
-        backend_name(b.key): (b.service, "outbound") for b in layout.backends
+    owners: dict[str, tuple[str, str, str]] = {
+        backend_name(b.key): (b.service, dest_label(*b.key), "outbound") for b in layout.backends
     }
     for i, inst in enumerate(local):
-        owners[local_backend_name(i)] = (inst.service, "inbound")
+        owners[local_backend_name(i)] = (inst.service, inst.service, "inbound")
     m = ProxyMetrics()
     for row in rows:
         px, sv = row.get("pxname", ""), row.get("svname", "")
@@ -55,12 +56,12 @@ def haproxy_metrics(
         owner = owners.get(px)
         if owner is None:
             continue
-        service, direction = owner
+        service, dest, direction = owner
         if sv == "BACKEND":
             for column, status in _CLASSES:
                 n = _int(row, column)
                 if n:
-                    key = (service, "", status, direction)
+                    key = (service, "", dest, "", status, direction)
                     m.requests[key] = m.requests.get(key, 0) + n
             if direction == "outbound":
                 _add(m.upstream_connections, service, _int(row, "scur"))

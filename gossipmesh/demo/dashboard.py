@@ -170,6 +170,15 @@ def _canary(f: Frame) -> tuple[str, str, str]:
     return f"{weights[0]} / {weights[1]}", observed, f"{len(slow) - v2} / {v2}"
 
 
+def stat_text(f: Frame) -> str:
+    """The canary split as ``gossipmesh stat`` reports it (the proxies' counters, every agent)."""
+    counts = f.snapshot.stat_split
+    n = counts["v1"] + counts["v2"] if counts else 0
+    if not counts or not n:
+        return "-"
+    return f"{counts['v1'] / n * 100:.0f} / {counts['v2'] / n * 100:.0f}  (n={n})"
+
+
 def scheduled(f: Frame) -> tuple[str, str] | None:
     """(the step in force, "v2 set X %, seen Y % (n=N)" since it began); None before the write."""
     if f.schedule is None:
@@ -200,6 +209,7 @@ def canary_panel(f: Frame) -> Table:
     t.add_column()
     t.add_row("configured", configured)
     t.add_row(f"observed, {SPLIT_WINDOW_S:g} s", observed)
+    t.add_row(f"gossipmesh stat, {SPLIT_WINDOW_S:g} s", stat_text(f))
     t.add_row("/api/slow (v1 only)", slow)
     sched = scheduled(f)
     if sched is not None:

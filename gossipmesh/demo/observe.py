@@ -15,6 +15,10 @@ n1, web -> api at n1, api -> db at each api node); and the policy denials, count
 destination's inbound by service and policy. Rates and the per-service p50/p99 come from
 the difference between now and the sample ``RATE_WINDOW_S`` ago; histogram quantiles are bucket
 upper bounds (the proxy's buckets are 0.5 ms to 10 s), so they read "at most".
+
+Once a second it also asks the entry agent what ``gossipmesh stat api`` would say (``GET
+/v1/stats``, every agent merged) about the canary route's split over the last 10 s, which the
+dashboard shows under the driver's own count of the same seconds.
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gossipmesh.client import AdminClient, AgentUnreachable
-from gossipmesh.demo.plan import Node
+from gossipmesh.client import AdminClient, AgentUnreachable, ClientError
+from gossipmesh.demo.plan import CANARY_ROUTE, Node
 
 K = TypeVar("K")
 
 MEMBERS_EVERY_S = 0.25
 METRICS_EVERY_S = 1.0
 RATE_WINDOW_S = 5.0
+STAT_WINDOW_S = 10.0  # the dashboard's canary split window (SPLIT_WINDOW_S) for `stat` too
 SERVICES = ("web", "api", "db")
 _LINE = re.compile(r"^(gossipmesh_proxy_[a-z_]+)\{([^}]*)\} ([0-9.eE+-]+|NaN|[+-]Inf)$")
 _LABEL = re.compile(r'([a-z_]+)="((?:[^"\\]|\\.)*)"')
@@ -124,11 +129,18 @@ class Snapshot:
     members: dict[str, dict[str, str]]  # viewer -> member -> state
     services: tuple[ServiceRow, ...]
     totals: Counters
+    # The canary route's requests by api version over the last STAT_WINDOW_S, as `gossipmesh
+    # stat` (GET /v1/stats at the entry agent, every agent merged) reports them.
+    stat_split: dict[str, int] | None = None
 
 
 class MeshView:
-    def __init__(self, nodes: tuple[Node, ...], is_running: Callable[[Node], bool]) -> None:
+    def __init__(
+        self, nodes: tuple[Node, ...], is_running: Callable[[Node], bool], entry: Node | None = None
+    ) -> None:
         self.nodes = nodes
+        self.entry = entry
+        self._stat_split: dict[str, int] | None = None
         self.is_running = is_running
         self._lock = threading.Lock()
         self._members: dict[str, dict[str, str]] = {}
@@ -174,11 +186,30 @@ class MeshView:
             if text is not None:
                 with self._lock:
                     self._counters[node.name] = parse_metrics(text)
+        if self.entry is not None and self.is_running(self.entry):
+            stat = self._stat_of(self.entry)
+            if stat is not None:
+                with self._lock:
+                    self._stat_split = stat
         total = Counters()
         with self._lock:
             for c in self._counters.values():
                 total.add(c)
             self._history.append((time.monotonic(), total))
+
+    def _stat_of(self, node: Node) -> dict[str, int] | None:
+        try:
+            stats = self._clients[node.name].stats(window_s=STAT_WINDOW_S, service="api")
+        except (ClientError, OSError, ValueError):
+            return None
+        counts = {"v1": 0, "v2": 0}
+        for r in stats.get("routes") or []:
+            if r.get("route") == CANARY_ROUTE.removeprefix("route/"):
+                for d in r.get("destinations") or []:
+                    tag = str(d.get("destination", "")).partition("@")[2]
+                    if tag in counts:
+                        counts[tag] += int(d.get("requests") or 0)
+        return counts
 
     def _metrics_text(self, node: Node) -> str | None:
         import http.client
@@ -199,6 +230,7 @@ class MeshView:
         with self._lock:
             members = {k: dict(v) for k, v in self._members.items()}
             history = list(self._history)
+            stat_split = self._stat_split
         if not history:
             return Snapshot(members, (), Counters())
         now_t, now = history[-1]
@@ -232,4 +264,4 @@ class MeshView:
                     ejections=now.ejections.get(svc, 0.0),
                 )
             )
-        return Snapshot(members, tuple(rows), now)
+        return Snapshot(members, tuple(rows), now, stat_split)

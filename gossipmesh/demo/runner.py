@@ -34,7 +34,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.live import Live
 
-from gossipmesh.client import AdminError
+from gossipmesh.client import AdminError, ClientError
 from gossipmesh.demo import dashboard
 from gossipmesh.demo.observe import MeshView
 from gossipmesh.demo.orchestrator import DemoError, Orchestrator, demo_resources, stderr_progress
@@ -53,6 +53,7 @@ from gossipmesh.demo.traffic import Driver, split
 
 SETUP_TIMEOUT_S = 45.0
 SETTLE_S = 20.0
+STAT_WINDOW_S = 60.0  # the widest window /v1/stats keeps
 REFRESH_PER_S = 4
 EXIT_OK, EXIT_FAIL, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -199,8 +200,9 @@ class _Run:
                         plan.duration_s, admin_share=ADMIN_SHARE)  # fmt: skip
         log = EventLog(driver.now_s, self._on_event)
         script = Script(plan, orch, driver.now_s, log)
-        view = MeshView(plan.nodes, lambda n: n.name not in script.killed)
+        view = MeshView(plan.nodes, lambda n: n.name not in script.killed, plan.entry)
         self._partial: dict[str, Any] | None = None
+        self._stat: dict[str, Any] | None = None
         view.start()
         driver.start()
         script.start()
@@ -211,6 +213,7 @@ class _Run:
                 "api's inbound")  # fmt: skip
         try:
             self._play(driver, script, view, log)
+            self._stat = self._ask_stat(orch, driver)
             self.progress("traffic done; waiting for pending measurements")
             script.finish(SETTLE_S)
         finally:
@@ -274,6 +277,16 @@ class _Run:
             )
         )
 
+    def _ask_stat(self, orch: Orchestrator, driver: Driver) -> dict[str, Any] | None:
+        """What ``gossipmesh stat api --window 60`` says at the entry agent as traffic ends (its
+        window holds the whole run of a short demo), and when it was asked."""
+        try:
+            stats = orch.client(self.plan.entry).stats(window_s=STAT_WINDOW_S, service="api")
+        except ClientError as exc:
+            self.progress(f"gossipmesh stat failed: {exc}")
+            return None
+        return {"stats": stats, "asked_at_s": driver.now_s()}
+
     def _on_event(self, ev: Event) -> None:
         if not self.tui:
             self.progress(f"t={ev.t_s:.1f}s {ev.text}")
@@ -329,4 +342,5 @@ class _Run:
             str(orch.root),
             orch.pids,
             security,
+            self._stat,
         )

@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gossipmesh.demo.plan import ADMIN_POLICY, CANARY_AFTER, CANARY_BEFORE, Plan
+from gossipmesh.demo.plan import ADMIN_POLICY, CANARY_AFTER, CANARY_BEFORE, CANARY_ROUTE, Plan
 from gossipmesh.demo.traffic import Sample, split, summarize
 
 SPLIT_SIGMAS = 4.5
@@ -68,6 +68,45 @@ def split_tolerance(share: float, requests: int) -> float:
     return max(SPLIT_TOLERANCE_MIN, SPLIT_SIGMAS * sd)
 
 
+CANARY_ROUTE_NAME = CANARY_ROUTE.removeprefix("route/")
+STAT_AGREE_POINTS = 2.0  # `gossipmesh stat` and the dashboard agree on the canary split within this
+
+
+def stat_block(answer: dict[str, Any] | None, samples: list[Sample]) -> dict[str, Any] | None:
+    """``gossipmesh stat``'s canary split (the proxies' counters over its window, every agent
+    merged: ``GET /v1/stats``) next to the dashboard's (the driver's answers over the same
+    seconds). ``answer``: ``{"stats": ..., "asked_at_s": ...}``, None when it was not asked."""
+    if not answer:
+        return None
+    stats, asked_at_s = answer["stats"], answer["asked_at_s"]
+    route = next((r for r in stats.get("routes") or [] if r.get("route") == CANARY_ROUTE_NAME),
+                 None)  # fmt: skip
+    if route is None:
+        return None
+    counts = {"v1": 0, "v2": 0}
+    for d in route["destinations"]:
+        tag = str(d.get("destination", "")).partition("@")[2]
+        if tag in counts:
+            counts[tag] += int(d.get("requests") or 0)
+    window_s = float(stats.get("window_s") or 0.0)
+    seen = split(s for s in samples if s.t_s >= asked_at_s - window_s)
+    shares = {}
+    for name, c in (("stat", counts), ("dashboard", seen)):
+        n = c["v1"] + c["v2"]
+        shares[name] = c["v2"] / n if n else None
+    diff = None
+    if shares["stat"] is not None and shares["dashboard"] is not None:
+        diff = abs(shares["stat"] - shares["dashboard"]) * 100
+    return {
+        "window_s": _r(window_s),
+        "agents": stats.get("nodes", []),
+        "stat": {**counts, "v2_share": _r(shares["stat"], 4)},
+        "dashboard": {**seen, "v2_share": _r(shares["dashboard"], 4)},
+        "difference_points": _r(diff, 2),
+        "agree": diff is not None and diff <= STAT_AGREE_POINTS,
+    }
+
+
 def build_summary(
     plan: Plan,
     samples: list[Sample],
@@ -80,6 +119,7 @@ def build_summary(
     temp_dir: str,
     pids: list[int],
     security: dict[str, Any] | None = None,
+    stat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     admin = [s for s in samples if s.admin]
     samples = [s for s in samples if not s.admin]
@@ -142,6 +182,7 @@ def build_summary(
             "after": _split_block(after, CANARY_AFTER) if after_from is not None else None,
         },
         "scheduled_shift": scheduled_block(sched, samples, span_s) if sched else None,
+        "stat_vs_dashboard": stat_block(stat, samples),
         "path_route": {"path": "/slow -> /api/slow", "pinned_to": "v1", **slow},
         "policy": policy_block(admin, proxy),
         "partition": partition,
@@ -221,6 +262,14 @@ def render(console: Console, s: dict[str, Any]) -> None:
                          f" (n={p['requests']})" for p in sc["per_step"])  # fmt: skip
         t.add_row("scheduled shift", f"v2 by step, set→seen %: {seen}; steps of "
                   f"{sc['step_s']:.1f} s from t={sc['start_s']:.1f} s")  # fmt: skip
+    st = s.get("stat_vs_dashboard")
+    if st:
+        ok = "[green]agree[/]" if st["agree"] else "[red]differ[/]"
+        n = st["stat"]["v1"] + st["stat"]["v2"]
+        t.add_row("stat vs dashboard", f"canary v2 share over the last {st['window_s']:g} s: "
+                  f"`gossipmesh stat` {_pct(st['stat']['v2_share'])} (n={n}), dashboard "
+                  f"{_pct(st['dashboard']['v2_share'])}: {ok} within {STAT_AGREE_POINTS:g} "
+                  "pts")  # fmt: skip
     pr = s["path_route"]
     t.add_row("path route", f"/slow: v1 {pr['v1']}, v2 {pr['v2']} (pinned to v1)")
     po = s.get("policy") or {}

@@ -286,9 +286,12 @@ class Downstreams:
         route: str = "",
         start_ns: int | None = None,
         extra: tuple[tuple[bytes, bytes], ...] = (),
+        dest: str = "",
+        node: str = "",
     ) -> bool:
         """Send a proxy-generated error; True if the connection may carry another request.
-        ``start_ns``: when the request started, for its latency (None: not measured)."""
+        ``start_ns``: when the request started, for its latency (None: not measured);
+        ``dest``, ``node``: the destination's label and the endpoint's node, when chosen."""
         if req is not None:
             # The rest of an unread body is still in the stream: we cannot continue after it
             # unless it is already fully parsed.
@@ -306,7 +309,7 @@ class Downstreams:
         m.error(service, reason)
         if req is not None:
             elapsed_ns = 0 if start_ns is None else self.deadlines.clock.now_ns() - start_ns
-            m.observe(service, route, status, conn.direction, elapsed_ns)
+            m.observe(service, route, status, conn.direction, elapsed_ns, dest, node)
         try:
             await conn.io.send_all(data)
             conn.bytes_out += len(data)

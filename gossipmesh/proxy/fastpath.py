@@ -193,7 +193,10 @@ class FastPath:
         ):
             self.accounting.record(st, status >= 500, now_ns, d)
         d.budget.record_request(x.start_ns)
-        self.metrics.observe(d.service, x.route_name, status, conn.direction, now_ns - x.start_ns)
+        self.metrics.observe(
+            d.service, x.route_name, status, conn.direction, now_ns - x.start_ns, d.label,
+            d.nodes[x.idx],
+        )  # fmt: skip
         self.served += 1
         x.end_ns = now_ns
         return out

@@ -366,7 +366,10 @@ class Forwarder:
         now_ns = self.clock.now_ns()
         if d.peers or d.balancer is None:
             self.accounting.record(d.states[x.idx], status >= 500, now_ns, d)
-        self.metrics.observe(d.service, x.route_name, status, conn.direction, now_ns - x.start_ns)
+        self.metrics.observe(
+            d.service, x.route_name, status, conn.direction, now_ns - x.start_ns, d.label,
+            d.nodes[x.idx],
+        )  # fmt: skip
         return keep
 
     async def after(
@@ -393,7 +396,10 @@ class Forwarder:
             tries.left -= 1
             return None
         if outcome == ABORT:
-            self.metrics.observe(d.service, x.route_name, 0, conn.direction, now_ns - x.start_ns)
+            self.metrics.observe(
+                d.service, x.route_name, 0, conn.direction, now_ns - x.start_ns, d.label,
+                d.nodes[x.idx],
+            )  # fmt: skip
             return False
         detail = ""
         if outcome == RETRY_STATUS:
@@ -429,6 +435,8 @@ class Forwarder:
             route=x.route_name,
             start_ns=x.start_ns,
             extra=extra,
+            dest=x.dest.label,
+            node=x.dest.nodes[x.idx] if x.idx >= 0 else "",
         )
 
 

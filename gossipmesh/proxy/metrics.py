@@ -12,6 +12,16 @@ Metric names are prefixed ``gossipmesh_proxy_``. Directions are ``outbound`` (ap
 ``inbound`` (mesh → local app) and ``tcp``. With SO_REUSEPORT workers (``serve_workers``) each
 worker process has its own counters; ``ProxyMetrics(worker="N")`` adds a ``worker`` label to
 every sample so the expositions of several workers can be concatenated and summed by Prometheus.
+
+Labels that show the mesh (issue 15): a request is counted under its service, route, destination
+(service and subset tags, ``api@v2``: ``routing.dest_label``), the endpoint's node, its status
+(classed at scrape: ``status_class``) and direction; its latency in a histogram per destination.
+Route names and subsets come from the replicated config, nodes from membership, and a no-route
+service from the request's Host, so every label set is capped (``max_series`` keys per dict):
+once full, a new key is counted under ``other`` in every label but status and direction (for
+``errors``: the reason), and each such request is counted in ``overflow`` by metric
+(``gossipmesh_proxy_label_overflow_total``). Keys already present are never evicted, so a series
+never goes backwards. The check costs nothing on the hot path: it runs only when a key is new.
 """
 
 from __future__ import annotations
@@ -53,18 +63,32 @@ LATENCY_BUCKETS_S = (
 # The same bounds in nanoseconds: latencies are measured in ns on the proxy's clock (clock.py).
 LATENCY_BUCKETS_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
 _CLASSES = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+MAX_SERIES = 4096  # keys per label set (requests, latency, errors) before ``other``
+OTHER = "other"
+
+RequestKey = tuple[str, str, str, str, int, str]  # service, route, dest, node, status, direction
+LatencyKey = tuple[str, str, str]  # service, dest, direction
+
+
+def status_class(status: int) -> str:
+    """``2xx`` for 200..299; 0 (no response: the connection was aborted) and 1xx are ``1xx``."""
+    return _CLASSES[min(5, max(0, status // 100))]
 
 
 class ProxyMetrics:
     """Every field is a plain dict; label tuples are the keys."""
 
-    def __init__(self, worker: str = "") -> None:
+    def __init__(self, worker: str = "", max_series: int = MAX_SERIES) -> None:
         self.worker = worker
-        # (service, route, status, direction) -> count; status kept exact, classed at scrape.
-        self.requests: dict[tuple[str, str, int, str], int] = {}
-        # (service, direction) -> [bucket counts..., +Inf count], sums kept apart
-        self.latency: dict[tuple[str, str], list[int]] = {}
-        self.latency_sum_ns: dict[tuple[str, str], int] = {}
+        self.max_series = max_series
+        # (service, route, dest, node, status, direction) -> count; status kept exact, classed
+        # at scrape.
+        self.requests: dict[RequestKey, int] = {}
+        # (service, dest, direction) -> [bucket counts..., +Inf count], sums kept apart
+        self.latency: dict[LatencyKey, list[int]] = {}
+        self.latency_sum_ns: dict[LatencyKey, int] = {}
+        # metric -> requests counted under ``other`` because its label set was full
+        self.overflow: dict[str, int] = {}
         self.open_connections: dict[str, int] = {"outbound": 0, "inbound": 0, "tcp": 0}
         self.connections_total: dict[str, int] = {"outbound": 0, "inbound": 0, "tcp": 0}
         self.upstream_connections: dict[str, int] = {}
@@ -99,25 +123,59 @@ class ProxyMetrics:
     # -- hot path -------------------------------------------------------------------------
 
     def observe(
-        self, service: str, route: str, status: int, direction: str, latency_ns: int
+        self,
+        service: str,
+        route: str,
+        status: int,
+        direction: str,
+        latency_ns: int,
+        dest: str = "",
+        node: str = "",
     ) -> None:
-        key = (service, route, status, direction)
+        """One request answered (``status`` 0: aborted, no response). ``dest``: the
+        destination's label (``Dest.label``; empty: none chosen, e.g. no route), ``node``: the
+        endpoint's node (empty: no endpoint tried)."""
+        key = (service, route, dest, node, status, direction)
         requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        lkey = (service, direction)
+        n = requests.get(key)
+        if n is None:
+            n = 0
+            if len(requests) >= self.max_series:
+                key = (OTHER, OTHER, OTHER, OTHER, status, direction)
+                self._overflowed("requests")
+                n = requests.get(key, 0)
+        requests[key] = n + 1
+        lkey = (service, dest, direction)
         buckets = self.latency.get(lkey)
         if buckets is None:
-            buckets = self.latency[lkey] = [0] * (len(LATENCY_BUCKETS_NS) + 1)
-            self.latency_sum_ns[lkey] = 0
+            buckets, lkey = self._new_histogram(lkey)
         buckets[bisect_left(LATENCY_BUCKETS_NS, latency_ns)] += 1
         self.latency_sum_ns[lkey] += latency_ns
+
+    def _new_histogram(self, lkey: LatencyKey) -> tuple[list[int], LatencyKey]:
+        if len(self.latency) >= self.max_series:
+            lkey = (OTHER, OTHER, lkey[2])
+            self._overflowed("latency")
+            buckets = self.latency.get(lkey)
+            if buckets is not None:
+                return buckets, lkey
+        buckets = self.latency[lkey] = [0] * (len(LATENCY_BUCKETS_NS) + 1)
+        self.latency_sum_ns[lkey] = 0
+        return buckets, lkey
+
+    def _overflowed(self, metric: str) -> None:
+        self.overflow[metric] = self.overflow.get(metric, 0) + 1
 
     def bump(self, counter: dict[str, int], service: str) -> None:
         counter[service] = counter.get(service, 0) + 1
 
     def error(self, service: str, reason: str) -> None:
         key = (service, reason)
-        self.errors[key] = self.errors.get(key, 0) + 1
+        errors = self.errors
+        if key not in errors and len(errors) >= self.max_series:
+            key = (OTHER, reason)  # reasons are a fixed set (errors.py)
+            self._overflowed("errors")
+        errors[key] = errors.get(key, 0) + 1
 
     def breaker_trip(self, service: str, limit: str) -> None:
         key = (service, limit)
@@ -150,13 +208,13 @@ class _Collector(Collector):
         m = self.m
         req = CounterMetricFamily(
             "gossipmesh_proxy_requests",
-            "HTTP requests completed by the proxy",
-            labels=["service", "route", "status_class", "direction"],
+            "HTTP requests completed by the proxy, by route, destination (service@subset), "
+            "endpoint node and status class",
+            labels=["service", "route", "destination", "node", "status_class", "direction"],
         )
-        classed: dict[tuple[str, str, str, str], int] = {}
-        for (svc, route, status, direction), n in list(m.requests.items()):
-            cls = _CLASSES[min(5, max(0, status // 100))]
-            k = (svc, route, cls, direction)
+        classed: dict[tuple[str, str, str, str, str, str], int] = {}
+        for (svc, route, dest, node, status, direction), n in list(m.requests.items()):
+            k = (svc, route, dest, node, status_class(status), direction)
             classed[k] = classed.get(k, 0) + n
         for k, n in classed.items():
             req.add_metric(list(k), n)
@@ -164,19 +222,24 @@ class _Collector(Collector):
 
         hist = HistogramMetricFamily(
             "gossipmesh_proxy_request_duration_seconds",
-            "Time from request head to response end",
-            labels=["service", "direction"],
+            "Time from request head to response end, per destination (service@subset)",
+            labels=["service", "destination", "direction"],
         )
-        for (svc, direction), counts in list(m.latency.items()):
+        for lkey, counts in list(m.latency.items()):
             cum = 0
             buckets = []
             for bound, c in zip((*LATENCY_BUCKETS_S, float("inf")), counts, strict=True):
                 cum += c
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cum))
-            hist.add_metric(
-                [svc, direction], buckets, sum_value=m.latency_sum_ns.get((svc, direction), 0) / 1e9
-            )
+            hist.add_metric(list(lkey), buckets, sum_value=m.latency_sum_ns.get(lkey, 0) / 1e9)
         yield hist
+        yield _counter(
+            "label_overflow",
+            f"Requests counted under '{OTHER}' because the metric's label set was full "
+            "(max_series keys)",
+            "metric",
+            m.overflow,
+        )
 
         g = GaugeMetricFamily(
             "gossipmesh_proxy_open_connections",

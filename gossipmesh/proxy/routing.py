@@ -44,6 +44,12 @@ MAX_ROUTE_CACHE = 4096
 MAX_LOCAL_DESTS = 4096
 
 
+def dest_label(service: str, tags: Sequence[str]) -> str:
+    """A destination as metrics and ``/v1/stats`` name it: the service, and its subset's tags
+    after an ``@`` (``api@v2``, ``web@version=v2,zone=a``)."""
+    return f"{service}@{','.join(tags)}" if tags else service
+
+
 class Dest:
     """One destination cluster, as a request needs it."""
 
@@ -60,6 +66,8 @@ class Dest:
         "host_line",
         "pool_keys",
         "fast",
+        "label",
+        "nodes",
     )
 
     def __init__(
@@ -71,6 +79,7 @@ class Dest:
         peers: Sequence[EndpointState],
         budget: RetryBudget,
         breaker: BreakerCounters,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.service = settings.name
         self.settings = settings
@@ -93,6 +102,10 @@ class Dest:
         )
         # The fast path picks and forwards inline; ring hash needs the request's hash key.
         self.fast = bool(endpoints) and (balancer is None or balancer.policy != "ring_hash")
+        # Metric labels (metrics.py), built once per table: the destination (service and subset
+        # tags, "api@v2") and each endpoint's node.
+        self.label = dest_label(settings.name, tags)
+        self.nodes = tuple(ep.node for ep in endpoints)
 
 
 class View:
@@ -124,7 +137,7 @@ class View:
             balancer = Balancer(s.policy, [e.weight for e in cluster.endpoints], cluster.ring)
             budget = directory.budget(s)
             breaker = directory.breaker(cluster.service)
-            self.dests[key] = Dest(s, cluster.endpoints, sts, balancer, (), budget, breaker)
+            self.dests[key] = Dest(s, cluster.endpoints, sts, balancer, (), budget, breaker, key[1])
         for key, d in self.dests.items():
             d.peers = peers.get(key[0], ())
 

@@ -285,11 +285,13 @@ def test_failing_health_check_takes_an_instance_out_of_routing(steady: Mesh) -> 
 
 
 def metric(text: str, name: str, *labels: str) -> float:
-    """The value of the first sample of ``name`` carrying every label in ``labels`` (0 if none)."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(label in line for label in labels):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    """The sum of the samples of ``name`` carrying every label in ``labels`` (0 if none): a
+    request is also labelled by destination and endpoint node, so one service has several."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )
 
 
 def test_metrics_count_requests_and_members(steady: Mesh) -> None:

@@ -65,10 +65,10 @@ def test_show_stat_fills_the_native_families() -> None:
     lay = layout(table({"web": [Endpoint("a", "10.0.0.1", 80, (), 1, ("127.0.0.3", 4143))]})[0])
     text = haproxy_metrics(api.parse_stat_csv(STAT), lay, local_instances({"api": [("l", 1)]}))
     lines = set(text.decode().splitlines())
-    assert ('gossipmesh_proxy_requests_total{direction="outbound",route="",service="web",'
-            'status_class="2xx"} 29.0') in lines  # fmt: skip
-    assert ('gossipmesh_proxy_requests_total{direction="inbound",route="",service="api",'
-            'status_class="2xx"} 5.0') in lines  # fmt: skip
+    assert ('gossipmesh_proxy_requests_total{destination="web",direction="outbound",node="",'
+            'route="",service="web",status_class="2xx"} 29.0') in lines  # fmt: skip
+    assert ('gossipmesh_proxy_requests_total{destination="api",direction="inbound",node="",'
+            'route="",service="api",status_class="2xx"} 5.0') in lines  # fmt: skip
     assert 'gossipmesh_proxy_retries_total{service="web"} 3.0' in lines
     assert 'gossipmesh_proxy_ejections_total{service="web"} 2.0' in lines
     assert 'gossipmesh_proxy_open_connections{direction="outbound"} 3.0' in lines

@@ -78,3 +78,14 @@ def test_full_layout_on_a_large_terminal() -> None:
     assert "scheduled, step 3/4" in text and "v2 set 87 %, seen 88 % (n=40)" in text
     assert "each agent steps on its own clock" in text
     assert max(len(line) for line in lines) <= 140
+
+
+def test_the_canary_panel_shows_what_gossipmesh_stat_reports() -> None:
+    f = frame()
+    assert dashboard.stat_text(f) == "-"  # not asked yet
+    snap = Snapshot(f.snapshot.members, f.snapshot.services, Counters(), {"v1": 540, "v2": 60})
+    text = "\n".join(draw(dashboard.Frame(
+        plan=f.plan, t_s=f.t_s, snapshot=snap, recent=f.recent, total=f.total,
+        total_ok=f.total_ok, events=f.events, killed=f.killed, partitioned=f.partitioned,
+        shifted=False), 140, 60))  # fmt: skip
+    assert "gossipmesh stat, 10 s" in text and "90 / 10  (n=600)" in text

@@ -405,6 +405,11 @@ def test_demo_three_nodes_twenty_seconds(demo_tmp: Path) -> None:
     assert last["requests"] >= 25, sched
     assert last["v2_share"] >= 0.75, sched
     assert last["v2_share"] - 0.5 > split_tolerance(0.5, last["requests"]), sched
+    # `gossipmesh stat` (the proxies' counters, every answering agent merged) and the dashboard
+    # (the driver's answers over the same seconds) agree on the canary split within 2 points.
+    st = summary["stat_vs_dashboard"]
+    assert st is not None and st["stat"]["v1"] + st["stat"]["v2"] >= 500, st
+    assert st["difference_points"] <= 2.0 and st["agree"] is True, st
     assert summary["path_route"]["v2"] == 0, summary["path_route"]
     assert summary["path_route"]["v1"] > 0
 

@@ -34,8 +34,8 @@ async def test_keepalive_gets_take_the_fast_path_with_mesh_headers(nursery: trio
         assert h[b"x-custom"] == b"v"
         assert h[b"traceparent"].startswith(b"00-") and len(h[b"traceparent"]) == 55
         assert b"x-gossipmesh-dest" not in h and b"127.0.0.1" in h[b"x-forwarded-for"]
-    assert mesh.a.metrics.requests[("api", "", 200, "outbound")] == 5
-    assert mesh.b.metrics.requests[("api", "", 200, "inbound")] == 5
+    assert mesh.a.metrics.requests[("api", "", "api", "b", 200, "outbound")] == 5
+    assert mesh.b.metrics.requests[("api", "", "api", "local", 200, "inbound")] == 5
 
 
 async def test_client_request_id_and_traceparent_kept(nursery: trio.Nursery) -> None:
@@ -241,7 +241,8 @@ async def test_upstream_503_is_retried_on_another_endpoint(nursery: trio.Nursery
     await c.aclose()
     assert p.metrics.retries["api"] >= 3
     assert p.fast_served >= 2  # the good endpoint's answers after warm-up went inline
-    assert p.metrics.requests[("api", "", 200, "outbound")] == 8
+    # Every answer came from the good endpoint (n1); the 503s were retried, never answered.
+    assert p.metrics.requests == {("api", "", "api", "n1", 200, "outbound"): 8}
 
 
 async def test_upstream_connection_close_and_http10_fall_back(nursery: trio.Nursery) -> None:

@@ -33,8 +33,8 @@ async def test_get_head_404_and_metrics(nursery: trio.Nursery) -> None:
     await c.aclose()
     text = render_metrics(mesh.a.metrics, mesh.b.metrics).decode()
     assert (
-        'gossipmesh_proxy_requests_total{direction="outbound",route="",service="api",status_class="2xx"} 5.0'
-        in text
+        'gossipmesh_proxy_requests_total{destination="api",direction="outbound",node="b",route="",'
+        'service="api",status_class="2xx"} 5.0' in text
     )
     assert (
         'direction="inbound"' in text and "gossipmesh_proxy_request_duration_seconds_bucket" in text

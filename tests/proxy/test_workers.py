@@ -82,4 +82,7 @@ def test_worker_label_on_every_sample() -> None:
     text = m.render().decode()
     samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert samples and all('worker="3"' in ln for ln in samples)
-    assert 'gossipmesh_proxy_requests_total{direction="outbound",route="",' in text
+    assert (
+        'gossipmesh_proxy_requests_total{destination="",direction="outbound",node="",route=""'
+        in text
+    )
