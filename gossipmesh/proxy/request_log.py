@@ -418,6 +418,84 @@ class AccessLog:
                 self.write_batch(batch)  # at exit: whatever is left, on this thread
 
 
+# -- taps ------------------------------------------------------------------------------------
+
+TAP_BUFFER = 256  # records a tap subscriber may have waiting; more are dropped (counted)
+
+
+class TapFilter:
+    """Which requests a tap wants: ``service`` (exact; "" any), ``path`` (a prefix), ``method``
+    (exact, upper-case), ``status`` (an exact code, or a class ``"5xx"``), ``max_rps`` (records a
+    second at most; the excess is counted in ``Tap.skipped``)."""
+
+    __slots__ = ("service", "path", "method", "status", "max_rps")
+
+    def __init__(
+        self,
+        service: str = "",
+        path: str = "",
+        method: str = "",
+        status: str = "",
+        max_rps: float = 100.0,
+    ) -> None:
+        self.service = service
+        self.path = path.encode("latin-1")
+        self.method = method.upper().encode("latin-1")
+        self.status = status
+        self.max_rps = max_rps
+
+    def matches(self, p: Probe) -> bool:
+        if self.service and p.service != self.service:
+            return False
+        if self.method and p.method != self.method:
+            return False
+        if self.path and not p.path.startswith(self.path):
+            return False
+        st = self.status
+        if st:
+            if st[1:] == "xx":
+                return p.status // 100 == int(st[0])
+            return p.status == int(st)
+        return True
+
+
+def parse_status_filter(text: str) -> str:
+    """``"503"`` or ``"5xx"``; ValueError otherwise."""
+    if (len(text) == 3 and text.isdigit()) or (
+        len(text) == 3 and text[0] in "12345" and text[1:] == "xx"
+    ):
+        return text
+    raise ValueError(f"status must be a code like 503 or a class like 5xx, not {text!r}")
+
+
+class Tap:
+    """A sink for one tap subscriber: matching records into a bounded channel; a slow reader
+    loses records (``dropped``), a fast stream is capped at ``max_rps`` (``skipped``)."""
+
+    def __init__(self, flt: TapFilter, buffer: int = TAP_BUFFER) -> None:
+        self.filter = flt
+        self.bucket = TokenBucket(flt.max_rps)
+        self.send, self.receive = trio.open_memory_channel[RequestRecord](buffer)
+        self.dropped = 0
+        self.skipped = 0
+        self.matched = 0
+
+    def wants(self, p: Probe) -> bool:
+        if not self.filter.matches(p):
+            return False
+        self.matched += 1
+        if not self.bucket.take(p.now_ns):
+            self.skipped += 1
+            return False
+        return True
+
+    def take(self, rec: RequestRecord) -> None:
+        try:
+            self.send.send_nowait(rec)
+        except trio.WouldBlock:
+            self.dropped += 1
+
+
 __all__ = [
     "ACCESS_BUFFER_LINES",
     "AccessLog",
@@ -425,6 +503,9 @@ __all__ = [
     "RecordSink",
     "RequestLog",
     "RequestRecord",
+    "Tap",
+    "TapFilter",
     "TokenBucket",
+    "parse_status_filter",
     "destination_name",
 ]
