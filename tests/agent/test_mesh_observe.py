@@ -16,11 +16,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_procs import SETTLE_S, AgentProc, Procs, free_port_on, requires_loopback_aliases, wait_until
+from agent_procs import (
+    SETTLE_S,
+    AgentProc,
+    Procs,
+    free_port_on,
+    requires_loopback_aliases,
+    wait_until,
+)
 from test_mesh_sidecar import Backend
 
 pytestmark = requires_loopback_aliases
