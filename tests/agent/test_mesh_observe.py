@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,3 +211,34 @@ def test_tap_filters_status_and_renders_lines(mesh: Mesh) -> None:
     assert "tapping web on a1" in out
     rows = [line for line in out.splitlines() if "/human" in line]
     assert len(rows) == 2 and all(" a1 -> GET web/human 200 web@a2 " in r for r in rows)
+
+
+def _events(agent: AgentProc, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in agent.log_path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == event:
+            out.append(record)
+    return out
+
+
+def test_config_writes_and_key_operations_are_logged(mesh: Mesh, tmp_path: Path) -> None:
+    a1 = mesh.agents["a1"]
+    body = tmp_path / "svc.json"
+    body.write_text(json.dumps({"retry": {"attempts": 1}}))
+    done = cli("config", "set", "service/logged", "-f", str(body), "--agent", a1.admin)
+    assert done.returncode == 0, done.stderr
+    written = wait_until("config_written in a1's log", lambda: _events(a1, "config_written"), 10)[0]
+    # The operator's certificate rides along with the first write it signs (cert/FP).
+    keys = written[-1]["keys"]
+    assert "service/logged" in keys and written[-1]["count"] == len(keys)
+    assert written[-1]["signers"] and "retry" not in json.dumps(written[-1])
+    key = cli("keygen").stdout.strip()
+    assert cli("keys", "install", key, "--agent", a1.admin).returncode == 0
+    ops = wait_until("key_operation in a1's log", lambda: _events(a1, "key_operation"), 10)[0]
+    assert ops[-1]["op"] == "install" and ops[-1]["nodes"] == 2 and ops[-1]["ok"] == 2
+    assert key not in a1.log_path.read_text() and key not in mesh.agents["a2"].log_path.read_text()
+    assert cli("keys", "remove", key, "--agent", a1.admin).returncode == 0
