@@ -50,7 +50,14 @@ if TYPE_CHECKING:
 
 MAX_APPLY_ENTITIES = 1000
 MAX_LOGGED_KEYS = 50  # keys named in one config_written event (``count`` has them all)
-KINDS = ("service/", "route/", "policy/", "revocation/", "trust/")  # not cert/: it rides along
+KINDS = (
+    "service/",
+    "route/",
+    "policy/",
+    "revocation/",
+    "trust/",
+    "telemetry/",
+)  # not cert/: it rides along
 UNSIGNED = (
     "config writes must be signed by an operator: POST /v1/config/prepare, sign the entries, "
     "POST /v1/config/commit (the CLI does this with --operator-key or $GOSSIPMESH_OPERATOR_KEY)"

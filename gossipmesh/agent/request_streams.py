@@ -15,7 +15,10 @@ import trio
 
 from gossipmesh.agent.access_log import RequestLogCollector, open_access_log
 from gossipmesh.agent.tap import TapHub
+from gossipmesh.config.schema import TelemetryConfig, validate_entity
+from gossipmesh.errors import ConfigValidationError
 from gossipmesh.proxy.request_log import AccessLog
+from gossipmesh.proxy.spans import ExportUnavailable, SpanSink, otlp_sink
 
 if TYPE_CHECKING:
     from gossipmesh.agent.sidecar import Sidecar
@@ -26,6 +29,7 @@ class RequestStreams:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
         self.access: AccessLog | None = None
+        self.spans: SpanSink | None = None
         self.taps = TapHub(sidecar)
         sidecar.registry.register(RequestLogCollector(lambda: self.access, self.taps.stats))
 
@@ -44,7 +48,52 @@ class RequestStreams:
                          max_lines_per_s=settings.access_log_max_lines_per_s)  # fmt: skip
         elif settings.access_log is not None:
             log.warn("access_log_unused", detail="the access log needs the native proxy")
+        if proxy is not None and settings.otlp_endpoint is not None:
+            await nursery.start(self.export_spans, proxy, settings.otlp_endpoint)
         await nursery.start(self.taps.run)
+
+    def sample_ratio(self) -> float:
+        """``telemetry/mesh``'s trace ratio in the replicated document (its default if unset)."""
+        source = self.sidecar.agent.config
+        body = dict(source.items("telemetry/")).get("telemetry/mesh") if source else None
+        if body is not None:
+            try:
+                entity = validate_entity("telemetry", "mesh", body)
+            except ConfigValidationError:
+                entity = None  # the document refuses invalid values; keep the default then
+            if isinstance(entity, TelemetryConfig):
+                return entity.trace_sample_ratio
+        return TelemetryConfig().trace_sample_ratio
+
+    async def export_spans(
+        self, proxy: Proxy, endpoint: str, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """A span per sampled hop to ``endpoint`` (proxy/spans.py) until the sidecar stops."""
+        from gossipmesh.agent.transport import AgentStartError
+
+        agent = self.sidecar.agent
+        try:
+            sink = otlp_sink(endpoint, self.sidecar.name, self.sample_ratio())
+        except ExportUnavailable as exc:
+            raise AgentStartError(f"--otlp-endpoint: {exc}") from exc
+        self.spans = sink
+        proxy.requests.add(sink)
+        ratio = self.sample_ratio()
+        agent.log.info("span_export", endpoint=endpoint, sample_ratio=ratio)
+
+        def changed(keys: frozenset[str]) -> None:
+            if any(k.startswith("telemetry/") for k in keys):
+                sink.set_ratio(self.sample_ratio())
+                agent.log.info("span_sampling", sample_ratio=self.sample_ratio())
+
+        if agent.config is not None:
+            agent.config.add_change_listener(changed)
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            proxy.requests.remove(sink)
+            sink.processor.force_flush(1000)  # what is queued, within a second, at exit
 
 
 __all__ = ["RequestStreams"]

@@ -4,16 +4,20 @@ and this test as the app calling ``web`` through a1's outbound listener:
     app -> a1 outbound -> (mTLS) -> a2 inbound -> backend
 
 Both agents write an access log (a1 every request, a2 through the TOML's ratio and rate keys);
-``gossipmesh tap`` runs against a1 and must show the requests of both hops. Every process is
+``gossipmesh tap`` runs against a1 and must show the requests of both hops. Both export spans
+(``--otlp-endpoint``) to an OTLP/HTTP receiver in this test, written with ``opentelemetry-proto``
+(an independent decoder of what the SDK sends), which checks the parent/child links. Every process is
 stopped by a fixture; every wait polls with a deadline and names what it waited for.
 """
 
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +43,65 @@ SECRETS = {
 }
 
 
+class Receiver:
+    """An OTLP/HTTP trace receiver: POST /v1/traces, protobuf ``ExportTraceServiceRequest``."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                for rs in request.resource_spans:
+                    res = {a.key: a.value.string_value for a in rs.resource.attributes}
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            attrs = {}
+                            for a in span.attributes:
+                                v = a.value
+                                attrs[a.key] = (
+                                    v.int_value if v.HasField("int_value") else v.string_value
+                                )
+                            with receiver.lock:
+                                receiver.spans.append({
+                                    "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                                    "parent": span.parent_span_id.hex(), "name": span.name,
+                                    "kind": span.kind, "host": res.get("host.name"),
+                                    "attributes": attrs, "scope": ss.scope.name,
+                                    "duration_ns": span.end_time_unix_nano - span.start_time_unix_nano,
+                                })  # fmt: skip
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def of_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Mesh:
-    def __init__(self, procs: Procs, backend: Backend) -> None:
+    def __init__(self, procs: Procs, backend: Backend, receiver: Receiver) -> None:
         self.root = procs.root
         gossip = free_port_on(IPS)
         proxy = free_port_on(IPS)
@@ -48,6 +109,7 @@ class Mesh:
             proxy = free_port_on(IPS)
         self.out_port = proxy
         self.logs = {name: procs.root / f"{name}.access.jsonl" for name in ("a1", "a2")}
+        self.receiver = receiver
         self.agents: dict[str, AgentProc] = {}
         for name, ip in zip(("a1", "a2"), IPS, strict=True):
             toml = procs.root / f"{name}.obs.toml"
@@ -58,7 +120,8 @@ class Mesh:
                          'check = { http = "/health", interval = "200ms", timeout = "150ms" }\n')  # fmt: skip
             toml.write_text(text)
             args = ["--cluster", "obs", "--config", str(toml),
-                    "--outbound", f"{ip}:{proxy}", "--inbound", f"{ip}:{proxy + 1}"]  # fmt: skip
+                    "--outbound", f"{ip}:{proxy}", "--inbound", f"{ip}:{proxy + 1}",
+                    "--otlp-endpoint", receiver.url]  # fmt: skip
             if name != "a1":
                 args += ["--join", f"{IPS[0]}:{gossip}"]
             self.agents[name] = procs.new(name, ip, gossip, args, proxy=True)
@@ -87,14 +150,16 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(procs: Procs) -> Iterator[Mesh]:
     backend = Backend("w1", free_port_on(["127.0.0.1"]), procs.root)
+    receiver = Receiver()
     try:
-        m = Mesh(procs, backend)
+        m = Mesh(procs, backend, receiver)
         for agent in m.agents.values():
             agent.start()
         wait_until("a1 routing to web", m.routable, SETTLE_S, 0.2)
         yield m
     finally:
         backend.stop()
+        receiver.close()
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -242,3 +307,40 @@ def test_config_writes_and_key_operations_are_logged(mesh: Mesh, tmp_path: Path)
     assert ops[-1]["op"] == "install" and ops[-1]["nodes"] == 2 and ops[-1]["ok"] == 2
     assert key not in a1.log_path.read_text() and key not in mesh.agents["a2"].log_path.read_text()
     assert cli("keys", "remove", key, "--agent", a1.admin).returncode == 0
+
+
+def test_spans_of_both_sidecars_link_parent_to_child(mesh: Mesh, tmp_path: Path) -> None:
+    a1, a2 = mesh.agents["a1"], mesh.agents["a2"]
+    body = tmp_path / "telemetry.json"
+    body.write_text(json.dumps({"trace_sample_per_million": 1_000_000}))  # every trace
+    done = cli("config", "set", "telemetry/mesh", "-f", str(body), "--agent", a1.admin)
+    assert done.returncode == 0, done.stderr
+    for agent in (a1, a2):  # the ratio reached both agents through the replicated document
+        wait_until(f"{agent.name} sampling every trace", lambda a=agent: any(
+            e["sample_ratio"] == 1.0 for e in _events(a, "span_sampling")), SETTLE_S)  # fmt: skip
+    app_span = "00f067aa0ba902b7"
+    trace = f"{time.monotonic_ns():032x}"
+    status, _ = mesh.call("/traced", {"traceparent": f"00-{trace}-{app_span}-01"})
+    assert status == 200
+    unsampled = f"{time.monotonic_ns() + 1:032x}"
+    assert mesh.call("/traced", {"traceparent": f"00-{unsampled}-{app_span}-00"})[0] == 200
+
+    def both() -> list[dict[str, Any]] | None:
+        spans = mesh.receiver.of_trace(trace)
+        return spans if len(spans) >= 2 else None
+
+    spans, _ = wait_until("the outbound and inbound spans of the trace", both, SETTLE_S)
+    assert len(spans) == 2
+    out = next(s for s in spans if s["host"] == "a1")
+    inn = next(s for s in spans if s["host"] == "a2")
+    assert out["parent"] == app_span  # the app's span is the outbound hop's parent
+    assert inn["parent"] == out["span_id"]  # the outbound hop is the inbound hop's parent
+    assert (out["name"], inn["name"]) == ("outbound web", "inbound web")
+    assert out["kind"] == 3 and inn["kind"] == 2  # CLIENT, SERVER
+    assert out["attributes"]["http.response.status_code"] == 200
+    assert out["attributes"]["gossipmesh.endpoint"] == "a2"
+    assert "a1" in inn["attributes"]["gossipmesh.caller"]
+    assert out["duration_ns"] >= inn["duration_ns"] > 0
+    assert out["scope"] == "gossipmesh.proxy"
+    # A trace whose traceparent says "not sampled" is never exported, by either hop.
+    assert mesh.receiver.of_trace(unsampled) == []
