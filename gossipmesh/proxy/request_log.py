@@ -32,10 +32,10 @@ and no body is ever copied into it, so Authorization and Cookie values cannot ap
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _esc
 from random import Random
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -142,9 +142,39 @@ class RequestRecord:
             "error": self.error,
         }
 
+    def json_line(self) -> str:
+        """``to_json`` as one JSON line, built directly (the access log's writer: 2-3x cheaper
+        than a dict through ``json.dumps``). Ids are hex made here; every other text escaped."""
+        bytes_in = "null" if self.bytes_in is None else self.bytes_in
+        return (
+            f'{{"ts":"{_iso(self.ts)}","node":{_esc(self.node)},"direction":"{self.direction}",'
+            f'"trace_id":"{self.trace_id}","span_id":"{self.span_id}",'
+            f'"parent_span_id":{_esc(self.parent_span_id)},"request_id":{_esc(self.request_id)},'
+            f'"caller":{_esc(self.caller)},"method":{_esc(self.method)},'
+            f'"authority":{_esc(self.authority)},"path":{_esc(self.path)},'
+            f'"service":{_esc(self.service)},"route":{_esc(self.route)},'
+            f'"destination":{_esc(self.destination)},"endpoint":{_esc(self.endpoint)},'
+            f'"endpoint_address":{_esc(self.endpoint_address)},"status":{self.status},'
+            f'"bytes_in":{bytes_in},"bytes_out":{self.bytes_out},'
+            f'"duration_ms":{round(self.total_ns / 1e6, 3)},'
+            f'"upstream_ms":{round(self.upstream_ns / 1e6, 3)},'
+            f'"queue_ms":{round(self.queue_ns / 1e6, 3)},"retries":{self.retries},'
+            f'"error":{_esc(self.error)}}}\n'
+        )
+
+
+# The last whole second formatted, as one tuple: rebinding it is atomic, so the writer's thread
+# and the event loop (taps) may both use it.
+_second: tuple[int, str] = (-1, "")
+
 
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    global _second
+    whole = int(ts)
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{cached[1]}.{int(ts * 1000) % 1000:03d}Z"
 
 
 class Probe:
@@ -391,9 +421,7 @@ class AccessLog:
 
     def write_batch(self, batch: list[RequestRecord]) -> None:
         """Serialise and write (on a worker thread): one ``write`` per batch, O_APPEND whole."""
-        data = "".join(
-            json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in batch
-        ).encode()
+        data = "".join([r.json_line() for r in batch]).encode()
         view = memoryview(data)
         try:
             while view:

@@ -160,3 +160,15 @@ async def test_sampling_rate_limit_and_full_buffer_are_counted(
     # Virtual time barely moves (loopback in a mock clock): 5 lines, the rest over the rate.
     assert len(limited.pending) == 5 and limited.counters["dropped_rate"] == 25
     assert len(small.pending) == 3 and small.counters["dropped_buffer"] == 27
+
+
+def test_the_access_log_line_is_the_records_json_whatever_the_text() -> None:
+    rec = RequestRecord()
+    rec.ts = 1_700_000_000.25
+    rec.path = '/a"b\\c\x01\xe9'  # a quote, a backslash, a control character, latin-1
+    rec.authority, rec.caller, rec.error = "h\u2028x", "spiffe://c/svc/a", "no_route"
+    rec.bytes_in, rec.total_ns, rec.status = None, 1_234_567, 404
+    line = rec.json_line()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert json.loads(line) == rec.to_json()
+    assert json.loads(line)["ts"] == "2023-11-14T22:13:20.250Z"
