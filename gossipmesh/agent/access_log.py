@@ -8,7 +8,8 @@ puts the access log's and the taps' counters in ``/metrics``:
 - ``gossipmesh_proxy_access_log_lines_total{outcome}``: ``written``, ``dropped_rate`` (over
   ``access_log_max_lines_per_s``), ``dropped_buffer`` (the writer fell behind), ``write_errors``;
 - ``gossipmesh_proxy_taps`` (open now) and ``gossipmesh_proxy_tap_records_total{outcome}``:
-  ``sent``, ``dropped`` (a slow reader), ``skipped`` (over a tap's ``max_rps``).
+  ``sent``, ``dropped`` (a slow reader), ``skipped`` (over a tap's ``max_rps``);
+- ``gossipmesh_proxy_spans_exported_total``: spans handed to the OTLP exporter.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ class RequestLogCollector(Collector):
     """The access log's and the taps' counters, read at scrape time."""
 
     def __init__(
-        self, access: Callable[[], AccessLog | None], taps: Callable[[], dict[str, Any]]
+        self,
+        access: Callable[[], AccessLog | None],
+        taps: Callable[[], dict[str, Any]],
+        spans: Callable[[], int],
     ) -> None:
         self.access = access
         self.taps = taps
+        self.spans = spans
 
     def collect(self) -> Iterator[Metric]:
         lines = CounterMetricFamily(
@@ -71,6 +76,11 @@ class RequestLogCollector(Collector):
         for outcome in ("sent", "dropped", "skipped"):
             records.add_metric([outcome], taps[outcome])
         yield records
+        yield CounterMetricFamily(
+            "gossipmesh_proxy_spans_exported",
+            "Spans handed to the OTLP exporter (--otlp-endpoint); its own queue drops beyond 2048",
+            value=self.spans(),
+        )
 
 
 __all__ = ["RequestLogCollector", "open_access_log"]

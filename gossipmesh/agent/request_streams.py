@@ -31,7 +31,10 @@ class RequestStreams:
         self.access: AccessLog | None = None
         self.spans: SpanSink | None = None
         self.taps = TapHub(sidecar)
-        sidecar.registry.register(RequestLogCollector(lambda: self.access, self.taps.stats))
+        sidecar.registry.register(RequestLogCollector(
+            lambda: self.access, self.taps.stats,
+            lambda: self.spans.exported if self.spans is not None else 0,
+        ))  # fmt: skip
 
     async def start(self, nursery: trio.Nursery, proxy: Proxy | None) -> None:
         sidecar = self.sidecar
