@@ -52,6 +52,7 @@ MAX_PATH_CHARS = 512  # a longer path is cut (and says so with a trailing "...")
 ACCESS_BUFFER_LINES = 8192  # lines waiting for the writer; more are dropped (``dropped_buffer``)
 ACCESS_FLUSH_S = 0.1  # the writer's period: a batch per period, written on a worker thread
 DEFAULT_MAX_LINES_PER_S = 1000
+FINAL_FLUSH_S = 1.0  # at exit, what is left may take this long to be written, no more
 
 
 class RequestRecord:
@@ -433,17 +434,21 @@ class AccessLog:
         self.counters["written"] += len(batch)
 
     async def run(self, flush_s: float = ACCESS_FLUSH_S) -> None:
-        """Write what accumulates, every ``flush_s``, until cancelled (then once more)."""
+        """Write what accumulates, every ``flush_s``, until cancelled. A write that blocks (a
+        pipe nobody reads) holds only its worker thread: the buffer fills and drops, counted,
+        and cancelling abandons the thread, so the agent still stops. What is left at
+        cancellation gets ``FINAL_FLUSH_S`` more to be written."""
         try:
             while True:
                 await trio.sleep(flush_s)
                 batch = self.take_batch()
                 if batch:
-                    await trio.to_thread.run_sync(self.write_batch, batch)
+                    await trio.to_thread.run_sync(self.write_batch, batch, abandon_on_cancel=True)
         finally:
             batch = self.take_batch()
             if batch:
-                self.write_batch(batch)  # at exit: whatever is left, on this thread
+                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_S):
+                    await trio.to_thread.run_sync(self.write_batch, batch, abandon_on_cancel=True)
 
 
 # -- taps ------------------------------------------------------------------------------------
