@@ -179,18 +179,26 @@ def _iso(ts: float) -> str:
 
 
 class Probe:
-    """What a sink may look at before any record is built (all cheap to get)."""
+    """What a sink may look at before any record is built: set per request with no work at all
+    (``path`` is cut from the target only when a sink asks)."""
 
-    __slots__ = ("direction", "service", "method", "path", "status", "x", "now_ns")
+    __slots__ = ("direction", "service", "method", "url", "status", "x", "now_ns")
 
     def __init__(self) -> None:
         self.direction = ""
         self.service = ""
         self.method = b""
-        self.path = b""
+        self.url = b""
         self.status = 0
         self.x: Exchange | None = None
         self.now_ns = 0
+
+    @property
+    def path(self) -> bytes:
+        """The request target without its query string."""
+        url = self.url
+        q = url.find(b"?")
+        return url if q < 0 else url[:q]
 
 
 class RecordSink(Protocol):
@@ -243,15 +251,19 @@ class RequestLog:
         p.direction = conn.direction
         p.service = service
         p.method = req.method
-        url = req.url
-        q = url.find(b"?")
-        p.path = url if q < 0 else url[:q]
+        p.url = req.url
         p.status = status
         p.x = x
         p.now_ns = end_ns
-        wanting = [s for s in self.sinks if s.wants(p)]
+        wanting: list[RecordSink] | None = None
+        for s in self.sinks:
+            if s.wants(p):
+                if wanting is None:
+                    wanting = [s]
+                else:
+                    wanting.append(s)
         p.x = None
-        if not wanting:
+        if wanting is None:
             return
         rec = self.build(conn, req, x, service, route, status, start_ns, end_ns, sent, reason)
         for s in wanting:
@@ -295,7 +307,7 @@ class RequestLog:
         rec.caller = peer.spiffe if peer is not None else conn.caller
         rec.method = req.method[:32].decode("latin-1")
         rec.authority = req.host[:256].decode("latin-1")
-        path = self.probe.path if self.probe.path else req.url
+        path = self.probe.path
         text = path[:MAX_PATH_CHARS].decode("latin-1")
         rec.path = text + "..." if len(path) > MAX_PATH_CHARS else text
         rec.service = service

@@ -11,7 +11,7 @@ from gossipmesh.proxy.request_log import Probe, RequestRecord, Tap, TapFilter
 def probe(service: str = "api", method: bytes = b"GET", path: bytes = b"/a/b", status: int = 200,
           now_ns: int = 0) -> Probe:  # fmt: skip
     p = Probe()
-    p.service, p.method, p.path, p.status, p.now_ns = service, method, path, status, now_ns
+    p.service, p.method, p.url, p.status, p.now_ns = service, method, path, status, now_ns
     return p
 
 
