@@ -16,6 +16,13 @@ the median per variant and its ratio to ``off`` are printed. The loss of ``off``
 before the request log is ``benchmarks/proxy_cpu.py --legs mesh --baseline DIR`` (paired A/B).
 
     python benchmarks/observability_cpu.py --seconds 5 --rounds 3 [--variants off log100 ...]
+
+``--instructions N`` counts instead the proxy process's user-space instructions per hop-request
+under valgrind's cachegrind, as ``benchmarks/proxy_instructions.py`` does ((I(2N) - I(N)) / N,
+start-up cancelled out): exact where CPU-seconds on a shared machine are not (the writer's and
+the exporter's threads are in the count; the kernel's share of the file writes is not).
+
+    python benchmarks/observability_cpu.py --instructions 3000 --rounds 2
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -45,8 +53,10 @@ from proxy_cpu import (  # noqa: E402
     pin,
     wait_port,
 )
+from proxy_instructions import count_load  # noqa: E402
 
 VARIANTS = ("off", "log100", "log1", "spans1")
+STARTUP_S = 120.0  # imports under valgrind are slow
 
 PROXY_CODE = r"""
 import os, signal, sys, trio
@@ -147,6 +157,28 @@ def run_variant(variant: str, workdir: str, otlp: str, args: argparse.Namespace)
         return res
 
 
+def instructions(variant: str, n: int, workdir: str, otlp: str, conns: int) -> int:
+    """The proxy's instructions from start to exit serving ``n`` requests (cachegrind)."""
+    log = os.path.join(workdir, f"cg-{variant}-{n}.log")
+    argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+            f"--cachegrind-out-file={workdir}/cg.out", f"--log-file={log}",
+            sys.executable, "-c", PROXY_CODE, variant, str(BACKEND_PORT), str(OUT_PORT),
+            str(IN_PORT), workdir, otlp]  # fmt: skip
+    with launched(argv, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != b"ready":
+            raise SystemExit(f"proxy did not start: {line!r}")
+        count_load(OUT_PORT, conns, n)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=STARTUP_S)
+    with open(log) as f:
+        m = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
+    if m is None:
+        raise SystemExit(f"no instruction count in {log}")
+    return int(m.group(1).replace(",", ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="per variant and round (max 60)")
@@ -154,6 +186,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--client", choices=["wrk", "py"], default=None)
+    ap.add_argument("--instructions", type=int, default=0, help="N: count instructions instead")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     args = ap.parse_args()
@@ -169,6 +202,7 @@ def main() -> None:
           f" mesh leg, proxy on CPU {args.proxy_cpu}, client+backend on CPU {args.client_cpu}")  # fmt: skip
     receiver = Receiver()
     per: dict[str, list[float]] = {}
+    n = max(100, min(args.instructions, 100_000))
     try:
         with tempfile.TemporaryDirectory() as wd:
             conf = nginx_conf(wd, "backend", backend_server)
@@ -178,16 +212,25 @@ def main() -> None:
                 for r in range(args.rounds):
                     order = variants[r % len(variants) :] + variants[: r % len(variants)]
                     for v in order:
-                        res = run_variant(v, wd, receiver.url, args)
-                        print(f"round {r + 1}: {res.line()}", flush=True)
-                        per.setdefault(v, []).append(res.per_cpu_s)
+                        if args.instructions:
+                            one = instructions(v, n, wd, receiver.url, args.connections)
+                            two = instructions(v, 2 * n, wd, receiver.url, args.connections)
+                            value = (two - one) / n / 2  # per hop-request
+                            print(f"round {r + 1}: {v:<8} {value:>9,.0f} instructions per "
+                                  "hop-request", flush=True)  # fmt: skip
+                        else:
+                            res = run_variant(v, wd, receiver.url, args)
+                            print(f"round {r + 1}: {res.line()}", flush=True)
+                            value = res.per_cpu_s
+                        per.setdefault(v, []).append(value)
     finally:
         receiver.close()
     med = {k: statistics.median(v) for k, v in per.items()}
     base = med.get("off")
+    unit = "instructions per hop-request" if args.instructions else "req per proxy CPU-s"
     for k in args.variants:
         ratio = f"  = {med[k] / base:.3f} of off" if base else ""
-        print(f"median {k:<8} {med[k]:>9,.0f} req per proxy CPU-s{ratio}")
+        print(f"median {k:<8} {med[k]:>9,.0f} {unit}{ratio}")
     print(f"OTLP receiver: {receiver.posts} exports, {receiver.bytes:,} bytes")
 
 
