@@ -60,7 +60,7 @@ STARTUP_S = 120.0  # imports under valgrind are slow
 
 PROXY_CODE = r"""
 import os, signal, sys, trio
-from gossipmesh.config.schema import Destination, PathMatch, RouteConfig
+from gossipmesh.config.schema import Destination, PathMatch, RouteConfig, validate_entity
 from gossipmesh.proxy.request_log import AccessLog
 from gossipmesh.proxy.server import Proxy
 from gossipmesh.proxy.table import Endpoint, build_route_table
@@ -72,7 +72,10 @@ ps = [
     Proxy(outbound=None, inbound=("127.0.0.1", in_port), local_services={"api": [("127.0.0.1", backend)]}),
     Proxy(outbound=("127.0.0.1", out_port), inbound=None),
 ]
-table = build_route_table({}, {"api-route": route}, {"api": eps})
+# Generous timeouts: under valgrind (--instructions) a hop is some 50 times slower.
+api = validate_entity("service", "api", {"timeouts": {"connect_ms": 60000, "request_ms": 300000,
+                                                      "per_try_ms": 300000}})
+table = build_route_table({"api": api}, {"api-route": route}, {"api": eps})
 for p in ps:
     p.update_table(table)
 sinks = []
