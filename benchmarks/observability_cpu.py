@@ -61,7 +61,7 @@ STARTUP_S = 120.0  # imports under valgrind are slow
 PROXY_CODE = r"""
 import os, signal, sys, trio
 from gossipmesh.config.schema import Destination, PathMatch, RouteConfig, validate_entity
-from gossipmesh.proxy.request_log import AccessLog
+from gossipmesh.proxy.record_sinks import AccessLog
 from gossipmesh.proxy.server import Proxy
 from gossipmesh.proxy.table import Endpoint, build_route_table
 

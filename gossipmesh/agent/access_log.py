@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gossipmesh.agent.sidecar_config import SidecarSettings
-from gossipmesh.proxy.request_log import AccessLog
+from gossipmesh.proxy.record_sinks import AccessLog
 
 
 def open_access_log(settings: SidecarSettings) -> AccessLog | None:

@@ -17,7 +17,7 @@ from gossipmesh.agent.access_log import RequestLogCollector, open_access_log
 from gossipmesh.agent.tap import TapHub
 from gossipmesh.config.schema import TelemetryConfig, validate_entity
 from gossipmesh.errors import ConfigValidationError
-from gossipmesh.proxy.request_log import AccessLog
+from gossipmesh.proxy.record_sinks import AccessLog
 from gossipmesh.proxy.spans import ExportUnavailable, SpanSink, otlp_sink
 
 if TYPE_CHECKING:

@@ -38,14 +38,14 @@ from gossipmesh.agent.http import HTTPError, Request, Response, StreamResponse
 from gossipmesh.errors import DecodeError
 from gossipmesh.ids import Address
 from gossipmesh.proxy.clock import NS_PER_S
-from gossipmesh.proxy.request_log import (
+from gossipmesh.proxy.record_sinks import (
     TAP_BUFFER,
-    RequestRecord,
     Tap,
     TapFilter,
     TokenBucket,
     parse_status_filter,
 )
+from gossipmesh.proxy.request_log import RequestRecord
 from gossipmesh.swim.member import MemberState
 
 if TYPE_CHECKING:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gossipmesh.agent.tap import filter_fields, parse_filter
-from gossipmesh.proxy.request_log import Probe, RequestRecord, Tap, TapFilter
+from gossipmesh.proxy.record_sinks import Tap, TapFilter
+from gossipmesh.proxy.request_log import Probe, RequestRecord
 
 
 def probe(service: str = "api", method: bytes = b"GET", path: bytes = b"/a/b", status: int = 200,

@@ -10,7 +10,8 @@ import trio
 import trio.testing
 from proxy_helpers import Client, route, service, start_mesh
 
-from gossipmesh.proxy.request_log import AccessLog, Probe, RequestRecord
+from gossipmesh.proxy.record_sinks import AccessLog
+from gossipmesh.proxy.request_log import Probe, RequestRecord
 
 
 class Collect:
