@@ -49,6 +49,7 @@ Endpoints
 | ``join(addresses)``                 | POST /v1/join (502 "none joined" is returned) |
 | ``leave()``                         | POST /v1/leave                                |
 | ``monitor()``                       | GET /v1/monitor (a stream of JSON lines)      |
+| ``tap(service, ...)``               | GET /v1/tap (live requests as JSON lines)     |
 | ``keys()``, ``change_key(op, key)`` | GET, POST /v1/keys (207 "partly" is returned) |
 | ``config(prefix)``                  | GET /v1/config?prefix=                        |
 | ``config_get(key)``                 | GET /v1/config/KIND/NAME                      |
@@ -83,7 +84,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from gossipmesh.admin_token import TOKEN_FILE, TokenFileError, listener_uid, read_token_file
 from gossipmesh.errors import UsageError
@@ -111,7 +112,7 @@ TIMEOUT_S = 15.0  # key fan-out and join wait up to ~5 s on the agent side
 KeyOp = Literal["install", "use", "remove"]
 # The reads that need the token even on loopback (agent/admin_auth.py decides; this only tells
 # the client when to go and find a token it was not given).
-PRIVATE_READS = ("/v1/keys", "/v1/monitor")
+PRIVATE_READS = ("/v1/keys", "/v1/monitor", "/v1/tap")
 COMMIT_ATTEMPTS = 5
 Items = Mapping[str, Mapping[str, Any] | None]
 
@@ -229,6 +230,31 @@ class AdminClient:
         """Member events as they happen, one JSON object per line (the first is
         ``monitor-start``), until the agent closes the stream; blank keep-alive lines included."""
         return self.stream_lines("/v1/monitor")
+
+    def tap(
+        self,
+        service: str = "",
+        *,
+        path: str = "",
+        method: str = "",
+        status: str = "",
+        max_rps: float | None = None,
+        duration_s: float | None = None,
+        scope: str = "mesh",
+    ) -> Iterator[bytes]:
+        """Live requests matching the filters, from every alive agent (``scope="local"``: this
+        one), one JSON object per line: ``tap-start``, a line per request, ``tap-end`` when
+        ``duration_s`` is up (the agent caps it). No bodies, no header values."""
+        query: dict[str, str] = {"scope": scope}
+        for name, value in (("service", service), ("path", path), ("method", method),
+                            ("status", status)):  # fmt: skip
+            if value:
+                query[name] = value
+        if max_rps is not None:
+            query["max_rps"] = f"{max_rps:g}"
+        if duration_s is not None:
+            query["duration"] = f"{duration_s:g}"
+        return self.stream_lines("/v1/tap?" + urlencode(query))
 
     # ---- keys -------------------------------------------------------------------------------
 
@@ -433,7 +459,11 @@ class AdminClient:
                 token = read_token_file(self._token_file)
             except TokenFileError as exc:
                 raise CredentialsProblem(str(exc)) from exc
-        needed = not self.loopback or method not in ("GET", "HEAD") or path in PRIVATE_READS
+        needed = (
+            not self.loopback
+            or method not in ("GET", "HEAD")
+            or path.partition("?")[0] in PRIVATE_READS
+        )
         if token is None and needed:
             token = self._find_own_token()
         return {"authorization": f"Bearer {token}"} if token else {}

@@ -106,7 +106,7 @@ def install_admin_routes(agent: Agent) -> None:
             raise HTTPError(400, "bad_request", '"op" must be one of install, use, remove')
         if not isinstance(key, str) or not key:
             raise HTTPError(400, "bad_request", '"key" must be a base64 key string')
-        from gossipmesh.crypto import decode_key
+        from gossipmesh.crypto import decode_key, key_id
 
         try:
             decode_key(key)
@@ -116,6 +116,8 @@ def install_admin_routes(agent: Agent) -> None:
             lacking = await members_lacking(agent, key)
             if lacking:
                 agent.counters["admin.key_use_refused"] += 1
+                agent.log.warn("key_operation_refused", op=op, key_id=key_id(decode_key(key)),
+                               lacking=len(lacking), named=lacking[:MAX_NAMED])  # fmt: skip
                 raise HTTPError(
                     409,
                     "key_not_everywhere",
@@ -126,6 +128,10 @@ def install_admin_routes(agent: Agent) -> None:
                     "hold it, then `keys use` again",
                 )
         result = await fan_out(agent, op, key)
+        # The key's id only, never the key (crypto.key_id).
+        agent.log.info("key_operation", op=op, key_id=key_id(decode_key(key)),
+                       nodes=result["num_nodes"], ok=result["num_ok"],
+                       failed=result["failed"][:MAX_NAMED])  # fmt: skip
         return JSONResponse(result, status=200 if not result["failed"] else 207)
 
     async def health(req: Request) -> Response:

@@ -51,7 +51,7 @@ from gossipmesh.agent.node_identity import is_loopback
 from gossipmesh.ids import Address
 
 # Reads that hand out something an operator-only caller may see (key ids, the live event stream).
-PRIVATE_READS = frozenset({"/v1/keys", "/v1/monitor"})
+PRIVATE_READS = frozenset({"/v1/keys", "/v1/monitor", "/v1/tap"})
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 STATIC_PREFIX = "/ui/"  # the dashboard's static files: the package's own, no data
 UNAUTHORIZED_DETAIL = (

@@ -49,7 +49,15 @@ if TYPE_CHECKING:
     from gossipmesh.agent.replica import ConfigReplica
 
 MAX_APPLY_ENTITIES = 1000
-KINDS = ("service/", "route/", "policy/", "revocation/", "trust/")  # not cert/: it rides along
+MAX_LOGGED_KEYS = 50  # keys named in one config_written event (``count`` has them all)
+KINDS = (
+    "service/",
+    "route/",
+    "policy/",
+    "revocation/",
+    "trust/",
+    "telemetry/",
+)  # not cert/: it rides along
 UNSIGNED = (
     "config writes must be signed by an operator: POST /v1/config/prepare, sign the entries, "
     "POST /v1/config/commit (the CLI does this with --operator-key or $GOSSIPMESH_OPERATOR_KEY)"
@@ -169,6 +177,12 @@ def install_config_routes(replica: ConfigReplica) -> None:
         except (OSError, sqlite3.Error) as exc:
             store_failed(exc)
         written = {e.key: {"writer": e.writer, "counter": e.counter} for e in entries}
+        # Who changed what, for the operator's audit trail (values stay out: they are in the
+        # document, and a log is no place for a policy's or a route's details).
+        agent.log.info("config_written", keys=sorted(written)[:MAX_LOGGED_KEYS],
+                       count=len(written), deletes=sum(e.value is None for e in entries),
+                       signers=sorted({e.signer.hex()[:16] for e in entries}),
+                       voided=sorted(result.voided)[:MAX_LOGGED_KEYS])  # fmt: skip
         return JSONResponse({"written": written, "durable": True,
                              "voided": sorted(result.voided)})  # fmt: skip
 

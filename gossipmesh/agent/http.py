@@ -235,7 +235,8 @@ class _Slot:
 
     scope: trio.CancelScope
     busy: bool = False
-    monitor: bool = False
+    monitor: bool = False  # a capped stream (``HTTPServer.stream_caps``), ended at MONITOR_MAX_S
+    stream: str = ""  # its path
 
 
 class HTTPServer:
@@ -256,6 +257,11 @@ class HTTPServer:
         self._next_id = 0
         self.counters: dict[str, int] = {"evicted": 0, "refused": 0, "monitors_refused": 0}
         self.monitor_path = "/v1/monitor"
+        # Long-lived streams, each path with its own cap: (plural name, cap). ``/v1/tap`` is
+        # added by the request streams (agent/tap.py) with ``add_stream_cap``.
+        self.stream_caps: dict[str, tuple[str, int]] = {
+            self.monitor_path: ("monitors", MAX_MONITORS)
+        }
 
     @property
     def connections(self) -> int:
@@ -263,7 +269,16 @@ class HTTPServer:
 
     @property
     def monitors(self) -> int:
-        return sum(1 for slot in self._slots.values() if slot.monitor)
+        return self.streams(self.monitor_path)
+
+    def streams(self, path: str) -> int:
+        """Streams of ``path`` open now."""
+        return sum(1 for slot in self._slots.values() if slot.stream == path)
+
+    def add_stream_cap(self, path: str, name: str, cap: int) -> None:
+        """At most ``cap`` streams of ``path`` at once (one more: ``503 too_many_NAME``)."""
+        self.stream_caps[path] = (name, cap)
+        self.counters.setdefault(f"{name}_refused", 0)
 
     def _make_room(self) -> bool:
         """Close the oldest connection that only waits for a request; False if all are busy."""
@@ -367,13 +382,14 @@ class HTTPServer:
         try:
             if self._guard is not None:
                 self._guard.authorize(request)  # before anything can act on the request
-            if request.path == self.monitor_path:
-                if self.monitors >= MAX_MONITORS:
-                    self.counters["monitors_refused"] += 1
-                    raise HTTPError(
-                        503, "too_many_monitors", f"at most {MAX_MONITORS} monitor streams"
-                    )
+            capped = self.stream_caps.get(request.path)
+            if capped is not None:
+                name, cap = capped
+                if self.streams(request.path) >= cap:
+                    self.counters[f"{name}_refused"] += 1
+                    raise HTTPError(503, f"too_many_{name}", f"at most {cap} {name[:-1]} streams")
                 slot.monitor = True
+                slot.stream = request.path
             handler = self.router.resolve(request.method, request.path)
             response = await handler(request)
         except HTTPError as exc:

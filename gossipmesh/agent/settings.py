@@ -51,6 +51,11 @@ SETTING_KEYS = {
     "listener",
     "inbound_plaintext",
     "workload_lifetime_ms",
+    # Per-request observability (sidecar_config.py): the access log and span export.
+    "access_log",
+    "access_log_sample_ratio",
+    "access_log_max_lines_per_s",
+    "otlp_endpoint",
 }
 
 

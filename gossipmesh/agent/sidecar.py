@@ -64,6 +64,7 @@ from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
 from gossipmesh.agent.records_sync import RecordSync
+from gossipmesh.agent.request_streams import RequestStreams
 from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
 from gossipmesh.agent.traffic import install_traffic_stats
@@ -155,6 +156,8 @@ class Sidecar:
         agent.health_extensions.append(self._health_section)
         install_shift_status(self)
         self.traffic = install_traffic_stats(self)
+        # Access log, taps, spans (agent/request_streams.py): started with the proxy.
+        self.request_streams = RequestStreams(self)
 
     def attach_config(self, source: ConfigSource) -> None:
         """Route with ``source``'s ``service/`` and ``route/`` entities from now on."""
@@ -219,6 +222,8 @@ class Sidecar:
                     )
                 if self.workloads is not None:
                     nursery.start_soon(self.workloads.run)
+            if self.settings.enabled:
+                await self.request_streams.start(nursery, self.proxy)
             # Certificates of members the agent met before this task started (the listener was
             # already registered, but be sure: a missed one would park records until it spoke).
             for m in await self.agent.members():

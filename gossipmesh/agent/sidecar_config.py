@@ -22,6 +22,13 @@ Keys (flags win over the file, as for every agent setting; see docs/CONFIG.md):
   speak TLS yet in plaintext. Logged as a warning at start, counted in ``/metrics``.
 - ``workload_lifetime_ms`` (``--workload-lifetime-ms``): how long a workload certificate is
   valid (default 24 h; renewed at half of it). From 10 s, for tests of renewal.
+- ``access_log = "FILE" | "-"`` (``--access-log``): one JSON line per request the proxy serves
+  (proxy/request_log.py) appended to FILE, or on stdout for ``-``. ``access_log_sample_ratio``
+  (0..1, default 1) logs that share of requests; ``access_log_max_lines_per_s`` (default 1000)
+  caps the lines a second, the excess counted as dropped (``/metrics``).
+- ``otlp_endpoint = "URL"`` (``--otlp-endpoint``): export a span per request hop over OTLP/HTTP
+  (``pip install 'gossipmesh[otel]'``); the sampling ratio is mesh-wide, in the document
+  (``telemetry/mesh``).
 - ``[[listener]]`` tables: ``service = "db"``, ``port = 15432``, ``address = "127.0.0.1"``
   (default): a raw TCP port on which the proxy accepts connections and splices each to a healthy
   instance of ``service``, for protocols that are not HTTP. One listener per service.
@@ -62,6 +69,10 @@ class SidecarSettings:
     inbound_plaintext: bool = False  # migration only (docs/SECURITY.md)
     workload_lifetime_ms: int = DAY_MS
     dataplane: str = "native"
+    access_log: str | None = None  # a file, or "-" for stdout
+    access_log_sample_ratio: float = 1.0
+    access_log_max_lines_per_s: int = 1000
+    otlp_endpoint: str | None = None
 
     def outbound_services(self) -> dict[str, Address]:
         """Per-service outbound listeners (``[[service]] outbound``), service -> address."""
@@ -116,6 +127,7 @@ def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
                 f"{MIN_WORKLOAD_LIFETIME_MS}-{366 * DAY_MS}"
             )
         kwargs["workload_lifetime_ms"] = lifetime
+    _observability(raw, kwargs)
     try:
         kwargs["services"] = parse_agent_services({"service": raw.get("service", [])})
     except ConfigValidationError as exc:
@@ -137,6 +149,39 @@ def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
             )
         kwargs["dataplane"] = dataplane
     return SidecarSettings(**kwargs)
+
+
+MAX_ACCESS_LINES_PER_S = 1_000_000
+
+
+def _observability(raw: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+    """The access log's and the span export's keys."""
+    path = raw.get("access_log")
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise UsageError('access_log must be a file path, or "-" for stdout')
+        kwargs["access_log"] = path
+    ratio = raw.get("access_log_sample_ratio")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            raise UsageError("access_log_sample_ratio must be a number in 0..1")
+        kwargs["access_log_sample_ratio"] = float(ratio)
+    rate = raw.get("access_log_max_lines_per_s")
+    if rate is not None:
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int)
+            or not 1 <= rate <= MAX_ACCESS_LINES_PER_S
+        ):
+            raise UsageError(
+                f"access_log_max_lines_per_s must be an integer in 1-{MAX_ACCESS_LINES_PER_S}"
+            )
+        kwargs["access_log_max_lines_per_s"] = rate
+    url = raw.get("otlp_endpoint")
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise UsageError("otlp_endpoint must be an http:// or https:// URL")
+        kwargs["otlp_endpoint"] = url
 
 
 def _check_outbound_services(services: tuple[LocalService, ...]) -> None:

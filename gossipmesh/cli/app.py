@@ -30,6 +30,7 @@ from gossipmesh.cli import (
     shift_cmd,
     simulate,
     stat_cmd,
+    tap_cmd,
 )
 from gossipmesh.cli.common import (
     DEFAULT_AGENT,
@@ -212,6 +213,14 @@ def agent(
             help="Serve /v1/faults (drop traffic to chosen peers); loopback admin only.",
         ),
     ] = False,
+    access_log: Annotated[
+        str | None,
+        typer.Option(help="One JSON line per proxied request to FILE, or - for stdout."),
+    ] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(help="Export trace spans over OTLP/HTTP to URL (gossipmesh[otel])."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the gossipmesh agent in the foreground (SIGINT/SIGTERM leave gracefully)."""
@@ -243,6 +252,8 @@ def agent(
         "config_sync_interval_ms": config_sync_interval_ms,
         "config_gc_grace_ms": config_gc_grace_ms,
         "enable_fault_injection": True if enable_fault_injection else None,
+        "access_log": access_log,
+        "otlp_endpoint": otlp_endpoint,
     }
     exec_agent(flags, config)
 
@@ -416,6 +427,7 @@ stat_cmd.install(app)
 demo_cmd.install(app)
 ca_cmd.install(app)
 simulate.register(app)
+tap_cmd.install(app)
 
 
 def main() -> None:

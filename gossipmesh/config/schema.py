@@ -16,7 +16,7 @@ import (every public name of the files below is re-exported here):
   never imports this package): a remote delta whose value fails it is refused and counted.
 - ``parse_agent_services(toml)`` reads the node-owned ``[[service]]`` tables of an agent file.
 
-One file per concern: ``service.py``, ``route.py`` and ``policy.py`` hold each kind's dataclasses,
+One file per concern: ``service.py``, ``route.py``, ``policy.py`` and ``telemetry.py`` hold each kind's dataclasses,
 validation and canonical body; ``fields.py`` the shared field readers and limits;
 ``local_services.py`` the agent file's ``[[service]]`` tables; this file the keys and the entry
 points that dispatch on the kind.
@@ -74,6 +74,7 @@ from gossipmesh.config.service import (
     parse_service,
     service_body,
 )
+from gossipmesh.config.telemetry import TelemetryConfig, parse_telemetry, telemetry_body
 from gossipmesh.config.trust import (
     CertEntry,
     Revocation,
@@ -119,6 +120,7 @@ __all__ = [
     "RootStatement",
     "RouteConfig",
     "ServiceConfig",
+    "TelemetryConfig",
     "Timeouts",
     "check_entry",
     "entity_key",
@@ -130,11 +132,19 @@ __all__ = [
     "validate_key",
 ]
 
-KINDS = ("service", "route", "policy", "cert", "revocation", "trust")
+KINDS = ("service", "route", "policy", "cert", "revocation", "trust", "telemetry")
 # The kinds that decide who may sign what (config/trust.py); the rest configure the data plane.
 AUTHORITY_KINDS = ("cert", "revocation", "trust")
 
-Entity = ServiceConfig | RouteConfig | PolicyConfig | CertEntry | Revocation | RootStatement
+Entity = (
+    ServiceConfig
+    | RouteConfig
+    | PolicyConfig
+    | CertEntry
+    | Revocation
+    | RootStatement
+    | TelemetryConfig
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +204,8 @@ def validate_entity(kind: str, name: str, body: Mapping[str, Any]) -> Entity:
         return parse_cert(name, body)
     if kind == "revocation":
         return parse_revocation(name, body)
+    if kind == "telemetry":
+        return parse_telemetry(name, body)
     return parse_trust(name, body)
 
 
@@ -226,4 +238,6 @@ def to_body(entity: Entity) -> dict[str, Any]:
         return revocation_body(entity)
     if isinstance(entity, RootStatement):
         return trust_body(entity)
+    if isinstance(entity, TelemetryConfig):
+        return telemetry_body(entity)
     raise TypeError(f"not an entity: {entity!r}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from typing import TYPE_CHECKING
 
 from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS
 from gossipmesh.proxy.deadlines import Deadlines
@@ -34,8 +35,12 @@ from gossipmesh.proxy.http1 import END, RequestHead, RequestReader
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.peers import Peer
+from gossipmesh.proxy.request_log import RequestLog
 from gossipmesh.proxy.sockio import ConnLost, SockIO
 from gossipmesh.proxy.tls import TlsIO, TlsSocket
+
+if TYPE_CHECKING:
+    from gossipmesh.proxy.pipeline import Exchange
 
 # What a client connection is waiting for (timeouts are counted by it).
 BUSY, HEAD, IDLE = range(3)
@@ -163,6 +168,7 @@ class Downstreams:
         "buffers",
         "head_ns",
         "keepalive_ns",
+        "requests",
     )
 
     def __init__(
@@ -180,6 +186,7 @@ class Downstreams:
         self.buffers = BufferPool(limits.max_pooled_buffers)
         self.head_ns = limits.head_timeout_ms * NS_PER_MS
         self.keepalive_ns = limits.keepalive_idle_ms * NS_PER_MS
+        self.requests = RequestLog()  # the Proxy gives its own (access log, tap, spans)
 
     def admit(self, listener: str) -> str | None:
         """Before accepting a client on ``listener``: None to accept, else the reason to refuse
@@ -286,12 +293,12 @@ class Downstreams:
         route: str = "",
         start_ns: int | None = None,
         extra: tuple[tuple[bytes, bytes], ...] = (),
-        dest: str = "",
-        node: str = "",
+        exchange: Exchange | None = None,
     ) -> bool:
         """Send a proxy-generated error; True if the connection may carry another request.
         ``start_ns``: when the request started, for its latency (None: not measured);
-        ``dest``, ``node``: the destination's label and the endpoint's node, when chosen."""
+        ``exchange``: the request's, once routed (its destination and endpoint label the
+        metrics; the request log records it)."""
         if req is not None:
             # The rest of an unread body is still in the stream: we cannot continue after it
             # unless it is already fully parsed.
@@ -308,8 +315,16 @@ class Downstreams:
         m = self.metrics
         m.error(service, reason)
         if req is not None:
-            elapsed_ns = 0 if start_ns is None else self.deadlines.clock.now_ns() - start_ns
+            now_ns = self.deadlines.clock.now_ns()
+            elapsed_ns = 0 if start_ns is None else now_ns - start_ns
+            dest = node = ""
+            if exchange is not None:
+                dest = exchange.dest.label
+                node = exchange.dest.nodes[exchange.idx] if exchange.idx >= 0 else ""
             m.observe(service, route, status, conn.direction, elapsed_ns, dest, node)
+            if self.requests.on:
+                self.requests.done(conn, req, exchange, service, route, status,
+                                   now_ns - elapsed_ns, now_ns, len(data), reason)  # fmt: skip
         try:
             await conn.io.send_all(data)
             conn.bytes_out += len(data)

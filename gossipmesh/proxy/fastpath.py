@@ -49,6 +49,7 @@ from gossipmesh.proxy.pipeline import (
     take_whole_body,
     whole_body_end,
 )
+from gossipmesh.proxy.request_log import RequestLog
 from gossipmesh.proxy.routing import Directory, inbound_instance, route
 from gossipmesh.proxy.upstream import PoolKey, Upstreams
 
@@ -63,6 +64,7 @@ class FastPath:
         "clock",
         "use_connector",
         "served",
+        "requests",
     )
 
     def __init__(
@@ -82,6 +84,7 @@ class FastPath:
         # A hop to a peer goes through the Connector when there is one: not a raw socket.
         self.use_connector = upstreams.connector is not None
         self.served = 0  # exchanges completed here (tests use it to see which path ran)
+        self.requests = RequestLog()  # the Proxy gives its own (access log, tap, spans)
 
     def plan(self, conn: Downstream, req: RequestHead) -> Exchange | None:
         """Everything decided before a byte moves, or None if ``req`` is not the fast shape."""
@@ -149,7 +152,8 @@ class FastPath:
         d = x.dest
         body = x.body = take_whole_body(conn.reader, req, x.end_pos)
         x.rid = rid = req.request_id or new_request_id(self.rng)
-        hop = hop_fields(req, conn.client_ip, rid, self.rng)
+        hop = x.hop = hop_fields(req, conn.client_ip, rid, self.rng)
+        x.try_ns = x.start_ns  # sent inline with its planning: no queue on this path
         fields = forward_fields(req, hop, b"", d.host_line, True, len(body))
         head = request_head(req, x.target, fields, d.mesh_lines[x.idx])
         if body:
@@ -197,6 +201,9 @@ class FastPath:
             d.service, x.route_name, status, conn.direction, now_ns - x.start_ns, d.label,
             d.nodes[x.idx],
         )  # fmt: skip
+        if self.requests.on:
+            self.requests.done(conn, x.req, x, d.service, x.route_name, status, x.start_ns,
+                               now_ns, len(out))  # fmt: skip
         self.served += 1
         x.end_ns = now_ns
         return out

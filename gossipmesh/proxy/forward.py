@@ -101,6 +101,7 @@ class Forwarder:
         "rng",
         "clock",
         "audit",
+        "requests",
     )
 
     def __init__(
@@ -124,6 +125,7 @@ class Forwarder:
         self.rng = rng
         self.clock = clock
         self.audit = Audit()  # the Proxy gives its own (the agent's structured log)
+        self.requests = downstreams.requests  # the request log (request_log.py)
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -257,6 +259,8 @@ class Forwarder:
             if limit is not None:
                 return await self.overloaded(conn, x, limit)
         tries = self.prepare(conn, x)
+        x.tried = tries.tried
+        x.out0 = conn.bytes_out
         d.budget.record_request(x.start_ns)
         d.breaker.inflight += 1
         try:
@@ -290,7 +294,7 @@ class Forwarder:
         replayable = x.body is not None and not req.upgrade
         retries = d.settings.retry_attempts if d.balancer is not None else 0
         tries = Tries(retries, replayable, req.method in IDEMPOTENT)
-        tries.hop = hop_fields(req, conn.client_ip, x.rid, self.rng)
+        tries.hop = x.hop = hop_fields(req, conn.client_ip, x.rid, self.rng)
         self.set_fields(x, tries)
         tries.deadline_ns = x.start_ns + d.settings.request_ms * NS_PER_MS
         return tries
@@ -348,7 +352,9 @@ class Forwarder:
         d = x.dest
         st = d.states[x.idx]
         tries.tried.append(st.key)
-        per_try_ns = self.clock.now_ns() + d.settings.per_try_ms * NS_PER_MS
+        now_ns = self.clock.now_ns()
+        x.try_ns = now_ns if sent_ns is None else sent_ns  # the request log's upstream time
+        per_try_ns = now_ns + d.settings.per_try_ms * NS_PER_MS
         up.io.deadline_ns = min(per_try_ns, tries.deadline_ns)
         retry_connect = tries.replayable and tries.left > 0 and d.settings.retry_on_connect_failure
         can_retry = tries.idempotent and tries.replayable and tries.left > 0
@@ -370,6 +376,9 @@ class Forwarder:
             d.service, x.route_name, status, conn.direction, now_ns - x.start_ns, d.label,
             d.nodes[x.idx],
         )  # fmt: skip
+        if self.requests.on:
+            self.requests.done(conn, x.req, x, d.service, x.route_name, status, x.start_ns,
+                               now_ns, conn.bytes_out - x.out0)  # fmt: skip
         return keep
 
     async def after(
@@ -400,6 +409,9 @@ class Forwarder:
                 d.service, x.route_name, 0, conn.direction, now_ns - x.start_ns, d.label,
                 d.nodes[x.idx],
             )  # fmt: skip
+            if self.requests.on:
+                self.requests.done(conn, x.req, x, d.service, x.route_name, 0, x.start_ns,
+                                   now_ns, conn.bytes_out - x.out0, "client_aborted")  # fmt: skip
             return False
         detail = ""
         if outcome == RETRY_STATUS:
@@ -435,8 +447,7 @@ class Forwarder:
             route=x.route_name,
             start_ns=x.start_ns,
             extra=extra,
-            dest=x.dest.label,
-            node=x.dest.nodes[x.idx] if x.idx >= 0 else "",
+            exchange=x,
         )
 
 

@@ -84,6 +84,10 @@ class Exchange:
         "end_ns",
         "route",
         "dests",
+        "hop",
+        "tried",
+        "try_ns",
+        "out0",
     )
 
     def __init__(
@@ -113,6 +117,13 @@ class Exchange:
         self.rid = b""  # the x-request-id this request carries (the client's or ours)
         self.up: Upstream | None = None
         self.end_ns = 0  # when the fast path completed it
+        # For the request log (request_log.py), kept by the paths as they go: the trace and
+        # forwarding fields this hop sent (heads.hop_fields), the endpoint keys tried (the
+        # general path's list), when the last try was sent, and the client's bytes_out before.
+        self.hop = b""
+        self.tried: list[tuple[str, str, int]] | None = None
+        self.try_ns = 0
+        self.out0 = 0
 
     def __repr__(self) -> str:
         return (

@@ -60,6 +60,7 @@ from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
 from gossipmesh.proxy.peers import PeerWatch
 from gossipmesh.proxy.pipeline import Accounting
 from gossipmesh.proxy.relay import Relay
+from gossipmesh.proxy.request_log import RequestLog
 from gossipmesh.proxy.routing import Directory
 from gossipmesh.proxy.sockio import Connector, TcpConnector, listen_socket, wait_readable
 from gossipmesh.proxy.table import RouteTable
@@ -143,6 +144,9 @@ class Proxy:
         self.accounting = Accounting(metrics)
         self.upstreams = Upstreams(limits, metrics, self.deadlines, connector, budget)
         self.downstreams = Downstreams(limits, metrics, self.deadlines, budget)
+        # Per-request records for the access log, taps and spans (request_log.py): one for
+        # every path, so each request is seen once.
+        self.requests = self.downstreams.requests = RequestLog(self.clock)
         self.tunnels = Tunnels(limits, self.clock, self.upstreams, self.downstreams)
         self.relay = Relay(limits, self.clock, self.upstreams, self.tunnels)
         self.forwarder = Forwarder(
@@ -156,6 +160,7 @@ class Proxy:
             self.clock,
         )
         self.fast = FastPath(self.directory, self.upstreams, self.accounting, self.rng, self.clock)
+        self.fast.requests = self.requests
         self.tasks = TaskLoop(limits, self.clock, self.downstreams, self.fast, self.forwarder)
         self.tcp = TcpProxy(
             self.directory, self.upstreams, self.tunnels, self.accounting, self.deadlines, self.rng

@@ -145,3 +145,38 @@ async def test_streaming_response_is_chunked_json_lines(nursery: trio.Nursery) -
     assert status == 200 and headers["transfer-encoding"] == "chunked"
     lines = [json.loads(line) for line in body.split(b"\r\n") if line.startswith(b"{")]
     assert lines == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+async def test_a_capped_stream_path_refuses_one_more(nursery: trio.Nursery) -> None:
+    """``add_stream_cap`` (``/v1/tap`` uses it, as ``/v1/monitor`` does): at most N open."""
+    gate = trio.Event()
+
+    async def forever(req: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"{}\n"
+            await gate.wait()
+
+        return StreamResponse(chunks())
+
+    router = Router()
+    router.add("GET", "/v1/tap", forever)
+    server = HTTPServer(router)
+    server.add_stream_cap("/v1/tap", "taps", 2)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(server.serve, listeners)
+    port = int(listeners[0].socket.getsockname()[1])
+    streams = []
+    for _ in range(2):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        await s.send_all(b"GET /v1/tap HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200" in await s.receive_some(4096)
+        streams.append(s)
+    assert server.streams("/v1/tap") == 2 and server.monitors == 0
+    status, _, body = await raw(
+        port, b"GET /v1/tap HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 503 and json.loads(body)["error"] == "too_many_taps"
+    assert server.counters["taps_refused"] == 1
+    gate.set()
+    for s in streams:
+        await s.aclose()
