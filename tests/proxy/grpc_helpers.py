@@ -33,6 +33,7 @@ class GrpcServer:
     host: str = "127.0.0.1"
     port: int = 0
     calls: int = 0
+    fail_unary: int = 0  # a gRPC status code every Unary call answers with (0: none)
     server: grpc.Server | None = None
     health: health.HealthServicer = field(default_factory=health.HealthServicer)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,11 +47,16 @@ class GrpcServer:
 
         def unary(req: bytes, ctx: grpc.ServicerContext) -> bytes:
             count()
+            if self.fail_unary:
+                ctx.abort(grpc.StatusCode(_code(self.fail_unary)), self.name)
             return name + b":" + req
 
         def server_stream(req: bytes, ctx: grpc.ServicerContext) -> Iterator[bytes]:
             count()
-            for i in range(int(req)):
+            n, _, pause_ms = req.partition(b"/")
+            for i in range(int(n)):
+                if pause_ms:
+                    time.sleep(int(pause_ms) / 1000)
                 yield name + b":%d" % i
 
         def client_stream(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
