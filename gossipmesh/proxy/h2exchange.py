@@ -52,6 +52,7 @@ from gossipmesh.proxy.grpc import (
 from gossipmesh.proxy.grpc import status_of as grpc_status_of
 from gossipmesh.proxy.h2heads import (
     Headers,
+    Malformed,
     field,
     forward_headers,
     request_head,
@@ -174,7 +175,13 @@ class H2Exchange:
         c = Call(conn, dl, s, self.clock.now_ns())
         headers = s.headers or []
         c.grpc = is_grpc(field(headers, b"content-type"))
-        req = request_head(headers, s.ended)
+        try:
+            req = request_head(headers, s.ended)
+        except Malformed:
+            m = self.metrics.h2_protocol_errors
+            m[conn.direction] = m.get(conn.direction, 0) + 1
+            dl.reset(s.sid, ErrorCodes.PROTOCOL_ERROR)
+            return
         if isinstance(req, str):
             await self.fail(c, "bad_request", req)
             return

@@ -6,9 +6,11 @@ An HTTP/2 request is turned into the ``RequestHead`` the HTTP/1 path parses into
 (``request_head``), so routing, balancing, hashing, authorization and the hop's fields
 (``heads.hop_fields``: traceparent, x-forwarded-for, x-request-id) are the same functions for
 both protocols. The header block for the next hop (``forward_headers``) is rebuilt, never
-copied, with the RFC 9113 §8.2.2 rules: connection-specific fields (``connection``,
-``keep-alive``, ``proxy-connection``, ``transfer-encoding``, ``upgrade``) never cross (the h2
-library already refuses a peer that sends them), ``te`` only as ``trailers`` (gRPC needs it);
+copied, with the RFC 9113 §8.2.2 rules: a request with a connection-specific field
+(``connection``, ``keep-alive``, ``proxy-connection``, ``transfer-encoding``, ``upgrade``) or a
+``te`` other than ``trailers`` is malformed (``Malformed``: the stream is reset with
+PROTOCOL_ERROR), and none of them crosses on a response either; ``te: trailers`` (gRPC needs
+it) is forwarded;
 the mesh's control fields (``x-gossipmesh-*``) from a client are dropped, as on HTTP/1, so an
 app cannot pick the destination instance. Responses and trailers lose the same
 connection-specific fields (``response_headers``).
@@ -37,13 +39,20 @@ _REQ_DROP = CONNECTION_SPECIFIC | {
 }
 
 
+class Malformed(Exception):
+    """A request RFC 9113 calls malformed: a stream error (RST_STREAM PROTOCOL_ERROR)."""
+
+
 def request_head(headers: Sequence[tuple[bytes, bytes]], ended: bool) -> RequestHead | str:
     """The request as the HTTP/1 path's ``RequestHead`` (``url`` is ``:path``, ``host`` the
-    ``:authority`` or Host), or why it cannot be served (a reason detail for a 400)."""
+    ``:authority`` or Host), or why it cannot be served (a reason detail for a 400). Raises
+    ``Malformed`` for a connection-specific field or a ``te`` other than ``trailers``."""
     req = RequestHead()
     regular: Headers = []
     scheme = b""
     for name, value in headers:
+        if name in CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            raise Malformed(name.decode("latin-1"))
         if name[:1] == b":":
             if name == b":method":
                 req.method = value
@@ -132,6 +141,7 @@ def field(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
 __all__ = [
     "CONNECTION_SPECIFIC",
     "Headers",
+    "Malformed",
     "field",
     "forward_headers",
     "request_head",

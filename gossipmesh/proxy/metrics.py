@@ -92,8 +92,8 @@ class ProxyMetrics:
         self.plaintext_enabled = 0
         self.plaintext: dict[str, int] = {}  # "inbound_accepted", "outbound_fallback"
         # HTTP/2 and gRPC (h2serve.py, h2exchange.py): gRPC calls by (service, grpc-status,
-        # direction); HTTP/2 client connections by direction, and those ended for breaking the
-        # protocol (a GOAWAY with an error) by direction.
+        # direction); HTTP/2 client connections by direction, and the streams and connections
+        # refused for breaking the protocol (RST_STREAM or GOAWAY with an error) by direction.
         self.grpc_status: dict[tuple[str, str, str], int] = {}
         self.h2_connections: dict[str, int] = {}
         self.h2_protocol_errors: dict[str, int] = {}
@@ -246,7 +246,7 @@ class _Collector(Collector):
         )
         yield _counter(
             "h2_protocol_errors",
-            "HTTP/2 client connections ended for a protocol error",
+            "HTTP/2 client streams and connections refused for a protocol error",
             "direction",
             m.h2_protocol_errors,
         )

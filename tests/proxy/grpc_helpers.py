@@ -3,11 +3,13 @@
 Methods of ``test.Echo`` (messages are raw bytes, no protobuf):
 
 - ``Unary``: answers ``NAME:`` + the request;
-- ``ServerStream``: the request is a count N (ASCII); answers N messages ``NAME:i``;
+- ``ServerStream``: the request is a count N (ASCII), or ``N/MS`` to pause MS ms before each;
+  answers N messages ``NAME:i``;
 - ``ClientStream``: answers ``NAME:`` + the total length of the messages received;
 - ``Bidi``: echoes each message as ``NAME:`` + message;
 - ``Slow``: sleeps the request's milliseconds (ASCII), then answers ``NAME``;
 - ``Big``: answers a message of the request's length (ASCII) in bytes;
+- ``BigStream``: the request is ``N/SIZE``; answers N messages of SIZE bytes;
 - ``Fail``: answers the status code in the request (ASCII) with message ``NAME``.
 
 Each server also serves ``grpc.health.v1.Health`` (``health`` sets its status).
@@ -73,6 +75,12 @@ class GrpcServer:
             time.sleep(int(req) / 1000)
             return name
 
+        def big_stream(req: bytes, ctx: grpc.ServicerContext) -> Iterator[bytes]:
+            count()
+            n, _, size = req.partition(b"/")
+            for _ in range(int(n)):
+                yield b"z" * int(size)
+
         def big(req: bytes, ctx: grpc.ServicerContext) -> bytes:
             count()
             return b"x" * int(req)
@@ -89,6 +97,7 @@ class GrpcServer:
             "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
             "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Big": grpc.unary_unary_rpc_method_handler(big),
+            "BigStream": grpc.unary_stream_rpc_method_handler(big_stream),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
         }
         server = grpc.server(
@@ -151,3 +160,11 @@ def client_stream(ch: grpc.Channel, msgs: list[bytes]) -> bytes:
 def bidi(ch: grpc.Channel, msgs: list[bytes]) -> list[bytes]:
     fn = ch.stream_stream(f"/{SERVICE}/Bidi")
     return list(fn(iter(msgs), timeout=10))
+
+
+def frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message (uncompressed)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+GRPC_HEADERS = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
