@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
 import pytest
 import trio
 import trio.testing
@@ -215,7 +214,3 @@ async def test_http2_rides_the_mtls_hop_chosen_by_alpn(nursery: trio.Nursery) ->
     assert mesh.b.metrics.h2_connections == {"inbound": 1}  # ALPN h2: one connection
     assert mesh.a.metrics.tls_handshakes == {("outbound", "ok"): 1}
     assert mesh.b.metrics.grpc_status[("api", "0", "inbound")] == 20
-
-
-async def test_grpc_on_an_http1_only_peer_fails_over_as_unavailable() -> None:
-    assert grpc.StatusCode.UNAVAILABLE.value[0] == 14
