@@ -226,3 +226,17 @@ async def test_a_server_killed_mid_stream_is_unavailable_and_the_next_call_goes_
     answers = await call(lambda: [unary(ch, "Unary", b"") for _ in range(5)])
     ch.close()
     assert answers == [survivor + b":"] * 5
+
+
+async def test_a_grpc_route_match_picks_the_method(mesh: GrpcMesh) -> None:
+    unary_route = route(
+        "unary-to-s2",
+        {"hosts": ["echo"], "grpc": {"service": "test.Echo", "method": "Unary"},
+         "destinations": [{"service": "echo2"}]},
+    )  # fmt: skip
+    mesh.set_table({"echo": ["s1"], "echo2": ["s2"]}, routes={"unary-to-s2": unary_route})
+    ch = channel(mesh.outbound, "echo")
+    assert await call(unary, ch, "Unary", b"u") == b"s2:u"  # the route
+    assert await call(bidi, ch, [b"b"]) == [b"s1:b"]  # another method: the Host's service
+    ch.close()
+    assert mesh.a.metrics.requests[("echo2", "unary-to-s2", 200, "outbound")] == 1
