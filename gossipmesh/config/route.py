@@ -8,12 +8,13 @@ the form it was written in."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gossipmesh.config.fields import (
+    GRPC_METHOD_RE,
+    GRPC_SERVICE_RE,
     HOST_RE,
     MAX_HEADER_VALUE_CHARS,
     MAX_PRIORITY,
@@ -87,9 +88,6 @@ class HeaderMatch:
         return self.regex.fullmatch(value) is not None
 
 
-# gRPC's full service name (package and service, dot-separated) and method name.
-GRPC_SERVICE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
-GRPC_METHOD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_GRPC_NAME_CHARS = 256
 
 

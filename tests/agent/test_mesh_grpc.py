@@ -39,7 +39,7 @@ class Mesh:
             toml = procs.root / f"{name}.toml"
             toml.write_text(
                 f'[[service]]\nname = "echo"\nport = {self.servers[server].port}\n'
-                'check = { tcp = true, interval = "200ms", timeout = "150ms" }\n'
+                'check = { grpc = "", interval = "200ms", timeout = "150ms" }\n'
             )
             args = ["--cluster", "grpc", "--config", str(toml),
                     "--outbound", f"{ip}:{proxy}", "--inbound", f"{ip}:{proxy + 1}"]  # fmt: skip
