@@ -132,7 +132,14 @@ class H2Link:
     ) -> None:
         self.io = io
         self.limits = limits
-        config = H2Configuration(client_side=client_side, header_encoding=None)
+        # What a peer sends is validated; what we send is built from validated blocks minus the
+        # fields RFC 9113 forbids (h2heads.py), so h2 need not check it again on the way out.
+        config = H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         h2 = self.h2 = H2Connection(config)
         initial = {
             SettingCodes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
