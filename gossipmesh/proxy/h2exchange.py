@@ -37,19 +37,17 @@ from h2.errors import ErrorCodes
 
 from gossipmesh.proxy.audit import Audit
 from gossipmesh.proxy.authz import normalise_path
-from gossipmesh.proxy.clock import NEVER_NS, NS_PER_MS, Clock
+from gossipmesh.proxy.clock import NS_PER_MS, Clock
 from gossipmesh.proxy.downstream import Downstream
-from gossipmesh.proxy.errors import STATUS_FOR_REASON, error_text
 from gossipmesh.proxy.grpc import (
-    CODE_FOR_REASON,
     DEADLINE_EXCEEDED,
     UNAVAILABLE,
-    grpc_error,
     grpc_trailers,
     is_grpc,
     parse_timeout,
 )
 from gossipmesh.proxy.grpc import status_of as grpc_status_of
+from gossipmesh.proxy.h2call import Call, answer_error
 from gossipmesh.proxy.h2heads import (
     Headers,
     Malformed,
@@ -90,60 +88,6 @@ from gossipmesh.proxy.upstream import Overloaded
 
 Outcome = tuple[int, int]  # (pipeline outcome, HTTP status)
 ANSWERED = (-1, 0)  # the proxy answered the request itself
-
-
-class Call:
-    """One HTTP/2 request: its client stream and its retry state."""
-
-    __slots__ = (
-        "conn",
-        "dl",
-        "s",
-        "start_ns",
-        "grpc",
-        "service",
-        "route",
-        "rid",
-        "tried",
-        "left",
-        "idempotent",
-        "deadline_ns",
-        "call_deadline_ns",
-        "replay",
-        "held",
-        "replayable",
-        "detail",
-    )
-
-    def __init__(self, conn: Downstream, dl: H2Link, s: Stream, start_ns: int) -> None:
-        self.conn = conn
-        self.dl = dl  # the client's connection
-        self.s = s  # the client's stream
-        self.start_ns = start_ns
-        self.grpc = False
-        self.service = ""
-        self.route = ""
-        self.rid = b""
-        self.tried: list[tuple[str, str, int]] = []
-        self.left = 0
-        self.idempotent = False
-        self.deadline_ns = NEVER_NS  # until the response headers, all tries together
-        self.call_deadline_ns = NEVER_NS  # grpc-timeout: the whole call
-        self.replay: list[bytes] = []  # the request body so far, while it is replayable
-        self.held = 0
-        self.replayable = True
-        self.detail = ""
-
-    def keep(self, data: bytes, limit: int) -> bool:
-        """Hold ``data`` for a retry if the body still fits ``limit``; False once it does not."""
-        if self.replayable:
-            if self.held + len(data) <= limit:
-                self.replay.append(data)
-                self.held += len(data)
-                return True
-            self.replayable = False
-            self.replay = []
-        return False
 
 
 class H2Exchange:
@@ -517,39 +461,8 @@ class H2Exchange:
         extra: tuple[tuple[bytes, bytes], ...] = (),
         service: str | None = None,
     ) -> None:
-        """Answer with a proxy error: a gRPC error for a gRPC call, else an HTTP one."""
-        if service is not None:
-            c.service = service
-        m = self.metrics
-        m.error(c.service, reason)
-        dl = c.dl
-        s = c.s
-        direction = c.conn.direction
-        if c.rid:
-            extra = (*extra, (b"x-request-id", c.rid))
-        try:
-            if c.grpc:
-                status = 200
-                dl.send_headers(s.sid, grpc_error(reason, c.service, detail, extra), True)
-                m.grpc(c.service, CODE_FOR_REASON[reason], direction)
-            else:
-                status = STATUS_FOR_REASON[reason]
-                body = (error_text(reason, c.service, detail) + "\n").encode("utf-8", "replace")
-                head = [
-                    (b":status", b"%d" % status),
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", b"%d" % len(body)),
-                    (b"x-gossipmesh-error", reason.encode()),
-                    *extra,
-                ]
-                dl.send_headers(s.sid, head, False)
-                await dl.send_data(s.sid, body, True)
-            if not s.ended and s.reset is None:
-                dl.reset(s.sid, ErrorCodes.NO_ERROR)
-        except LinkGone:
-            pass
-        now_ns = self.clock.now_ns()
-        m.observe(c.service, c.route, status, direction, now_ns - c.start_ns)
+        """Answer with a proxy error (h2call.py)."""
+        await answer_error(self.metrics, self.clock, c, reason, detail, extra, service)
 
 
-__all__ = ["Call", "H2Exchange"]
+__all__ = ["H2Exchange"]
