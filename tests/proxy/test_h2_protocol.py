@@ -14,10 +14,11 @@ from grpc_helpers import GRPC_HEADERS, GrpcServer, channel, frame, unary
 from h2.errors import ErrorCodes
 from h2.events import RemoteSettingsChanged
 from h2_client import RawH2
-from mtls_helpers import start_mtls_mesh
+from mtls_helpers import HOSTS, Pki, Wall, start_mtls_mesh
 from proxy_helpers import Backend, get
 
 from gossipmesh.proxy.detect import PREFACE
+from gossipmesh.proxy.mtls import MeshTls
 from gossipmesh.proxy.server import Proxy, ProxyLimits
 from gossipmesh.proxy.table import Endpoint, build_route_table
 
@@ -214,3 +215,35 @@ async def test_http2_rides_the_mtls_hop_chosen_by_alpn(nursery: trio.Nursery) ->
     assert mesh.b.metrics.h2_connections == {"inbound": 1}  # ALPN h2: one connection
     assert mesh.a.metrics.tls_handshakes == {("outbound", "ok"): 1}
     assert mesh.b.metrics.grpc_status[("api", "0", "inbound")] == 20
+
+
+async def test_migration_mode_reaches_a_plaintext_peer_with_h2c(nursery: trio.Nursery) -> None:
+    """--inbound-plaintext: a peer whose inbound does not speak TLS (an agent not upgraded) is
+    reached in plaintext, and HTTP/2 then rides it as h2c prior knowledge."""
+    srv = GrpcServer("g3").start()
+    try:
+        wall = Wall()
+        pki = Pki(wall)
+        b = Proxy(outbound=None, inbound=("127.0.0.1", 0), local_services={"api": [(srv.host, srv.port)]})  # fmt: skip
+        b_addr = await nursery.start(b.serve)
+        a = Proxy(
+            outbound=("127.0.0.1", 0),
+            inbound=None,
+            mtls=MeshTls(pki.credentials("n1", ["web"]), pki.authority("n1", HOSTS),
+                         plaintext_inbound=True),
+        )  # fmt: skip
+        a_addr = await nursery.start(a.serve)
+        eps = {"api": [Endpoint("n2", srv.host, srv.port, inbound=b_addr.inbound)]}
+        for p in (a, b):
+            p.update_table(build_route_table({}, {}, eps))
+        assert a_addr.outbound is not None
+        ch = channel(a_addr.outbound, "api")
+        answers = await trio.to_thread.run_sync(
+            lambda: [unary(ch, "Unary", b"p") for _ in range(3)]
+        )
+        ch.close()
+    finally:
+        srv.stop()
+    assert answers == [b"g3:p"] * 3
+    assert a.metrics.plaintext == {"outbound_fallback": 1}
+    assert b.metrics.h2_connections == {"inbound": 1}  # detected by its preface
