@@ -47,6 +47,7 @@ from typing import Literal
 
 import trio
 
+from gossipmesh.agent.grpc_health import grpc_probe
 from gossipmesh.config.schema import HealthCheck, LocalService
 from gossipmesh.crdt.records import Health
 
@@ -173,6 +174,10 @@ async def probe_io(service: LocalService, check: HealthCheck) -> ProbeResult:
     async with stream:
         if check.kind == "tcp":
             return ProbeResult(True, "tcp connect")
+        if check.kind == "grpc":
+            authority = _host_header(service.address, service.port)
+            ok, reason = await grpc_probe(stream, authority, check.grpc_service)
+            return ProbeResult(ok, reason)
         request = (
             f"GET {urllib.parse.quote(check.http_path or '/', safe=_PATH_SAFE_CHARS)} HTTP/1.1\r\n"
             f"Host: {_host_header(service.address, service.port)}\r\n"

@@ -35,6 +35,9 @@ MAX_RETRY_ATTEMPTS = 10
 MAX_WEIGHT = 10_000
 MAX_PRIORITY = 1_000_000
 MAX_LIMIT = 1_000_000
+# gRPC's full service name (package and service, dot-separated) and method name.
+GRPC_SERVICE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+GRPC_METHOD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def read_mapping(value: object, path: str) -> Mapping[str, Any]:

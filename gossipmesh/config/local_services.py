@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gossipmesh.config.fields import (
+    GRPC_SERVICE_RE,
     HOST_RE,
     MAX_TIMEOUT_MS,
     MAX_WEIGHT,
@@ -32,14 +33,17 @@ from gossipmesh.errors import ConfigValidationError
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
     """``kind == "http"``: GET ``http_path`` on the instance, 2xx/3xx passes. ``kind == "tcp"``: a
-    connect passes. A state flips after ``*_threshold`` consecutive results the other way."""
+    connect passes. ``kind == "grpc"``: ``grpc.health.v1.Health/Check`` for ``grpc_service``
+    ("": the server as a whole) answers SERVING. A state flips after ``*_threshold`` consecutive
+    results the other way."""
 
-    kind: Literal["http", "tcp"]
+    kind: Literal["http", "tcp", "grpc"]
     http_path: str | None = None
     interval_ms: int = 1000
     timeout_ms: int = 500
     healthy_threshold: int = 1
     unhealthy_threshold: int = 2
+    grpc_service: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +101,14 @@ def read_check(value: object, path: str) -> HealthCheck:
     body = read_mapping(value, path)
     reject_unknown(
         body,
-        ("http", "tcp", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"),
+        ("http", "tcp", "grpc", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"),
         path,
     )
-    has_http = "http" in body
     has_tcp = "tcp" in body
-    if has_http == has_tcp:
-        raise ConfigValidationError(path, 'must have exactly one of http = "/path" or tcp = true')
+    if sum(k in body for k in ("http", "tcp", "grpc")) != 1:
+        raise ConfigValidationError(
+            path, 'must have exactly one of http = "/path", tcp = true or grpc = "service"'
+        )
     d = HealthCheck(kind="tcp")
     interval_ms = parse_duration_ms(body.get("interval", d.interval_ms), f"{path}.interval")
     timeout_ms = parse_duration_ms(body.get("timeout", d.timeout_ms), f"{path}.timeout")
@@ -121,6 +126,11 @@ def read_check(value: object, path: str) -> HealthCheck:
         1,
         100,
     )
+    if "grpc" in body:
+        name = read_str(body["grpc"], f"{path}.grpc")
+        if name and GRPC_SERVICE_RE.fullmatch(name) is None:
+            raise ConfigValidationError(f"{path}.grpc", "not a gRPC service name (pkg.Service)")
+        return HealthCheck("grpc", None, interval_ms, timeout_ms, healthy, unhealthy, name)
     if has_tcp:
         if read_bool(body["tcp"], f"{path}.tcp") is not True:
             raise ConfigValidationError(f"{path}.tcp", "only `tcp = true` is supported")

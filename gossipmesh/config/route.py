@@ -1,5 +1,10 @@
 """``route/NAME``: which requests a route matches (hosts, path, methods, headers) and the
-weighted destinations it sends them to; validation and canonical body."""
+weighted destinations it sends them to; validation and canonical body.
+
+``grpc: {service, method}`` is a readable way to write the path of gRPC calls: it stands for
+the exact path ``/SERVICE/METHOD`` (or the prefix ``/SERVICE/`` without a method), so the router
+needs nothing new; a route has ``path`` or ``grpc``, never both, and its canonical body keeps
+the form it was written in."""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gossipmesh.config.fields import (
+    GRPC_METHOD_RE,
+    GRPC_SERVICE_RE,
     HOST_RE,
     MAX_HEADER_VALUE_CHARS,
     MAX_PRIORITY,
@@ -81,6 +88,22 @@ class HeaderMatch:
         return self.regex.fullmatch(value) is not None
 
 
+MAX_GRPC_NAME_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcMatch:
+    """gRPC calls to ``service`` (its full name, ``pkg.Service``), only ``method`` if given."""
+
+    service: str
+    method: str = ""
+
+    def path(self) -> PathMatch:
+        if self.method:
+            return PathMatch(kind="exact", value=f"/{self.service}/{self.method}")
+        return PathMatch(kind="prefix", value=f"/{self.service}/")
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     service: str
@@ -104,6 +127,7 @@ class RouteConfig:
     methods: tuple[str, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     priority: int = 0
+    grpc: GrpcMatch | None = None  # written as ``grpc``: ``path`` is derived from it
 
     kind: Literal["route"] = field(default="route", init=False)
 
@@ -120,6 +144,28 @@ def read_path_match(value: object, path: str) -> PathMatch:
     return PathMatch(
         kind="exact" if kind == "exact" else "prefix", value=read_url_path(raw, f"{path}.{kind}")
     )
+
+
+def read_grpc_match(value: object, path: str) -> GrpcMatch:
+    body = read_mapping(value, path)
+    reject_unknown(body, ("service", "method"), path)
+    if "service" not in body:
+        raise ConfigValidationError(f"{path}.service", "required")
+    names = []
+    for key, pattern, what in (
+        ("service", GRPC_SERVICE_RE, "gRPC service name (pkg.Service)"),
+        ("method", GRPC_METHOD_RE, "gRPC method name"),
+    ):
+        if key not in body or (key == "method" and body[key] == ""):
+            names.append("")  # no method: every method of the service
+            continue
+        raw = read_str(body[key], f"{path}.{key}")
+        if len(raw) > MAX_GRPC_NAME_CHARS:
+            raise ConfigValidationError(
+                f"{path}.{key}", f"at most {MAX_GRPC_NAME_CHARS} characters"
+            )
+        names.append(read_pattern(raw, f"{path}.{key}", pattern, what))
+    return GrpcMatch(service=names[0], method=names[1])
 
 
 def read_header_match(value: object, path: str) -> HeaderMatch:
@@ -165,7 +211,9 @@ def read_destination(value: object, path: str) -> Destination:
 
 def parse_route(name: str, body: Mapping[str, Any]) -> RouteConfig:
     p = "route"
-    reject_unknown(body, ("hosts", "path", "methods", "headers", "destinations", "priority"), p)
+    reject_unknown(
+        body, ("hosts", "path", "grpc", "methods", "headers", "destinations", "priority"), p
+    )
     hosts_raw = read_list(body.get("hosts", []), f"{p}.hosts")
     hosts = unique(
         [
@@ -177,6 +225,12 @@ def parse_route(name: str, body: Mapping[str, Any]) -> RouteConfig:
         f"{p}.hosts",
     )
     path = read_path_match(body["path"], f"{p}.path") if "path" in body else PathMatch()
+    grpc = None
+    if "grpc" in body:
+        if "path" in body:
+            raise ConfigValidationError(f"{p}.grpc", "a route has path or grpc, not both")
+        grpc = read_grpc_match(body["grpc"], f"{p}.grpc")
+        path = grpc.path()
     headers_raw = read_list(body.get("headers", []), f"{p}.headers")
     headers = tuple(read_header_match(h, f"{p}.headers[{i}]") for i, h in enumerate(headers_raw))
     if "destinations" not in body:
@@ -207,6 +261,7 @@ def parse_route(name: str, body: Mapping[str, Any]) -> RouteConfig:
         headers=headers,
         destinations=dests,
         priority=read_int(body.get("priority", 0), f"{p}.priority", -MAX_PRIORITY, MAX_PRIORITY),
+        grpc=grpc,
     )
 
 
@@ -218,14 +273,18 @@ def route_body(entity: RouteConfig) -> dict[str, Any]:
             headers.append({"name": h.name, "present": True})
         else:
             headers.append({"name": h.name, h.kind: h.value})
-    return {
-        "hosts": list(entity.hosts),
-        "path": {entity.path.kind: entity.path.value},
-        "methods": list(entity.methods),
-        "headers": headers,
-        "destinations": [_destination_body(d) for d in entity.destinations],
-        "priority": entity.priority,
-    }
+    body: dict[str, Any] = {"hosts": list(entity.hosts)}
+    if entity.grpc is not None:
+        body["grpc"] = {"service": entity.grpc.service, "method": entity.grpc.method}
+    else:
+        body["path"] = {entity.path.kind: entity.path.value}
+    body.update(
+        methods=list(entity.methods),
+        headers=headers,
+        destinations=[_destination_body(d) for d in entity.destinations],
+        priority=entity.priority,
+    )
+    return body
 
 
 def _destination_body(d: Destination) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from gossipmesh.config.local_services import (
 from gossipmesh.config.policy import PolicyConfig, parse_policy, policy_body
 from gossipmesh.config.route import (
     Destination,
+    GrpcMatch,
     HeaderMatch,
     PathMatch,
     RouteConfig,
@@ -110,6 +111,7 @@ __all__ = [
     "Entity",
     "HeaderMatch",
     "HealthCheck",
+    "GrpcMatch",
     "LoadBalancer",
     "LocalService",
     "OutlierDetection",

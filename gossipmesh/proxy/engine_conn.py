@@ -26,6 +26,7 @@ from functools import partial
 from typing import Protocol
 
 from gossipmesh.proxy.clock import NEVER_NS, Clock
+from gossipmesh.proxy.detect import HTTP1, sniff
 from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
@@ -33,7 +34,7 @@ from gossipmesh.proxy.http1 import HeaderLimitError, ParseError, RequestHead
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.pipeline import Exchange
 from gossipmesh.proxy.sockio import ConnLost, SockIO
-from gossipmesh.proxy.tasks import First
+from gossipmesh.proxy.tasks import First, TaskLoop
 from gossipmesh.proxy.tls import TlsIO
 from gossipmesh.proxy.upstream import Registration, Upstream, Upstreams
 
@@ -59,6 +60,7 @@ class Loop(Protocol):
     upstreams: Upstreams
     ready: list[Conn]
     conns: set[Conn]
+    tasks: TaskLoop
 
     def track_upstream(self, up: Upstream) -> Registration: ...
 
@@ -161,6 +163,11 @@ class Conn:
             self.more = n >= self.full or self.hup
             self.fed = True
             conn.bytes_in += n
+            if conn.bytes_in == n and mv[0] == 0x50:  # "P": the HTTP/2 preface, perhaps
+                h2 = self.engine.tasks.h2
+                if h2 is not None and sniff(mv[:n]) != HTTP1:
+                    self.hand_over(partial(h2.detected, conn, bytes(mv[:n])))
+                    return
             try:
                 reader.feed(mv[:n])
             except HeaderLimitError:

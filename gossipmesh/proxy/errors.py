@@ -71,12 +71,7 @@ def error_response(
 ) -> tuple[int, bytes]:
     """(status, full response bytes). ``head_only`` for HEAD requests: same head, no body."""
     status = STATUS_FOR_REASON[reason]
-    text = f"gossipmesh: {_TEXT[reason]}"
-    if service:
-        text += f" (service {service!r})"
-    if detail:
-        text += f": {detail}"
-    body = (text + "\n").encode("utf-8", "replace")
+    body = (error_text(reason, service, detail) + "\n").encode("utf-8", "replace")
     lines = [
         f"HTTP/1.1 {status} {PHRASES[status]}\r\n".encode(),
         b"content-type: text/plain; charset=utf-8\r\n",
@@ -93,3 +88,13 @@ def error_response(
     if not head_only:
         lines.append(body)
     return status, b"".join(lines)
+
+
+def error_text(reason: str, service: str = "", detail: str = "") -> str:
+    """The one-line text of a proxy error (HTTP/1 body, HTTP/2 body, ``grpc-message``)."""
+    text = f"gossipmesh: {_TEXT[reason]}"
+    if service:
+        text += f" (service {service!r})"
+    if detail:
+        text += f": {detail}"
+    return text

@@ -9,7 +9,8 @@ peer's leaf certificate is judged by the agent's ``PeerAuthority`` and the conne
 
 - ``accept``: TLS 1.3 with a required client certificate (OpenSSL sends an alert to anything
   else: plaintext, no certificate, a chain to another root), then the authority's verdict on the
-  caller and the ALPN protocol. Only a connection that passed all of it becomes a
+  caller and the ALPN protocol (``h2``: the connection is served as HTTP/2 on this task,
+  h2serve.py). Only a connection that passed all of it becomes a
   ``Downstream`` served by the engine (or the task path); a refused one is closed without a byte
   of application data. With ``plaintext_inbound`` (migration only) a first byte that is not a TLS
   handshake record lets the connection through as an anonymous plaintext caller, counted.
@@ -40,14 +41,30 @@ from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.mtls import MeshTls
 from gossipmesh.proxy.peers import Peer, PeerWatch
 from gossipmesh.proxy.sockio import IO, ConnectFailed, SockIO, connect_raw, wait_readable
-from gossipmesh.proxy.tls import ALPN_PROTOCOLS, ALPN_TUNNEL, HandshakeFailed, TlsIO, handshake
+from gossipmesh.proxy.tls import (
+    ALPN_H2,
+    ALPN_PROTOCOLS,
+    ALPN_TUNNEL,
+    HandshakeFailed,
+    TlsIO,
+    handshake,
+)
 
 TLS_HANDSHAKE_RECORD = 0x16
 PLAINTEXT_PEER_NS = 60 * NS_PER_S  # an un-upgraded peer is dialled in plaintext this long
 
 
 class Handshakes:
-    __slots__ = ("mtls", "watch", "downstreams", "deadlines", "metrics", "serve", "audit")
+    __slots__ = (
+        "mtls",
+        "watch",
+        "downstreams",
+        "deadlines",
+        "metrics",
+        "serve",
+        "audit",
+        "serve_h2",
+    )
 
     def __init__(
         self,
@@ -66,6 +83,8 @@ class Handshakes:
         self.metrics = metrics
         self.serve = serve  # the engine's adopt, or the task path, for an accepted connection
         self.audit = audit
+        # Serves an accepted connection whose ALPN is h2 (h2serve.py; the Proxy sets it).
+        self.serve_h2: Callable[[Downstream], Awaitable[object]] | None = None
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -122,6 +141,15 @@ class Handshakes:
         self.watch.add(io, verdict, self.deadlines.clock.now_ns())
         conn.peer = verdict
         conn.tunnel = alpn == ALPN_TUNNEL
+        if alpn == ALPN_H2:
+            if self.serve_h2 is None:
+                self.downstreams.close(conn)
+                return
+            try:
+                await self.serve_h2(conn)
+            finally:
+                self.downstreams.close(conn)
+            return
         await self.serve(conn)
 
     def refused(self, direction: str, reason: str, addr: object) -> None:
@@ -141,16 +169,17 @@ class Handshakes:
         node: str,
         caller: str,
         tunnel: bool,
+        h2: bool = False,
     ) -> IO:
-        """A verified mesh connection to ``service`` on ``node`` at its inbound ``host:port``.
-        Raises ``ConnectFailed``."""
+        """A verified mesh connection to ``service`` on ``node`` at its inbound ``host:port``
+        (``h2``: one that ALPN agreed will carry HTTP/2). Raises ``ConnectFailed``."""
         mtls = self.mtls
         clock = self.deadlines.clock
         sock = await connect_raw(host, port, connect_ms, self.deadlines)
         if mtls.plaintext_inbound and mtls.is_plaintext_peer(host, port, clock.now_ns()):
             return self.plain(sock, budget)
         try:
-            tsock = mtls.client_socket(sock, service, caller, tunnel)
+            tsock = mtls.client_socket(sock, service, caller, tunnel, h2)
         except (OSError, ValueError, ssl.SSLError) as e:
             sock.close()
             raise ConnectFailed(f"{host}:{port}: {e}") from None
@@ -176,6 +205,9 @@ class Handshakes:
             self.refused(OUTBOUND, verdict, (host, port))
             self.drop(io)
             raise ConnectFailed(f"{host}:{port}: not {service} on {node}: {verdict}")
+        if h2 and tsock.selected_alpn_protocol() != ALPN_H2:
+            self.drop(io)  # an agent that does not speak HTTP/2 on its inbound yet
+            raise ConnectFailed(f"{host}:{port}: the peer's inbound does not offer h2")
         self.metrics.count(self.metrics.tls_handshakes, OUTBOUND, "ok")
         io.deadline_ns = NEVER_NS
         self.watch.add(io, verdict, clock.now_ns(), mtls.own_retire_ms(caller))

@@ -43,6 +43,19 @@ class ProxyLimits:
     # Descriptors client and upstream connections may never take: kept for the agent's admin
     # API, gossip and config streams, health checks and files (descriptors.py).
     reserved_descriptors: int = 256
+    # HTTP/2 (h2serve.py, h2link.py). A first read that is a strict prefix of the HTTP/2 preface
+    # must become the whole preface (or stop matching) within this (detect.py).
+    detect_timeout_ms: int = 1000
+    h2_max_concurrent_streams: int = 128  # SETTINGS_MAX_CONCURRENT_STREAMS we announce
+    # What a peer may send us unacknowledged on one stream / on one connection: the body bytes
+    # the proxy can hold per stream and per connection, each direction (flow control).
+    h2_stream_window_bytes: int = 262_144
+    h2_connection_window_bytes: int = 1_048_576
+    # Frames queued for a peer that does not read (control frames are not flow controlled).
+    h2_max_send_buffer_bytes: int = 2_097_152
+    # A request body held for a retry (a gRPC call's messages): past it the stream is not
+    # replayed (but still streamed).
+    h2_replay_bytes: int = 65_536
 
     def items(self) -> list[tuple[str, int]]:
         """Every limit by name (for ``/metrics``)."""

@@ -115,6 +115,12 @@ class ProxyMetrics:
         self.denied: dict[tuple[str, str], int] = {}
         self.plaintext_enabled = 0
         self.plaintext: dict[str, int] = {}  # "inbound_accepted", "outbound_fallback"
+        # HTTP/2 and gRPC (h2serve.py, h2exchange.py): gRPC calls by (service, grpc-status,
+        # direction); HTTP/2 client connections by direction, and the streams and connections
+        # refused for breaking the protocol (RST_STREAM or GOAWAY with an error) by direction.
+        self.grpc_status: dict[tuple[str, str, str], int] = {}
+        self.h2_connections: dict[str, int] = {}
+        self.h2_protocol_errors: dict[str, int] = {}
         self.limits: ProxyLimits | None = None  # set by the proxy: exported as gauges
         self.budget: DescriptorBudget | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -180,6 +186,10 @@ class ProxyMetrics:
     def breaker_trip(self, service: str, limit: str) -> None:
         key = (service, limit)
         self.breaker_trips[key] = self.breaker_trips.get(key, 0) + 1
+
+    def grpc(self, service: str, code: int, direction: str) -> None:
+        key = (service, str(code), direction)
+        self.grpc_status[key] = self.grpc_status.get(key, 0) + 1
 
     def count(self, counter: dict[tuple[str, str], int], a: str, b: str) -> None:
         key = (a, b)
@@ -286,6 +296,23 @@ class _Collector(Collector):
         yield errs
         yield _counter("received_bytes", "Bytes received from downstream", "direction", m.bytes_in)
         yield _counter("sent_bytes", "Bytes sent to downstream", "direction", m.bytes_out)
+        grpc = CounterMetricFamily(
+            "gossipmesh_proxy_grpc_calls",
+            "gRPC calls completed by the proxy, by grpc-status",
+            labels=["service", "grpc_status", "direction"],
+        )
+        for (s, code, direction), n in list(m.grpc_status.items()):
+            grpc.add_metric([s, code, direction], n)
+        yield grpc
+        yield _counter(
+            "h2_connections", "HTTP/2 client connections served", "direction", m.h2_connections
+        )
+        yield _counter(
+            "h2_protocol_errors",
+            "HTTP/2 client streams and connections refused for a protocol error",
+            "direction",
+            m.h2_protocol_errors,
+        )
         yield from self._limit_families()
         yield from self._mesh_families()
 

@@ -12,7 +12,8 @@ of its life), the trusted roots, and which identity the outbound side presents b
   node's identity; the SNI the caller sends (``sni_name(service)``) picks the destination
   service's certificate. Every context requires a client certificate chaining to the roots.
 - **Client side** (outbound hop): per presented identity and per ALPN protocol (``http/1.1`` for
-  requests, ``gossipmesh-tunnel/1`` for TCP services), SNI set to the destination service.
+  requests, ``h2`` for HTTP/2 and gRPC, ``gossipmesh-tunnel/1`` for TCP services), SNI set to
+  the destination service.
 
 OpenSSL checks the chain to the roots during the handshake (so a plaintext or unauthenticated
 connection gets a TLS alert and nothing else); the mesh's own rules (the SPIFFE id, revocation,
@@ -38,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gossipmesh.proxy.peers import PeerAuthority
-from gossipmesh.proxy.tls import ALPN_HTTP, ALPN_PROTOCOLS, ALPN_TUNNEL, TlsSocket
+from gossipmesh.proxy.tls import ALPN_H2, ALPN_HTTP, ALPN_PROTOCOLS, ALPN_TUNNEL, TlsSocket
 
 _SNI_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _SNI_RE = re.compile(rf"{_SNI_LABEL}(?:\.{_SNI_LABEL})*")
@@ -155,7 +156,7 @@ class MeshTls:
         self.credentials = credentials
         self.server_ctx = server
         self.by_sni = by_sni
-        self.client_ctx: dict[tuple[str, bool], ssl.SSLContext] = {}
+        self.client_ctx: dict[tuple[str, str], ssl.SSLContext] = {}
         self.generation += 1
 
     def identity_for(self, caller: str) -> str:
@@ -177,17 +178,21 @@ class MeshTls:
         return s
 
     def client_socket(
-        self, sock: socket.socket, service: str, caller: str, tunnel: bool
+        self, sock: socket.socket, service: str, caller: str, tunnel: bool, h2: bool = False
     ) -> TlsSocket:
         """``sock`` (connected) wrapped to reach ``service``'s inbound presenting ``caller``'s
-        identity, ALPN ``gossipmesh-tunnel/1`` for a TCP ``tunnel`` else ``http/1.1``."""
+        identity, ALPN ``gossipmesh-tunnel/1`` for a TCP ``tunnel``, ``h2`` (beside
+        ``http/1.1``) for HTTP/2, else ``http/1.1``."""
         name = self.identity_for(caller)
-        key = (name, tunnel)
+        kind = "tunnel" if tunnel else "h2" if h2 else "http"
+        key = (name, kind)
         ctx = self.client_ctx.get(key)
         if ctx is None:
             creds = self.credentials
             cred = creds.services[name] if name else creds.node
-            alpn = (ALPN_TUNNEL,) if tunnel else (ALPN_HTTP,)
+            alpn = {"tunnel": (ALPN_TUNNEL,), "h2": (ALPN_H2, ALPN_HTTP), "http": (ALPN_HTTP,)}[
+                kind
+            ]
             ctx = self.client_ctx[key] = make_context(False, cred, creds.roots, alpn)
         s = ctx.wrap_socket(
             sock,

@@ -12,7 +12,10 @@ is no epoll), and builds the parts, one job each:
 - heads.py: request and response head rewriting;
 - downstream.py, upstream.py, relay.py: the byte movers and the connections' bookkeeping;
 - tunnels.py (Upgrade, CONNECT, TCP splices) and tcp.py (TCP listeners);
-- engine.py (one edge-triggered epoll for the fast path) and tasks.py (a task per connection).
+- engine.py (one edge-triggered epoll for the fast path) and tasks.py (a task per connection);
+- h2serve.py, h2exchange.py, h2pool.py, h2link.py: HTTP/2 and gRPC on the same listeners (a
+  connection's first bytes decide, detect.py; ALPN ``h2`` on the mesh hop), through the same
+  decisions, a task per stream and one shared upstream connection per endpoint.
 
 Mesh hop. The outbound side sends a request for a remote endpoint to the peer agent's inbound
 listener with ``x-gossipmesh-dest: ADDRESS:PORT`` (and ``x-gossipmesh-service``). The inbound side
@@ -52,6 +55,9 @@ from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.engine import Engine
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
+from gossipmesh.proxy.h2exchange import H2Exchange
+from gossipmesh.proxy.h2pool import H2Pool
+from gossipmesh.proxy.h2serve import H2Front
 from gossipmesh.proxy.handshakes import Handshakes
 from gossipmesh.proxy.limits import INBOUND, OUTBOUND, TCP, ProxyLimits
 from gossipmesh.proxy.memory import Trimmer, compact
@@ -167,6 +173,13 @@ class Proxy:
         )
         self.audit = Audit(audit, clock=self.clock)
         self.forwarder.audit = self.audit
+        # HTTP/2 and gRPC: the same decisions, streams instead of connections (h2*.py).
+        self.h2pool = H2Pool(self.upstreams, limits, metrics, self.clock)
+        h2x = H2Exchange(
+            self.directory, self.h2pool, self.accounting, self.rng, self.clock, limits, self.audit
+        )
+        self.h2 = H2Front(h2x, self.downstreams, limits, metrics, self.clock)
+        self.tasks.h2 = self.h2
         self.mtls = mtls
         self.watch: PeerWatch | None = None
         self.handshakes: Handshakes | None = None
@@ -177,6 +190,7 @@ class Proxy:
                 self.audit,
             )  # fmt: skip
             self.upstreams.handshakes = self.handshakes
+            self.handshakes.serve_h2 = self.h2.serve
             metrics.plaintext_enabled = int(mtls.plaintext_inbound)
         self.event_engine: Engine | None = None  # while ``serve`` runs the engine
         # Memory back to the kernel after a connection storm (memory.py).
@@ -276,6 +290,7 @@ class Proxy:
                 tcp_bound[service] = s.getsockname()[:2]
             self.addresses = ProxyAddresses(out_addr, in_addr, tcp_bound, services_bound)
             async with trio.open_nursery() as nursery:
+                self.h2pool.nursery = nursery
                 nursery.start_soon(self.watchdog)
                 eng = None
                 if self.engine == "epoll" and engine_mod.HAVE_EPOLL:
@@ -304,6 +319,8 @@ class Proxy:
                 trio.lowlevel.notify_closing(lsock)
                 lsock.close()
             self.upstreams.drain()
+            self.h2pool.drain()
+            self.h2pool.nursery = None
 
     async def watchdog(self) -> None:
         """Deadlines every tick; idle pooled connections past their expiry, and memory after a

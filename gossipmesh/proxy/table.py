@@ -70,6 +70,9 @@ class ServiceSettings:
     idle_ms: int = 60000
     retry_attempts: int = 2
     retry_on_status: frozenset[int] = frozenset({502, 503, 504})
+    # gRPC calls answered trailers-only with one of these grpc-status codes are retried
+    # (14: UNAVAILABLE), within the same attempts and budget.
+    retry_on_grpc_status: frozenset[int] = frozenset({14})
     retry_on_connect_failure: bool = True
     budget_percent: int = 20
     budget_min_per_s: int = 10

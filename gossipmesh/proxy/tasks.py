@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
 from gossipmesh.proxy.clock import Clock
+from gossipmesh.proxy.detect import HTTP1, sniff
 from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
@@ -36,8 +38,14 @@ log = logging.getLogger("gossipmesh.proxy")
 First = Callable[[], Awaitable[bool]]  # the exchange a handed-over connection starts with
 
 
+class Detected(Protocol):
+    """Where a connection whose first bytes may be the HTTP/2 preface goes (h2serve.H2Front)."""
+
+    async def detected(self, conn: Downstream, first: bytes) -> bool: ...
+
+
 class TaskLoop:
-    __slots__ = ("limits", "clock", "downstreams", "fast", "forwarder", "adopt")
+    __slots__ = ("limits", "clock", "downstreams", "fast", "forwarder", "adopt", "h2")
 
     def __init__(
         self,
@@ -54,6 +62,8 @@ class TaskLoop:
         self.forwarder = forwarder
         # The running event engine's ``adopt``: where a handed-over connection goes back.
         self.adopt: Callable[[Downstream], None] | None = None
+        # HTTP/2 on the same listeners (the Proxy sets it): a connection's first read decides.
+        self.h2: Detected | None = None
 
     def give_back(self, conn: Downstream) -> bool:
         """Return ``conn`` to the engine if one runs and nothing is buffered; True if it did."""
@@ -92,6 +102,12 @@ class TaskLoop:
                     if n == 0:
                         break
                     conn.bytes_in += n
+                    h2 = self.h2
+                    # "P" of a first read: the HTTP/2 preface, perhaps (detect.py).
+                    if conn.bytes_in == n and mv[0] == 0x50 and h2 and sniff(mv[:n]) != HTTP1:
+                        if not await h2.detected(conn, bytes(mv[:n])):
+                            break
+                        continue
                     try:
                         reader.feed(mv[:n])
                     except HeaderLimitError:

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from gossipmesh.proxy.peers import Peer, PeerWatch
 
 ALPN_HTTP = "http/1.1"
+ALPN_H2 = "h2"  # many requests at once, as HTTP/2 streams (h2link.py)
 ALPN_TUNNEL = "gossipmesh-tunnel/1"  # a CONNECT head, then raw bytes (TCP services)
-ALPN_PROTOCOLS = (ALPN_HTTP, ALPN_TUNNEL)  # room for "h2" beside them
+ALPN_PROTOCOLS = (ALPN_H2, ALPN_HTTP, ALPN_TUNNEL)  # the server prefers h2 when offered
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -161,6 +162,7 @@ async def handshake(io: TlsIO) -> None:
 
 
 __all__ = [
+    "ALPN_H2",
     "ALPN_HTTP",
     "ALPN_PROTOCOLS",
     "ALPN_TUNNEL",

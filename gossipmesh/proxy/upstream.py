@@ -195,16 +195,18 @@ class Upstreams:
         connect_ms: int,
         use_connector: bool,
         hop: MeshHop | None = None,
+        h2: bool = False,
     ) -> IO:
         """A new connection; to a peer agent's inbound (``hop``: service, node, caller, tunnel)
         with mTLS when the proxy has it, else through the ``Connector`` when ``use_connector``
-        and there is one. Raises ``Overloaded("descriptors")`` when the descriptor budget is
+        and there is one. ``h2``: the connection will carry HTTP/2 (ALPN ``h2`` on the mesh
+        hop; h2c prior knowledge elsewhere). Raises ``Overloaded("descriptors")`` when the descriptor budget is
         spent (a local limit, not the endpoint's failure) and ``ConnectFailed``."""
         budget = self.budget
         if budget is not None and not budget.may_connect():
             raise Overloaded("descriptors")
         if hop is not None and self.handshakes is not None:
-            return await self.handshakes.connect(host, port, connect_ms, budget, *hop)
+            return await self.handshakes.connect(host, port, connect_ms, budget, *hop, h2=h2)
         if use_connector and self.connector is not None:
             with trio.move_on_after(connect_ms / 1000) as cs:
                 try:

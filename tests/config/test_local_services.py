@@ -101,3 +101,17 @@ garbage_bodies = st.dictionaries(field_names | st.text(max_size=6), json_values,
 def test_garbage_agent_files_raise_only_config_validation_error(doc: Any) -> None:
     with contextlib.suppress(ConfigValidationError):
         parse_agent_services(doc)
+
+
+def test_a_grpc_check_names_the_service_to_ask_about() -> None:
+    services = parse_agent_services(
+        {"service": [{"name": "g", "port": 50051, "check": {"grpc": "pkg.Echo"}},
+                     {"name": "h", "port": 50052, "check": {"grpc": ""}}]}
+    )  # fmt: skip
+    g, h = services
+    assert g.check is not None and g.check.kind == "grpc" and g.check.grpc_service == "pkg.Echo"
+    assert h.check is not None and h.check.kind == "grpc" and h.check.grpc_service == ""
+    for bad in ({"grpc": "pkg/Echo"}, {"grpc": 5}, {"grpc": "", "tcp": True}):
+        with pytest.raises(ConfigValidationError) as info:
+            parse_agent_services({"service": [{"name": "g", "port": 1, "check": bad}]})
+        assert info.value.field.startswith("service[0].check")

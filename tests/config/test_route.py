@@ -175,3 +175,44 @@ def test_a_regex_re2_cannot_run_is_refused_with_its_reason() -> None:
         )
     assert e.value.field == "route.path.regex"
     assert "RE2" in str(e.value) and "(?<" in str(e.value)
+
+
+def test_a_grpc_match_is_the_path_of_the_service_or_method() -> None:
+    r = validate_entity(
+        "route",
+        "g",
+        {"grpc": {"service": "pkg.v1.Echo", "method": "Say"}, "destinations": [{"service": "e"}]},
+    )
+    assert isinstance(r, RouteConfig)
+    assert r.path == PathMatch("exact", "/pkg.v1.Echo/Say")
+    assert r.path.matches("/pkg.v1.Echo/Say") and not r.path.matches("/pkg.v1.Echo/Other")
+    whole = validate_entity("route", "g", {"grpc": {"service": "Echo"}, "destinations": [{"service": "e"}]})  # fmt: skip
+    assert isinstance(whole, RouteConfig)
+    assert whole.path == PathMatch("prefix", "/Echo/")
+    for entity in (r, whole):  # the canonical body keeps the grpc form and round-trips
+        body = to_body(entity)
+        assert "grpc" in body and "path" not in body
+        assert validate_entity("route", "g", body) == entity
+
+
+@pytest.mark.parametrize(
+    ("grpc", "field"),
+    [
+        ({"method": "Say"}, "route.grpc.service"),
+        ({"service": "pkg..Echo"}, "route.grpc.service"),
+        ({"service": "pkg/Echo"}, "route.grpc.service"),
+        ({"service": "Echo", "method": "Say/x"}, "route.grpc.method"),
+        ({"service": "Echo", "verb": "x"}, "route.grpc.verb"),
+    ],
+)
+def test_bad_grpc_matches_name_the_field(grpc: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigValidationError) as info:
+        validate_entity("route", "g", {"grpc": grpc, "destinations": [{"service": "e"}]})
+    assert info.value.field == field
+
+
+def test_a_route_has_path_or_grpc_not_both() -> None:
+    body = {"grpc": {"service": "E"}, "path": {"prefix": "/"}, "destinations": [{"service": "e"}]}
+    with pytest.raises(ConfigValidationError) as info:
+        validate_entity("route", "g", body)
+    assert info.value.field == "route.grpc"

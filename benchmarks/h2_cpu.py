@@ -1,0 +1,196 @@
+"""HTTP/2 through the sidecar: requests per proxy CPU-second with h2load, against nginx's
+HTTP/2 proxying (``grpc_pass``, its only HTTP/2 upstream) in the same run. Not a test; bounded
+(every leg runs ``--seconds``), loopback only, every process started here stopped on the way
+out. CPU pinning and the per-CPU-second figure as in benchmarks/proxy_cpu.py: the backend and
+h2load on CPU 0, the proxy under test on CPU 1.
+
+The backend is nginx serving h2c (prior knowledge) a small body; h2load opens ``--connections``
+HTTP/2 connections with ``--streams`` concurrent streams each (h2c prior knowledge).
+
+- ``outbound``: h2load -> gossipmesh outbound -> backend (h2c), against h2load -> nginx
+  (``listen ... http2``, ``grpc_pass``) -> backend.
+- ``mesh``: h2load -> outbound -> inbound -> backend (both listeners in one process, the hop
+  between them HTTP/2 over plaintext), per proxy hop (2 x requests / CPU-s), against two nginx
+  in a chain.
+
+    python benchmarks/h2_cpu.py --seconds 5 --rounds 3 --legs outbound mesh
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from proxy_cpu import (  # noqa: E402
+    HOST,
+    STARTUP_S,
+    Result,
+    children,
+    cpu_split,
+    launched,
+    nginx_conf,
+    pin,
+    wait_port,
+)
+
+BACKEND_PORT = 18290
+OUT_PORT = 18291
+IN_PORT = 18292
+NGINX_PORT = 18293
+NGINX2_PORT = 18294
+
+PROXY_CODE = r"""
+import os, signal, sys, trio
+from gossipmesh.config.schema import Destination, PathMatch, RouteConfig
+from gossipmesh.proxy.server import Proxy
+from gossipmesh.proxy.table import Endpoint, build_route_table
+
+leg, backend, out_port, in_port = sys.argv[1], *map(int, sys.argv[2:5])
+route = RouteConfig("api-route", (Destination("api"),), path=PathMatch("prefix", "/"))
+if leg == "outbound":
+    eps = [Endpoint(n, "127.0.0.1", backend) for n in ("n1", "n2")]
+    ps = [Proxy(outbound=("127.0.0.1", out_port), inbound=None)]
+else:
+    eps = [Endpoint(n, "127.0.0.1", backend, inbound=("127.0.0.1", in_port)) for n in ("n1", "n2")]
+    ps = [Proxy(outbound=None, inbound=("127.0.0.1", in_port),
+                local_services={"api": [("127.0.0.1", backend)]}),
+          Proxy(outbound=("127.0.0.1", out_port), inbound=None)]
+table = build_route_table({}, {"api-route": route}, {"api": eps})
+for p in ps:
+    p.update_table(table)
+
+async def main():
+    with trio.open_signal_receiver(signal.SIGTERM) as stop:
+        async with trio.open_nursery() as n:
+            for p in ps:
+                await n.start(p.serve)
+            os.write(1, b"ready\n")
+            async for _ in stop:
+                break
+            reqs = {}
+            for p in ps:
+                for (svc, rt, status, direction), k in p.metrics.requests.items():
+                    key = f"{direction}:{status}"
+                    reqs[key] = reqs.get(key, 0) + k
+            os.write(1, ("metrics " + " ".join(f"{k}={v}" for k, v in sorted(reqs.items())) + "\n").encode())
+            n.cancel_scope.cancel()
+trio.run(main)
+"""
+
+
+def h2load(port: int, args: argparse.Namespace, seconds: float) -> int:
+    argv = [
+        *pin(args.client_cpu), "h2load", "-t1", f"-c{args.connections}", f"-m{args.streams}",
+        f"-D{max(1, round(seconds))}", f"http://{HOST}:{port}/",
+    ]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
+    if m is None:
+        raise SystemExit(f"cannot read h2load output:\n{out}")
+    done, ok = int(m.group(3)), int(m.group(4))
+    if ok < done:
+        raise SystemExit(f"h2load saw failures:\n{out}")
+    return ok
+
+
+def measure(name: str, port: int, pids: list[int], hops: int, args: argparse.Namespace) -> Result:
+    h2load(port, args, 1.0)  # warm up connections and caches
+    u0, s0 = cpu_split(pids)
+    t0 = time.monotonic()
+    n = h2load(port, args, args.seconds)
+    wall = time.monotonic() - t0
+    u1, s1 = cpu_split(pids)
+    return Result(name, n, wall, u1 - u0, s1 - s0, hops)
+
+
+def run_gossipmesh(leg: str, args: argparse.Namespace) -> Result:
+    argv = [*pin(args.proxy_cpu), sys.executable, "-c", PROXY_CODE, leg,
+            str(BACKEND_PORT), str(OUT_PORT), str(IN_PORT)]  # fmt: skip
+    with launched(argv, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != b"ready":
+            raise SystemExit(f"proxy did not start: {line!r}")
+        res = measure("gossipmesh", OUT_PORT, [proc.pid], 2 if leg == "mesh" else 1, args)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        res.note = "  [" + out.decode().strip().removeprefix("metrics ") + "]"
+        return res
+
+
+def nginx_h2_proxy(listen: int, to: int) -> str:
+    return (
+        f"upstream be{listen} {{ server {HOST}:{to}; keepalive 64; }}"
+        f" server {{ listen {HOST}:{listen} http2; http2_max_concurrent_streams 1000;"
+        f" location / {{ grpc_pass grpc://be{listen}; }} }}"
+    )
+
+
+def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
+    with contextlib.ExitStack() as stack:
+        pids: list[int] = []
+        chain = [(NGINX_PORT, BACKEND_PORT)]
+        if leg == "mesh":
+            chain = [(NGINX_PORT, NGINX2_PORT), (NGINX2_PORT, BACKEND_PORT)]
+        for i, (listen, to) in enumerate(chain):
+            conf = nginx_conf(workdir, f"h2proxy{i}", nginx_h2_proxy(listen, to))
+            proc = stack.enter_context(
+                launched([*pin(args.proxy_cpu), "nginx", "-c", conf, "-p", workdir])
+            )
+            wait_port(listen)
+            deadline = time.monotonic() + STARTUP_S
+            while not children(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pids += [proc.pid, *children(proc.pid)]
+        return measure("nginx", NGINX_PORT, pids, len(chain), args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per leg and round (max 60)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (max 10)")
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--streams", type=int, default=16, help="concurrent streams per connection")
+    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
+    ap.add_argument("--proxy-cpu", type=int, default=1)
+    ap.add_argument("--client-cpu", type=int, default=0)
+    args = ap.parse_args()
+    args.seconds = min(args.seconds, 60.0)
+    args.rounds = max(1, min(args.rounds, 10))
+    backend = (
+        f"server {{ listen {HOST}:{BACKEND_PORT} http2; http2_max_concurrent_streams 1000;"
+        ' location / { return 200 "hello from the backend\\n"; } }'
+    )
+    print(
+        f"h2load c={args.connections} m={args.streams} {args.seconds:g}s x {args.rounds} rounds,"
+        f" proxy on CPU {args.proxy_cpu}, h2load+backend on CPU {args.client_cpu}"
+    )
+    with tempfile.TemporaryDirectory() as wd:
+        conf = nginx_conf(wd, "h2backend", backend)
+        with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
+            wait_port(BACKEND_PORT)
+            for leg in args.legs:
+                per: dict[str, list[float]] = {}
+                for r in range(args.rounds):
+                    for res in (run_gossipmesh(leg, args), run_nginx(leg, wd, args)):
+                        print(f"{leg} round {r + 1}: {res.line()}", flush=True)
+                        per.setdefault(res.name, []).append(res.per_cpu_s)
+                med = {k: statistics.median(v) for k, v in per.items()}
+                for k, v in med.items():
+                    print(
+                        f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s"
+                        f"  = {v / med['nginx']:.2f}x nginx"
+                    )
+
+
+if __name__ == "__main__":
+    main()
