@@ -7,7 +7,8 @@ Theory of operation
 keys tried, retries left, the deadlines) and the request body held for a replay (``keep``:
 while it fits the limit; past it the body only streams and the call is no longer replayable).
 ``answer_error`` is the HTTP/2 twin of ``Downstreams.reply_error``: the error is counted
-(``ProxyMetrics.error``, ``observe``, and ``grpc`` by code), and answered trailers-only with
+(``ProxyMetrics.error`` and ``grpc`` by code; the exchange adds ``observe`` and the request
+log, h2exchange.py ``fail``), and answered trailers-only with
 ``grpc-status`` (grpc.py) for a gRPC call, else with the HTTP status and a text body naming the
 reason, as on HTTP/1 (errors.py). A request body still coming is then refused with RST_STREAM
 NO_ERROR (RFC 9113 §8.1: the answer is complete, the rest is not wanted).
@@ -15,14 +16,20 @@ NO_ERROR (RFC 9113 §8.1: the answer is complete, the rest is not wanted).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from h2.errors import ErrorCodes
 
-from gossipmesh.proxy.clock import NEVER_NS, Clock
+from gossipmesh.proxy.clock import NEVER_NS
 from gossipmesh.proxy.downstream import Downstream
 from gossipmesh.proxy.errors import STATUS_FOR_REASON, error_text
 from gossipmesh.proxy.grpc import CODE_FOR_REASON, grpc_error
 from gossipmesh.proxy.h2link import H2Link, LinkGone, Stream
 from gossipmesh.proxy.metrics import ProxyMetrics
+
+if TYPE_CHECKING:
+    from gossipmesh.proxy.http1 import RequestHead
+    from gossipmesh.proxy.pipeline import Exchange
 
 
 class Call:
@@ -46,6 +53,9 @@ class Call:
         "held",
         "replayable",
         "detail",
+        "req",
+        "x",
+        "sent",
     )
 
     def __init__(self, conn: Downstream, dl: H2Link, s: Stream, start_ns: int) -> None:
@@ -66,6 +76,9 @@ class Call:
         self.held = 0
         self.replayable = True
         self.detail = ""
+        self.req: RequestHead | None = None  # once the header block parsed
+        self.x: Exchange | None = None  # once routed
+        self.sent = 0  # body bytes to the client (the request log's bytes_out)
 
     def keep(self, data: bytes, limit: int) -> bool:
         """Hold ``data`` for a retry if the body still fits ``limit``; False once it does not."""
@@ -81,14 +94,14 @@ class Call:
 
 async def answer_error(
     metrics: ProxyMetrics,
-    clock: Clock,
     c: Call,
     reason: str,
     detail: str = "",
     extra: tuple[tuple[bytes, bytes], ...] = (),
     service: str | None = None,
-) -> None:
-    """Answer with a proxy error: a gRPC error for a gRPC call, else an HTTP one."""
+) -> int:
+    """Answer with a proxy error: a gRPC error for a gRPC call, else an HTTP one. Returns the
+    HTTP status sent (200 for a gRPC error: the code is in the trailers)."""
     if service is not None:
         c.service = service
     m = metrics
@@ -115,12 +128,12 @@ async def answer_error(
             ]
             dl.send_headers(s.sid, head, False)
             await dl.send_data(s.sid, body, True)
+            c.sent += len(body)
         if not s.ended and s.reset is None:
             dl.reset(s.sid, ErrorCodes.NO_ERROR)
     except LinkGone:
         pass
-    now_ns = clock.now_ns()
-    m.observe(c.service, c.route, status, direction, now_ns - c.start_ns)
+    return status
 
 
 __all__ = ["Call", "answer_error"]

@@ -59,7 +59,7 @@ from gossipmesh.proxy.h2heads import (
 )
 from gossipmesh.proxy.h2link import H2Link, LinkGone, Stream
 from gossipmesh.proxy.h2pool import H2Pool
-from gossipmesh.proxy.heads import new_request_id
+from gossipmesh.proxy.heads import hop_fields, new_request_id
 from gossipmesh.proxy.http1 import RequestHead
 from gossipmesh.proxy.limits import INBOUND, ProxyLimits
 from gossipmesh.proxy.metrics import ProxyMetrics
@@ -82,6 +82,7 @@ from gossipmesh.proxy.pipeline import (
     pick_endpoint,
     retry_destination,
 )
+from gossipmesh.proxy.request_log import RequestLog
 from gossipmesh.proxy.routing import Directory, inbound_instance, route
 from gossipmesh.proxy.sockio import ConnectFailed, trio_deadline
 from gossipmesh.proxy.upstream import Overloaded
@@ -91,7 +92,17 @@ ANSWERED = (-1, 0)  # the proxy answered the request itself
 
 
 class H2Exchange:
-    __slots__ = ("directory", "pool", "accounting", "metrics", "rng", "clock", "limits", "audit")
+    __slots__ = (
+        "directory",
+        "pool",
+        "accounting",
+        "metrics",
+        "rng",
+        "clock",
+        "limits",
+        "audit",
+        "requests",
+    )
 
     def __init__(
         self,
@@ -102,6 +113,7 @@ class H2Exchange:
         clock: Clock,
         limits: ProxyLimits,
         audit: Audit,
+        requests: RequestLog,
     ) -> None:
         self.directory = directory
         self.pool = pool
@@ -111,6 +123,7 @@ class H2Exchange:
         self.clock = clock
         self.limits = limits
         self.audit = audit
+        self.requests = requests  # the request log (request_log.py): access log, tap, spans
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -129,6 +142,7 @@ class H2Exchange:
         if isinstance(req, str):
             await self.fail(c, "bad_request", req)
             return
+        c.req = req
         x = await (self.inbound(c, req) if conn.direction == INBOUND else self.outbound(c, req))
         if x is not None:
             await self.forward(c, x)
@@ -187,6 +201,7 @@ class H2Exchange:
     async def forward(self, c: Call, x: Exchange) -> None:
         d = x.dest
         req = x.req
+        c.x = x
         c.service = d.service
         c.route = x.route_name
         if not d.endpoints:
@@ -206,7 +221,9 @@ class H2Exchange:
                 c.call_deadline_ns = c.start_ns + timeout_ns
                 c.deadline_ns = min(c.deadline_ns, c.call_deadline_ns)
         authority = req.host or d.host_line[6:-2]
-        base = forward_headers(req, b"http", authority, c.conn.client_ip, c.rid, self.rng, None)
+        x.hop = hop_fields(req, c.conn.client_ip, c.rid, self.rng)
+        x.tried = c.tried
+        base = forward_headers(req, b"http", authority, x.hop, None)
         d.budget.record_request(c.start_ns)
         d.breaker.inflight += 1
         try:
@@ -265,7 +282,7 @@ class H2Exchange:
         us.partner = s
         s.partner = us
         st.inflight += 1
-        sent_ns = self.clock.now_ns()
+        x.try_ns = sent_ns = self.clock.now_ns()
         try:
             async with trio.open_nursery() as nursery:
                 if not end_now:
@@ -370,6 +387,7 @@ class H2Exchange:
                 if us.chunks:
                     data, flow = us.chunks.popleft()
                     await dl.send_data(sid, data, False)
+                    c.sent += len(data)
                     link.ack(us.sid, flow)
                     continue
                 if us.trailers is not None:
@@ -409,7 +427,7 @@ class H2Exchange:
             failed = True
         if d.peers or d.balancer is None:
             self.accounting.record(d.states[x.idx], failed, now_ns, d)
-        self.metrics.observe(d.service, x.route_name, status, c.conn.direction, now_ns - c.start_ns)
+        self.done(c, x, status, now_ns)
         if c.grpc and code is not None:
             self.metrics.grpc(d.service, code, c.conn.direction)
 
@@ -433,7 +451,7 @@ class H2Exchange:
             c.left -= 1
             return True
         if outcome == ABORT:
-            self.metrics.observe(d.service, x.route_name, 0, c.conn.direction, now_ns - c.start_ns)
+            self.done(c, x, 0, now_ns, "client_aborted")
             return False
         detail = ""
         if outcome == RETRY_STATUS:
@@ -462,7 +480,22 @@ class H2Exchange:
         service: str | None = None,
     ) -> None:
         """Answer with a proxy error (h2call.py)."""
-        await answer_error(self.metrics, self.clock, c, reason, detail, extra, service)
+        status = await answer_error(self.metrics, c, reason, detail, extra, service)
+        self.done(c, c.x, status, self.clock.now_ns(), reason)
+
+    def done(self, c: Call, x: Exchange | None, status: int, now_ns: int, reason: str = "") -> None:
+        """A finished request: its metrics (by destination and endpoint once routed) and the
+        request log, as ``Forwarder.answered`` does for HTTP/1."""
+        dest = node = ""
+        if x is not None:
+            d = x.dest
+            dest = d.label
+            node = d.nodes[x.idx] if x.idx >= 0 else ""
+        direction = c.conn.direction
+        self.metrics.observe(c.service, c.route, status, direction, now_ns - c.start_ns, dest, node)
+        if self.requests.on:
+            self.requests.done(c.conn, c.req, x, c.service, c.route, status, c.start_ns, now_ns,
+                               c.sent, reason)  # fmt: skip
 
 
 __all__ = ["H2Exchange"]

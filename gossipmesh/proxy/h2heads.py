@@ -19,9 +19,7 @@ connection-specific fields (``response_headers``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from random import Random
 
-from gossipmesh.proxy.heads import hop_fields
 from gossipmesh.proxy.http1 import RequestHead
 
 Headers = list[tuple[bytes, bytes]]
@@ -91,13 +89,13 @@ def forward_headers(
     req: RequestHead,
     scheme: bytes,
     authority: bytes,
-    client_ip: bytes,
-    rid: bytes,
-    rng: Random,
+    hop: bytes,
     mesh: tuple[bytes, bytes] | None,
 ) -> Headers:
-    """The header block for the next hop. ``mesh``: (dest, service) of a hop to a peer agent's
-    inbound listener (``x-gossipmesh-dest`` / ``-service``), None to the instance itself."""
+    """The header block for the next hop. ``hop``: the fields this hop adds
+    (``heads.hop_fields``: traceparent, x-forwarded-for, x-request-id); ``mesh``: (dest,
+    service) of a hop to a peer agent's inbound listener (``x-gossipmesh-dest`` /
+    ``-service``), None to the instance itself."""
     out: Headers = [
         (b":method", req.method),
         (b":scheme", scheme),
@@ -108,7 +106,7 @@ def forward_headers(
         if name in _REQ_DROP or (name == b"te" and value.lower() != b"trailers"):
             continue
         out.append((name, value))
-    for line in hop_fields(req, client_ip, rid, rng).split(b"\r\n"):
+    for line in hop.split(b"\r\n"):
         if line:
             name, _, value = line.partition(b": ")
             out.append((name, value))

@@ -176,8 +176,9 @@ class Proxy:
         # HTTP/2 and gRPC: the same decisions, streams instead of connections (h2*.py).
         self.h2pool = H2Pool(self.upstreams, limits, metrics, self.clock)
         h2x = H2Exchange(
-            self.directory, self.h2pool, self.accounting, self.rng, self.clock, limits, self.audit
-        )
+            self.directory, self.h2pool, self.accounting, self.rng, self.clock, limits, self.audit,
+            self.downstreams.requests,
+        )  # fmt: skip
         self.h2 = H2Front(h2x, self.downstreams, limits, metrics, self.clock)
         self.tasks.h2 = self.h2
         self.mtls = mtls

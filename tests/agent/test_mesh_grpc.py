@@ -8,7 +8,10 @@ to a1), so the split between g1 and g2 is per request.
 
 from __future__ import annotations
 
+import http.client
+import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +37,13 @@ class Mesh:
         while proxy in (gossip, gossip + 1) or proxy + 1 == gossip:
             proxy = free_port_on(IPS)
         self.out_port = proxy
+        self.access_log = procs.root / "a1.access.jsonl"
         self.agents: dict[str, AgentProc] = {}
         for (name, server), ip in zip((("a1", "g1"), ("a2", "g2")), IPS, strict=True):
             toml = procs.root / f"{name}.toml"
             toml.write_text(
-                f'[[service]]\nname = "echo"\nport = {self.servers[server].port}\n'
+                (f'access_log = "{self.access_log}"\n' if name == "a1" else "")
+                + f'[[service]]\nname = "echo"\nport = {self.servers[server].port}\n'
                 'check = { grpc = "", interval = "200ms", timeout = "150ms" }\n'
             )
             args = ["--cluster", "grpc", "--config", str(toml),
@@ -115,3 +120,57 @@ def test_a_server_killed_mid_stream_then_calls_go_elsewhere(mesh: Mesh) -> None:
     finally:
         ch.close()
     assert answers == [survivor.encode() + b":"] * 10
+
+
+def _requests_metric(agent: AgentProc) -> list[str]:
+    conn = http.client.HTTPConnection(agent.ip, agent.port + 1, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return [
+        line for line in text.splitlines() if line.startswith("gossipmesh_proxy_requests_total")
+    ]
+
+
+def test_grpc_calls_are_logged_and_labelled_like_http1(mesh: Mesh) -> None:
+    """An HTTP/2 request reaches the access log and the per-destination, per-endpoint metrics
+    through the same accounting as an HTTP/1 one."""
+
+    marker = f"grpc-logged-{time.monotonic_ns()}"
+    ch = channel(mesh.outbound, "echo")
+    fn = ch.unary_unary("/test.Echo/Unary")
+    try:
+        answered = Counter(
+            fn(b"", timeout=10, metadata=(("x-request-id", f"{marker}-{i}"),)).split(b":")[0]
+            for i in range(20)
+        )
+    finally:
+        ch.close()
+    start = time.monotonic()
+    last: list[dict[str, object]] = []
+    while time.monotonic() - start < SETTLE_S:
+        text = mesh.access_log.read_text() if mesh.access_log.exists() else ""
+        lines = [json.loads(x) for x in text.splitlines() if marker in x]
+        last = [x for x in lines if x["direction"] == "outbound"]
+        if len(last) >= 20:
+            break
+        time.sleep(0.1)
+    assert len(last) == 20, last
+    assert all(x["status"] == 200 and x["destination"] == "echo" for x in last), last
+    assert {x["endpoint"] for x in last} <= {"a1", "a2"}
+    assert all(x["path"] == "/test.Echo/Unary" for x in last)
+    assert all(len(str(x["trace_id"])) == 32 and len(str(x["span_id"])) == 16 for x in last)
+    assert all(int(x["bytes_out"]) > 0 and x["error"] == "" for x in last)  # type: ignore[call-overload]
+    by_node = Counter(str(x["endpoint"]) for x in last)
+    assert by_node == Counter({"a1": answered[b"g1"], "a2": answered[b"g2"]}), (by_node, answered)
+    metrics = _requests_metric(mesh.agents["a1"])
+    for node in by_node:
+        assert any(
+            'service="echo"' in m
+            and 'destination="echo"' in m
+            and f'node="{node}"' in m
+            and 'direction="outbound"' in m
+            for m in metrics
+        ), (node, metrics)

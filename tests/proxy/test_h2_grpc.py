@@ -97,7 +97,7 @@ async def test_the_four_call_shapes_through_two_sidecars(mesh: GrpcMesh) -> None
     ch.close()
     assert mesh.a.metrics.grpc_status[("echo", "0", "outbound")] == 4
     assert mesh.b.metrics.grpc_status[("echo", "0", "inbound")] == 4
-    assert mesh.a.metrics.requests[("echo", "", 200, "outbound")] == 4
+    assert mesh.a.metrics.requests[("echo", "", "echo", "b", 200, "outbound")] == 4
 
 
 async def test_large_messages_and_many_concurrent_streams_share_one_connection(
@@ -239,4 +239,4 @@ async def test_a_grpc_route_match_picks_the_method(mesh: GrpcMesh) -> None:
     assert await call(unary, ch, "Unary", b"u") == b"s2:u"  # the route
     assert await call(bidi, ch, [b"b"]) == [b"s1:b"]  # another method: the Host's service
     ch.close()
-    assert mesh.a.metrics.requests[("echo2", "unary-to-s2", 200, "outbound")] == 1
+    assert mesh.a.metrics.requests[("echo2", "unary-to-s2", "echo2", "b", 200, "outbound")] == 1
