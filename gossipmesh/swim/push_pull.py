@@ -48,10 +48,10 @@ from gossipmesh.errors import DecodeError
 from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.authority import AccusationKind
 from gossipmesh.swim.effects import Effect, SetTimer, StartPushPull
-from gossipmesh.swim.member import Proof, interned_member
+from gossipmesh.swim.member import Member, Proof, interned_member
 from gossipmesh.swim.messages import Dead, Suspect
 from gossipmesh.swim.rumours import Rumours
-from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState, is_alive
+from gossipmesh.swim.state import ALIVE, DEAD, LEFT, SUSPECT, NodeState, is_alive, is_live
 from gossipmesh.swim.state_codec import (
     MemberRecord,
     PushPull,
@@ -306,6 +306,9 @@ class StateSync:
         if r.name != self.state.name and (
             (cur is None and r.state is LEFT)  # a stranger who left: nothing to learn
             or (cur is not None and p.alive_incarnation <= cur.incarnation)  # old news
+            # Dead or left here and there: the claim is the subject's word from *before* the
+            # death the record reports, not a sign of life (``_gone_again`` in the second pass).
+            or (cur is not None and r.state is not SUSPECT and not is_live(cur))
         ):
             return
         claim = interned_member(
@@ -324,6 +327,11 @@ class StateSync:
         st = self.state
         rumours = self.rumours
         name, inc = r.name, r.incarnation
+        if name != st.name and state is not SUSPECT:
+            cur = self._table.get(name)
+            if cur is not None and not is_live(cur) and p.alive_incarnation > cur.incarnation:
+                self._gone_again(r, cur, now_ms, out)
+                return
         if state is LEFT:
             rumours.on_dead(Dead(name, inc, name, True, p.accusation), now_ms, out)
             return
@@ -348,3 +356,30 @@ class StateSync:
         kind = AccusationKind.SUSPECT if state is SUSPECT else AccusationKind.DEAD
         if st.check_accusation(kind, cur, inc, p.accuser, p.accusation, now_ms):
             rumours.on_suspect(Suspect(name, inc, st.name, b""), now_ms, out, local=True)
+
+    def _gone_again(self, r: MemberRecord, cur: Member, now_ms: Millis, out: list[Effect]) -> None:
+        """A DEAD or LEFT record about a member we hold dead or left, at a higher incarnation:
+        the subject refuted somewhere we did not hear (a one-way partition) and was then found
+        dead or left there too. Taking its claim first would bring it back to life here, and
+        our own suspicion of it would then run a whole Lifeguard timeout that nobody confirms
+        (the swarm's seed 460). So the claim and the accusation are checked together, and the
+        member stays gone, at the record's incarnation with both as proof: a later copy of
+        that claim is old news. An accusation we cannot check (its accuser unknown here) leaves
+        the claim, the subject's own word, to be taken as any alive rumour is."""
+        p = r.proof
+        assert p is not None
+        st = self.state
+        left = r.state is LEFT
+        claim = interned_member(
+            r.name, r.address, p.alive_incarnation, ALIVE, r.meta,
+            Proof(p.cert, p.alive_incarnation, p.alive_signature),
+        )  # fmt: skip
+        if not self.rumours.claim_holds(claim, now_ms):
+            return
+        kind = AccusationKind.LEFT if left else AccusationKind.DEAD
+        accuser = r.name if left else p.accuser
+        if not st.check_accusation(kind, claim, r.incarnation, accuser, p.accusation, now_ms):
+            self.rumours.on_alive(claim, now_ms, out)
+            return
+        self.rumours.gone_again(claim, Dead(r.name, r.incarnation, accuser, left, p.accusation),
+                                now_ms, out)  # fmt: skip

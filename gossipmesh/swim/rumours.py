@@ -262,6 +262,28 @@ class Rumours:
             return None
         return Alive(msg.name, msg.incarnation, msg.address, msg.meta, held, msg.signature)
 
+    def claim_holds(self, claim: Member, now_ms: Millis) -> bool:
+        """Is ``claim`` (an ALIVE snapshot) signed by its subject? Counted as rejected if not."""
+        return self._check_alive(claim, now_ms)
+
+    def gone_again(self, claim: Member, msg: Dead, now_ms: Millis, out: list[Effect]) -> None:
+        """A member we hold dead or left, dead or left again at ``msg.incarnation`` with its own
+        newer ``claim`` behind it (both checked: push_pull.py ``_gone_again``). It stays gone;
+        the death is gossiped for members that took the claim as news."""
+        st = self.state
+        name = msg.name
+        st.count("deaths.again")
+        assert claim.proof is not None
+        c = claim.proof
+        proof = Proof(c.cert, c.alive_incarnation, c.alive_signature, msg.source, msg.signature)
+        state = LEFT if msg.left else DEAD
+        st.put(interned_member(name, claim.address, msg.incarnation, state, claim.meta, proof),
+               now_ms, out)  # fmt: skip
+        self._pending.pop(name, None)
+        if not st.quiet:
+            self._broadcasts.queue(encode(msg), name)
+        self.arm_reap(name, msg.incarnation, now_ms, out)
+
     def _check_alive(self, msg: Alive | Member, now_ms: Millis) -> bool:
         claim = AliveClaim(msg.name, msg.incarnation, msg.address, msg.meta)
         if isinstance(msg, Member):

@@ -259,19 +259,13 @@ RESURRECTED = SwarmPlan(460, 36, parse_plan(460, 36, (
     + " crash@24432:18")).faults)  # fmt: skip
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="swim core (push_pull._alive_part/_accusation_part): a push-pull record DEAD@1 "
-    "resurrects a member held DEAD@0 as ALIVE@1, then a fresh SUSPECT@1 that runs its whole "
-    "timeout; simulations/results/README.md, 'Bugs the swarm found'",
-)
 def test_a_crashed_member_is_not_resurrected_by_a_late_push_pull() -> None:
     """Shrunk from seed 460 at 50 nodes (`swarm --seeds 10000 --first-seed 428 --nodes 50`):
     during a one-way partition node-00018 (on the cut side) refutes a suspicion at incarnation 1
     that the other side never hears, is declared dead there at 0, and crashes. Long after the
-    heal a push-pull tells one observer "dead at 1"; it takes the record's alive claim at 1 first
-    (newer than its dead at 0), then turns the remote death into its own suspicion, which nobody
-    confirms: the crashed member is suspect there again until 151 s after the heal."""
+    heal a push-pull tells one observer "dead at 1". It used to take the record's alive claim at
+    1 first (newer than its dead at 0), then turn the remote death into its own suspicion, which
+    nobody confirmed: the crashed member was suspect there again until 151 s after the heal.
+    Now the member stays dead, at 1 (push_pull.py ``_gone_again``)."""
     out = run_plan(RESURRECTED)
     assert out.ok, out.failures

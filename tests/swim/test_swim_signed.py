@@ -431,3 +431,30 @@ def test_with_a_fixed_suspicion_timeout_confirmations_are_counted_but_not_regoss
     node.handle_packet(addr(4), packet(suspect("p0", 0, "p2")), 20)
     assert node.stats["confirmations"] == 1
     assert not node._state.broadcasts.has_key(("p0", "p2"))
+
+
+def test_a_member_dead_here_and_dead_again_there_at_a_higher_incarnation_stays_dead() -> None:
+    """The swarm's seed 460: p0 refuted at 1 where we could not hear it, was found dead there
+    at 1, and we hold it dead at 0. A push-pull with that record must not bring p0 back to life
+    here (its claim at 1 is from before that death): p0 stays dead, now at 1, with no
+    suspicion of ours to run a Lifeguard timeout, and the same claim gossiped later is old news."""
+    node = make_node()
+    node.handle_packet(addr(3), packet(dead("p0", 0, "p1")), 10)
+    assert state(node, "p0") is MemberState.DEAD
+    holder = make_node(name="b")
+    holder.handle_packet(addr(2), packet(alive("p0", 1, addr(2))), 0)
+    holder.handle_packet(addr(3), packet(dead("p0", 1, "p1")), 5)
+    assert state(holder, "p0") is MemberState.DEAD
+    _, eff = node.handle_push_pull_request(addr(9), holder.push_pull_payload(False), 20)
+    out = drain(node, eff, 20)
+    p0 = node.member("p0")
+    assert p0 is not None and (p0.state, p0.incarnation) == (MemberState.DEAD, 1)
+    assert p0.proof is not None and (p0.proof.alive_incarnation, p0.proof.accuser) == (1, "p1")
+    assert node.stats["deaths.again"] == 1
+    assert node.stats.get("suspicions", 0) == 0
+    assert not [e for e in out if isinstance(e, SetTimer) and e.timer.kind is TimerKind.SUSPICION]
+    node.handle_packet(addr(2), packet(alive("p0", 1, addr(2))), 30)
+    assert state(node, "p0") is MemberState.DEAD
+    # p0 alive after all: its refutation above the death brings it back.
+    node.handle_packet(addr(2), packet(alive("p0", 2, addr(2))), 40)
+    assert state(node, "p0") is MemberState.ALIVE
