@@ -54,6 +54,7 @@ class Timeouts:
 class Retry:
     attempts: int = 2
     on_status: tuple[int, ...] = (502, 503, 504)
+    on_grpc_status: tuple[int, ...] = (14,)  # UNAVAILABLE
     on_connect_failure: bool = True
     budget_percent: int = 20
     budget_min_per_s: int = 10
@@ -155,11 +156,21 @@ def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
     rp = f"{p}.retry"
     reject_unknown(
         r_body,
-        ("attempts", "on_status", "on_connect_failure", "budget_percent", "budget_min_per_s"),
+        (
+            "attempts",
+            "on_status",
+            "on_grpc_status",
+            "on_connect_failure",
+            "budget_percent",
+            "budget_min_per_s",
+        ),  # fmt: skip
         rp,
     )
     rd = Retry()
     statuses = read_list(r_body.get("on_status", list(rd.on_status)), f"{rp}.on_status")
+    grpc_codes = read_list(
+        r_body.get("on_grpc_status", list(rd.on_grpc_status)), f"{rp}.on_grpc_status"
+    )
     retry = Retry(
         attempts=read_int(
             r_body.get("attempts", rd.attempts), f"{rp}.attempts", 0, MAX_RETRY_ATTEMPTS
@@ -167,6 +178,11 @@ def parse_service(name: str, body: Mapping[str, Any]) -> ServiceConfig:
         on_status=unique(
             [read_int(s, f"{rp}.on_status[{i}]", 100, 599) for i, s in enumerate(statuses)],
             f"{rp}.on_status",
+        ),
+        # gRPC status codes are 0..16 (OK is never a failure to retry).
+        on_grpc_status=unique(
+            [read_int(c, f"{rp}.on_grpc_status[{i}]", 1, 16) for i, c in enumerate(grpc_codes)],
+            f"{rp}.on_grpc_status",
         ),
         on_connect_failure=read_bool(
             r_body.get("on_connect_failure", rd.on_connect_failure), f"{rp}.on_connect_failure"
@@ -280,6 +296,7 @@ def service_body(entity: ServiceConfig) -> dict[str, Any]:
         "retry": {
             "attempts": entity.retry.attempts,
             "on_status": list(entity.retry.on_status),
+            "on_grpc_status": list(entity.retry.on_grpc_status),
             "on_connect_failure": entity.retry.on_connect_failure,
             "budget_percent": entity.retry.budget_percent,
             "budget_min_per_s": entity.retry.budget_min_per_s,

@@ -71,7 +71,7 @@ class ServiceSettings:
     retry_attempts: int = 2
     retry_on_status: frozenset[int] = frozenset({502, 503, 504})
     # gRPC calls answered trailers-only with one of these grpc-status codes are retried
-    # (14: UNAVAILABLE), within the same attempts and budget.
+    # (``retry.on_grpc_status``; default 14: UNAVAILABLE), within the same attempts and budget.
     retry_on_grpc_status: frozenset[int] = frozenset({14})
     retry_on_connect_failure: bool = True
     budget_percent: int = 20
@@ -98,6 +98,7 @@ class ServiceSettings:
             idle_ms=t.idle_ms,
             retry_attempts=r.attempts,
             retry_on_status=frozenset(r.on_status),
+            retry_on_grpc_status=frozenset(r.on_grpc_status),
             retry_on_connect_failure=r.on_connect_failure,
             budget_percent=r.budget_percent,
             budget_min_per_s=r.budget_min_per_s,

@@ -38,6 +38,9 @@ def test_service_defaults_match_the_documented_table() -> None:
         ({"timeouts": {"connect_ms": 0}}, "service.timeouts.connect_ms"),
         ({"timeouts": {"per_try_ms": 20000}}, "service.timeouts.per_try_ms"),
         ({"retry": {"on_status": [700]}}, "service.retry.on_status[0]"),
+        ({"retry": {"on_grpc_status": [14, 0]}}, "service.retry.on_grpc_status[1]"),
+        ({"retry": {"on_grpc_status": [17]}}, "service.retry.on_grpc_status[0]"),
+        ({"retry": {"on_grpc_status": [14, 14]}}, "service.retry.on_grpc_status[1]"),
         ({"retry": {"on_connect_failure": 1}}, "service.retry.on_connect_failure"),
         ({"load_balancer": {"policy": "random"}}, "service.load_balancer.policy"),
         ({"load_balancer": []}, "service.load_balancer"),
@@ -83,6 +86,7 @@ service_bodies = st.fixed_dictionaries(
             optional={
                 "attempts": st.integers(0, 10),
                 "on_status": st.lists(st.integers(100, 599), unique=True, max_size=4),
+                "on_grpc_status": st.lists(st.integers(1, 16), unique=True, max_size=4),
                 "on_connect_failure": st.booleans(),
                 "budget_percent": st.integers(0, 100),
             },

@@ -201,6 +201,26 @@ async def test_unavailable_answers_are_retried_on_another_endpoint(mesh: GrpcMes
     assert code == grpc.StatusCode.NOT_FOUND
 
 
+async def test_the_retried_grpc_codes_are_the_services_retry_on_grpc_status(mesh: GrpcMesh) -> None:
+    """RESOURCE_EXHAUSTED (8) is the application's answer by default, and retried once the
+    service names it in ``retry.on_grpc_status``."""
+    mesh.servers["s1"].fail_unary = 8
+    mesh.set_table({"echo": ["s1"]})
+    ch = channel(mesh.outbound, "echo")
+    code, _ = await call(code_of, unary, ch, "Unary", b"")
+    ch.close()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert mesh.a.metrics.retries.get("echo", 0) == 0
+    svc = service("echo", {"retry": {"on_grpc_status": [8, 14]}})
+    mesh.set_table({"echo": ["s1", "s2"]}, services={"echo": svc})
+    ch = channel(mesh.outbound, "echo")
+    answers = await call(lambda: [unary(ch, "Unary", b"%d" % i) for i in range(10)])
+    ch.close()
+    mesh.servers["s1"].fail_unary = 0
+    assert answers == [b"s2:%d" % i for i in range(10)]
+    assert mesh.a.metrics.retries["echo"] >= 1
+
+
 async def test_a_server_killed_mid_stream_is_unavailable_and_the_next_call_goes_elsewhere(
     mesh: GrpcMesh,
 ) -> None:
