@@ -78,8 +78,8 @@ async def main():
                 break
             reqs = {}
             for p in ps:
-                for (svc, rt, status, direction), k in p.metrics.requests.items():
-                    key = f"{direction}:{status}"
+                for labels, k in p.metrics.requests.items():  # (..., status, direction)
+                    key = f"{labels[-1]}:{labels[-2]}"
                     reqs[key] = reqs.get(key, 0) + k
             os.write(1, ("metrics " + " ".join(f"{k}={v}" for k, v in sorted(reqs.items())) + "\n").encode())
             n.cancel_scope.cancel()
