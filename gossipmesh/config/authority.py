@@ -60,6 +60,7 @@ from gossipmesh.identity import (
     parse_certificate,
     verify_signature,
 )
+from gossipmesh.wire import BAD_BYTES
 
 MEMO_ENTRIES = 200_000
 MAX_POLICY_PASSES = 8
@@ -95,7 +96,7 @@ def _decoded(entry: Entry) -> dict[str, object] | None:
         return None
     try:
         value = msgpack.unpackb(entry.value, raw=False, strict_map_key=True)
-    except Exception:
+    except BAD_BYTES:
         return None
     return value if isinstance(value, dict) else None
 

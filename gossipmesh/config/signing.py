@@ -48,6 +48,7 @@ from gossipmesh.identity import (
     verify_signature,
 )
 from gossipmesh.identity.signing import public_key_bytes
+from gossipmesh.wire import BAD_BYTES
 
 ENTRY_DOMAIN = b"gossipmesh/config-entry/v1"
 OP_SKEW_MS = 60_000  # a proposal's HLC must be this close to the operator's clock
@@ -303,7 +304,7 @@ def _statement_der(s: WireEntry) -> bytes | None:
     try:
         value = msgpack.unpackb(s.value, raw=False)
         return base64.b64decode(value["der"], validate=True)
-    except Exception:
+    except (*BAD_BYTES, KeyError):  # not msgpack, not a mapping with "der", not base64
         return None
 
 
@@ -321,7 +322,7 @@ def _value(data: bytes | None, where: str) -> Any:
         return None
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception:
+    except BAD_BYTES:
         raise ProposalRefused(f"{where}: the value does not decode") from None
 
 

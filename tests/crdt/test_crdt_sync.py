@@ -167,3 +167,18 @@ json_like = st.recursive(
 def test_structured_garbage_raises_only_decode_error(value: object) -> None:
     with contextlib.suppress(DecodeError):
         sync.decode(msgpack.packb(value, use_bin_type=True))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.lists(json_like | st.floats(allow_nan=True), min_size=1, max_size=7),
+)
+def test_garbage_of_every_arity_raises_only_decode_error(kind: int, fields: list[object]) -> None:
+    """Each message kind with any number of fields of any type: the shape checks must answer
+    DecodeError (``decode`` lets anything else surface as the validator bug it would be)."""
+    try:
+        msg = sync.decode(msgpack.packb([2, kind, *fields], use_bin_type=True))
+    except DecodeError:
+        return
+    sync.handle(new_doc(), msg, T0)
