@@ -298,13 +298,16 @@ def _root_key(der: bytes) -> bytes:
     return public_key_bytes(parse_certificate(der).public_key)
 
 
+STATEMENT_ERRORS: tuple[type[Exception], ...] = (*BAD_BYTES, KeyError)
+
+
 def _statement_der(s: WireEntry) -> bytes | None:
     if not s.key.startswith(f"trust/{ROOT_PREFIX}") or s.value is None:
         return None
     try:
         value = msgpack.unpackb(s.value, raw=False)
         return base64.b64decode(value["der"], validate=True)
-    except (*BAD_BYTES, KeyError):  # not msgpack, not a mapping with "der", not base64
+    except STATEMENT_ERRORS:  # not msgpack, not a mapping with "der", not base64
         return None
 
 
