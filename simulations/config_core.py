@@ -95,7 +95,8 @@ from gossipmesh.identity.playground import derive_signer
 from gossipmesh.ids import Address
 from gossipmesh.swim.member import Member, MemberState
 from simulations.checkers import CheckResult
-from simulations.cluster import UP, Attachment, Cluster, SimNode
+from simulations.cluster import Cluster
+from simulations.hosts import UP, Attachment, SimNode
 
 PKI_ROOT_LABEL = b"gossipmesh simulator config root/"
 PKI_OPERATOR_LABEL = b"gossipmesh simulator operator/"

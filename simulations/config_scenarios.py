@@ -39,7 +39,7 @@ from typing import Any
 
 from gossipmesh.crdt import replication as policy
 from gossipmesh.crdt.replica import ReplicaConfig
-from simulations.cluster import UP, Cluster
+from simulations.cluster import Cluster
 from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
@@ -52,6 +52,7 @@ from simulations.config_core import (
 )
 from simulations.engine import derive_rng
 from simulations.faults import FaultPlan
+from simulations.hosts import UP
 from simulations.scenarios import (
     Hooks,
     Options,

@@ -46,9 +46,10 @@ from typing import Any
 from gossipmesh.swim.config import SwimConfig
 from simulations import checkers
 from simulations.checkers import CheckResult
-from simulations.cluster import DOWN, AttachmentFactory, Cluster, CoreFactory
+from simulations.cluster import Cluster
 from simulations.engine import derive_rng
 from simulations.faults import FaultPlan
+from simulations.hosts import DOWN, AttachmentFactory, CoreFactory
 from simulations.network import PROFILE_LATENCY, Latency, Network
 
 SWIM_SCENARIOS = ("steady", "crash", "loss", "slow-nodes", "partition", "churn")

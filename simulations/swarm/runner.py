@@ -40,7 +40,7 @@ from typing import Any
 
 from gossipmesh.crdt import replication
 from simulations.captured import Attacker
-from simulations.cluster import DOWN, UP, Cluster, CoreFactory, default_core_factory
+from simulations.cluster import Cluster
 from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
@@ -48,6 +48,7 @@ from simulations.config_core import (
     attachment_factory,
 )
 from simulations.engine import derive_rng
+from simulations.hosts import DOWN, UP, CoreFactory, default_core_factory
 from simulations.network import PROFILE_LATENCY, Network
 from simulations.scenarios import swim_config, warm_start
 from simulations.swarm.invariants import MemoryWatch, Verdict, judge, settled_now, wipe
