@@ -36,7 +36,8 @@ from gossipmesh.swim.messages import Alive, Dead, Message, Suspect, encode
 from gossipmesh.swim.state_codec import PushPull
 from gossipmesh.swim.state_codec import encode_push_pull as encode_state
 from gossipmesh.wire import encode_packet
-from simulations.cluster import UP, Cluster
+from simulations.cluster import Cluster
+from simulations.hosts import UP
 
 HUGE = 1 << 62
 

@@ -33,18 +33,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulations.cluster import (
-    _STATE_CODE,
-    DOWN,
-    LEFT,
-    NO_VIEW,
-    UP,
-    V_ALIVE,
-    V_DEAD,
-    V_LEFT,
-    V_SUSPECT,
-    Cluster,
-)
+from simulations.cluster import Cluster
+from simulations.hosts import DOWN, LEFT, UP
+from simulations.views import NO_VIEW, STATE_CODE, V_ALIVE, V_DEAD, V_LEFT, V_SUSPECT
 
 _EXAMPLES = 5
 
@@ -137,7 +128,7 @@ def ledger_matches_core(c: Cluster, observers_max: int = 50) -> CheckResult:
                 continue
             checked += 1
             code = view[s] if s < len(view) else NO_VIEW
-            want = _STATE_CODE[m.state]
+            want = STATE_CODE[m.state]
             if code == NO_VIEW or code & 3 != want or code >> 2 != m.incarnation:
                 got = "nothing" if code == NO_VIEW else f"state {code & 3} inc {code >> 2}"
                 bad.append(

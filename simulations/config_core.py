@@ -6,7 +6,7 @@ Theory of operation
 agent: a runtime for the sans-IO ``ReplicaCore`` (``gossipmesh/crdt/replica.py``). It owns one core
 (with a real ``Document`` and the real schema validator), feeds it the host's inputs (SWIM user
 messages, member changes, timers, exchange legs) with the virtual clock, and carries out the
-effects it returns through the host handle (``simulations/cluster.py``). Every decision -- spread,
+effects it returns through the host handle (``simulations/hosts.py``). Every decision -- spread,
 merge, forward, sync triggers and periods, peer choice, concurrency limits, framing, what is
 refused -- is the core's; nothing here restates it. So the checkers judge the code the agent runs.
 
@@ -95,7 +95,8 @@ from gossipmesh.identity.playground import derive_signer
 from gossipmesh.ids import Address
 from gossipmesh.swim.member import Member, MemberState
 from simulations.checkers import CheckResult
-from simulations.cluster import UP, Attachment, Cluster, SimNode
+from simulations.cluster import Cluster
+from simulations.hosts import UP, Attachment, SimNode
 
 PKI_ROOT_LABEL = b"gossipmesh simulator config root/"
 PKI_OPERATOR_LABEL = b"gossipmesh simulator operator/"

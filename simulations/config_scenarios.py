@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Both scenarios run the SWIM cluster of ``scenarios.py`` (same bootstrap, same SWIM checkers) with
+Both scenarios run the SWIM cluster of ``harness.py`` (same bootstrap, same SWIM checkers) with
 a ``ConfigAttachment`` on every host (``config_core.py``: the agent's ``ReplicaCore``), and add the
 config checkers.
 
@@ -17,9 +17,10 @@ s = exp(−f·(1 − s)), ≈ 20 % for f = 2, within a few network latencies. Th
 SWIM's gossip of the original broadcast (every first receiver relays it on its 200 ms gossip
 rounds) and, last, by anti-entropy. With ``--loss`` the loss lasts until 5 s after the last
 write, then stops (a check taken while loss goes on reads transient suspicions). The run ends
-with a settle window of two anti-entropy periods (with loss, at least ``_settle_ms``), and the bytes of every sync that found its pair in sync are reported (digest + reply:
-the 32-byte Merkle root and a one-flag answer, whatever the document's size). Every write is
-signed by one of two simulated operators (``config_core.SimPki``) and verified at every host.
+with a settle window of two anti-entropy periods (with loss, at least ``harness.settle_ms``), and
+the bytes of every sync that found its pair in sync are reported (digest + reply: the 32-byte
+Merkle root and a one-flag answer, whatever the document's size). Every write is signed by one
+of two simulated operators (``config_core.SimPki``) and verified at every host.
 
 **partition-edit.** After the same preload, the cluster splits into two groups (``--split half``
 or ``one``) for ``--hold`` seconds. Two seconds in and again half-way, a random host on each side
@@ -39,7 +40,7 @@ from typing import Any
 
 from gossipmesh.crdt import replication as policy
 from gossipmesh.crdt.replica import ReplicaConfig
-from simulations.cluster import UP, Cluster
+from simulations.cluster import Cluster
 from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
@@ -52,17 +53,9 @@ from simulations.config_core import (
 )
 from simulations.engine import derive_rng
 from simulations.faults import FaultPlan
-from simulations.scenarios import (
-    Hooks,
-    Options,
-    RunResult,
-    ScenarioResult,
-    _bootstrap,
-    _build,
-    _finish,
-    _run_phase,
-    _settle_ms,
-)
+from simulations.harness import bootstrap, build, finish, run_phase, settle_ms
+from simulations.hosts import UP
+from simulations.scenarios import Hooks, Options, RunResult, ScenarioResult
 
 CONFIG_SCENARIOS = ("config-spread", "partition-edit")
 PRELOAD_WRITERS = 5
@@ -98,7 +91,7 @@ def _entity(i: int, side: str = "") -> dict[str, Any]:
 def _build_with_replicas(opts: Options, hooks: Hooks, ledger: ConfigLedger) -> Cluster:
     settings = hooks.replica if hooks.replica is not None else settings_from(opts)
     factory = attachment_factory(ledger, settings)
-    return _build(opts, Hooks(hooks.core_factory, factory, hooks.progress),
+    return build(opts, Hooks(hooks.core_factory, factory, hooks.progress),
                   lifeguard=opts.lifeguard, loss=opts.loss)  # fmt: skip
 
 
@@ -113,7 +106,7 @@ def _preload(c: Cluster, at_ms: int, rng: Any, plan: FaultPlan) -> None:
     for w, idx in enumerate(writers):
         items = [(f"service/pre-{w}-{k}", _entity(k)) for k in range(PRELOAD_KEYS_PER_WRITER)]
         c.at(at_ms + 10 * w, _commit, c, idx, items)
-    plan._note(at_ms, f"preload: {PRELOAD_WRITERS} writers x {PRELOAD_KEYS_PER_WRITER} entities")
+    plan.note(at_ms, f"preload: {PRELOAD_WRITERS} writers x {PRELOAD_KEYS_PER_WRITER} entities")
 
 
 def _commit(c: Cluster, idx: int, items: list[tuple[str, dict[str, Any] | None]]) -> None:
@@ -186,7 +179,7 @@ def config_spread(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     ledger = ConfigLedger()
     c = _build_with_replicas(opts, hooks, ledger)
     plan = FaultPlan(c)
-    t0 = _bootstrap(c, opts, hooks, "config-spread")
+    t0 = bootstrap(c, opts, hooks, "config-spread")
     rng = derive_rng(opts.seed, "config")
     _preload(c, t0 + 1000, rng, plan)
     first = t0 + int(opts.fault_at_s * 1000)
@@ -202,7 +195,7 @@ def config_spread(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
 
     for i in range(opts.writes):
         c.at(first + i * WRITE_EVERY_MS, write, i)
-    plan._note(first, f"{opts.writes} single-entity writes, one every {WRITE_EVERY_MS // 1000}s")
+    plan.note(first, f"{opts.writes} single-entity writes, one every {WRITE_EVERY_MS // 1000}s")
     last = first + (opts.writes - 1) * WRITE_EVERY_MS
     settle = (int(opts.settle_s * 1000) if opts.settle_s is not None
               else 2 * _sync_period_ms(opts, opts.nodes) + 2_000)  # fmt: skip
@@ -217,13 +210,13 @@ def config_spread(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
         last += WRITE_EVERY_MS
         plan.loss(0.0, last)
         if opts.settle_s is None:
-            settle = max(settle, _settle_ms(c))
+            settle = max(settle, settle_ms(c))
     end = max(last + settle, t0 + int((opts.duration_s or 0) * 1000))
-    _run_phase(c, hooks, "config-spread", t0, end)
+    run_phase(c, hooks, "config-spread", t0, end)
     extra = _config_metrics(ledger, c)
     extra.update(_spread_metrics(ledger, watched))
     curves = extra.pop("spread_curves")
-    res = _finish(c, "config-spread", opts, plan, t0, time.perf_counter() - wall, extra,
+    res = finish(c, "config-spread", opts, plan, t0, time.perf_counter() - wall, extra,
                   no_false_dead=opts.loss == 0)  # fmt: skip
     res.series["spread_s"] = curves
     res.checks += [documents_identical(c), no_lost_write(c, ledger)]
@@ -235,7 +228,7 @@ def partition_edit(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     ledger = ConfigLedger()
     c = _build_with_replicas(opts, hooks, ledger)
     plan = FaultPlan(c)
-    t0 = _bootstrap(c, opts, hooks, "partition-edit")
+    t0 = bootstrap(c, opts, hooks, "partition-edit")
     rng = derive_rng(opts.seed, "config")
     _preload(c, t0 + 1000, rng, plan)
     at = t0 + int(opts.fault_at_s * 1000)
@@ -259,8 +252,8 @@ def partition_edit(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     for round_, when in enumerate((at + 2_000, at + int(opts.hold_s * 500))):
         c.at(when, side_write, "a", side_a, round_)
         c.at(when + 1, side_write, "b", side_b, round_)
-        plan._note(when, f"both sides write {CONTESTED} and a key of their own (round {round_})")
-    plan._note(at + 2_000, f"side a deletes {DELETED_VS_UPDATED}, side b updates it")
+        plan.note(when, f"both sides write {CONTESTED} and a key of their own (round {round_})")
+    plan.note(at + 2_000, f"side a deletes {DELETED_VS_UPDATED}, side b updates it")
 
     # When did every replica agree again after the heal? Sampled with the SWIM samples (250 ms).
     agreed: list[int] = []
@@ -275,17 +268,17 @@ def partition_edit(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     c.on_sample = sample
     cfg = c.config
     settle = (int(opts.settle_s * 1000) if opts.settle_s is not None
-              else max(_settle_ms(c) + 3 * cfg.reconnect_interval_ms,
+              else max(settle_ms(c) + 3 * cfg.reconnect_interval_ms,
                        2 * _sync_period_ms(opts, opts.nodes) + 5_000))  # fmt: skip
     end = max(heal + settle, t0 + int((opts.duration_s or 0) * 1000))
-    _run_phase(c, hooks, "partition-edit", t0, end)
+    run_phase(c, hooks, "partition-edit", t0, end)
     extra = _config_metrics(ledger, c)
     extra.update({
         "split": f"{len(side_a)}/{len(side_b)}",
         "hold_s": opts.hold_s,
         "config_identical_after_heal_s": (agreed[0] - heal) / 1000 if agreed else None,
     })  # fmt: skip
-    res = _finish(c, "partition-edit", opts, plan, t0, time.perf_counter() - wall, extra,
+    res = finish(c, "partition-edit", opts, plan, t0, time.perf_counter() - wall, extra,
                   heal_ms=heal)  # fmt: skip
     res.checks += [
         documents_identical(c),

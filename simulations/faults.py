@@ -43,7 +43,8 @@ class FaultPlan:
     def __post_init__(self) -> None:
         self.rng = derive_rng(self.cluster.seed, "faults")
 
-    def _note(self, at_ms: int, text: str) -> None:
+    def note(self, at_ms: int, text: str) -> None:
+        """Log ``text`` at ``at_ms``; a scenario's own events (churn, writes) are logged here too."""
         self.log.append((at_ms, text))
         self.last_fault_ms = max(self.last_fault_ms, at_ms)
 
@@ -57,15 +58,13 @@ class FaultPlan:
     def crash(self, nodes: Sequence[int], at_ms: int) -> None:
         for i in nodes:
             self.cluster.at(at_ms, self.cluster.crash, i)
-        self._note(at_ms, f"crash {len(nodes)}: {self._names(nodes)}")
+        self.note(at_ms, f"crash {len(nodes)}: {self._names(nodes)}")
 
     def restart(self, nodes: Sequence[int], at_ms: int, with_data: bool = True) -> None:
         c = self.cluster
         for i in nodes:
             c.at(at_ms, self._restart_one, i, with_data)
-        self._note(
-            at_ms, f"restart {'with' if with_data else 'without'} data: {self._names(nodes)}"
-        )
+        self.note(at_ms, f"restart {'with' if with_data else 'without'} data: {self._names(nodes)}")
 
     def _restart_one(self, idx: int, with_data: bool) -> None:
         c = self.cluster
@@ -74,14 +73,14 @@ class FaultPlan:
     def leave(self, nodes: Sequence[int], at_ms: int) -> None:
         for i in nodes:
             self.cluster.at(at_ms, self.cluster.leave, i)
-        self._note(at_ms, f"leave: {self._names(nodes)}")
+        self.note(at_ms, f"leave: {self._names(nodes)}")
 
     def join(self, count: int, at_ms: int) -> list[int]:
         c = self.cluster
         new = [c.add_node().idx for _ in range(count)]
         for i in new:
             c.at(at_ms, self._join_one, i)
-        self._note(at_ms, f"join {count} new")
+        self.note(at_ms, f"join {count} new")
         return new
 
     def _join_one(self, idx: int) -> None:
@@ -118,10 +117,10 @@ class FaultPlan:
         c.at(at_ms, start)
         sizes = "/".join(str(len(groups[g])) for g in names)
         kind = "symmetric" if symmetric else f"asymmetric ({names[0]} -> others cut)"
-        self._note(at_ms, f"partition {name} {sizes} {kind}")
+        self.note(at_ms, f"partition {name} {sizes} {kind}")
         if heal_at_ms is not None:
             c.at(heal_at_ms, heal)
-            self._note(heal_at_ms, f"heal {name}")
+            self.note(heal_at_ms, f"heal {name}")
 
     def flap(self, src: int, dst: int, start_ms: int, stop_ms: int, period_ms: int) -> None:
         """Link ``src <-> dst`` alternates down/up every ``period_ms`` until ``stop_ms``."""
@@ -134,8 +133,8 @@ class FaultPlan:
             down = not down
         c.at(stop_ms, c.network.set_link, src, dst, True)
         c.at(stop_ms, c.network.set_link, dst, src, True)
-        self._note(start_ms, f"flap {self._names([src, dst])} every {period_ms} ms")
-        self._note(stop_ms, "flap ends")
+        self.note(start_ms, f"flap {self._names([src, dst])} every {period_ms} ms")
+        self.note(stop_ms, "flap ends")
 
     def slow(
         self,
@@ -150,12 +149,12 @@ class FaultPlan:
             c.at(at_ms, c.set_slow, i, packet_lag_ms, timer_lag_ms)
             if until_ms is not None:
                 c.at(until_ms, c.set_slow, i, 0, 0)
-        self._note(
+        self.note(
             at_ms,
             f"slow {self._names(nodes)}: packets +{packet_lag_ms} ms, timers +{timer_lag_ms} ms",
         )
         if until_ms is not None:
-            self._note(until_ms, "slow nodes recover")
+            self.note(until_ms, "slow nodes recover")
 
     def loss(self, rate: float, at_ms: int) -> None:
         net = self.cluster.network
@@ -164,7 +163,7 @@ class FaultPlan:
             net.loss = rate
 
         self.cluster.at(at_ms, set_loss)
-        self._note(at_ms, f"loss -> {rate:g}")
+        self.note(at_ms, f"loss -> {rate:g}")
 
     def _names(self, nodes: Sequence[int]) -> str:
         names = [self.cluster.nodes[i].name for i in nodes]

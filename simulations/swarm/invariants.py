@@ -38,13 +38,14 @@ from dataclasses import dataclass, field, replace
 from gossipmesh.crdt.replica import SPREAD_CONCURRENCY_MAX, SYNC_CONCURRENCY_MAX
 from simulations import checkers
 from simulations.checkers import CheckResult
-from simulations.cluster import UP, Cluster
+from simulations.cluster import Cluster
 from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
     documents_identical,
     no_lost_write,
 )
+from simulations.hosts import UP
 
 EXAMPLES = 5
 

@@ -24,7 +24,8 @@ from collections import deque
 from typing import Any
 
 from gossipmesh.ids import Address
-from simulations.cluster import UP, Cluster
+from simulations.cluster import Cluster
+from simulations.hosts import UP
 
 RECORD_MAX = 256
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``run_plan(plan)`` builds a cluster of ``plan.nodes`` hosts with signed membership and a config
 replica on each (``config_core.ConfigAttachment``: the agent's ``ReplicaCore``, every write
-signed by a simulated operator), warm-starts it (``scenarios.warm_start``: converged at t=0),
+signed by a simulated operator), warm-starts it (``harness.warm_start``: converged at t=0),
 and schedules every fault of the plan ``T0_MS`` later, each as an engine event (so faults are
 part of the trace and replay with the seed). How each kind is carried out:
 
@@ -40,7 +40,7 @@ from typing import Any
 
 from gossipmesh.crdt import replication
 from simulations.captured import Attacker
-from simulations.cluster import DOWN, UP, Cluster, CoreFactory, default_core_factory
+from simulations.cluster import Cluster
 from simulations.config_core import (
     ConfigAttachment,
     ConfigLedger,
@@ -48,8 +48,10 @@ from simulations.config_core import (
     attachment_factory,
 )
 from simulations.engine import derive_rng
+from simulations.harness import warm_start
+from simulations.hosts import DOWN, UP, CoreFactory, default_core_factory
 from simulations.network import PROFILE_LATENCY, Network
-from simulations.scenarios import swim_config, warm_start
+from simulations.scenarios import swim_config
 from simulations.swarm.invariants import MemoryWatch, Verdict, judge, settled_now, wipe
 from simulations.swarm.plan import PARTITIONS, Fault, FaultKind, SwarmPlan, format_plan
 from simulations.swarm.replay import RecordingCore, Replayer

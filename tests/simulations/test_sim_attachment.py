@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from gossipmesh.ids import Address
-from simulations.cluster import Attachment, Cluster, SimNode
+from simulations.cluster import Cluster
 from simulations.engine import derive_rng
+from simulations.hosts import Attachment, SimNode
 from simulations.network import Latency, Network
 from simulations.scenarios import swim_config
 

@@ -82,7 +82,7 @@ def test_a_replay_in_a_new_process_runs_the_same_trace() -> None:
 
 
 def test_a_paused_host_handles_nothing_until_it_wakes() -> None:
-    from simulations.scenarios import warm_start
+    from simulations.harness import warm_start
     from simulations.swarm.runner import build
 
     c, _ = build(SwarmPlan(1, 4, ()))
