@@ -192,7 +192,10 @@ def test_access_log_line_per_hop_linked_and_without_secrets(mesh: Mesh) -> None:
         assert line["status"] == back["status"] == 200 and line["error"] == ""
         # The caller a2 saw is the identity a1 proved in the mTLS handshake.
         assert back["caller"].startswith("spiffe://obs/") and "a1" in back["caller"]
-        assert line["duration_ms"] >= line["upstream_ms"] >= back["duration_ms"] > 0
+        # Within one agent the stamps share a clock: the whole request outlasts its upstream part.
+        # Across agents there is no such order: a2 stamps its end after its last send returns, and
+        # a1 may read those bytes (and stamp) first, so a1's upstream time can be the shorter.
+        assert line["duration_ms"] >= line["upstream_ms"] > 0 and back["duration_ms"] > 0
         assert line["bytes_out"] > 2 and line["retries"] == 0
     for name in ("a1", "a2"):
         text = mesh.logs[name].read_text()
