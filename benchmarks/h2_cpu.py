@@ -122,9 +122,12 @@ def run_gossipmesh(leg: str, args: argparse.Namespace, source: str | None = None
     argv = [*pin(args.proxy_cpu), sys.executable, "-c", PROXY_CODE, leg,
             str(BACKEND_PORT), str(OUT_PORT), str(IN_PORT)]  # fmt: skip
     env = dict(os.environ)
+    cwd = None
     if source is not None:
-        env["PYTHONPATH"] = os.path.abspath(source)
-    with launched(argv, stdout=subprocess.PIPE, env=env) as proc:
+        # Run from the source tree too: ``python -c`` puts the working directory first on
+        # sys.path, ahead of PYTHONPATH, so from a checkout's root ours would shadow it.
+        env["PYTHONPATH"] = cwd = os.path.abspath(source)
+    with launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         if line != b"ready":
