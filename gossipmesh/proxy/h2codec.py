@@ -1,6 +1,6 @@
 """Header blocks on the wire, made cheap: a stateless HPACK encoder for the blocks the proxy
-sends, RFC 9113's checks of a received block in one pass, and a quiet, caching ``hpack``
-decoder.
+sends, an HPACK decoder without per-field overhead, and RFC 9113's checks of a received block in
+one pass.
 
 Theory of operation
 -------------------
@@ -26,21 +26,29 @@ characters, connection-specific fields, ``te``, pseudo-header order, presence an
 and value; it raises h2's ``ProtocolError`` as h2 would, and the link ends the connection as
 before. It runs on every block a peer sends (h2link.py turns h2's own pass off).
 
-``quiet_hpack`` makes the decoder (still ``hpack``'s: it keeps the peer's dynamic table) cheaper
-without changing what it decodes: its module logger becomes a no-op (it only ever logs at debug
-level), and Huffman decoding is memoised (a pure function of its input; a peer's ``date`` or
-``server`` field is then decoded once, not per response).
+``PlainDecoder`` replaces the connection's ``hpack.Decoder``: the same representations, dynamic
+table, limits and errors, in one loop over the block without ``hpack``'s per-field debug logging,
+``HeaderTuple`` objects and slices; Huffman decoding (``hpack``'s) is memoised, being a pure
+function of its input (a peer's ``date`` or ``server`` field is then decoded once, not per
+response). A property test holds it to ``hpack``'s output on what ``hpack`` encodes and on
+arbitrary bytes (tests/proxy/test_h2_codec.py).
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-import hpack.hpack
 from h2.exceptions import ProtocolError
+from hpack.exceptions import (
+    HPACKDecodingError,
+    InvalidTableIndexError,
+    InvalidTableSizeError,
+    OversizedHeaderListError,
+)
 from hpack.huffman_table import decode_huffman
 from hpack.struct import NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
@@ -215,21 +223,148 @@ def _check_request_pseudo(pseudo: set[bytes], method: bytes | None) -> None:
 
 # -- decoding ----------------------------------------------------------------------------------
 
-
-class _Quiet:
-    """A logger that drops everything (hpack logs only at debug level, per field)."""
-
-    def debug(self, *args: object, **kwargs: object) -> None:
-        pass
+_STATIC_ENTRIES = HeaderTable.STATIC_TABLE  # index i is entry i - 1
+_STATIC_COUNT = len(_STATIC_ENTRIES)
+_huffman = lru_cache(maxsize=HUFFMAN_CACHE)(decode_huffman)  # pure: memoised, same output
 
 
-def quiet_hpack() -> None:
-    """Make ``hpack``'s decoder cheaper, output unchanged (idempotent, process-wide)."""
-    module: Any = hpack.hpack
-    if isinstance(module.log, _Quiet):
-        return
-    module.log = _Quiet()
-    module.decode_huffman = lru_cache(maxsize=HUFFMAN_CACHE)(decode_huffman)
+def _integer_at(data: bytes, pos: int, mask: int) -> tuple[int, int]:
+    """RFC 7541 §5.1: the integer whose prefix is ``data[pos] & mask``; (value, next pos). At
+    most five continuation octets, as ``hpack`` allows."""
+    try:
+        value = data[pos] & mask
+        pos += 1
+        if value < mask:
+            return value, pos
+        shift = 0
+        while True:
+            octet = data[pos]
+            pos += 1
+            value += (octet & 0x7F) << shift
+            if octet < 0x80:
+                return value, pos
+            shift += 7
+            if shift > 28:
+                raise HPACKDecodingError("Variable integer representation is too long")
+    except IndexError:
+        raise HPACKDecodingError("Unable to decode HPACK integer representation") from None
+
+
+def _string_at(data: bytes, pos: int) -> tuple[bytes, int]:
+    """RFC 7541 §5.2: a string literal at ``pos`` (Huffman-decoded if its H bit says so)."""
+    huffman = pos < len(data) and data[pos] & 0x80
+    length, pos = _integer_at(data, pos, 0x7F)
+    end = pos + length
+    if end > len(data):
+        raise HPACKDecodingError("Truncated header block")
+    text = data[pos:end]
+    return (_huffman(text) if huffman else text), end
+
+
+class PlainDecoder:
+    """Drop-in for ``hpack.Decoder`` on an ``H2Connection`` (``conn.decoder``): the same
+    representations, dynamic table, limits and errors (``hpack.exceptions``), without its
+    per-field logging, ``HeaderTuple`` wrapping and slicing, and with Huffman decoding memoised.
+    A never-indexed field comes back as ``NeverIndexedHeaderTuple`` (RFC 7541 §7.1.3: passed
+    on as such), any other as a plain tuple."""
+
+    __slots__ = (
+        "dynamic",
+        "used",
+        "table_max",
+        "max_header_list_size",
+        "max_allowed_table_size",
+    )
+
+    def __init__(self) -> None:
+        self.dynamic: deque[tuple[bytes, bytes]] = deque()  # newest first
+        self.used = 0  # RFC 7541 §4.1 size of the dynamic table
+        self.table_max = 4096  # the size the peer's encoder set (§6.3)
+        self.max_header_list_size = 65536  # h2 sets SETTINGS_MAX_HEADER_LIST_SIZE's value
+        self.max_allowed_table_size = 4096  # h2 sets our acknowledged SETTINGS_HEADER_TABLE_SIZE
+
+    @property
+    def header_table_size(self) -> int:
+        return self.table_max
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.table_max = value
+        self.shrink()
+
+    def shrink(self) -> None:
+        dynamic = self.dynamic
+        while self.used > self.table_max:
+            name, value = dynamic.pop()
+            self.used -= 32 + len(name) + len(value)
+
+    def lookup(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index <= _STATIC_COUNT:
+            return _STATIC_ENTRIES[index - 1]
+        i = index - _STATIC_COUNT - 1
+        if 0 <= i < len(self.dynamic):
+            return self.dynamic[i]
+        raise InvalidTableIndexError(f"Invalid table index {index}")
+
+    def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:
+        """The header list of one block (``raw`` must be True: names and values stay bytes)."""
+        if not raw:
+            raise ValueError("PlainDecoder decodes to bytes only")
+        data = bytes(data)
+        end = len(data)
+        headers: list[tuple[bytes, bytes]] = []
+        inflated = 0
+        limit = self.max_header_list_size
+        pos = 0
+        while pos < end:
+            first = data[pos]
+            never = False
+            if first & 0x80:  # indexed field
+                index, pos = _integer_at(data, pos, 0x7F)
+                name, value = self.lookup(index)
+            elif first & 0x40:  # literal with incremental indexing
+                index, pos = _integer_at(data, pos, 0x3F)
+                if index:
+                    name = self.lookup(index)[0]
+                else:
+                    name, pos = _string_at(data, pos)
+                value, pos = _string_at(data, pos)
+                self.add(name, value)
+            elif first & 0x20:  # dynamic table size update: only before the first field
+                if headers:
+                    raise HPACKDecodingError("Table size update not at the start of the block")
+                size, pos = _integer_at(data, pos, 0x1F)
+                if size > self.max_allowed_table_size:
+                    raise InvalidTableSizeError("Encoder exceeded max allowable table size")
+                self.header_table_size = size
+                continue
+            else:  # literal without indexing (0000) or never indexed (0001)
+                never = bool(first & 0x10)
+                index, pos = _integer_at(data, pos, 0x0F)
+                if index:
+                    name = self.lookup(index)[0]
+                else:
+                    name, pos = _string_at(data, pos)
+                value, pos = _string_at(data, pos)
+            inflated += 32 + len(name) + len(value)
+            if inflated > limit:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received"
+                )
+            headers.append(NeverIndexedHeaderTuple(name, value) if never else (name, value))
+        if self.table_max > self.max_allowed_table_size:
+            raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
+        return headers
+
+    def add(self, name: bytes, value: bytes) -> None:
+        size = 32 + len(name) + len(value)
+        if size > self.table_max:
+            self.dynamic.clear()  # RFC 7541 §4.4: an entry larger than the table empties it
+            self.used = 0
+            return
+        self.dynamic.appendleft((name, value))
+        self.used += size
+        self.shrink()
 
 
 __all__ = [
@@ -237,8 +372,8 @@ __all__ = [
     "REQUEST",
     "RESPONSE",
     "TRAILERS",
+    "PlainDecoder",
     "PlainEncoder",
     "check_block",
     "encode_field",
-    "quiet_hpack",
 ]

@@ -57,15 +57,14 @@ from gossipmesh.proxy.h2codec import (
     REQUEST,
     RESPONSE,
     TRAILERS,
+    PlainDecoder,
     PlainEncoder,
     check_block,
-    quiet_hpack,
 )
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.sockio import IO, ConnLost
 
 Headers = list[tuple[bytes, bytes]]
-quiet_hpack()
 DEFAULT_WINDOW = 65_535
 GONE = -1  # Stream.reset when the connection itself ended
 
@@ -165,6 +164,7 @@ class H2Link:
         )
         h2 = self.h2 = H2Connection(config)
         h2.encoder = PlainEncoder()  # type: ignore[assignment]
+        h2.decoder = PlainDecoder()  # type: ignore[assignment]
         initial = {
             SettingCodes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window_bytes,
