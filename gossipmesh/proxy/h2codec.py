@@ -124,14 +124,13 @@ class PlainEncoder:
             if type(h) is NeverIndexedHeaderTuple:
                 out.append(encode_field(h[0], h[1], True))
                 continue
-            key = (h[0], h[1])
-            enc = cache.get(key)
+            enc = cache.get(h)  # a (name, value) tuple or HeaderTuple: both hash as the pair
             if enc is None:
-                enc = encode_field(key[0], key[1], False)
+                enc = encode_field(h[0], h[1], False)
                 if len(enc) <= CACHE_VALUE_BYTES:
                     if len(cache) >= CACHE_FIELDS:
                         cache.clear()
-                    cache[key] = enc
+                    cache[(h[0], h[1])] = enc
             out.append(enc)
         return b"".join(out)
 
