@@ -8,7 +8,10 @@ shell. One reader task feeds it what the socket gives and files each event with 
 (``Stream``: headers, body chunks, trailers, end, reset); one writer task sends what it queued.
 Every other task (one per proxied stream) only calls its synchronous methods and awaits its own
 stream or a window, so the state machine has one owner at a time (trio never switches tasks
-without an await) and needs no lock.
+without an await) and needs no lock. A stream's task and the idle writer park themselves and are
+rescheduled directly (no ``trio.Event`` per wait: one waiter each). The connection's HPACK coders
+and its checks of received header blocks are h2codec.py's (h2's, for the same results, cost
+several times more per request).
 
 Flow control is the memory bound. A peer may send us at most our window per stream
 (``h2_stream_window_bytes``) and per connection (``h2_connection_window_bytes``); a chunk
