@@ -29,9 +29,8 @@ FIELD = st.tuples(st.sampled_from(NAMES) | st.binary(min_size=1, max_size=12), V
 BLOCK = st.lists(st.tuples(FIELD, st.booleans()), max_size=12)
 
 
-def kind_of(f: object) -> tuple[bytes, bytes, bool]:
-    name, value = f  # type: ignore[misc]
-    return name, value, type(f) is NeverIndexedHeaderTuple
+def kind_of(f: tuple[bytes, bytes]) -> tuple[bytes, bytes, bool]:
+    return f[0], f[1], type(f) is NeverIndexedHeaderTuple
 
 
 # -- encoder -----------------------------------------------------------------------------------
@@ -176,3 +175,18 @@ def test_check_block_on_typical_blocks() -> None:
     assert not ours_accepts([*REQUEST_START, (b"connection", b"close")], REQUEST)
     assert not ours_accepts([(b"grpc-status", b"0"), (b":status", b"200")], TRAILERS)
     assert not ours_accepts([(b":method", b"GET"), (b":path", b"/")], REQUEST)  # no :scheme
+
+
+def test_a_never_indexed_field_crosses_the_proxy_never_indexed() -> None:
+    """RFC 7541 §7.1.3: an intermediary passes a never-indexed field on as one."""
+    from gossipmesh.proxy.h2heads import forward_headers, request_head, response_headers
+
+    block = Encoder().encode([*REQUEST_START, (b"authorization", b"secret", True)])
+    req = request_head(PlainDecoder().decode(block), True)
+    assert not isinstance(req, str)
+    sent = PlainEncoder().encode(forward_headers(req, b"http", b"a", b"", None))
+    got = {h[0]: type(h) for h in Decoder().decode(sent, raw=True)}
+    assert got[b"authorization"] is NeverIndexedHeaderTuple
+    assert got[b":path"] is not NeverIndexedHeaderTuple
+    answer = [(b":status", b"200"), NeverIndexedHeaderTuple(b"set-cookie", b"s=1")]
+    assert type(response_headers(answer)[1]) is NeverIndexedHeaderTuple
