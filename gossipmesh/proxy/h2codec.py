@@ -12,7 +12,7 @@ values byte by byte in Python, and ``hpack`` logs several debug lines per field.
 ``PlainEncoder`` replaces the connection's ``hpack.Encoder``. It never uses the dynamic table and
 never Huffman-codes: a field equal to a static-table entry is one index byte, any other is a
 literal without indexing (its name indexed when the static table has it), a never-indexed field
-(``NeverIndexedHeaderTuple``, as a peer sent it or h2 marks it) stays never-indexed (RFC 7541
+(``NeverIndexedHeaderTuple``, as a peer sent it) stays never-indexed (RFC 7541
 §7.1.3). The encoding of a field is then a pure function of the field, so it is cached (bounded:
 ``CACHE_FIELDS``). The price is bytes: a block is sent whole each time (a few hundred bytes for a
 request instead of tens once the peer's table is warm), acceptable on loopback and the LAN, where
@@ -54,7 +54,7 @@ from hpack.struct import NeverIndexedHeaderTuple
 from hpack.table import HeaderTable
 
 CACHE_FIELDS = 4096  # encoded fields kept (each a few hundred bytes at most)
-CACHE_VALUE_BYTES = 256  # longer fields are encoded each time, not cached
+CACHE_FIELD_BYTES = 256  # a field encoded longer is encoded each time, not cached
 HUFFMAN_CACHE = 4096  # distinct Huffman-coded strings remembered by the decoder
 
 # -- encoding ----------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class PlainEncoder:
             enc = cache.get(h)  # a (name, value) tuple or HeaderTuple: both hash as the pair
             if enc is None:
                 enc = encode_field(h[0], h[1], False)
-                if len(enc) <= CACHE_VALUE_BYTES:
+                if len(enc) <= CACHE_FIELD_BYTES:
                     if len(cache) >= CACHE_FIELDS:
                         cache.clear()
                     cache[(h[0], h[1])] = enc
