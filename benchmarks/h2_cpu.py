@@ -13,7 +13,12 @@ HTTP/2 connections with ``--streams`` concurrent streams each (h2c prior knowled
   between them HTTP/2 over plaintext), per proxy hop (2 x requests / CPU-s), against two nginx
   in a chain.
 
-    python benchmarks/h2_cpu.py --seconds 5 --rounds 3 --legs outbound mesh
+    python benchmarks/h2_cpu.py --seconds 5 --rounds 3 --legs outbound mesh [--baseline DIR]
+
+``--baseline DIR`` also runs the proxy from another source tree (``DIR`` holds its
+``gossipmesh`` package, e.g. ``git archive COMMIT gossipmesh | tar -x -C DIR``) in every round,
+before ours in odd rounds and after it in even ones, and prints the median of the per-round
+ratios: a paired comparison the neighbours' load disturbs less than two separate runs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(__file__))
 from proxy_cpu import (  # noqa: E402
@@ -112,15 +118,22 @@ def measure(name: str, port: int, pids: list[int], hops: int, args: argparse.Nam
     return Result(name, n, wall, u1 - u0, s1 - s0, hops)
 
 
-def run_gossipmesh(leg: str, args: argparse.Namespace) -> Result:
+def run_gossipmesh(leg: str, args: argparse.Namespace, source: str | None = None) -> Result:
     argv = [*pin(args.proxy_cpu), sys.executable, "-c", PROXY_CODE, leg,
             str(BACKEND_PORT), str(OUT_PORT), str(IN_PORT)]  # fmt: skip
-    with launched(argv, stdout=subprocess.PIPE) as proc:
+    env = dict(os.environ)
+    cwd = None
+    if source is not None:
+        # Run from the source tree too: ``python -c`` puts the working directory first on
+        # sys.path, ahead of PYTHONPATH, so from a checkout's root ours would shadow it.
+        env["PYTHONPATH"] = cwd = os.path.abspath(source)
+    with launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         if line != b"ready":
             raise SystemExit(f"proxy did not start: {line!r}")
-        res = measure("gossipmesh", OUT_PORT, [proc.pid], 2 if leg == "mesh" else 1, args)
+        name = "gossipmesh" if source is None else "baseline"
+        res = measure(name, OUT_PORT, [proc.pid], 2 if leg == "mesh" else 1, args)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
         res.note = "  [" + out.decode().strip().removeprefix("metrics ") + "]"
@@ -163,6 +176,7 @@ def main() -> None:
     ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
+    ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     args = ap.parse_args()
     args.seconds = min(args.seconds, 60.0)
     args.rounds = max(1, min(args.rounds, 10))
@@ -181,7 +195,13 @@ def main() -> None:
             for leg in args.legs:
                 per: dict[str, list[float]] = {}
                 for r in range(args.rounds):
-                    for res in (run_gossipmesh(leg, args), run_nginx(leg, wd, args)):
+                    runs = [partial(run_gossipmesh, leg, args)]
+                    if args.baseline is not None:
+                        # Alternate which of the two runs first, so order effects cancel.
+                        runs.insert(r % 2, partial(run_gossipmesh, leg, args, args.baseline))
+                    runs.append(partial(run_nginx, leg, wd, args))
+                    for run in runs:
+                        res = run()
                         print(f"{leg} round {r + 1}: {res.line()}", flush=True)
                         per.setdefault(res.name, []).append(res.per_cpu_s)
                 med = {k: statistics.median(v) for k, v in per.items()}
@@ -189,6 +209,15 @@ def main() -> None:
                     print(
                         f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s"
                         f"  = {v / med['nginx']:.2f}x nginx"
+                    )
+                if "baseline" in per:
+                    paired = [
+                        a / b for a, b in zip(per["gossipmesh"], per["baseline"], strict=True)
+                    ]
+                    print(
+                        f"{leg} gossipmesh / baseline per round: "
+                        + " ".join(f"{x:.3f}" for x in paired)
+                        + f"  median {statistics.median(paired):.3f}"
                     )
 
 

@@ -314,9 +314,12 @@ def measure(
 def run_gossipmesh(
     leg: str, workers: int, args: argparse.Namespace, source: str | None = None
 ) -> Result:
-    env = None
+    env = cwd = None
     if source is not None:
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(source)}
+        # Run from the source tree too: ``python -c`` puts the working directory first on
+        # sys.path, ahead of PYTHONPATH, so from a checkout's root ours would shadow it.
+        cwd = os.path.abspath(source)
+        env = {**os.environ, "PYTHONPATH": cwd}
     argv = [
         *pin(args.proxy_cpu if workers == 1 else None),
         sys.executable,
@@ -329,7 +332,7 @@ def run_gossipmesh(
         str(workers),
         args.engine,
     ]
-    with launched(argv, stdout=subprocess.PIPE, env=env) as proc:
+    with launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd) as proc:
         assert proc.stdout is not None
         for _ in range(workers):
             line = proc.stdout.readline().strip()

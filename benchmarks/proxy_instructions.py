@@ -105,7 +105,7 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
     n}`` under cachegrind, or calls per syscall name under ``strace -f -c``."""
     env = dict(os.environ)
     if source is not None:
-        env["PYTHONPATH"] = os.path.abspath(source)
+        env["PYTHONPATH"] = os.path.abspath(source)  # and run there: see proxy_cpu.py
     with tempfile.TemporaryDirectory() as wd:
         log = os.path.join(wd, "count.log")
         if tool == "strace":
@@ -130,7 +130,8 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
             "1",
             "epoll",
         ]
-        with launched(argv, stdout=subprocess.PIPE, env=env) as proc:
+        cwd = os.path.abspath(source) if source is not None else None
+        with launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd) as proc:
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
             if line != b"ready":

@@ -284,9 +284,10 @@ class H2Exchange:
         st.inflight += 1
         x.try_ns = sent_ns = self.clock.now_ns()
         try:
+            if end_now:  # nothing to pump: no nursery (and its cancel scope) to pay for
+                return await self.response(c, x, link, us, sent_ns)
             async with trio.open_nursery() as nursery:
-                if not end_now:
-                    nursery.start_soon(self.pump, c, link, us)
+                nursery.start_soon(self.pump, c, link, us)
                 result = await self.response(c, x, link, us, sent_ns)
                 nursery.cancel_scope.cancel()
             return result
@@ -386,9 +387,13 @@ class H2Exchange:
             while not only:
                 if us.chunks:
                     data, flow = us.chunks.popleft()
-                    await dl.send_data(sid, data, False)
+                    # The last chunk of an ended body carries END_STREAM itself (one frame less).
+                    last = us.ended and not us.chunks and us.trailers is None
+                    await dl.send_data(sid, data, last)
                     c.sent += len(data)
                     link.ack(us.sid, flow)
+                    if last:
+                        break
                     continue
                 if us.trailers is not None:
                     code = grpc_status_of(us.trailers)

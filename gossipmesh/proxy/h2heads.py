@@ -48,7 +48,8 @@ def request_head(headers: Sequence[tuple[bytes, bytes]], ended: bool) -> Request
     req = RequestHead()
     regular: Headers = []
     scheme = b""
-    for name, value in headers:
+    for field_ in headers:
+        name, value = field_
         if name in CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
             raise Malformed(name.decode("latin-1"))
         if name[:1] == b":":
@@ -61,7 +62,7 @@ def request_head(headers: Sequence[tuple[bytes, bytes]], ended: bool) -> Request
             elif name == b":scheme":
                 scheme = value
             continue
-        regular.append((name, value))
+        regular.append(field_)  # as received: a never-indexed field stays one (RFC 7541 §7.1.3)
         if name == b"host" and not req.host:
             req.host = value
         elif name == b"x-request-id":
@@ -102,10 +103,11 @@ def forward_headers(
         (b":authority", authority),
         (b":path", req.url),
     ]
-    for name, value in req.headers:
+    for field_ in req.headers:
+        name, value = field_
         if name in _REQ_DROP or (name == b"te" and value.lower() != b"trailers"):
             continue
-        out.append((name, value))
+        out.append(field_)
     for line in hop.split(b"\r\n"):
         if line:
             name, _, value = line.partition(b": ")
@@ -118,7 +120,7 @@ def forward_headers(
 
 def response_headers(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     """A response header block or trailers for the client: connection-specific fields out."""
-    return [(n, v) for n, v in headers if n not in CONNECTION_SPECIFIC]
+    return [f for f in headers if f[0] not in CONNECTION_SPECIFIC]
 
 
 def status_of(headers: Sequence[tuple[bytes, bytes]]) -> int:

@@ -8,7 +8,10 @@ shell. One reader task feeds it what the socket gives and files each event with 
 (``Stream``: headers, body chunks, trailers, end, reset); one writer task sends what it queued.
 Every other task (one per proxied stream) only calls its synchronous methods and awaits its own
 stream or a window, so the state machine has one owner at a time (trio never switches tasks
-without an await) and needs no lock.
+without an await) and needs no lock. A stream's task and the idle writer park themselves and are
+rescheduled directly (no ``trio.Event`` per wait: one waiter each). The connection's HPACK coders
+and its checks of received header blocks are h2codec.py's (h2's, for the same results, cost
+several times more per request).
 
 Flow control is the memory bound. A peer may send us at most our window per stream
 (``h2_stream_window_bytes``) and per connection (``h2_connection_window_bytes``); a chunk
@@ -32,6 +35,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import trio
 from h2.config import H2Configuration
@@ -50,7 +54,16 @@ from h2.events import (
 )
 from h2.exceptions import FlowControlError, H2Error, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
+from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
+from gossipmesh.proxy.h2codec import (
+    REQUEST,
+    RESPONSE,
+    TRAILERS,
+    PlainDecoder,
+    PlainEncoder,
+    check_block,
+)
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.sockio import IO, ConnLost
 
@@ -76,7 +89,7 @@ class Stream:
         "ended",
         "reset",
         "refused",
-        "event",
+        "waiter",
         "partner",
     )
 
@@ -89,18 +102,27 @@ class Stream:
         self.ended = False
         self.reset: int | None = None
         self.refused = False  # never processed by the peer: safe to send elsewhere
-        self.event = trio.Event()
+        self.waiter: trio.lowlevel.Task | None = None  # the one task in ``changed``, if any
         # The stream on the other side of the proxy (client <-> upstream): woken too when this
         # one is reset, so a task waiting on either hears of it.
         self.partner: Stream | None = None
 
     def wake(self) -> None:
-        self.event.set()
+        task = self.waiter
+        if task is not None:
+            self.waiter = None
+            reschedule(task)
 
     async def changed(self) -> None:
-        """Wait for the next event of this stream (callers check the state first)."""
-        self.event = trio.Event()
-        await self.event.wait()
+        """Wait for the next event of this stream (callers check the state first). One task
+        at a time waits on a stream (its exchange, or its request pump), so a bare park and
+        reschedule does what a ``trio.Event`` per wait did, for less."""
+        self.waiter = current_task()
+        await wait_task_rescheduled(self.abort)
+
+    def abort(self, _: object) -> Abort:
+        self.waiter = None
+        return Abort.SUCCEEDED
 
     def __repr__(self) -> str:
         return f"<Stream {self.sid} ended={self.ended} reset={self.reset}>"
@@ -114,7 +136,7 @@ class H2Link:
         "streams",
         "on_request",
         "out",
-        "out_event",
+        "idle_writer",
         "drained",
         "window",
         "closed",
@@ -132,15 +154,20 @@ class H2Link:
     ) -> None:
         self.io = io
         self.limits = limits
-        # What a peer sends is validated; what we send is built from validated blocks minus the
-        # fields RFC 9113 forbids (h2heads.py), so h2 need not check it again on the way out.
+        # What a peer sends is validated (``check_block``, in ``feed``: h2's own pass costs
+        # several times more); what we send is built from validated blocks minus the fields RFC
+        # 9113 forbids (h2heads.py), so h2 need not check it again on the way out. Our blocks
+        # are HPACK-encoded without Huffman or dynamic table (h2codec.py: CPU over bytes).
         config = H2Configuration(
             client_side=client_side,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,
         )
         h2 = self.h2 = H2Connection(config)
+        h2.encoder = PlainEncoder()  # type: ignore[assignment]
+        h2.decoder = PlainDecoder()  # type: ignore[assignment]
         initial = {
             SettingCodes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window_bytes,
@@ -158,7 +185,9 @@ class H2Link:
         # Server side: a new request stream (its Stream with headers, and whether it ended).
         self.on_request = on_request
         self.out = bytearray()
-        self.out_event = trio.Event()
+        self.idle_writer: trio.lowlevel.Task | None = (
+            None  # the writer, parked with nothing to send
+        )
         self.drained = trio.Event()
         self.window = trio.Event()  # set (and replaced) whenever a send window may have grown
         self.closed = False
@@ -207,8 +236,8 @@ class H2Link:
                     if self.closed:
                         return
                     self.drained.set()
-                    self.out_event = trio.Event()
-                    await self.out_event.wait()
+                    self.idle_writer = current_task()
+                    await wait_task_rescheduled(self.abort_writer)
                     continue
                 data = bytes(self.out)
                 self.out.clear()
@@ -216,17 +245,35 @@ class H2Link:
         except ConnLost:
             self.die()
 
+    def abort_writer(self, _: object) -> Abort:
+        self.idle_writer = None
+        return Abort.SUCCEEDED
+
+    def wake_writer(self) -> None:
+        task = self.idle_writer
+        if task is not None:
+            self.idle_writer = None
+            reschedule(task)
+
     # -- input -----------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except (ProtocolError, FlowControlError) as e:
-            # h2 queued a GOAWAY naming the error: send it, then end.
-            self.errors += 1
-            self.flush()
-            self.goaway = True
-            raise LinkGone(str(e)) from None
+            self.fail(str(e))  # h2 queued the GOAWAY naming the error
+        for ev in events:
+            try:
+                if isinstance(ev, RequestReceived):
+                    check_block(ev.headers, REQUEST)
+                elif isinstance(ev, ResponseReceived):
+                    check_block(ev.headers, RESPONSE)
+                elif isinstance(ev, TrailersReceived):
+                    check_block(ev.headers, TRAILERS)
+            except ProtocolError as e:
+                with contextlib.suppress(H2Error):
+                    self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                self.fail(str(e))
         streams = self.streams
         for ev in events:
             if isinstance(ev, DataReceived):
@@ -284,13 +331,21 @@ class H2Link:
                 raise LinkGone("GOAWAY")
         self.flush()
 
+    def fail(self, why: str) -> NoReturn:
+        """The peer broke the protocol: send the GOAWAY queued, then end."""
+        self.errors += 1
+        self.flush()
+        self.goaway = True
+        raise LinkGone(why) from None
+
     # -- output ----------------------------------------------------------------------------
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
         if data:
             self.out += data
-            self.out_event.set()
+            if self.idle_writer is not None:
+                self.wake_writer()
             if len(self.out) > self.limits.h2_max_send_buffer_bytes:
                 self.die()  # a peer that provokes frames and never reads them
 
@@ -298,11 +353,13 @@ class H2Link:
         """Client side: a new request stream (raises ``LinkGone`` if the link cannot take it)."""
         if self.closed or self.goaway:
             raise LinkGone("closed")
+        sid = 0
         try:
             sid = self.h2.get_next_available_stream_id()
             s = self.streams[sid] = Stream(self, sid)
             self.h2.send_headers(sid, headers, end_stream=end)
         except H2Error as e:
+            self.streams.pop(sid, None)
             self.goaway = True
             raise LinkGone(str(e)) from None
         self.flush()
@@ -335,15 +392,16 @@ class H2Link:
                 n = min(window, len(view), h2.max_outbound_frame_size)
                 if n > 0:
                     last = n == len(view)
-                    h2.send_data(sid, view[:n].tobytes(), end_stream=end and last)
+                    chunk = data if n == len(data) else view[:n].tobytes()
+                    h2.send_data(sid, chunk, end_stream=end and last)
                     view = view[n:]
                     self.flush()
                     if last:
                         end = False  # sent with the data
-                        if not view:
-                            await self.not_too_full()
-                            return
-                    await self.not_too_full()
+                    if len(self.out) > self.limits.h2_max_send_buffer_bytes // 8:
+                        await self.not_too_full()
+                    if not view:
+                        return
                     continue
             except (StreamClosedError, H2Error) as e:
                 raise LinkGone(str(e)) from None
@@ -363,14 +421,17 @@ class H2Link:
     def ack(self, sid: int, n: int) -> None:
         """``n`` flow-controlled bytes of ``sid`` were passed on: the peer may send more."""
         if n and not self.closed:
-            with contextlib.suppress(H2Error):
+            try:  # noqa: SIM105 (contextlib.suppress costs an object per chunk)
                 self.h2.acknowledge_received_data(n, sid)
+            except H2Error:
+                pass
             self.flush()
 
     def reset(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
         """RST_STREAM ``sid`` (if still open) and forget it."""
         s = self.streams.pop(sid, None)
-        if not self.closed:
+        h2s = self.h2.streams.get(sid)
+        if not self.closed and h2s is not None and not h2s.closed:  # else closed already
             with contextlib.suppress(H2Error):
                 self.h2.reset_stream(sid, code)
         if s is not None:
@@ -385,9 +446,9 @@ class H2Link:
 
     def give_back(self, s: Stream) -> None:
         """The window the unread chunks of an abandoned stream hold goes back to the link."""
-        n = sum(flow for _, flow in s.chunks)
-        s.chunks.clear()
-        if n:
+        if s.chunks:
+            n = sum(flow for _, flow in s.chunks)
+            s.chunks.clear()
             self.ack(s.sid, n)
 
     def goaway_now(self, code: int = ErrorCodes.NO_ERROR) -> None:
@@ -413,15 +474,16 @@ class H2Link:
         self.streams.clear()
         self.window.set()
         self.drained.set()
-        self.out_event.set()
+        self.wake_writer()
 
     @property
     def capacity(self) -> int:
         """Streams this (client) link may still open."""
         if self.closed or self.goaway or self.io.closed:
             return 0
-        h2 = self.h2
-        return h2.remote_settings.max_concurrent_streams - h2.open_outbound_streams
+        # Our own count: h2's walks its whole stream table. Ours holds each stream we opened
+        # until it is reset or done, so it never counts fewer than h2's open ones.
+        return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
 
 
 __all__ = ["GONE", "Headers", "H2Link", "LinkGone", "Stream"]
