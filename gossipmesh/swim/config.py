@@ -72,14 +72,14 @@ class SwimConfig:
     # Last-word probes (issue 19): a member whose suspicion of X runs out before it has heard X
     # declared dead, and that never failed to reach X itself, probes X once before declaring
     # it. Only about confirm_probe_fanout members per suspicion do so at once (probability
-    # min(1, fanout / (live - 2)), as for confirmation probes); the others wait this long for
-    # their verdict -- "dead" from a failed last word, or X's refutation -- and probe only if
-    # neither came. That keeps a death at O(fanout) last-word probes instead of O(n). 0 sends
-    # every last word at once (the behaviour before issue 19). 0..10 min; LAN 500 ms, half a
-    # probe interval: the accuser's "dead" reaches most members within it (0.5-0.7 s from the
-    # first death to the last member at 100-1,000 nodes), and a member the news misses (30 %
-    # loss) declares at most this much later than it did uncapped. 1 s cost 30 % loss as much
-    # again in detection for no fewer probes (BENCHMARKS.md, "Last-word probes capped").
+    # min(1, fanout / (live - 2)), as for confirmation probes; members with a Lifeguard health
+    # score above 0 always do); the others wait this long for their verdict -- "dead" from a
+    # failed last word, or X's refutation -- and probe only if neither came. That keeps a death
+    # at O(fanout) last-word probes instead of O(n) in a healthy cluster. 0 sends every last
+    # word at once (the behaviour before issue 19). 0..10 min; LAN 500 ms, half a probe
+    # interval: the accuser's "dead" reaches most members within it (0.5-0.7 s from the first
+    # death to the last member at 100-1,000 nodes), and a member the news misses declares at
+    # most this much later than uncapped (BENCHMARKS.md, "Last-word probes capped").
     last_word_grace_ms: int = 500
     # Lifeguard local health: the score ranges 0..awareness_max_multiplier-1 and multiplies the
     # probe interval and timeout by (score + 1). 1 disables it. 1..64.

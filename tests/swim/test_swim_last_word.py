@@ -162,6 +162,21 @@ def test_a_member_that_failed_to_reach_the_suspect_itself_does_not_draw() -> Non
     assert node.stats["confirm_probes.final"] == 1 and node.stats.get("last_word.deferred", 0) == 0
 
 
+def test_a_member_whose_health_says_it_misses_packets_takes_its_last_word_at_once() -> None:
+    # Having to refute an accusation of ourselves worsens our Lifeguard health: we are the one
+    # losing packets, so others' verdict may never reach us either. We do not wait for it.
+    rng = Dice(8)
+    node = big_node(rng)
+    node.handle_packet(peer(5), packet(suspect("a", 0, "p5")), 500)
+    assert node.health_score > 0
+    rng.roll = 0.99  # the draw would say wait
+    deadline = hear_confirmed_suspicion(node)
+    out = node.handle_timer(deadline.timer, deadline.at_ms)
+    assert len(pings_to(out, SUSPECT_NAME)) == 1
+    assert node.stats["last_word.unhealthy"] == 1
+    assert node.stats.get("last_word.deferred", 0) == 0
+
+
 def test_grace_zero_is_the_uncapped_behaviour_and_draws_nothing() -> None:
     rng = Dice(6)
     node = big_node(rng, SwimConfig.lan(last_word_grace_ms=0))
