@@ -10,8 +10,9 @@ probe counters afterwards, once per ``last_word_grace_ms`` asked for.
 Prints, per size, grace and run: routine probes over the run, confirmation probes (Lifeguard:
 members that heard a suspicion probe the suspect themselves, ~fanout of them), last-word probes
 (a member whose suspicion deadline fires before it has heard "dead" probes once more before
-declaring it) and how many members deferred theirs (issue 19: they wait the grace for others'
-verdict), last-word probes per crash per member, and the simulator's detection and
+declaring it), how many members deferred theirs (issue 19: they wait the grace for others'
+verdict), how many of those took it after the grace ("late") and how many took it at once
+because their health score was above 0 ("sick"), last-word probes per crash per member, and the simulator's detection and
 false-positive metrics for the same run. ``--grace-ms 0`` is the behaviour before the cap: it
 draws nothing from the rng, so its runs are the old runs event for event.
 """
@@ -36,9 +37,11 @@ COUNTERS = (
     "confirm_probes.final",
     "last_word.deferred",
     "last_word.after_grace",
+    "last_word.unhealthy",
     "suspicions",
     "deaths",
 )
+SLOW_KEYS = ("false_dead_of_slow", "false_dead_of_healthy", "false_dead_by_slow")
 # Scenarios whose runs never restart a host: a name seen twice starts the next run's cluster.
 SCENARIOS = ("crash", "loss", "slow-nodes")
 
@@ -117,6 +120,8 @@ def probe_load(
                 "false_suspect": m["false_suspect"],
                 "false_dead": m["false_dead"],
                 "false_dead_hosts": m["false_dead_subjects"],
+                # slow-nodes: whose false deaths (the slow members', the healthy ones')
+                **{k: m[k] for k in SLOW_KEYS if k in m},
                 "msgs_per_node_per_period": m["msgs_per_node_per_period"],
                 "wall_s": m["wall_s"],
             }
@@ -146,7 +151,7 @@ def main(argv: list[str]) -> int:
         return 2
     graces: list[int | None] = list(args.grace_ms) if args.grace_ms else [None]
     print(f"{'nodes':>6} {'run':>14}{'grace':>7}{'probes':>9}{'confirm':>8}{'last-word':>10}"
-          f"{'deferred':>9}{'late':>5}{'lw/crash/member':>16}{'1st DEAD':>9}{'all DEAD':>9}{'max':>7}"
+          f"{'deferred':>9}{'late':>5}{'sick':>5}{'lw/crash/member':>16}{'1st DEAD':>9}{'all DEAD':>9}{'max':>7}"
           f"{'false SUSP':>11}{'false DEAD':>11}  checks")  # fmt: skip
     rows: list[dict[str, Any]] = []
     for n in args.sizes:
@@ -165,11 +170,13 @@ def main(argv: list[str]) -> int:
                 print(f"{n:>6} {r['run']:>14}{_fmt(g, 'd'):>7}{r['probes']:>9}"
                       f"{r['confirm_probes']:>8}{r['confirm_probes.final']:>10}"
                       f"{r['last_word.deferred']:>9}{r['last_word.after_grace']:>5}"
+                      f"{r['last_word.unhealthy']:>5}"
                       f"{_fmt(r['last_word_per_crash_per_member'], '.3f'):>16}"
                       f"{_fmt(r['first_dead_mean_s'], '.2f'):>9}"
                       f"{_fmt(r['all_dead_mean_s'], '.2f'):>9}{_fmt(r['all_dead_max_s'], '.2f'):>7}"
                       f"{r['false_suspect']:>11,}{r['false_dead']:>11,}"
-                      f"  {'pass' if r['checks_ok'] else 'FAIL'} {r['trace']}",
+                      f"  {'pass' if r['checks_ok'] else 'FAIL'} {r['trace'][:12]}"
+                      + "".join(f" {k[11:]}={r[k]}" for k in SLOW_KEYS if k in r),
                       flush=True)  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
