@@ -12,8 +12,8 @@ members that heard a suspicion probe the suspect themselves, ~fanout of them), l
 (a member whose suspicion deadline fires before it has heard "dead" probes once more before
 declaring it), how many members deferred theirs (issue 19: they wait the grace for others'
 verdict), how many of those took it after the grace ("late") and how many took it at once
-because their health score was above 0 ("sick"), last-word probes per crash per member, and the simulator's detection and
-false-positive metrics for the same run. ``--grace-ms 0`` is the behaviour before the cap: it
+because their health score was above 0 ("sick"), last-word probes per crash per member, and
+the simulator's detection and false-positive metrics for the same run. ``--grace-ms 0`` is the behaviour before the cap: it
 draws nothing from the rng, so its runs are the old runs event for event.
 """
 
