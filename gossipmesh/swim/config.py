@@ -69,6 +69,18 @@ class SwimConfig:
     # independent confirmation. 0 disables (memberlist's behaviour). 0..64; LAN 6: somewhat more
     # than K, so K confirmations still arrive when a prober or two loses packets.
     confirm_probe_fanout: int = 6
+    # Last-word probes (issue 19): a member whose suspicion of X runs out before it has heard X
+    # declared dead, and that never failed to reach X itself, probes X once before declaring
+    # it. Only about confirm_probe_fanout members per suspicion do so at once (probability
+    # min(1, fanout / (live - 2)), as for confirmation probes; members with a Lifeguard health
+    # score above 0 always do); the others wait this long for their verdict -- "dead" from a
+    # failed last word, or X's refutation -- and probe only if neither came. That keeps a death
+    # at O(fanout) last-word probes instead of O(n) in a healthy cluster. 0 sends every last
+    # word at once (the behaviour before issue 19). 0..10 min; LAN 500 ms, half a probe
+    # interval: the accuser's "dead" reaches most members within it (0.5-0.7 s from the first
+    # death to the last member at 100-1,000 nodes), and a member the news misses declares at
+    # most this much later than uncapped (BENCHMARKS.md, "Last-word probes capped").
+    last_word_grace_ms: int = 500
     # Lifeguard local health: the score ranges 0..awareness_max_multiplier-1 and multiplies the
     # probe interval and timeout by (score + 1). 1 disables it. 1..64.
     awareness_max_multiplier: int = 8
@@ -136,6 +148,7 @@ class SwimConfig:
         _range(self, "suspicion_max_timeout_mult", 1, 64)
         _range(self, "suspicion_confirmations", 0, 32)
         _range(self, "confirm_probe_fanout", 0, 64)
+        _range(self, "last_word_grace_ms", 0, 600_000)
         _range(self, "awareness_max_multiplier", 1, 64)
         _range(self, "gossip_interval_ms", 0, 600_000)
         _range(self, "gossip_nodes", 0, 64)
@@ -177,6 +190,7 @@ class SwimConfig:
             suspicion_max_timeout_mult=12,
             gossip_interval_ms=500,
             gossip_nodes=4,
+            last_word_grace_ms=2500,
             gossip_to_dead_ms=60_000,
             push_pull_interval_ms=60_000,
             push_pull_timeout_ms=30_000,

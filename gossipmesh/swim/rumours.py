@@ -311,7 +311,7 @@ class Rumours:
                 self.refute(msg.incarnation, now_ms, out)
             return
         state = cur.state
-        if state is SUSPECT:
+        if state is SUSPECT and msg.incarnation == cur.incarnation:
             s = self._suspicions.get(name)
             if s is not None and s.would_confirm(msg.source):
                 if local:
@@ -337,7 +337,12 @@ class Rumours:
             if s is not None and self.prober is not None:
                 self.prober.maybe_confirm_probe(cur, s, now_ms, out)
             return
-        if state is not ALIVE:
+        # An accusation at a newer incarnation than the one we hold it suspect at is a new
+        # suspicion, not a confirmation: the member refuted the old one (we missed that) and is
+        # accused afresh. Counting it as a confirmation of the old one let those confirmations,
+        # our own failed probe among them, end the old suspicion with no last word: a live
+        # member declared dead under 30 % loss (simulator, 100 nodes, seed 1, issue 19).
+        if state is not ALIVE and state is not SUSPECT:
             return
         if local:
             msg = st.sign_suspect(name, msg.incarnation)
@@ -345,6 +350,8 @@ class Rumours:
             kind, cur, msg.incarnation, msg.source, msg.signature, now_ms
         ):
             return
+        if state is SUSPECT:
+            self._drop_confirmations(name)
         st.count("suspicions")
         new = interned_member(name, cur.address, msg.incarnation, SUSPECT, cur.meta,
                               accused(cur, msg.source, msg.signature))  # fmt: skip
@@ -377,6 +384,8 @@ class Rumours:
         if cur.state is ALIVE:
             return True
         if cur.state is SUSPECT:
+            if incarnation > cur.incarnation:
+                return True  # a new suspicion of a newer life (see on_suspect)
             s = self._suspicions.get(cur.name)
             return s is not None and s.would_confirm(source)
         return False

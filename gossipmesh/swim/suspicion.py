@@ -68,6 +68,8 @@ class Suspicion:
         "token",
         "deadline_ms",
         "final_probed",
+        "last_word_drawn",
+        "last_word_waited",
     )
 
     def __init__(
@@ -84,6 +86,11 @@ class Suspicion:
         self.deadline_ms = start_ms + suspicion_timeout_ms(0, k, min_ms, max_ms)
         # The node's last-word probe at the deadline was started (see probe.py).
         self.final_probed = False
+        # The node drew whether to take its last word at once or to wait a grace for others'
+        # (probe.py, "Last-word probes"); it draws once per suspicion. Waiting: the draw said
+        # wait, and the grace is not over yet.
+        self.last_word_drawn = False
+        self.last_word_waited = False
 
     def would_confirm(self, source: str) -> bool:
         """Would ``confirm(source)`` count? (Checked before paying for a signature check.)"""
