@@ -18,8 +18,10 @@ or ``push_pull_failed``). Three things start one:
 
 Merging goes through ``rumours.py`` like any other news, except that a remote SUSPECT or DEAD
 becomes our SUSPECT: one member's mistaken view must not kill a member here, and the accused
-still gets its chance to refute. At most ``push_pull_concurrency_max`` outgoing exchanges are
-pending; one the runtime never reported expires after twice the push-pull timeout.
+still gets its chance to refute; a DEAD or LEFT record of a member we do not know is not taken
+at all (it would bring the long-gone back, see ``_alive_part``). At most
+``push_pull_concurrency_max`` outgoing exchanges are pending; one the runtime never reported
+expires after twice the push-pull timeout.
 
 Every record carries its proof (``member.Proof``): the subject's own signed alive claim, and the
 signed accusation behind a suspect, dead or left state. A merge makes two passes over the
@@ -304,7 +306,16 @@ class StateSync:
         assert p is not None  # decoded records always carry one
         cur = self._table.get(r.name)
         if r.name != self.state.name and (
-            (cur is None and r.state is LEFT)  # a stranger who left: nothing to learn
+            # A stranger who left or died: nothing to learn. Taking a dead stranger's claim
+            # (then our own suspicion of it, as below) brought a long-gone member back to life
+            # at every node that never knew it -- one restarted or joined after it went --
+            # whenever a push-pull from a node holding it DEAD reached it, hours later; with
+            # nobody else to confirm, the suspicion ran its whole Lifeguard maximum, probing a
+            # dead address (swarm seeds 520 and 2404: a member that left, held DEAD by the
+            # few who had killed it first, lingered suspect 140 s after the heal). memberlist
+            # also adds a member only on an alive record. A falsely killed stranger is learnt
+            # from its refutation, as any member we do not know.
+            (cur is None and r.state is not SUSPECT)
             or (cur is not None and p.alive_incarnation <= cur.incarnation)  # old news
             # Dead or left here and there: the claim is the subject's word from *before* the
             # death the record reports, not a sign of life (``_gone_again`` in the second pass).

@@ -145,13 +145,7 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
     settled: int | None = None
     error: str | None = None
     try:
-        warm_start(c)
-        for f in plan.faults:
-            c.at(T0_MS + f.at_ms, _start, w, f)
-        heal = T0_MS + max(plan.last_fault_ms, 1_000)
-        c.at(heal, _heal_everything, w)
-        c.on_sample = lambda now: _sample(w, now)
-        c.run_until(heal)
+        heal = _play(w, plan)
         settled = _settle(c, heal, heal + bound)
         verdict = judge(c, ledger, w.memory)
         if not verdict.settled_ok:  # too slow, or wrong? Look again at three times the bound.
@@ -172,6 +166,28 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
         tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
         round(time.perf_counter() - wall, 3), c.engine.trace_hash(),
     )  # fmt: skip
+
+
+def play(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> tuple[Cluster, int]:
+    """Build ``plan``'s cluster and run it to the heal: (the cluster, the heal's time). For a
+    test that looks at the cluster itself afterwards (``run_plan`` judges it)."""
+    c, ledger = build(plan, core_factory)
+    try:
+        return c, _play(_World(c, ledger, MemoryWatch()), plan)
+    finally:
+        gc.unfreeze()  # what warm_start froze becomes collectable again
+
+
+def _play(w: _World, plan: SwarmPlan) -> int:
+    c = w.c
+    warm_start(c)
+    for f in plan.faults:
+        c.at(T0_MS + f.at_ms, _start, w, f)
+    heal = T0_MS + max(plan.last_fault_ms, 1_000)
+    c.at(heal, _heal_everything, w)
+    c.on_sample = lambda now: _sample(w, now)
+    c.run_until(heal)
+    return heal
 
 
 def _settle(c: Cluster, start_ms: int, end_ms: int, since: int | None = None) -> int | None:

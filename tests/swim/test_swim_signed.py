@@ -17,7 +17,7 @@ from gossipmesh.identity.membership import MembershipAuthority, VerificationMemo
 from gossipmesh.ids import Address
 from gossipmesh.swim.authority import AliveClaim
 from gossipmesh.swim.config import SwimConfig
-from gossipmesh.swim.effects import Effect, SendPacket, SetTimer, StartPushPull
+from gossipmesh.swim.effects import Effect, MemberChanged, SendPacket, SetTimer, StartPushPull
 from gossipmesh.swim.fields import cert_ref
 from gossipmesh.swim.member import Member, MemberState, Proof
 from gossipmesh.swim.messages import (
@@ -458,3 +458,26 @@ def test_a_member_dead_here_and_dead_again_there_at_a_higher_incarnation_stays_d
     # p0 alive after all: its refutation above the death brings it back.
     node.handle_packet(addr(2), packet(alive("p0", 2, addr(2))), 40)
     assert state(node, "p0") is MemberState.ALIVE
+
+
+def test_a_push_pull_does_not_bring_back_a_dead_or_left_member_we_never_knew() -> None:
+    """The swarm's seeds 520 and 2404: a member that left (or died) is held DEAD by a few, and a
+    node that restarted or joined after it went does not know it. A push-pull with the DEAD
+    record must not make it known here, alive and then our own suspicion (which nobody would
+    confirm: suspect for a whole Lifeguard maximum, whenever that push-pull comes); a LEFT
+    record never did. A SUSPECT stranger is still taken: it is most likely alive."""
+    holder = make_node(name="b")
+    holder.handle_packet(addr(3), packet(dead("p0", 0, "p1")), 5)
+    holder.handle_packet(addr(4), packet(dead("p2", 0, "p2", left=True)), 5)
+    holder.handle_packet(addr(5), packet(suspect("p1", 0, "p3")), 5)
+    assert [state(holder, n) for n in ("p0", "p1", "p2", "p3")] == [
+        MemberState.DEAD, MemberState.SUSPECT, MemberState.LEFT, MemberState.ALIVE]  # fmt: skip
+    node = make_node(n_peers=0, name="c")
+    _, eff = node.handle_push_pull_request(addr(9), holder.push_pull_payload(False), 20)
+    out = drain(node, eff, 20)
+    assert state(node, "p0") is None and state(node, "p2") is None
+    assert state(node, "p1") is MemberState.SUSPECT and state(node, "p3") is MemberState.ALIVE
+    changed = {e.member.name for e in out if isinstance(e, MemberChanged)}
+    assert changed == {"b", "p1", "p3"}
+    assert not [e for e in out if isinstance(e, SetTimer) and e.timer.kind is TimerKind.SUSPICION
+                and e.timer.name == "p0"]  # fmt: skip
