@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _procs import Proc  # noqa: E402
+from _procs import Proc, wait_until  # noqa: E402
 
 IMPORT_HEADER = "import time: self [us] | cumulative | imported package"
 
@@ -60,6 +60,14 @@ def smaps_account(pid: int) -> tuple[int, dict[str, int]]:
     return anon, dict(by_file)
 
 
+def _status_field(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{name}:"):
+                return line.split()[1]
+    return "?"
+
+
 def imported_modules(stderr_lines: list[str]) -> list[str]:
     """The module names the agent process (after the CLI's exec) imported, in order."""
     starts = [i for i, line in enumerate(stderr_lines) if line.strip().endswith(IMPORT_HEADER)]
@@ -85,7 +93,7 @@ def rss_after_import(module: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-proxy", action="store_true", help="run the agent with --no-proxy")
-    parser.add_argument("--settle", type=float, default=8.0, help="seconds before sampling")
+    parser.add_argument("--settle", type=float, default=5.0, help="idle seconds after the start before sampling")
     parser.add_argument("--cost", action="store_true", help="RSS of importing each package alone")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--modules", action="store_true", help="list every imported module")
@@ -95,18 +103,21 @@ def main() -> int:
         proc = Proc("n0", agent_argv(workdir, not args.no_proxy, args.agent_flags))
         proc.start(env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
         try:
-            time.sleep(args.settle)
+            started = '"event":"proxy_start"' if not args.no_proxy else '"event":"agent_start"'
+            wait_until(lambda: proc.first_match(lambda line: started in line, 0) is not None, 120)
+            time.sleep(args.settle)  # idle after start
             assert proc.popen is not None
             if proc.popen.poll() is not None:
                 print("\n".join(line for _, line in proc.lines[-20:]))
                 raise SystemExit("the agent exited")
             rss = proc.rss_kib()
+            threads = _status_field(proc.popen.pid, "Threads")
             anon, by_file = smaps_account(proc.popen.pid)
         finally:
             proc.stop()
         modules = imported_modules([line for _, line in proc.lines])
     print(f"VmRSS {rss / 1024:.1f} MiB; anonymous {anon / 1024:.1f} MiB; "
-          f"file-backed {(rss - anon) / 1024:.1f} MiB")  # fmt: skip
+          f"file-backed {(rss - anon) / 1024:.1f} MiB; threads {threads}")  # fmt: skip
     print(f"\nlargest mappings (RSS KiB, top {args.top}):")
     for name, kib in sorted(by_file.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{kib:>8}  {name}")
