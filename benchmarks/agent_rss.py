@@ -93,7 +93,9 @@ def rss_after_import(module: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-proxy", action="store_true", help="run the agent with --no-proxy")
-    parser.add_argument("--settle", type=float, default=5.0, help="idle seconds after the start before sampling")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="idle seconds after the start before sampling"
+    )
     parser.add_argument("--cost", action="store_true", help="RSS of importing each package alone")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--modules", action="store_true", help="list every imported module")
