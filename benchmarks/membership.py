@@ -11,6 +11,7 @@ the cluster allowed to settle before the next kill. Finally the idle RSS of ever
 at N members (and at ``--rss-members``).
 
     python benchmarks/membership.py --agents 20 --kills 5 --rss-members 100
+    python benchmarks/membership.py --skip-detection --only gossipmesh --rss-members 100 --proxy
 
 gossipmesh runs secured by default (since issue 11): a CA made in the temp dir, a node certificate
 per agent (``--tls-dir``) and a gossip key (``--encrypt-file``), so every alive claim and
@@ -89,6 +90,7 @@ def _serf_failed(line: str, member: str) -> bool:
 
 GM_CLUSTER = "bench"
 SECURE_DIR = "pki"  # in the workdir: the CA, one node dir per agent, the gossip key
+PROXY_MARK = "with-proxy"  # in the workdir: gossipmesh agents run their proxy (--proxy)
 
 
 def make_secure(workdir: str, n: int) -> None:
@@ -110,6 +112,8 @@ def make_secure(workdir: str, n: int) -> None:
 
 
 def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
+    """``--no-proxy`` unless ``workdir/PROXY_MARK`` exists (``--proxy``): then each agent runs its
+    sidecar, outbound on HOST:4140 and inbound on the default port, HOST its own loopback."""
     data_dir = os.path.join(workdir, f"gm{i}")
     secure = os.path.join(workdir, SECURE_DIR)
     argv = [
@@ -125,10 +129,13 @@ def _gm_argv(i: int, n: int, workdir: str) -> list[str]:
         f"{loopback(i)}:{GM_ADMIN_PORT}",
         "--data-dir",
         data_dir,
-        "--no-proxy",  # membership only; N sidecars could not all bind 127.0.0.1:4140
         "--profile",
         "lan",
     ]
+    if os.path.exists(os.path.join(workdir, PROXY_MARK)):  # one loopback address per agent
+        argv += ["--outbound", f"{loopback(i)}:4140"]
+    else:  # membership only; N sidecars could not all bind 127.0.0.1:4140
+        argv.append("--no-proxy")
     if os.path.isdir(secure):  # node certificates and a gossip key, not a loopback playground
         argv += ["--cluster", GM_CLUSTER, "--tls-dir", os.path.join(secure, f"n{i}"),
                  "--encrypt-file", os.path.join(secure, "gossip.key")]  # fmt: skip
@@ -278,6 +285,12 @@ def main() -> int:
         "still signed, with self-issued certificates); default: a CA, a node certificate per "
         "agent and a gossip key, made in the temp dir",
     )
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="gossipmesh agents run their sidecar proxy (outbound and inbound on each agent's own "
+        "loopback address); default --no-proxy",
+    )
     args = parser.parse_args()
     if args.agents < 3 or args.agents > 250 or args.kills < 1 or args.kills > 50:
         parser.error("--agents must be 3-250 and --kills 1-50")
@@ -291,6 +304,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as workdir:
             if key == "gossipmesh" and not args.playground:
                 make_secure(workdir, max([args.agents, *args.rss_members]))
+            if key == "gossipmesh" and args.proxy:
+                Path(workdir, PROXY_MARK).touch()
             if not args.skip_detection:
                 print(f"{system.label}: {args.agents} agents, {args.kills} kills", flush=True)
                 runs.append(run_detection(system, args.agents, args.kills, workdir))

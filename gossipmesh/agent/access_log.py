@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.metric_export import families
 from gossipmesh.proxy.record_sinks import AccessLog
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 
 def open_access_log(settings: SidecarSettings) -> AccessLog | None:
@@ -42,7 +43,7 @@ def open_access_log(settings: SidecarSettings) -> AccessLog | None:
     return AccessLog(fd, settings.access_log_sample_ratio, settings.access_log_max_lines_per_s)
 
 
-class RequestLogCollector(Collector):
+class RequestLogCollector:
     """The access log's and the taps' counters, read at scrape time."""
 
     def __init__(
@@ -56,7 +57,8 @@ class RequestLogCollector(Collector):
         self.spans = spans
 
     def collect(self) -> Iterator[Metric]:
-        lines = CounterMetricFamily(
+        fam = families()
+        lines = fam.counter(
             "gossipmesh_proxy_access_log_lines",
             "Access log lines: written, dropped over the rate limit or a full buffer, write errors",
             labels=["outcome"],
@@ -67,8 +69,8 @@ class RequestLogCollector(Collector):
                 lines.add_metric([outcome], n)
         yield lines
         taps = self.taps()
-        yield GaugeMetricFamily("gossipmesh_proxy_taps", "Tap streams open now", value=taps["open"])
-        records = CounterMetricFamily(
+        yield fam.gauge("gossipmesh_proxy_taps", "Tap streams open now", value=taps["open"])
+        records = fam.counter(
             "gossipmesh_proxy_tap_records",
             "Records of tap streams: sent, dropped for a slow reader, skipped over max_rps",
             labels=["outcome"],
@@ -76,7 +78,7 @@ class RequestLogCollector(Collector):
         for outcome in ("sent", "dropped", "skipped"):
             records.add_metric([outcome], taps[outcome])
         yield records
-        yield CounterMetricFamily(
+        yield fam.counter(
             "gossipmesh_proxy_spans_exported",
             "Spans handed to the OTLP exporter (--otlp-endpoint); its own queue drops beyond 2048",
             value=self.spans(),

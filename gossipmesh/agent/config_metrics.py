@@ -10,27 +10,32 @@ and the admin API's, ``unsigned`` ...; both count under ``config.refused.REASON`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from gossipmesh.metric_export import families
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 
 def config_families(counters: Mapping[str, int]) -> Iterator[Metric]:
-    yield CounterMetricFamily(
+    fam = families()
+    yield fam.counter(
         "gossipmesh_config_writes",
         "Config changes committed through this agent's admin API",
         value=counters.get("config.local_writes", 0),
     )
-    yield CounterMetricFamily(
+    yield fam.counter(
         "gossipmesh_config_merged_entries",
         "Config entries merged from peers (gossip, pushes and anti-entropy) that were new here",
         value=counters.get("config.merged_entries", 0),
     )
-    yield CounterMetricFamily(
+    yield fam.counter(
         "gossipmesh_config_merges_nothing_new",
         "Config deltas from peers that held nothing new (the end of an epidemic)",
         value=counters.get("config.merged_nothing_new", 0),
     )
-    rejected = CounterMetricFamily(
+    rejected = fam.counter(
         "gossipmesh_config_rejected",
         "Config entries and writes refused, by reason (merges and the admin API)",
         labels=["reason"],

@@ -47,7 +47,6 @@ from typing import Literal
 
 import trio
 
-from gossipmesh.agent.grpc_health import grpc_probe
 from gossipmesh.config.schema import HealthCheck, LocalService
 from gossipmesh.crdt.records import Health
 
@@ -175,6 +174,9 @@ async def probe_io(service: LocalService, check: HealthCheck) -> ProbeResult:
         if check.kind == "tcp":
             return ProbeResult(True, "tcp connect")
         if check.kind == "grpc":
+            # The h2 library only for gRPC checks (issue 19: 2.5 MiB an HTTP agent never uses).
+            from gossipmesh.agent.grpc_health import grpc_probe
+
             authority = _host_header(service.address, service.port)
             ok, reason = await grpc_probe(stream, authority, check.grpc_service)
             return ProbeResult(ok, reason)

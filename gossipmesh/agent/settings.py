@@ -7,7 +7,6 @@ setting, so the CLI can print one line and exit 2.
 from __future__ import annotations
 
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +112,8 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None = None) -> 
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only with --config: an agent run on flags alone never loads the parser
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

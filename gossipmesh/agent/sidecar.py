@@ -53,9 +53,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
@@ -78,6 +75,7 @@ from gossipmesh.dataplane import (
     open_plane,
 )
 from gossipmesh.dataplane.model import local_instances
+from gossipmesh.metric_export import Registry, families
 from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.metrics import render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
@@ -86,6 +84,8 @@ from gossipmesh.proxy.table import RouteTable
 from gossipmesh.version import package_version, python_version
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from gossipmesh.agent.runtime import Agent
 
 DEBOUNCE_S = 0.05  # at most one republish and one rebuild per 50 ms, however many marks
@@ -147,7 +147,7 @@ class Sidecar:
         self._wake: trio.Event | None = None
         self._last_body: RecordBody | None = None
         self._members_by_state: dict[str, int] = {}
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = Registry()
         self.registry.register(_AgentCollector(self))
         if config is not None:
             self.attach_config(config)
@@ -426,7 +426,7 @@ class Sidecar:
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
         self._members_by_state = counts
-        body = generate_latest(self.registry)
+        body = self.registry.render()
         if self.proxy is not None:
             body = render_metrics(self.proxy.metrics) + body
         if self.external is not None:
@@ -438,36 +438,37 @@ class Sidecar:
         return StreamResponse(one_chunk(), content_type=PROMETHEUS_CONTENT_TYPE)
 
 
-class _AgentCollector(Collector):
+class _AgentCollector:
     """Agent gauges and counters, read from the agent's plain structures at scrape time."""
 
     def __init__(self, sidecar: Sidecar) -> None:
         self.s = sidecar
 
     def collect(self) -> Iterator[Metric]:
+        fam = families()
         s = self.s
         counters = dict(s.agent.counters)
-        build = GaugeMetricFamily(
+        build = fam.gauge(
             "gossipmesh_build_info",
             "Always 1; the labels say which gossipmesh and Python this agent runs",
             labels=["version", "python"],
         )
         build.add_metric([package_version(), python_version()], 1)
         yield build
-        members = GaugeMetricFamily(
+        members = fam.gauge(
             "gossipmesh_agent_members", "Members this agent knows, by state", labels=["state"]
         )
         for state, n in sorted(s._members_by_state.items()):
             members.add_metric([state], n)
         yield members
-        dropped = CounterMetricFamily(
+        dropped = fam.counter(
             "gossipmesh_agent_dropped", "Inputs dropped, by reason", labels=["reason"]
         )
         for key, n in sorted(counters.items()):
             if key.startswith("dropped."):
                 dropped.add_metric([key.removeprefix("dropped.")], n)
         yield dropped
-        records = CounterMetricFamily(
+        records = fam.counter(
             "gossipmesh_agent_records",
             "Node-record events: offer outcomes, decode failures, syncs",
             labels=["event"],
@@ -478,14 +479,14 @@ class _AgentCollector(Collector):
         yield records
         # Every agent counter by name, rejections included (``admin.unauthorized``, the signed
         # layers' refusals): what /v1/health's ``counters`` shows, for Prometheus.
-        events = CounterMetricFamily(
+        events = fam.counter(
             "gossipmesh_agent_events", "Every agent counter, by name", labels=["name"]
         )
         for key, n in sorted(counters.items()):
             events.add_metric([key], n)
         yield events
         yield from config_families(counters)
-        membership = CounterMetricFamily(
+        membership = fam.counter(
             "gossipmesh_agent_membership_rejected",
             "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",
             labels=["reason"],
@@ -495,19 +496,17 @@ class _AgentCollector(Collector):
                 membership.add_metric([key.removeprefix("reject.")], n)
         yield membership
         yield from _port_gauges(s.agent)
-        yield CounterMetricFamily(
-            "gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds
-        )
-        yield CounterMetricFamily(
+        yield fam.counter("gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds)
+        yield fam.counter(
             "gossipmesh_agent_record_publishes", "Own node record publishes", value=s.publishes
         )
-        endpoints = GaugeMetricFamily(
+        endpoints = fam.gauge(
             "gossipmesh_agent_endpoints", "Routable endpoints per service", labels=["service"]
         )
         for svc, eps in s.catalog.endpoints.items():
             endpoints.add_metric([svc], len(eps))
         yield endpoints
-        health = GaugeMetricFamily(
+        health = fam.gauge(
             "gossipmesh_agent_instances",
             "Service instances in the catalog by health (passing, warning, critical, unknown)",
             labels=["service", "health"],
@@ -523,8 +522,9 @@ class _AgentCollector(Collector):
 
 def _port_gauges(agent: Agent) -> Iterator[Metric]:
     """The gossip port's and the admin API's limits, and how much of each is in use."""
+    fam = families()
     transport = agent.transport
-    limits = GaugeMetricFamily(
+    limits = fam.gauge(
         "gossipmesh_agent_limit",
         "The gossip port's and the admin API's limits (docs/LIMITS.md)",
         labels=["name"],
@@ -538,7 +538,7 @@ def _port_gauges(agent: Agent) -> Iterator[Metric]:
     limits.add_metric(["admin_send_timeout_s"], http.SEND_TIMEOUT_S)
     limits.add_metric(["stream_timeout_s"], transport.stream_timeout_s)
     yield limits
-    used = GaugeMetricFamily(
+    used = fam.gauge(
         "gossipmesh_agent_in_use",
         "How much of each gossip port and admin API limit is in use now",
         labels=["name"],

@@ -42,6 +42,7 @@ import random
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -55,9 +56,7 @@ from gossipmesh.proxy.downstream import Downstream, Downstreams
 from gossipmesh.proxy.engine import Engine
 from gossipmesh.proxy.fastpath import FastPath
 from gossipmesh.proxy.forward import Forwarder
-from gossipmesh.proxy.h2exchange import H2Exchange
-from gossipmesh.proxy.h2pool import H2Pool
-from gossipmesh.proxy.h2serve import H2Front
+from gossipmesh.proxy.h2side import H2Side
 from gossipmesh.proxy.handshakes import Handshakes
 from gossipmesh.proxy.limits import INBOUND, OUTBOUND, TCP, ProxyLimits
 from gossipmesh.proxy.memory import Trimmer, compact
@@ -75,6 +74,10 @@ from gossipmesh.proxy.tcp import TcpProxy
 from gossipmesh.proxy.tunnels import Tunnels
 from gossipmesh.proxy.upstream import Upstreams
 from gossipmesh.proxy.workers import serve_workers
+
+if TYPE_CHECKING:
+    from gossipmesh.proxy.h2pool import H2Pool
+    from gossipmesh.proxy.h2serve import H2Front
 
 log = logging.getLogger("gossipmesh.proxy")
 
@@ -173,13 +176,9 @@ class Proxy:
         )
         self.audit = Audit(audit, clock=self.clock)
         self.forwarder.audit = self.audit
-        # HTTP/2 and gRPC: the same decisions, streams instead of connections (h2*.py).
-        self.h2pool = H2Pool(self.upstreams, limits, metrics, self.clock)
-        h2x = H2Exchange(
-            self.directory, self.h2pool, self.accounting, self.rng, self.clock, limits, self.audit,
-            self.downstreams.requests,
-        )  # fmt: skip
-        self.h2 = H2Front(h2x, self.downstreams, limits, metrics, self.clock)
+        # HTTP/2 and gRPC: the same decisions, streams instead of connections (h2*.py), built
+        # at the first HTTP/2 connection (h2side.py).
+        self.h2 = H2Side(self.build_h2)
         self.tasks.h2 = self.h2
         self.mtls = mtls
         self.watch: PeerWatch | None = None
@@ -291,7 +290,7 @@ class Proxy:
                 tcp_bound[service] = s.getsockname()[:2]
             self.addresses = ProxyAddresses(out_addr, in_addr, tcp_bound, services_bound)
             async with trio.open_nursery() as nursery:
-                self.h2pool.nursery = nursery
+                self.h2.attach(nursery)
                 nursery.start_soon(self.watchdog)
                 eng = None
                 if self.engine == "epoll" and engine_mod.HAVE_EPOLL:
@@ -320,8 +319,22 @@ class Proxy:
                 trio.lowlevel.notify_closing(lsock)
                 lsock.close()
             self.upstreams.drain()
-            self.h2pool.drain()
-            self.h2pool.nursery = None
+            self.h2.detach()
+
+    def build_h2(self) -> tuple[H2Front, H2Pool]:
+        """The HTTP/2 front and its upstream pool, wired to this proxy's parts; ``H2Side``
+        calls it once, at the first HTTP/2 connection (importing the h2 library then)."""
+        from gossipmesh.proxy.h2exchange import H2Exchange
+        from gossipmesh.proxy.h2pool import H2Pool
+        from gossipmesh.proxy.h2serve import H2Front
+
+        limits, metrics = self.limits, self.metrics
+        pool = H2Pool(self.upstreams, limits, metrics, self.clock)
+        h2x = H2Exchange(
+            self.directory, pool, self.accounting, self.rng, self.clock, limits, self.audit,
+            self.downstreams.requests,
+        )  # fmt: skip
+        return H2Front(h2x, self.downstreams, limits, metrics, self.clock), pool
 
     async def watchdog(self) -> None:
         """Deadlines every tick; idle pooled connections past their expiry, and memory after a

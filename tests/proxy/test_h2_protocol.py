@@ -158,7 +158,7 @@ async def test_a_slow_reader_holds_the_proxy_to_its_flow_control_windows(one: On
             await c.pump()
         held = sum(
             len(data)
-            for links in one.proxy.h2pool.links.values()
+            for links in one.proxy.h2.pool.links.values()
             for link in links
             for s in link.streams.values()
             for data, _ in s.chunks
@@ -183,7 +183,7 @@ async def test_a_client_reset_cancels_the_upstream_stream(one: One) -> None:
         assert await c.pump()
 
     def upstream_streams() -> int:
-        return sum(len(link.streams) for ls in one.proxy.h2pool.links.values() for ls_ in [ls] for link in ls_)  # fmt: skip
+        return sum(len(link.streams) for ls in one.proxy.h2.pool.links.values() for ls_ in [ls] for link in ls_)  # fmt: skip
 
     assert upstream_streams() == 1
     c.h2.reset_stream(sid, ErrorCodes.CANCEL)
