@@ -4,14 +4,19 @@ Theory of operation
 -------------------
 Two modes, one exit-code contract (0 every seed passed, 1 a seed failed, 2 bad options):
 
-- **swarm**: ``--seeds N [--first-seed S] --nodes LO..HI [--jobs J] [--max-wall SECONDS]``
-  runs seeds S..S+N-1 (each: ``generate`` -> ``run_plan``; with ``--max-wall`` only the first
+- **swarm**: ``--seeds N [--first-seed S] --nodes LO..HI [--jobs J] [--max-wall SECONDS]
+  [--hold-s SECONDS]``  runs seeds S..S+N-1 (each: ``generate`` -> ``run_plan``; with ``--max-wall`` only the first
   ones that fit in that time, and the report says how many), prints a line per failure as it happens, then shrinks
   each failure (``--shrink-max`` of them, first ones first) and prints the command that
   replays the shrunk plan, and a summary: seeds per second, faults carried out by kind, the
   settle bound and the settle times seen. ``--markdown FILE`` writes that as a report.
 - **replay**: ``--seed S --nodes N --plan '...'`` runs exactly that plan (the command a failure
   prints) and shows every check.
+
+``--hold-s`` is the hold window past the settle bound in which the settled properties must keep
+holding (``runner.HOLD_MS`` by default; 0 = off, the check at the bound alone). The report
+states it; a replay command printed for a run with another window carries ``--hold-s``, and
+shrinking runs every candidate with the same window, so a relapse shrinks as a relapse.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, NoReturn
 from simulations.swarm.generate import generate
 from simulations.swarm.plan import parse_plan
 from simulations.swarm.pool import run_seeds
-from simulations.swarm.runner import Outcome, run_plan
+from simulations.swarm.runner import HOLD_MS, Outcome, run_plan
 from simulations.swarm.shrink import Shrunk, shrink
 
 
@@ -64,6 +69,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--shrink-max", type=int, default=3,
                    help="failures to shrink (default 3; 0: none)")  # fmt: skip
     p.add_argument("--shrink-runs", type=int, default=80, help="runs per shrink (default 80)")
+    p.add_argument("--hold-s", type=float, dest="hold_s", default=HOLD_MS / 1000,
+                   metavar="SECONDS", help="after the settle bound, keep running this long and "
+                   "check every 2 s that the settled properties still hold (a break fails the "
+                   f"seed as relapsed); default {HOLD_MS // 1000}, 0: off")  # fmt: skip
     p.add_argument("--markdown", dest="md_file", default=None, metavar="FILE.md")
     p.add_argument("--json", dest="json_file", default=None, metavar="FILE")
     p.add_argument("--quiet", action="store_true", help="no per-seed progress")
@@ -75,6 +84,12 @@ def main(argv: Sequence[str], prog: str = "python -m simulations") -> int:
     if ns.seeds < 1 or ns.jobs < 1:
         sys.stderr.write(f"{prog} swarm: error: --seeds and --jobs must be at least 1\n")
         return 2
+    if not 0 <= ns.hold_s <= 3_600:
+        sys.stderr.write(f"{prog} swarm: error: --hold-s must be within 0..3600\n")
+        return 2
+    ns.hold_ms = round(ns.hold_s * 1000)
+    # the window a printed replay command must carry: none when it is the default
+    ns.hold_arg = None if ns.hold_ms == HOLD_MS else ns.hold_ms / 1000
     if ns.plan is not None or ns.seed is not None:
         return _replay(ns, prog)
     return _swarm(ns, prog, argv)
@@ -91,16 +106,21 @@ def _replay(ns: argparse.Namespace, prog: str) -> int:
     except ValueError as exc:
         sys.stderr.write(f"{prog} swarm: error: {exc}\n")
         return 2
-    out = run_plan(plan)
-    print(plan.command(prog))
+    out = run_plan(plan, hold_ms=ns.hold_ms)
+    print(plan.command(prog, ns.hold_arg))
     _print_outcome(out)
     return 0 if out.ok else 1
 
 
 def _print_outcome(out: Outcome) -> None:
     settled = "never" if out.settled_ms is None else f"{out.settled_ms / 1000:.0f}s"
+    hold = f"hold {out.hold_ms / 1000:g}s" + (
+        ""
+        if out.relapsed_ms is None
+        else f", relapsed {out.relapsed_ms / 1000:.0f}s after the heal"
+    )
     print(f"seed {out.seed}: {out.nodes} nodes, {out.simulated_ms / 1000:.0f}s simulated, "
-          f"settled {settled} after the heal (bound {out.settle_bound_ms / 1000:.0f}s), "
+          f"settled {settled} after the heal (bound {out.settle_bound_ms / 1000:.0f}s, {hold}), "
           f"trace {out.trace[:16]}, {'PASS' if out.ok else 'FAIL'}")  # fmt: skip
     for name, detail in out.failures:
         print(f"  FAIL {name}: {detail}")
@@ -113,7 +133,7 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
     seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
     start = time.perf_counter()
     outcomes: list[Outcome] = []
-    runs = run_seeds(seeds, lo, hi, ns.jobs)
+    runs = run_seeds(seeds, lo, hi, ns.jobs, hold_ms=ns.hold_ms)
     for out in runs:
         outcomes.append(out)
         if ns.max_wall_s is not None and time.perf_counter() - start > ns.max_wall_s:
@@ -125,7 +145,8 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
             plan = generate(out.seed, lo, hi)
             what = out.error.strip().splitlines()[-1] if out.error else \
                 "; ".join(n for n, _ in out.failures)  # fmt: skip
-            print(f"seed {out.seed} FAILED ({what}): {plan.command(prog)}", flush=True)
+            print(f"seed {out.seed} FAILED ({what}): {plan.command(prog, ns.hold_arg)}",
+                  flush=True)  # fmt: skip
         elif not ns.quiet and len(outcomes) % 100 == 0:
             rate = len(outcomes) / (time.perf_counter() - start)
             print(f"{len(outcomes)} seeds, {rate:.2f} seeds/s", file=sys.stderr, flush=True)
@@ -133,13 +154,14 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
     failed = [o for o in outcomes if not o.ok]
     shrunk: list[tuple[Outcome, Shrunk]] = []
     for out in failed[: ns.shrink_max]:
-        res = shrink(generate(out.seed, lo, hi), out, run_plan, max_runs=ns.shrink_runs)
+        res = shrink(generate(out.seed, lo, hi), out,
+                     lambda p: run_plan(p, hold_ms=ns.hold_ms), max_runs=ns.shrink_runs)  # fmt: skip
         shrunk.append((out, res))
         print(f"seed {out.seed} shrunk in {res.runs} runs to {len(res.plan.faults)} faults, "
-              f"{res.plan.nodes} nodes: {res.plan.command(prog)}", flush=True)  # fmt: skip
+              f"{res.plan.nodes} nodes: {res.plan.command(prog, ns.hold_arg)}", flush=True)  # fmt: skip
     summary = summarize(outcomes, wall, ns.jobs, lo, hi)
     command = " ".join([prog, "swarm", *argv])
-    text = to_markdown(command, summary, outcomes, shrunk, prog, lo, hi)
+    text = to_markdown(command, summary, outcomes, shrunk, prog, lo, hi, ns.hold_arg)
     print(text)
     if ns.md_file:
         with open(ns.md_file, "w") as fh:
@@ -171,6 +193,8 @@ def summarize(
         "events": sum(o.events for o in outcomes),
         "faults": dict(sorted(kinds.items())),
         "settle_bound_s": [min(bounds) / 1000, max(bounds) / 1000] if bounds else None,
+        "hold_s": max((o.hold_ms for o in outcomes), default=0) / 1000,
+        "relapsed": sum(1 for o in outcomes if o.relapsed_ms is not None),
         "settled_s_p50": settled[len(settled) // 2] / 1000 if settled else None,
         "settled_s_p99": settled[int(0.99 * (len(settled) - 1))] / 1000 if settled else None,
         "settled_s_max": settled[-1] / 1000 if settled else None,
@@ -193,6 +217,7 @@ def to_markdown(
     prog: str,
     lo: int,
     hi: int,
+    hold_s: float | None = None,
 ) -> str:
     lines = [
         f"# Swarm: {s['seeds']} seeds, {s['nodes']} nodes",
@@ -205,6 +230,8 @@ def to_markdown(
         f"- settle bound after the last heal: {s['settle_bound_s']} s (by cluster size); "
         f"settled (every view whole, every document identical, from then on) p50 "
         f"{s['settled_s_p50']} s, p99 {s['settled_s_p99']} s, max {s['settled_s_max']} s",
+        f"- hold window past the bound: {s['hold_s']:g} s, the settled properties checked every "
+        f"2 s of it (0: off); relapsed: {s['relapsed']}",
         "",
         f"- slowest to settle: {s['slowest']}",
         f"- messages forged or replayed by captured hosts: {s['faults'].get('forged_sent', 0):,}",
@@ -217,11 +244,12 @@ def to_markdown(
     if failed:
         lines += ["", "## Failures", ""]
         for o in failed:
-            lines.append(f"- seed {o.seed}: `{generate(o.seed, lo, hi).command(prog)}`")
+            lines.append(f"- seed {o.seed}: `{generate(o.seed, lo, hi).command(prog, hold_s)}`")
             for name, detail in o.failures:
                 lines.append(f"  - {name}: {detail[:400]}")
             if o.error:
                 lines.append(f"  - exception: {o.error.strip().splitlines()[-1][:400]}")
         for o, res in shrunk:
-            lines.append(f"- seed {o.seed} shrunk ({res.runs} runs): `{res.plan.command(prog)}`")
+            lines.append(f"- seed {o.seed} shrunk ({res.runs} runs): "
+                         f"`{res.plan.command(prog, hold_s)}`")  # fmt: skip
     return "\n".join(lines) + "\n"

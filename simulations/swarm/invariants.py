@@ -25,7 +25,10 @@ after the last heal (``runner.settle_bound_ms``): every crashed or departed host
 every live host (completeness), no live host suspect or dead anywhere (accuracy), every live
 host alive at every live host (convergence), and every live replica's document identical
 (root digest, known maps, items, conflict winners). ``settled_now`` is the cheap form the
-runner polls each second to say *when* the cluster settled.
+runner polls each second to say *when* the cluster settled, and every 2 s of the hold window
+after the bound to see that it *stays* settled. A settled property that fails at the bound is
+"too slow" or "wrong" (``Verdict.classified``); one that held at the bound and broke in the hold
+is "relapsed" (``Verdict.relapsed``); all three fail the seed.
 
 A core that raises is a failure of its own (the engine stops the run; the runner keeps the
 traceback).
@@ -138,6 +141,17 @@ class Verdict:
                 out.append(replace(then, detail=f"wrong: still at {3 * bound_ms / 1000:.0f}s "
                                    f"after the heal: {then.detail}"))  # fmt: skip
         return Verdict(tuple(out), later.safety)
+
+    def relapsed(self, at_ms: int, bound_ms: int, settled_ms: int | None) -> Verdict:
+        """Name each settled property that fails here, ``at_ms`` after the heal in the hold
+        window (it held at the bound), "relapsed". ``settled_ms``: since when it had held."""
+        since = "" if settled_ms is None else f", settled since {settled_ms / 1000:.0f}s"
+        head = (f"relapsed: broke {at_ms / 1000:.0f}s after the heal, "
+                f"{(at_ms - bound_ms) / 1000:.0f}s past the {bound_ms / 1000:.0f}s bound{since}")  # fmt: skip
+        out = tuple(r if r.ok else replace(r, detail=f"{head}: {r.detail}") for r in self.settled)
+        if all(r.ok for r in out):  # the poll saw it; no full check names it
+            out += (CheckResult("settled", False, f"{head}: a view or a root digest differed"),)
+        return Verdict(out, self.safety)
 
 
 def judge(c: Cluster, ledger: ConfigLedger, memory: MemoryWatch) -> Verdict:

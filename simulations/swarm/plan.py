@@ -92,9 +92,12 @@ class SwarmPlan:
         """When the last fault ends (``heal everything`` happens here)."""
         return max((f.end_ms for f in self.faults), default=0)
 
-    def command(self, prog: str = "python -m simulations") -> str:
-        """The one command that replays this plan exactly."""
-        return f"{prog} swarm --seed {self.seed} --nodes {self.nodes} --plan '{format_plan(self)}'"
+    def command(self, prog: str = "python -m simulations", hold_s: float | None = None) -> str:
+        """The one command that replays this plan exactly (``hold_s``: a hold window other
+        than the default, which the replay must have too)."""
+        hold = "" if hold_s is None else f" --hold-s {hold_s:g}"
+        return (f"{prog} swarm --seed {self.seed} --nodes {self.nodes}{hold} "
+                f"--plan '{format_plan(self)}'")  # fmt: skip
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

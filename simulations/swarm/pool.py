@@ -8,6 +8,7 @@ any process in any order and still replay alone. ``run_seeds`` hands them to a
 already made) in small chunks and yields the ``Outcome``s in seed order, so a report does not
 depend on which worker was faster. ``jobs=1`` runs in this process, which is what tests that
 patch a core with ``monkeypatch`` need (a patch does not reach a worker started before it).
+Every seed of a call runs with the same hold window (``hold_ms``, see ``runner.py``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import multiprocessing
 from collections.abc import Callable, Generator, Iterable
 
 from simulations.swarm.generate import generate
-from simulations.swarm.runner import Outcome, run_plan
+from simulations.swarm.runner import HOLD_MS, Outcome, run_plan
 
 
-def run_seed(seed: int, nodes_min: int, nodes_max: int) -> Outcome:
-    return run_plan(generate(seed, nodes_min, nodes_max))
+def run_seed(seed: int, nodes_min: int, nodes_max: int, hold_ms: int = HOLD_MS) -> Outcome:
+    return run_plan(generate(seed, nodes_min, nodes_max), hold_ms=hold_ms)
 
 
-def _star(args: tuple[int, int, int]) -> Outcome:
+def _star(args: tuple[int, int, int, int]) -> Outcome:
     return run_seed(*args)
 
 
@@ -32,9 +33,10 @@ def run_seeds(
     nodes_min: int,
     nodes_max: int,
     jobs: int = 1,
-    run: Callable[[int, int, int], Outcome] = run_seed,
+    run: Callable[[int, int, int, int], Outcome] = run_seed,
+    hold_ms: int = HOLD_MS,
 ) -> Generator[Outcome, None, None]:
-    work = [(s, nodes_min, nodes_max) for s in seeds]
+    work = [(s, nodes_min, nodes_max, hold_ms) for s in seeds]
     if jobs <= 1:
         for args in work:
             yield run(*args)

@@ -25,8 +25,22 @@ skew; attacks have stopped), and the run goes on for the settle window ``settle_
 ``invariants.judge`` checks the safety properties (which had to hold all along) and the
 settled ones. If a settled property does not hold at the bound, the run continues to three
 times the bound to tell "too slow" (it settles later; still a failure, the bound is the
-promise) from "wrong" (it never does). A core that raises stops the run (``EventFailed``):
-the seed fails with the traceback.
+promise) from "wrong" (it never does). If they all hold, the cluster keeps running for the
+**hold window** (``hold_ms``, ``--hold-s``; ``HOLD_MS`` by default, 0 = off) and the settled
+properties are checked every ``HOLD_EVERY_MS`` of it: settled must *stay* settled. A property
+that breaks there fails the seed as **relapsed**, with the moment (after the heal) and the
+detail (which member, at how many observers): a late push-pull that brings a long-gone member
+back (swarm seeds 520 and 2404) does so whenever it comes, and came 23 s after the bound. The
+safety properties are judged at the end, over the whole run, hold included. A core that
+raises stops the run (``EventFailed``): the seed fails with the traceback.
+
+Why ``HOLD_MS`` is 60 s: what can undo a settled cluster with no fault left is the periodic
+work that carries old state, the push-pull (every 30 s per host up to 32 hosts, 60 s at 33-64:
+``push_pull_scale_ms``) and the reconnect push-pull to members held dead (every 30 s). 60 s is
+two reconnect rounds and two periodic push-pulls per host at the default suite's sizes (one
+per host at 50, i.e. ~50 exchanges cluster-wide), at about +35 % per seed. It catches the
+seed-2404 relapse (bound 136 s, relapse 159 s after the heal); the seed-520 one (469 s) only a
+hold of ~6 minutes would, which no 10,000-seed run can pay for every seed.
 """
 
 from __future__ import annotations
@@ -58,6 +72,8 @@ from simulations.swarm.replay import RecordingCore, Replayer
 
 T0_MS = 1_000  # faults are timed from here (the warm start converged at 0)
 MEMORY_EVERY_MS = 2_000
+HOLD_MS = 60_000  # the hold window after the settle bound (see the module docstring)
+HOLD_EVERY_MS = 2_000  # a settled-properties sample every this often through the hold
 K = FaultKind
 
 
@@ -89,6 +105,8 @@ class Outcome:
     error: str | None
     settle_bound_ms: int
     settled_ms: int | None  # after the heal: from then on every view whole, every doc equal
+    hold_ms: int  # the hold window after the bound this run had (0: none)
+    relapsed_ms: int | None  # after the heal: the first hold sample where it was not settled
     counts: tuple[tuple[str, int], ...]
     simulated_ms: int
     events: int
@@ -135,14 +153,18 @@ def build(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> tuple[Clu
     return c, ledger
 
 
-def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcome:
-    """Run ``plan`` and judge it (see the module docstring)."""
+def run_plan(
+    plan: SwarmPlan, core_factory: CoreFactory | None = None, hold_ms: int = HOLD_MS
+) -> Outcome:
+    """Run ``plan`` and judge it, holding ``hold_ms`` past the bound (see the module
+    docstring)."""
     wall = time.perf_counter()
     c, ledger = build(plan, core_factory)
     bound = settle_bound_ms(c.config, plan.nodes)
     w = _World(c, ledger, MemoryWatch())
     verdict: Verdict | None = None
     settled: int | None = None
+    relapsed: int | None = None
     error: str | None = None
     try:
         heal = _play(w, plan)
@@ -152,6 +174,13 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
             later = _settle(c, c.engine.now_ms, heal + 3 * bound, since=settled)
             after = None if later is None else later - heal
             verdict = verdict.classified(judge(c, ledger, w.memory), after, bound)
+        elif hold_ms > 0:  # settled at the bound: does it stay so?
+            at = _hold(c, heal + bound, heal + bound + hold_ms)
+            verdict = judge(c, ledger, w.memory)  # safety over the whole run, hold included
+            if at is not None:
+                relapsed = at - heal
+                verdict = verdict.relapsed(relapsed, bound, None if settled is None
+                                           else settled - heal)  # fmt: skip
     except Exception:
         error = traceback.format_exc()
     finally:
@@ -163,7 +192,7 @@ def run_plan(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> Outcom
         plan.seed, plan.nodes, format_plan(plan),
         verdict.failures if verdict is not None else (), error, bound,
         None if settled is None else settled - (T0_MS + max(plan.last_fault_ms, 1_000)),  # at the bound
-        tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
+        hold_ms, relapsed, tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
         round(time.perf_counter() - wall, 3), c.engine.trace_hash(),
     )  # fmt: skip
 
@@ -198,6 +227,17 @@ def _settle(c: Cluster, start_ms: int, end_ms: int, since: int | None = None) ->
         c.run_until(t)
         since = (t if since is None else since) if settled_now(c) else None
     return since
+
+
+def _hold(c: Cluster, start_ms: int, end_ms: int) -> int | None:
+    """Run to ``end_ms``, a sample every ``HOLD_EVERY_MS``; the first one not settled, if any."""
+    t = start_ms
+    while t < end_ms:
+        t = min(end_ms, t + HOLD_EVERY_MS)
+        c.run_until(t)
+        if not settled_now(c):
+            return t
+    return None
 
 
 def _sample(w: _World, now: int) -> None:
