@@ -12,14 +12,18 @@ import pytest
 
 from gossipmesh.crdt.document import Document
 from gossipmesh.crdt.entries import Delta, MergeResult
+from gossipmesh.swim.member import Proof, interned_member
 from gossipmesh.swim.probe import Prober
+from gossipmesh.swim.push_pull import StateSync
 from gossipmesh.swim.rumours import ALIVE, Rumours
+from gossipmesh.swim.state import LEFT, SUSPECT, is_live
+from gossipmesh.swim.state_codec import MemberRecord
 from simulations.cli import main
 from simulations.swarm.generate import generate
 from simulations.swarm.invariants import settled_now
 from simulations.swarm.plan import Fault, FaultKind, SwarmPlan, format_plan, parse_plan
 from simulations.swarm.pool import run_seeds
-from simulations.swarm.runner import Outcome, play, run_plan, settle_bound_ms
+from simulations.swarm.runner import HOLD_MS, Outcome, play, run_plan, settle_bound_ms
 from simulations.swarm.shrink import shrink, signature
 
 SMALL = (4, 7)  # node counts of the seeds run in the default suite
@@ -296,3 +300,93 @@ def test_a_member_that_left_is_not_brought_back_at_a_node_that_never_knew_it() -
     for t in range(heal + bound, heal + bound + 120_000, 1_000):
         c.run_until(t)
         assert settled_now(c), f"{(t - heal) / 1000:.0f}s after the heal: {c.view_errors()}"
+
+
+# ---- the hold window: settled must stay settled -----------------------------------------------
+
+
+def _alive_part_before_the_fix(
+    self: StateSync, r: MemberRecord, now_ms: int, out: list[Any]
+) -> None:
+    """``StateSync._alive_part`` as it was before seed 2404's fix: a DEAD record of a member we
+    never knew is taken (only a LEFT one is not), bringing the long-gone back as our own
+    suspicion whenever that push-pull comes."""
+    if r.state is ALIVE:
+        self.rumours.on_alive(r, now_ms, out)
+        return
+    p = r.proof
+    assert p is not None
+    cur = self._table.get(r.name)
+    if r.name != self.state.name and (
+        (cur is None and r.state is LEFT)  # the bug: a DEAD stranger is taken
+        or (cur is not None and p.alive_incarnation <= cur.incarnation)
+        or (cur is not None and r.state is not SUSPECT and not is_live(cur))
+    ):
+        return
+    claim = interned_member(r.name, r.address, p.alive_incarnation, ALIVE, r.meta,
+                            Proof(p.cert, p.alive_incarnation, p.alive_signature))  # fmt: skip
+    self.rumours.on_alive(claim, now_ms, out)
+
+
+def test_a_relapse_after_the_bound_fails_the_seed_only_with_the_hold(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a core without seed 2404's push-pull fix the shrunk plan is settled at its 136 s bound
+    and relapses 160 s after the heal (node-00050 takes node-00029 back from a late push-pull):
+    the check at the bound alone (``--hold-s 0``) passes it; the default hold fails it as
+    relapsed, with the moment and the member, and prints a replay that carries no --hold-s."""
+    monkeypatch.setattr(StateSync, "_alive_part", _alive_part_before_the_fix)
+    argv = ["swarm", "--seed", "2404", "--nodes", "50", "--plan", format_plan(LEFT_BEHIND)]
+    assert main([*argv, "--hold-s", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "hold 0s" in out
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "relapsed 160s after the heal" in out and "--hold-s" not in out
+    assert "FAIL completeness: relapsed: broke 160s after the heal, 24s past the 136s bound" in out
+    assert "node-00029 still alive/suspect at 1 observers" in out
+    # the fixed core holds through the same window
+    monkeypatch.undo()
+    assert run_plan(LEFT_BEHIND).ok
+
+
+def test_a_hold_sample_that_breaks_names_the_property_relapsed() -> None:
+    from simulations.checkers import CheckResult
+    from simulations.swarm.invariants import Verdict
+
+    ok = CheckResult("convergence", True, "whole")
+    comp = CheckResult("completeness", False, "node-00029 still alive/suspect at 1 observers")
+    safe = (CheckResult("monotone-incarnations", True, "fine"),)
+    v = Verdict((comp, ok), safe).relapsed(160_000, 136_000, 78_000)
+    assert v.failures == (("completeness", "relapsed: broke 160s after the heal, 24s past the "
+                           "136s bound, settled since 78s: node-00029 still alive/suspect at 1 "
+                           "observers"),)  # fmt: skip
+    assert v.safety == safe
+    # a break the poll saw that no full check names still fails the seed
+    quiet = Verdict((ok,), safe).relapsed(140_000, 136_000, None)
+    assert [n for n, _ in quiet.failures] == ["settled"]
+
+
+def test_the_hold_samples_every_two_seconds_past_the_bound_and_stops_at_the_first_break() -> None:
+    """A crash planted after the heal (nothing heals it) is not settled at the next sample."""
+    from simulations.swarm import runner
+
+    plan = SwarmPlan(5, 4, (Fault(1_000, FaultKind.WRITE, 0, (1,), 1),))
+    held = run_plan(plan)
+    assert held.ok and held.hold_ms == HOLD_MS and held.relapsed_ms is None
+    assert held.simulated_ms - run_plan(plan, hold_ms=0).simulated_ms == HOLD_MS
+
+    real = runner._hold  # noqa: SLF001 -- crash a host as the hold starts
+
+    def crash_then_hold(c: Any, start_ms: int, end_ms: int) -> int | None:
+        c.crash(2)
+        return real(c, start_ms, end_ms)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "_hold", crash_then_hold)
+        out = run_plan(plan)
+    bound = out.settle_bound_ms
+    assert out.relapsed_ms == bound + 2_000  # the first sample
+    assert out.simulated_ms == held.simulated_ms - HOLD_MS + 2_000  # stopped there
+    assert {n for n, _ in out.failures} >= {"completeness"}
+    assert "node-00002 still alive/suspect at 3 observers" in dict(out.failures)["completeness"]
