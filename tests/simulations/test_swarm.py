@@ -390,3 +390,29 @@ def test_the_hold_samples_every_two_seconds_past_the_bound_and_stops_at_the_firs
     assert out.simulated_ms == held.simulated_ms - HOLD_MS + 2_000  # stopped there
     assert {n for n, _ in out.failures} >= {"completeness"}
     assert "node-00002 still alive/suspect at 3 observers" in dict(out.failures)["completeness"]
+
+
+def test_a_relapse_shrinks_with_the_same_hold_and_replays_with_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every run, the seed's and the shrinker's, has the window asked for, and the printed
+    replay commands carry it (it is not the default)."""
+    from simulations.swarm import runner
+
+    real = runner._hold  # noqa: SLF001 -- a host crashes as the hold starts: always a relapse
+    windows: list[int] = []
+
+    def crash_then_hold(c: Any, start_ms: int, end_ms: int) -> int | None:
+        windows.append(end_ms - start_ms)
+        c.crash(0)
+        return real(c, start_ms, end_ms)
+
+    monkeypatch.setattr(runner, "_hold", crash_then_hold)
+    argv = ["swarm", "--seeds", "1", "--nodes", "4..5", "--hold-s", "30", "--shrink-runs", "6"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert len(windows) > 1 and set(windows) == {30_000}  # the seed, then the shrinker's runs
+    assert "seed 1 shrunk in " in out and "hold window past the bound: 30 s" in out
+    assert "relapsed: 1" in out
+    replays = [line for line in out.splitlines() if "--plan '" in line]
+    assert replays and all("--hold-s 30 --plan" in line for line in replays)
