@@ -159,7 +159,7 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
         shrunk.append((out, res))
         print(f"seed {out.seed} shrunk in {res.runs} runs to {len(res.plan.faults)} faults, "
               f"{res.plan.nodes} nodes: {res.plan.command(prog, ns.hold_arg)}", flush=True)  # fmt: skip
-    summary = summarize(outcomes, wall, ns.jobs, lo, hi)
+    summary = summarize(outcomes, wall, ns.jobs, lo, hi, ns.hold_ms)
     command = " ".join([prog, "swarm", *argv])
     text = to_markdown(command, summary, outcomes, shrunk, prog, lo, hi, ns.hold_arg)
     print(text)
@@ -175,7 +175,7 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
 
 
 def summarize(
-    outcomes: list[Outcome], wall_s: float, jobs: int, lo: int, hi: int
+    outcomes: list[Outcome], wall_s: float, jobs: int, lo: int, hi: int, hold_ms: int = HOLD_MS
 ) -> dict[str, Any]:
     kinds: Counter[str] = Counter()
     for o in outcomes:
@@ -193,7 +193,7 @@ def summarize(
         "events": sum(o.events for o in outcomes),
         "faults": dict(sorted(kinds.items())),
         "settle_bound_s": [min(bounds) / 1000, max(bounds) / 1000] if bounds else None,
-        "hold_s": max((o.hold_ms for o in outcomes), default=0) / 1000,
+        "hold_s": hold_ms / 1000,
         "relapsed": sum(1 for o in outcomes if o.relapsed_ms is not None),
         "settled_s_p50": settled[len(settled) // 2] / 1000 if settled else None,
         "settled_s_p99": settled[int(0.99 * (len(settled) - 1))] / 1000 if settled else None,

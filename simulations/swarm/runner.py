@@ -38,7 +38,7 @@ Why ``HOLD_MS`` is 60 s: what can undo a settled cluster with no fault left is t
 work that carries old state, the push-pull (every 30 s per host up to 32 hosts, 60 s at 33-64:
 ``push_pull_scale_ms``) and the reconnect push-pull to members held dead (every 30 s). 60 s is
 two reconnect rounds and two periodic push-pulls per host at the default suite's sizes (one
-per host at 50, i.e. ~50 exchanges cluster-wide), at about +35 % per seed. It catches the
+per host at 50, i.e. ~50 exchanges cluster-wide), at about +37 % events per seed. It catches the
 seed-2404 relapse (bound 136 s, relapse 159 s after the heal); the seed-520 one (469 s) only a
 hold of ~6 minutes would, which no 10,000-seed run can pay for every seed.
 """
@@ -105,7 +105,7 @@ class Outcome:
     error: str | None
     settle_bound_ms: int
     settled_ms: int | None  # after the heal: from then on every view whole, every doc equal
-    hold_ms: int  # the hold window after the bound this run had (0: none)
+    hold_ms: int  # the hold window run past the bound (0: off, or failed at the bound)
     relapsed_ms: int | None  # after the heal: the first hold sample where it was not settled
     counts: tuple[tuple[str, int], ...]
     simulated_ms: int
@@ -165,6 +165,7 @@ def run_plan(
     verdict: Verdict | None = None
     settled: int | None = None
     relapsed: int | None = None
+    held = 0  # the hold window actually run (none after a failure at the bound)
     error: str | None = None
     try:
         heal = _play(w, plan)
@@ -175,6 +176,7 @@ def run_plan(
             after = None if later is None else later - heal
             verdict = verdict.classified(judge(c, ledger, w.memory), after, bound)
         elif hold_ms > 0:  # settled at the bound: does it stay so?
+            held = hold_ms
             at = _hold(c, heal + bound, heal + bound + hold_ms)
             verdict = judge(c, ledger, w.memory)  # safety over the whole run, hold included
             if at is not None:
@@ -192,7 +194,7 @@ def run_plan(
         plan.seed, plan.nodes, format_plan(plan),
         verdict.failures if verdict is not None else (), error, bound,
         None if settled is None else settled - (T0_MS + max(plan.last_fault_ms, 1_000)),  # at the bound
-        hold_ms, relapsed, tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
+        held, relapsed, tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
         round(time.perf_counter() - wall, 3), c.engine.trace_hash(),
     )  # fmt: skip
 
