@@ -38,9 +38,9 @@ Why ``HOLD_MS`` is 60 s: what can undo a settled cluster with no fault left is t
 work that carries old state, the push-pull (every 30 s per host up to 32 hosts, 60 s at 33-64:
 ``push_pull_scale_ms``) and the reconnect push-pull to members held dead (every 30 s). 60 s is
 two reconnect rounds and two periodic push-pulls per host at the default suite's sizes (one
-per host at 50, i.e. ~50 exchanges cluster-wide), at about +37 % events per seed. It catches the
-seed-2404 relapse (bound 136 s, relapse 159 s after the heal); the seed-520 one (469 s) only a
-hold of ~6 minutes would, which no 10,000-seed run can pay for every seed.
+per host at 50, i.e. ~50 exchanges cluster-wide), for +37 % events a seed at 4-7 hosts and
++29 % at 50. It catches the seed-2404 relapse (bound 136 s, relapse 159 s after the heal); the
+seed-520 one (469 s) only a hold of ~6 minutes would, more than a 10,000-seed run can pay.
 """
 
 from __future__ import annotations
