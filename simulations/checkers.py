@@ -96,6 +96,12 @@ def convergence(c: Cluster) -> CheckResult:
                 short = observers - 1 - c.n_view[V_ALIVE][s]
                 if short:
                     missing.append(f"{node.name} not alive at {short} observers")
+            elif node.state in (DOWN, LEFT):
+                # A wrong view of a gone host counts too (``view_errors``): name it as well, so
+                # the detail never reads "1 wrong views;" with no example.
+                held = c.n_view[V_ALIVE][s] + c.n_view[V_SUSPECT][s]
+                if held:
+                    missing.append(f"{node.name} gone but alive/suspect at {held} observers")
             if len(missing) >= _EXAMPLES:
                 break
         return CheckResult("convergence", False, f"{wrong} wrong views; " + _join(missing))

@@ -59,6 +59,9 @@ def test_a_core_that_hides_deaths_fails_completeness_and_the_ledger_check(
     failed = _failed(res)
     assert "completeness" in failed
     assert "ledger-matches-core" in failed
+    # The crashed hosts are still held suspect: convergence names them, not just a count.
+    (conv,) = [c for r in res.runs for c in r.checks if c.name == "convergence"]
+    assert not conv.ok and "gone but alive/suspect at" in conv.detail, conv.detail
 
 
 def test_cli_prints_seed_and_command_and_exits_1(never_refutes: None, capsys: Any) -> None:
