@@ -53,7 +53,7 @@ from simulations.config_core import (
 )
 from simulations.engine import derive_rng
 from simulations.faults import FaultPlan
-from simulations.harness import bootstrap, build, finish, run_phase, settle_ms
+from simulations.harness import bootstrap, build, finish, run_phase, settle_ms, split
 from simulations.hosts import UP
 from simulations.scenarios import Hooks, Options, RunResult, ScenarioResult
 
@@ -232,12 +232,7 @@ def partition_edit(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     rng = derive_rng(opts.seed, "config")
     _preload(c, t0 + 1000, rng, plan)
     at = t0 + int(opts.fault_at_s * 1000)
-    everyone = c.up_nodes()
-    side_a = plan.pick(len(everyone) // 2) if opts.split == "half" else plan.pick(1)
-    a_set = set(side_a)
-    side_b = [i for i in everyone if i not in a_set]
-    heal = at + int(opts.hold_s * 1000)
-    plan.partition({"a": side_a, "b": side_b}, at, heal, symmetric=not opts.asymmetric)
+    side_a, side_b, heal = split(c, plan, opts, at)
 
     def side_write(side: str, members: list[int], round_: int) -> None:
         idx = rng.choice([i for i in members if c.nodes[i].attachment is not None])

@@ -185,6 +185,18 @@ def settle_ms(c: Cluster) -> int:
     return int(susp_max + 20 * cfg.probe_interval_ms)
 
 
+def split(c: Cluster, plan: FaultPlan, opts: Options, at: int) -> tuple[list[int], list[int], int]:
+    """Cut the live hosts in two as ``opts.split`` says ("half", or one host against the rest)
+    from ``at`` for ``opts.hold_s``: (side a, side b, heal time). Draws from the plan's rng."""
+    everyone = c.up_nodes()
+    side_a = plan.pick(len(everyone) // 2) if opts.split == "half" else plan.pick(1)
+    a_set = set(side_a)
+    side_b = [i for i in everyone if i not in a_set]
+    heal = at + int(opts.hold_s * 1000)
+    plan.partition({"a": side_a, "b": side_b}, at, heal, symmetric=not opts.asymmetric)
+    return side_a, side_b, heal
+
+
 def _rejections(c: Cluster) -> dict[str, int]:
     """Membership claims refused by the hosts still running, by reason (signed membership)."""
     total: dict[str, int] = {}

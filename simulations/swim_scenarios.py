@@ -30,7 +30,7 @@ from collections.abc import Callable
 from simulations.cluster import Cluster
 from simulations.engine import derive_rng
 from simulations.faults import FaultPlan
-from simulations.harness import bootstrap, build, finish, run_phase, settle_ms
+from simulations.harness import bootstrap, build, finish, run_phase, settle_ms, split
 from simulations.hosts import DOWN
 from simulations.scenarios import Hooks, Options, ScenarioResult
 
@@ -186,12 +186,7 @@ def _partition(opts: Options, hooks: Hooks, out: ScenarioResult) -> None:
     wall = time.perf_counter()
     c, plan, t0 = _open(opts, hooks, "partition")
     at = t0 + int(opts.fault_at_s * 1000)
-    everyone = c.up_nodes()
-    side_a = plan.pick(len(everyone) // 2) if opts.split == "half" else plan.pick(1)
-    a_set = set(side_a)
-    side_b = [i for i in everyone if i not in a_set]
-    heal = at + int(opts.hold_s * 1000)
-    plan.partition({"a": side_a, "b": side_b}, at, heal, symmetric=not opts.asymmetric)
+    side_a, side_b, heal = split(c, plan, opts, at)
     for _ in range(opts.flaps):
         x, y = plan.pick(2)
         plan.flap(x, y, at, heal, 2_000)
