@@ -28,7 +28,6 @@ import contextlib
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from proxy_cpu import (  # noqa: E402
     launched,
     nginx_conf,
     pin,
+    print_medians,
     wait_port,
 )
 
@@ -204,21 +204,7 @@ def main() -> None:
                         res = run()
                         print(f"{leg} round {r + 1}: {res.line()}", flush=True)
                         per.setdefault(res.name, []).append(res.per_cpu_s)
-                med = {k: statistics.median(v) for k, v in per.items()}
-                for k, v in med.items():
-                    print(
-                        f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s"
-                        f"  = {v / med['nginx']:.2f}x nginx"
-                    )
-                if "baseline" in per:
-                    paired = [
-                        a / b for a, b in zip(per["gossipmesh"], per["baseline"], strict=True)
-                    ]
-                    print(
-                        f"{leg} gossipmesh / baseline per round: "
-                        + " ".join(f"{x:.3f}" for x in paired)
-                        + f"  median {statistics.median(paired):.3f}"
-                    )
+                print_medians(leg, per)
 
 
 if __name__ == "__main__":

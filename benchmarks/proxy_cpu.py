@@ -292,6 +292,23 @@ def py_load(port: int, conns: int, seconds: float) -> int:
 # -- one leg ----------------------------------------------------------------------------------
 
 
+def print_medians(leg: str, per: dict[str, list[float]]) -> None:
+    """Each system's median over the rounds against nginx's, and, with a baseline tree, the
+    paired per-round ratio gossipmesh / baseline (the figure the machine's load cannot move)."""
+    med = {k: statistics.median(v) for k, v in per.items()}
+    for k, v in med.items():
+        print(
+            f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s  = {v / med['nginx']:.2f}x nginx"
+        )
+    if "baseline" in per:
+        paired = [a / b for a, b in zip(per["gossipmesh"], per["baseline"], strict=True)]
+        print(
+            f"{leg} gossipmesh / baseline per round: "
+            + " ".join(f"{x:.3f}" for x in paired)
+            + f"  median {statistics.median(paired):.3f}"
+        )
+
+
 def measure(
     name: str, port: int, pids: list[int], hops: int, args: argparse.Namespace, note: str = ""
 ) -> Result:
@@ -420,21 +437,7 @@ def main() -> None:
                     for res in results:
                         print(f"{leg} round {r + 1}: {res.line()}", flush=True)
                         per.setdefault(res.name, []).append(res.per_cpu_s)
-                med = {k: statistics.median(v) for k, v in per.items()}
-                for k, v in med.items():
-                    print(
-                        f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s"
-                        f"  = {v / med['nginx']:.2f}x nginx"
-                    )
-                if "baseline" in per:
-                    paired = [
-                        a / b for a, b in zip(per["gossipmesh"], per["baseline"], strict=True)
-                    ]
-                    print(
-                        f"{leg} gossipmesh / baseline per round: "
-                        + " ".join(f"{x:.3f}" for x in paired)
-                        + f"  median {statistics.median(paired):.3f}"
-                    )
+                print_medians(leg, per)
 
 
 if __name__ == "__main__":
