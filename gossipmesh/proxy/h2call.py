@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from h2.errors import ErrorCodes
-
 from gossipmesh.proxy.clock import NEVER_NS
 from gossipmesh.proxy.downstream import Downstream
 from gossipmesh.proxy.errors import STATUS_FOR_REASON, error_text
 from gossipmesh.proxy.grpc import CODE_FOR_REASON, grpc_error
+from gossipmesh.proxy.h2frames import ErrorCodes
 from gossipmesh.proxy.h2link import H2Link, LinkGone, Stream
 from gossipmesh.proxy.metrics import ProxyMetrics
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 from random import Random
 
 import trio
-from h2.errors import ErrorCodes
 
 from gossipmesh.proxy.audit import Audit
 from gossipmesh.proxy.authz import normalise_path
@@ -48,6 +47,7 @@ from gossipmesh.proxy.grpc import (
 )
 from gossipmesh.proxy.grpc import status_of as grpc_status_of
 from gossipmesh.proxy.h2call import Call, answer_error
+from gossipmesh.proxy.h2frames import ErrorCodes
 from gossipmesh.proxy.h2heads import (
     Headers,
     Malformed,

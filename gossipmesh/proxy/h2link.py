@@ -1,17 +1,18 @@
-"""One HTTP/2 connection, either side: the h2 state machine fed by a reader task, drained by a
-writer task, and the flow-control waits of the streams that use it.
+"""One HTTP/2 connection, either side: the proxy's HTTP/2 core fed by a reader task, drained by
+a writer task, and the flow-control waits of the streams that use it.
 
 Theory of operation
 -------------------
-``h2`` (python-hyper) is sans-IO: bytes in, events out, frames to send. ``H2Link`` is its thin
+``H2Core`` (h2core.py) is sans-IO: bytes in, events out, frames to send. ``H2Link`` is its thin
 shell. One reader task feeds it what the socket gives and files each event with its stream
-(``Stream``: headers, body chunks, trailers, end, reset); one writer task sends what it queued.
-Every other task (one per proxied stream) only calls its synchronous methods and awaits its own
-stream or a window, so the state machine has one owner at a time (trio never switches tasks
-without an await) and needs no lock. A stream's task and the idle writer park themselves and are
-rescheduled directly (no ``trio.Event`` per wait: one waiter each). The connection's HPACK coders
-and its checks of received header blocks are h2codec.py's (h2's, for the same results, cost
-several times more per request).
+(``Stream``: headers, body chunks, trailers, end, reset); one writer task sends what it queued
+(the core's ``out`` buffer, shared: no copy between them). Every other task (one per proxied
+stream) only calls its synchronous methods and awaits its own stream or a window, so the state
+machine has one owner at a time (trio never switches tasks without an await) and needs no lock.
+A stream's task and the idle writer park themselves and are rescheduled directly (no
+``trio.Event`` per wait: one waiter each). The core checks every received header block
+(h2codec.check_block) and bounds the HTTP/2 floods (h2flood.py); this module only turns a
+connection error into the end of the link, counted (``errors``, ``flood``).
 
 Flow control is the memory bound. A peer may send us at most our window per stream
 (``h2_stream_window_bytes``) and per connection (``h2_connection_window_bytes``); a chunk
@@ -24,10 +25,9 @@ acks) past ``h2_max_send_buffer_bytes`` end the connection.
 
 A stream that is abandoned (reset, its task gone) gives back the window its unread chunks held,
 or the connection's window would shrink for good. SETTINGS limits we announce: at most
-``h2_max_concurrent_streams`` streams (h2 refuses more), a header list of at most
-``max_header_bytes``; no server push. A GOAWAY ends the link (h2 takes no frame after it):
-streams above the peer's last stream id were never processed (``Stream.refused``), the others
-are reset.
+``h2_max_concurrent_streams`` streams (the core refuses more), a header list of at most
+``max_header_bytes``; no server push. A GOAWAY ends the link: streams above the peer's last
+stream id were never processed (``Stream.refused``), the others are reset.
 """
 
 from __future__ import annotations
@@ -38,37 +38,25 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import trio
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import FlowControlError, H2Error, ProtocolError, StreamClosedError
-from h2.settings import SettingCodes, Settings
 from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
-from gossipmesh.proxy.h2codec import (
+from gossipmesh.proxy.h2core import H2Core, H2Settings
+from gossipmesh.proxy.h2events import (
     REQUEST,
     RESPONSE,
     TRAILERS,
-    PlainDecoder,
-    PlainEncoder,
-    check_block,
+    DataIn,
+    GoAwayIn,
+    HeadersIn,
+    ResetIn,
+    StreamGone,
+    WindowIn,
 )
+from gossipmesh.proxy.h2frames import ConnError, ErrorCodes
 from gossipmesh.proxy.limits import ProxyLimits
 from gossipmesh.proxy.sockio import IO, ConnLost
 
 Headers = list[tuple[bytes, bytes]]
-DEFAULT_WINDOW = 65_535
 GONE = -1  # Stream.reset when the connection itself ended
 
 
@@ -131,7 +119,7 @@ class Stream:
 class H2Link:
     __slots__ = (
         "io",
-        "h2",
+        "core",
         "limits",
         "streams",
         "on_request",
@@ -142,6 +130,7 @@ class H2Link:
         "closed",
         "goaway",
         "errors",
+        "flood",
         "recv_size",
     )
 
@@ -154,37 +143,17 @@ class H2Link:
     ) -> None:
         self.io = io
         self.limits = limits
-        # What a peer sends is validated (``check_block``, in ``feed``: h2's own pass costs
-        # several times more); what we send is built from validated blocks minus the fields RFC
-        # 9113 forbids (h2heads.py), so h2 need not check it again on the way out. Our blocks
-        # are HPACK-encoded without Huffman or dynamic table (h2codec.py: CPU over bytes).
-        config = H2Configuration(
-            client_side=client_side,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
+        settings = H2Settings(
+            limits.h2_max_concurrent_streams,
+            limits.h2_stream_window_bytes,
+            limits.max_header_bytes,
+            limits.h2_connection_window_bytes,
         )
-        h2 = self.h2 = H2Connection(config)
-        h2.encoder = PlainEncoder()  # type: ignore[assignment]
-        h2.decoder = PlainDecoder()  # type: ignore[assignment]
-        initial = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: limits.h2_stream_window_bytes,
-            SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
-        }
-        if client_side:
-            initial[SettingCodes.ENABLE_PUSH] = 0
-        h2.local_settings = Settings(client=client_side, initial_values=initial)
-        h2.decoder.max_header_list_size = limits.max_header_bytes
-        h2.initiate_connection()
-        extra = limits.h2_connection_window_bytes - DEFAULT_WINDOW
-        if extra > 0:
-            h2.increment_flow_control_window(extra)
+        core = self.core = H2Core(client_side, settings)
         self.streams: dict[int, Stream] = {}
         # Server side: a new request stream (its Stream with headers, and whether it ended).
         self.on_request = on_request
-        self.out = bytearray()
+        self.out = core.out  # the core appends, the writer takes (one buffer)
         self.idle_writer: trio.lowlevel.Task | None = (
             None  # the writer, parked with nothing to send
         )
@@ -193,6 +162,7 @@ class H2Link:
         self.closed = False
         self.goaway = False  # no new stream on this link
         self.errors = 0  # protocol errors (the peer's)
+        self.flood = ""  # the flood (h2flood.NAMES) that ended the link, if one did
         self.recv_size = limits.recv_buffer_bytes
         self.flush()
 
@@ -259,76 +229,69 @@ class H2Link:
 
     def feed(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except (ProtocolError, FlowControlError) as e:
-            self.fail(str(e))  # h2 queued the GOAWAY naming the error
-        for ev in events:
-            try:
-                if isinstance(ev, RequestReceived):
-                    check_block(ev.headers, REQUEST)
-                elif isinstance(ev, ResponseReceived):
-                    check_block(ev.headers, RESPONSE)
-                elif isinstance(ev, TrailersReceived):
-                    check_block(ev.headers, TRAILERS)
-            except ProtocolError as e:
-                with contextlib.suppress(H2Error):
-                    self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
-                self.fail(str(e))
+            events = self.core.receive(data)
+        except ConnError as e:
+            self.flood = self.core.guard.tripped
+            self.fail(str(e))  # the core queued the GOAWAY naming the error
         streams = self.streams
+        window = False
         for ev in events:
-            if isinstance(ev, DataReceived):
-                s = streams.get(ev.stream_id)
+            t = type(ev)
+            if t is DataIn:
+                assert isinstance(ev, DataIn)
+                s = streams.get(ev.sid)
                 if s is None:
-                    self.ack(ev.stream_id, ev.flow_controlled_length)  # abandoned stream
+                    self.ack(ev.sid, ev.flow)  # abandoned stream
                     continue
-                s.chunks.append((ev.data, ev.flow_controlled_length))
-                if ev.stream_ended is not None:
+                s.chunks.append((ev.data, ev.flow))
+                if ev.ended:
                     s.ended = True
                 s.wake()
-            elif isinstance(ev, RequestReceived):
-                s = Stream(self, ev.stream_id, ev.headers)
-                ended = ev.stream_ended is not None
-                s.ended = ended
-                streams[ev.stream_id] = s
-                if self.on_request is not None:
-                    self.on_request(s, ended)
-            elif isinstance(ev, ResponseReceived):
-                s = streams.get(ev.stream_id)
-                if s is not None:
+            elif t is HeadersIn:
+                assert isinstance(ev, HeadersIn)
+                kind = ev.kind
+                if kind == REQUEST:
+                    s = Stream(self, ev.sid, ev.headers)
+                    s.ended = ev.ended
+                    streams[ev.sid] = s
+                    if self.on_request is not None:
+                        self.on_request(s, ev.ended)
+                    continue
+                s = streams.get(ev.sid)
+                if s is None:
+                    continue
+                if kind == RESPONSE:
                     s.headers = ev.headers
-                    if ev.stream_ended is not None:
+                    if ev.ended:
                         s.ended = True
                     s.wake()
-            elif isinstance(ev, TrailersReceived):
-                s = streams.get(ev.stream_id)
-                if s is not None:
+                elif kind == TRAILERS:
                     s.trailers = ev.headers
                     s.ended = True
                     s.wake()
-            elif isinstance(ev, StreamEnded):
-                s = streams.get(ev.stream_id)
+            elif t is ResetIn:
+                assert isinstance(ev, ResetIn)
+                s = streams.pop(ev.sid, None)
                 if s is not None:
-                    s.ended = True
-                    s.wake()
-            elif isinstance(ev, StreamReset):
-                s = streams.pop(ev.stream_id, None)
-                if s is not None:
-                    s.reset = ev.error_code
-                    s.refused = ev.error_code == ErrorCodes.REFUSED_STREAM
+                    s.reset = ev.code
+                    s.refused = ev.code == ErrorCodes.REFUSED_STREAM
                     self.give_back(s)
                     s.wake()
                     if s.partner is not None:
                         s.partner.wake()
-            elif isinstance(ev, WindowUpdated | RemoteSettingsChanged):
-                self.window.set()
-                self.window = trio.Event()
-            elif isinstance(ev, ConnectionTerminated):
-                last = ev.last_stream_id or 0
+            elif t is WindowIn:
+                window = True
+            elif t is GoAwayIn:
+                assert isinstance(ev, GoAwayIn)
+                last = ev.last_sid
                 for sid, s in streams.items():
                     if sid > last and sid % 2 == 1:
                         s.refused = True  # our request the peer says it never processed
                 self.goaway = True
                 raise LinkGone("GOAWAY")
+        if window:
+            self.window.set()
+            self.window = trio.Event()
         self.flush()
 
     def fail(self, why: str) -> NoReturn:
@@ -341,12 +304,11 @@ class H2Link:
     # -- output ----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data:
-            self.out += data
+        out = self.out
+        if out:
             if self.idle_writer is not None:
                 self.wake_writer()
-            if len(self.out) > self.limits.h2_max_send_buffer_bytes:
+            if len(out) > self.limits.h2_max_send_buffer_bytes:
                 self.die()  # a peer that provokes frames and never reads them
 
     def open_stream(self, headers: Headers, end: bool) -> Stream:
@@ -355,10 +317,10 @@ class H2Link:
             raise LinkGone("closed")
         sid = 0
         try:
-            sid = self.h2.get_next_available_stream_id()
+            sid = self.core.open_stream()
             s = self.streams[sid] = Stream(self, sid)
-            self.h2.send_headers(sid, headers, end_stream=end)
-        except H2Error as e:
+            self.core.send_headers(sid, headers, end)
+        except StreamGone as e:
             self.streams.pop(sid, None)
             self.goaway = True
             raise LinkGone(str(e)) from None
@@ -369,31 +331,32 @@ class H2Link:
         if self.closed:
             raise LinkGone("closed")
         try:
-            self.h2.send_headers(sid, headers, end_stream=end)
-        except H2Error as e:
+            self.core.send_headers(sid, headers, end)
+        except StreamGone as e:
             raise LinkGone(str(e)) from None
         self.flush()
 
     async def send_data(self, sid: int, data: bytes, end: bool) -> None:
         """Send ``data`` on ``sid`` as the peer's windows allow (END_STREAM with the last byte if
         ``end``). Raises ``LinkGone`` if the stream or the connection ends first."""
-        h2 = self.h2
+        core = self.core
         view = memoryview(data)
         while True:
             if self.closed:
                 raise LinkGone("closed")
             try:
-                window = h2.local_flow_control_window(sid)
+                n = core.window(sid)  # within the peer's frame size too
                 if not view:
                     if end:
-                        h2.end_stream(sid)
+                        core.end_stream(sid)
                         self.flush()
                     return
-                n = min(window, len(view), h2.max_outbound_frame_size)
                 if n > 0:
+                    if n > len(view):
+                        n = len(view)
                     last = n == len(view)
                     chunk = data if n == len(data) else view[:n].tobytes()
-                    h2.send_data(sid, chunk, end_stream=end and last)
+                    core.send_data(sid, chunk, end and last)
                     view = view[n:]
                     self.flush()
                     if last:
@@ -403,7 +366,7 @@ class H2Link:
                     if not view:
                         return
                     continue
-            except (StreamClosedError, H2Error) as e:
+            except StreamGone as e:
                 raise LinkGone(str(e)) from None
             event = self.window
             await event.wait()
@@ -414,26 +377,21 @@ class H2Link:
             await self.drained.wait()
 
     def end_stream(self, sid: int) -> None:
-        with contextlib.suppress(H2Error):
-            self.h2.end_stream(sid)
+        with contextlib.suppress(StreamGone):
+            self.core.end_stream(sid)
         self.flush()
 
     def ack(self, sid: int, n: int) -> None:
         """``n`` flow-controlled bytes of ``sid`` were passed on: the peer may send more."""
         if n and not self.closed:
-            try:  # noqa: SIM105 (contextlib.suppress costs an object per chunk)
-                self.h2.acknowledge_received_data(n, sid)
-            except H2Error:
-                pass
+            self.core.ack(sid, n)
             self.flush()
 
     def reset(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
         """RST_STREAM ``sid`` (if still open) and forget it."""
         s = self.streams.pop(sid, None)
-        h2s = self.h2.streams.get(sid)
-        if not self.closed and h2s is not None and not h2s.closed:  # else closed already
-            with contextlib.suppress(H2Error):
-                self.h2.reset_stream(sid, code)
+        if not self.closed:
+            self.core.reset(sid, code)  # nothing if the stream is closed already
         if s is not None:
             self.give_back(s)
         self.flush()
@@ -455,8 +413,7 @@ class H2Link:
         """Tell the peer no new stream will be taken (the link closes when idle)."""
         self.goaway = True
         if not self.closed:
-            with contextlib.suppress(H2Error):
-                self.h2.close_connection(code)
+            self.core.close(code)
             self.flush()
 
     def die(self) -> None:
@@ -481,9 +438,9 @@ class H2Link:
         """Streams this (client) link may still open."""
         if self.closed or self.goaway or self.io.closed:
             return 0
-        # Our own count: h2's walks its whole stream table. Ours holds each stream we opened
-        # until it is reset or done, so it never counts fewer than h2's open ones.
-        return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
+        # Our own count: it holds each stream we opened until it is reset or done, so it never
+        # counts fewer than the core's open ones.
+        return self.core.peer_max_streams - len(self.streams)
 
 
 __all__ = ["GONE", "Headers", "H2Link", "LinkGone", "Stream"]

@@ -12,7 +12,8 @@ stops matching, the bytes go to the HTTP/1 parser and the connection goes on as 
 inbound mTLS connection whose ALPN is ``h2`` comes straight here (handshakes.py).
 
 ``serve`` runs the link and starts one task per request stream (``H2Exchange.serve``,
-h2exchange.py); the h2 state machine bounds how many there are (SETTINGS_MAX_CONCURRENT_STREAMS).
+h2exchange.py); the HTTP/2 core (h2core.py) bounds how many there are
+(SETTINGS_MAX_CONCURRENT_STREAMS).
 With no stream open the connection idles at most ``keepalive_idle_ms`` (its socket's deadline,
 which the watchdog enforces), as an HTTP/1.1 keep-alive connection does.
 """
@@ -106,6 +107,9 @@ class H2Front:
             nursery.cancel_scope.cancel()
         if link.errors:
             m.h2_protocol_errors[direction] = m.h2_protocol_errors.get(direction, 0) + 1
+        if link.flood:
+            key = (direction, link.flood)
+            m.h2_floods[key] = m.h2_floods.get(key, 0) + 1
 
     async def stream(self, conn: Downstream, link: H2Link, s: Stream) -> None:
         try:

@@ -116,6 +116,8 @@ class ProxyMetrics:
         self.grpc_status: dict[tuple[str, str, str], int] = {}
         self.h2_connections: dict[str, int] = {}
         self.h2_protocol_errors: dict[str, int] = {}
+        # Of those connections, the ones ended for a flood (h2flood.py), by (direction, flood).
+        self.h2_floods: dict[tuple[str, str], int] = {}
         self.limits: ProxyLimits | None = None  # set by the proxy: exported as gauges
         self.budget: DescriptorBudget | None = None
         self.registry = Registry()
@@ -322,6 +324,8 @@ class _Collector:
              ["direction", "reason"], m.tls_rejected),
             ("denied", "Requests and TCP connections denied at the inbound, by policy",
              ["service", "policy"], m.denied),
+            ("h2_floods", "HTTP/2 connections ended for a flood (GOAWAY ENHANCE_YOUR_CALM)",
+             ["direction", "flood"], m.h2_floods),
         ):  # fmt: skip
             c = fam.counter(f"gossipmesh_proxy_{name}", doc, labels=labels)
             for key, n in list(values.items()):

@@ -15,10 +15,10 @@ from pathlib import Path
 # Imported by an idle agent's code path only when the feature runs (the boundary in brackets).
 LAZY = {
     "prometheus_client": "the first /metrics scrape (gossipmesh/metric_export.py)",
-    "h2.connection": "the first HTTP/2 connection (proxy/h2side.py) or gRPC health check",
-    "hpack": "the same, with h2",
-    "hyperframe": "the same, with h2",
-    "gossipmesh.proxy.h2link": "the same, with h2",
+    "h2.connection": "a gRPC health check (agent/grpc_health.py; the proxy has its own core)",
+    "hpack": "the first HTTP/2 connection (proxy/h2side.py) or gRPC health check",
+    "hyperframe": "a gRPC health check, with h2.connection",
+    "gossipmesh.proxy.h2link": "the first HTTP/2 connection (proxy/h2side.py)",
     "importlib.metadata": "the first package_version() (/v1/self, /metrics)",
     "tomllib": "a --config file (agent/settings.py)",
     "re2": "the first route regex (config/regex.py)",
@@ -69,7 +69,8 @@ def test_the_first_http2_connection_builds_the_h2_side() -> None:
         "front = p.h2.built()\n"
         "assert p.h2.built() is front and p.h2.pool is not None\n"
     )
-    assert loaded_after(code) == {"h2.connection", "hpack", "hyperframe", "gossipmesh.proxy.h2link"}
+    # The proxy's HTTP/2 core is its own (h2core.py): h2's connection and hyperframe stay out.
+    assert loaded_after(code) == {"hpack", "gossipmesh.proxy.h2link"}
 
 
 def test_a_grpc_health_check_imports_h2() -> None:
