@@ -4,11 +4,12 @@ frame type's payload, and the frames the proxy sends, built with ``struct``.
 Theory of operation
 -------------------
 This is the framing half of the proxy's own HTTP/2 core (h2core.py is the connection half; the
-``h2`` library stays only as the tests' oracle). Parsing is one pass: ``head`` unpacks a frame
-header at an offset of the received buffer, the connection checks its length against our
-SETTINGS_MAX_FRAME_SIZE (the default 16,384: we never announce more) before it waits for the
-payload, and ``strip_padding`` / ``priority_of`` / ``settings_of`` / the fixed-size checks turn
-a payload into values or raise ``ConnError`` with the RFC's error code. Nothing here keeps
+``h2`` library stays only as the tests' oracle). Parsing is one pass: ``unpack_head`` unpacks a
+frame header (its 24-bit length as 16 + 8 bits) at an offset of the received buffer, the
+connection checks the length against our SETTINGS_MAX_FRAME_SIZE (the default 16,384: we never
+announce more) before it waits for the payload, and ``strip_padding``, ``priority_of``,
+``settings_of`` and the fixed-size checks turn a payload into values or raise ``ConnError``
+with the RFC's error code. Nothing here keeps
 state: whether a frame is allowed on its stream at all is the connection's question.
 
 Every check is the RFC's own: a frame that must be on stream 0 (SETTINGS, PING, GOAWAY) or must
@@ -18,7 +19,7 @@ of 6, its ACK 0, GOAWAY at least 8) a FRAME_SIZE_ERROR; padding as long as the p
 PROTOCOL_ERROR; SETTINGS values outside their range the error §6.5.2 names. Unknown frame types
 and unknown settings are ignored (§4.1, §6.5.2), which the connection does.
 
-Frames sent are byte strings joined by the caller into one write. A header block longer than the
+Frames sent are byte strings the connection appends to its output buffer. A header block longer than the
 peer's SETTINGS_MAX_FRAME_SIZE is split into HEADERS and CONTINUATION frames (``header_frames``).
 """
 
@@ -83,19 +84,11 @@ class ConnError(Exception):
 # -- parsing -----------------------------------------------------------------------------------
 
 _HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, R + stream id
-HEAD_SIZE = 9
 _U32 = struct.Struct(">L")
 _PRIORITY = struct.Struct(">LB")
 _SETTING = struct.Struct(">HL")
 _GOAWAY = struct.Struct(">LL")
 unpack_head = _HEAD.unpack_from
-
-
-def head(data: bytes, pos: int) -> tuple[int, int, int, int]:
-    """The frame header at ``pos``: (payload length, type, flags, stream id, reserved bit
-    dropped as §4.1 says)."""
-    hi, lo, kind, flags, sid = unpack_head(data, pos)
-    return (hi << 8) | lo, kind, flags, sid & 0x7FFFFFFF
 
 
 def strip_padding(payload: bytes, flags: int) -> tuple[int, int]:
@@ -223,7 +216,6 @@ __all__ = [
     "GOAWAY",
     "HEADERS",
     "HEADER_TABLE_SIZE",
-    "HEAD_SIZE",
     "INITIAL_WINDOW_SIZE",
     "MAX_CONCURRENT_STREAMS",
     "MAX_FRAME_SIZE",
@@ -245,7 +237,6 @@ __all__ = [
     "frame",
     "goaway",
     "goaway_of",
-    "head",
     "header_frames",
     "pack_head",
     "priority_of",

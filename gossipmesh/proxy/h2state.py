@@ -267,8 +267,5 @@ class H2State:
         self.goaway_sent = True
         self.dead = True
 
-    def is_open(self, sid: int) -> bool:
-        return sid in self.streams
-
 
 __all__ = ["RESET_MEMORY", "H2Settings", "H2State", "StreamState", "give_back"]

@@ -61,7 +61,6 @@ class Pair:
         given to the peer."""
         data = self.peer.data_to_send()
         if data and not self.dead:
-            got = want = None
             got, want = both_receive(self, data)
             if got != want and self.refused_a_stream(want):
                 return  # the two part here, as they should
