@@ -19,8 +19,9 @@ of 6, its ACK 0, GOAWAY at least 8) a FRAME_SIZE_ERROR; padding as long as the p
 PROTOCOL_ERROR; SETTINGS values outside their range the error §6.5.2 names. Unknown frame types
 and unknown settings are ignored (§4.1, §6.5.2), which the connection does.
 
-Frames sent are byte strings the connection appends to its output buffer. A header block longer than the
-peer's SETTINGS_MAX_FRAME_SIZE is split into HEADERS and CONTINUATION frames (``header_frames``).
+Frames sent are byte strings the connection appends to its output buffer. A header block longer
+than the peer's SETTINGS_MAX_FRAME_SIZE is split into HEADERS and CONTINUATION frames
+(``header_frames``).
 """
 
 from __future__ import annotations
