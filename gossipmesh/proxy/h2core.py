@@ -13,11 +13,11 @@ The ``h2`` library, which this replaces on the proxy's path, is the tests' oracl
 
 Streams. A server's first read is the client preface; the first frame of either peer must be
 SETTINGS (§3.4). Frames for an idle stream (above the highest id its side opened) are a
-PROTOCOL_ERROR; for a closed one a STREAM_CLOSED connection error, except on a stream we reset
-lately (h2state.py ``reset_ids``), where the peer's frames in flight are answered with
-RST_STREAM STREAM_CLOSED (DATA's length given back to the connection window). WINDOW_UPDATE,
-RST_STREAM and PRIORITY on a closed stream are ignored; PRIORITY is checked, then ignored
-(§5.3.2). DATA beyond a window, or a window past 2^31-1, is a FLOW_CONTROL_ERROR.
+PROTOCOL_ERROR; for a closed one a STREAM_CLOSED connection error, except on a stream reset
+lately (h2state.py ``reset_ids``): frames the peer sent before it saw our RST_STREAM are
+discarded, frames after its own RST_STREAM answered with RST_STREAM STREAM_CLOSED (§5.1; DATA's
+length is given back to the connection window either way). WINDOW_UPDATE, RST_STREAM and
+PRIORITY on a closed stream are ignored; PRIORITY is checked, then ignored (§5.3.2). DATA beyond a window, or a window past 2^31-1, is a FLOW_CONTROL_ERROR.
 
 Limits. At most our SETTINGS_MAX_CONCURRENT_STREAMS streams opened by the peer: more are refused
 (RST_STREAM REFUSED_STREAM, after their block is decoded: HPACK's table is the connection's),
@@ -183,13 +183,16 @@ class H2Core(H2State):
 
     def closed_or_idle(self, sid: int, kind: int) -> bool:
         """A frame of ``kind`` for ``sid``, which is not open: raise for an idle stream or one
-        long closed; True if it is one we reset lately (the caller answers STREAM_CLOSED)."""
+        long closed. For a stream reset lately: False if we reset it (a frame the peer sent
+        before it saw our RST_STREAM: discarded, §5.1), True if the peer did (a stream error
+        STREAM_CLOSED the caller answers)."""
         mine = (sid & 1) == (1 if self.client else 0)
         if sid > (self.last_local if mine else self.last_remote):
             raise ConnError(ErrorCodes.PROTOCOL_ERROR, f"frame type {kind} on idle stream {sid}")
-        if sid in self.reset_ids:
+        ours = self.reset_ids.get(sid)
+        if ours is not None:
             self.guard.spend(h2flood.CLOSED)
-            return True
+            return not ours
         raise ConnError(ErrorCodes.STREAM_CLOSED, f"frame type {kind} on closed stream {sid}")
 
     def on_data(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
@@ -206,8 +209,9 @@ class H2Core(H2State):
             raise ConnError(ErrorCodes.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         s = self.streams.get(sid)
         if s is None:
-            if self.closed_or_idle(sid, DATA):
-                self.ack_connection(flow)
+            answer = self.closed_or_idle(sid, DATA)
+            self.ack_connection(flow)  # its length still counted against the connection
+            if answer:
                 self.out += rst_stream(sid, ErrorCodes.STREAM_CLOSED)
             return
         if s.remote_done:  # half-closed (remote): a stream error STREAM_CLOSED (§5.1)
@@ -370,7 +374,7 @@ class H2Core(H2State):
             return
         self.guard.spend(h2flood.RESET)
         self.forget(sid, s, normal=False)
-        self.remember_reset(sid)  # frames after it: a stream error STREAM_CLOSED (§5.1)
+        self.remember_reset(sid, False)  # frames after it: a stream error STREAM_CLOSED
         events.append(ResetIn(sid, code))
 
     def on_settings(self, flags: int, payload: bytes, events: list[Event]) -> None:

@@ -6,8 +6,8 @@ Theory of operation
 Per stream (``StreamState``) two flags say whether each end sent END_STREAM, which together
 are RFC 9113 §5.1's open / half-closed (local) / half-closed (remote); a stream whose both ends
 are done, or that either side reset, leaves the table (closed), and is counted as useful work
-for the flood bounds (h2flood.py) if it completed. Streams we reset are remembered
-(``reset_ids``, the last ``RESET_MEMORY``): the peer's frames sent before it saw our RST_STREAM
+for the flood bounds (h2flood.py) if it completed. Streams reset are remembered (``reset_ids``,
+the last ``RESET_MEMORY``, and by whom): the peer's frames sent before it saw our RST_STREAM
 are expected, not an error.
 
 Sending. ``open_stream`` (client side) keeps to the peer's SETTINGS_MAX_CONCURRENT_STREAMS and
@@ -123,7 +123,7 @@ class H2State:
         self.last_local = 0
         self.remote_open = 0
         self.local_open = 0
-        self.reset_ids: dict[int, None] = {}  # an ordered set, oldest first
+        self.reset_ids: dict[int, bool] = {}  # reset by us? oldest first
         self.block_sid = 0  # a header block being assembled on this stream (0: none)
         self.block_end = False
         self.block_parts: list[bytes] = []
@@ -157,9 +157,10 @@ class H2State:
         if normal:
             self.guard.work += 1
 
-    def remember_reset(self, sid: int) -> None:
+    def remember_reset(self, sid: int, ours: bool = True) -> None:
+        """``sid`` was reset: by us (``ours``) or by the peer."""
         ids = self.reset_ids
-        ids[sid] = None
+        ids[sid] = ours
         if len(ids) > RESET_MEMORY:
             del ids[next(iter(ids))]
 

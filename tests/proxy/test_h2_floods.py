@@ -157,14 +157,14 @@ def test_empty_data_flood_trips() -> None:
     assert flood(core, frame(DATA, 0, 1, b""), h2flood.EMPTY) == h2flood.BURST[h2flood.EMPTY] + 1
 
 
-def test_frames_on_a_stream_we_reset_are_answered_then_bounded() -> None:
+def test_frames_on_a_stream_we_reset_are_discarded_then_bounded() -> None:
     core = server()
     core.receive(request(1))
     core.reset(1, ErrorCodes.CANCEL)
     core.out.clear()
-    # In flight when we reset: answered STREAM_CLOSED, the connection window given back.
+    # In flight when we reset: discarded (RFC 9113 §5.1), the connection window given back.
     assert core.receive(frame(DATA, 0, 1, b"late")) == []
-    assert bytes(core.out) == rst_stream(1, ErrorCodes.STREAM_CLOSED)
+    assert bytes(core.out) == b""
     assert core.conn_recv + core.conn_processed == LIMITS.connection_window
     n = flood(core, frame(DATA, 0, 1, b"x"), h2flood.CLOSED)
     assert n == h2flood.BURST[h2flood.CLOSED]  # one went before
@@ -284,6 +284,15 @@ def test_a_preface_that_is_not_http2_and_a_first_frame_not_settings() -> None:
     for i in range(len(PREFACE)):  # byte by byte is fine
         assert core.receive(PREFACE[i : i + 1]) == []
     core.receive(settings_frame({}))
+    assert not core.dead
+
+
+def test_frames_after_the_peers_own_reset_are_a_stream_error() -> None:
+    core = server()
+    core.receive(request(1) + rst_stream(1, ErrorCodes.CANCEL))
+    core.out.clear()
+    assert core.receive(frame(DATA, 0, 1, b"x")) == []
+    assert bytes(core.out) == rst_stream(1, ErrorCodes.STREAM_CLOSED)
     assert not core.dead
 
 
