@@ -16,8 +16,14 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
 - ``mesh``: app -> outbound -> inbound -> backend, both gossipmesh listeners in one process (the
   figure is per proxy *hop*: 2 x requests / CPU-s), against two nginx proxies in a chain (both
   workers' CPU).
+- ``split``: the same path with the outbound and the inbound listener in two processes, as two
+  sidecars run it (plaintext mesh hop, no agent around them; both processes' CPU, per hop).
+- ``agents``: the same path through two real ``gossipmesh agent`` processes (benchmarks/
+  gossip_legs.py: A's outbound -> B's inbound, *mTLS* on the hop as agents always run it, SWIM,
+  config sync and health checks alongside), both agents' CPU, per hop; against the plaintext
+  nginx chain (mtls_cpu.py has the chain with TLS). Not with ``--baseline`` or ``--workers``.
 
-    python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh [--workers N]
+    python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh split [--workers N]
         [--engine epoll|tasks] [--baseline DIR]
 
 ``--baseline DIR`` also runs the proxy from another checkout's source tree (``DIR`` holds its
@@ -72,14 +78,16 @@ def proxies(worker):
         eps = [Endpoint(n, "127.0.0.1", backend) for n in ("n1", "n2")]
         ps = [Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse,
                     engine=engine)]
-    else:
+    else:  # "mesh": both listeners here; "in" / "out": one of them (the "split" leg)
         eps = [Endpoint(n, "127.0.0.1", backend, inbound=("127.0.0.1", in_port)) for n in ("n1", "n2")]
-        ps = [
-            Proxy(outbound=None, inbound=("127.0.0.1", in_port), metrics=m(), reuse_port=reuse,
-                  local_services={"api": [("127.0.0.1", backend)]}, engine=engine),
-            Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(), reuse_port=reuse,
-                  engine=engine),
-        ]
+        ps = []
+        if leg != "out":
+            ps.append(Proxy(outbound=None, inbound=("127.0.0.1", in_port), metrics=m(),
+                            reuse_port=reuse, local_services={"api": [("127.0.0.1", backend)]},
+                            engine=engine))
+        if leg != "in":
+            ps.append(Proxy(outbound=("127.0.0.1", out_port), inbound=None, metrics=m(),
+                            reuse_port=reuse, engine=engine))
     table = build_route_table({}, {"api-route": route}, {"api": eps})
     for p in ps:
         p.update_table(table)
@@ -220,7 +228,9 @@ def cpu_split(pids: list[int]) -> tuple[float, float]:
 # -- load generators --------------------------------------------------------------------------
 
 
-def wrk_load(port: int, conns: int, seconds: float, cpu: int | None) -> int:
+def wrk_load(
+    port: int, conns: int, seconds: float, cpu: int | None, host: str = HOST, authority: str = "api"
+) -> int:
     argv = [
         *pin(cpu),
         "wrk",
@@ -228,10 +238,10 @@ def wrk_load(port: int, conns: int, seconds: float, cpu: int | None) -> int:
         f"-c{conns}",
         f"-d{max(1, round(seconds))}s",
         "-H",
-        "Host: api",
+        f"Host: {authority}",
     ]
     out = subprocess.run(
-        [*argv, f"http://{HOST}:{port}/"],
+        [*argv, f"http://{host}:{port}/"],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -245,16 +255,16 @@ def wrk_load(port: int, conns: int, seconds: float, cpu: int | None) -> int:
     return int(m.group(1))
 
 
-def py_load(port: int, conns: int, seconds: float) -> int:
+def py_load(port: int, conns: int, seconds: float, host: str = HOST, authority: str = "api") -> int:
     """Keep-alive GETs on ``conns`` connections; counts complete content-length responses."""
-    req = b"GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+    req = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % authority.encode()
     ep = select.epoll()
     socks: dict[int, socket.socket] = {}
     bufs: dict[int, bytearray] = {}
     done = 0
     try:
         for _ in range(conns):
-            s = socket.create_connection((HOST, port))
+            s = socket.create_connection((host, port))
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.setblocking(False)
             socks[s.fileno()] = s
@@ -310,69 +320,121 @@ def print_medians(leg: str, per: dict[str, list[float]]) -> None:
 
 
 def measure(
-    name: str, port: int, pids: list[int], hops: int, args: argparse.Namespace, note: str = ""
+    name: str,
+    port: int,
+    pids: list[int],
+    hops: int,
+    args: argparse.Namespace,
+    note: str = "",
+    host: str = HOST,
+    authority: str = "api",
 ) -> Result:
     conns, seconds = args.connections, args.seconds
     if args.client == "wrk":
-        wrk_load(port, conns, 1.0, args.client_cpu)  # warm up pools and caches
+        wrk_load(port, conns, 1.0, args.client_cpu, host, authority)  # warm up pools, caches
     else:
-        py_load(port, conns, 1.0)
+        py_load(port, conns, 1.0, host, authority)
     u0, s0 = cpu_split(pids)
     t0 = time.monotonic()
     if args.client == "wrk":
-        n = wrk_load(port, conns, seconds, args.client_cpu)
+        n = wrk_load(port, conns, seconds, args.client_cpu, host, authority)
     else:
-        n = py_load(port, conns, seconds)
+        n = py_load(port, conns, seconds, host, authority)
     wall = time.monotonic() - t0
     u1, s1 = cpu_split(pids)
     return Result(name, n, wall, u1 - u0, s1 - s0, hops, note)
 
 
-def run_gossipmesh(
-    leg: str, workers: int, args: argparse.Namespace, source: str | None = None
-) -> Result:
-    env = cwd = None
-    if source is not None:
-        # Run from the source tree too: ``python -c`` puts the working directory first on
-        # sys.path, ahead of PYTHONPATH, so from a checkout's root ours would shadow it.
-        cwd = os.path.abspath(source)
-        env = {**os.environ, "PYTHONPATH": cwd}
-    argv = [
-        *pin(args.proxy_cpu if workers == 1 else None),
+# The proxy processes of each leg, in the order they start (the inbound side first).
+ROLES = {"outbound": ("outbound",), "mesh": ("mesh",), "split": ("in", "out")}
+
+
+def proxy_argv(role: str, workers: int, engine: str) -> list[str]:
+    """PROXY_CODE as one process of ``role`` ("outbound", "mesh", "in" or "out")."""
+    return [
         sys.executable,
         "-c",
         PROXY_CODE,
-        leg,
+        role,
         str(BACKEND_PORT),
         str(OUT_PORT),
         str(IN_PORT),
         str(workers),
-        args.engine,
+        engine,
     ]
-    with launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd) as proc:
-        assert proc.stdout is not None
-        for _ in range(workers):
-            line = proc.stdout.readline().strip()
-            if line != b"ready":
-                raise SystemExit(f"proxy did not start: {line!r}")
-        pids = [proc.pid, *children(proc.pid)]
-        hops = 2 if leg == "mesh" else 1
+
+
+def source_env(source: str | None) -> tuple[dict[str, str] | None, str | None]:
+    """(env, cwd) that run PROXY_CODE from the source tree ``source`` (None: this checkout)."""
+    if source is None:
+        return None, None
+    # Run from the source tree too: ``python -c`` puts the working directory first on sys.path,
+    # ahead of PYTHONPATH, so from a checkout's root ours would shadow it.
+    cwd = os.path.abspath(source)
+    return {**os.environ, "PYTHONPATH": cwd}, cwd
+
+
+def run_gossipmesh(
+    leg: str, workers: int, args: argparse.Namespace, source: str | None = None
+) -> Result:
+    env, cwd = source_env(source)
+    cpu = pin(args.proxy_cpu if workers == 1 else None)
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for role in ROLES[leg]:
+            proc = stack.enter_context(
+                launched(
+                    [*cpu, *proxy_argv(role, workers, args.engine)],
+                    stdout=subprocess.PIPE,
+                    env=env,
+                    cwd=cwd,
+                )
+            )
+            assert proc.stdout is not None
+            for _ in range(workers):
+                line = proc.stdout.readline().strip()
+                if line != b"ready":
+                    raise SystemExit(f"proxy did not start: {line!r}")
+            procs.append(proc)
+        pids = [pid for proc in procs for pid in (proc.pid, *children(proc.pid))]
+        hops = 1 if leg == "outbound" else 2
         label = "gossipmesh" if workers == 1 else f"gm x{workers}"
         if source is not None:
             label = "baseline"
         res = measure(label, OUT_PORT, pids, hops, args)
-        proc.send_signal(signal.SIGTERM)  # each worker prints its request counters and exits
-        out, _ = proc.communicate(timeout=10)
-        notes = [ln.removeprefix("metrics ") for ln in out.decode().splitlines()]
+        notes: list[str] = []
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)  # each worker prints its request counters and exits
+            out, _ = proc.communicate(timeout=10)
+            notes.extend(ln.removeprefix("metrics ") for ln in out.decode().splitlines())
         res.note = "  [" + " | ".join(notes) + "]"
         return res
+
+
+def run_agents(args: argparse.Namespace) -> Result:
+    """Two real agents (benchmarks/gossip_legs.py): wrk -> A's outbound -> mTLS -> B's inbound ->
+    the backend, both agents on CPU 1 with everything else they run; per hop, as ``split``."""
+    import gossip_legs  # the agents' start-up, shared with benchmarks/proxy.py
+
+    with tempfile.TemporaryDirectory(prefix="proxy-cpu-agents-") as wd:
+        label, url, authority, start = gossip_legs.legs(BACKEND_PORT)[1]
+        procs = start(wd)
+        try:
+            pids = [p.popen.pid for p in procs if p.popen is not None]
+            pids += [c for pid in list(pids) for c in children(pid)]
+            host, port = url.split("//")[1].rstrip("/").split(":")
+            return measure("gossipmesh", int(port), pids, 2, args, "  [" + label + "]", host,
+                           authority)  # fmt: skip
+        finally:
+            for p in reversed(procs):
+                p.stop()
 
 
 def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
     with contextlib.ExitStack() as stack:
         pids = []
         chain = [(NGINX_PORT, BACKEND_PORT)]
-        if leg == "mesh":
+        if leg != "outbound":
             chain = [(NGINX_PORT, NGINX2_PORT), (NGINX2_PORT, BACKEND_PORT)]
         for i, (listen, to) in enumerate(chain):
             conf = nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
@@ -396,7 +458,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per leg and round (max 60)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (max 10)")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
+    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=[*sorted(ROLES), "agents"])
     ap.add_argument("--workers", type=int, default=1, help="also run N SO_REUSEPORT workers")
     ap.add_argument("--client", choices=["wrk", "py"], default=None)
     ap.add_argument(
@@ -427,12 +489,14 @@ def main() -> None:
                 per: dict[str, list[float]] = {}
                 for r in range(args.rounds):
                     runs = [partial(run_gossipmesh, leg, 1, args)]
-                    if args.baseline is not None:
+                    if leg == "agents":
+                        runs = [partial(run_agents, args)]  # this checkout's agents only
+                    elif args.baseline is not None:
                         # Alternate which of the two runs first, so order effects cancel.
                         runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))
                     results = [run() for run in runs]
                     results.append(run_nginx(leg, wd, args))
-                    if args.workers > 1:
+                    if args.workers > 1 and leg != "agents":
                         results.append(run_gossipmesh(leg, args.workers, args))
                     for res in results:
                         print(f"{leg} round {r + 1}: {res.line()}", flush=True)

@@ -27,6 +27,7 @@ reports cachegrind's simulated I1/D1/LL misses per request (a model of this mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import select
@@ -35,17 +36,17 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 
 from proxy_cpu import (
     BACKEND_PORT,
     HOST,
-    IN_PORT,
     OUT_PORT,
-    PROXY_CODE,
+    ROLES,
     launched,
     nginx_conf,
+    proxy_argv,
+    source_env,
     wait_port,
 )
 
@@ -101,42 +102,35 @@ def count_load(port: int, conns: int, total: int) -> None:
 
 
 def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) -> dict[str, int]:
-    """What the proxy process did from start to exit, serving ``requests``: ``{"instructions":
-    n}`` under cachegrind, or calls per syscall name under ``strace -f -c``."""
-    env = dict(os.environ)
-    if source is not None:
-        env["PYTHONPATH"] = os.path.abspath(source)  # and run there: see proxy_cpu.py
-    with tempfile.TemporaryDirectory() as wd:
-        log = os.path.join(wd, "count.log")
-        if tool == "strace":
-            wrapper = ["strace", "-f", "-c", "-o", log]
-        else:
-            wrapper = [
-                "valgrind",
-                "--tool=cachegrind",
-                f"--cache-sim={'yes' if tool == 'cachesim' else 'no'}",
-                f"--cachegrind-out-file={wd}/cg.out",
-                f"--log-file={log}",
-            ]
-        argv = [
-            *wrapper,
-            sys.executable,
-            "-c",
-            PROXY_CODE,
-            leg,
-            str(BACKEND_PORT),
-            str(OUT_PORT),
-            str(IN_PORT),
-            "1",
-            "epoll",
-        ]
-        cwd = os.path.abspath(source) if source is not None else None
-        with launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd) as proc:
+    """What the leg's proxy processes did from start to exit, serving ``requests``, summed over
+    them: ``{"instructions": n}`` under cachegrind, or calls per syscall name under ``strace -f
+    -c``."""
+    env, cwd = source_env(source)
+    with tempfile.TemporaryDirectory() as wd, contextlib.ExitStack() as stack:
+        logs = []
+        procs = []
+        for role in ROLES[leg]:
+            log = os.path.join(wd, f"{role}.log")
+            logs.append(log)
+            if tool == "strace":
+                wrapper = ["strace", "-f", "-c", "-o", log]
+            else:
+                wrapper = [
+                    "valgrind",
+                    "--tool=cachegrind",
+                    f"--cache-sim={'yes' if tool == 'cachesim' else 'no'}",
+                    f"--cachegrind-out-file={wd}/{role}.cg",
+                    f"--log-file={log}",
+                ]
+            argv = [*wrapper, *proxy_argv(role, 1, "epoll")]
+            proc = stack.enter_context(launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd))
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
             if line != b"ready":
                 raise SystemExit(f"proxy did not start: {line!r}")
-            count_load(OUT_PORT, conns, requests)
+            procs.append(proc)
+        count_load(OUT_PORT, conns, requests)
+        for proc in procs:
             # Only the proxy, not the whole group: valgrind runs it as the group leader's own
             # process; strace as its child (and strace itself would only detach on SIGTERM).
             target = proc.pid
@@ -145,8 +139,19 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
                     target = int(f.read().split()[0])
             os.kill(target, signal.SIGTERM)
             proc.communicate(timeout=STARTUP_S)
-        with open(log) as f:
-            text = f.read()
+        texts = []
+        for log in logs:
+            with open(log) as f:
+                texts.append(f.read())
+    out: dict[str, int] = {}
+    for text in texts:
+        for k, v in parse_counts(text, tool).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def parse_counts(text: str, tool: str) -> dict[str, int]:
+    """The counts in one process's strace summary or cachegrind log."""
     if tool == "strace":
         calls = {}
         for row in text.splitlines():
@@ -157,7 +162,7 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
         return calls
     m = re.search(r"I\s+refs:\s+([\d,]+)", text)
     if m is None:
-        raise SystemExit(f"no instruction count in {log}")
+        raise SystemExit(f"no instruction count in:\n{text[-2000:]}")
     out = {"instructions": int(m.group(1).replace(",", ""))}
     for name, value in re.findall(r"(I1 +misses|D +refs|D1 +misses|LL +misses):\s+([\d,]+)", text):
         out[" ".join(name.split())] = int(value.split()[0].replace(",", ""))
@@ -179,7 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000, help="N (the second run sends 2N)")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=["outbound", "mesh"])
+    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=sorted(ROLES))
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     ap.add_argument("--repeat", type=int, default=1, help="measurements per proxy (max 9)")
     ap.add_argument(
@@ -206,7 +211,7 @@ def main() -> None:
         with launched(["nginx", "-c", conf, "-p", wd]):
             wait_port(BACKEND_PORT)
             for leg in args.legs:
-                hops = 2 if leg == "mesh" else 1
+                hops = 1 if leg == "outbound" else 2
                 if args.syscalls or args.cache_sim:
                     what = "syscalls" if args.syscalls else "cache (simulated)"
                     for label, src in (("ours", None), ("baseline", args.baseline)):

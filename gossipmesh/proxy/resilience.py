@@ -54,7 +54,11 @@ class RetryBudget:
 
     def record_request(self, now_ns: int) -> None:
         """Every original request (not retries) deposits into the budget."""
-        self._requests[self._bucket(now_ns)] += 1
+        sec = now_ns // NS_PER_S
+        i = sec % WINDOW_S
+        if self._secs[i] != sec:  # a new second: ``_bucket`` resets its slot
+            i = self._bucket(now_ns)
+        self._requests[i] += 1
 
     def window(self, now_ns: int) -> tuple[int, int]:
         """(requests, retries) over the last WINDOW_S seconds including this one."""

@@ -281,7 +281,10 @@ def route(
     r, key = hit
     if r is None:
         return None, key
-    if now_ns < horizon_ns and len(r.clusters) > 1:
+    clusters = r.clusters
+    if len(clusters) == 1:
+        return r, clusters[0]  # no split to draw (choose_destination's first case, inline)
+    if now_ns < horizon_ns:
         found_key = split_destination(r, view.dests, rng, now_ns)
         if found_key is not None:
             return r, found_key

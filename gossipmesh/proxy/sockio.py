@@ -275,6 +275,9 @@ async def connect_raw(host: str, port: int, connect_ms: int, watch: Watch) -> so
                 ) from None
             finally:
                 watch.discard(guard)
+            if guard.timed_out:
+                # The watchdog closed it after the wake-up but before this task ran again.
+                raise ConnectFailed(f"{host}:{port}: connect timed out after {connect_ms} ms")
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise ConnectFailed(f"{host}:{port}: {errno.errorcode.get(err, err)}")

@@ -22,7 +22,7 @@ from gossipmesh.proxy.heads import (
     response_framing,
     upgrade_reply_head,
 )
-from gossipmesh.proxy.http1 import RequestHead, RequestReader, ResponseHead
+from gossipmesh.proxy.http1 import RESP_HOP_RE, RequestHead, RequestReader, ResponseHead
 from gossipmesh.proxy.http1_response import ResponseReader
 
 MESH = b"x-gossipmesh-dest: 10.0.0.2:8080\r\nx-gossipmesh-service: api\r\n"
@@ -141,6 +141,29 @@ def test_fast_reply_relays_a_whole_keepalive_response_without_hop_fields() -> No
     assert out == (200, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-app: 1\r\n\r\nhello")
     plain = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
     assert fast_reply(*_buf(plain), frozenset(), False) == (404, plain)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"Connection: keep-alive",  # nginx's spelling: cut by one replace
+        b"connection: keep-alive",
+        b"Connection:keep-alive",
+        b"Connection :  keep-alive",
+        b"Connection: keep-alive \t",
+        b"Connection: Keep-Alive",
+        b"Connection: keep-alive\rX-Odd: 1",  # a bare CR ends the value
+    ],
+)
+def test_fast_reply_cuts_the_connection_line_however_it_is_spelled(line: bytes) -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: s\r\n" + line + b"\r\nContent-Length: 2\r\nx-app: 1"
+    out = fast_reply(*_buf(head + b"\r\n\r\nok"), frozenset(), False)
+    assert out == (200, RESP_HOP_RE.sub(b"", head) + b"\r\n\r\nok")
+    assert b"onnection" not in out[1]
+    twice = head + b"\r\n" + line  # two hop lines: both go
+    out = fast_reply(*_buf(twice + b"\r\n\r\nok"), frozenset(), False)
+    assert out == (200, RESP_HOP_RE.sub(b"", twice) + b"\r\n\r\nok")
+    assert b"onnection" not in out[1]
 
 
 def test_fast_reply_waits_for_a_body_that_fits_and_declines_the_rest() -> None:
