@@ -6,6 +6,8 @@ h2load on CPU 0, the proxy under test on CPU 1.
 
 The backend is nginx serving h2c (prior knowledge) a small body; h2load opens ``--connections``
 HTTP/2 connections with ``--streams`` concurrent streams each (h2c prior knowledge).
+``--client grpc``: a grpcio client keeps connections x streams unary calls in flight on one
+channel, against a grpcio backend (benchmarks/grpc_load.py), the same proxies in between.
 
 - ``outbound``: h2load -> gossipmesh outbound -> backend (h2c), against h2load -> nginx
   (``listen ... http2``, ``grpc_pass``) -> backend.
@@ -53,6 +55,7 @@ OUT_PORT = 18291
 IN_PORT = 18292
 NGINX_PORT = 18293
 NGINX2_PORT = 18294
+GRPC_LOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpc_load.py")
 
 PROXY_CODE = r"""
 import os, signal, sys, trio
@@ -108,11 +111,25 @@ def h2load(port: int, args: argparse.Namespace, seconds: float) -> int:
     return ok
 
 
+def grpc_calls(port: int, args: argparse.Namespace, seconds: float) -> int:
+    """``--client grpc``: a grpcio client (benchmarks/grpc_load.py) with connections x streams
+    unary calls in flight on one channel; the number of calls that succeeded."""
+    inflight = args.connections * args.streams
+    argv = [*pin(args.client_cpu), sys.executable, GRPC_LOAD, "client", str(port),
+            str(seconds), str(inflight)]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"ok (\d+) failed (\d+)", out)
+    if m is None or int(m.group(2)):
+        raise SystemExit(f"grpc client saw failures or did not finish:\n{out}")
+    return int(m.group(1))
+
+
 def measure(name: str, port: int, pids: list[int], hops: int, args: argparse.Namespace) -> Result:
-    h2load(port, args, 1.0)  # warm up connections and caches
+    load = grpc_calls if args.client == "grpc" else h2load
+    load(port, args, 1.0)  # warm up connections and caches
     u0, s0 = cpu_split(pids)
     t0 = time.monotonic()
-    n = h2load(port, args, args.seconds)
+    n = load(port, args, args.seconds)
     wall = time.monotonic() - t0
     u1, s1 = cpu_split(pids)
     return Result(name, n, wall, u1 - u0, s1 - s0, hops)
@@ -177,6 +194,12 @@ def main() -> None:
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
+    ap.add_argument(
+        "--client",
+        choices=["h2load", "grpc"],
+        default="h2load",
+        help="grpc: a grpcio client and a grpcio backend (benchmarks/grpc_load.py)",
+    )
     args = ap.parse_args()
     args.seconds = min(args.seconds, 60.0)
     args.rounds = max(1, min(args.rounds, 10))
@@ -185,12 +208,15 @@ def main() -> None:
         ' location / { return 200 "hello from the backend\\n"; } }'
     )
     print(
-        f"h2load c={args.connections} m={args.streams} {args.seconds:g}s x {args.rounds} rounds,"
-        f" proxy on CPU {args.proxy_cpu}, h2load+backend on CPU {args.client_cpu}"
+        f"{args.client} c={args.connections} m={args.streams} {args.seconds:g}s x {args.rounds}"
+        f" rounds, proxy on CPU {args.proxy_cpu}, client+backend on CPU {args.client_cpu}"
     )
     with tempfile.TemporaryDirectory() as wd:
         conf = nginx_conf(wd, "h2backend", backend)
-        with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
+        serve = [*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]
+        if args.client == "grpc":
+            serve = [*pin(args.client_cpu), sys.executable, GRPC_LOAD, "server", str(BACKEND_PORT)]
+        with launched(serve):
             wait_port(BACKEND_PORT)
             for leg in args.legs:
                 per: dict[str, list[float]] = {}
