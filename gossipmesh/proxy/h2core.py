@@ -220,6 +220,8 @@ class H2Core(H2State):
             self.remember_reset(sid)
             self.ack_connection(flow)
             self.out += rst_stream(sid, ErrorCodes.STREAM_CLOSED)
+            # The stream is gone: whoever waits on it hears so, as after the peer's reset.
+            events.append(ResetIn(sid, ErrorCodes.STREAM_CLOSED))
             return
         if not s.got_headers:
             raise ConnError(ErrorCodes.PROTOCOL_ERROR, f"DATA before HEADERS on {sid}")

@@ -16,7 +16,7 @@ from h2.connection import H2Connection
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 from h2_oracle import Failed, Oracle, Refused, core_receive, frames_of
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gossipmesh.proxy.h2core import H2Core
@@ -272,6 +272,9 @@ FRAME = st.tuples(
 @pytest.mark.parametrize("client", [False, True], ids=["server", "client"])
 @settings(max_examples=400, deadline=None)
 @given(frames=st.lists(FRAME, min_size=1, max_size=6))
+# Found by CI: DATA after END_STREAM on a stream still open our way; the core reset it without
+# telling its user (h2 reports a StreamReset; so must the core, or the link waits on it).
+@example(frames=[(0, 1, 1, b""), (0, 0, 1, b"")])
 def test_arbitrary_frames_after_an_opening_match_h2(
     client: bool, frames: list[tuple[int, int, int, bytes]]
 ) -> None:

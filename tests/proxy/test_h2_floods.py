@@ -300,8 +300,10 @@ def test_stream_errors_reset_the_stream_and_keep_the_connection() -> None:
     core = server()
     core.receive(request(1) + request(3, end=True))
     core.out.clear()
-    # DATA after the peer's END_STREAM (half-closed remote): STREAM_CLOSED for that stream.
-    assert core.receive(frame(DATA, 0, 3, b"x")) == []
+    # DATA after the peer's END_STREAM (half-closed remote): STREAM_CLOSED for that stream,
+    # and its user hears the stream is gone (it would wait on the answer otherwise).
+    events = core.receive(frame(DATA, 0, 3, b"x"))
+    assert [(type(e), e.sid, e.code) for e in events] == [(ResetIn, 3, ErrorCodes.STREAM_CLOSED)]
     assert rst_stream(3, ErrorCodes.STREAM_CLOSED) in bytes(core.out)
     # A stream window past 2^31-1: that stream is reset FLOW_CONTROL_ERROR.
     events = core.receive(window_update(1, 2**31 - 1))
