@@ -26,8 +26,9 @@ acks) past ``h2_max_send_buffer_bytes`` end the connection.
 A stream that is abandoned (reset, its task gone) gives back the window its unread chunks held,
 or the connection's window would shrink for good. SETTINGS limits we announce: at most
 ``h2_max_concurrent_streams`` streams (the core refuses more), a header list of at most
-``max_header_bytes``; no server push. A GOAWAY ends the link: streams above the peer's last
-stream id were never processed (``Stream.refused``), the others are reset.
+``max_header_bytes``; no server push. A GOAWAY takes the link out of use: streams above the
+peer's last stream id were never processed (``Stream.refused``); after a graceful one (NO_ERROR)
+the others run to their end and the link closes when idle, after an error one they are reset.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class H2Link:
         "window",
         "closed",
         "goaway",
+        "ending",
         "errors",
         "flood",
         "recv_size",
@@ -161,6 +163,7 @@ class H2Link:
         self.window = trio.Event()  # set (and replaced) whenever a send window may have grown
         self.closed = False
         self.goaway = False  # no new stream on this link
+        self.ending = False  # close the connection once what is queued is sent
         self.errors = 0  # protocol errors (the peer's)
         self.flood = ""  # the flood (h2flood.NAMES) that ended the link, if one did
         self.recv_size = limits.recv_buffer_bytes
@@ -204,6 +207,9 @@ class H2Link:
             while True:
                 if not self.out:
                     if self.closed:
+                        return
+                    if self.ending:
+                        self.io.close()  # the reader hears it and ends the link
                         return
                     self.drained.set()
                     self.idle_writer = current_task()
@@ -283,16 +289,28 @@ class H2Link:
                 window = True
             elif t is GoAwayIn:
                 assert isinstance(ev, GoAwayIn)
-                last = ev.last_sid
-                for sid, s in streams.items():
-                    if sid > last and sid % 2 == 1:
-                        s.refused = True  # our request the peer says it never processed
-                self.goaway = True
-                raise LinkGone("GOAWAY")
+                self.on_goaway(ev.last_sid, ev.code)
         if window:
             self.window.set()
             self.window = trio.Event()
         self.flush()
+
+    def on_goaway(self, last: int, code: int) -> None:
+        """The peer takes no new stream. Ours above ``last`` it never processed (refused: safe
+        to retry elsewhere); after a graceful GOAWAY (NO_ERROR) the others run to their end
+        (RFC 9113 §6.8) and the link closes when idle; after an error GOAWAY the link ends."""
+        self.goaway = True
+        mine = 1 if self.core.client else 0
+        for sid in [sid for sid in self.streams if sid > last and sid % 2 == mine]:
+            s = self.streams.pop(sid)
+            s.refused = True
+            s.reset = ErrorCodes.REFUSED_STREAM
+            self.give_back(s)
+            s.wake()
+            if s.partner is not None:
+                s.partner.wake()
+        if code != ErrorCodes.NO_ERROR or not self.streams:
+            raise LinkGone("GOAWAY")
 
     def fail(self, why: str) -> NoReturn:
         """The peer broke the protocol: send the GOAWAY queued, then end."""
@@ -415,6 +433,12 @@ class H2Link:
         if not self.closed:
             self.core.close(code)
             self.flush()
+
+    def end_when_sent(self) -> None:
+        """Close the connection as soon as the writer has sent what is queued (a link with no
+        stream left after a GOAWAY: its last answer must not be cut off)."""
+        self.ending = True
+        self.wake_writer()
 
     def die(self) -> None:
         """The connection ended: every stream still open hears it, every waiter wakes."""

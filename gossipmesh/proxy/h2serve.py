@@ -117,9 +117,12 @@ class H2Front:
         finally:
             link.done(s)
             if not link.streams and not conn.io.closed:
-                conn.io.deadline_ns = self.clock.now_ns() + (
-                    self.limits.keepalive_idle_ms * NS_PER_MS
-                )
+                if link.goaway:
+                    link.end_when_sent()  # after a GOAWAY either way: no stream will come
+                else:
+                    conn.io.deadline_ns = self.clock.now_ns() + (
+                        self.limits.keepalive_idle_ms * NS_PER_MS
+                    )
 
 
 __all__ = ["H2Front", "may_be_h2"]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gossipmesh.proxy.h2core import H2Core
 from gossipmesh.proxy.h2events import StreamGone
-from gossipmesh.proxy.h2frames import ErrorCodes
+from gossipmesh.proxy.h2frames import ErrorCodes, rst_stream
 from gossipmesh.proxy.h2state import H2Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -275,6 +275,9 @@ FRAME = st.tuples(
 # Found by CI: DATA after END_STREAM on a stream still open our way; the core reset it without
 # telling its user (h2 reports a StreamReset; so must the core, or the link waits on it).
 @example(frames=[(0, 1, 1, b""), (0, 0, 1, b"")])
+@example(frames=[(7, 0, 0, bytes(8)), (0, 0, 1, b"")])  # a GOAWAY, then DATA: the departure
+@example(frames=[(0, 1, 1, b""), (0, 0, 1, b""), (0, 0, 1, b"")])  # DATA after our reset
+@example(frames=[(1, 0, 1, b""), (2, 0, 1, b"")])  # a short PRIORITY inside a header block
 def test_arbitrary_frames_after_an_opening_match_h2(
     client: bool, frames: list[tuple[int, int, int, bytes]]
 ) -> None:
@@ -284,7 +287,12 @@ def test_arbitrary_frames_after_an_opening_match_h2(
             return
         data = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload  # fmt: skip
         p.peer.data_to_send()  # (nothing of the peer's own)
+        in_block = p.ours.block_sid != 0
         got, want = both_receive(p, data)
+        if in_block and (got, want) == (("failed", 1), ("failed", 6)):
+            # Another frame inside a header block (§6.10) that is malformed too: the core names
+            # the interruption (PROTOCOL_ERROR), h2 the malformed frame (FRAME_SIZE_ERROR).
+            return
         assert got == want, (kind, flags, sid, payload)
         mine = bytes(p.ours.out)
         p.ours.out.clear()
@@ -295,8 +303,21 @@ def test_arbitrary_frames_after_an_opening_match_h2(
             assert rst in mine
             assert same_frames(mine.replace(rst, b""), p.oracle.data_to_send())
             return
-        assert same_frames(mine, p.oracle.data_to_send())
+        theirs = p.oracle.data_to_send()
+        if (
+            not mine
+            and p.ours.reset_ids.get(sid)
+            and theirs == rst_stream(sid, ErrorCodes.STREAM_CLOSED)
+        ):
+            # A frame on a stream the core reset: RFC 9113 §5.1 says to ignore it (the peer may
+            # have sent it before our RST_STREAM arrived); h2 resets the stream again.
+            continue
+        assert same_frames(mine, theirs)
         if isinstance(got, tuple):
+            return
+        if any(ev[0] == "goaway" for ev in got):
+            # h2 fails every frame after a GOAWAY it received; the core lets the peer finish
+            # its open streams (RFC 9113 §6.8; test_a_peers_goaway_lets_its_open_streams_finish).
             return
 
 

@@ -327,6 +327,18 @@ def test_graceful_goaway_lets_open_streams_finish_and_refuses_new_ones() -> None
     assert not core.streams
 
 
+def test_a_peers_goaway_lets_its_open_streams_finish() -> None:
+    """RFC 9113 §6.8: a GOAWAY's sender still finishes the streams it opened at or below the
+    last-stream-id it names; h2 takes any frame after a GOAWAY for a PROTOCOL_ERROR."""
+    core = server()
+    core.receive(request(1))
+    assert core.receive(goaway(0, ErrorCodes.NO_ERROR))[0].code == ErrorCodes.NO_ERROR
+    events = core.receive(frame(DATA, END_STREAM, 1, b"end"))
+    assert isinstance(events[0], DataIn) and events[0].ended and events[0].data == b"end"
+    core.send_headers(1, [(b":status", b"200")], True)
+    assert not core.streams and not core.dead
+
+
 def test_the_client_side_keeps_to_the_peers_limits() -> None:
     core = client()
     core.receive(settings_frame({3: 1}))

@@ -55,6 +55,14 @@ async def one(nursery: trio.Nursery) -> AsyncIterator[One]:
         srv.stop()
 
 
+def upstream_streams(p: Proxy) -> int:
+    """Streams open on the proxy's pooled upstream HTTP/2 links."""
+    pool = p.h2.pool
+    return (
+        0 if pool is None else sum(len(link.streams) for ls in pool.links.values() for link in ls)
+    )
+
+
 async def test_http1_and_http2_share_one_port(one: One) -> None:
     assert (await get(one.addr, "/name", "api")).body == b"be1"
     ch = channel(one.addr, "echo")
@@ -182,14 +190,11 @@ async def test_a_client_reset_cancels_the_upstream_stream(one: One) -> None:
     while not c.answers[sid].body:
         assert await c.pump()
 
-    def upstream_streams() -> int:
-        return sum(len(link.streams) for ls in one.proxy.h2.pool.links.values() for ls_ in [ls] for link in ls_)  # fmt: skip
-
-    assert upstream_streams() == 1
+    assert upstream_streams(one.proxy) == 1
     c.h2.reset_stream(sid, ErrorCodes.CANCEL)
     await c.flush()
     with trio.fail_after(5):
-        while upstream_streams():
+        while upstream_streams(one.proxy):
             await trio.sleep(0.01)
     # The connection itself goes on.
     sid2 = await c.request(b"/test.Echo/Unary", b"echo", GRPC_HEADERS, frame(b"again"), b"POST")
@@ -247,3 +252,40 @@ async def test_migration_mode_reaches_a_plaintext_peer_with_h2c(nursery: trio.Nu
     assert answers == [b"g3:p"] * 3
     assert a.metrics.plaintext == {"outbound_fallback": 1}
     assert b.metrics.h2_connections == {"inbound": 1}  # detected by its preface
+
+
+async def test_an_upstreams_graceful_goaway_lets_the_call_in_flight_finish(one: One) -> None:
+    """A gRPC server stopping with a grace period sends GOAWAY (NO_ERROR) and finishes the calls
+    it took (RFC 9113 §6.8); the link carries them to the end instead of dropping them."""
+    c = await RawH2.open(one.addr)
+    sid = await c.request(b"/test.Echo/Slow", b"echo", GRPC_HEADERS, frame(b"600"), b"POST")
+    with trio.fail_after(5):
+        while not upstream_streams(one.proxy):
+            await trio.sleep(0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, one.grpc.stop, 5.0)
+        with trio.fail_after(10):
+            a = await c.until_done(sid)
+    assert a.reset is None and a.header(b"grpc-status") == b"0", a
+    assert a.body.endswith(b"g1")
+    await c.aclose()
+
+
+async def test_a_clients_goaway_still_gets_its_answer_then_the_connection_closes(one: One) -> None:
+    """A client's GOAWAY (NO_ERROR, last stream 0: it takes no push) says it opens no new
+    stream; the call it made is still answered, and the proxy closes the idle connection."""
+    c = await RawH2.open(one.addr)
+    sid = await c.request(b"/test.Echo/Slow", b"echo", GRPC_HEADERS, frame(b"300"), b"POST")
+    # Written by hand: h2 itself takes no frame after its own GOAWAY.
+    await c.stream.send_all(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))
+    with trio.fail_after(10):
+        a = await c.until_done(sid)
+        assert a.reset is None and a.header(b"grpc-status") == b"0", (
+            a,
+            c.broken,
+            c.terminated,
+            c.events,
+        )
+        while await c.pump():  # then EOF: the proxy closed the connection
+            pass
+    await c.aclose()
