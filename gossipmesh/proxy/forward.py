@@ -152,7 +152,10 @@ class Forwarder:
         )
         d = view.dests.get(key)
         if d is None:
-            return await reply(conn, req, "no_route", key[0], start_ns=start_ns)
+            # The Host names no service: said in the answer, never made a metric label (a
+            # client choosing Hosts would choose series) nor the log's service (its authority
+            # field has it).
+            return await reply(conn, req, "no_route", "", f"Host {key[0]!r}", start_ns=start_ns)
         name = r.name if r else ""
         x = Exchange(req, start_ns, name, d, target, add_host, route=r, dests=view.dests)
         return await self.forward(conn, x)

@@ -155,7 +155,7 @@ class H2Exchange:
         )
         d = view.dests.get(key)
         if d is None:
-            await self.fail(c, "no_route", service=key[0])
+            await self.fail(c, "no_route", f"Host {key[0]!r}")  # no label: as forward.py
             return None
         return Exchange(req, c.start_ns, r.name if r else "", d, req.url, route=r, dests=view.dests)
 

@@ -16,8 +16,9 @@ every sample so the expositions of several workers can be concatenated and summe
 Labels that show the mesh (issue 15): a request is counted under its service, route, destination
 (service and subset tags, ``api@v2``: ``routing.dest_label``), the endpoint's node, its status
 (classed at scrape: ``status_class``) and direction; its latency in a histogram per destination.
-Route names and subsets come from the replicated config, nodes from membership, and a no-route
-service from the request's Host, so every label set is capped (``max_series`` keys per dict):
+Route names and subsets come from the replicated config and nodes from membership; a request
+whose Host names no service is counted under the empty service, never its Host (a client would
+choose the series). Every label set is still capped (``max_series`` keys per dict):
 once full, a new key is counted under ``other`` in every label but status and direction (for
 ``errors``: the reason), and each such request is counted in ``overflow`` by metric
 (``gossipmesh_proxy_label_overflow_total``). Keys already present are never evicted, so a series

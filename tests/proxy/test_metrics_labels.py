@@ -34,7 +34,7 @@ async def test_a_split_is_visible_per_destination_and_node(nursery: trio.Nursery
     # What the backends saw is exactly what the labels say, per subset.
     assert out[("api", "split", "api@v1", "b", 200, "outbound")] == bodies[b"stable"]
     assert out[("api", "split", "api@v2", "b", 200, "outbound")] == bodies[b"canary"]
-    assert out[("nosuch", "", "", "", 404, "outbound")] == 1
+    assert out[("", "", "", "", 404, "outbound")] == 1  # no label from the client's Host
     text = render_metrics(mesh.a.metrics).decode()
     assert (
         'gossipmesh_proxy_requests_total{destination="api@v2",direction="outbound",node="b",'

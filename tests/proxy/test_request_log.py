@@ -71,7 +71,8 @@ async def test_records_on_both_hops_link_and_name_the_destination(nursery: trio.
         assert rec.total_ns >= rec.upstream_ns >= 0 and rec.retries == 0 and rec.error == ""
     assert {r.destination for r in out.records[:20]} == {"api:v1", "api:v2"}
     miss = out.records[20]
-    assert (miss.status, miss.error, miss.service, miss.endpoint) == (404, "no_route", "nosuch", "")
+    assert (miss.status, miss.error, miss.service, miss.endpoint) == (404, "no_route", "", "")
+    assert miss.authority == "nosuch"  # the Host is the log's, not a service
     mesh.a.requests.remove(out)
     assert not mesh.a.requests.on
 
