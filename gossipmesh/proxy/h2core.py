@@ -195,6 +195,16 @@ class H2Core(H2State):
             return not ours
         raise ConnError(ErrorCodes.STREAM_CLOSED, f"frame type {kind} on closed stream {sid}")
 
+    def closed_remote(self, sid: int, s: StreamState, events: list[Event]) -> None:
+        """A frame on a stream the peer ended (half-closed remote): a stream error
+        STREAM_CLOSED (§5.1). The stream is gone; whoever waits on it hears so (``ResetIn``),
+        as after the peer's own reset."""
+        self.guard.spend(h2flood.CLOSED)
+        self.forget(sid, s, normal=False)
+        self.remember_reset(sid)
+        self.out += rst_stream(sid, ErrorCodes.STREAM_CLOSED)
+        events.append(ResetIn(sid, ErrorCodes.STREAM_CLOSED))
+
     def on_data(self, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
         if sid == 0:
             raise ConnError(ErrorCodes.PROTOCOL_ERROR, "DATA on stream 0")
@@ -214,14 +224,9 @@ class H2Core(H2State):
             if answer:
                 self.out += rst_stream(sid, ErrorCodes.STREAM_CLOSED)
             return
-        if s.remote_done:  # half-closed (remote): a stream error STREAM_CLOSED (§5.1)
-            self.guard.spend(h2flood.CLOSED)
-            self.forget(sid, s, normal=False)
-            self.remember_reset(sid)
+        if s.remote_done:
             self.ack_connection(flow)
-            self.out += rst_stream(sid, ErrorCodes.STREAM_CLOSED)
-            # The stream is gone: whoever waits on it hears so, as after the peer's reset.
-            events.append(ResetIn(sid, ErrorCodes.STREAM_CLOSED))
+            self.closed_remote(sid, s, events)
             return
         if not s.got_headers:
             raise ConnError(ErrorCodes.PROTOCOL_ERROR, f"DATA before HEADERS on {sid}")
@@ -309,7 +314,8 @@ class H2Core(H2State):
             self.remote_open += 1
             kind = REQUEST
         elif s.remote_done:
-            raise ConnError(ErrorCodes.STREAM_CLOSED, f"HEADERS after END_STREAM on {sid}")
+            self.closed_remote(sid, s, events)  # (the block was decoded: HPACK stays in step)
+            return
         elif s.got_headers:
             if not ended:
                 raise ConnError(ErrorCodes.PROTOCOL_ERROR, f"trailers without END_STREAM on {sid}")

@@ -278,6 +278,7 @@ FRAME = st.tuples(
 @example(frames=[(7, 0, 0, bytes(8)), (0, 0, 1, b"")])  # a GOAWAY, then DATA: the departure
 @example(frames=[(0, 1, 1, b""), (0, 0, 1, b""), (0, 0, 1, b"")])  # DATA after our reset
 @example(frames=[(1, 0, 1, b""), (2, 0, 1, b"")])  # a short PRIORITY inside a header block
+@example(frames=[(0, 1, 1, b""), (1, 4, 1, b"")])  # HEADERS after END_STREAM: a stream error
 def test_arbitrary_frames_after_an_opening_match_h2(
     client: bool, frames: list[tuple[int, int, int, bytes]]
 ) -> None:
