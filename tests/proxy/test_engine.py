@@ -170,7 +170,9 @@ async def test_engine_many_concurrent_connections(nursery: trio.Nursery) -> None
         while p.metrics.open_connections["outbound"]:
             await trio.sleep(0.01)
     assert not p.event_engine.conns
-    assert be.requests == 1000
+    # Each request reached the backend once, but for the retries the proxy counted (on a loaded
+    # machine a try can miss its per-try timeout; a GET is then retried).
+    assert be.requests == 1000 + p.metrics.retries.get("api", 0), p.metrics.retries
 
 
 async def test_engine_client_idle_timeout(
