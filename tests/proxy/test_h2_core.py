@@ -279,12 +279,13 @@ FRAME = st.tuples(
 @example(frames=[(0, 1, 1, b""), (0, 0, 1, b""), (0, 0, 1, b"")])  # DATA after our reset
 @example(frames=[(1, 0, 1, b""), (2, 0, 1, b"")])  # a short PRIORITY inside a header block
 @example(frames=[(0, 1, 1, b""), (1, 4, 1, b"")])  # HEADERS after END_STREAM: a stream error
+@example(frames=[(1, 0x28, 1, b"\x01" + bytes(5))])  # padding over the priority: departs
 def test_arbitrary_frames_after_an_opening_match_h2(
     client: bool, frames: list[tuple[int, int, int, bytes]]
 ) -> None:
     p = opening(client)
     for kind, flags, sid, payload in frames:
-        if departs(kind, sid, payload):
+        if departs(kind, flags, sid, payload):
             return
         data = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload  # fmt: skip
         p.peer.data_to_send()  # (nothing of the peer's own)
@@ -322,14 +323,17 @@ def test_arbitrary_frames_after_an_opening_match_h2(
             return
 
 
-def departs(kind: int, sid: int, payload: bytes) -> bool:
+def departs(kind: int, flags: int, sid: int, payload: bytes) -> bool:
     """Frames the core takes differently from h2 on purpose, following RFC 9113 (each tested in
     test_h2_floods.py): any frame but PRIORITY on an idle stream is a PROTOCOL_ERROR (§5.1; h2
     ignores a RST_STREAM or WINDOW_UPDATE there), PUSH_PROMISE is refused (push is off both
     ways), and a CONTINUATION or HEADERS block is bounded. Stream 1 is open, 0 the
     connection; 2, 3 and 5 are idle. A WINDOW_UPDATE's reserved bit is ignored (§6.9), where
-    h2 takes it for part of the increment."""
+    h2 takes it for part of the increment. A HEADERS frame whose padding reaches into its
+    priority fields is a PROTOCOL_ERROR (§6.2), which h2 lets through."""
     if kind in (5, 9) or (kind == 1 and sid != 1):
+        return True
+    if kind == 1 and flags & 0x28 == 0x28 and payload and payload[0] > len(payload) - 6:
         return True
     if kind == 8 and payload[:1] >= b"\x80":
         return True

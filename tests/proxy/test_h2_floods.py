@@ -238,6 +238,7 @@ P, F, C, S = (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.FRAME_SIZE_ERROR,
         (frame(HEADERS, END_HEADERS, 3, PlainEncoder().encode([(b":method", b"GET")])), P),
         (frame(HEADERS, END_HEADERS, 1, BLOCK), P),  # trailers without END_STREAM
         (frame(HEADERS, 0, 3, BLOCK) + frame(PING, 0, 0, b"12345678"), P),  # inside a block
+        (frame(HEADERS, 0x28, 3, b"\x01" + bytes(5)), P),  # padding over the priority (§6.2)
         (frame(CONTINUATION, END_HEADERS, 1, b""), P),  # no block open
         (frame(PRIORITY, 0, 1, b"\x00\x00\x00"), F),
         (frame(PRIORITY, 0, 0, b"\x00\x00\x00\x00\x10"), P),
