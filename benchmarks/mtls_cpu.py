@@ -169,7 +169,9 @@ def nginx_pki(workdir: str) -> None:
                                       serialization.NoEncryption()))  # fmt: skip
 
 
-def run_nginx_tls(workdir: str, args: argparse.Namespace) -> Result:
+def run_nginx_tls(
+    workdir: str, args: argparse.Namespace, backends: tuple[int, ...] = BACKENDS
+) -> Result:
     d = workdir
     front = (
         f"upstream tls_be {{ server {HOST}:{NGINX2_PORT}; keepalive 64; }}"
@@ -180,7 +182,7 @@ def run_nginx_tls(workdir: str, args: argparse.Namespace) -> Result:
         " proxy_ssl_name api; proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3;"
         " proxy_ssl_session_reuse on; } }"
     )
-    upstream = " ".join(f"server {HOST}:{p};" for p in BACKENDS)
+    upstream = " ".join(f"server {HOST}:{p};" for p in backends)
     back = (
         f"upstream plain_be {{ {upstream} keepalive 64; }}"
         f" server {{ listen {HOST}:{NGINX2_PORT} ssl; ssl_protocols TLSv1.3;"
