@@ -23,8 +23,9 @@ a request cost three reads where plaintext costs one (BENCHMARKS.md, issue 19). 
   write": the caller offers the same bytes again once the socket is writable, and that call
   sends the tail and counts the plaintext it carried. A count shorter than offered, or the
   error, means the kernel refused bytes (so an EPOLLOUT edge will come).
-- **Bounds.** The incoming BIO holds at most one partial record plus one read (each read happens
-  only when no complete record is left; OpenSSL refuses a record longer than TLS allows), the
+- **Bounds.** The incoming BIO holds at most one read (each read happens only when no complete
+  record is left inside; OpenSSL moves a partial record into its own record buffer and refuses
+  one longer than TLS allows), the
   plaintext inside at most one record, the outgoing side one ``WRITE_BYTES`` batch, and what
   OpenSSL writes on its own (a KeyUpdate answer, an alert) at most ``MAX_CONTROL_BYTES``.
 - **Ends.** A FIN without TLS close_notify inside or after a record is an error (``SSLEOFError``),
@@ -86,7 +87,7 @@ class TlsSocket:
         self.fileno = raw.fileno  # the descriptor trio and the engine wait on (-1 once closed)
         self.tail: memoryview | None = None  # ciphertext the kernel has not taken yet
         self.tail_done = 0  # the plaintext count the tail finishes (what the retry returns)
-        self.eof = False  # the kernel reported the peer's FIN
+        self.eof = False  # the peer's FIN or close_notify was read
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -115,7 +116,8 @@ class TlsSocket:
                         return n
                     continue
                 if got == 0:
-                    return n  # close_notify: the end, after the bytes before it
+                    self.eof = True  # close_notify: every later call returns 0 at once
+                    return n  # the end, after the bytes before it
                 if self.eof:
                     raise ssl.SSLEOFError("EOF inside a TLS record")
             if self.outb.pending:
@@ -172,6 +174,13 @@ class TlsSocket:
                 raise BlockingIOError
             total += len(chunk)
         return total
+
+    def send_last(self, data: Any) -> None:
+        """Best effort, no wait, for bytes never offered before (a GOAWAY before a close): an
+        interrupted write's tail goes first, and is not taken for these bytes' retry."""
+        self.tail_done = 0
+        with contextlib.suppress(BlockingIOError):
+            self.send(data)
 
     def flush(self) -> bool:
         """Hand the tail to the kernel: True when nothing is left."""
@@ -300,6 +309,11 @@ class TlsIO(SockIO):
         if wait_first and not self.closed and self.tls.pending():
             wait_first = False  # bytes already inside: epoll would never say so
         return await SockIO.recv_into(self, mv, wait_first)
+
+    def send_last(self, data: bytes) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError, ValueError):
+                self.tls.send_last(data)
 
     def shutdown_write(self) -> None:
         """Half-close: send close_notify; the reading side stays open."""
