@@ -89,7 +89,12 @@ if role == "out":
 else:
     proxy = Proxy(outbound=None, inbound=(host, in_port), mtls=mtls,
                   local_services={"api": [(host, b1), (host, b2)]})
-proxy.update_table(build_route_table({}, {"api-route": route}, {"api": eps}))
+# Under valgrind (proxy_instructions.py --legs mtls) a handshake takes seconds: longer timeouts.
+from gossipmesh.config.service import ServiceConfig, Timeouts
+services = {}
+if os.environ.get("MTLS_SLOW") == "1":
+    services = {"api": ServiceConfig("api", timeouts=Timeouts(60000, 60000, 60000))}
+proxy.update_table(build_route_table(services, {"api-route": route}, {"api": eps}))
 if role == "in":  # the handshake client needs a credential the inbound accepts
     web = issue(AgentIdentity(NodeCredentials.issue(ca, "n-out", now_ms=now), trust, False),
                 ["web"], 24 * 3600 * 1000, now).credentials.services["web"]

@@ -120,6 +120,8 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
     them: ``{"instructions": n}`` under cachegrind, or calls per syscall name under ``strace -f
     -c``."""
     env, cwd = source_env(source)
+    if leg == "mtls":
+        env = {**(env or os.environ), "MTLS_SLOW": "1"}  # valgrind-slow handshakes
     with tempfile.TemporaryDirectory() as wd, contextlib.ExitStack() as stack:
         logs = []
         procs = []
