@@ -139,8 +139,9 @@ class TlsSocket:
         raise BlockingIOError
 
     def pending(self) -> int:
-        """Bytes inside (ciphertext or plaintext) that no epoll edge will announce."""
-        return self.inb.pending or self.ossl.pending()
+        """Bytes inside (ciphertext or plaintext), or the end already read: what no epoll edge
+        will announce (a caller reads instead of waiting)."""
+        return self.inb.pending or self.ossl.pending() or self.eof
 
     # -- writing -----------------------------------------------------------------------------
 

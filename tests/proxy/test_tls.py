@@ -249,6 +249,7 @@ def test_close_notify_is_the_end_after_the_bytes_before_it(pair: Any) -> None:
         peer.obj.unwrap()
     peer.sock.sendall(wire + peer.outb.read())
     assert read(tls) == b"last words"
+    assert tls.pending()  # the end is inside: a caller reads instead of waiting for an edge
     assert read(tls) == b""
     assert read(tls) == b""  # and stays the end
     # Our side's close_notify reaches the peer (a tunnel's half-close).
