@@ -89,7 +89,12 @@ if role == "out":
 else:
     proxy = Proxy(outbound=None, inbound=(host, in_port), mtls=mtls,
                   local_services={"api": [(host, b1), (host, b2)]})
-proxy.update_table(build_route_table({}, {"api-route": route}, {"api": eps}))
+# Under valgrind (proxy_instructions.py --legs mtls) a handshake takes seconds: longer timeouts.
+from gossipmesh.config.service import ServiceConfig, Timeouts
+services = {}
+if os.environ.get("MTLS_SLOW") == "1":
+    services = {"api": ServiceConfig("api", timeouts=Timeouts(60000, 60000, 60000))}
+proxy.update_table(build_route_table(services, {"api-route": route}, {"api": eps}))
 if role == "in":  # the handshake client needs a credential the inbound accepts
     web = issue(AgentIdentity(NodeCredentials.issue(ca, "n-out", now_ms=now), trust, False),
                 ["web"], 24 * 3600 * 1000, now).credentials.services["web"]
@@ -169,7 +174,9 @@ def nginx_pki(workdir: str) -> None:
                                       serialization.NoEncryption()))  # fmt: skip
 
 
-def run_nginx_tls(workdir: str, args: argparse.Namespace) -> Result:
+def run_nginx_tls(
+    workdir: str, args: argparse.Namespace, backends: tuple[int, ...] = BACKENDS
+) -> Result:
     d = workdir
     front = (
         f"upstream tls_be {{ server {HOST}:{NGINX2_PORT}; keepalive 64; }}"
@@ -180,7 +187,7 @@ def run_nginx_tls(workdir: str, args: argparse.Namespace) -> Result:
         " proxy_ssl_name api; proxy_ssl_server_name on; proxy_ssl_protocols TLSv1.3;"
         " proxy_ssl_session_reuse on; } }"
     )
-    upstream = " ".join(f"server {HOST}:{p};" for p in BACKENDS)
+    upstream = " ".join(f"server {HOST}:{p};" for p in backends)
     back = (
         f"upstream plain_be {{ {upstream} keepalive 64; }}"
         f" server {{ listen {HOST}:{NGINX2_PORT} ssl; ssl_protocols TLSv1.3;"

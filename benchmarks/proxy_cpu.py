@@ -21,7 +21,8 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
 - ``agents``: the same path through two real ``gossipmesh agent`` processes (benchmarks/
   gossip_legs.py: A's outbound -> B's inbound, *mTLS* on the hop as agents always run it, SWIM,
   config sync and health checks alongside), both agents' CPU, per hop; against the plaintext
-  nginx chain (mtls_cpu.py has the chain with TLS). Not with ``--baseline`` or ``--workers``.
+  nginx chain and the chain with TLS 1.3 and client certificates on the hop (mtls_cpu.py's
+  configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``/``--workers``.
 
     python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh split [--workers N]
         [--engine epoll|tasks] [--baseline DIR]
@@ -306,9 +307,12 @@ def print_medians(leg: str, per: dict[str, list[float]]) -> None:
     """Each system's median over the rounds against nginx's, and, with a baseline tree, the
     paired per-round ratio gossipmesh / baseline (the figure the machine's load cannot move)."""
     med = {k: statistics.median(v) for k, v in per.items()}
+    tls = med.get("nginx-tls")  # the agents leg: nginx with TLS on the hop too
     for k, v in med.items():
+        also = f"  = {v / tls:.2f}x nginx-tls" if tls else ""
         print(
             f"{leg} median {k:<12} {v:>9,.0f} req per proxy CPU-s  = {v / med['nginx']:.2f}x nginx"
+            + also
         )
     if "baseline" in per:
         paired = [a / b for a, b in zip(per["gossipmesh"], per["baseline"], strict=True)]
@@ -411,25 +415,6 @@ def run_gossipmesh(
         return res
 
 
-def run_agents(args: argparse.Namespace) -> Result:
-    """Two real agents (benchmarks/gossip_legs.py): wrk -> A's outbound -> mTLS -> B's inbound ->
-    the backend, both agents on CPU 1 with everything else they run; per hop, as ``split``."""
-    import gossip_legs  # the agents' start-up, shared with benchmarks/proxy.py
-
-    with tempfile.TemporaryDirectory(prefix="proxy-cpu-agents-") as wd:
-        label, url, authority, start = gossip_legs.legs(BACKEND_PORT)[1]
-        procs = start(wd)
-        try:
-            pids = [p.popen.pid for p in procs if p.popen is not None]
-            pids += [c for pid in list(pids) for c in children(pid)]
-            host, port = url.split("//")[1].rstrip("/").split(":")
-            return measure("gossipmesh", int(port), pids, 2, args, "  [" + label + "]", host,
-                           authority)  # fmt: skip
-        finally:
-            for p in reversed(procs):
-                p.stop()
-
-
 def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
     with contextlib.ExitStack() as stack:
         pids = []
@@ -490,7 +475,10 @@ def main() -> None:
                 for r in range(args.rounds):
                     runs = [partial(run_gossipmesh, leg, 1, args)]
                     if leg == "agents":
-                        runs = [partial(run_agents, args)]  # this checkout's agents only
+                        import agents_leg  # two agent processes, and nginx with TLS on the hop
+
+                        runs = [partial(agents_leg.run_agents, args),
+                                partial(agents_leg.run_nginx_tls, wd, args)]  # fmt: skip
                     elif args.baseline is not None:
                         # Alternate which of the two runs first, so order effects cancel.
                         runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))

@@ -22,6 +22,8 @@ reports cachegrind's simulated I1/D1/LL misses per request (a model of this mach
 
     python benchmarks/proxy_instructions.py --requests 3000 --legs outbound mesh --repeat 3 \
         [--baseline DIR]
+
+``--legs mtls`` counts the two-process hop with mutual TLS (mtls_cpu.py's sidecars).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 
+import mtls_cpu
 from proxy_cpu import (
     BACKEND_PORT,
     HOST,
@@ -51,6 +55,16 @@ from proxy_cpu import (
 )
 
 STARTUP_S = 120.0  # imports under valgrind are slow
+# ``mtls``: the two-process mesh hop with mutual TLS (mtls_cpu.py's sidecars: the agent's own
+# credentials and peer checks), both processes counted, per hop.
+LEGS = {**ROLES, "mtls": ("in", "out")}
+
+
+def leg_argv(leg: str, role: str, workdir: str) -> list[str]:
+    if leg != "mtls":
+        return proxy_argv(role, 1, "epoll")
+    ports = (OUT_PORT, mtls_cpu.IN_PORT, BACKEND_PORT, BACKEND_PORT)  # both instances: one nginx
+    return [sys.executable, "-c", mtls_cpu.SIDECAR, role, HOST, workdir, *map(str, ports)]
 
 
 def count_load(port: int, conns: int, total: int) -> None:
@@ -106,10 +120,14 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
     them: ``{"instructions": n}`` under cachegrind, or calls per syscall name under ``strace -f
     -c``."""
     env, cwd = source_env(source)
+    if leg == "mtls":
+        env = {**(env or os.environ), "MTLS_SLOW": "1"}  # valgrind-slow handshakes
     with tempfile.TemporaryDirectory() as wd, contextlib.ExitStack() as stack:
         logs = []
         procs = []
-        for role in ROLES[leg]:
+        if leg == "mtls":  # the root both sidecars' certificates chain to
+            subprocess.run(leg_argv(leg, "ca", wd), check=True, env=env, cwd=cwd)
+        for role in LEGS[leg]:
             log = os.path.join(wd, f"{role}.log")
             logs.append(log)
             if tool == "strace":
@@ -122,7 +140,7 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
                     f"--cachegrind-out-file={wd}/{role}.cg",
                     f"--log-file={log}",
                 ]
-            argv = [*wrapper, *proxy_argv(role, 1, "epoll")]
+            argv = [*wrapper, *leg_argv(leg, role, wd)]
             proc = stack.enter_context(launched(argv, stdout=subprocess.PIPE, env=env, cwd=cwd))
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
@@ -184,7 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000, help="N (the second run sends 2N)")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=sorted(ROLES))
+    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=sorted(LEGS))
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     ap.add_argument("--repeat", type=int, default=1, help="measurements per proxy (max 9)")
     ap.add_argument(

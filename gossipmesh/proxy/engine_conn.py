@@ -102,11 +102,11 @@ class Conn:
         self.x: Exchange | None = None  # the exchange waiting for its upstream
         self.n = 0  # response bytes received for it so far
         self.out: memoryview | None = None  # response bytes the client socket did not take yet
-        # A TLS socket is read until it would block: a short read proves nothing there, as
-        # OpenSSL returns one record at a time (tls.py). ``full``: a read this long may have
-        # left bytes behind.
+        # ``full``: a read this long may have left bytes behind. A TLS socket keeps the same
+        # promise (a short read emptied the socket and left no record inside, tls.py);
+        # ``tls``: bytes may wait inside it when it is adopted.
         self.tls = type(conn.io) is TlsIO
-        self.full = 0 if self.tls else len(conn.mv)
+        self.full = len(conn.mv)
 
     def wait_client(self, now_ns: int) -> None:
         self.last_ns = now_ns

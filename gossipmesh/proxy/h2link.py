@@ -178,9 +178,9 @@ class H2Link:
             nursery.start_soon(self.writer)
             await self.run(prefix)
             if self.out:
-                sock = getattr(self.io, "sock", None)
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    sock.send(bytes(self.out))  # type: ignore[union-attr]
+                send_last = getattr(self.io, "send_last", None)  # not on a StreamIO
+                if send_last is not None:
+                    send_last(bytes(self.out))
             nursery.cancel_scope.cancel()
 
     async def run(self, prefix: bytes = b"") -> None:

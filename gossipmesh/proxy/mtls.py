@@ -102,7 +102,6 @@ def make_context(
     ctx.load_verify_locations(cadata=b"".join(roots))
     _load_chain(ctx, cred)
     ctx.set_alpn_protocols(list(alpn))
-    ctx.sslsocket_class = TlsSocket
     if server:
         ctx.num_tickets = 0
     return ctx
@@ -171,11 +170,7 @@ class MeshTls:
         return (creds.services[name] if name else creds.node).retire_ms
 
     def server_socket(self, sock: socket.socket) -> TlsSocket:
-        s = self.server_ctx.wrap_socket(
-            sock, server_side=True, do_handshake_on_connect=False, suppress_ragged_eofs=False
-        )
-        assert isinstance(s, TlsSocket)
-        return s
+        return TlsSocket(self.server_ctx, sock, True, None)
 
     def client_socket(
         self, sock: socket.socket, service: str, caller: str, tunnel: bool, h2: bool = False
@@ -194,14 +189,7 @@ class MeshTls:
                 kind
             ]
             ctx = self.client_ctx[key] = make_context(False, cred, creds.roots, alpn)
-        s = ctx.wrap_socket(
-            sock,
-            server_hostname=sni_name(service),
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=False,
-        )
-        assert isinstance(s, TlsSocket)
-        return s
+        return TlsSocket(ctx, sock, False, sni_name(service))
 
     def is_plaintext_peer(self, host: str, port: int, now_ns: int) -> bool:
         until = self.plaintext_peers.get((host, port))

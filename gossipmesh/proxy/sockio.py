@@ -126,6 +126,11 @@ class SockIO:
             # ValueError: the socket was already closed (fd -1), e.g. by the watchdog.
             raise ConnLost(str(e)) from None
 
+    def send_last(self, data: bytes) -> None:
+        """One non-blocking try at bytes never offered before (a goodbye before a close)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.sock.send(data)
+
     def shutdown_write(self) -> None:
         if not self.closed:
             with contextlib.suppress(OSError):
