@@ -66,7 +66,7 @@ from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
 from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
-from gossipmesh.buildinfo import current_build
+from gossipmesh.buildinfo import current_build, describe
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.dataplane import (
     DataplaneStartError,
@@ -212,6 +212,7 @@ class Sidecar:
                     tcp={s: _fmt(a) for s, a in self.addresses.tcp.items()},
                     outbound_services={s: _fmt(a) for s, a in self.addresses.services.items()},
                     mtls=True,
+                    build=describe(current_build()),  # mypyc or pure; says if mixed or stale
                 )
                 if self.settings.inbound_plaintext:
                     self.agent.log.warn(

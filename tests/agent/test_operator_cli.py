@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from agent_procs import SETTLE_S, AgentProc, Procs, free_port_on, wait_until
 
-from gossipmesh.buildinfo import current_build
+from gossipmesh.buildinfo import current_build, describe
 from gossipmesh.crypto import Keyring, decode_key, generate_key, key_id, save_keyring_file
 from gossipmesh.version import package_version
 
@@ -68,6 +68,10 @@ def test_version_everywhere(pair: tuple[AgentProc, AgentProc]) -> None:
     assert f'gossipmesh_build_info{{build="{build}",python=' in text
     assert f'version="{package_version()}"' in text
     assert f"{build} build)" in cli("version").stdout
+    starts = [
+        json.loads(line) for line in a.log_path.read_text().splitlines() if "proxy_start" in line
+    ]
+    assert starts and all(e["build"] == describe(current_build()) for e in starts)
 
 
 def _metrics(agent: AgentProc) -> str:
