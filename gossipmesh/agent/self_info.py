@@ -3,7 +3,7 @@
 Facts only the agent's own process can tell, cheap to read at each request:
 
 - ``version``, ``python``: the installed package (``gossipmesh.version``), so a rolling upgrade can
-  be followed node by node.
+  be followed node by node; ``build``: ``mypyc`` or ``pure`` (``gossipmesh.buildinfo``).
 - ``wall_ms``: the agent's wall clock when it answered. A client compares it with its own clock
   (its error is the request's round trip); skew between members is measured over the gossip port
   by ``GET /v1/keys`` (agent/keyops.py).
@@ -23,6 +23,7 @@ import resource
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from gossipmesh.buildinfo import current_build
 from gossipmesh.identity import parse_certificate
 from gossipmesh.version import package_version, python_version
 
@@ -34,6 +35,7 @@ def self_facts(agent: Agent, wall_ms: int) -> dict[str, Any]:
     return {
         "version": package_version(),
         "python": python_version(),
+        "build": current_build().kind,
         "wall_ms": wall_ms,
         "pid": os.getpid(),
         "limits": descriptor_limits(),

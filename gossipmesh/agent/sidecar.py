@@ -66,6 +66,7 @@ from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
 from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
+from gossipmesh.buildinfo import current_build, describe
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
 from gossipmesh.dataplane import (
     DataplaneStartError,
@@ -211,6 +212,7 @@ class Sidecar:
                     tcp={s: _fmt(a) for s, a in self.addresses.tcp.items()},
                     outbound_services={s: _fmt(a) for s, a in self.addresses.services.items()},
                     mtls=True,
+                    build=describe(current_build()),  # mypyc or pure; says if mixed or stale
                 )
                 if self.settings.inbound_plaintext:
                     self.agent.log.warn(
@@ -450,10 +452,11 @@ class _AgentCollector:
         counters = dict(s.agent.counters)
         build = fam.gauge(
             "gossipmesh_build_info",
-            "Always 1; the labels say which gossipmesh and Python this agent runs",
-            labels=["version", "python"],
+            "Always 1; the labels say which gossipmesh, Python and build (mypyc or pure) this "
+            "agent runs",
+            labels=["version", "python", "build"],
         )
-        build.add_metric([package_version(), python_version()], 1)
+        build.add_metric([package_version(), python_version(), current_build().kind], 1)
         yield build
         members = fam.gauge(
             "gossipmesh_agent_members", "Members this agent knows, by state", labels=["state"]

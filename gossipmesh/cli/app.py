@@ -110,13 +110,24 @@ def _print_version() -> None:
 
 @app.command()
 def version(as_json: JsonOpt = False) -> None:
-    """Print the installed gossipmesh version (from the package metadata)."""
+    """Print the installed gossipmesh version (from the package metadata) and its build."""
+    from gossipmesh.buildinfo import current_build, describe
     from gossipmesh.version import package_version, python_version
 
+    build = current_build()
     if as_json:
-        print_json({"version": package_version(), "python": python_version()})
+        print_json(
+            {
+                "version": package_version(),
+                "python": python_version(),
+                "build": build.kind,
+                "stale": list(build.stale),
+            }
+        )
     else:
-        sys.stdout.write(f"gossipmesh {package_version()} (Python {python_version()})\n")
+        sys.stdout.write(
+            f"gossipmesh {package_version()} (Python {python_version()}, {describe(build)} build)\n"
+        )
 
 
 @app.command()

@@ -35,6 +35,8 @@ class ResponseReader:
     carry another request.
     """
 
+    # mypyc (the compiled build, gossipmesh/buildinfo.py) allows ``del`` only of listed attributes.
+    __deletable__ = ("_parser",)
     __slots__ = (
         "events",
         "pos",

@@ -122,6 +122,7 @@ class Proxy:
         metrics: ProxyMetrics | None = None,
         reuse_port: bool = False,
         engine: str = "epoll",
+        have_epoll: bool = engine_mod.HAVE_EPOLL,  # False: as where there is none (tests)
         clock: Clock | None = None,
         descriptors: DescriptorBudget | None = None,
         mtls: MeshTls | None = None,
@@ -131,6 +132,7 @@ class Proxy:
         if engine not in ("epoll", "tasks"):
             raise ValueError(f"engine must be 'epoll' or 'tasks', not {engine!r}")
         self.engine = engine
+        self.have_epoll = have_epoll
         self.outbound_addr = outbound
         self.inbound_addr = inbound
         self.tcp_listeners = dict(tcp_listeners or {})
@@ -293,7 +295,7 @@ class Proxy:
                 self.h2.attach(nursery)
                 nursery.start_soon(self.watchdog)
                 eng = None
-                if self.engine == "epoll" and engine_mod.HAVE_EPOLL:
+                if self.engine == "epoll" and self.have_epoll:
                     eng = self.event_engine = Engine(
                         self.fast,
                         self.forwarder,

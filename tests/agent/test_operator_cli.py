@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from agent_procs import SETTLE_S, AgentProc, Procs, free_port_on, wait_until
 
+from gossipmesh.buildinfo import current_build, describe
 from gossipmesh.crypto import Keyring, decode_key, generate_key, key_id, save_keyring_file
 from gossipmesh.version import package_version
 
@@ -62,7 +63,15 @@ def test_version_everywhere(pair: tuple[AgentProc, AgentProc]) -> None:
     assert me["listeners"]["gossip"] == a.gossip and me["limits"]["nofile_soft"] != 0
     assert abs(me["wall_ms"] - time.time() * 1000) < 60_000
     text = _metrics(a)
-    assert "gossipmesh_build_info{python=" in text and f'version="{package_version()}"' in text
+    build = current_build().kind  # the agents run the build these tests import
+    assert me["build"] == build
+    assert f'gossipmesh_build_info{{build="{build}",python=' in text
+    assert f'version="{package_version()}"' in text
+    assert f"{build} build)" in cli("version").stdout
+    starts = [
+        json.loads(line) for line in a.log_path.read_text().splitlines() if "proxy_start" in line
+    ]
+    assert starts and all(e["build"] == describe(current_build()) for e in starts)
 
 
 def _metrics(agent: AgentProc) -> str:

@@ -7,7 +7,10 @@ import sys
 from typing import Any
 
 import pytest
+from test_routing import canary_directory
 
+from gossipmesh.proxy.http1 import RequestHead
+from gossipmesh.proxy.pipeline import Exchange
 from gossipmesh.proxy.request_log import Probe, RequestRecord
 from gossipmesh.proxy.spans import INSTALL_HINT, ExportUnavailable, SpanSink, otlp_sink
 
@@ -23,16 +26,14 @@ class Processor:
         pass
 
 
-class X:
-    """The one field of an Exchange the sink reads."""
-
-    def __init__(self, trace: str, flags: str = "01") -> None:
-        self.hop = f"traceparent: 00-{trace}-{'ab' * 8}-{flags}\r\n".encode()
-
-
 def probe(trace: str, flags: str = "01") -> Probe:
+    """A probe whose exchange sent this traceparent (``hop``: the one field the sink reads). A
+    real Exchange: in the compiled build a Probe's ``x`` takes nothing else."""
+    dest = canary_directory().view.dests[("api", ("v1",))]
+    x = Exchange(RequestHead(), 0, "", dest, b"/")
+    x.hop = f"traceparent: 00-{trace}-{'ab' * 8}-{flags}\r\n".encode()
     p = Probe()
-    p.x = X(trace, flags)  # type: ignore[assignment]
+    p.x = x
     return p
 
 
