@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from dict_table import DictMemberTable
@@ -20,6 +22,7 @@ from gossipmesh.swim.member import Member, MemberState, Proof, interned_member
 from gossipmesh.swim.membership import MemberTable
 from gossipmesh.swim.numbering import NAMES, SNAPSHOTS, Numbering
 
+T = TypeVar("T")
 STATES = list(MemberState)
 PROOF = Proof(b"cert", 0, b"sig")
 
@@ -101,19 +104,30 @@ def test_tables_share_numbers_and_give_them_back() -> None:
     assert (len(NAMES.numbers), len(SNAPSHOTS.numbers)) == (held_names, held_snapshots)
 
 
+def hold_past_two_bytes(numbering: Numbering[T], make: Callable[[int], T]) -> list[int]:
+    """Hold fillers until the numbering hands out only fresh numbers above 16 bits (free ones,
+    left by earlier tests in this process, are handed out first)."""
+    held: list[int] = []
+    while True:
+        n = numbering.acquire(make(len(held)))  # the numbering keeps the item while held
+        held.append(n)
+        if n == len(numbering) - 1 and n > 0x10000:
+            return held
+
+
 def test_numbers_past_two_bytes_widen_the_arrays() -> None:
-    # Hold 70,000 other names and snapshots so the table's numbers do not fit 16 bits.
-    fillers = [local_member(f"filler{i}") for i in range(70_000)]
-    held = [(NAMES.acquire(m.name), SNAPSHOTS.acquire(m)) for m in fillers]
+    names = hold_past_two_bytes(NAMES, lambda i: f"filler{i}")
+    snapshots = hold_past_two_bytes(SNAPSHOTS, lambda i: local_member(f"f{i}"))
     try:
         drive(99, 1_500, [f"w{i}" for i in range(20)] + ["wide-local"], local_member("wide-local"))
         table = MemberTable(local_member("wide-local"), random.Random(1))
         table.put(local_member("w1"), Millis(0))
         assert table._sid.typecode == table._ins.typecode == "i"
     finally:
-        for g, s in held:
-            NAMES.release(g)
-            SNAPSHOTS.release(s)
+        for n in names:
+            NAMES.release(n)
+        for n in snapshots:
+            SNAPSHOTS.release(n)
 
 
 def test_numbering_reuses_freed_numbers() -> None:
