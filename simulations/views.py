@@ -84,10 +84,11 @@ class ObserverLedger:
         self.nodes = nodes
         self.by_name = by_name
         # views[o][s] is incarnation << 2 | state as live observer o last heard of subject s, or
-        # NO_VIEW. A flat array of C ints, not a dict or list: at 10,000 hosts there are 10^8 of
-        # these, and an int slot costs 4 bytes (a list slot 8, a dict entry ~100). An observer
-        # that hears of an incarnation too high for 31 bits (only a forgery could claim one)
-        # gets a list instead (``_store``).
+        # NO_VIEW. A flat array of C shorts, not a dict or list: at 10,000 hosts there are 10^8
+        # of these, and a short costs 2 bytes (a list slot 8, a dict entry ~100). An observer
+        # that hears of an incarnation past 13 bits gets an array of C ints instead, and one
+        # past 29 bits (only a forgery could claim one) a list (``_store``): the values, and
+        # so every check that reads them, are the same whatever holds them.
         self.views: list[MutableSequence[int] | None] = []
         self.n_view: list[list[int]] = [[], [], [], []]  # per state code, per subject
         self.subjects: list[SubjectRecord] = []
@@ -107,7 +108,7 @@ class ObserverLedger:
     def host_booted(self, idx: int, stale_until_ms: int | None) -> None:
         """Host ``idx`` (re)started: it observes from scratch. On a restart, DEAD claims about
         it before ``stale_until_ms`` are rumours of its previous life, not false positives."""
-        self.views[idx] = array("i", [NO_VIEW]) * len(self.nodes)
+        self.views[idx] = array("h", [NO_VIEW]) * len(self.nodes)
         rec = self.subjects[idx]
         rec.crashed_ms = None
         rec.left_ms = None
@@ -195,10 +196,13 @@ class ObserverLedger:
                 rec.all_dead_ms = now
 
     def _store(self, o: int, s: int, value: int) -> None:
-        """Observer ``o``'s view of ``s`` does not fit a C int: keep its views in a list."""
+        """Observer ``o``'s view of ``s`` does not fit its array: widen it (shorts to ints, ints
+        to a list)."""
         view = self.views[o]
         assert view is not None
-        wide = list(view)
+        wide: MutableSequence[int] = list(view)
+        if isinstance(view, array) and view.typecode == "h" and -(2**31) <= value < 2**31:
+            wide = array("i", view)
         wide[s] = value
         self.views[o] = wide
 

@@ -15,6 +15,9 @@ count of items held at once. A table releases everything it holds when it is col
 are keyed by value (names) or by identity (snapshots, which ``member.py`` interns: equal
 snapshots are the same object).
 
+The counts are plain ints, not locked: every core of a process must be driven from one thread
+(the agent's trio task and the simulator's loop are; a core is sans-IO and never spawns one).
+
 The numbers are storage only: nothing iterates in number order and no decision reads one, so
 which number an item gets (which depends on every other table in the process) never changes what
 a core does. Number 0 is never handed out: tables use it for "none".
