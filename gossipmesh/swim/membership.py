@@ -178,7 +178,9 @@ class MemberTable:
             else:
                 self._gone[name] = now_ms
             if not listed:
-                # _insert_in_order's work, inlined (see there)
+                # Listed in the probe order, swapped into a random slot so newcomers are not
+                # always probed last. (random() rather than randrange(): 30x cheaper, uniform
+                # to 2^-53, and a join inserts n of these.)
                 order = self._order
                 order.append(g)
                 j = int(self._rng.random() * len(order))
@@ -226,14 +228,6 @@ class MemberTable:
     def _widen(self) -> None:
         self._ins = array(_WIDE, self._ins)
         self._order = array(_WIDE, self._order)
-
-    def _insert_in_order(self, g: int) -> None:
-        order = self._order
-        order.append(g)
-        # Swap into a random slot so newcomers are not always probed last. (random() rather than
-        # randrange(): 30x cheaper, uniform to 2^-53, and a join inserts n of these.)
-        j = int(self._rng.random() * len(order))
-        order[-1], order[j] = order[j], order[-1]
 
     def _rebuild_order(self) -> None:
         ins = self._ins
