@@ -40,7 +40,7 @@ moment it resumes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 from typing import Any
 
 from gossipmesh.ids import Address
@@ -102,7 +102,7 @@ class Cluster:
         self.by_address: dict[Address, int] = {}
         self.by_name: dict[str, int] = {}
         self.rng = derive_rng(seed, "cluster")  # lag jitter and seed choice
-        # What every live observer believes (views.py); its flat-list layout is what lets
+        # What every live observer believes (views.py); its flat-array layout is what lets
         # 10,000 hosts fit in memory. ``views``, ``n_view``, ``subjects``, ``signed_max`` and
         # ``ledger`` below read through to it.
         self.observed = ObserverLedger(self.engine, self.nodes, self.by_name)
@@ -124,7 +124,7 @@ class Cluster:
     # -- the observer ledger, read through (views.py) ----------------------------------------
 
     @property
-    def views(self) -> list[list[int] | None]:
+    def views(self) -> list[MutableSequence[int] | None]:
         return self.observed.views
 
     @property

@@ -23,6 +23,8 @@ from then on its last words do not count. The ledger never changes a host, only 
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 
 from gossipmesh.swim.member import Member, MemberState
@@ -82,9 +84,12 @@ class ObserverLedger:
         self.nodes = nodes
         self.by_name = by_name
         # views[o][s] is incarnation << 2 | state as live observer o last heard of subject s, or
-        # NO_VIEW. A flat list, not a dict: at 10,000 hosts there are 10^8 of these, and a list
-        # slot costs 8 bytes (the codes are small, shared ints) where a dict entry cost ~100.
-        self.views: list[list[int] | None] = []
+        # NO_VIEW. A flat array of C shorts, not a dict or list: at 10,000 hosts there are 10^8
+        # of these, and a short costs 2 bytes (a list slot 8, a dict entry ~100). An observer
+        # that hears of an incarnation past 13 bits gets an array of C ints instead, and one
+        # past 29 bits (only a forgery could claim one) a list (``_store``): the values, and
+        # so every check that reads them, are the same whatever holds them.
+        self.views: list[MutableSequence[int] | None] = []
         self.n_view: list[list[int]] = [[], [], [], []]  # per state code, per subject
         self.subjects: list[SubjectRecord] = []
         self.signed_max: list[int] = []  # per host: the highest incarnation it ever claimed
@@ -103,7 +108,7 @@ class ObserverLedger:
     def host_booted(self, idx: int, stale_until_ms: int | None) -> None:
         """Host ``idx`` (re)started: it observes from scratch. On a restart, DEAD claims about
         it before ``stale_until_ms`` are rumours of its previous life, not false positives."""
-        self.views[idx] = [NO_VIEW] * len(self.nodes)
+        self.views[idx] = array("h", [NO_VIEW]) * len(self.nodes)
         rec = self.subjects[idx]
         rec.crashed_ms = None
         rec.left_ms = None
@@ -159,7 +164,10 @@ class ObserverLedger:
             if inc < old >> 2:
                 ledger.incarnation_regressions.append((self.engine.now_ms, o, s, old >> 2, inc))
             n_view[old & 3][s] -= 1
-        view[s] = inc << 2 | code
+        try:
+            view[s] = inc << 2 | code
+        except OverflowError:
+            self._store(o, s, inc << 2 | code)
         n_view[code][s] += 1
         subject = self.nodes[s]
         if inc > self.signed_max[s] + 1 or member.address != subject.address:
@@ -186,6 +194,17 @@ class ObserverLedger:
                 rec.first_dead_ms = now
             if rec.all_dead_ms is None and n_view[V_ALIVE][s] + n_view[V_SUSPECT][s] == 0:
                 rec.all_dead_ms = now
+
+    def _store(self, o: int, s: int, value: int) -> None:
+        """Observer ``o``'s view of ``s`` does not fit its array: widen it (shorts to ints, ints
+        to a list)."""
+        view = self.views[o]
+        assert view is not None
+        wide: MutableSequence[int] = list(view)
+        if isinstance(view, array) and view.typecode == "h" and -(2**31) <= value < 2**31:
+            wide = array("i", view)
+        wide[s] = value
+        self.views[o] = wide
 
     def member_reaped(self, observer: SimNode, name: str) -> None:
         s = self.by_name.get(name)

@@ -9,7 +9,10 @@ Two modes, one exit-code contract (0 every seed passed, 1 a seed failed, 2 bad o
   ones that fit in that time, and the report says how many), prints a line per failure as it happens, then shrinks
   each failure (``--shrink-max`` of them, first ones first) and prints the command that
   replays the shrunk plan, and a summary: seeds per second, faults carried out by kind, the
-  settle bound and the settle times seen. ``--markdown FILE`` writes that as a report.
+  settle bound and the settle times seen. ``--markdown FILE`` writes that as a report;
+  ``--traces FILE`` one line per seed (seed, nodes, events, settle time, PASS/FAIL, trace hash,
+  digest of the final member tables),
+  so two builds can be compared seed by seed (a storage-only change must leave it identical).
 - **replay**: ``--seed S --nodes N --plan '...'`` runs exactly that plan (the command a failure
   prints) and shows every check.
 
@@ -75,6 +78,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    f"seed as relapsed); default {HOLD_MS // 1000}, 0: off")  # fmt: skip
     p.add_argument("--markdown", dest="md_file", default=None, metavar="FILE.md")
     p.add_argument("--json", dest="json_file", default=None, metavar="FILE")
+    p.add_argument("--traces", dest="traces_file", default=None, metavar="FILE",
+                   help="write one line per seed: seed nodes events settled_ms ok trace tables")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no per-seed progress")
     return p
 
@@ -160,6 +165,11 @@ def _swarm(ns: argparse.Namespace, prog: str, argv: Sequence[str]) -> int:
         print(f"seed {out.seed} shrunk in {res.runs} runs to {len(res.plan.faults)} faults, "
               f"{res.plan.nodes} nodes: {res.plan.command(prog, ns.hold_arg)}", flush=True)  # fmt: skip
     summary = summarize(outcomes, wall, ns.jobs, lo, hi, ns.hold_ms)
+    if ns.traces_file:
+        with open(ns.traces_file, "w") as fh:
+            fh.writelines(f"{o.seed} {o.nodes} {o.events} {o.settled_ms} "
+                          f"{'PASS' if o.ok else 'FAIL'} {o.trace} {o.tables}\n"
+                          for o in sorted(outcomes, key=lambda o: o.seed))  # fmt: skip
     command = " ".join([prog, "swarm", *argv])
     text = to_markdown(command, summary, outcomes, shrunk, prog, lo, hi, ns.hold_arg)
     print(text)

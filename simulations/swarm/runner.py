@@ -46,6 +46,7 @@ seed-520 one (469 s) only a hold of ~6 minutes would, more than a 10,000-seed ru
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import time
 import traceback
@@ -112,6 +113,7 @@ class Outcome:
     events: int
     wall_s: float
     trace: str  # the engine's trace hash: the same plan and seed give the same one
+    tables: str = ""  # digest of every running core's member list at the end (``tables_digest``)
 
     @property
     def ok(self) -> bool:
@@ -195,8 +197,20 @@ def run_plan(
         verdict.failures if verdict is not None else (), error, bound,
         None if settled is None else settled - (T0_MS + max(plan.last_fault_ms, 1_000)),  # at the bound
         held, relapsed, tuple(sorted(counts.items())), c.engine.now_ms, c.engine.events_run,
-        round(time.perf_counter() - wall, 3), c.engine.trace_hash(),
+        round(time.perf_counter() - wall, 3), c.engine.trace_hash(), tables_digest(c),
     )  # fmt: skip
+
+
+def tables_digest(c: Cluster) -> str:
+    """Every running core's members in its own order (name, incarnation, state, proof's accuser):
+    with the trace hash, what shows that two builds ran a seed the same way."""
+    h = hashlib.blake2b(digest_size=16)
+    for node in c.nodes:
+        if node.core is not None:
+            for m in node.core.members():
+                acc = m.proof.accuser if m.proof is not None else ""
+                h.update(f"{node.idx} {m.name} {m.incarnation} {m.state.value} {acc}\n".encode())
+    return h.hexdigest()
 
 
 def play(plan: SwarmPlan, core_factory: CoreFactory | None = None) -> tuple[Cluster, int]:

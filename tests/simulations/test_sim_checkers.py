@@ -124,3 +124,25 @@ def test_captured_hosts_forge_nothing_that_the_real_core_believes() -> None:
 def test_a_core_that_believes_anything_fails_the_forgery_check(believes_anything: None) -> None:
     res = run(Options("crash", nodes=30, seed=1, kill=1, captured=2, attack_s=20))
     assert "forgeries-refused" in _failed(res)
+
+
+def test_the_ledger_keeps_any_incarnation_whatever_holds_it() -> None:
+    # Views are C shorts while they fit; an incarnation past 13 bits widens the observer's array
+    # to C ints, one past 29 bits to a list: the value read back is always the one heard.
+    from gossipmesh.swim.member import Member, MemberState
+    from simulations.harness import build, warm_start
+    from simulations.scenarios import Hooks
+    from simulations.views import V_ALIVE, V_SUSPECT
+
+    c = build(Options("steady", nodes=4, seed=1), Hooks(), lifeguard=True, loss=0.0)
+    warm_start(c)
+    observer, subject = c.nodes[0], c.nodes[1]
+    view = c.views[0]
+    assert view is not None and getattr(view, "typecode", None) == "h"
+    for inc, code, holder in ((10_000, V_SUSPECT, "i"), (2**40, V_ALIVE, None)):
+        state = MemberState.SUSPECT if code == V_SUSPECT else MemberState.ALIVE
+        c.observed.member_changed(observer, Member(subject.name, subject.address, inc, state, b""))
+        view = c.views[0]
+        assert view is not None and view[1] == inc << 2 | code
+        assert getattr(view, "typecode", None) == holder
+    assert c.observed.n_view[V_ALIVE][1] == 3 and c.observed.n_view[V_SUSPECT][1] == 0
