@@ -453,6 +453,10 @@ def main() -> None:
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     args = ap.parse_args()
+    if "agents" in args.legs and (args.baseline is not None or args.workers > 1):
+        # The agents run `python -m gossipmesh` from the working directory: a baseline tree
+        # would not be the one they import, and the figures would be mislabelled.
+        ap.error("--legs agents takes no --baseline or --workers (run it from each tree instead)")
     args.seconds = min(args.seconds, 60.0)
     args.rounds = max(1, min(args.rounds, 10))
     if args.client is None:
