@@ -88,3 +88,14 @@ def loopback(index: int) -> str:
     """The loopback address of agent ``index`` (0-based): 127.0.0.2, 127.0.0.3, ... 127.0.1.x."""
     n = index + 2
     return f"127.0.{n // 256}.{n % 256}"
+
+
+def strace_counts(text: str) -> dict[str, int]:
+    """Calls per syscall name in one ``strace -c`` summary."""
+    calls = {}
+    for row in text.splitlines():
+        cols = row.split()
+        # "% time seconds usecs/call calls [errors] syscall"
+        if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
+            calls[cols[-1]] = int(cols[3])
+    return calls

@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gossip_legs  # noqa: E402  (the agents' start-up, shared with benchmarks/proxy.py)
-from _procs import Proc  # noqa: E402
+from _procs import Proc, strace_counts  # noqa: E402
 from proxy_cpu import (  # noqa: E402
     BACKEND_PORT,
     HOST,
@@ -77,17 +77,6 @@ def run_nginx_tls(workdir: str, args: argparse.Namespace) -> Result:
 
 
 # -- syscalls per request ------------------------------------------------------------------------
-
-
-def strace_counts(text: str) -> dict[str, int]:
-    """Calls per syscall name in one ``strace -c`` summary."""
-    calls = {}
-    for row in text.splitlines():
-        cols = row.split()
-        # "% time seconds usecs/call calls [errors] syscall"
-        if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
-            calls[cols[-1]] = int(cols[3])
-    return calls
 
 
 def traced(pid: int, host: str, port: int, authority: str, args: argparse.Namespace) -> tuple:

@@ -42,6 +42,7 @@ import sys
 import tempfile
 
 import mtls_cpu
+from _procs import strace_counts
 from proxy_cpu import (
     BACKEND_PORT,
     HOST,
@@ -171,13 +172,7 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
 def parse_counts(text: str, tool: str) -> dict[str, int]:
     """The counts in one process's strace summary or cachegrind log."""
     if tool == "strace":
-        calls = {}
-        for row in text.splitlines():
-            cols = row.split()
-            # "% time seconds usecs/call calls [errors] syscall"
-            if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
-                calls[cols[-1]] = int(cols[3])
-        return calls
+        return strace_counts(text)
     m = re.search(r"I\s+refs:\s+([\d,]+)", text)
     if m is None:
         raise SystemExit(f"no instruction count in:\n{text[-2000:]}")
