@@ -75,7 +75,8 @@ def stat_tables(data: dict[str, Any], direction: str) -> Group:
     for s in data.get("services") or []:
         if s.get("direction") != direction:
             continue
-        svc.add_row(s["service"], "", "", _pct(s["success_rate"]), f"{s['rps']:.2f}",
+        # The empty service: requests whose Host named no service (no_route); never the Host.
+        svc.add_row(s["service"] or "(no route)", "", "", _pct(s["success_rate"]), f"{s['rps']:.2f}",
                     _ms(s["p50_ms"]), _ms(s["p95_ms"]), _ms(s["p99_ms"]), str(s["requests"]),
                     style="bold")  # fmt: skip
         for d in dests:

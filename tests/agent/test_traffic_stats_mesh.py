@@ -36,7 +36,9 @@ def test_stats_from_another_agent_match_what_the_backends_served(mesh: CanaryMes
     assert out["requests"] == total and out["success_rate"] == 1.0
     assert out["rps"] > 0 and out["p50_ms"] is not None and out["p50_ms"] <= out["p99_ms"]
     assert web[("inbound", "web")]["requests"] == total  # counted again at a2's and a3's inbound
-    assert web[("outbound", "nowhere.example")]["success_rate"] == 1.0  # a 404 is an answer
+    # A Host naming no service counts under the empty service (a client's Host is no label).
+    assert web[("outbound", "")]["success_rate"] == 1.0  # a 404 is an answer
+    assert all(s["service"] != "nowhere.example" for s in stats["services"])
     dests = {d["destination"]: d for d in stats["destinations"] if d["direction"] == "outbound"}
     assert dests["web@v1"]["requests"] == seen[b"v1"]
     assert dests["web@v2"]["requests"] == seen[b"v2"]
