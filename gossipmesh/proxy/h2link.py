@@ -277,14 +277,7 @@ class H2Link:
                     s.wake()
             elif t is ResetIn:
                 assert isinstance(ev, ResetIn)
-                s = streams.pop(ev.sid, None)
-                if s is not None:
-                    s.reset = ev.code
-                    s.refused = ev.code == ErrorCodes.REFUSED_STREAM
-                    self.give_back(s)
-                    s.wake()
-                    if s.partner is not None:
-                        s.partner.wake()
+                self.ended_by_peer(ev.sid, ev.code)
             elif t is WindowIn:
                 window = True
             elif t is GoAwayIn:
@@ -295,6 +288,18 @@ class H2Link:
             self.window = trio.Event()
         self.flush()
 
+    def ended_by_peer(self, sid: int, code: int) -> None:
+        """The peer (or the core, for a stream error) ended ``sid`` with ``code``: its waiters
+        hear it, its unread window goes back. REFUSED_STREAM means never processed."""
+        s = self.streams.pop(sid, None)
+        if s is not None:
+            s.reset = code
+            s.refused = code == ErrorCodes.REFUSED_STREAM
+            self.give_back(s)
+            s.wake()
+            if s.partner is not None:
+                s.partner.wake()
+
     def on_goaway(self, last: int, code: int) -> None:
         """The peer takes no new stream. Ours above ``last`` it never processed (refused: safe
         to retry elsewhere); after a graceful GOAWAY (NO_ERROR) the others run to their end
@@ -302,13 +307,7 @@ class H2Link:
         self.goaway = True
         mine = 1 if self.core.client else 0
         for sid in [sid for sid in self.streams if sid > last and sid % 2 == mine]:
-            s = self.streams.pop(sid)
-            s.refused = True
-            s.reset = ErrorCodes.REFUSED_STREAM
-            self.give_back(s)
-            s.wake()
-            if s.partner is not None:
-                s.partner.wake()
+            self.ended_by_peer(sid, ErrorCodes.REFUSED_STREAM)
         if code != ErrorCodes.NO_ERROR or not self.streams:
             raise LinkGone("GOAWAY")
 
