@@ -56,6 +56,15 @@ def record_sources(sources: list[str]) -> None:
     (root / "gossipmesh" / "compiled_sources.json").write_text(text, encoding="utf-8")
 
 
+def runtime_requirements() -> list[str]:
+    """pyproject.toml's ``[project] dependencies``."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent
+    with open(root / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
+
+
 def metadata_only() -> bool:
     """pip asks for the metadata (``egg_info``, ``dist_info``) before it builds, in a run of its
     own; mypyc would type-check and generate the C there too, for nothing."""
@@ -75,7 +84,10 @@ def main() -> None:
         except ImportError:
             # pip's isolated build asks for the build's requirements first (setuptools reads them
             # from setup_requires, and stops here), installs them, then runs this file again.
-            setup(setup_requires=[MYPYC_REQUIREMENT])
+            # mypyc type-checks what the compiled modules import, so the runtime dependencies
+            # belong there too: in a fresh virtualenv pip builds before it installs them, and
+            # cryptography's key types read as Any would fail the check (seen building the image).
+            setup(setup_requires=[MYPYC_REQUIREMENT, *runtime_requirements()])
             raise SystemExit(
                 f"setup.py: {ENV}=1 needs {MYPYC_REQUIREMENT} in the build environment"
             ) from None

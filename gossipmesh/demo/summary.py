@@ -137,7 +137,7 @@ def build_summary(
             "v2": sum(1 for s in slow_ok if s.version == "v2")}  # fmt: skip
     if slow["v2"]:
         # Which instance broke the pin, and when: what a reader needs to chase it.
-        slow["off_route"] = [{"at_s": _r(s.t_s), "api": s.api}
+        slow["off_route"] = [{"at_s": _r(s.t_s), "api": s.api, "latency_ms": _r(s.latency_ms)}
                              for s in slow_ok if s.version != "v1"][:5]  # fmt: skip
     partition = dict(results.get("partition", {}))
     heal = results.get("heal", {})

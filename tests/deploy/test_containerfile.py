@@ -44,11 +44,27 @@ def test_two_stages_and_the_install_from_this_checkout() -> None:
     for parts in copied:
         for source in parts[:-1]:
             assert (REPO / source).exists(), f"COPY {source}: not in the checkout"
-    assert ["pyproject.toml", "README.md", "./"] in copied and [
+    assert ["pyproject.toml", "setup.py", "README.md", "./"] in copied and [
         "gossipmesh",
         "./gossipmesh",
     ] in copied
     assert "--from=build /opt/gossipmesh /opt/gossipmesh" in all_of("COPY")
+
+
+def test_the_compiled_build_is_a_build_argument_checked_at_build_time() -> None:
+    """``--build-arg GOSSIPMESH_MYPYC=1`` reaches setup.py's hook (which must be copied: without
+    it pip builds pure and says nothing), and the stage fails unless the result is the mypyc build."""
+    steps = instructions()
+    first, second = [i for i, (w, _) in enumerate(steps) if w == "FROM"]
+    build_stage, run_stage = steps[first:second], steps[second:]
+    assert ("ARG", "GOSSIPMESH_MYPYC=0") in build_stage  # pure by default, as `pip install .`
+    assert ["pyproject.toml", "setup.py", "README.md", "./"] in [
+        rest.split() for w, rest in build_stage if w == "COPY"
+    ]
+    runs = " ".join(rest for w, rest in build_stage if w == "RUN")
+    assert 'GOSSIPMESH_MYPYC="$GOSSIPMESH_MYPYC" /opt/gossipmesh/bin/pip install' in runs
+    assert "gcc" in runs and 'b["build"] != "mypyc" or b["stale"]' in runs
+    assert "gcc" not in " ".join(rest for w, rest in run_stage if w == "RUN")
 
 
 def test_runs_as_a_numeric_non_root_user_with_a_state_volume() -> None:
