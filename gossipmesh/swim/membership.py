@@ -28,6 +28,10 @@ skipped by the prober but still reachable by ``random_members`` for gossip-to-th
 name stays in the list until the rebuild too; ``_stale`` remembers those few names so a member
 that returns before then is not listed twice (and the table keeps their numbers until then).
 
+``copy_to`` fills fresh tables with all of one table's members at once, as ``put`` of each in
+turn would (the same orders and draws), counting holders once for all of them (the simulator
+seeding 10,000 tables: ``push_pull.StateSync.answer_joins``).
+
 ``random_members`` samples random positions of that list (O(k) for k targets when most members
 pass the filter), falling back to one linear sweep from a random offset when most do not.
 

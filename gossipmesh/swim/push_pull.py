@@ -38,6 +38,13 @@ chunks and its event loop never stalls for long. An exchange whose claims are re
 work only as many times as the cluster has members, forged ones would cost it without end. Records
 are decoded as the merge reaches them (``state_codec.RecordList``): a malformed record is one
 rejection (``reject.bad_record``), not the loss of the whole state.
+
+One shortcut, for a process that runs many cores (the simulator): ``answer_joins`` gives cores
+that just started the outcome of joining through this one -- the same table, orders, random
+draws, counters and timer tokens as ``join`` + ``handle_reply`` of our ``payload`` + their MERGE
+timers -- without the per-record decoding and signature checks, which for a fresh table cannot
+change that outcome once we checked the same claims against the same trust store. It takes
+cores, never bytes: nothing from the network reaches it, and the agent never calls it.
 """
 
 from __future__ import annotations
