@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,3 +202,12 @@ def test_news_about_the_fresh_core_itself_is_refused() -> None:
     restarted = _core("aj-n-1", 1, cfg, 5, incarnation=1)  # behind what the seed holds
     with pytest.raises(UsageError):
         seed_core.answer_joins([restarted], 0)
+
+
+def test_no_runtime_but_the_simulator_calls_it() -> None:
+    # The shortcut skips signature checks the caller vouches for: only the simulator, which
+    # runs every core over one trust store, may call it; nothing in the agent reaches it.
+    package = Path(__file__).resolve().parents[2] / "gossipmesh"
+    callers = [p.relative_to(package).as_posix() for p in package.rglob("*.py")
+               if "answer_joins" in p.read_text(encoding="utf-8")]  # fmt: skip
+    assert sorted(callers) == ["swim/membership.py", "swim/node.py", "swim/push_pull.py"]
