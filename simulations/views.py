@@ -226,7 +226,13 @@ class ObserverLedger:
         views = self.views
         for o in observers:
             view = views[o]
-            if view is None or len(view) != n or view.count(NO_VIEW) != n:
+            # Booted and still without a view: a short for every host, each NO_VIEW.
+            if (
+                not isinstance(view, array)
+                or view.typecode != "h"
+                or len(view) != n
+                or view.count(NO_VIEW) != n
+            ):
                 plain = False
         if not plain:
             for o in observers:
@@ -237,10 +243,11 @@ class ObserverLedger:
         held = set(subjects)
         alive = self.n_view[V_ALIVE]
         for o in observers:
-            view = array("h", row)
+            view = views[o]
+            assert view is not None
+            view[:] = row  # a copy in place: the same array, all of it NO_VIEW before
             if o in held:
                 view[o] = NO_VIEW  # its own record: ``member_changed`` keeps no view of itself
-            views[o] = view
             self.ledger.changes += len(subjects) - (o in held)
         count = len(observers)
         for s in subjects:

@@ -64,3 +64,39 @@ def test_answered_hosts_are_the_join_path_hosts(nodes: int, seed: int) -> None:
         c.run_until(8_000)
     assert _state(fast) == _state(slow)
     assert fast.engine.trace_hash() == slow.engine.trace_hash()
+
+
+@pytest.mark.parametrize("odd", ["none", "suspect", "stranger", "elsewhere"])
+def test_all_learned_records_what_member_changed_records(odd: str) -> None:
+    # In bulk when every member is a plain ALIVE record of a host at its own address; else one
+    # pair at a time: the ledger ends the same either way.
+    from gossipmesh.swim.member import Member, MemberState
+
+    def booted() -> Cluster:
+        c = build(Options("steady", nodes=6, seed=5), Hooks(), lifeguard=True, loss=0.0)
+        for i in range(6):
+            c.boot(i, ())
+        return c
+
+    one, bulk = booted(), booted()
+    members = [node.core.local_member() for node in one.nodes if node.core is not None]
+    if odd == "suspect":
+        m = members[2]
+        members[2] = Member(m.name, m.address, m.incarnation, MemberState.SUSPECT, m.meta)
+    elif odd == "stranger":
+        members.append(Member("nobody", Address("10.9.9.9", 7946), 0, MemberState.ALIVE, b""))
+    elif odd == "elsewhere":
+        m = members[3]
+        members[3] = Member(m.name, Address("10.9.9.9", 7946), 0, MemberState.ALIVE, b"")
+    observers = [1, 2, 4, 5]
+    for o in observers:
+        for m in members:
+            if m.name != one.nodes[o].name:
+                one.observed.member_changed(one.nodes[o], m)
+    bulk.observed.all_learned(observers, members)
+
+    def ledger(c: Cluster) -> Any:
+        views = [list(v) if v is not None else None for v in c.views]
+        return views, c.n_view, repr(c.ledger), c.signed_max
+
+    assert ledger(one) == ledger(bulk)
