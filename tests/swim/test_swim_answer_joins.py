@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from swim_auth import authority, suspect
+from swim_numbers import hold_past_two_bytes
 
 from gossipmesh.errors import UsageError
 from gossipmesh.ids import Address
@@ -111,12 +112,36 @@ def clusters(draw: st.DrawFn) -> Any:
 @settings(max_examples=60, deadline=None)
 @given(clusters())
 def test_answer_joins_is_the_join_path(cluster: Any) -> None:
+    _check_against_the_join_path(cluster)
+
+
+def test_answer_joins_is_the_join_path_with_numbers_past_two_bytes() -> None:
+    # Every name and snapshot numbered above 16 bits: the tables' arrays are the wide ones.
+    gc.collect()
+    # One fresh core's name keeps a small number (held by this keeper), so its table starts
+    # narrow while the seed's is wide.
+    keeper = _core("ajw0-0", 1, SwimConfig(), 1)
+    names = hold_past_two_bytes(NAMES, lambda i: f"aj-filler{i}")
+    try:
+        for k, cluster in enumerate([
+            (5, [3, 0, 4, 1, 2], [(0, 0, 7), (2, 1, 8), (7, 0, 9)], 2, 3, 11),
+            (1, [0], [(0, 0, 1), (3, 0, 2)], 1, 1, 12),
+        ]):  # fmt: skip
+            assert NAMES.lookup(f"ajw{k}-seed") == 0  # numbered afresh: past two bytes
+            _check_against_the_join_path(cluster, prefix=f"ajw{k}")
+        assert 0 < NAMES.lookup(keeper.name) <= 0xFFFF
+    finally:
+        for n in names:
+            NAMES.release(n)
+
+
+def _check_against_the_join_path(cluster: Any, prefix: str = "aj") -> None:
     known, order, fresh, chunk_checks, chunk_records, seed = cluster
     cfg = replace(SwimConfig(), merge_chunk_verifications=chunk_checks,
                   merge_chunk_records=chunk_records)  # fmt: skip
     # The seed learns its members (their first boot, incarnation 0) in a random order.
-    seed_core = _core("aj-seed", 0, cfg, seed)
-    members = [_core(f"aj-{i}", i + 1, cfg, seed + i) for i in range(known)]
+    seed_core = _core(f"{prefix}-seed", 0, cfg, seed)
+    members = [_core(f"{prefix}-{i}", i + 1, cfg, seed + i) for i in range(known)]
     for i in order:
         _merge(seed_core, members[i])
     learned = seed_core.members()
@@ -126,7 +151,7 @@ def test_answer_joins_is_the_join_path(cluster: Any) -> None:
         cores, rngs = [], []
         for i, incarnation, rng_seed in fresh:
             rng = random.Random(rng_seed)
-            name = f"aj-{i}"
+            name = f"{prefix}-{i}"
             core = SwimNode(name, _address(i + 1), cfg, rng, 0, incarnation=incarnation,
                             authority=authority(name))  # fmt: skip
             core.start(0)
