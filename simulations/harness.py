@@ -116,14 +116,14 @@ def warm_start(c: Cluster) -> None:
     Timers are then re-armed at random offsets (``SwimNode.start``), so probing is not in
     lockstep and push-pulls are spread over the interval scaled for the cluster's size.
 
-    Host 0 does exactly that. Merging 10^4 signed records at each of 10^4 hosts cost ~8 us a
-    record (~690 s of the 806 s a 120 s run at 10,000 hosts took), so the others, when they run the real core
-    and nothing else listens to their member changes (no attachment), get the same outcome from
-    host 0's core: ``SwimNode.answer_joins`` leaves each exactly as merging host 0's state
-    through the join path would (tables, orders, random draws, counters, timer tokens), and
-    host 0's state *is* the payload, record for record (checked below), verified once by host
-    0 through the join path against the trust store every host shares. The ledger then learns
-    the same views ``MemberChanged`` would have reported (``ObserverLedger.all_learned``).
+    Host 0 does exactly that. Merging 10^4 signed records at each of 10^4 hosts cost ~7 us a
+    record (~690 s of the 806 s a 120 s run at 10,000 hosts took), so the others, when they run
+    the real core and nothing else listens to their member changes (no attachment), get the
+    same outcome from host 0's core: ``SwimNode.answer_joins`` leaves each exactly as merging
+    host 0's state through the join path would (tables, orders, random draws, counters, timer
+    tokens), and host 0's state *is* the payload, record for record (checked below), verified
+    once by host 0 through the join path against the trust store every host shares. The
+    ledger then learns the views ``MemberChanged`` would have reported (``all_learned``).
     """
     from gossipmesh.swim.node import SwimNode
     from gossipmesh.swim.state_codec import PushPull, encode_push_pull

@@ -424,7 +424,7 @@ class SwimNode:
     def push_pull_failed(self, to: Address, now_ms: Millis) -> list[Effect]:
         return self._sync.failed(to)
 
-    # --- many cores in one process (the simulator) -------------------------------------------------
+    # --- many cores in one process (the simulator) ------------------------------------------------
 
     def answer_joins(self, fresh: Sequence[SwimNode], now_ms: Millis) -> None:
         """Leave each core of ``fresh`` (started, knowing only itself) exactly as a join through

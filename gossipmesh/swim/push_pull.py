@@ -217,7 +217,7 @@ class StateSync:
         every MERGE timer of that quiet merge fired at once. See ``SwimNode.answer_joins``."""
         st = self.state
         table = self._table
-        members = table.values()
+        members = list(table.values())
         if any(m.state is not ALIVE for m in members):
             raise UsageError("answer_joins answers with ALIVE members only")
         for f in fresh:
@@ -238,14 +238,14 @@ class StateSync:
         cfg = st.config
         # Raises (changing nothing) if a table is not fresh.
         taken = table.copy_to([f._table for f in fresh])
-        names = [m.name for m in members]
+        position = {m.name: i for i, m in enumerate(members)}
         for f, added in zip(fresh, taken, strict=True):
             fs = f.state
             fs.count("push_pull.started")  # join
             fs.count("push_pull.merged")  # handle_reply
             fs.verifications += added  # one signature check per member taken
-            mine = names.index(fs.name) if added < len(names) else -1
-            for _ in range(merge_timers(len(names), mine, cfg)):
+            mine = position.get(fs.name, -1)
+            for _ in range(merge_timers(len(members), mine, cfg)):
                 fs.next_token()
 
     def failed(self, to: Address) -> list[Effect]:
