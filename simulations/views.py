@@ -24,7 +24,7 @@ from then on its last words do not count. The ledger never changes a host, only 
 from __future__ import annotations
 
 from array import array
-from collections.abc import MutableSequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 
 from gossipmesh.swim.member import Member, MemberState
@@ -194,6 +194,67 @@ class ObserverLedger:
                 rec.first_dead_ms = now
             if rec.all_dead_ms is None and n_view[V_ALIVE][s] + n_view[V_SUSPECT][s] == 0:
                 rec.all_dead_ms = now
+
+    def all_learned(self, observers: Sequence[int], members: Sequence[Member]) -> None:
+        """Each of ``observers`` (booted, no view yet) learned every one of ``members`` but
+        itself, as ``member_changed`` of each would record it (``harness.warm_start``: cores
+        that learned a state through ``SwimNode.answer_joins``, which reports no changes).
+
+        Bulk where that is all ``member_changed`` would do (ALIVE members of known hosts at
+        their own addresses and signed incarnations): an array copy per observer and the counts
+        once. Anything else goes through ``member_changed`` itself, one pair at a time."""
+        nodes, by_name, signed_max = self.nodes, self.by_name, self.signed_max
+        n = len(nodes)
+        row = array("h", [NO_VIEW]) * n
+        subjects: list[int] = []
+        plain = True
+        for m in members:
+            s = by_name.get(m.name)
+            inc = m.incarnation
+            if (
+                s is None
+                or m.state is not MemberState.ALIVE
+                or m.address != nodes[s].address
+                or inc > signed_max[s] + 1
+                or inc >= 1 << 13  # past a short's room (``_store``)
+                or row[s] != NO_VIEW
+            ):
+                plain = False
+                break
+            row[s] = inc << 2 | V_ALIVE
+            subjects.append(s)
+        views = self.views
+        for o in observers:
+            view = views[o]
+            # Booted and still without a view: a short for every host, each NO_VIEW.
+            if (
+                not isinstance(view, array)
+                or view.typecode != "h"
+                or len(view) != n
+                or view.count(NO_VIEW) != n
+            ):
+                plain = False
+        if not plain:
+            for o in observers:
+                for m in members:
+                    if m.name != nodes[o].name:
+                        self.member_changed(nodes[o], m)
+            return
+        held = set(subjects)
+        alive = self.n_view[V_ALIVE]
+        for o in observers:
+            view = views[o]
+            assert view is not None
+            view[:] = row  # a copy in place: the same array, all of it NO_VIEW before
+            if o in held:
+                view[o] = NO_VIEW  # its own record: ``member_changed`` keeps no view of itself
+            self.ledger.changes += len(subjects) - (o in held)
+        count = len(observers)
+        for s in subjects:
+            alive[s] += count
+        for o in observers:
+            if o in held:
+                alive[o] -= 1
 
     def _store(self, o: int, s: int, value: int) -> None:
         """Observer ``o``'s view of ``s`` does not fit its array: widen it (shorts to ints, ints

@@ -28,6 +28,10 @@ skipped by the prober but still reachable by ``random_members`` for gossip-to-th
 name stays in the list until the rebuild too; ``_stale`` remembers those few names so a member
 that returns before then is not listed twice (and the table keeps their numbers until then).
 
+``copy_to`` fills fresh tables with all of one table's members at once, as ``put`` of each in
+turn would (the same orders and draws), counting holders once for all of them (the simulator
+seeding 10,000 tables: ``push_pull.StateSync.answer_joins``).
+
 ``random_members`` samples random positions of that list (O(k) for k targets when most members
 pass the filter), falling back to one linear sweep from a random offset when most do not.
 
@@ -40,8 +44,9 @@ from __future__ import annotations
 
 import random
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+from gossipmesh.errors import UsageError
 from gossipmesh.ids import Millis
 from gossipmesh.swim.member import Member, MemberState
 from gossipmesh.swim.numbering import NAMES, SNAPSHOTS
@@ -203,6 +208,73 @@ class MemberTable:
         else:
             self._gone[name] = now_ms
         return prev
+
+    def copy_to(self, fresh: Sequence[MemberTable]) -> list[int]:
+        """Put every member of this table into each table of ``fresh``, exactly as ``put`` of
+        each in our insertion order would (a table's own member, if we hold it, is skipped:
+        it keeps its own snapshot); return how many each table took.
+
+        The outcome, orders and random draws included, is ``put``'s: a fresh table's insertion
+        order becomes its local name, then ours without it; its probe order is the same
+        inside-out shuffle ``put`` builds a newcomer at a time, one ``random()`` per member
+        from that table's own generator, in our order. What this saves is ``put``'s per-member
+        bookkeeping, done here once for all the tables (the process-wide counts of holders:
+        ``numbering.py``). Every table of ``fresh`` must hold only its local member and every
+        member here must be live (no DEAD or LEFT bookkeeping to copy): else a ``UsageError``,
+        raised before anything changed.
+        """
+        if self.live_count != len(self._ins):
+            raise UsageError("copy_to copies live members only")
+        for t in fresh:
+            if len(t._ins) != 1 or t._order or t._stale or t._gone:
+                raise UsageError("copy_to needs fresh tables (holding only their local member)")
+        ins = self._ins
+        sid = self._sid
+        wide = ins.typecode == _WIDE
+        listed = ins.tolist()
+        skipped: list[int] = []  # the name numbers of fresh tables' own members we hold
+        taken: list[int] = []
+        for t in fresh:
+            me = t._ins[0]
+            own = t._sid[me]
+            order = listed[:]  # our names as ints shared by every table: no new int objects
+            try:
+                k = ins.index(me)
+            except ValueError:
+                rest = ins[:]
+            else:
+                rest = ins[:k] + ins[k + 1 :]
+                del order[k]
+                skipped.append(me)
+            # A new array of exactly the size needed (``+=`` would leave 6 % slack: 3 MB at
+            # 5,000 hosts).
+            if wide or t._ins.typecode == _WIDE:
+                t._ins = array(_WIDE, t._ins) + array(_WIDE, rest)
+            else:
+                t._ins = t._ins + rest
+            copied = array(sid.typecode, sid)  # the snapshot numbers: ours, but for its own
+            if me >= len(copied):
+                copied.frombytes(bytes((me + 1 - len(copied)) * copied.itemsize))
+            t._sid = copied
+            t._hold(me, own)
+            # ``put``'s probe order, appended and swapped a newcomer at a time.
+            draw = t._rng.random
+            for i in range(len(order)):
+                j = int(draw() * (i + 1))
+                order[i], order[j] = order[j], order[i]
+            t._order = array(t._ins.typecode, order)
+            t.live_count += len(rest)
+            taken.append(len(rest))
+        # Every fresh table now holds each of our names and snapshots but its own.
+        copies = len(fresh)
+        if copies:
+            for g in ins:
+                _NAME_REFS[g] += copies
+                _SNAPSHOT_REFS[sid[g]] += copies
+            for g in skipped:
+                _NAME_REFS[g] -= 1
+                _SNAPSHOT_REFS[sid[g]] -= 1
+        return taken
 
     def remove(self, name: str) -> Member | None:
         """Forget a member (reaping). Its stale name in the probe list is skipped until rebuilt."""

@@ -423,3 +423,25 @@ class SwimNode:
 
     def push_pull_failed(self, to: Address, now_ms: Millis) -> list[Effect]:
         return self._sync.failed(to)
+
+    # --- many cores in one process (the simulator) ------------------------------------------------
+
+    def answer_joins(self, fresh: Sequence[SwimNode], now_ms: Millis) -> None:
+        """Leave each core of ``fresh`` (started, knowing only itself) exactly as a join through
+        us would: ``join([our address])``, then ``handle_push_pull_reply`` of our
+        ``push_pull_payload``, then each MERGE timer it asks for fired at once. The same member
+        table, insertion and probe orders, random draws (in the same order), counters and timer
+        tokens; what is skipped is the work that cannot change that outcome for a fresh table:
+        encoding, decoding, and checking again the signed claims we checked when we took them.
+
+        For a process that runs many cores over one trust store and one clock (the simulator's
+        warm start, ``simulations/harness.py``), where our check is theirs. It takes cores, not
+        bytes, so no network input can reach it; the agent runs one core and never calls it:
+        whatever arrives from the network goes through ``handle_push_pull_reply`` and is checked.
+
+        Unlike the join path it reports no ``MemberChanged``: each core of ``fresh`` learned
+        every member we hold but itself (the caller has our ``members()``). Every member we
+        hold must be ALIVE, every core fresh, and our record of each not news to it; else a
+        ``UsageError``, before anything changed."""
+        del now_ms  # a fresh table's members need no time: none of them is DEAD or LEFT
+        self._sync.answer_joins([core._sync for core in fresh])

@@ -38,6 +38,13 @@ chunks and its event loop never stalls for long. An exchange whose claims are re
 work only as many times as the cluster has members, forged ones would cost it without end. Records
 are decoded as the merge reaches them (``state_codec.RecordList``): a malformed record is one
 rejection (``reject.bad_record``), not the loss of the whole state.
+
+One shortcut, for a process that runs many cores (the simulator): ``answer_joins`` gives cores
+that just started the outcome of joining through this one -- the same table, orders, random
+draws, counters and timer tokens as ``join`` + ``handle_reply`` of our ``payload`` + their MERGE
+timers -- without the per-record decoding and signature checks, which for a fresh table cannot
+change that outcome once we checked the same claims against the same trust store. It takes
+cores, never bytes: nothing from the network reaches it, and the agent never calls it.
 """
 
 from __future__ import annotations
@@ -46,9 +53,10 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-from gossipmesh.errors import DecodeError
+from gossipmesh.errors import DecodeError, UsageError
 from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.authority import AccusationKind
+from gossipmesh.swim.config import SwimConfig
 from gossipmesh.swim.effects import Effect, SetTimer, StartPushPull
 from gossipmesh.swim.member import Member, Proof, interned_member
 from gossipmesh.swim.messages import Dead, Suspect
@@ -202,6 +210,43 @@ class StateSync:
         # ignores quiet, so refutations about ourselves are still gossiped.
         self._merge(data, self._joins.pop(src, 0) is None, now_ms, out)
         return out
+
+    def answer_joins(self, fresh: Sequence[StateSync]) -> None:
+        """Each of ``fresh`` (states of just-started nodes of this process) ends as if it had
+        joined through us: ``join`` with us as its one seed, our ``payload`` as the reply, and
+        every MERGE timer of that quiet merge fired at once. See ``SwimNode.answer_joins``."""
+        st = self.state
+        table = self._table
+        members = list(table.values())
+        if any(m.state is not ALIVE for m in members):
+            raise UsageError("answer_joins answers with ALIVE members only")
+        for f in fresh:
+            fs = f.state
+            if f._merges or f._joins or f._pending or fs.quiet:
+                raise UsageError("answer_joins needs fresh nodes (no exchange under way)")
+            ours = table.get(fs.name)
+            # Our record of it must be old news to it, as its own record is in a real merge
+            # (news would be refuted: not what a fresh node joining its own cluster meets).
+            if ours is not None and (
+                ours.incarnation > fs.incarnation
+                or (
+                    ours.incarnation == fs.incarnation
+                    and (ours.address != fs.address or ours.meta != fs.meta)
+                )
+            ):
+                raise UsageError(f"our record of {fs.name} would be news to it")
+        cfg = st.config
+        # Raises (changing nothing) if a table is not fresh.
+        taken = table.copy_to([f._table for f in fresh])
+        position = {m.name: i for i, m in enumerate(members)}
+        for f, added in zip(fresh, taken, strict=True):
+            fs = f.state
+            fs.count("push_pull.started")  # join
+            fs.count("push_pull.merged")  # handle_reply
+            fs.verifications += added  # one signature check per member taken
+            mine = position.get(fs.name, -1)
+            for _ in range(merge_timers(len(members), mine, cfg)):
+                fs.next_token()
 
     def failed(self, to: Address) -> list[Effect]:
         self._pending.pop(to, None)
@@ -394,3 +439,21 @@ class StateSync:
             return
         self.rumours.gone_again(claim, Dead(r.name, r.incarnation, accuser, left, p.accusation),
                                 now_ms, out)  # fmt: skip
+
+
+def merge_timers(records: int, mine: int, cfg: SwimConfig) -> int:
+    """How many MERGE timers a fresh node arms merging a state of ``records`` ALIVE records,
+    none of them known to it but its own at position ``mine`` (-1: absent): ``_merge_chunk``'s
+    arithmetic. A chunk ends when it has looked at ``merge_chunk_records`` records or spent
+    ``merge_chunk_verifications`` checks (one per record but its own), and arms a timer if
+    records remain."""
+    per_records = cfg.merge_chunk_records
+    per_checks = cfg.merge_chunk_verifications
+    timers = 0
+    pos = 0
+    while True:
+        checks_end = pos + per_checks + (1 if pos <= mine < pos + per_checks else 0)
+        pos = min(pos + per_records, checks_end, records)
+        if pos >= records:
+            return timers
+        timers += 1

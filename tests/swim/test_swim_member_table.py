@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 from dict_table import DictMemberTable
+from swim_numbers import hold_past_two_bytes
 
 from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.member import Member, MemberState, Proof, interned_member
 from gossipmesh.swim.membership import MemberTable
 from gossipmesh.swim.numbering import NAMES, SNAPSHOTS, Numbering
 
-T = TypeVar("T")
 STATES = list(MemberState)
 PROOF = Proof(b"cert", 0, b"sig")
 
@@ -102,17 +100,6 @@ def test_tables_share_numbers_and_give_them_back() -> None:
     tables.clear()
     gc.collect()
     assert (len(NAMES.numbers), len(SNAPSHOTS.numbers)) == (held_names, held_snapshots)
-
-
-def hold_past_two_bytes(numbering: Numbering[T], make: Callable[[int], T]) -> list[int]:
-    """Hold fillers until the numbering hands out only fresh numbers above 16 bits (free ones,
-    left by earlier tests in this process, are handed out first)."""
-    held: list[int] = []
-    while True:
-        n = numbering.acquire(make(len(held)))  # the numbering keeps the item while held
-        held.append(n)
-        if n == len(numbering) - 1 and n > 0x10000:
-            return held
 
 
 def test_numbers_past_two_bytes_widen_the_arrays() -> None:
