@@ -116,10 +116,12 @@ def count_load(port: int, conns: int, total: int) -> None:
         ep.close()
 
 
-def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) -> dict[str, int]:
-    """What the leg's proxy processes did from start to exit, serving ``requests``, summed over
-    them: ``{"instructions": n}`` under cachegrind, or calls per syscall name under ``strace -f
-    -c``."""
+def counted(
+    leg: str, requests: int, conns: int, source: str | None, tool: str
+) -> dict[str, dict[str, int]]:
+    """What each of the leg's proxy processes (by role) did from start to exit, serving
+    ``requests``: ``{"instructions": n}`` under cachegrind, or calls per syscall name under
+    ``strace -f -c``."""
     env, cwd = source_env(source)
     if leg == "mtls":
         env = {**(env or os.environ), "MTLS_SLOW": "1"}  # valgrind-slow handshakes
@@ -158,15 +160,11 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
                     target = int(f.read().split()[0])
             os.kill(target, signal.SIGTERM)
             proc.communicate(timeout=STARTUP_S)
-        texts = []
-        for log in logs:
+        texts = {}
+        for role, log in zip(LEGS[leg], logs, strict=True):
             with open(log) as f:
-                texts.append(f.read())
-    out: dict[str, int] = {}
-    for text in texts:
-        for k, v in parse_counts(text, tool).items():
-            out[k] = out.get(k, 0) + v
-    return out
+                texts[role] = f.read()
+    return {role: parse_counts(text, tool) for role, text in texts.items()}
 
 
 def parse_counts(text: str, tool: str) -> dict[str, int]:
@@ -182,10 +180,32 @@ def parse_counts(text: str, tool: str) -> dict[str, int]:
     return out
 
 
-def per_request(leg: str, n: int, conns: int, source: str | None, tool: str) -> dict[str, float]:
+def per_request(
+    leg: str, n: int, conns: int, source: str | None, tool: str
+) -> dict[str, dict[str, float]]:
+    """Counts per request of each process (by role) and of them all (``"all"``)."""
     one = counted(leg, n, conns, source, tool)
     two = counted(leg, 2 * n, conns, source, tool)
-    return {k: (two.get(k, 0) - one.get(k, 0)) / n for k in sorted(set(one) | set(two))}
+    out = {}
+    for role in one:
+        a, b = one[role], two[role]
+        out[role] = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in sorted(set(a) | set(b))}
+    total: dict[str, float] = {}
+    for counts in out.values():
+        for k, v in counts.items():
+            total[k] = total.get(k, 0.0) + v
+    out["all"] = total
+    return out
+
+
+def roles_note(counts: dict[str, dict[str, float]]) -> str:
+    """Each process's instructions per request (each is one hop), when the leg has more than
+    one."""
+    roles = [r for r in counts if r != "all"]
+    if len(roles) < 2:
+        return ""
+    each = ", ".join(f"{r} {counts[r]['instructions']:,.0f}" for r in roles)
+    return f" (per process: {each})"
 
 
 def counts_line(counts: dict[str, float], hops: int) -> str:
@@ -230,22 +250,29 @@ def main() -> None:
                     for label, src in (("ours", None), ("baseline", args.baseline)):
                         if label == "ours" or src is not None:
                             counts = per_request(leg, n, args.connections, src, tool)
-                            print(
-                                f"{leg} {label}: {what} per hop-request: "
-                                + counts_line(counts, hops),
-                                flush=True,
-                            )
+                            for role, each in counts.items():
+                                if role == "all":  # per hop: the processes' sum / hops
+                                    line = f"{leg} {label}: {what} per hop-request: "
+                                    line += counts_line(each, hops)
+                                elif len(counts) > 2:  # per request of one process (one hop)
+                                    line = f"{leg} {label} [{role}]: {what} per request: "
+                                    line += counts_line(each, 1)
+                                else:
+                                    continue
+                                print(line, flush=True)
                     continue
                 ours: list[float] = []
                 base: list[float] = []
                 for r in range(repeat):
                     one = per_request(leg, n, args.connections, None, "valgrind")
-                    ours.append(one["instructions"] / hops)
+                    ours.append(one["all"]["instructions"] / hops)
                     line = f"{leg} #{r + 1}: {ours[-1]:,.0f} instructions per hop-request"
+                    line += roles_note(one)
                     if args.baseline is not None:
                         other = per_request(leg, n, args.connections, args.baseline, "valgrind")
-                        base.append(other["instructions"] / hops)
-                        line += f"; baseline {base[-1]:,.0f}; ratio {ours[-1] / base[-1]:.3f}"
+                        base.append(other["all"]["instructions"] / hops)
+                        line += f"; baseline {base[-1]:,.0f}{roles_note(other)}"
+                        line += f"; ratio {ours[-1] / base[-1]:.3f}"
                     print(line, flush=True)
                 line = f"{leg} median: {statistics.median(ours):,.0f}"
                 if base:
