@@ -194,7 +194,12 @@ def fast_reply(
     hop = 0
     exact = False
     for name, value in RESP_FIELDS_RE.findall(raw):
-        lname = name.lower()
+        # The spellings most upstreams use are told without lower-casing (same branches).
+        if name == b"Connection" and value == b"keep-alive":
+            hop += 1
+            exact = True
+            continue
+        lname = b"content-length" if name == b"Content-Length" else name.lower()
         if lname == b"content-length":
             value = value.rstrip(b" \t")
             if cl >= 0 or not value.isdigit():
