@@ -206,7 +206,7 @@ def fast_reply(
         fields = relayed_head(raw)
         if len(raw) <= MAX_MEMO_HEAD:
             if len(HEAD_MEMO) >= MAX_MEMO_HEADS:
-                HEAD_MEMO.clear()  # heads that no longer come (yesterday's Date) go with it
+                HEAD_MEMO.clear()  # heads that no longer come (an old Date) go with it
             HEAD_MEMO[raw] = fields
     cl, head = fields
     if cl < 0:
