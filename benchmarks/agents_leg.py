@@ -9,10 +9,14 @@ like-for-like comparison, since the agents' hop is always mTLS).
 
 Standalone, ``--syscalls`` counts each agent's syscalls per request under load (``strace -f -c``
 attached to one agent for ``--seconds`` of wrk at ``--connections``): the A/B the neighbours'
-load cannot move. To count another source tree, run this from that tree (the agents import
-``gossipmesh`` from the working directory first):
+load cannot move. ``--wakeups`` counts, in both agents at once, how often trio's scheduler
+woke up (one ``epoll_wait`` each) and which tasks ran how often per request (a trio Instrument
+added to the agent's ``trio.run`` by a wrapper: the agent's code is not changed). To count
+another source tree, run this from that tree (the agents import ``gossipmesh`` from the working
+directory first):
 
     python benchmarks/agents_leg.py --seconds 5 --syscalls
+    python benchmarks/agents_leg.py --seconds 5 --wakeups --connections 1
     cd /tmp/base && PYTHONPATH=/tmp/base python /path/to/benchmarks/agents_leg.py --syscalls
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -44,10 +49,51 @@ from proxy_cpu import (  # noqa: E402
     wrk_load,
 )
 
+# ``python -c WAKEUPS DIR agent ...``: the agent with a trio Instrument counting scheduler passes
+# (after_io_wait: one epoll_wait each) and task steps by task name; SIGUSR2 writes the counts so
+# far to DIR/<pid>.json.
+WAKEUPS = r"""
+import json, os, runpy, signal, sys, trio
+out = sys.argv.pop(1)
+if sys.argv[1:2] != ["-m"]:
+    # ``gossipmesh agent`` (the CLI) execs ``python -m gossipmesh.agent`` (agent/launch.py):
+    # exec this wrapper again in its place, with the same arguments.
+    code = open("/proc/self/cmdline", "rb").read().split(b"\0")[2].decode()
+    real_execv = os.execv
+    os.execv = lambda path, argv: real_execv(path, [argv[0], "-c", code, out, *argv[1:]])
+    sys.argv[0] = "gossipmesh"
+    runpy.run_module("gossipmesh", run_name="__main__", alter_sys=True)
+    raise SystemExit("the CLI did not exec the agent")
 
-def start_agents(workdir: str) -> tuple[list[Proc], str, int, str]:
-    """(agents, host, port, Host header) of the two-sidecar leg, routable when it returns."""
-    label, url, authority, start = gossip_legs.legs(BACKEND_PORT)[1]
+class Count(trio.abc.Instrument):
+    def __init__(self):
+        self.passes = 0
+        self.steps = {}
+    def after_io_wait(self, timeout):
+        self.passes += 1
+    def before_task_step(self, task):
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+count = Count()
+real_run = trio.run
+def run(*args, **kw):
+    kw["instruments"] = [*kw.get("instruments", ()), count]
+    return real_run(*args, **kw)
+trio.run = run
+def dump(signum, frame):
+    with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
+        json.dump({"passes": count.passes, "steps": count.steps}, f)
+signal.signal(signal.SIGUSR2, dump)
+module = sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def start_agents(workdir: str, python: list[str] | None = None) -> tuple[list[Proc], str, int, str]:
+    """(agents, host, port, Host header) of the two-sidecar leg, routable when it returns;
+    ``python``: the command standing for ``python -m gossipmesh``."""
+    label, url, authority, start = gossip_legs.legs(BACKEND_PORT, python or ())[1]
     procs = start(workdir)
     host, port = url.split("//")[1].rstrip("/").split(":")
     return procs, host, int(port), authority
@@ -119,14 +165,69 @@ def syscalls(args: argparse.Namespace) -> None:
                     p.stop()
 
 
+def snapshot(procs: list[Proc], out: str) -> dict[str, dict]:
+    """Each agent's counts so far (by name), written on SIGUSR2 (WAKEUPS)."""
+    files = {}
+    for p in procs:
+        assert p.popen is not None
+        path = os.path.join(out, f"{p.popen.pid}.json")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        p.popen.send_signal(signal.SIGUSR2)
+        files[p.name] = path
+    deadline = time.monotonic() + 10
+    got: dict[str, dict] = {}
+    while len(got) < len(files) and time.monotonic() < deadline:
+        for name, path in files.items():
+            if name not in got and os.path.exists(path):
+                with contextlib.suppress(ValueError), open(path) as f:
+                    got[name] = json.load(f)
+        time.sleep(0.05)
+    if len(got) < len(files):
+        raise SystemExit("an agent did not write its counts")
+    return got
+
+
+def wakeups(args: argparse.Namespace) -> None:
+    backend = (
+        f"server {{ listen {HOST}:{BACKEND_PORT};"
+        ' location / { return 200 "hello from the backend\\n"; } }'
+    )
+    with tempfile.TemporaryDirectory(prefix="agents-wakeups-") as wd:
+        conf = nginx_conf(wd, "backend", backend)
+        with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
+            wait_port(BACKEND_PORT)
+            procs, host, port, authority = start_agents(wd, [sys.executable, "-c", WAKEUPS, wd])
+            try:
+                wrk_load(port, args.connections, 1.0, args.client_cpu, host, authority)  # warm
+                before = snapshot(procs, wd)
+                n = wrk_load(port, args.connections, args.seconds, args.client_cpu, host, authority)
+                after = snapshot(procs, wd)
+            finally:
+                for p in reversed(procs):
+                    p.stop()
+    for name in sorted(after):
+        a, b = before[name], after[name]
+        passes = (b["passes"] - a["passes"]) / n
+        steps = {k: (v - a["steps"].get(k, 0)) / n for k, v in b["steps"].items()}
+        busy = sorted(((v, k) for k, v in steps.items() if v >= 0.005), reverse=True)
+        print(f"agent {name} ({n} requests, c={args.connections}): per request"
+              f" {passes:.2f} scheduler passes (epoll_wait), {sum(steps.values()):.2f} task steps:"
+              + "".join(f"\n    {v:.3f} {k}" for v, k in busy), flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="load per agent (max 60)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--syscalls", action="store_true", help="count syscalls (strace)")
+    ap.add_argument("--wakeups", action="store_true", help="count trio wake-ups and task steps")
     args = ap.parse_args()
     args.seconds = min(args.seconds, 60.0)
+    if args.wakeups:
+        wakeups(args)
+        return
     if not args.syscalls:
         raise SystemExit("CPU-seconds: python benchmarks/proxy_cpu.py --legs agents")
     if shutil.which("strace") is None or shutil.which("wrk") is None:

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from _procs import Proc, wait_until
@@ -26,14 +26,21 @@ A_IP, B_IP = "127.0.0.2", "127.0.0.3"
 OUTBOUND_PORT = 4140
 
 
-def _agent(workdir: str, name: str, ip: str, services_toml: str, join: str | None) -> Proc:
+def _agent(
+    workdir: str,
+    name: str,
+    ip: str,
+    services_toml: str,
+    join: str | None,
+    python: Sequence[str] = (),
+) -> Proc:
     data_dir = os.path.join(workdir, name)
     os.makedirs(data_dir, exist_ok=True)
     conf = os.path.join(data_dir, "agent.toml")
     with open(conf, "w") as f:
         f.write(services_toml)
     argv = [
-        "taskset", "-c", "1", sys.executable, "-m", "gossipmesh", "agent",
+        "taskset", "-c", "1", *(python or (sys.executable, "-m", "gossipmesh")), "agent",
         "--name", name, "--bind", f"{ip}:7946", "--admin", f"{ip}:7947",
         "--outbound", f"{ip}:{OUTBOUND_PORT}", "--inbound", f"{ip}:4143",
         "--data-dir", data_dir, "--profile", "local", "--config", conf, "--log-level", "warn",
@@ -58,19 +65,22 @@ def _service(backend_port: int) -> str:
     return f'[[service]]\nname = "bench"\nport = {backend_port}\naddress = "127.0.0.1"\n'
 
 
-def legs(backend_port: int) -> list[tuple[str, str, str, Callable[[str], list[Proc]]]]:
-    """(label, url, Host header, start(workdir) -> processes) for each gossipmesh leg."""
+def legs(
+    backend_port: int, python: Sequence[str] = ()
+) -> list[tuple[str, str, str, Callable[[str], list[Proc]]]]:
+    """(label, url, Host header, start(workdir) -> processes) for each gossipmesh leg;
+    ``python``: the command that stands for ``python -m gossipmesh`` (default that)."""
 
     def one(workdir: str) -> list[Proc]:
-        a = _agent(workdir, "a", A_IP, _service(backend_port), None)
+        a = _agent(workdir, "a", A_IP, _service(backend_port), None, python)
         if not wait_until(lambda: _routable(A_IP, "a"), 30):
             raise RuntimeError("agent a never listed its bench instance as routable")
         return [a]
 
     def two(workdir: str) -> list[Proc]:
-        b = _agent(workdir, "b", B_IP, _service(backend_port), None)
+        b = _agent(workdir, "b", B_IP, _service(backend_port), None, python)
         time.sleep(1.0)
-        a = _agent(workdir, "a", A_IP, "", f"{B_IP}:7946")
+        a = _agent(workdir, "a", A_IP, "", f"{B_IP}:7946", python)
         if not wait_until(lambda: _routable(A_IP, "b"), 30):
             raise RuntimeError("agent a never saw b's bench instance as routable")
         return [a, b]

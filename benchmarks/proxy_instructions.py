@@ -24,6 +24,10 @@ reports cachegrind's simulated I1/D1/LL misses per request (a model of this mach
         [--baseline DIR]
 
 ``--legs mtls`` counts the two-process hop with mutual TLS (mtls_cpu.py's sidecars).
+``--handlers`` (the compiled build only) counts with callgrind only inside the engine's two event
+handlers (``Conn.on_down``, ``UpReg.on_event``: a request's own work, without trio and the
+wake-ups): unlike the whole process, that does not move with how many requests a wake-up serves,
+which follows the timing (the per-process figures move by about 10 % a run on a loaded machine).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from proxy_cpu import (
 )
 
 STARTUP_S = 120.0  # imports under valgrind are slow
+# The compiled build's entry points of the engine's event handlers (mypyc's names).
+HANDLERS = ("CPyPy_engine_conn___Conn___on_down", "CPyPy_engine___UpReg___on_event")
 # ``mtls``: the two-process mesh hop with mutual TLS (mtls_cpu.py's sidecars: the agent's own
 # credentials and peer checks), both processes counted, per hop.
 LEGS = {**ROLES, "mtls": ("in", "out")}
@@ -116,10 +122,12 @@ def count_load(port: int, conns: int, total: int) -> None:
         ep.close()
 
 
-def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) -> dict[str, int]:
-    """What the leg's proxy processes did from start to exit, serving ``requests``, summed over
-    them: ``{"instructions": n}`` under cachegrind, or calls per syscall name under ``strace -f
-    -c``."""
+def counted(
+    leg: str, requests: int, conns: int, source: str | None, tool: str
+) -> dict[str, dict[str, int]]:
+    """What each of the leg's proxy processes (by role) did from start to exit, serving
+    ``requests``: ``{"instructions": n}`` under cachegrind, or calls per syscall name under
+    ``strace -f -c``."""
     env, cwd = source_env(source)
     if leg == "mtls":
         env = {**(env or os.environ), "MTLS_SLOW": "1"}  # valgrind-slow handshakes
@@ -133,6 +141,14 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
             logs.append(log)
             if tool == "strace":
                 wrapper = ["strace", "-f", "-c", "-o", log]
+            elif tool == "handlers":
+                wrapper = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    *(f"--toggle-collect={name}" for name in HANDLERS),
+                    f"--callgrind-out-file={wd}/{role}.cg",
+                    f"--log-file={log}",
+                ]
             else:
                 wrapper = [
                     "valgrind",
@@ -158,21 +174,22 @@ def counted(leg: str, requests: int, conns: int, source: str | None, tool: str) 
                     target = int(f.read().split()[0])
             os.kill(target, signal.SIGTERM)
             proc.communicate(timeout=STARTUP_S)
-        texts = []
-        for log in logs:
+        texts = {}
+        for role, log in zip(LEGS[leg], logs, strict=True):
             with open(log) as f:
-                texts.append(f.read())
-    out: dict[str, int] = {}
-    for text in texts:
-        for k, v in parse_counts(text, tool).items():
-            out[k] = out.get(k, 0) + v
-    return out
+                texts[role] = f.read()
+    return {role: parse_counts(text, tool) for role, text in texts.items()}
 
 
 def parse_counts(text: str, tool: str) -> dict[str, int]:
     """The counts in one process's strace summary or cachegrind log."""
     if tool == "strace":
         return strace_counts(text)
+    if tool == "handlers":
+        m = re.search(r"Collected\s*:\s*([\d,]+)", text)
+        if m is None or not int(m.group(1).replace(",", "")):
+            raise SystemExit("no instructions in the handlers: --handlers needs the compiled build")
+        return {"instructions": int(m.group(1).replace(",", ""))}
     m = re.search(r"I\s+refs:\s+([\d,]+)", text)
     if m is None:
         raise SystemExit(f"no instruction count in:\n{text[-2000:]}")
@@ -182,10 +199,32 @@ def parse_counts(text: str, tool: str) -> dict[str, int]:
     return out
 
 
-def per_request(leg: str, n: int, conns: int, source: str | None, tool: str) -> dict[str, float]:
+def per_request(
+    leg: str, n: int, conns: int, source: str | None, tool: str
+) -> dict[str, dict[str, float]]:
+    """Counts per request of each process (by role) and of them all (``"all"``)."""
     one = counted(leg, n, conns, source, tool)
     two = counted(leg, 2 * n, conns, source, tool)
-    return {k: (two.get(k, 0) - one.get(k, 0)) / n for k in sorted(set(one) | set(two))}
+    out = {}
+    for role in one:
+        a, b = one[role], two[role]
+        out[role] = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in sorted(set(a) | set(b))}
+    total: dict[str, float] = {}
+    for counts in out.values():
+        for k, v in counts.items():
+            total[k] = total.get(k, 0.0) + v
+    out["all"] = total
+    return out
+
+
+def roles_note(counts: dict[str, dict[str, float]]) -> str:
+    """Each process's instructions per request (each is one hop), when the leg has more than
+    one."""
+    roles = [r for r in counts if r != "all"]
+    if len(roles) < 2:
+        return ""
+    each = ", ".join(f"{r} {counts[r]['instructions']:,.0f}" for r in roles)
+    return f" (per process: {each})"
 
 
 def counts_line(counts: dict[str, float], hops: int) -> str:
@@ -204,6 +243,11 @@ def main() -> None:
         "--syscalls", action="store_true", help="count syscalls per request (strace) instead"
     )
     ap.add_argument(
+        "--handlers",
+        action="store_true",
+        help="instructions inside the engine's event handlers only (compiled build, callgrind)",
+    )
+    ap.add_argument(
         "--cache-sim",
         action="store_true",
         help="simulated cache misses per request (cachegrind) instead",
@@ -211,6 +255,8 @@ def main() -> None:
     args = ap.parse_args()
     repeat = max(1, min(args.repeat, 9))
     tool = "strace" if args.syscalls else "cachesim" if args.cache_sim else "valgrind"
+    counter = "handlers" if args.handlers else "valgrind"  # what the instruction rows count
+    unit = "handler instructions" if args.handlers else "instructions"
     program = "strace" if args.syscalls else "valgrind"
     if shutil.which(program) is None or shutil.which("nginx") is None:
         raise SystemExit(f"needs {program} and nginx")
@@ -230,22 +276,29 @@ def main() -> None:
                     for label, src in (("ours", None), ("baseline", args.baseline)):
                         if label == "ours" or src is not None:
                             counts = per_request(leg, n, args.connections, src, tool)
-                            print(
-                                f"{leg} {label}: {what} per hop-request: "
-                                + counts_line(counts, hops),
-                                flush=True,
-                            )
+                            for role, each in counts.items():
+                                if role == "all":  # per hop: the processes' sum / hops
+                                    line = f"{leg} {label}: {what} per hop-request: "
+                                    line += counts_line(each, hops)
+                                elif len(counts) > 2:  # per request of one process (one hop)
+                                    line = f"{leg} {label} [{role}]: {what} per request: "
+                                    line += counts_line(each, 1)
+                                else:
+                                    continue
+                                print(line, flush=True)
                     continue
                 ours: list[float] = []
                 base: list[float] = []
                 for r in range(repeat):
-                    one = per_request(leg, n, args.connections, None, "valgrind")
-                    ours.append(one["instructions"] / hops)
-                    line = f"{leg} #{r + 1}: {ours[-1]:,.0f} instructions per hop-request"
+                    one = per_request(leg, n, args.connections, None, counter)
+                    ours.append(one["all"]["instructions"] / hops)
+                    line = f"{leg} #{r + 1}: {ours[-1]:,.0f} {unit} per hop-request"
+                    line += roles_note(one)
                     if args.baseline is not None:
-                        other = per_request(leg, n, args.connections, args.baseline, "valgrind")
-                        base.append(other["instructions"] / hops)
-                        line += f"; baseline {base[-1]:,.0f}; ratio {ours[-1] / base[-1]:.3f}"
+                        other = per_request(leg, n, args.connections, args.baseline, counter)
+                        base.append(other["all"]["instructions"] / hops)
+                        line += f"; baseline {base[-1]:,.0f}{roles_note(other)}"
+                        line += f"; ratio {ours[-1] / base[-1]:.3f}"
                     print(line, flush=True)
                 line = f"{leg} median: {statistics.median(ours):,.0f}"
                 if base:

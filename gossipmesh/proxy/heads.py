@@ -17,7 +17,9 @@ the fast path and the general path add the same fields, built here once:
 
 Responses. ``fast_reply`` decides whether a response that arrived whole in one receive buffer can
 be relayed as is (HTTP/1.1, keep-alive, Content-Length, no status the service retries on) and
-gives the bytes for the client; anything else is None and the general path parses it.
+gives the bytes for the client; anything else is None and the general path parses it. What it
+reads from a head (its framing and the head for the client) is kept per process for the next
+response with the very same head (``HEAD_MEMO``, bounded): upstreams repeat their heads.
 ``response_framing`` is the general path's choice of framing toward the client.
 """
 
@@ -39,6 +41,15 @@ from gossipmesh.proxy.http1 import (
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive"
 STATUS_CODES = {b"%03d" % i: i for i in range(1000)}  # three ASCII digits -> the status
+# Response heads as received -> ``relayed_head``'s answer (a pure function of the head): an
+# upstream repeats its head byte for byte (nginx's differs only in Date, once a second; most
+# small API responses too), and then the head's fields are read once, not per response.
+# Bounded: heads longer than ``MAX_MEMO_HEAD`` are never kept, and at ``MAX_MEMO_HEADS`` the
+# memo starts over. A head that never repeats costs one hash and one insert more.
+MAX_MEMO_HEAD = 512
+MAX_MEMO_HEADS = 64
+HEAD_MEMO: dict[bytes, tuple[int, bytes]] = {}
+NOT_FAST = (-1, b"")
 
 
 def header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
@@ -190,15 +201,39 @@ def fast_reply(
     status = STATUS_CODES.get(raw[9:12], 0)
     if status < 200 or status == 204 or status == 304 or status in retry_on_status or head_request:
         return None
+    fields = HEAD_MEMO.get(raw)
+    if fields is None:
+        fields = relayed_head(raw)
+        if len(raw) <= MAX_MEMO_HEAD:
+            if len(HEAD_MEMO) >= MAX_MEMO_HEADS:
+                HEAD_MEMO.clear()  # heads that no longer come (an old Date) go with it
+            HEAD_MEMO[raw] = fields
+    cl, head = fields
+    if cl < 0:
+        return None
+    total = he + 4 + cl
+    if total != n:
+        return total if n < total <= len(buf) else None
+    return status, b"".join((head, b"\r\n\r\n", mv[he + 4 : n]))
+
+
+def relayed_head(raw: bytes) -> tuple[int, bytes]:
+    """(Content-Length, the head for the client without its hop-by-hop lines) of a response
+    head ``raw`` (through its last field line) that is of the fast shape, else (-1, b"")."""
     cl = -1
     hop = 0
     exact = False
     for name, value in RESP_FIELDS_RE.findall(raw):
-        lname = name.lower()
+        # The spellings most upstreams use are told without lower-casing (same branches).
+        if name == b"Connection" and value == b"keep-alive":
+            hop += 1
+            exact = True
+            continue
+        lname = b"content-length" if name == b"Content-Length" else name.lower()
         if lname == b"content-length":
             value = value.rstrip(b" \t")
             if cl >= 0 or not value.isdigit():
-                return None
+                return NOT_FAST
             cl = int(value)
         elif (lname == b"connection" and value.rstrip(b" \t").lower() == b"keep-alive") or (
             lname == b"keep-alive"
@@ -206,12 +241,9 @@ def fast_reply(
             hop += 1
             exact = name == b"Connection" and value == b"keep-alive"
         else:
-            return None  # framing or hop-by-hop fields the general path must judge
+            return NOT_FAST  # framing or hop-by-hop fields the general path must judge
     if cl < 0:
-        return None
-    total = he + 4 + cl
-    if total != n:
-        return total if n < total <= len(buf) else None
+        return NOT_FAST
     if hop:
         # The one hop-by-hop line most upstreams send, spelled as nginx and most servers do:
         # cut by one replace instead of a second regex pass. The replace can only find that
@@ -219,7 +251,7 @@ def fast_reply(
         # as it was, and the regex cuts it.
         cut = raw.replace(KEEP_ALIVE_LINE, b"", 1) if hop == 1 and exact else raw
         raw = cut if len(cut) != len(raw) else RESP_HOP_RE.sub(b"", raw)
-    return status, b"".join((raw, b"\r\n\r\n", mv[he + 4 : n]))
+    return cl, raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,16 @@ _INTERESTING = {
     b"content-length": H_CL,
 }
 
+# Field names as received -> (lower-cased, slot in ``_INTERESTING`` or -1), for the names a
+# process sees again and again (the same few on every request): one dict lookup instead of a
+# ``lower()`` and a lookup per field, and the lower-cased name is one shared object whose hash is
+# computed once (the drop checks of ``build_request_head`` hash it again). Bounded: names longer
+# than ``MAX_CACHED_NAME`` bytes are never kept, and once ``MAX_CACHED_NAMES`` are kept (a peer
+# sending ever new names) the rest are lower-cased per field as before.
+MAX_CACHED_NAME = 64
+MAX_CACHED_NAMES = 512
+NAME_CACHE: dict[bytes, tuple[bytes, int]] = {}
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -261,11 +271,17 @@ class RequestReader:
         if self._count > self.max_header_count or self._bytes > self.max_header_bytes:
             self.too_large = True
             raise HeaderLimitError("too many or too large headers")
-        lname = name.lower()
+        known = NAME_CACHE.get(name)
+        if known is None:
+            lname = name.lower()
+            slot = _INTERESTING.get(lname, -1)
+            if len(name) <= MAX_CACHED_NAME and len(NAME_CACHE) < MAX_CACHED_NAMES:
+                NAME_CACHE[name] = (lname, slot)
+        else:
+            lname, slot = known
         h = self._head
         h.headers.append((lname, value))
-        slot = _INTERESTING.get(lname)
-        if slot is None:
+        if slot < 0:
             return
         if slot == H_HOST:
             if h.host:

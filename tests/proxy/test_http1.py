@@ -6,6 +6,9 @@ import pytest
 
 from gossipmesh.proxy.http1 import (
     END,
+    MAX_CACHED_NAME,
+    MAX_CACHED_NAMES,
+    NAME_CACHE,
     FramingError,
     HeaderLimitError,
     ParseError,
@@ -211,3 +214,41 @@ def test_a_response_cannot_drop_its_own_content_length() -> None:
     assert isinstance(rh, ResponseHead)
     out = build_response_head(rh, [])
     assert b"Content-Length: 2" in out and b"X-A" not in out
+
+
+def test_field_names_are_recognised_however_spelled_whether_cached_or_not() -> None:
+    raw = (
+        b"GET / HTTP/1.1\r\n%s: api\r\n%s: r1\r\nX-Other: 1\r\n%s: 10.0.0.1\r\n"
+        b"x-gossipmesh-dest: 10.0.0.2:80\r\n\r\n"
+    )
+    for spelling in (b"Host X-Request-Id X-Forwarded-For", b"HOST x-request-id X-FORWARDED-for"):
+        for _ in range(2):  # the second time from the cache
+            h = feed_all(raw % tuple(spelling.split())).pop()
+            assert isinstance(h, RequestHead)
+            assert (h.host, h.request_id, h.xff, h.dest) == (
+                b"api",
+                b"r1",
+                b"10.0.0.1",
+                b"10.0.0.2:80",
+            )
+            assert [n for n, _ in h.headers] == [
+                b"host", b"x-request-id", b"x-other", b"x-forwarded-for", b"x-gossipmesh-dest"
+            ]  # fmt: skip
+
+
+def test_the_field_name_cache_is_bounded() -> None:
+    saved = dict(NAME_CACHE)
+    try:
+        long_name = b"x-" + b"n" * MAX_CACHED_NAME
+        h = feed_all(b"GET / HTTP/1.1\r\n%s: 1\r\nHost: a\r\n\r\n" % long_name.upper()).pop()
+        assert isinstance(h, RequestHead) and h.headers[0] == (long_name, b"1")
+        assert long_name.upper() not in NAME_CACHE  # never kept, however often it is sent
+        for i in range(MAX_CACHED_NAMES + 20):  # a peer sending ever new names
+            r = feed_all(b"GET / HTTP/1.1\r\nX-N%d: v\r\nHOST: a\r\n\r\n" % i)
+            h = r.pop()
+            assert isinstance(h, RequestHead) and h.host == b"a"
+            assert h.headers[0] == (b"x-n%d" % i, b"v")
+            assert len(NAME_CACHE) <= MAX_CACHED_NAMES
+    finally:
+        NAME_CACHE.clear()
+        NAME_CACHE.update(saved)
