@@ -74,8 +74,9 @@ _INTERESTING = {
 # process sees again and again (the same few on every request): one dict lookup instead of a
 # ``lower()`` and a lookup per field, and the lower-cased name is one shared object whose hash is
 # computed once (the drop checks of ``build_request_head`` hash it again). Bounded: names longer
-# than ``MAX_CACHED_NAME`` bytes are never kept, and once ``MAX_CACHED_NAMES`` are kept (a peer
-# sending ever new names) the rest are lower-cased per field as before.
+# than ``MAX_CACHED_NAME`` bytes are never kept, and when ``MAX_CACHED_NAMES`` are kept (a peer
+# sending ever new names) the cache starts again empty, as ``HEAD_MEMO`` does: a flood of junk
+# costs a clear per 512 new names, and cannot keep the common names out for good.
 MAX_CACHED_NAME = 64
 MAX_CACHED_NAMES = 512
 NAME_CACHE: dict[bytes, tuple[bytes, int]] = {}
@@ -275,7 +276,9 @@ class RequestReader:
         if known is None:
             lname = name.lower()
             slot = _INTERESTING.get(lname, -1)
-            if len(name) <= MAX_CACHED_NAME and len(NAME_CACHE) < MAX_CACHED_NAMES:
+            if len(name) <= MAX_CACHED_NAME:
+                if len(NAME_CACHE) >= MAX_CACHED_NAMES:
+                    NAME_CACHE.clear()  # junk must not keep the common names out for good
                 NAME_CACHE[name] = (lname, slot)
         else:
             lname, slot = known
