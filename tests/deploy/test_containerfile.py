@@ -63,7 +63,9 @@ def test_the_compiled_build_is_a_build_argument_checked_at_build_time() -> None:
     ]
     runs = " ".join(rest for w, rest in build_stage if w == "RUN")
     assert 'GOSSIPMESH_MYPYC="$GOSSIPMESH_MYPYC" /opt/gossipmesh/bin/pip install' in runs
-    assert "gcc" in runs and 'sys.exit(0 if b["build"] == "mypyc" and not b["stale"] else 1)' in runs
+    assert (
+        "gcc" in runs and 'sys.exit(0 if b["build"] == "mypyc" and not b["stale"] else 1)' in runs
+    )
     assert "gcc" not in " ".join(rest for w, rest in run_stage if w == "RUN")
 
 
