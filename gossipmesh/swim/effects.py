@@ -41,7 +41,7 @@ class StartPushPull:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
-    timer: object  # opaque and hashable to the runtime; the core's own Timer dataclass
+    timer: object  # opaque and hashable to the runtime; the core's own Timer tuple
     at_ms: Millis
 
 
