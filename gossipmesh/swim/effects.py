@@ -22,6 +22,7 @@ The contract with a runtime (the trio agent or the simulator):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.member import Member, MemberState
@@ -39,8 +40,10 @@ class StartPushPull:
     join: bool
 
 
-@dataclass(frozen=True, slots=True)
-class SetTimer:
+class SetTimer(NamedTuple):
+    """A named tuple, not a frozen dataclass like the others: equally immutable and built in
+    half the time, and it is the effect a node returns most (about four to every packet)."""
+
     timer: object  # opaque and hashable to the runtime; the core's own Timer tuple
     at_ms: Millis
 
