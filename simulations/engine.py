@@ -142,9 +142,10 @@ class Engine:
             self._flush_trace()
 
     def _flush_trace(self) -> None:
-        # ``del buf[:]`` empties the array in place, so the bound ``record`` stays valid.
+        # blake2b reads the array's buffer as is (no ``tobytes`` copy); ``del buf[:]`` empties
+        # it in place, so the bound ``record`` stays valid.
         buf = self._trace_buf
-        self._trace.update(buf.tobytes())
+        self._trace.update(buf)
         del buf[:]
 
     def trace_hash(self) -> str:

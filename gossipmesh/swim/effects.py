@@ -27,9 +27,13 @@ from typing import NamedTuple
 from gossipmesh.ids import Address, Millis
 from gossipmesh.swim.member import Member, MemberState
 
+# ``SendPacket`` and ``SetTimer`` are named tuples, not frozen dataclasses like the others: as
+# immutable, built in half the time (a frozen dataclass's ``__init__`` sets each field through
+# ``object.__setattr__``), and they are nearly every effect a node returns: a probe or a gossip
+# tick sets a timer, every ping and ack is a packet.
 
-@dataclass(frozen=True, slots=True)
-class SendPacket:
+
+class SendPacket(NamedTuple):
     to: Address
     data: bytes
 
@@ -41,9 +45,6 @@ class StartPushPull:
 
 
 class SetTimer(NamedTuple):
-    """A named tuple, not a frozen dataclass like the others: equally immutable and built in
-    half the time, and it is the effect a node returns most (about four to every packet)."""
-
     timer: object  # opaque and hashable to the runtime; the core's own Timer tuple
     at_ms: Millis
 
