@@ -46,7 +46,8 @@ DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 # One packer for every ``pack``: ``msgpack.packb`` builds a new ``Packer`` (and allocates its
 # buffer) on each call, four times the cost of packing a ping. Sharing it is safe: ``pack`` runs
 # in C under the GIL and calls no Python code for the types we pack (there is no ``default``
-# hook), and it resets its buffer after every call, an exception included.
+# hook), and it resets its buffer after every call, an exception included. (The buffer keeps the
+# size of the largest message packed so far.)
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
