@@ -100,6 +100,9 @@ class Cluster:
         self.stale_window_ms = stale_window_ms
         self.nodes: list[SimNode] = []
         self.by_address: dict[Address, int] = {}
+        # The same by host alone: a str caches its hash, while hashing an ``Address`` (a
+        # dataclass) is a Python call, and ``_send`` looks up every packet's destination.
+        self.by_host: dict[str, int] = {}
         self.by_name: dict[str, int] = {}
         self.rng = derive_rng(seed, "cluster")  # lag jitter and seed choice
         # What every live observer believes (views.py); its flat-array layout is what lets
@@ -157,6 +160,7 @@ class Cluster:
         node = SimNode(idx, name, address, self)
         self.nodes.append(node)
         self.by_address[address] = idx
+        self.by_host[address.host] = idx
         self.by_name[name] = idx
         self.observed.add_subject()
         self.network.add_node()
@@ -276,11 +280,11 @@ class Cluster:
         """Carry out a core's effects for ``node`` in order (order matters for determinism)."""
         for eff in effects:
             tp = type(eff)
-            if tp is SendPacket:
-                self._send(node, eff.to, eff.data)
-            elif tp is SetTimer:
+            if tp is SetTimer:  # first: most effects are timers (about four to every packet)
                 self.engine.schedule(eff.at_ms + node.timer_lag_ms, K_TIMER, node.idx,
                                      node.generation, eff.timer)  # fmt: skip
+            elif tp is SendPacket:
+                self._send(node, eff.to, eff.data)
             elif tp is MemberChanged:
                 self.observed.member_changed(node, eff.member)
                 if node.attachment is not None:
@@ -313,8 +317,8 @@ class Cluster:
         if size > net.max_packet_bytes:
             st.dropped_oversize += 1
             return
-        dst = self.by_address.get(to)
-        if dst is None:
+        dst = self.by_host.get(to.host)  # ``by_address.get(to)``, cheaper (see ``by_host``)
+        if dst is None or self.nodes[dst].address.port != to.port:
             st.dropped_unroutable += 1
             return
         src = node.idx
@@ -343,7 +347,7 @@ class Cluster:
             return
         net_stats.delivered += 1
         engine = self.engine
-        engine.trace(K_PACKET, src, dst, len(data))
+        engine.record((engine.now_ms, K_PACKET, src, dst, len(data)))
         effects = node.core.handle_packet(self.nodes[src].address, data, engine.now_ms)
         if effects:
             self.apply(node, effects)
@@ -355,7 +359,7 @@ class Cluster:
         if node.generation != generation or node.core is None:
             return
         engine = self.engine
-        engine.trace(K_TIMER, idx, 0, 0)
+        engine.record((engine.now_ms, K_TIMER, idx, 0, 0))
         effects = node.core.handle_timer(timer, engine.now_ms)
         if effects:
             self.apply(node, effects)

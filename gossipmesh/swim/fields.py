@@ -42,10 +42,10 @@ def opt_int_field(v: Any, what: str) -> int | None:
 
 
 def str_field(v: Any, what: str, max_bytes: int, min_len: int = 1) -> str:
-    if type(v) is not str or len(v) < min_len or len(v) > max_bytes:
+    if type(v) is not str or not min_len <= (n := len(v)) <= max_bytes:
         raise DecodeError("bad_field", f"{what}: {v!r:.40}")
     # len() counts characters; only long-ish strings can exceed the byte limit when encoded.
-    if len(v) * 4 > max_bytes and len(v.encode("utf-8", "surrogatepass")) > max_bytes:
+    if n * 4 > max_bytes and len(v.encode("utf-8", "surrogatepass")) > max_bytes:
         raise DecodeError("bad_field", f"{what}: too long")
     return v
 

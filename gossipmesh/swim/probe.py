@@ -133,7 +133,7 @@ class Prober:
             if p.indirect_sent:
                 st.count("probes.ok_indirect")
             else:
-                st.count("probes.ok")
+                st.stats["probes.ok"] += 1  # a STAT_KEYS key: in place, no call (every probe)
                 self._awareness.apply_delta(-1)
             return
         cp = self._confirm_probes.pop(msg.seq, None)
@@ -189,7 +189,9 @@ class Prober:
         if kind is TimerKind.PROBE_TIMEOUT:
             p = self._probe
             if p is None or p.seq != timer.token or p.indirect_sent:
-                st.count("timers.stale")
+                # The usual end of a probe's timers (it was acked): a STAT_KEYS key, counted in
+                # place rather than through ``count``, as on every probe below.
+                st.stats["timers.stale"] += 1
             else:
                 self._ask_relays(p, out)
         elif kind is TimerKind.CONFIRM_TIMEOUT:
@@ -210,7 +212,7 @@ class Prober:
             if p is not None and p.seq == timer.token:
                 self._finish_probe(p, now_ms, out)
             else:
-                st.count("timers.stale")
+                st.stats["timers.stale"] += 1
         elif kind is TimerKind.INDIRECT:
             if timer.name != "nack":
                 self._relays.pop(timer.token, None)  # the full timeout: stop forwarding
@@ -240,7 +242,7 @@ class Prober:
             return
         seq = st.next_seq()
         self._probe = _Probe(seq, target.name, target.incarnation)
-        st.count("probes")
+        st.stats["probes"] += 1
         suspect_inc = target.incarnation if target.state is SUSPECT else None
         ping = Ping(seq, target.name, suspect_inc, st.name)
         st.send(target.address, encode(ping), out, to_name=target.name)

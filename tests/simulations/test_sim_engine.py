@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from array import array
+
 from simulations.engine import Engine, derive_rng, derive_seed
 from simulations.network import Latency, Network
 from simulations.scenarios import Options, run
@@ -45,6 +48,49 @@ def test_trace_hash_depends_on_every_field() -> None:
     a.trace(0, 1, 2, 100)
     b.trace(0, 1, 2, 101)
     assert a.trace_hash() != b.trace_hash()
+
+
+def test_trace_digest_is_the_events_as_native_int64s_however_they_are_batched() -> None:
+    # The committed trace hashes are blake2b-128 of the ints as array("q") bytes: recording
+    # through ``record`` or ``trace``, and flushing inside or outside ``run_until``, must not show.
+    e = Engine()
+    events: list[tuple[int, int, int, int, int]] = []
+
+    def handler(a: int, b: object, c: object) -> None:
+        event = (e.now_ms, 1, a, 2**40 + a, -a)
+        events.append(event)
+        if a % 2:
+            e.record(event)
+        else:
+            e.trace(*event[1:])
+
+    e.register(1, handler)
+    for i in range(20_000):  # 100k ints: chunks are flushed both by ``trace`` and by ``run_until``
+        e.schedule(i // 7, 1, i)
+    e.run_until(1_000)
+    e.run_until(5_000)
+    ints = array("q", [x for ev in events for x in ev])
+    assert len(events) == 20_000
+    assert e.trace_hash() == hashlib.blake2b(ints.tobytes(), digest_size=16).hexdigest()
+
+
+def test_queued_lists_pending_events_in_run_order_and_run_until_includes_end() -> None:
+    e = Engine()
+    seen: list[object] = []
+    e.register(3, lambda a, b, c: seen.append((e.now_ms, a)))
+    e.schedule(9, 3, "c")
+    e.schedule(4, 3, "a", 1, 2)
+    e.schedule(9, 3, "d")
+    e.schedule(5, 3, "b")
+    assert e.next_time() == 4
+    assert e.queued() == [
+        (4, 2, 3, "a", 1, 2), (5, 4, 3, "b", None, None), (9, 1, 3, "c", None, None),
+        (9, 3, 3, "d", None, None),
+    ]  # fmt: skip
+    e.run_until(8)
+    assert seen == [(4, "a"), (5, "b")]
+    e.run_until(9)  # due exactly at end_ms: runs
+    assert seen[2:] == [(9, "c"), (9, "d")] and e.queued() == [] and e.next_time() is None
 
 
 def test_partitions_block_by_group_and_direction() -> None:

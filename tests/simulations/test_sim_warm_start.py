@@ -42,7 +42,7 @@ def _state(c: Cluster) -> Any:
         # Claims are signed afresh in every cluster (randomised ECDSA): compare what they say.
         members = [(m.name, m.incarnation, m.state, m.address, m.meta) for m in core.members()]
         cores.append((members, node.rng.getstate(), dict(core.stats)))
-    heap = [(e[0], e[1], e[2], e[3], e[4], repr(e[5])) for e in sorted(c.engine._heap)]
+    heap = [(e[0], e[1], e[2], e[3], e[4], repr(e[5])) for e in c.engine.queued()]
     views = [list(v) if v is not None else None for v in c.views]
     return cores, views, c.n_view, repr(c.ledger), c.signed_max, heap
 
