@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gossip_legs  # noqa: E402  (the agents' start-up, shared with benchmarks/proxy.py)
@@ -140,29 +141,39 @@ def traced(pid: int, host: str, port: int, authority: str, args: argparse.Namesp
         return n, strace_counts(log.read())
 
 
-def syscalls(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def warm_agents(
+    args: argparse.Namespace, what: str, agent_cmd: list[str] | None = None
+) -> Iterator[tuple[list[Proc], str, int, str, str]]:
+    """The nginx backend and the two agents, started, warmed by one second of load, and stopped
+    on the way out: (agents, host, port, authority, work directory)."""
     backend = (
         f"server {{ listen {HOST}:{BACKEND_PORT};"
         ' location / { return 200 "hello from the backend\\n"; } }'
     )
-    with tempfile.TemporaryDirectory(prefix="agents-syscalls-") as wd:
+    with tempfile.TemporaryDirectory(prefix=f"agents-{what}-") as wd:
         conf = nginx_conf(wd, "backend", backend)
         with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
             wait_port(BACKEND_PORT)
-            procs, host, port, authority = start_agents(wd)
+            python = None if agent_cmd is None else [*agent_cmd, wd]
+            procs, host, port, authority = start_agents(wd, python)
             try:
                 wrk_load(port, args.connections, 1.0, args.client_cpu, host, authority)  # warm
-                for p in procs:  # A (outbound) first, then B (inbound)
-                    assert p.popen is not None
-                    n, calls = traced(p.popen.pid, host, port, authority, args)
-                    busy = sorted(((v / n, k) for k, v in calls.items() if v / n >= 0.005),
-                                  reverse=True)  # fmt: skip
-                    counts = " ".join(f"{k}={v:.2f}" for v, k in busy)
-                    print(f"agent {p.name} ({n} requests, c={args.connections}): syscalls per"
-                          f" request: {counts}", flush=True)  # fmt: skip
+                yield procs, host, port, authority, wd
             finally:
                 for p in reversed(procs):
                     p.stop()
+
+
+def syscalls(args: argparse.Namespace) -> None:
+    with warm_agents(args, "syscalls") as (procs, host, port, authority, _):
+        for p in procs:  # A (outbound) first, then B (inbound)
+            assert p.popen is not None
+            n, calls = traced(p.popen.pid, host, port, authority, args)
+            busy = sorted(((v / n, k) for k, v in calls.items() if v / n >= 0.005), reverse=True)
+            counts = " ".join(f"{k}={v:.2f}" for v, k in busy)
+            print(f"agent {p.name} ({n} requests, c={args.connections}): syscalls per"
+                  f" request: {counts}", flush=True)  # fmt: skip
 
 
 def snapshot(procs: list[Proc], out: str) -> dict[str, dict]:
@@ -189,23 +200,16 @@ def snapshot(procs: list[Proc], out: str) -> dict[str, dict]:
 
 
 def wakeups(args: argparse.Namespace) -> None:
-    backend = (
-        f"server {{ listen {HOST}:{BACKEND_PORT};"
-        ' location / { return 200 "hello from the backend\\n"; } }'
-    )
-    with tempfile.TemporaryDirectory(prefix="agents-wakeups-") as wd:
-        conf = nginx_conf(wd, "backend", backend)
-        with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
-            wait_port(BACKEND_PORT)
-            procs, host, port, authority = start_agents(wd, [sys.executable, "-c", WAKEUPS, wd])
-            try:
-                wrk_load(port, args.connections, 1.0, args.client_cpu, host, authority)  # warm
-                before = snapshot(procs, wd)
-                n = wrk_load(port, args.connections, args.seconds, args.client_cpu, host, authority)
-                after = snapshot(procs, wd)
-            finally:
-                for p in reversed(procs):
-                    p.stop()
+    with warm_agents(args, "wakeups", [sys.executable, "-c", WAKEUPS]) as (
+        procs,
+        host,
+        port,
+        authority,
+        wd,
+    ):
+        before = snapshot(procs, wd)
+        n = wrk_load(port, args.connections, args.seconds, args.client_cpu, host, authority)
+        after = snapshot(procs, wd)
     for name in sorted(after):
         a, b = before[name], after[name]
         passes = (b["passes"] - a["passes"]) / n
