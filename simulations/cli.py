@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -200,4 +201,10 @@ def _run_with_progress(opts: Options, console: Any, quiet: bool) -> ScenarioResu
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    # Everything the command writes is written and closed by now. A big run's cluster is 10^8
+    # objects, and an interpreter exit frees them one by one: 80 s of a 226 s run at 20,000
+    # hosts. The process is ending, so leave the memory to the kernel (mypy exits so too).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
