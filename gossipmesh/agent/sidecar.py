@@ -40,6 +40,10 @@ With ``dataplane = "haproxy" | "nginx"`` the native proxy's listeners are not st
 addresses, is given every rebuilt table instead, adds its counters to ``/metrics`` and a
 ``dataplane`` section to ``/v1/health``, and is stopped with the sidecar.
 
+With ``proxy_workers`` N > 1 the proxy also runs in N-1 worker processes on the same addresses
+(SO_REUSEPORT; ``WorkerPool``, agent/worker_pool.py): every rebuild and renewal is passed on to
+them, and ``/metrics``, ``/v1/stats`` and ``/v1/services`` combine every process's counters.
+
 Admin routes: ``GET /v1/services`` (the catalog, with each endpoint's ejection state from the
 proxy) and ``GET /metrics`` (Prometheus text: the proxy's counters plus agent gauges, all read from
 plain structures at scrape time).
@@ -78,7 +82,7 @@ from gossipmesh.dataplane import (
 from gossipmesh.dataplane.model import local_instances
 from gossipmesh.metric_export import Registry, families
 from gossipmesh.proxy.authz import Policies
-from gossipmesh.proxy.metrics import render_metrics
+from gossipmesh.proxy.metrics import ProxyMetrics, render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import RouteTable
@@ -88,6 +92,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from gossipmesh.agent.runtime import Agent
+    from gossipmesh.agent.worker_pool import WorkerPool
 
 DEBOUNCE_S = 0.05  # at most one republish and one rebuild per 50 ms, however many marks
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,6 +138,7 @@ class Sidecar:
             )
         self.proxy: Proxy | None = None
         self.external: ExternalPlane | None = None
+        self.workers: WorkerPool | None = None  # proxy_workers > 1: the other processes
         self.addresses: ProxyAddresses | None = None
         self.catalog = Catalog()
         self.rebuilds = 0
@@ -184,6 +190,8 @@ class Sidecar:
     def _credentials_changed(self, credentials: MeshCredentials) -> None:
         if self.proxy is not None and self.proxy.mtls is not None:
             self.proxy.update_credentials(credentials)
+        if self.workers is not None:
+            self.workers.sync()
 
     # ---- run --------------------------------------------------------------------------------
 
@@ -232,6 +240,11 @@ class Sidecar:
                 if m.name != self.name and m.proof is not None:
                     self.records.learn(m.name, m.meta, m.address, m.proof.cert)
             await self._step()
+            if self.proxy is not None and self.settings.proxy_workers > 1:
+                from gossipmesh.agent.worker_pool import WorkerPool
+
+                pool = WorkerPool(self, self.settings.proxy_workers)
+                self.workers = await nursery.start(pool.run)
             await nursery.start(self.records.run)
             nursery.start_soon(self._worker)
             nursery.start_soon(self.traffic.run)
@@ -290,6 +303,7 @@ class Sidecar:
             plaintext_inbound=s.inbound_plaintext,
         )
         log = self.agent.log
+        many = s.proxy_workers > 1
         return Proxy(
             RouteTable(),
             outbound=s.outbound.as_tuple(),
@@ -300,6 +314,8 @@ class Sidecar:
             mtls=mtls,
             outbound_listeners={n: a.as_tuple() for n, a in s.outbound_services().items()},
             audit=lambda event, fields: log.warn(event, **fields),
+            reuse_port=many,  # the workers bind the same addresses (agent/worker_pool.py)
+            metrics=ProxyMetrics(worker="0") if many else None,
         )
 
     async def _worker(self) -> None:
@@ -388,14 +404,28 @@ class Sidecar:
             self.proxy.update_table(route_table(catalog, self.rebuilds, now_ms))
             defaults = {n: svc.default_policy for n, svc in catalog.services.items()}
             self.proxy.update_policies(Policies(catalog.policies.values(), defaults))
+        if self.workers is not None:
+            self.workers.sync()
         if self.external is not None:
             self.external.update(route_table(catalog, self.rebuilds, now_ms),
                                  catalog.routes.values())  # fmt: skip
 
     # ---- admin routes -----------------------------------------------------------------------
 
+    def proxy_metrics(self) -> ProxyMetrics | None:
+        """The proxy's counters; with workers, every process's requests summed (traffic.py)."""
+        if self.proxy is None or self.workers is None:
+            return self.proxy.metrics if self.proxy is not None else None
+        from gossipmesh.agent.worker_metrics import combined
+
+        return combined([self.proxy.metrics, *self.workers.metrics()])
+
     def services_view(self) -> list[dict[str, Any]]:
         states = self.proxy.endpoint_states() if self.proxy is not None else {}
+        if self.workers is not None:
+            from gossipmesh.agent.worker_metrics import merge_states
+
+            states = merge_states([states, *self.workers.endpoint_states()])
         rows = []
         for inst in self.catalog.instances:
             st = states.get((inst.node, inst.address, inst.port))
@@ -429,7 +459,13 @@ class Sidecar:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
         self._members_by_state = counts
         body = self.registry.render()
-        if self.proxy is not None:
+        if self.workers is not None:
+            from gossipmesh.agent.worker_metrics import render_all
+
+            await self.workers.refresh()  # every worker's counters as of now (bounded wait)
+            assert self.proxy is not None
+            body = render_all([self.proxy.metrics, *self.workers.metrics()]) + body
+        elif self.proxy is not None:
             body = render_metrics(self.proxy.metrics) + body
         if self.external is not None:
             body = await self.external.metrics() + body
