@@ -32,11 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gossip_legs  # noqa: E402  (the agents' start-up, shared with benchmarks/proxy.py)
-from _procs import Proc, strace_counts  # noqa: E402
+from _procs import Proc, strace_counts, wait_until  # noqa: E402
 from proxy_cpu import (  # noqa: E402
     BACKEND_PORT,
     HOST,
@@ -91,23 +92,44 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-def start_agents(workdir: str, python: list[str] | None = None) -> tuple[list[Proc], str, int, str]:
-    """(agents, host, port, Host header) of the two-sidecar leg, routable when it returns;
-    ``python``: the command standing for ``python -m gossipmesh``."""
-    label, url, authority, start = gossip_legs.legs(BACKEND_PORT, python or ())[1]
+def start_agents(
+    workdir: str, python: list[str] | None = None, workers: int = 1, cpus: str = "1"
+) -> tuple[list[Proc], str, int, str]:
+    """(agents, host, port, Host header) of the two-sidecar leg, routable (and with
+    ``workers`` > 1 every proxy worker serving) when it returns; ``python``: the command
+    standing for ``python -m gossipmesh``; ``cpus``: the agents' ``taskset -c`` list."""
+    extra = ["--proxy-workers", str(workers)] if workers > 1 else []
+    label, url, authority, start = gossip_legs.legs(BACKEND_PORT, python or (), extra, cpus)[1]
     procs = start(workdir)
     host, port = url.split("//")[1].rstrip("/").split(":")
+    if workers > 1:
+        for ip in (gossip_legs.A_IP, gossip_legs.B_IP):
+            if not wait_until(lambda ip=ip: workers_up(ip) == workers, 60):
+                raise RuntimeError(f"the agent on {ip} does not have {workers} workers serving")
     return procs, host, int(port), authority
 
 
-def run_agents(args: argparse.Namespace) -> Result:
-    """One measured round of the two agents (their CPU, per hop)."""
+def workers_up(admin_ip: str) -> int:
+    """How many proxy processes the agent's ``/v1/health`` says serve (0: cannot tell)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        url = f"http://{admin_ip}:7947/v1/health"
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return int(json.loads(resp.read())["proxy_workers"]["up"])
+    return 0
+
+
+def run_agents(args: argparse.Namespace, workers: int = 1) -> Result:
+    """One measured round of the two agents (their CPU and their workers', per hop), each with
+    ``workers`` proxy processes, on ``--agents-cpus``."""
+    cpus = args.agents_cpus if args.agents_cpus is not None else str(args.proxy_cpu)
     with tempfile.TemporaryDirectory(prefix="proxy-cpu-agents-") as wd:
-        procs, host, port, authority = start_agents(wd)
+        procs, host, port, authority = start_agents(wd, None, workers, cpus)
         try:
             pids = [p.popen.pid for p in procs if p.popen is not None]
             pids += [c for pid in list(pids) for c in children(pid)]
-            return measure("gossipmesh", port, pids, 2, args, "  [mTLS hop]", host, authority)
+            label = "gossipmesh" if workers == 1 else f"gm x{workers}"
+            note = f"  [mTLS hop, agents on CPU {cpus}]"
+            return measure(label, port, pids, 2, args, note, host, authority)
         finally:
             for p in reversed(procs):
                 p.stop()

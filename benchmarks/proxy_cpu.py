@@ -22,7 +22,10 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
   gossip_legs.py: A's outbound -> B's inbound, *mTLS* on the hop as agents always run it, SWIM,
   config sync and health checks alongside), both agents' CPU, per hop; against the plaintext
   nginx chain and the chain with TLS 1.3 and client certificates on the hop (mtls_cpu.py's
-  configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``/``--workers``.
+  configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``. With
+  ``--workers N`` each round also runs both agents with ``--proxy-workers N`` (``gm xN``);
+  ``--agents-cpus 0,1`` runs the agents (either kind) on both cores instead of ``--proxy-cpu``,
+  which is how their scaling over two cores is measured (wall req/s and req per CPU-second).
 
     python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh split [--workers N]
         [--engine epoll|tasks] [--baseline DIR]
@@ -452,11 +455,18 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
+    ap.add_argument(
+        "--agents-cpus",
+        default=None,
+        help="taskset -c list for the agents leg (default: --proxy-cpu)",
+    )
     args = ap.parse_args()
-    if "agents" in args.legs and (args.baseline is not None or args.workers > 1):
+    if "agents" in args.legs and args.baseline is not None:
         # The agents run `python -m gossipmesh` from the working directory: a baseline tree
         # would not be the one they import, and the figures would be mislabelled.
-        ap.error("--legs agents takes no --baseline or --workers (run it from each tree instead)")
+        ap.error("--legs agents takes no --baseline (run it from each tree instead)")
+    if not 1 <= args.workers <= 64:
+        ap.error("--workers must be 1..64")
     args.seconds = min(args.seconds, 60.0)
     args.rounds = max(1, min(args.rounds, 10))
     if args.client is None:
@@ -483,6 +493,8 @@ def main() -> None:
 
                         runs = [partial(agents_leg.run_agents, args),
                                 partial(agents_leg.run_nginx_tls, wd, args)]  # fmt: skip
+                        if args.workers > 1:  # the same agents with --proxy-workers N
+                            runs.append(partial(agents_leg.run_agents, args, args.workers))
                     elif args.baseline is not None:
                         # Alternate which of the two runs first, so order effects cancel.
                         runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))
