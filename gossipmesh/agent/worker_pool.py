@@ -73,6 +73,9 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 10.0
 STABLE_S = 10.0
 AUDIT_PER_TICK = 50  # audit lines a worker may have written per TICK_S; the rest are counted
+# Frames a worker may send per TICK_S: a flood of them is a broken worker (killed, restarted),
+# not a cost the agent keeps paying.
+FRAMES_PER_TICK = 1000
 OUTBOX = 64
 READ_BYTES = 256 * 1024
 _RESERVED = frozenset({"event", "level", "worker", "self"})  # the log call's own arguments
@@ -94,6 +97,7 @@ class WorkerProc:
         self.seq = 0
         self.answered = trio.Event()
         self.audit_budget = AUDIT_PER_TICK
+        self.frames = 0  # since the last tick
 
     def send(self, kind: str, payload: object) -> None:
         if self.outbox is None:
@@ -257,6 +261,9 @@ class WorkerPool:
                 self.handle(w, decode_report(body))
 
     def handle(self, w: WorkerProc, report: Ready | Snapshot | AuditEvent) -> None:
+        w.frames += 1
+        if w.frames > FRAMES_PER_TICK:
+            raise ChannelError(f"more than {FRAMES_PER_TICK} frames in {TICK_S:g} s")
         if isinstance(report, Ready):
             if report.pid != w.pid:
                 raise ChannelError("ready from another pid")
@@ -265,6 +272,8 @@ class WorkerPool:
         elif isinstance(report, Snapshot):
             if report.seq != w.seq:
                 return  # a late answer to an earlier request
+            if w.answered.is_set():
+                raise ChannelError("a second answer to one metrics request")
             w.metrics, w.states = restore(report.data, str(w.index))
             w.answered.set()
         elif w.audit_budget > 0:
@@ -280,7 +289,7 @@ class WorkerPool:
         """Ask every serving worker for its counters; wait at most ``METRICS_TIMEOUT_S``."""
         asked = []
         for w in self.workers:
-            w.audit_budget = AUDIT_PER_TICK
+            w.audit_budget, w.frames = AUDIT_PER_TICK, 0
             if w.state == "up" and w.outbox is not None:
                 w.seq += 1
                 w.answered = trio.Event()

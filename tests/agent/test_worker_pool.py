@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import trio
 
-from gossipmesh.agent.worker_channel import ChannelError, Ready, Snapshot, encode_report
+from gossipmesh.agent.worker_channel import AuditEvent, ChannelError, Ready, Snapshot, encode_report
 from gossipmesh.agent.worker_metrics import snapshot
-from gossipmesh.agent.worker_pool import WorkerPool, WorkerProc
+from gossipmesh.agent.worker_pool import AUDIT_PER_TICK, FRAMES_PER_TICK, WorkerPool, WorkerProc
 from gossipmesh.proxy.metrics import ProxyMetrics
 
 SCRIPT = r"""
@@ -68,9 +68,8 @@ def ready() -> bytes:
 async def test_a_hostile_frame_is_counted_and_kills_the_worker_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    good = encode_report(Snapshot(0, snapshot(ProxyMetrics(), {})))
     bad = encode_report(Snapshot(0, {"requests": [["x", 1]]}))
-    pool, log, counters = pool_with(ready() + good + bad, monkeypatch)
+    pool, log, counters = pool_with(ready() + bad, monkeypatch)
     w = pool.workers[0]
     with trio.fail_after(30):
         reason = await pool.run_once(w)
@@ -96,9 +95,28 @@ async def test_a_good_snapshot_is_kept_until_a_bad_one_arrives(
     pool.handle(w, Snapshot(0, snapshot(m, {})))
     kept = w.metrics
     assert kept is not None and kept.requests == m.requests
-    with pytest.raises(ChannelError):
-        pool.handle(w, Snapshot(0, {"requests": [["api", "", "", "", 200, "outbound", -5]]}))
+    with pytest.raises(ChannelError, match="second answer"):
+        pool.handle(w, Snapshot(0, snapshot(m, {})))
+    w.seq, w.answered = 1, trio.Event()  # the next request
+    with pytest.raises(ChannelError, match="not a count"):
+        pool.handle(w, Snapshot(1, {"requests": [["api", "", "", "", 200, "outbound", -5]]}))
     assert w.metrics is kept and counters == {}
+
+
+async def test_audit_lines_are_capped_and_a_frame_flood_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool, log, counters = pool_with(b"", monkeypatch)
+    w = pool.workers[0]
+    event = AuditEvent("mesh_peer_refused", {"reason": "revoked", "worker": 9, "event": "x"})
+    for _ in range(AUDIT_PER_TICK + 5):
+        pool.handle(w, event)
+    assert len(log.lines) == AUDIT_PER_TICK
+    assert log.lines[0] == ("mesh_peer_refused", {"worker": 1, "reason": "revoked"})
+    assert counters == {"proxy_workers.audit_dropped": 5}
+    with pytest.raises(ChannelError, match="frames in"):
+        for _ in range(FRAMES_PER_TICK):
+            pool.handle(w, event)
 
 
 async def test_a_dead_worker_makes_health_degraded_and_is_started_again(
