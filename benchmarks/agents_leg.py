@@ -99,17 +99,23 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def start_agents(
-    workdir: str, python: list[str] | None = None, workers: int = 1, cpus: str = "1"
+    workdir: str,
+    python: list[str] | None = None,
+    workers: int = 1,
+    cpus: str = "1",
+    sidecars: int = 2,
 ) -> tuple[list[Proc], str, int, str]:
-    """(agents, host, port, Host header) of the two-sidecar leg, routable (and with
-    ``workers`` > 1 every proxy worker serving) when it returns; ``python``: the command
-    standing for ``python -m gossipmesh``; ``cpus``: the agents' ``taskset -c`` list."""
+    """(agents, host, port, Host header) of the two-sidecar leg (``sidecars=1``: the one-agent
+    leg, outbound -> local backend), routable (and with ``workers`` > 1 every proxy worker
+    serving) when it returns; ``python``: the command standing for ``python -m gossipmesh``;
+    ``cpus``: the agents' ``taskset -c`` list."""
     extra = ["--proxy-workers", str(workers)] if workers > 1 else []
-    label, url, authority, start = gossip_legs.legs(BACKEND_PORT, python or (), extra, cpus)[1]
+    legs = gossip_legs.legs(BACKEND_PORT, python or (), extra, cpus)
+    label, url, authority, start = legs[sidecars - 1]
     procs = start(workdir)
     host, port = url.split("//")[1].rstrip("/").split(":")
     if workers > 1:
-        for ip in (gossip_legs.A_IP, gossip_legs.B_IP):
+        for ip in (gossip_legs.A_IP, gossip_legs.B_IP)[:sidecars]:
             if not wait_until(partial(all_up, ip, workers), 60):
                 raise RuntimeError(f"the agent on {ip} does not have {workers} workers serving")
     return procs, host, int(port), authority
@@ -128,18 +134,19 @@ def workers_up(admin_ip: str) -> int:
     return 0
 
 
-def run_agents(args: argparse.Namespace, workers: int = 1) -> Result:
+def run_agents(args: argparse.Namespace, workers: int = 1, sidecars: int = 2) -> Result:
     """One measured round of the two agents (their CPU and their workers', per hop), each with
-    ``workers`` proxy processes, on ``--agents-cpus``."""
+    ``workers`` proxy processes, on ``--agents-cpus``; ``sidecars=1``: one agent, its outbound
+    to the backend it hosts (no mesh hop)."""
     cpus = args.agents_cpus if args.agents_cpus is not None else str(args.proxy_cpu)
     with tempfile.TemporaryDirectory(prefix="proxy-cpu-agents-") as wd:
-        procs, host, port, authority = start_agents(wd, None, workers, cpus)
+        procs, host, port, authority = start_agents(wd, None, workers, cpus, sidecars)
         try:
             pids = [p.popen.pid for p in procs if p.popen is not None]
             pids += [c for pid in list(pids) for c in children(pid)]
             label = "gossipmesh" if workers == 1 else f"gm x{workers}"
-            note = f"  [mTLS hop, agents on CPU {cpus}]"
-            return measure(label, port, pids, 2, args, note, host, authority)
+            note = f"  [{'mTLS hop, ' if sidecars == 2 else ''}agents on CPU {cpus}]"
+            return measure(label, port, pids, sidecars, args, note, host, authority)
         finally:
             for p in reversed(procs):
                 p.stop()

@@ -23,9 +23,13 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
   config sync and health checks alongside), both agents' CPU, per hop; against the plaintext
   nginx chain and the chain with TLS 1.3 and client certificates on the hop (mtls_cpu.py's
   configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``. With
-  ``--workers N`` each round also runs both agents with ``--proxy-workers N`` (``gm xN``);
-  ``--agents-cpus 0,1`` runs the agents (either kind) on both cores instead of ``--proxy-cpu``,
-  which is how their scaling over two cores is measured (wall req/s and req per CPU-second).
+  ``--workers N`` each round also runs both agents with ``--proxy-workers N`` (``gm xN``).
+- ``agent``: one real agent, its outbound -> the backend it hosts (no mesh hop), against one
+  nginx; ``--workers N`` as for ``agents``. With ``--agents-cpus 0,1`` this is the figure that
+  shows whether an agent's proxy scales past one core.
+
+For both, ``--agents-cpus 0,1`` runs the agents on both cores instead of ``--proxy-cpu``: how
+their scaling over two cores is measured (wall req/s and req per CPU-second).
 
     python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh split [--workers N]
         [--engine epoll|tasks] [--baseline DIR]
@@ -422,7 +426,7 @@ def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
     with contextlib.ExitStack() as stack:
         pids = []
         chain = [(NGINX_PORT, BACKEND_PORT)]
-        if leg != "outbound":
+        if leg not in ("outbound", "agent"):
             chain = [(NGINX_PORT, NGINX2_PORT), (NGINX2_PORT, BACKEND_PORT)]
         for i, (listen, to) in enumerate(chain):
             conf = nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
@@ -446,7 +450,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per leg and round (max 60)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (max 10)")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=[*sorted(ROLES), "agents"])
+    ap.add_argument(
+        "--legs", nargs="+", default=["outbound"], choices=[*sorted(ROLES), "agent", "agents"]
+    )
     ap.add_argument("--workers", type=int, default=1, help="also run N SO_REUSEPORT workers")
     ap.add_argument("--client", choices=["wrk", "py"], default=None)
     ap.add_argument(
@@ -461,7 +467,7 @@ def main() -> None:
         help="taskset -c list for the agents leg (default: --proxy-cpu)",
     )
     args = ap.parse_args()
-    if "agents" in args.legs and args.baseline is not None:
+    if {"agent", "agents"} & set(args.legs) and args.baseline is not None:
         # The agents run `python -m gossipmesh` from the working directory: a baseline tree
         # would not be the one they import, and the figures would be mislabelled.
         ap.error("--legs agents takes no --baseline (run it from each tree instead)")
@@ -488,19 +494,23 @@ def main() -> None:
                 per: dict[str, list[float]] = {}
                 for r in range(args.rounds):
                     runs = [partial(run_gossipmesh, leg, 1, args)]
-                    if leg == "agents":
-                        import agents_leg  # two agent processes, and nginx with TLS on the hop
+                    if leg in ("agent", "agents"):
+                        import agents_leg  # agent processes (and nginx with TLS on the hop)
 
-                        runs = [partial(agents_leg.run_agents, args),
-                                partial(agents_leg.run_nginx_tls, wd, args)]  # fmt: skip
+                        sidecars = 2 if leg == "agents" else 1
+                        runs = [partial(agents_leg.run_agents, args, 1, sidecars)]
+                        if leg == "agents":
+                            runs.append(partial(agents_leg.run_nginx_tls, wd, args))
                         if args.workers > 1:  # the same agents with --proxy-workers N
-                            runs.append(partial(agents_leg.run_agents, args, args.workers))
+                            runs.append(
+                                partial(agents_leg.run_agents, args, args.workers, sidecars)
+                            )
                     elif args.baseline is not None:
                         # Alternate which of the two runs first, so order effects cancel.
                         runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))
                     results = [run() for run in runs]
                     results.append(run_nginx(leg, wd, args))
-                    if args.workers > 1 and leg != "agents":
+                    if args.workers > 1 and leg not in ("agent", "agents"):
                         results.append(run_gossipmesh(leg, args.workers, args))
                     for res in results:
                         print(f"{leg} round {r + 1}: {res.line()}", flush=True)

@@ -108,6 +108,8 @@ class WorkerProc:
             # The worker does not read its commands: it is wedged. Its channel is cut, which
             # ends it (end of file) and the supervisor starts a fresh one with the current state.
             self.outbox.close()
+        except trio.ClosedResourceError:
+            pass  # cut already: the supervisor is replacing this worker
 
 
 class WorkerPool:

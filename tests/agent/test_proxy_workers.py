@@ -96,6 +96,17 @@ def test_connections_spread_over_the_workers_and_all_succeed(mesh: Mesh) -> None
     inbound = served_by_worker(mesh.metrics(mesh.a2), "inbound")
     assert sum(inbound.values()) >= 90, inbound
 
+    # /v1/stats counts the requests of every process (its ring is refreshed every second).
+    def counted() -> float:
+        stats = a1.client.stats(window_s=60, scope="local")
+        rows = [r for r in stats["services"] if r["direction"] == "outbound"]
+        return sum(r["requests"] for r in rows if r["service"] == "api")
+
+    wait_for("a1's /v1/stats counts every worker's requests", lambda: counted() >= 90, SETTLE_S)
+    out = subprocess.run([sys.executable, "-m", "gossipmesh", "status", "--agent", a1.admin],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "proxy workers: 3/3 serving" in out.stdout, out.stdout + out.stderr
+
 
 def test_a_new_route_reaches_every_worker(mesh: Mesh) -> None:
     a1 = mesh.a1
