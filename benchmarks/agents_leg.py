@@ -137,7 +137,7 @@ def workers_up(admin_ip: str) -> int:
 def run_agents(args: argparse.Namespace, workers: int = 1, sidecars: int = 2) -> Result:
     """One measured round of the two agents (their CPU and their workers', per hop), each with
     ``workers`` proxy processes, on ``--agents-cpus``; ``sidecars=1``: one agent, its outbound
-    to the backend it hosts (no mesh hop)."""
+    through its own inbound (mTLS) to the backend it hosts, counted as one hop."""
     cpus = args.agents_cpus if args.agents_cpus is not None else str(args.proxy_cpu)
     with tempfile.TemporaryDirectory(prefix="proxy-cpu-agents-") as wd:
         procs, host, port, authority = start_agents(wd, None, workers, cpus, sidecars)

@@ -24,9 +24,11 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
   nginx chain and the chain with TLS 1.3 and client certificates on the hop (mtls_cpu.py's
   configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``. With
   ``--workers N`` each round also runs both agents with ``--proxy-workers N`` (``gm xN``).
-- ``agent``: one real agent, its outbound -> the backend it hosts (no mesh hop), against one
-  nginx; ``--workers N`` as for ``agents``. With ``--agents-cpus 0,1`` this is the figure that
-  shows whether an agent's proxy scales past one core.
+- ``agent``: one real agent: its outbound -> its own inbound over mTLS (a local call meets the
+  service's policies too: ``catalog.local_via_inbound``) -> the backend it hosts, counted as one
+  hop against one nginx (so the ratio is not comparable to the others); ``--workers N`` as for
+  ``agents``. With ``--agents-cpus 0,1`` this is the figure that shows whether one agent's proxy
+  scales past one core.
 
 For both, ``--agents-cpus 0,1`` runs the agents on both cores instead of ``--proxy-cpu``: how
 their scaling over two cores is measured (wall req/s and req per CPU-second).

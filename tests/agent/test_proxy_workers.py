@@ -33,7 +33,10 @@ SAMPLE_RE = re.compile(r"^gossipmesh_proxy_requests_total\{(?P<labels>[^}]*)\} (
 def mesh(procs: Procs) -> Iterator[Mesh]:
     procs.backends = []  # type: ignore[attr-defined]
     try:
-        yield start_mesh(procs, {"a1": ["--proxy-workers", "3"], "a2": ["--proxy-workers", "2"]})
+        m = start_mesh(procs, {"a1": ["--proxy-workers", "3"], "a2": ["--proxy-workers", "2"]})
+        for agent, n in ((m.a1, 3), (m.a2, 2)):
+            wait_for(f"{agent.name}'s workers", lambda a=agent, n=n: workers_up(a) == n, SETTLE_S)
+        yield m
     finally:
         for b in procs.backends:  # type: ignore[attr-defined]
             b.kill()
@@ -67,6 +70,12 @@ def health(agent: AgentProc) -> dict[str, Any]:
     status, body = get(agent.ip, agent.port + 1, "admin", "/v1/health")
     assert status in (200, 503), body
     return json.loads(body)
+
+
+def workers_up(agent: AgentProc) -> int:
+    """Proxy processes serving (the admin API answers before the sidecar has started its
+    workers: until then there is no section)."""
+    return int(health(agent).get("proxy_workers", {}).get("up", 0))
 
 
 def worker_pids(agent: AgentProc) -> list[int]:
@@ -153,7 +162,8 @@ def solo(procs: Procs, name: str, ip: str) -> AgentProc:
     agent = procs.new(name, ip, port, ["--proxy-workers", "3", "--outbound", f"{ip}:{proxy}",
                                        "--inbound", f"{ip}:{proxy + 1}"], proxy=True)  # fmt: skip
     agent.start()
-    wait_for(f"{name}'s workers", lambda: health(agent)["proxy_workers"]["up"] == 3, SETTLE_S)
+    # The admin API answers before the sidecar has started its workers: until then, no section.
+    wait_for(f"{name}'s workers", lambda: workers_up(agent) == 3, SETTLE_S)
     return agent
 
 
