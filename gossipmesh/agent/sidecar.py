@@ -53,14 +53,12 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
-from gossipmesh.agent.config_metrics import config_families
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
@@ -68,6 +66,7 @@ from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.request_streams import RequestStreams
 from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.agent.sidecar_metrics import AgentCollector
 from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
 from gossipmesh.buildinfo import current_build, describe
@@ -80,17 +79,14 @@ from gossipmesh.dataplane import (
     open_plane,
 )
 from gossipmesh.dataplane.model import local_instances
-from gossipmesh.metric_export import Registry, families
+from gossipmesh.metric_export import Registry
 from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.metrics import ProxyMetrics, render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import RouteTable
-from gossipmesh.version import package_version, python_version
 
 if TYPE_CHECKING:
-    from prometheus_client.core import Metric
-
     from gossipmesh.agent.runtime import Agent
     from gossipmesh.agent.worker_pool import WorkerPool
 
@@ -153,9 +149,9 @@ class Sidecar:
         self._rebuild_due = True
         self._wake: trio.Event | None = None
         self._last_body: RecordBody | None = None
-        self._members_by_state: dict[str, int] = {}
+        self.members_by_state: dict[str, int] = {}
         self.registry = Registry()
-        self.registry.register(_AgentCollector(self))
+        self.registry.register(AgentCollector(self))
         if config is not None:
             self.attach_config(config)
         agent.router.add("GET", "/v1/services", self._services_route)
@@ -397,7 +393,7 @@ class Sidecar:
         counts: dict[str, int] = {}
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
-        self._members_by_state = counts
+        self.members_by_state = counts
         now_ms = self.table_wall_ms = self.wall_ms()
         self.next_shift_ms = next_shift_ms(catalog, now_ms)
         if self.proxy is not None:
@@ -457,7 +453,7 @@ class Sidecar:
         counts: dict[str, int] = {}
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
-        self._members_by_state = counts
+        self.members_by_state = counts
         body = self.registry.render()
         if self.workers is not None:
             from gossipmesh.agent.worker_metrics import render_all
@@ -474,122 +470,6 @@ class Sidecar:
             yield body
 
         return StreamResponse(one_chunk(), content_type=PROMETHEUS_CONTENT_TYPE)
-
-
-class _AgentCollector:
-    """Agent gauges and counters, read from the agent's plain structures at scrape time."""
-
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.s = sidecar
-
-    def collect(self) -> Iterator[Metric]:
-        fam = families()
-        s = self.s
-        counters = dict(s.agent.counters)
-        build = fam.gauge(
-            "gossipmesh_build_info",
-            "Always 1; the labels say which gossipmesh, Python and build (mypyc or pure) this "
-            "agent runs",
-            labels=["version", "python", "build"],
-        )
-        build.add_metric([package_version(), python_version(), current_build().kind], 1)
-        yield build
-        members = fam.gauge(
-            "gossipmesh_agent_members", "Members this agent knows, by state", labels=["state"]
-        )
-        for state, n in sorted(s._members_by_state.items()):
-            members.add_metric([state], n)
-        yield members
-        dropped = fam.counter(
-            "gossipmesh_agent_dropped", "Inputs dropped, by reason", labels=["reason"]
-        )
-        for key, n in sorted(counters.items()):
-            if key.startswith("dropped."):
-                dropped.add_metric([key.removeprefix("dropped.")], n)
-        yield dropped
-        records = fam.counter(
-            "gossipmesh_agent_records",
-            "Node-record events: offer outcomes, decode failures, syncs",
-            labels=["event"],
-        )
-        for key, n in sorted(counters.items()):
-            if key.startswith("records."):
-                records.add_metric([key.removeprefix("records.")], n)
-        yield records
-        # Every agent counter by name, rejections included (``admin.unauthorized``, the signed
-        # layers' refusals): what /v1/health's ``counters`` shows, for Prometheus.
-        events = fam.counter(
-            "gossipmesh_agent_events", "Every agent counter, by name", labels=["name"]
-        )
-        for key, n in sorted(counters.items()):
-            events.add_metric([key], n)
-        yield events
-        yield from config_families(counters)
-        membership = fam.counter(
-            "gossipmesh_agent_membership_rejected",
-            "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",
-            labels=["reason"],
-        )
-        for key, n in sorted(s.agent.core_stats.items()):
-            if key.startswith("reject."):
-                membership.add_metric([key.removeprefix("reject.")], n)
-        yield membership
-        yield from _port_gauges(s.agent)
-        yield fam.counter("gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds)
-        yield fam.counter(
-            "gossipmesh_agent_record_publishes", "Own node record publishes", value=s.publishes
-        )
-        endpoints = fam.gauge(
-            "gossipmesh_agent_endpoints", "Routable endpoints per service", labels=["service"]
-        )
-        for svc, eps in s.catalog.endpoints.items():
-            endpoints.add_metric([svc], len(eps))
-        yield endpoints
-        health = fam.gauge(
-            "gossipmesh_agent_instances",
-            "Service instances in the catalog by health (passing, warning, critical, unknown)",
-            labels=["service", "health"],
-        )
-        by_health: dict[tuple[str, str], int] = {}
-        for inst in s.catalog.instances:
-            pair = (inst.service, str(inst.current_health))
-            by_health[pair] = by_health.get(pair, 0) + 1
-        for (svc, state), n in sorted(by_health.items()):
-            health.add_metric([svc, state], n)
-        yield health
-
-
-def _port_gauges(agent: Agent) -> Iterator[Metric]:
-    """The gossip port's and the admin API's limits, and how much of each is in use."""
-    fam = families()
-    transport = agent.transport
-    limits = fam.gauge(
-        "gossipmesh_agent_limit",
-        "The gossip port's and the admin API's limits (docs/LIMITS.md)",
-        labels=["name"],
-    )
-    for name, value in transport.limits.as_dict().items():
-        limits.add_metric([name], value)
-    limits.add_metric(["admin_connections_max"], http.MAX_CONNECTIONS)
-    limits.add_metric(["admin_monitors_max"], http.MAX_MONITORS)
-    limits.add_metric(["admin_request_timeout_s"], http.REQUEST_TIMEOUT_S)
-    limits.add_metric(["admin_monitor_max_s"], http.MONITOR_MAX_S)
-    limits.add_metric(["admin_send_timeout_s"], http.SEND_TIMEOUT_S)
-    limits.add_metric(["stream_timeout_s"], transport.stream_timeout_s)
-    yield limits
-    used = fam.gauge(
-        "gossipmesh_agent_in_use",
-        "How much of each gossip port and admin API limit is in use now",
-        labels=["name"],
-    )
-    used.add_metric(["stream_unverified"], transport.unverified)
-    used.add_metric(["stream_verified"], transport.verified)
-    used.add_metric(["stream_buffered_bytes"], transport.budget.used)
-    admin = agent.admin_server
-    if admin is not None:
-        used.add_metric(["admin_connections"], admin.connections)
-        used.add_metric(["admin_monitors"], admin.monitors)
-    yield used
 
 
 def _concrete(addr: tuple[str, int]) -> tuple[str, int]:
