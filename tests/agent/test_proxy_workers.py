@@ -156,11 +156,13 @@ def test_a_killed_worker_is_restarted_and_traffic_recovers(mesh: Mesh) -> None:
     assert results == [200] * 60, results
 
 
-def solo(procs: Procs, name: str, ip: str) -> AgentProc:
+def solo(procs: Procs, name: str, ip: str, extra: list[str] | None = None) -> AgentProc:
     port = free_port_on([ip])
     proxy = free_port_on([ip])
     agent = procs.new(name, ip, port, ["--proxy-workers", "3", "--outbound", f"{ip}:{proxy}",
-                                       "--inbound", f"{ip}:{proxy + 1}"], proxy=True)  # fmt: skip
+                                       "--inbound", f"{ip}:{proxy + 1}", *(extra or [])],
+                      proxy=True)  # fmt: skip
+    agent.proxy_port = proxy  # type: ignore[attr-defined]
     agent.start()
     # The admin API answers before the sidecar has started its workers: until then, no section.
     wait_for(f"{name}'s workers", lambda: workers_up(agent) == 3, SETTLE_S)
@@ -203,3 +205,22 @@ def test_the_flag_reaches_the_settings_file_too(tmp_path: Path) -> None:
     assert load_settings({}, toml).sidecar.proxy_workers == 4
     assert load_settings({"proxy_workers": 2}, toml).sidecar.proxy_workers == 2
     assert load_settings({}).sidecar.proxy_workers == 1
+
+
+def test_the_access_log_sees_worker_0_only_and_says_so(procs: Procs, tmp_path: Path) -> None:
+    """The documented limitation: request records stay in the process that served them."""
+    access = tmp_path / "access.log"
+    agent = solo(procs, "solo-log", "127.0.0.5", ["--access-log", str(access)])
+    try:
+        port = agent.proxy_port  # type: ignore[attr-defined]
+        statuses = [get(agent.ip, port, "nowhere.example")[0] for _ in range(60)]
+        assert statuses == [404] * 60  # no such service: the proxy's own answer, still a request
+        status, body = get(agent.ip, agent.port + 1, "admin", "/metrics")
+        per_worker = served_by_worker(body.decode(), "outbound")
+        assert sum(per_worker.values()) == 60 and per_worker.get("0", 0) < 60, per_worker
+        wait_for("the access log", lambda: access.exists() and len(access.read_text().splitlines())
+                 >= per_worker.get("0", 0), SETTLE_S)  # fmt: skip
+        assert len(access.read_text().splitlines()) == per_worker.get("0", 0)
+        assert "request_streams_worker_0_only" in agent.log_path.read_text()
+    finally:
+        agent.stop()
