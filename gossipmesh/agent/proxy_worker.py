@@ -14,7 +14,8 @@ policies, workload credentials, trust store contents, the catalog's "node hosts 
 facts), then every change to those, metrics requests and ``stop``. Peers' certificates are
 judged by its own ``MeshAuthority`` over a copy of the agent's trust store, replaced whenever the
 agent sends new trust (which makes ``PeerWatch`` recheck every live connection, as in the agent).
-It answers with ``ready`` once serving, ``snapshot`` for each metrics request and ``audit`` for
+With ``--access-log`` it appends its own requests' lines to the same file (access_log.py says
+why they do not interleave). It answers with ``ready`` once serving, ``snapshot`` for each metrics request and ``audit`` for
 each security log line (the agent writes them; at most ``AUDIT_QUEUE`` waiting, the rest counted
 as dropped in the next snapshot's log line). It never opens the agent's files or keys beyond the
 credentials it is handed.
@@ -36,6 +37,7 @@ from typing import Any
 
 import trio
 
+from gossipmesh.agent.access_log import access_log_fd
 from gossipmesh.agent.peer_authority import MeshAuthority
 from gossipmesh.agent.worker_channel import (
     CREDENTIALS,
@@ -61,6 +63,7 @@ from gossipmesh.agent.worker_metrics import snapshot
 from gossipmesh.identity.truststore import TrustStore
 from gossipmesh.proxy.metrics import ProxyMetrics
 from gossipmesh.proxy.mtls import MeshTls
+from gossipmesh.proxy.record_sinks import AccessLog
 from gossipmesh.proxy.server import Proxy
 
 AUDIT_QUEUE = 256
@@ -100,6 +103,13 @@ class Worker:
             audit=self.audit,
         )
         self.proxy.update_policies(setup.policies)
+        self.proxy.requests.node = setup.node
+        self.access: AccessLog | None = None
+        if setup.access_log is not None:
+            fd = access_log_fd(setup.access_log)
+            ratio, per_s = setup.access_log_sample_ratio, setup.access_log_max_lines_per_s
+            self.access = AccessLog(fd, ratio, per_s)
+            self.proxy.requests.add(self.access)
 
     def audit(self, event: str, fields: dict[str, Any]) -> None:
         clean = {k: _scalar(v) for k, v in list(fields.items())[:32]}
@@ -163,6 +173,8 @@ async def serve(sock: socket.socket) -> None:
     worker = Worker(setup, send)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.proxy.serve)
+        if worker.access is not None:
+            nursery.start_soon(worker.access.run)
         nursery.start_soon(writer, stream, receive)
         await send.send(encode_report(Ready(os.getpid())))
         async for kind, payload in incoming:

@@ -56,8 +56,8 @@ class RequestStreams:
         if proxy is not None and settings.proxy_workers > 1:
             # Request records do not cross the workers' control channel (worker_pool.py).
             log.warn("request_streams_worker_0_only", workers=settings.proxy_workers,
-                     detail="the access log, taps and spans see only the requests the agent's "
-                     "own proxy process (worker 0) serves, not those of its proxy workers")  # fmt: skip
+                     detail="taps and spans see only the requests the agent's own proxy process "
+                     "(worker 0) serves; the access log has every process's lines")  # fmt: skip
         await nursery.start(self.taps.run)
 
     def sample_ratio(self) -> float:

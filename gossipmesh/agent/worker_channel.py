@@ -78,6 +78,10 @@ class WorkerSetup:
     credentials: MeshCredentials
     trust: Trust
     hosts: Mapping[str, Sequence[str]]
+    node: str  # the agent's name, in request records
+    access_log: str | None  # the agent's --access-log: every process appends its own lines
+    access_log_sample_ratio: float
+    access_log_max_lines_per_s: int  # per process
 
 
 class ChannelError(ValueError):

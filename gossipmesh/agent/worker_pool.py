@@ -24,9 +24,11 @@ stopped (SIGTERM, then SIGKILL after ``STOP_S``), its exit logged and counted
 worker and says ``degraded`` while one is not serving. When the agent stops, every worker is
 stopped the same way; when the agent is SIGKILLed, the workers die with it (see proxy_worker.py).
 
-What is per process and not combined: the access log, taps and spans see only the requests the
-agent's own proxy (worker 0) served (request records do not cross the channel), and the
-descriptor and limit gauges are worker 0's. Counters, ``/v1/stats`` windows and the ejection
+What is per process and not combined: every process appends its own lines to the access log
+(``--access-log FILE``: one ``O_APPEND`` write of whole lines per batch, so lines do not
+interleave; the rate limit is per process and the log's counters in ``/metrics`` are worker
+0's), taps and spans see only the requests the agent's own proxy (worker 0) served (request
+records do not cross the channel), and the descriptor and limit gauges are worker 0's. Counters, ``/v1/stats`` windows and the ejection
 view of ``/v1/services`` cover every worker.
 """
 
@@ -165,7 +167,8 @@ class WorkerPool:
             w.index, s.addresses.outbound, s.addresses.inbound, dict(s.addresses.tcp),
             dict(s.addresses.services), local, s.settings.inbound_plaintext,
             s.rng.getrandbits(64), now[TABLE], now[POLICIES], now[CREDENTIALS], now[TRUST],
-            now[HOSTS],
+            now[HOSTS], s.name, s.settings.access_log, s.settings.access_log_sample_ratio,
+            s.settings.access_log_max_lines_per_s,
         )  # fmt: skip
 
     # -- running -----------------------------------------------------------------------------
