@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from agent_procs import SETTLE_S, AgentProc, Procs, free_port_on, requires_loopback_aliases
 from agent_procs import wait_until as wait_for
-from test_mesh_mtls import Mesh, start_mesh
+from test_mesh_mtls import LIFETIME_MS, Mesh, start_mesh
 
 pytestmark = requires_loopback_aliases
 
@@ -129,6 +130,20 @@ def test_a_new_route_reaches_every_worker(mesh: Mesh) -> None:
         assert statuses == [200] * 60, statuses
     finally:
         mesh.config("delete", "route/shop")
+
+
+def test_renewed_workload_certificates_reach_every_worker(mesh: Mesh) -> None:
+    """The mesh's certificates live LIFETIME_MS and are renewed at half of it: once a whole
+    lifetime has passed, a worker still presenting (or trusting) the first ones could complete
+    no new handshake. a1's processes all dial a2's anew after the pause (pooled connections are
+    retired at half-life)."""
+    time.sleep(LIFETIME_MS / 1000 + 1)
+    before = served_by_worker(mesh.metrics(mesh.a1), "outbound")
+    statuses = [get(mesh.a1.ip, mesh.out_port, "api", f"/late{i}")[0] for i in range(60)]
+    assert statuses == [200] * 60, statuses
+    after = served_by_worker(mesh.metrics(mesh.a1), "outbound")
+    served = {w: n - before.get(w, 0) for w, n in after.items()}
+    assert len([w for w, n in served.items() if n > 0]) >= 2, served
 
 
 def test_a_killed_worker_is_restarted_and_traffic_recovers(mesh: Mesh) -> None:
