@@ -34,6 +34,7 @@ view of ``/v1/services`` cover every worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -193,11 +194,11 @@ class WorkerPool:
         while True:
             started = trio.current_time()
             reason = await self.run_once(w)
+            if trio.current_time() - started >= STABLE_S:
+                backoff = BACKOFF_MIN_S
             self.counters["proxy_workers.exits"] = self.counters.get("proxy_workers.exits", 0) + 1
             self.log.warn("proxy_worker_exit", worker=w.index, pid=w.pid, reason=reason,
                           restart_in_s=backoff)  # fmt: skip
-            if trio.current_time() - started >= STABLE_S:
-                backoff = BACKOFF_MIN_S
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
@@ -225,14 +226,14 @@ class WorkerPool:
                 nursery.start_soon(self.deadline, w)
                 try:
                     await self.read(w, stream)
-                except ChannelError as exc:
-                    reason = f"bad frame: {exc}"
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass  # the worker died or cut the channel: an exit like any other
+                except Exception as exc:  # noqa: BLE001 - a worker's bytes never end the agent
+                    reason = f"bad frame: {exc if isinstance(exc, ChannelError) else repr(exc)}"
                     self.counters["proxy_workers.bad_frames"] = (
                         self.counters.get("proxy_workers.bad_frames", 0) + 1
                     )
-                    self.log.warn("proxy_worker_bad_frame", worker=w.index, reason=str(exc))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+                    self.log.warn("proxy_worker_bad_frame", worker=w.index, reason=reason[11:])
                 nursery.cancel_scope.cancel()
         finally:
             w.outbox, w.state, w.metrics, w.states = None, "down", None, {}
@@ -255,8 +256,9 @@ class WorkerPool:
             async for data in receive:
                 await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        await stream.send_eof()  # the worker reads end of file and exits
+            return  # the channel is gone: the worker sees that by itself
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.send_eof()  # the worker reads end of file and exits
 
     async def read(self, w: WorkerProc, stream: trio.SocketStream) -> None:
         """Reports until end of file; ``ChannelError`` on the first bad one."""
