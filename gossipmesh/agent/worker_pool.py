@@ -102,11 +102,12 @@ class WorkerProc:
         self.audit_budget = AUDIT_PER_TICK
         self.frames = 0  # since the last tick
 
-    def send(self, kind: str, payload: object) -> None:
+    def send(self, data: bytes) -> None:
+        """Queue one framed command (``encode_command``) without waiting."""
         if self.outbox is None:
             return
         try:
-            self.outbox.send_nowait(encode_command(kind, payload))
+            self.outbox.send_nowait(data)
         except trio.WouldBlock:
             # The worker does not read its commands: it is wedged. Its channel is cut, which
             # ends it (end of file) and the supervisor starts a fresh one with the current state.
@@ -147,6 +148,7 @@ class WorkerPool:
         """Send each serving worker what changed since it last heard (cheap when nothing did:
         identity checks for the frozen inputs, equality for trust and hosts)."""
         now = self.current()
+        frames: dict[str, bytes] = {}  # each change encoded (pickled) once for every worker
         for w in self.workers:
             if w.outbox is None:
                 continue
@@ -155,7 +157,9 @@ class WorkerPool:
                 same = old is value if kind in (TABLE, POLICIES, CREDENTIALS) else old == value
                 if not same:
                     w.sent[kind] = value
-                    w.send(kind, value)
+                    if kind not in frames:
+                        frames[kind] = encode_command(kind, value)
+                    w.send(frames[kind])
 
     def setup(self, w: WorkerProc) -> WorkerSetup:
         s = self.sidecar
@@ -300,7 +304,7 @@ class WorkerPool:
             if w.state == "up" and w.outbox is not None:
                 w.seq += 1
                 w.answered = trio.Event()
-                w.send(METRICS, w.seq)
+                w.send(encode_command(METRICS, w.seq))
                 asked.append(w)
         with trio.move_on_after(METRICS_TIMEOUT_S):
             for w in asked:

@@ -132,6 +132,7 @@ def test_a_new_route_reaches_every_worker(mesh: Mesh) -> None:
         mesh.config("delete", "route/shop")
 
 
+@pytest.mark.slow  # waits a whole certificate lifetime (11 s)
 def test_renewed_workload_certificates_reach_every_worker(mesh: Mesh) -> None:
     """The mesh's certificates live LIFETIME_MS and are renewed at half of it: once a whole
     lifetime has passed, a worker still presenting (or trusting) the first ones could complete

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 import trio
 
-from gossipmesh.agent.worker_channel import AuditEvent, ChannelError, Ready, Snapshot, encode_report
+from gossipmesh.agent.worker_channel import (
+    AuditEvent,
+    ChannelError,
+    FrameReader,
+    Ready,
+    Snapshot,
+    decode_command,
+    encode_report,
+)
 from gossipmesh.agent.worker_metrics import snapshot
 from gossipmesh.agent.worker_pool import AUDIT_PER_TICK, FRAMES_PER_TICK, WorkerPool, WorkerProc
 from gossipmesh.proxy.metrics import ProxyMetrics
@@ -136,3 +144,25 @@ async def test_a_dead_worker_makes_health_degraded_and_is_started_again(
     assert health["proxy_workers"]["up"] == 1 and health["proxy_workers"]["count"] == 2
     assert counters["proxy_workers.exits"] >= 1
     assert any(e == "proxy_worker_exit" for e, _ in log.lines)
+
+
+async def test_sync_sends_each_worker_only_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool, _, _ = pool_with(b"", monkeypatch)
+    pool.workers.append(WorkerProc(2))
+    table, trust = object(), ("mesh", (b"root",), ())
+    state: dict[str, Any] = {"table": table, "trust": trust}
+    pool.current = lambda: dict(state)  # type: ignore[method-assign]
+    channels = []
+    for w in pool.workers:
+        send, receive = trio.open_memory_channel[bytes](8)
+        w.outbox, w.sent = send, {"table": table, "trust": trust}
+        channels.append(receive)
+    pool.sync()
+    assert [c.statistics().current_buffer_used for c in channels] == [0, 0]  # nothing new
+    state["trust"] = ("mesh", (b"root",), (b"f" * 32,))  # a revocation, made in place
+    state["table"] = table  # the same object: not sent again
+    pool.sync()
+    pool.sync()
+    got = [[decode_command(FrameReader(2**20).feed(c.receive_nowait())[0])] for c in channels]
+    assert got == [[("trust", ["mesh", [b"root"], [b"f" * 32]])]] * 2
+    assert [c.statistics().current_buffer_used for c in channels] == [0, 0]
