@@ -21,6 +21,7 @@ of its ``/metrics``) and each process's RSS: counts and bytes, which the neighbo
 
     python benchmarks/agents_leg.py --seconds 5 --syscalls
     python benchmarks/agents_leg.py --seconds 5 --spread --workers 2
+    python benchmarks/agents_leg.py --seconds 30 --idle --workers 2   # CPU of each idle process
     python benchmarks/agents_leg.py --seconds 5 --wakeups --connections 1
     cd /tmp/base && PYTHONPATH=/tmp/base python /path/to/benchmarks/agents_leg.py --syscalls
 """
@@ -49,6 +50,7 @@ from proxy_cpu import (  # noqa: E402
     HOST,
     Result,
     children,
+    cpu_split,
     launched,
     measure,
     nginx_conf,
@@ -284,6 +286,22 @@ def spread(args: argparse.Namespace) -> None:
                   flush=True)  # fmt: skip
 
 
+def idle(args: argparse.Namespace) -> None:
+    """Each process's CPU, in ms per second, over ``--seconds`` without load (after the warm-up
+    and 3 s of quiet): what the agents and their workers cost when nobody calls."""
+    with warm_agents(args, "idle", None, args.workers) as (procs, *_):
+        time.sleep(3.0)
+        pids = [q for p in procs if p.popen for q in (p.popen.pid, *children(p.popen.pid))]
+        before = {pid: sum(cpu_split([pid])) for pid in pids}
+        time.sleep(args.seconds)
+        for p in procs:
+            assert p.popen is not None
+            mine = [p.popen.pid, *children(p.popen.pid)]
+            ms = [(sum(cpu_split([q])) - before.get(q, 0.0)) / args.seconds * 1000 for q in mine]
+            print(f"agent {p.name}, --proxy-workers {args.workers}: idle CPU ms per s, agent then "
+                  "workers: " + " ".join(f"{x:.2f}" for x in ms), flush=True)  # fmt: skip
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -300,10 +318,14 @@ def main() -> None:
     ap.add_argument("--syscalls", action="store_true", help="count syscalls (strace)")
     ap.add_argument("--wakeups", action="store_true", help="count trio wake-ups and task steps")
     ap.add_argument("--spread", action="store_true", help="requests and RSS per proxy worker")
+    ap.add_argument("--idle", action="store_true", help="CPU of each process with no load")
     ap.add_argument("--workers", type=int, default=2, help="--proxy-workers for --spread")
     ap.add_argument("--agents-cpus", default=None, help="taskset -c list (default 1)")
     args = ap.parse_args()
     args.seconds = min(args.seconds, 60.0)
+    if args.idle:
+        idle(args)
+        return
     if args.spread:
         if not 1 <= args.workers <= 64 or shutil.which("wrk") is None:
             raise SystemExit("--spread needs wrk and --workers 1..64")
