@@ -113,6 +113,8 @@ def test_connections_spread_over_the_workers_and_all_succeed(mesh: Mesh) -> None
         return sum(r["requests"] for r in rows if r["service"] == "api")
 
     wait_for("a1's /v1/stats counts every worker's requests", lambda: counted() >= 90, SETTLE_S)
+    status, body = get(a1.ip, a1.port + 1, "admin", "/v1/services")  # ejections of every process
+    assert status == 200 and {r["service"] for r in json.loads(body)} == {"api", "web"}, body
     out = subprocess.run([sys.executable, "-m", "gossipmesh", "status", "--agent", a1.admin],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "proxy workers: 3/3 serving" in out.stdout, out.stdout + out.stderr
