@@ -167,7 +167,10 @@ async def serve(sock: socket.socket) -> None:
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     send, receive = trio.open_memory_channel[bytes](AUDIT_QUEUE)
     incoming = commands(stream)
-    kind, setup = await anext(incoming)
+    first = await anext(incoming, None)
+    if first is None:
+        return  # the agent went away before saying anything
+    kind, setup = first
     if kind != SETUP or not isinstance(setup, WorkerSetup):
         raise SystemExit(f"proxy worker: expected {SETUP}, not {kind!r}")
     worker = Worker(setup, send)

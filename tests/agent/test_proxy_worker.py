@@ -3,6 +3,8 @@ each command changes in the worker's proxy and in its judgement of peers."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,13 +22,16 @@ from gossipmesh.agent.worker_channel import (  # noqa: E402
     MAX_REPORT_BYTES,
     METRICS,
     POLICIES,
+    SETUP,
     STOP,
     TABLE,
     TRUST,
     FrameReader,
+    Ready,
     Snapshot,
     WorkerSetup,
     decode_report,
+    encode_command,
 )
 from gossipmesh.identity import fingerprint  # noqa: E402
 from gossipmesh.proxy.authz import Policies  # noqa: E402
@@ -94,3 +99,39 @@ async def test_audit_lines_go_to_the_agent_and_a_full_channel_drops_them() -> No
         "audit", "mesh_peer_refused", {"peer": "('127.0.0.1', 5)", "reason": "revoked"},
     ]  # fmt: skip
     assert worker.audit_dropped == 1
+
+
+def test_the_worker_process_serves_then_exits_when_its_channel_closes() -> None:
+    """The real entry point: setup in, ``ready`` out, and end of file ends it (no signal)."""
+    pki = Pki(Wall())
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossipmesh.agent.proxy_worker", str(theirs.fileno()), "1"],
+        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    theirs.close()
+    try:
+        ours.settimeout(30)
+        ours.sendall(encode_command(SETUP, setup_for(pki)))
+        reader, got = FrameReader(MAX_REPORT_BYTES), []
+        while not got:
+            got = reader.feed(ours.recv(65536))
+        assert decode_report(got[0]) == Ready(proc.pid)
+        ours.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_whose_agent_never_spoke_exits_quietly() -> None:
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossipmesh.agent.proxy_worker", str(theirs.fileno()), "1"],
+        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    theirs.close()
+    ours.close()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and err == b""
