@@ -209,7 +209,8 @@ class WorkerPool:
     async def run_once(self, w: WorkerProc) -> str:
         """One life of worker ``w``: why it ended."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child = Child(self.argv(theirs.fileno(), w.index), None, (theirs.fileno(),))
+        # Its own session: a terminal's Ctrl-C goes to the agent alone, which stops its workers.
+        child = Child(self.argv(theirs.fileno(), w.index), None, (theirs.fileno(),), True)
         try:
             child.start()
         except OSError as exc:

@@ -56,14 +56,21 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
 
 class Child:
     """One child process; its output goes to ``log_path`` (None: the agent's own stdout and
-    stderr). ``pass_fds``: descriptors it inherits (a proxy worker's control channel)."""
+    stderr). ``pass_fds``: descriptors it inherits (a proxy worker's control channel).
+    ``own_session``: not in the agent's process group, so a terminal's Ctrl-C reaches only the
+    agent, which then stops the child itself."""
 
     def __init__(
-        self, argv: list[str], log_path: Path | None, pass_fds: tuple[int, ...] = ()
+        self,
+        argv: list[str],
+        log_path: Path | None,
+        pass_fds: tuple[int, ...] = (),
+        own_session: bool = False,
     ) -> None:
         self.argv = argv
         self.log_path = log_path
         self.pass_fds = pass_fds
+        self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
 
@@ -86,6 +93,7 @@ class Child:
                 preexec_fn=partial(_die_with_parent, os.getpid()),  # noqa: PLW1509
                 close_fds=True,
                 pass_fds=self.pass_fds,
+                start_new_session=self.own_session,
             )
         self._pidfd = os.pidfd_open(self.proc.pid)
 
