@@ -15,7 +15,13 @@ added to the agent's ``trio.run`` by a wrapper: the agent's code is not changed)
 another source tree, run this from that tree (the agents import ``gossipmesh`` from the working
 directory first):
 
+``--spread --workers N`` runs both agents with ``--proxy-workers N`` and reports, after
+``--seconds`` of wrk, how the requests spread over each agent's processes (the ``worker`` label
+of its ``/metrics``) and each process's RSS: counts and bytes, which the neighbours cannot move.
+
     python benchmarks/agents_leg.py --seconds 5 --syscalls
+    python benchmarks/agents_leg.py --seconds 5 --spread --workers 2
+    python benchmarks/agents_leg.py --seconds 30 --idle --workers 2   # CPU of each idle process
     python benchmarks/agents_leg.py --seconds 5 --wakeups --connections 1
     cd /tmp/base && PYTHONPATH=/tmp/base python /path/to/benchmarks/agents_leg.py --syscalls
 """
@@ -32,16 +38,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gossip_legs  # noqa: E402  (the agents' start-up, shared with benchmarks/proxy.py)
-from _procs import Proc, strace_counts  # noqa: E402
+from _procs import Proc, strace_counts, wait_until  # noqa: E402
 from proxy_cpu import (  # noqa: E402
     BACKEND_PORT,
     HOST,
     Result,
     children,
+    cpu_split,
     launched,
     measure,
     nginx_conf,
@@ -91,23 +100,55 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-def start_agents(workdir: str, python: list[str] | None = None) -> tuple[list[Proc], str, int, str]:
-    """(agents, host, port, Host header) of the two-sidecar leg, routable when it returns;
-    ``python``: the command standing for ``python -m gossipmesh``."""
-    label, url, authority, start = gossip_legs.legs(BACKEND_PORT, python or ())[1]
+def start_agents(
+    workdir: str,
+    python: list[str] | None = None,
+    workers: int = 1,
+    cpus: str = "1",
+    sidecars: int = 2,
+) -> tuple[list[Proc], str, int, str]:
+    """(agents, host, port, Host header) of the two-sidecar leg (``sidecars=1``: the one-agent
+    leg, outbound -> local backend), routable (and with ``workers`` > 1 every proxy worker
+    serving) when it returns; ``python``: the command standing for ``python -m gossipmesh``;
+    ``cpus``: the agents' ``taskset -c`` list."""
+    extra = ["--proxy-workers", str(workers)] if workers > 1 else []
+    legs = gossip_legs.legs(BACKEND_PORT, python or (), extra, cpus)
+    label, url, authority, start = legs[sidecars - 1]
     procs = start(workdir)
     host, port = url.split("//")[1].rstrip("/").split(":")
+    if workers > 1:
+        for ip in (gossip_legs.A_IP, gossip_legs.B_IP)[:sidecars]:
+            if not wait_until(partial(all_up, ip, workers), 60):
+                raise RuntimeError(f"the agent on {ip} does not have {workers} workers serving")
     return procs, host, int(port), authority
 
 
-def run_agents(args: argparse.Namespace) -> Result:
-    """One measured round of the two agents (their CPU, per hop)."""
+def all_up(admin_ip: str, workers: int) -> bool:
+    return workers_up(admin_ip) == workers
+
+
+def workers_up(admin_ip: str) -> int:
+    """How many proxy processes the agent's ``/v1/health`` says serve (0: cannot tell)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        url = f"http://{admin_ip}:7947/v1/health"
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return int(json.loads(resp.read())["proxy_workers"]["up"])
+    return 0
+
+
+def run_agents(args: argparse.Namespace, workers: int = 1, sidecars: int = 2) -> Result:
+    """One measured round of the two agents (their CPU and their workers', per hop), each with
+    ``workers`` proxy processes, on ``--agents-cpus``; ``sidecars=1``: one agent, its outbound
+    through its own inbound (mTLS) to the backend it hosts, counted as one hop."""
+    cpus = args.agents_cpus if args.agents_cpus is not None else str(args.proxy_cpu)
     with tempfile.TemporaryDirectory(prefix="proxy-cpu-agents-") as wd:
-        procs, host, port, authority = start_agents(wd)
+        procs, host, port, authority = start_agents(wd, None, workers, cpus, sidecars)
         try:
             pids = [p.popen.pid for p in procs if p.popen is not None]
             pids += [c for pid in list(pids) for c in children(pid)]
-            return measure("gossipmesh", port, pids, 2, args, "  [mTLS hop]", host, authority)
+            label = "gossipmesh" if workers == 1 else f"gm x{workers}"
+            note = f"  [{'mTLS hop, ' if sidecars == 2 else ''}agents on CPU {cpus}]"
+            return measure(label, port, pids, sidecars, args, note, host, authority)
         finally:
             for p in reversed(procs):
                 p.stop()
@@ -143,7 +184,7 @@ def traced(pid: int, host: str, port: int, authority: str, args: argparse.Namesp
 
 @contextlib.contextmanager
 def warm_agents(
-    args: argparse.Namespace, what: str, agent_cmd: list[str] | None = None
+    args: argparse.Namespace, what: str, agent_cmd: list[str] | None = None, workers: int = 1
 ) -> Iterator[tuple[list[Proc], str, int, str, str]]:
     """The nginx backend and the two agents, started, warmed by one second of load, and stopped
     on the way out: (agents, host, port, authority, work directory)."""
@@ -156,7 +197,8 @@ def warm_agents(
         with launched([*pin(args.client_cpu), "nginx", "-c", conf, "-p", wd]):
             wait_port(BACKEND_PORT)
             python = None if agent_cmd is None else [*agent_cmd, wd]
-            procs, host, port, authority = start_agents(wd, python)
+            cpus = args.agents_cpus or "1"
+            procs, host, port, authority = start_agents(wd, python, workers, cpus)
             try:
                 wrk_load(port, args.connections, 1.0, args.client_cpu, host, authority)  # warm
                 yield procs, host, port, authority, wd
@@ -220,6 +262,54 @@ def wakeups(args: argparse.Namespace) -> None:
               + "".join(f"\n    {v:.3f} {k}" for v, k in busy), flush=True)  # fmt: skip
 
 
+def spread(args: argparse.Namespace) -> None:
+    with warm_agents(args, "spread", None, args.workers) as (procs, host, port, authority, _):
+        n = wrk_load(port, args.connections, args.seconds, args.client_cpu, host, authority)
+        print(f"{n} requests in {args.seconds:g} s of wrk -c{args.connections}, "
+              f"--proxy-workers {args.workers}", flush=True)  # fmt: skip
+        for p, ip, direction in zip(procs, (gossip_legs.A_IP, gossip_legs.B_IP),
+                                    ("outbound", "inbound"), strict=True):  # fmt: skip
+            assert p.popen is not None
+            with urllib.request.urlopen(f"http://{ip}:7947/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            per: dict[str, float] = {}
+            for line in text.splitlines():
+                if line.startswith("gossipmesh_proxy_requests_total{") and (
+                    f'direction="{direction}"' in line
+                ):
+                    worker = line.split('worker="')[1].split('"')[0] if "worker=" in line else "0"
+                    per[worker] = per.get(worker, 0) + float(line.rsplit(" ", 1)[1])
+            rss = {pid: rss_kib(pid) for pid in [p.popen.pid, *children(p.popen.pid)]}
+            print(f"agent {p.name} ({direction}): requests by worker "
+                  + " ".join(f"{w}={int(v)}" for w, v in sorted(per.items()))
+                  + "; RSS KiB by process " + " ".join(f"{pid}={kib}" for pid, kib in rss.items()),
+                  flush=True)  # fmt: skip
+
+
+def idle(args: argparse.Namespace) -> None:
+    """Each process's CPU, in ms per second, over ``--seconds`` without load (after the warm-up
+    and 3 s of quiet): what the agents and their workers cost when nobody calls."""
+    with warm_agents(args, "idle", None, args.workers) as (procs, *_):
+        time.sleep(3.0)
+        pids = [q for p in procs if p.popen for q in (p.popen.pid, *children(p.popen.pid))]
+        before = {pid: sum(cpu_split([pid])) for pid in pids}
+        time.sleep(args.seconds)
+        for p in procs:
+            assert p.popen is not None
+            mine = [p.popen.pid, *children(p.popen.pid)]
+            ms = [(sum(cpu_split([q])) - before.get(q, 0.0)) / args.seconds * 1000 for q in mine]
+            print(f"agent {p.name}, --proxy-workers {args.workers}: idle CPU ms per s, agent then "
+                  "workers: " + " ".join(f"{x:.2f}" for x in ms), flush=True)  # fmt: skip
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="load per agent (max 60)")
@@ -227,8 +317,20 @@ def main() -> None:
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--syscalls", action="store_true", help="count syscalls (strace)")
     ap.add_argument("--wakeups", action="store_true", help="count trio wake-ups and task steps")
+    ap.add_argument("--spread", action="store_true", help="requests and RSS per proxy worker")
+    ap.add_argument("--idle", action="store_true", help="CPU of each process with no load")
+    ap.add_argument("--workers", type=int, default=2, help="--proxy-workers for --spread")
+    ap.add_argument("--agents-cpus", default=None, help="taskset -c list (default 1)")
     args = ap.parse_args()
     args.seconds = min(args.seconds, 60.0)
+    if args.idle:
+        idle(args)
+        return
+    if args.spread:
+        if not 1 <= args.workers <= 64 or shutil.which("wrk") is None:
+            raise SystemExit("--spread needs wrk and --workers 1..64")
+        spread(args)
+        return
     if args.wakeups:
         wakeups(args)
         return

@@ -22,7 +22,16 @@ least-request P2C pick, x-request-id and traceparent generated, x-forwarded-for,
   gossip_legs.py: A's outbound -> B's inbound, *mTLS* on the hop as agents always run it, SWIM,
   config sync and health checks alongside), both agents' CPU, per hop; against the plaintext
   nginx chain and the chain with TLS 1.3 and client certificates on the hop (mtls_cpu.py's
-  configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``/``--workers``.
+  configs; both ratios print: benchmarks/agents_leg.py). Not with ``--baseline``. With
+  ``--workers N`` each round also runs both agents with ``--proxy-workers N`` (``gm xN``).
+- ``agent``: one real agent: its outbound -> its own inbound over mTLS (a local call meets the
+  service's policies too: ``catalog.local_via_inbound``) -> the backend it hosts, counted as one
+  hop against one nginx (so the ratio is not comparable to the others); ``--workers N`` as for
+  ``agents``. With ``--agents-cpus 0,1`` this is the figure that shows whether one agent's proxy
+  scales past one core.
+
+For both, ``--agents-cpus 0,1`` runs the agents on both cores instead of ``--proxy-cpu``: how
+their scaling over two cores is measured (wall req/s and req per CPU-second).
 
     python benchmarks/proxy_cpu.py --seconds 5 --rounds 3 --legs outbound mesh split [--workers N]
         [--engine epoll|tasks] [--baseline DIR]
@@ -419,7 +428,7 @@ def run_nginx(leg: str, workdir: str, args: argparse.Namespace) -> Result:
     with contextlib.ExitStack() as stack:
         pids = []
         chain = [(NGINX_PORT, BACKEND_PORT)]
-        if leg != "outbound":
+        if leg not in ("outbound", "agent"):
             chain = [(NGINX_PORT, NGINX2_PORT), (NGINX2_PORT, BACKEND_PORT)]
         for i, (listen, to) in enumerate(chain):
             conf = nginx_conf(workdir, f"proxy{i}", _nginx_proxy_server(listen, to))
@@ -443,7 +452,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per leg and round (max 60)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (max 10)")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--legs", nargs="+", default=["outbound"], choices=[*sorted(ROLES), "agents"])
+    ap.add_argument(
+        "--legs", nargs="+", default=["outbound"], choices=[*sorted(ROLES), "agent", "agents"]
+    )
     ap.add_argument("--workers", type=int, default=1, help="also run N SO_REUSEPORT workers")
     ap.add_argument("--client", choices=["wrk", "py"], default=None)
     ap.add_argument(
@@ -452,11 +463,18 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="source tree of a proxy to compare with")
     ap.add_argument("--proxy-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
+    ap.add_argument(
+        "--agents-cpus",
+        default=None,
+        help="taskset -c list for the agents leg (default: --proxy-cpu)",
+    )
     args = ap.parse_args()
-    if "agents" in args.legs and (args.baseline is not None or args.workers > 1):
+    if {"agent", "agents"} & set(args.legs) and args.baseline is not None:
         # The agents run `python -m gossipmesh` from the working directory: a baseline tree
         # would not be the one they import, and the figures would be mislabelled.
-        ap.error("--legs agents takes no --baseline or --workers (run it from each tree instead)")
+        ap.error("--legs agents takes no --baseline (run it from each tree instead)")
+    if not 1 <= args.workers <= 64:
+        ap.error("--workers must be 1..64")
     args.seconds = min(args.seconds, 60.0)
     args.rounds = max(1, min(args.rounds, 10))
     if args.client is None:
@@ -478,17 +496,23 @@ def main() -> None:
                 per: dict[str, list[float]] = {}
                 for r in range(args.rounds):
                     runs = [partial(run_gossipmesh, leg, 1, args)]
-                    if leg == "agents":
-                        import agents_leg  # two agent processes, and nginx with TLS on the hop
+                    if leg in ("agent", "agents"):
+                        import agents_leg  # agent processes (and nginx with TLS on the hop)
 
-                        runs = [partial(agents_leg.run_agents, args),
-                                partial(agents_leg.run_nginx_tls, wd, args)]  # fmt: skip
+                        sidecars = 2 if leg == "agents" else 1
+                        runs = [partial(agents_leg.run_agents, args, 1, sidecars)]
+                        if leg == "agents":
+                            runs.append(partial(agents_leg.run_nginx_tls, wd, args))
+                        if args.workers > 1:  # the same agents with --proxy-workers N
+                            runs.append(
+                                partial(agents_leg.run_agents, args, args.workers, sidecars)
+                            )
                     elif args.baseline is not None:
                         # Alternate which of the two runs first, so order effects cancel.
                         runs.insert(r % 2, partial(run_gossipmesh, leg, 1, args, args.baseline))
                     results = [run() for run in runs]
                     results.append(run_nginx(leg, wd, args))
-                    if args.workers > 1 and leg != "agents":
+                    if args.workers > 1 and leg not in ("agent", "agents"):
                         results.append(run_gossipmesh(leg, args.workers, args))
                     for res in results:
                         print(f"{leg} round {r + 1}: {res.line()}", flush=True)

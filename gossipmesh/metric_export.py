@@ -66,6 +66,11 @@ class Registry:
         if self._registry is not None:
             self._registry.register(collector)
 
+    def collect(self) -> Iterator[Metric]:
+        """Every collector's families, in registration order (to merge several registries)."""
+        for collector in self._collectors:
+            yield from collector.collect()
+
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
 

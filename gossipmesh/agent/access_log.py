@@ -34,13 +34,19 @@ def open_access_log(settings: SidecarSettings) -> AccessLog | None:
     if path is None:
         return None
     try:
-        if path == "-":
-            fd = os.dup(1)
-        else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = access_log_fd(path)
     except OSError as exc:
         raise AgentStartError(f"cannot open the access log {path}: {exc.strerror or exc}") from exc
     return AccessLog(fd, settings.access_log_sample_ratio, settings.access_log_max_lines_per_s)
+
+
+def access_log_fd(path: str) -> int:
+    """``path`` opened for appending (created 0600), or a copy of stdout for ``-``. Several
+    processes may append to one file (proxy workers): each batch is one ``write`` of whole lines
+    with ``O_APPEND``, so lines never interleave in a regular file."""
+    if path == "-":
+        return os.dup(1)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
 class RequestLogCollector:

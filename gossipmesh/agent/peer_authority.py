@@ -27,22 +27,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gossipmesh.identity import CLOCK_SKEW_MS, IdKind, Reason, Rejected, VerifiedIdentity
 from gossipmesh.proxy.peers import Peer
 
 if TYPE_CHECKING:
-    from gossipmesh.agent.node_identity import AgentIdentity
+    from gossipmesh.identity.truststore import TrustStore
 
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Trusting(Protocol):
+    """What the authority reads of its holder: the agent's ``AgentIdentity``, or a proxy
+    worker's copy of the trust store (agent/proxy_worker.py)."""
+
+    @property
+    def trust(self) -> TrustStore: ...
+
+
 class MeshAuthority:
     def __init__(
-        self, identity: Callable[[], AgentIdentity], clock: Callable[[], int] = wall_ms
+        self, identity: Callable[[], Trusting], clock: Callable[[], int] = wall_ms
     ) -> None:
         self.identity = identity  # the agent's current identity (a reload replaces it)
         self.clock = clock
@@ -116,4 +124,4 @@ def _peer(v: VerifiedIdentity, service: str, node: str, der: bytes) -> Peer:
     return Peer(v.spiffe_id.uri, service, node, v.fingerprint, v.not_after_ms, retire_ms, der)
 
 
-__all__ = ["MeshAuthority", "wall_ms"]
+__all__ = ["MeshAuthority", "Trusting", "wall_ms"]

@@ -53,6 +53,11 @@ class RequestStreams:
             log.warn("access_log_unused", detail="the access log needs the native proxy")
         if proxy is not None and settings.otlp_endpoint is not None:
             await nursery.start(self.export_spans, proxy, settings.otlp_endpoint)
+        if proxy is not None and settings.proxy_workers > 1:
+            # Request records do not cross the workers' control channel (worker_pool.py).
+            log.warn("request_streams_worker_0_only", workers=settings.proxy_workers,
+                     detail="taps and spans see only the requests the agent's own proxy process "
+                     "(worker 0) serves; the access log has every process's lines")  # fmt: skip
         await nursery.start(self.taps.run)
 
     def sample_ratio(self) -> float:

@@ -50,6 +50,7 @@ SETTING_KEYS = {
     "listener",
     "inbound_plaintext",
     "workload_lifetime_ms",
+    "proxy_workers",
     # Per-request observability (sidecar_config.py): the access log and span export.
     "access_log",
     "access_log_sample_ratio",

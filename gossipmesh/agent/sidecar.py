@@ -40,6 +40,10 @@ With ``dataplane = "haproxy" | "nginx"`` the native proxy's listeners are not st
 addresses, is given every rebuilt table instead, adds its counters to ``/metrics`` and a
 ``dataplane`` section to ``/v1/health``, and is stopped with the sidecar.
 
+With ``proxy_workers`` N > 1 the proxy also runs in N-1 worker processes on the same addresses
+(SO_REUSEPORT; ``WorkerPool``, agent/worker_pool.py): every rebuild and renewal is passed on to
+them, and ``/metrics``, ``/v1/stats`` and ``/v1/services`` combine every process's counters.
+
 Admin routes: ``GET /v1/services`` (the catalog, with each endpoint's ejection state from the
 proxy) and ``GET /metrics`` (Prometheus text: the proxy's counters plus agent gauges, all read from
 plain structures at scrape time).
@@ -49,14 +53,12 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from gossipmesh.agent import http
 from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
-from gossipmesh.agent.config_metrics import config_families
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
@@ -64,6 +66,7 @@ from gossipmesh.agent.records_sync import RecordSync
 from gossipmesh.agent.request_streams import RequestStreams
 from gossipmesh.agent.shift_status import install_shift_status
 from gossipmesh.agent.sidecar_config import SidecarSettings
+from gossipmesh.agent.sidecar_metrics import AgentCollector
 from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
 from gossipmesh.buildinfo import current_build, describe
@@ -76,18 +79,16 @@ from gossipmesh.dataplane import (
     open_plane,
 )
 from gossipmesh.dataplane.model import local_instances
-from gossipmesh.metric_export import Registry, families
+from gossipmesh.metric_export import Registry
 from gossipmesh.proxy.authz import Policies
-from gossipmesh.proxy.metrics import render_metrics
+from gossipmesh.proxy.metrics import ProxyMetrics, render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
 from gossipmesh.proxy.table import RouteTable
-from gossipmesh.version import package_version, python_version
 
 if TYPE_CHECKING:
-    from prometheus_client.core import Metric
-
     from gossipmesh.agent.runtime import Agent
+    from gossipmesh.agent.worker_pool import WorkerPool
 
 DEBOUNCE_S = 0.05  # at most one republish and one rebuild per 50 ms, however many marks
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,6 +134,7 @@ class Sidecar:
             )
         self.proxy: Proxy | None = None
         self.external: ExternalPlane | None = None
+        self.workers: WorkerPool | None = None  # proxy_workers > 1: the other processes
         self.addresses: ProxyAddresses | None = None
         self.catalog = Catalog()
         self.rebuilds = 0
@@ -147,9 +149,9 @@ class Sidecar:
         self._rebuild_due = True
         self._wake: trio.Event | None = None
         self._last_body: RecordBody | None = None
-        self._members_by_state: dict[str, int] = {}
+        self.members_by_state: dict[str, int] = {}
         self.registry = Registry()
-        self.registry.register(_AgentCollector(self))
+        self.registry.register(AgentCollector(self))
         if config is not None:
             self.attach_config(config)
         agent.router.add("GET", "/v1/services", self._services_route)
@@ -184,6 +186,8 @@ class Sidecar:
     def _credentials_changed(self, credentials: MeshCredentials) -> None:
         if self.proxy is not None and self.proxy.mtls is not None:
             self.proxy.update_credentials(credentials)
+        if self.workers is not None:
+            self.workers.sync()
 
     # ---- run --------------------------------------------------------------------------------
 
@@ -232,6 +236,11 @@ class Sidecar:
                 if m.name != self.name and m.proof is not None:
                     self.records.learn(m.name, m.meta, m.address, m.proof.cert)
             await self._step()
+            if self.proxy is not None and self.settings.proxy_workers > 1:
+                from gossipmesh.agent.worker_pool import WorkerPool
+
+                pool = WorkerPool(self, self.settings.proxy_workers)
+                self.workers = await nursery.start(pool.run)
             await nursery.start(self.records.run)
             nursery.start_soon(self._worker)
             nursery.start_soon(self.traffic.run)
@@ -290,6 +299,7 @@ class Sidecar:
             plaintext_inbound=s.inbound_plaintext,
         )
         log = self.agent.log
+        many = s.proxy_workers > 1
         return Proxy(
             RouteTable(),
             outbound=s.outbound.as_tuple(),
@@ -300,6 +310,8 @@ class Sidecar:
             mtls=mtls,
             outbound_listeners={n: a.as_tuple() for n, a in s.outbound_services().items()},
             audit=lambda event, fields: log.warn(event, **fields),
+            reuse_port=many,  # the workers bind the same addresses (agent/worker_pool.py)
+            metrics=ProxyMetrics(worker="0") if many else None,
         )
 
     async def _worker(self) -> None:
@@ -381,21 +393,35 @@ class Sidecar:
         counts: dict[str, int] = {}
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
-        self._members_by_state = counts
+        self.members_by_state = counts
         now_ms = self.table_wall_ms = self.wall_ms()
         self.next_shift_ms = next_shift_ms(catalog, now_ms)
         if self.proxy is not None:
             self.proxy.update_table(route_table(catalog, self.rebuilds, now_ms))
             defaults = {n: svc.default_policy for n, svc in catalog.services.items()}
             self.proxy.update_policies(Policies(catalog.policies.values(), defaults))
+        if self.workers is not None:
+            self.workers.sync()
         if self.external is not None:
             self.external.update(route_table(catalog, self.rebuilds, now_ms),
                                  catalog.routes.values())  # fmt: skip
 
     # ---- admin routes -----------------------------------------------------------------------
 
+    def proxy_metrics(self) -> ProxyMetrics | None:
+        """The proxy's counters; with workers, every process's requests summed (traffic.py)."""
+        if self.proxy is None or self.workers is None:
+            return self.proxy.metrics if self.proxy is not None else None
+        from gossipmesh.agent.worker_metrics import combined
+
+        return combined([self.proxy.metrics, *self.workers.metrics()])
+
     def services_view(self) -> list[dict[str, Any]]:
         states = self.proxy.endpoint_states() if self.proxy is not None else {}
+        if self.workers is not None:
+            from gossipmesh.agent.worker_metrics import merge_states
+
+            states = merge_states([states, *self.workers.endpoint_states()])
         rows = []
         for inst in self.catalog.instances:
             st = states.get((inst.node, inst.address, inst.port))
@@ -427,9 +453,15 @@ class Sidecar:
         counts: dict[str, int] = {}
         for m in members:
             counts[m.state.value] = counts.get(m.state.value, 0) + 1
-        self._members_by_state = counts
+        self.members_by_state = counts
         body = self.registry.render()
-        if self.proxy is not None:
+        if self.workers is not None:
+            from gossipmesh.agent.worker_metrics import render_all
+
+            await self.workers.refresh()  # every worker's counters as of now (bounded wait)
+            assert self.proxy is not None
+            body = render_all([self.proxy.metrics, *self.workers.metrics()]) + body
+        elif self.proxy is not None:
             body = render_metrics(self.proxy.metrics) + body
         if self.external is not None:
             body = await self.external.metrics() + body
@@ -438,122 +470,6 @@ class Sidecar:
             yield body
 
         return StreamResponse(one_chunk(), content_type=PROMETHEUS_CONTENT_TYPE)
-
-
-class _AgentCollector:
-    """Agent gauges and counters, read from the agent's plain structures at scrape time."""
-
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.s = sidecar
-
-    def collect(self) -> Iterator[Metric]:
-        fam = families()
-        s = self.s
-        counters = dict(s.agent.counters)
-        build = fam.gauge(
-            "gossipmesh_build_info",
-            "Always 1; the labels say which gossipmesh, Python and build (mypyc or pure) this "
-            "agent runs",
-            labels=["version", "python", "build"],
-        )
-        build.add_metric([package_version(), python_version(), current_build().kind], 1)
-        yield build
-        members = fam.gauge(
-            "gossipmesh_agent_members", "Members this agent knows, by state", labels=["state"]
-        )
-        for state, n in sorted(s._members_by_state.items()):
-            members.add_metric([state], n)
-        yield members
-        dropped = fam.counter(
-            "gossipmesh_agent_dropped", "Inputs dropped, by reason", labels=["reason"]
-        )
-        for key, n in sorted(counters.items()):
-            if key.startswith("dropped."):
-                dropped.add_metric([key.removeprefix("dropped.")], n)
-        yield dropped
-        records = fam.counter(
-            "gossipmesh_agent_records",
-            "Node-record events: offer outcomes, decode failures, syncs",
-            labels=["event"],
-        )
-        for key, n in sorted(counters.items()):
-            if key.startswith("records."):
-                records.add_metric([key.removeprefix("records.")], n)
-        yield records
-        # Every agent counter by name, rejections included (``admin.unauthorized``, the signed
-        # layers' refusals): what /v1/health's ``counters`` shows, for Prometheus.
-        events = fam.counter(
-            "gossipmesh_agent_events", "Every agent counter, by name", labels=["name"]
-        )
-        for key, n in sorted(counters.items()):
-            events.add_metric([key], n)
-        yield events
-        yield from config_families(counters)
-        membership = fam.counter(
-            "gossipmesh_agent_membership_rejected",
-            "Membership claims refused (forged, unsigned, out of bounds, over budget), by reason",
-            labels=["reason"],
-        )
-        for key, n in sorted(s.agent.core_stats.items()):
-            if key.startswith("reject."):
-                membership.add_metric([key.removeprefix("reject.")], n)
-        yield membership
-        yield from _port_gauges(s.agent)
-        yield fam.counter("gossipmesh_agent_catalog_rebuilds", "Catalog rebuilds", value=s.rebuilds)
-        yield fam.counter(
-            "gossipmesh_agent_record_publishes", "Own node record publishes", value=s.publishes
-        )
-        endpoints = fam.gauge(
-            "gossipmesh_agent_endpoints", "Routable endpoints per service", labels=["service"]
-        )
-        for svc, eps in s.catalog.endpoints.items():
-            endpoints.add_metric([svc], len(eps))
-        yield endpoints
-        health = fam.gauge(
-            "gossipmesh_agent_instances",
-            "Service instances in the catalog by health (passing, warning, critical, unknown)",
-            labels=["service", "health"],
-        )
-        by_health: dict[tuple[str, str], int] = {}
-        for inst in s.catalog.instances:
-            pair = (inst.service, str(inst.current_health))
-            by_health[pair] = by_health.get(pair, 0) + 1
-        for (svc, state), n in sorted(by_health.items()):
-            health.add_metric([svc, state], n)
-        yield health
-
-
-def _port_gauges(agent: Agent) -> Iterator[Metric]:
-    """The gossip port's and the admin API's limits, and how much of each is in use."""
-    fam = families()
-    transport = agent.transport
-    limits = fam.gauge(
-        "gossipmesh_agent_limit",
-        "The gossip port's and the admin API's limits (docs/LIMITS.md)",
-        labels=["name"],
-    )
-    for name, value in transport.limits.as_dict().items():
-        limits.add_metric([name], value)
-    limits.add_metric(["admin_connections_max"], http.MAX_CONNECTIONS)
-    limits.add_metric(["admin_monitors_max"], http.MAX_MONITORS)
-    limits.add_metric(["admin_request_timeout_s"], http.REQUEST_TIMEOUT_S)
-    limits.add_metric(["admin_monitor_max_s"], http.MONITOR_MAX_S)
-    limits.add_metric(["admin_send_timeout_s"], http.SEND_TIMEOUT_S)
-    limits.add_metric(["stream_timeout_s"], transport.stream_timeout_s)
-    yield limits
-    used = fam.gauge(
-        "gossipmesh_agent_in_use",
-        "How much of each gossip port and admin API limit is in use now",
-        labels=["name"],
-    )
-    used.add_metric(["stream_unverified"], transport.unverified)
-    used.add_metric(["stream_verified"], transport.verified)
-    used.add_metric(["stream_buffered_bytes"], transport.budget.used)
-    admin = agent.admin_server
-    if admin is not None:
-        used.add_metric(["admin_connections"], admin.connections)
-        used.add_metric(["admin_monitors"], admin.monitors)
-    yield used
 
 
 def _concrete(addr: tuple[str, int]) -> tuple[str, int]:

@@ -29,6 +29,10 @@ Keys (flags win over the file, as for every agent setting; see docs/CONFIG.md):
 - ``otlp_endpoint = "URL"`` (``--otlp-endpoint``): export a span per request hop over OTLP/HTTP
   (``pip install 'gossipmesh[otel]'``); the sampling ratio is mesh-wide, in the document
   (``telemetry/mesh``).
+- ``proxy_workers = N`` (``--proxy-workers``, 1..64, default 1): how many processes carry the
+  native proxy's connections. With N > 1 the agent's own proxy and N-1 worker processes bind
+  every listener with SO_REUSEPORT and the kernel spreads new connections across them, so the
+  data plane uses more than one core (agent/worker_pool.py). Native data plane only.
 - ``[[listener]]`` tables: ``service = "db"``, ``port = 15432``, ``address = "127.0.0.1"``
   (default): a raw TCP port on which the proxy accepts connections and splices each to a healthy
   instance of ``service``, for protocols that are not HTTP. One listener per service.
@@ -50,6 +54,7 @@ MAX_LISTENERS = 256
 DAY_MS = 24 * 3600 * 1000
 MIN_WORKLOAD_LIFETIME_MS = 10_000  # identity.MIN_WORKLOAD_LIFETIME_MS
 DATAPLANES = ("native", "haproxy", "nginx")
+MAX_PROXY_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class SidecarSettings:
     access_log_sample_ratio: float = 1.0
     access_log_max_lines_per_s: int = 1000
     otlp_endpoint: str | None = None
+    proxy_workers: int = 1  # processes carrying the native proxy (agent/worker_pool.py)
 
     def outbound_services(self) -> dict[str, Address]:
         """Per-service outbound listeners (``[[service]] outbound``), service -> address."""
@@ -148,7 +154,27 @@ def parse_sidecar_settings(raw: Mapping[str, Any]) -> SidecarSettings:
                 "use --dataplane native, or add --inbound-plaintext to accept that (docs/SECURITY.md)"
             )
         kwargs["dataplane"] = dataplane
+    _proxy_workers(raw, kwargs)
     return SidecarSettings(**kwargs)
+
+
+def _proxy_workers(raw: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+    workers = raw.get("proxy_workers")
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise UsageError(f"proxy_workers must be an integer in 1-{MAX_PROXY_WORKERS}")
+    if not 1 <= workers <= MAX_PROXY_WORKERS:
+        raise UsageError(
+            f"proxy_workers must be an integer in 1-{MAX_PROXY_WORKERS}, not {workers}"
+        )
+    if workers > 1 and kwargs.get("dataplane", "native") != "native":
+        raise UsageError(
+            f"proxy_workers: workers need --dataplane native, not {kwargs['dataplane']}"
+        )
+    if workers > 1 and kwargs.get("enabled") is False:
+        raise UsageError("proxy_workers: there is no proxy to run in workers with --no-proxy")
+    kwargs["proxy_workers"] = workers
 
 
 MAX_ACCESS_LINES_PER_S = 1_000_000

@@ -157,9 +157,7 @@ def _window_param(req: Request) -> float:
 def install_traffic_stats(sidecar: Sidecar) -> TrafficRing:
     """Register ``GET /v1/stats`` and the ``trafficstat`` stream; the caller runs ``ring.run``."""
     agent = sidecar.agent
-    ring = TrafficRing(
-        lambda: sidecar.proxy.metrics if sidecar.proxy is not None else None, trio.current_time
-    )
+    ring = TrafficRing(sidecar.proxy_metrics, trio.current_time)
 
     async def serve(stream: SealedStream, src: Address, body: bytes) -> None:
         try:

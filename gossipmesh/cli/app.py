@@ -204,6 +204,10 @@ def agent(
             help="What carries the bytes: native (default), haproxy or nginx (docs/DATAPLANES.md)."
         ),
     ] = None,
+    proxy_workers: Annotated[
+        int | None,
+        typer.Option(help="Processes carrying the native proxy (SO_REUSEPORT), 1-64 (default 1)."),
+    ] = None,
     rebuild_config: Annotated[
         bool,
         typer.Option(
@@ -259,6 +263,7 @@ def agent(
         "inbound_plaintext": True if inbound_plaintext else None,
         "workload_lifetime_ms": workload_lifetime_ms,
         "dataplane": dataplane,
+        "proxy_workers": proxy_workers,
         "rebuild_config": True if rebuild_config else None,
         "config_sync_interval_ms": config_sync_interval_ms,
         "config_gc_grace_ms": config_gc_grace_ms,

@@ -80,6 +80,16 @@ def status(console: Console, health: dict[str, Any]) -> None:
     plane = health.get("dataplane")
     if isinstance(plane, dict):
         dataplane(console, plane)
+    workers = health.get("proxy_workers")
+    if isinstance(workers, dict):
+        rows = [w for w in workers.get("workers") or [] if isinstance(w, dict)]
+        console.print(
+            f"proxy workers: {workers.get('up')}/{workers.get('count')} serving "
+            + " ".join(
+                f"{w.get('worker')}:{w.get('state')}(pid {w.get('pid')}, starts {w.get('starts')})"
+                for w in rows
+            )  # fmt: skip
+        )
 
 
 def dataplane(console: Console, plane: dict[str, Any]) -> None:

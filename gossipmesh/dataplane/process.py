@@ -55,11 +55,22 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the chi
 
 
 class Child:
-    """One external proxy process; its output goes to ``log_path``."""
+    """One child process; its output goes to ``log_path`` (None: the agent's own stdout and
+    stderr). ``pass_fds``: descriptors it inherits (a proxy worker's control channel).
+    ``own_session``: not in the agent's process group, so a terminal's Ctrl-C reaches only the
+    agent, which then stops the child itself."""
 
-    def __init__(self, argv: list[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        log_path: Path | None,
+        pass_fds: tuple[int, ...] = (),
+        own_session: bool = False,
+    ) -> None:
         self.argv = argv
         self.log_path = log_path
+        self.pass_fds = pass_fds
+        self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
 
@@ -72,7 +83,8 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
+        with contextlib.ExitStack() as stack:
+            log = None if self.log_path is None else stack.enter_context(open(self.log_path, "ab"))
             self.proc = subprocess.Popen(  # noqa: S603 - argv is ours, no shell
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -80,6 +92,8 @@ class Child:
                 stderr=log,
                 preexec_fn=partial(_die_with_parent, os.getpid()),  # noqa: PLW1509
                 close_fds=True,
+                pass_fds=self.pass_fds,
+                start_new_session=self.own_session,
             )
         self._pidfd = os.pidfd_open(self.proc.pid)
 
@@ -113,6 +127,8 @@ class Child:
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines the child wrote, joined on one line (for one-line errors)."""
+        if self.log_path is None:
+            return ""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:

@@ -11,7 +11,8 @@ in dicts keyed by label tuples and increments a histogram bucket found by ``bise
 Metric names are prefixed ``gossipmesh_proxy_``. Directions are ``outbound`` (app → mesh),
 ``inbound`` (mesh → local app) and ``tcp``. With SO_REUSEPORT workers (``serve_workers``) each
 worker process has its own counters; ``ProxyMetrics(worker="N")`` adds a ``worker`` label to
-every sample so the expositions of several workers can be concatenated and summed by Prometheus.
+every sample. Their expositions must be merged by family, not concatenated (the text format
+allows one HELP/TYPE per family): the agent does that for its workers (agent/worker_metrics.py).
 
 Labels that show the mesh (issue 15): a request is counted under its service, route, destination
 (service and subset tags, ``api@v2``: ``routing.dest_label``), the endpoint's node, its status

@@ -82,7 +82,9 @@ def metric(text: str, name: str, *labels: str) -> float:
 
 
 class Mesh:
-    def __init__(self, procs: Procs, backend_port: int) -> None:
+    def __init__(
+        self, procs: Procs, backend_port: int, extra: dict[str, list[str]] | None = None
+    ) -> None:
         self.root = procs.root
         self.ca = self.root / "ca"
         cli("ca", "init", "--dir", str(self.ca), "--cluster", CLUSTER)
@@ -107,6 +109,7 @@ class Mesh:
                     "--workload-lifetime-ms", str(LIFETIME_MS)]  # fmt: skip
             if name != "a1":
                 args += ["--join", f"{IPS[0]}:{gossip}"]
+            args += (extra or {}).get(name, [])
             self.agents[name] = procs.new(name, ip, gossip, args, proxy=True)
 
     @property
@@ -145,14 +148,15 @@ class Mesh:
         return body.decode()
 
 
-def start_mesh(procs: Procs) -> Mesh:
+def start_mesh(procs: Procs, extra: dict[str, list[str]] | None = None) -> Mesh:
+    """Backend, CA and both agents (``extra``: more flags per agent name), a1 reaching api."""
     port = free_port_on(["127.0.0.1"])
     script = procs.root / "backend.py"
     script.write_text(BACKEND)
     backend = subprocess.Popen([sys.executable, str(script), str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     procs.backends.append(backend)  # type: ignore[attr-defined]
-    m = Mesh(procs, port)
+    m = Mesh(procs, port, extra)
     for agent in m.agents.values():
         agent.start()
     wait_for("a1 reaches api on a2 over mTLS", m.serves, SETTLE_S, 0.2)
