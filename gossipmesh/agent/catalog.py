@@ -55,6 +55,7 @@ from gossipmesh.config.schema import (
 from gossipmesh.config.service import allows
 from gossipmesh.crdt.records import Health, RecordBody, SignedRecord
 from gossipmesh.errors import ConfigValidationError, DecodeError
+from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.table import Endpoint, RouteTable, build_route_table
 from gossipmesh.swim.member import Member, MemberState
 
@@ -255,6 +256,26 @@ def route_table(catalog: Catalog, version: int = 0, wall_ms: int | None = None) 
     endpoints: dict[str, tuple[Endpoint, ...]] = {i.service: () for i in catalog.instances}
     endpoints.update(catalog.endpoints)
     return build_route_table(catalog.services, catalog.routes, endpoints, version, wall_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class TableInputs:
+    """What one rebuild hands the proxy, as plain data: the catalog, the table's version and the
+    wall time its shifts were read at. Proxy workers (agent/worker_pool.py) are sent this, not the
+    built table: the table and the policies hold objects of the compiled build's modules (mypyc
+    native classes do not pickle), and every process builds the same table from the same inputs.
+    """
+
+    catalog: Catalog
+    version: int
+    wall_ms: int
+
+    def table(self) -> RouteTable:
+        return route_table(self.catalog, self.version, self.wall_ms)
+
+    def policies(self) -> Policies:
+        defaults = {n: svc.default_policy for n, svc in self.catalog.services.items()}
+        return Policies(self.catalog.policies.values(), defaults)
 
 
 def next_shift_ms(catalog: Catalog, wall_ms: int) -> int | None:

@@ -45,7 +45,6 @@ from gossipmesh.agent.worker_channel import (
     MAX_COMMAND_BYTES,
     MAX_TEXT,
     METRICS,
-    POLICIES,
     SETUP,
     STOP,
     TABLE,
@@ -90,7 +89,7 @@ class Worker:
         self.authority.update_hosts({n: frozenset(s) for n, s in setup.hosts.items()})
         mtls = MeshTls(setup.credentials, self.authority, plaintext_inbound=setup.plaintext_inbound)
         self.proxy = Proxy(
-            setup.table,
+            setup.table.table(),
             outbound=setup.outbound,
             inbound=setup.inbound,
             local_services=setup.local_services,
@@ -102,7 +101,7 @@ class Worker:
             outbound_listeners=setup.outbound_services,
             audit=self.audit,
         )
-        self.proxy.update_policies(setup.policies)
+        self.proxy.update_policies(setup.table.policies())
         self.proxy.requests.node = setup.node
         self.access: AccessLog | None = None
         if setup.access_log is not None:
@@ -122,9 +121,8 @@ class Worker:
         """Carry out one command; False for ``stop``."""
         proxy = self.proxy
         if kind == TABLE:
-            proxy.update_table(payload)
-        elif kind == POLICIES:
-            proxy.update_policies(payload)
+            proxy.update_table(payload.table())
+            proxy.update_policies(payload.policies())
         elif kind == CREDENTIALS:
             proxy.update_credentials(payload)
         elif kind == TRUST:

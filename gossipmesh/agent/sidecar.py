@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from gossipmesh.agent.catalog import Catalog, build_catalog, next_shift_ms, route_table
+from gossipmesh.agent.catalog import Catalog, TableInputs, build_catalog, next_shift_ms
 from gossipmesh.agent.health import HealthChecker, Status, instance_key, record_health
 from gossipmesh.agent.http import JSONResponse, Request, Response, StreamResponse
 from gossipmesh.agent.peer_authority import MeshAuthority, wall_ms
@@ -80,7 +80,6 @@ from gossipmesh.dataplane import (
 )
 from gossipmesh.dataplane.model import local_instances
 from gossipmesh.metric_export import Registry
-from gossipmesh.proxy.authz import Policies
 from gossipmesh.proxy.metrics import ProxyMetrics, render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
 from gossipmesh.proxy.server import Proxy, ProxyAddresses
@@ -137,6 +136,7 @@ class Sidecar:
         self.workers: WorkerPool | None = None  # proxy_workers > 1: the other processes
         self.addresses: ProxyAddresses | None = None
         self.catalog = Catalog()
+        self.table_inputs: TableInputs | None = None  # the last rebuild's, for proxy workers
         self.rebuilds = 0
         self.publishes = 0
         # Scheduled shifts (config/shift.py) are evaluated against this wall clock, in ms.
@@ -396,15 +396,14 @@ class Sidecar:
         self.members_by_state = counts
         now_ms = self.table_wall_ms = self.wall_ms()
         self.next_shift_ms = next_shift_ms(catalog, now_ms)
+        inputs = self.table_inputs = TableInputs(catalog, self.rebuilds, now_ms)
         if self.proxy is not None:
-            self.proxy.update_table(route_table(catalog, self.rebuilds, now_ms))
-            defaults = {n: svc.default_policy for n, svc in catalog.services.items()}
-            self.proxy.update_policies(Policies(catalog.policies.values(), defaults))
+            self.proxy.update_table(inputs.table())
+            self.proxy.update_policies(inputs.policies())
         if self.workers is not None:
             self.workers.sync()
         if self.external is not None:
-            self.external.update(route_table(catalog, self.rebuilds, now_ms),
-                                 catalog.routes.values())  # fmt: skip
+            self.external.update(inputs.table(), catalog.routes.values())
 
     # ---- admin routes -----------------------------------------------------------------------
 

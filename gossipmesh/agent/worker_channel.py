@@ -10,9 +10,11 @@ in, whole frame bodies out, a length past its ``max_frame`` refused before anyth
 The two directions are not trusted alike:
 
 - **Agent -> worker** is trusted: the worker is the agent's child and serves what the agent
-  says. The proxy's frozen inputs (``RouteTable``, ``Policies``, ``MeshCredentials``) travel as
-  pickles inside the msgpack body (``encode_command``), so there is no second codec to keep in
-  step with those types. Only the worker ever unpickles.
+  says. The proxy's inputs travel as pickles inside the msgpack body (``encode_command``), so
+  there is no second codec to keep in step with those types. Only the worker ever unpickles. The
+  route table and the policies travel as the rebuild's inputs (``TableInputs``: the catalog, plain
+  dataclasses), from which the worker builds both: the built objects hold instances of the
+  compiled build's classes (mypyc), which do not pickle.
 - **Worker -> agent** is untrusted: a worker parses hostile network bytes, and the agent holds
   the node key and the catalog. ``decode_report`` accepts exactly three kinds, each field
   type- and size-checked (msgpack only, no extension types, no pickle, frames of at most
@@ -33,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 if TYPE_CHECKING:
-    from gossipmesh.proxy.authz import Policies
+    from gossipmesh.agent.catalog import TableInputs
     from gossipmesh.proxy.mtls import MeshCredentials
-    from gossipmesh.proxy.table import RouteTable
 
 LENGTH = struct.Struct(">I")
 MAX_REPORT_BYTES = 8 * 1024 * 1024  # worker -> agent: a metrics snapshot at its label caps
@@ -43,13 +44,14 @@ MAX_COMMAND_BYTES = 64 * 1024 * 1024  # agent -> worker: a route table of a larg
 MAX_AUDIT_FIELDS = 32
 MAX_TEXT = 1024  # bytes of any string a worker reports (names, reasons, audit values)
 
-# Agent -> worker kinds. SETUP carries a pickled ``WorkerSetup`` (worker_pool.py); TABLE,
-# POLICIES and CREDENTIALS a pickle of the proxy's input; TRUST ``[domain, roots, revoked]``;
-# HOSTS ``{node: [service, ...]}``; METRICS a request number; STOP nothing.
-SETUP, TABLE, POLICIES, CREDENTIALS, TRUST, HOSTS, METRICS, STOP = (
-    "setup", "table", "policies", "credentials", "trust", "hosts", "metrics", "stop",
+# Agent -> worker kinds. SETUP carries a pickled ``WorkerSetup`` (worker_pool.py); TABLE a
+# pickled ``TableInputs`` (the worker builds the route table and the policies from it);
+# CREDENTIALS a pickled ``MeshCredentials``; TRUST ``[domain, roots, revoked]``; HOSTS
+# ``{node: [service, ...]}``; METRICS a request number; STOP nothing.
+SETUP, TABLE, CREDENTIALS, TRUST, HOSTS, METRICS, STOP = (
+    "setup", "table", "credentials", "trust", "hosts", "metrics", "stop",
 )  # fmt: skip
-PICKLED = frozenset({SETUP, TABLE, POLICIES, CREDENTIALS})
+PICKLED = frozenset({SETUP, TABLE, CREDENTIALS})
 # Worker -> agent kinds.
 READY, SNAPSHOT, AUDIT = "ready", "snapshot", "audit"
 
@@ -73,8 +75,7 @@ class WorkerSetup:
     local_services: Mapping[str, Sequence[tuple[str, int]]]
     plaintext_inbound: bool
     seed: int
-    table: RouteTable
-    policies: Policies
+    table: TableInputs  # the last rebuild's: the worker builds its table and policies
     credentials: MeshCredentials
     trust: Trust
     hosts: Mapping[str, Sequence[str]]
@@ -221,7 +222,6 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "MAX_REPORT_BYTES",
     "METRICS",
-    "POLICIES",
     "READY",
     "SETUP",
     "SNAPSHOT",

@@ -9,8 +9,8 @@ loop and ``Proxy(reuse_port=True)`` on the addresses worker 0 bound (ports resol
 works too). The kernel spreads new connections across the N listening sockets of each address.
 
 Each worker has one control channel (agent/worker_channel.py), a socketpair made here. The
-agent sends: a ``WorkerSetup`` at start, then whatever changed among the route table, the
-policies, the workload credentials, the trust store's contents and the catalog's "node hosts
+agent sends: a ``WorkerSetup`` at start, then whatever changed among the route table and the
+policies (as the inputs of the last rebuild), the workload credentials, the trust store's contents and the catalog's "node hosts
 service" facts (``sync``: after every rebuild and renewal, and every ``TICK_S`` for trust
 changes the agent makes in place); and metrics requests every ``TICK_S`` and at each scrape.
 Workers answer with snapshots (agent/worker_metrics.py) and audit lines. That direction is
@@ -48,7 +48,6 @@ from gossipmesh.agent.worker_channel import (
     HOSTS,
     MAX_REPORT_BYTES,
     METRICS,
-    POLICIES,
     SETUP,
     TABLE,
     TRUST,
@@ -135,10 +134,10 @@ class WorkerPool:
     def current(self) -> dict[str, Any]:
         s = self.sidecar
         assert s.proxy is not None and s.workloads is not None
+        assert s.table_inputs is not None  # the pool starts after the first rebuild
         trust = s.agent.identity.trust
         return {
-            TABLE: s.proxy.table,
-            POLICIES: s.proxy.directory.policies,
+            TABLE: s.table_inputs,
             CREDENTIALS: s.workloads.current.credentials,
             TRUST: (trust.trust_domain, trust.roots, tuple(sorted(trust.revoked))),
             HOSTS: {n: sorted(v) for n, v in s.authority.hosts.items()},
@@ -154,7 +153,7 @@ class WorkerPool:
                 continue
             for kind, value in now.items():
                 old = w.sent.get(kind)
-                same = old is value if kind in (TABLE, POLICIES, CREDENTIALS) else old == value
+                same = old is value if kind in (TABLE, CREDENTIALS) else old == value
                 if not same:
                     w.sent[kind] = value
                     if kind not in frames:
@@ -171,7 +170,7 @@ class WorkerPool:
         return WorkerSetup(
             w.index, s.addresses.outbound, s.addresses.inbound, dict(s.addresses.tcp),
             dict(s.addresses.services), local, s.settings.inbound_plaintext,
-            s.rng.getrandbits(64), now[TABLE], now[POLICIES], now[CREDENTIALS], now[TRUST],
+            s.rng.getrandbits(64), now[TABLE], now[CREDENTIALS], now[TRUST],
             now[HOSTS], s.name, s.settings.access_log, s.settings.access_log_sample_ratio,
             s.settings.access_log_max_lines_per_s,
         )  # fmt: skip

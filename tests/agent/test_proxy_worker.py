@@ -15,13 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 
 from mtls_helpers import Pki, Wall  # noqa: E402
 
+from gossipmesh.agent.catalog import Catalog, TableInputs  # noqa: E402
 from gossipmesh.agent.proxy_worker import Worker  # noqa: E402
 from gossipmesh.agent.worker_channel import (  # noqa: E402
     CREDENTIALS,
     HOSTS,
     MAX_REPORT_BYTES,
     METRICS,
-    POLICIES,
     SETUP,
     STOP,
     TABLE,
@@ -33,16 +33,16 @@ from gossipmesh.agent.worker_channel import (  # noqa: E402
     decode_report,
     encode_command,
 )
+from gossipmesh.config.policy import PolicyConfig  # noqa: E402
 from gossipmesh.identity import fingerprint  # noqa: E402
-from gossipmesh.proxy.authz import Policies  # noqa: E402
-from gossipmesh.proxy.table import Endpoint, RouteTable, build_route_table  # noqa: E402
+from gossipmesh.proxy.table import Endpoint  # noqa: E402
 
 
 def setup_for(pki: Pki) -> WorkerSetup:
     trust = pki.trust
     return WorkerSetup(
         1, ("127.0.0.1", 0), ("127.0.0.1", 0), {}, {}, {"api": [("127.0.0.1", 9)]}, False, 7,
-        RouteTable(), Policies(), pki.credentials("n2", ["api"]),
+        TableInputs(Catalog(), 0, 0), pki.credentials("n2", ["api"]),
         (trust.trust_domain, trust.roots, ()), {"n1": ["web"], "n2": ["api"]},
         "n2", None, 1.0, 1000,
     )  # fmt: skip
@@ -55,12 +55,15 @@ async def test_each_command_reaches_the_proxy_or_the_authority() -> None:
     caller = pki.workload("n1", "web").chain[0]
     assert worker.authority.check_client(caller) != "not_hosting"
 
-    table = build_route_table({}, {}, {"api": [Endpoint("n2", "10.0.0.2", 80)]}, version=9)
-    assert await worker.apply(TABLE, table)
-    assert worker.proxy.table is table
-    policies = Policies()
-    assert await worker.apply(POLICIES, policies)
-    assert worker.proxy.directory.policies is policies
+    endpoint = Endpoint("n2", "10.0.0.2", 80)
+    deny = PolicyConfig("no-web", "api", "deny", from_services=("web",))
+    catalog = Catalog(endpoints={"api": (endpoint,)}, policies={deny.name: deny})
+    assert await worker.apply(TABLE, TableInputs(catalog, 9, 0))
+    assert worker.proxy.table.version == 9
+    cluster = worker.proxy.table.cluster_for_service("api")
+    assert cluster is not None and cluster.endpoints == (endpoint,)
+    rules = worker.proxy.directory.policies.get("api")
+    assert rules is not None and [r.name for r in rules.deny] == ["no-web"]
     renewed = pki.credentials("n2", ["api"])
     assert await worker.apply(CREDENTIALS, renewed)
     assert worker.proxy.mtls is not None

@@ -7,6 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from gossipmesh.agent.catalog import Catalog, TableInputs
 from gossipmesh.agent.worker_channel import (
     MAX_REPORT_BYTES,
     TABLE,
@@ -21,7 +22,7 @@ from gossipmesh.agent.worker_channel import (
     encode_report,
     frame,
 )
-from gossipmesh.proxy.table import Endpoint, build_route_table
+from gossipmesh.proxy.table import Endpoint
 
 
 def body(*parts: Any) -> bytes:
@@ -90,8 +91,14 @@ def test_no_report_is_ever_unpickled() -> None:
 
 
 def test_commands_carry_the_proxy_inputs() -> None:
-    table = build_route_table({}, {}, {"api": [Endpoint("n2", "10.0.0.2", 80)]}, version=3)
-    (raw,) = FrameReader(2**20).feed(encode_command(TABLE, table))
+    """The table travels as its inputs and is built alike on both sides: the built table holds
+    the compiled build's objects, which do not pickle (the compiled CI run holds this to the
+    real thing through test_proxy_workers.py)."""
+    ep = Endpoint("n2", "10.0.0.2", 80)
+    inputs = TableInputs(Catalog(endpoints={"api": (ep,)}), 3, 1_700_000_000_000)
+    (raw,) = FrameReader(2**20).feed(encode_command(TABLE, inputs))
     kind, got = decode_command(raw)
     assert kind == TABLE
-    assert (got.services, got.clusters, got.version) == (table.services, table.clusters, 3)
+    assert got == inputs
+    table, mine = got.table(), inputs.table()
+    assert (table.services, table.clusters, table.version) == (mine.services, mine.clusters, 3)
