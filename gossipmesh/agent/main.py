@@ -112,7 +112,6 @@ def _build_control_plane(agent: Agent) -> None:
     """The config replica (``agent.config``), its admin routes, and fault injection if asked.
     Raises StoreCorruptError when replica.db is damaged and --rebuild-config was not given."""
     from gossipmesh.agent.config_api import install_config_routes
-    from gossipmesh.agent.faults import install_faults
     from gossipmesh.agent.replica import ConfigReplica
 
     s = agent.settings
@@ -122,6 +121,8 @@ def _build_control_plane(agent: Agent) -> None:
     agent.config = replica
     install_config_routes(replica)
     if s.enable_fault_injection:
+        from gossipmesh.agent.faults import install_faults
+
         install_faults(agent)
         agent.log.warn("fault_injection_enabled", admin=str(s.admin))
 
