@@ -26,6 +26,7 @@ LAZY = {
     "importlib.resources": "the first request for the dashboard (agent/dashboard.py)",
     "zipfile": "the first request for the dashboard, with importlib.resources",
     "gossipmesh.agent.faults": "--enable-fault-injection (agent/main.py)",
+    "gossipmesh.dataplane": "--dataplane haproxy|nginx (agent/main.py, agent/sidecar.py)",
     # The CLI's libraries: the agent runs in its own process (agent/launch.py).
     "typer": "never in the agent",
     "rich": "never in the agent",
