@@ -7,7 +7,7 @@ process keeps its pid, its environment, its descriptors and its signal dispositi
 supervisor, a test or a shell sees one process from start to exit.
 
 The exec line is ours, so it also picks the interpreter's options: ``-X no_debug_ranges`` keeps
-3.11's column tables out of every code object compiled in the agent (0.3-0.5 MiB of an idle
+3.11's column tables out of every code object the agent loads (~0.5 MiB of an idle
 agent, measured in BENCHMARKS.md); a traceback then shows no ``^^^^`` under the failing
 expression, and its file, line and source text as before. Nothing else changes: asserts stay
 (no ``-O``), ``site`` and ``PYTHON*`` variables apply as they did to the CLI.
