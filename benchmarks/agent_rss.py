@@ -10,7 +10,12 @@ on a loopback address, lets it settle, then prints:
   of ``python -m gossipmesh.agent``), grouped by top-level package;
 - for each top-level package outside gossipmesh, the RSS a fresh interpreter gains by importing it
   alone (``--cost``; overlaps between packages are counted in each, so the column does not add up
-  to the total).
+  to the total);
+- the ladder (``--ladder``): one fresh interpreter, started with the agent's interpreter options,
+  imports the modules the agent imported, in the agent's order, group by group (trio with what it
+  brings, then cryptography, the other libraries, the rest of the standard library, gossipmesh's
+  own), and prints its RSS after each: the steps add up, from the bare interpreter to the agent's
+  imports, and the running agent above them is the agent's state.
 
     unshare -n sh -c 'ip link set lo up && python benchmarks/agent_rss.py --cost'
 
@@ -90,6 +95,49 @@ def rss_after_import(module: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+LADDER = (
+    ("trio (with ssl, attrs, idna, ctypes, logging, ...)", lambda m: m.split(".")[0] == "trio"),
+    ("cryptography (with email, bcrypt, cffi)", lambda m: m.split(".")[0] == "cryptography"),
+    ("other libraries", lambda m: m.split(".")[0] not in sys.stdlib_module_names
+     and not m.startswith("gossipmesh")),
+    ("the rest of the standard library", lambda m: not m.startswith("gossipmesh")),
+    ("gossipmesh", lambda m: True),
+)  # fmt: skip
+LADDER_PROBE = """\
+import importlib, json, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+steps = [("interpreter (with site)", rss(), len(sys.modules))]
+for label, names in json.loads(sys.stdin.read()):
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a platform's alternative (nt, msvcrt) the agent only tried
+            pass
+    steps.append((label, rss(), len(sys.modules)))
+print(json.dumps(steps))
+"""
+
+
+def ladder(modules: list[str]) -> list[tuple[str, int, int]]:
+    """(step, RSS KiB after it, modules loaded) importing ``modules`` group by group."""
+    import json
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from gossipmesh.agent.launch import INTERPRETER_OPTIONS
+
+    left = [m for m in modules if m not in sys.builtin_module_names and m != "__main__"]
+    groups = []
+    for label, belongs in LADDER:
+        groups.append((label, [m for m in left if belongs(m)]))
+        left = [m for m in left if not belongs(m)]
+    out = subprocess.run([sys.executable, *INTERPRETER_OPTIONS, "-c", LADDER_PROBE],
+                         input=json.dumps(groups), capture_output=True, text=True, check=True)  # fmt: skip
+    return [tuple(step) for step in json.loads(out.stdout)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-proxy", action="store_true", help="run the agent with --no-proxy")
@@ -97,6 +145,7 @@ def main() -> int:
         "--settle", type=float, default=5.0, help="idle seconds after the start before sampling"
     )
     parser.add_argument("--cost", action="store_true", help="RSS of importing each package alone")
+    parser.add_argument("--ladder", action="store_true", help="cumulative RSS of the imports")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--modules", action="store_true", help="list every imported module")
     parser.add_argument("agent_flags", nargs="*", help="more agent flags (after --)")
@@ -128,6 +177,15 @@ def main() -> int:
     print(", ".join(f"{top} {count}" for top, count in tops.most_common()))
     if args.modules:
         print("\n".join(modules))
+    if args.ladder:
+        print("\ncumulative RSS of a fresh interpreter importing the agent's modules, by group:")
+        previous = 0
+        for label, kib, count in ladder(modules):
+            print(
+                f"{kib / 1024:>7.1f} MiB  {(kib - previous) / 1024:>+6.1f}  {count:>4} modules  {label}"
+            )
+            previous = kib
+        print(f"{rss / 1024:>7.1f} MiB  {(rss - previous) / 1024:>+6.1f}  the running agent")
     if args.cost:
         base = rss_after_import("sys")
         print(

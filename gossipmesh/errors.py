@@ -6,6 +6,9 @@
   invalid config entity). Nothing was changed.
 - ``ConfigValidationError``: a config entity failed validation; ``field`` names the culprit.
 - ``StoreCorruptError``: the on-disk replica could not be read; the agent refuses to run on it.
+- ``DataplaneStartError``: the external proxy (``--dataplane haproxy|nginx``) cannot run. Here,
+  not in ``gossipmesh/dataplane/``, so the agent can catch it without importing that package,
+  which only those flags use (issue 19: idle RSS).
 - ``CoreError``: a sans-IO core raised while handling an input: a bug in gossipmesh, nobody
   else's fault. The runtime logged it with its traceback; the core's state may be half-changed.
 """
@@ -45,6 +48,10 @@ class StoreCorruptError(GossipmeshError):
 
 class LimitExceededError(UsageError):
     """A bounded resource (entity size, document size, queue depth) would be exceeded."""
+
+
+class DataplaneStartError(RuntimeError):
+    """The external proxy cannot run: the message is one line for the operator."""
 
 
 class CoreError(GossipmeshError):

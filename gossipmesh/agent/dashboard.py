@@ -8,8 +8,10 @@ data) is plain JavaScript that polls this agent's admin API with ``fetch``: ``/v
 ``/v1/config``, ``/v1/config-history/KEY`` and ``/v1/config-conflicts``. It only reads. Nothing
 is loaded from anywhere else (no CDN): the Content-Security-Policy allows this origin only.
 
-This module serves those three files from memory (read once, at install), by name from a fixed
-table, so no path reaches the file system. They need no token (agent/admin_auth.py): they are
+This module serves those three files from memory (read once, at the first request for the page:
+an agent nobody opens the dashboard of holds neither the files nor ``importlib.resources``, which
+brings ``zipfile`` with it, issue 19), by name from a fixed table, so no path reaches the file
+system. They need no token (agent/admin_auth.py): they are
 the package's code, not data. The API calls do, where the API asks for one: on a loopback admin
 address the reads are open; on a TLS address every call needs the admin token, which the operator
 gives the page in the URL fragment (``https://HOST:PORT/ui/#token=TOKEN``, never sent to the
@@ -20,7 +22,6 @@ tab's ``sessionStorage`` (gone when the tab closes) and sends it as ``Authorizat
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from gossipmesh.agent.http import HTTPError, Request, Response, StreamResponse
@@ -43,15 +44,19 @@ SECURITY_HEADERS = (
 
 
 def load_files() -> dict[str, bytes]:
+    from importlib.resources import files
+
     root = files("gossipmesh.agent").joinpath("ui")
     return {name: root.joinpath(name).read_bytes() for name in FILES}
 
 
 def install_dashboard(agent: Agent) -> None:
     """Serve ``GET /ui/`` (the page) and ``GET /ui/NAME`` (its script and stylesheet)."""
-    content = load_files()
+    content: dict[str, bytes] = {}
 
     def send(name: str) -> Response:
+        if not content:
+            content.update(load_files())
         body = content[name]
 
         async def one_chunk() -> AsyncIterator[bytes]:

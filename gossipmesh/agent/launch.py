@@ -6,6 +6,12 @@ an idle agent's RSS and half a second of its start for nothing the agent runs (i
 process keeps its pid, its environment, its descriptors and its signal dispositions, so a
 supervisor, a test or a shell sees one process from start to exit.
 
+The exec line is ours, so it also picks the interpreter's options: ``-X no_debug_ranges`` keeps
+3.11's column tables out of every code object the agent loads (~0.5 MiB of an idle
+agent, measured in BENCHMARKS.md); a traceback then shows no ``^^^^`` under the failing
+expression, and its file, line and source text as before. Nothing else changes: asserts stay
+(no ``-O``), ``site`` and ``PYTHON*`` variables apply as they did to the CLI.
+
 The parsed flags travel as one JSON object on an inherited pipe (``--flags-fd N``), never on the
 command line: they may hold a key (``--encrypt``), and ``/proc/PID/cmdline`` is world-readable.
 """
@@ -21,6 +27,7 @@ from typing import Any, NoReturn
 
 FLAGS_FD_OPTION = "--flags-fd"
 MAX_FLAGS_BYTES = 60_000  # under a pipe's buffer: the write never waits for a reader
+INTERPRETER_OPTIONS = ("-X", "no_debug_ranges")
 
 
 def exec_agent(flags: Mapping[str, Any], config_file: Path | None) -> NoReturn:
@@ -37,7 +44,8 @@ def exec_agent(flags: Mapping[str, Any], config_file: Path | None) -> NoReturn:
     os.set_inheritable(read_fd, True)
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, "-m", "gossipmesh.agent", FLAGS_FD_OPTION, str(read_fd)]
+    argv = [sys.executable, *INTERPRETER_OPTIONS, "-m", "gossipmesh.agent", FLAGS_FD_OPTION,
+            str(read_fd)]  # fmt: skip
     os.execv(sys.executable, argv)
 
 
@@ -68,4 +76,4 @@ def main(argv: list[str]) -> int:
     return run_agent(flags, config_file)
 
 
-__all__ = ["FLAGS_FD_OPTION", "exec_agent", "main", "read_flags"]
+__all__ = ["FLAGS_FD_OPTION", "INTERPRETER_OPTIONS", "exec_agent", "main", "read_flags"]

@@ -29,8 +29,7 @@ from gossipmesh.agent.settings import load_settings
 from gossipmesh.agent.sidecar import Sidecar
 from gossipmesh.agent.store import secure_data_dir
 from gossipmesh.agent.transport import AgentStartError
-from gossipmesh.dataplane import DataplaneStartError, find_binary
-from gossipmesh.errors import StoreCorruptError, UsageError
+from gossipmesh.errors import DataplaneStartError, StoreCorruptError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 # The soft descriptor limit the agent raises itself to (when the hard limit allows): room for
@@ -62,6 +61,8 @@ def run_agent(flags: Mapping[str, Any], config_file: Path | None = None) -> int:
     try:
         settings = load_settings(flags, config_file)
         if settings.sidecar.enabled and settings.sidecar.dataplane != "native":
+            from gossipmesh.dataplane import find_binary  # only these flags load the package
+
             find_binary(settings.sidecar.dataplane)  # before anything starts: one line, exit 1
         log = EventLog(level=settings.log_level)
         soft, hard = raise_descriptor_limit()
@@ -112,7 +113,6 @@ def _build_control_plane(agent: Agent) -> None:
     """The config replica (``agent.config``), its admin routes, and fault injection if asked.
     Raises StoreCorruptError when replica.db is damaged and --rebuild-config was not given."""
     from gossipmesh.agent.config_api import install_config_routes
-    from gossipmesh.agent.faults import install_faults
     from gossipmesh.agent.replica import ConfigReplica
 
     s = agent.settings
@@ -122,6 +122,8 @@ def _build_control_plane(agent: Agent) -> None:
     agent.config = replica
     install_config_routes(replica)
     if s.enable_fault_injection:
+        from gossipmesh.agent.faults import install_faults
+
         install_faults(agent)
         agent.log.warn("fault_injection_enabled", admin=str(s.admin))
 

@@ -71,14 +71,7 @@ from gossipmesh.agent.traffic import install_traffic_stats
 from gossipmesh.agent.workloads import Workloads
 from gossipmesh.buildinfo import current_build, describe
 from gossipmesh.crdt.records import RecordBody, ServiceInstance
-from gossipmesh.dataplane import (
-    DataplaneStartError,
-    ExternalPlane,
-    PlaneSettings,
-    find_binary,
-    open_plane,
-)
-from gossipmesh.dataplane.model import local_instances
+from gossipmesh.errors import DataplaneStartError
 from gossipmesh.metric_export import Registry
 from gossipmesh.proxy.metrics import ProxyMetrics, render_metrics
 from gossipmesh.proxy.mtls import MeshCredentials, MeshTls
@@ -88,6 +81,7 @@ from gossipmesh.proxy.table import RouteTable
 if TYPE_CHECKING:
     from gossipmesh.agent.runtime import Agent
     from gossipmesh.agent.worker_pool import WorkerPool
+    from gossipmesh.dataplane import ExternalPlane
 
 DEBOUNCE_S = 0.05  # at most one republish and one rebuild per 50 ms, however many marks
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -248,6 +242,10 @@ class Sidecar:
 
     async def _start_external(self, nursery: trio.Nursery) -> None:
         from gossipmesh.agent.transport import AgentStartError
+
+        # Only --dataplane haproxy|nginx loads gossipmesh/dataplane/ (issue 19: idle RSS).
+        from gossipmesh.dataplane import PlaneSettings, find_binary, open_plane
+        from gossipmesh.dataplane.model import local_instances
 
         s = self.settings
         outbound = _concrete(s.outbound.as_tuple())

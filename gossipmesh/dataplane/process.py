@@ -26,12 +26,10 @@ from pathlib import Path
 
 import trio
 
+from gossipmesh.errors import DataplaneStartError
+
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 5.0
-
-
-class DataplaneStartError(RuntimeError):
-    """The external proxy cannot run: the message is one line for the operator."""
 
 
 def find_binary(engine: str, override: str | None = None) -> str:

@@ -23,13 +23,22 @@ LAZY = {
     "tomllib": "a --config file (agent/settings.py)",
     "re2": "the first route regex (config/regex.py)",
     "opentelemetry": "span export configured (proxy/spans.py)",
+    "importlib.resources": "the first request for the dashboard (agent/dashboard.py)",
+    "zipfile": "the first request for the dashboard, with importlib.resources",
+    "gossipmesh.agent.faults": "--enable-fault-injection (agent/main.py)",
+    "gossipmesh.dataplane": "--dataplane haproxy|nginx (agent/main.py, agent/sidecar.py)",
     # The CLI's libraries: the agent runs in its own process (agent/launch.py).
     "typer": "never in the agent",
     "rich": "never in the agent",
     "click": "never in the agent",
 }
 
-AGENT_IMPORTS = "import gossipmesh.agent.main, gossipmesh.agent.launch\n"
+# The modules themselves, and those an agent imports while it starts (admin routes, config API,
+# replica store), which is where the dashboard and fault injection are installed.
+AGENT_IMPORTS = (
+    "import gossipmesh.agent.main, gossipmesh.agent.launch, gossipmesh.agent.admin\n"
+    "import gossipmesh.agent.config_api, gossipmesh.agent.replica\n"
+)
 
 
 def loaded_after(code: str) -> set[str]:
@@ -93,7 +102,8 @@ def test_a_grpc_health_check_imports_h2() -> None:
 
 def test_package_version_imports_importlib_metadata() -> None:
     code = "from gossipmesh.version import package_version\nassert package_version()\n"
-    assert loaded_after(code) == {"importlib.metadata"}
+    # importlib.metadata brings zipfile and importlib.resources with it.
+    assert loaded_after(code) == {"importlib.metadata", "importlib.resources", "zipfile"}
 
 
 def test_a_config_file_imports_tomllib(tmp_path: Path) -> None:
@@ -105,3 +115,21 @@ def test_a_config_file_imports_tomllib(tmp_path: Path) -> None:
         f"assert load_settings({{}}, Path({str(config)!r})).name == 'n1'\n"
     )
     assert loaded_after(code) == {"tomllib"}
+
+
+def test_the_first_dashboard_request_reads_its_files() -> None:
+    code = (
+        "import trio\n"
+        "from gossipmesh.agent.dashboard import install_dashboard\n"
+        "from gossipmesh.agent.http import Request, Router\n"
+        "class Host:\n"
+        "    router = Router()\n"
+        "install_dashboard(Host())\n"
+        "assert 'importlib.resources' not in sys.modules\n"
+        "page = Host.router.resolve('GET', '/ui/')\n"
+        "response = trio.run(page, Request('GET', '/ui/', {}, {}, b''))\n"
+        "async def body():\n"
+        "    return b''.join([chunk async for chunk in response.chunks])\n"
+        "assert b'<script src=\"/ui/app.js\"' in trio.run(body)\n"
+    )
+    assert loaded_after(code) == {"importlib.resources", "zipfile"}
