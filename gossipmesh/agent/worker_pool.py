@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from gossipmesh.agent.launch import INTERPRETER_OPTIONS
 from gossipmesh.agent.worker_channel import (
     CREDENTIALS,
     HOSTS,
@@ -125,7 +126,8 @@ class WorkerPool:
         self.counters = sidecar.agent.counters
         self.workers = [WorkerProc(i) for i in range(1, count)]
         self.argv: Callable[[int, int], list[str]] = lambda fd, index: [
-            sys.executable, "-m", "gossipmesh.agent.proxy_worker", str(fd), str(index),
+            sys.executable, *INTERPRETER_OPTIONS, "-m", "gossipmesh.agent.proxy_worker", str(fd),
+            str(index),
         ]  # fmt: skip
         sidecar.agent.health_extensions.append(self.health_section)
 
