@@ -24,7 +24,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from itertools import takewhile
 from pathlib import Path
@@ -134,6 +134,14 @@ def _console_progress(console: Console) -> Any:
         console.print(f"[bright_black]{time.monotonic() - start:5.1f}s[/] {line}", soft_wrap=True)
 
     return say
+
+
+def holds_sample_config(entities: Mapping[str, Any]) -> bool:
+    """Whether an agent's effective entities include every entity of the sample config as
+    applied. Every one, not just the canary route: an apply is atomic on the agent that takes it,
+    but the other agents learn its entries one by one, so an agent may hold the canary route and
+    not yet the route that pins /api/slow to v1 (traffic started then breaks the pin)."""
+    return all(entities.get(key) == body for key, body in sample_config().items())
 
 
 class _Run:
@@ -290,16 +298,12 @@ class _Run:
             self.progress(f"t={ev.t_s:.1f}s {ev.text}")
 
     def _config_everywhere(self, orch: Orchestrator) -> bool:
-        # Every entity, not one: an apply is atomic on the agent that takes it, but the other
-        # agents learn its entries one by one, so an agent may hold the canary route and not yet
-        # the route that pins /api/slow to v1 (traffic started then breaks the pin).
-        want = sample_config()
         for node in self.plan.nodes:
             try:
                 got = orch.client(node).config().get("entities", {})
             except AdminError:
                 return False
-            if any(got.get(key) != body for key, body in want.items()):
+            if not holds_sample_config(got):
                 return False
         return True
 
